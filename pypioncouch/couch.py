@@ -1,0 +1,546 @@
+"""Our asynchronous CouchDB client, on treq.
+
+Written to what Apache CouchDB 3.x and pouchdb-server both do (DESIGN.md, "CouchDB,
+for real"):
+
+- ``seq`` values are opaque: stored and passed back as they came, never compared;
+- credentials come from the URL (``http://user:pw@host:5984/``) and go out as Basic
+  auth; the password never appears in a ``repr``, a log line or an error;
+- ``_bulk_docs`` answers per document: a conflict is a per-document result;
+- every request has a timeout; failures are typed (:class:`NotFound`,
+  :class:`Conflict`, :class:`Unauthorized`, :class:`Unreachable`, :class:`Timeout`,
+  :class:`BadResponse`) and name the (redacted) URL and the status;
+- the continuous ``_changes`` stream is read through an agent that does not ask for
+  gzip: treq's decompressing agent would hold every line until the connection ends.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote, urlencode
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet import error as ierror
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+
+from pypioncouch import __version__
+from pypioncouch.urls import split_credentials
+
+log = Logger()
+
+DEFAULT_TIMEOUT = 30.0
+USER_AGENT = f"pypioncouch/{__version__}"
+# Query parameters CouchDB wants as JSON values (keys may be strings, lists, ...).
+_JSON_PARAMS = {"key", "keys", "startkey", "endkey", "start_key", "end_key"}
+
+
+class CouchError(Exception):
+    """A CouchDB request failed. ``str()`` is one line naming the redacted URL."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+        self.message = message
+        self.url = url
+        self.status = status
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" ({self.status} from {self.url})" if self.status else (
+            f" ({self.url})" if self.url else "")
+        return f"{self.message}{where}"
+
+
+class NotFound(CouchError):
+    """404: no such database, document, attachment or view."""
+
+
+class Conflict(CouchError):
+    """409: the document changed since the revision we sent (or it exists)."""
+
+
+class PreconditionFailed(CouchError):
+    """412: e.g. the database already exists."""
+
+
+class Unauthorized(CouchError):
+    """401/403: wrong or missing credentials, or not allowed."""
+
+
+class Unreachable(CouchError):
+    """No connection: refused, no such host, or the connection was lost."""
+
+
+class Timeout(CouchError):
+    """The server did not answer within the request's timeout."""
+
+
+class BadResponse(CouchError):
+    """The server answered, but not as CouchDB would (HTML, bad JSON, 5xx...)."""
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """The outcome of one document of a ``_bulk_docs`` request."""
+
+    id: str
+    rev: str | None = None
+    error: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _basic_auth_header(auth: tuple[str, str]) -> bytes:
+    return b"Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode("utf-8"))
+
+
+def encode_params(params: dict[str, Any]) -> str:
+    """CouchDB query string: keys as JSON, booleans as ``true``/``false``; seqs opaque."""
+    pairs = []
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name in _JSON_PARAMS:
+            value = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        pairs.append((name, value))
+    return urlencode(pairs)
+
+
+def doc_path(docid: str) -> str:
+    """The URL path of a document id; ``_design/`` and ``_local/`` keep their slash."""
+    for prefix in ("_design/", "_local/"):
+        if docid.startswith(prefix):
+            return prefix + quote(docid[len(prefix):], safe="")
+    return quote(docid, safe="")
+
+
+def _error_for_status(status: int) -> type[CouchError]:
+    return {404: NotFound, 409: Conflict, 412: PreconditionFailed, 401: Unauthorized,
+            403: Unauthorized}.get(status, BadResponse)
+
+
+def _new_http_client(reactor) -> HTTPClient:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    pool.retryAutomatically = False  # a retried POST could write twice
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+class CouchDB:
+    """A CouchDB server. ``CouchDB("http://admin:secret@localhost:5984/")``.
+
+    ``http`` is a treq-like object (``HTTPClient``, ``StubTreq``) so tests can swap it.
+    """
+
+    def __init__(self, url: str, *, http=None, reactor=None, timeout: float = DEFAULT_TIMEOUT):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url, self._auth = split_credentials(url)
+        self._reactor = reactor
+        self._http = http if http is not None else _new_http_client(reactor)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<CouchDB {self.display_url}>"
+
+    @property
+    def display_url(self) -> str:
+        """The server URL as it may be shown: user kept, password hidden."""
+        if self._auth is None:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://{quote(self._auth[0], safe='')}:***@{rest}"
+
+    @property
+    def url_with_credentials(self) -> str:
+        """For CouchDB itself (replication bodies); never log it."""
+        if self._auth is None:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        user, password = (quote(part, safe="") for part in self._auth)
+        return f"{scheme}://{user}:{password}@{rest}"
+
+    def database(self, name: str) -> "Database":
+        return Database(self, name)
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self._auth is not None:
+            headers["Authorization"] = _basic_auth_header(self._auth).decode("ascii")
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def request(self, method: str, path: str, *, params: dict | None = None,
+                      body: Any = None, data: bytes | None = None,
+                      headers: dict[str, str] | None = None, timeout: float | None = None,
+                      raw: bool = False) -> Any:
+        """One request. Returns parsed JSON (or ``(bytes, content type)`` with ``raw``).
+
+        ``body`` is sent as JSON with ``Content-Type: application/json``.
+        """
+        query = "?" + encode_params(params) if params else ""
+        url = self.url + path + query
+        shown = self.display_url + path + query
+        extra = dict(headers or {})
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            extra["Content-Type"] = "application/json"
+        timed_out = []
+        d = defer.ensureDeferred(self._send(method, url, data, self._headers(extra)))
+
+        def on_timeout():
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(timeout or self.timeout, on_timeout)
+        try:
+            status, content_type, content = await d
+        except Exception as exc:
+            if timed_out:
+                raise Timeout(f"CouchDB did not answer {method} within "
+                              f"{timeout or self.timeout:g}s", url=shown) from None
+            raise _transport_error(exc, shown) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        return _interpret(method, shown, status, content_type, content, raw)
+
+    async def _send(self, method, url, data, headers):
+        response = await self._http.request(method, url, data=data, headers=headers,
+                                            allow_redirects=False)
+        content = await response.content()
+        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
+        return response.code, content_type, content
+
+    async def info(self) -> dict:
+        """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
+        info = await self.request("GET", "")
+        if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
+            raise BadResponse("the server answered, but it is not CouchDB", url=self.shown_url)
+        return info
+
+    async def all_dbs(self) -> list[str]:
+        return await self.request("GET", "_all_dbs")
+
+    async def replicate(self, source: str, target: str, *, continuous: bool = False,
+                        create_target: bool = True, timeout: float = 24 * 3600) -> dict:
+        """``POST /_replicate``. ``source``/``target`` are database URLs (credentials
+        included, as CouchDB needs them); the answer is CouchDB's."""
+        body = {"source": source, "target": target, "create_target": create_target}
+        if continuous:
+            body["continuous"] = True
+        return await self.request("POST", "_replicate", body=body, timeout=timeout)
+
+    def stream_agent(self) -> Agent:
+        """An agent that does not ask for gzip (see the module docstring)."""
+        return Agent(self._reactor)
+
+
+def _transport_error(exc: Exception, url: str) -> CouchError:
+    if isinstance(exc, CouchError):
+        return exc
+    reasons = exc.reasons if isinstance(exc, ResponseFailed) else [Failure(exc)]
+    for reason in reasons:
+        if reason.check(ierror.ConnectionRefusedError):
+            return Unreachable("CouchDB refused the connection: is it running?", url=url)
+        if reason.check(ierror.DNSLookupError):
+            return Unreachable("CouchDB's host name does not resolve", url=url)
+        if reason.check(ierror.TimeoutError):
+            return Timeout("connecting to CouchDB timed out", url=url)
+    detail = getattr(exc, "__class__", type(exc)).__name__
+    return Unreachable(f"no answer from CouchDB ({detail})", url=url)
+
+
+def _interpret(method, url, status, content_type, content, raw):
+    if 200 <= status < 300 and raw:
+        return content, content_type
+    parsed = None
+    if "json" in content_type or content[:1] in (b"{", b"["):
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = None
+    if 200 <= status < 300:
+        if parsed is None and content.strip():
+            raise BadResponse(f"{method} answered {content_type or 'something'} that is "
+                              "not JSON: is this CouchDB?", url=url, status=status)
+        return parsed
+    reason = ""
+    if isinstance(parsed, dict):
+        reason = ": ".join(str(parsed[k]) for k in ("error", "reason") if parsed.get(k))
+    elif "html" in content_type:
+        reason = "an HTML page (is this CouchDB?)"
+    message = f"{method} failed" + (f": {reason}" if reason else "")
+    return_error = _error_for_status(status)
+    raise return_error(message, url=url, status=status)
+
+
+class Database:
+    """One database on a :class:`CouchDB` server."""
+
+    def __init__(self, server: CouchDB, name: str):
+        self.server = server
+        self.name = name
+        self.path = quote(name, safe="") + "/"
+
+    def __repr__(self) -> str:
+        return f"<Database {self.server.display_url}{self.name}>"
+
+    @property
+    def display_url(self) -> str:
+        return self.server.display_url + self.name
+
+    @property
+    def url_with_credentials(self) -> str:
+        return self.server.url_with_credentials + quote(self.name, safe="")
+
+    def _request(self, method, path="", **kwargs):
+        return self.server.request(method, self.path + path, **kwargs)
+
+    async def info(self) -> dict:
+        return await self._request("GET")
+
+    async def exists(self) -> bool:
+        try:
+            await self._request("HEAD")
+        except NotFound:
+            return False
+        return True
+
+    async def ensure(self) -> bool:
+        """Create the database unless it exists. True if it was created."""
+        try:
+            await self._request("PUT")
+        except PreconditionFailed:
+            return False
+        return True
+
+    async def delete_database(self) -> None:
+        await self.server.request("DELETE", self.path)
+
+    async def get(self, docid: str, **params) -> dict:
+        return await self._request("GET", doc_path(docid), params=params)
+
+    async def get_or_none(self, docid: str, **params) -> dict | None:
+        try:
+            return await self.get(docid, **params)
+        except NotFound:
+            return None
+
+    async def put(self, doc: dict) -> str:
+        """Write ``doc`` (its ``_rev`` if an update); returns the new revision."""
+        result = await self._request("PUT", doc_path(doc["_id"]), body=doc)
+        return result["rev"]
+
+    async def delete(self, docid: str, rev: str) -> str:
+        result = await self._request("DELETE", doc_path(docid), params={"rev": rev})
+        return result["rev"]
+
+    async def bulk_docs(self, docs: list[dict], timeout: float | None = None) -> list[BulkResult]:
+        """``_bulk_docs``: one :class:`BulkResult` per document, errors included."""
+        if not docs:
+            return []
+        answer = await self._request("POST", "_bulk_docs", body={"docs": docs},
+                                     timeout=timeout)
+        if not isinstance(answer, list):
+            raise BadResponse("_bulk_docs did not answer a list", url=self.display_url)
+        return [BulkResult(id=row.get("id", ""), rev=row.get("rev"),
+                           error=row.get("error"), reason=row.get("reason"))
+                for row in answer]
+
+    async def all_docs(self, keys: list[str] | None = None, **params) -> dict:
+        """``_all_docs``; with ``keys``, a POST (any number of ids)."""
+        if keys is not None:
+            return await self._request("POST", "_all_docs", params=params, body={"keys": keys})
+        return await self._request("GET", "_all_docs", params=params)
+
+    async def view(self, ddoc: str, view: str, keys: list | None = None, **params) -> dict:
+        """Query ``_design/<ddoc>/_view/<view>`` with CouchDB's options as keywords."""
+        path = f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}"
+        if keys is not None:
+            return await self._request("POST", path, params=params, body={"keys": keys})
+        return await self._request("GET", path, params=params)
+
+    async def find(self, selector: dict, **options) -> dict:
+        return await self._request("POST", "_find", body={"selector": selector, **options})
+
+    async def put_attachment(self, docid: str, rev: str, name: str, content: bytes,
+                             content_type: str) -> str:
+        result = await self._request(
+            "PUT", f"{doc_path(docid)}/{quote(name, safe='')}", params={"rev": rev},
+            data=content, headers={"Content-Type": content_type})
+        return result["rev"]
+
+    async def get_attachment(self, docid: str, name: str) -> tuple[bytes, str]:
+        """``(content, content type)`` of an attachment."""
+        return await self._request("GET", f"{doc_path(docid)}/{quote(name, safe='')}",
+                                   raw=True)
+
+    async def get_local(self, name: str) -> dict | None:
+        """A ``_local/`` document (not replicated), or None."""
+        return await self.get_or_none("_local/" + name)
+
+    async def put_local(self, name: str, doc: dict) -> str:
+        return await self.put({**doc, "_id": "_local/" + name})
+
+    async def changes(self, **params) -> dict:
+        """One ``_changes`` answer (normal or longpoll feed). ``since`` is opaque."""
+        return await self._request("GET", "_changes", params=_changes_params(params))
+
+    def follow(self, on_change: Callable[[dict], Any], *, since: Any = "now",
+               include_docs: bool = False, heartbeat_ms: int = 10_000,
+               filter: str | None = None, **params) -> "ChangesStream":
+        """Start a continuous ``_changes`` stream; see :class:`ChangesStream`."""
+        params = _changes_params({
+            "feed": "continuous", "since": since, "include_docs": include_docs,
+            "heartbeat": heartbeat_ms, "filter": filter, **params})
+        url = self.server.url + self.path + "_changes?" + encode_params(params)
+        stream = ChangesStream(self, url, self.display_url + "/_changes", on_change,
+                               heartbeat_ms / 1000.0)
+        stream.start()
+        return stream
+
+
+def _changes_params(params: dict) -> dict:
+    # ``since`` is opaque: a string goes as is, anything else as its JSON text.
+    since = params.get("since")
+    if since is not None and not isinstance(since, str):
+        params = {**params, "since": json.dumps(since)}
+    return params
+
+
+class _LineReceiver(Protocol):
+    def __init__(self, stream: "ChangesStream"):
+        self.stream = stream
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.stream._alive()
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.stream._line(line)
+
+    def connectionLost(self, reason=None) -> None:
+        self.stream._ended(reason)
+
+
+class ChangesStream:
+    """A continuous ``_changes`` feed that calls ``on_change(change)`` per change as it
+    arrives. ``last_seq`` is the seq of the last change delivered (opaque).
+    ``done`` fires with ``last_seq`` when the stream ends by :meth:`stop` or by the
+    server, and fails with :class:`CouchError` when the connection breaks or goes
+    silent for three heartbeats.
+    """
+
+    def __init__(self, db: Database, url: str, shown_url: str, on_change, heartbeat: float):
+        self.db = db
+        self.url = url
+        self.shown_url = shown_url
+        self.on_change = on_change
+        self.heartbeat = heartbeat
+        self.last_seq: Any = None
+        self.done: defer.Deferred = defer.Deferred()
+        self._stopped = False
+        self._receiver = None
+        self._request_d = None
+        self._watchdog = None
+        self._reactor = db.server._reactor
+
+    def start(self) -> None:
+        headers = Headers({k: [v] for k, v in self.db.server._headers().items()})
+        agent = self.db.server.stream_agent()
+        self._request_d = agent.request(b"GET", self.url.encode("ascii"), headers)
+        self._alive()
+        self._request_d.addCallbacks(self._got_response, self._failed)
+
+    def _got_response(self, response) -> None:
+        self._request_d = None
+        if response.code != 200:
+            error = _error_for_status(response.code)(
+                "the _changes feed was refused", url=self.shown_url, status=response.code)
+            treq.content(response).addBoth(lambda _: self._failed(Failure(error)))
+            return
+        self._receiver = _LineReceiver(self)
+        response.deliverBody(self._receiver)
+
+    def _alive(self) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(self.heartbeat * 3)
+        elif not self._stopped:
+            self._watchdog = self._reactor.callLater(self.heartbeat * 3, self._silent)
+
+    def _silent(self) -> None:
+        self._watchdog = None
+        self._finish(Failure(Timeout("the _changes feed went silent",
+                                     url=self.shown_url)))
+
+    def _line(self, line: bytes) -> None:
+        if self._stopped:
+            return
+        try:
+            change = json.loads(line)
+        except ValueError:
+            self._finish(Failure(BadResponse("the _changes feed sent a line that is not JSON",
+                                             url=self.shown_url)))
+            return
+        if "last_seq" in change and "id" not in change:
+            self.last_seq = change["last_seq"]
+            return
+        if "seq" not in change:
+            return
+        self.last_seq = change["seq"]
+        try:
+            self.on_change(change)
+        except Exception:
+            log.failure("a _changes consumer failed on {id}", id=change.get("id"))
+
+    def _failed(self, failure: Failure) -> None:
+        self._request_d = None
+        if not self._stopped:
+            self._finish(Failure(_transport_error(failure.value, self.shown_url))
+                         if not failure.check(CouchError) else failure)
+
+    def _ended(self, reason) -> None:
+        if self._stopped or reason is None or reason.check(ResponseDone):
+            self._finish(None)
+        else:
+            self._finish(Failure(Unreachable("the _changes feed broke off",
+                                             url=self.shown_url)))
+
+    def _finish(self, failure: Failure | None) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        if self.done.called:
+            return
+        self._stopped = True
+        if self._receiver is not None and self._receiver.transport is not None:
+            self._receiver.transport.stopProducing()  # closes the connection
+        if self._request_d is not None:
+            self._request_d.cancel()
+        if failure is None:
+            self.done.callback(self.last_seq)
+        else:
+            self.done.errback(failure)
+
+    def stop(self) -> defer.Deferred:
+        """Stop the stream; returns ``done``."""
+        self._finish(None)
+        return self.done

@@ -1,0 +1,49 @@
+"""URLs with credentials: split them off for Basic auth, and redact them for display.
+
+Passwords must never reach a log line, a page or an error message; everything that
+prints a URL prints ``redact(url)``.
+"""
+
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+
+class BadURL(ValueError):
+    """A URL that cannot name an HTTP server."""
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Return ``(url without user:password@, (user, password) or None)``.
+
+    The URL must be http(s) with a host; a path is kept and ends with ``/``.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadURL(f"not an http(s) URL with a host: {redact(url)!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise BadURL(f"bad port in URL: {redact(url)!r}") from None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host if port is None else f"{host}:{port}"
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    clean = urlunsplit((parts.scheme, netloc, path, "", ""))
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+    return clean, auth
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (the user name is kept)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and "@" not in parts.netloc:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(
+            (parts.scheme, f"{quote(unquote(user), safe='')}:***@{host}", parts.path,
+             parts.query, parts.fragment)
+        )
+    except ValueError:
+        return "<unparseable URL>"

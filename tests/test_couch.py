@@ -1,0 +1,230 @@
+"""The CouchDB client against a real pouchdb-server."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from pypioncouch.couch import (
+    BadResponse, Conflict, CouchDB, NotFound, Timeout, Unauthorized, Unreachable,
+    encode_params)
+from pypioncouch.testing.couchserver import free_port
+
+from .conftest import ADMIN
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_info_proves_it_is_couchdb(couch):
+    info = await couch.info()
+    assert info["version"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_database_is_idempotent(couch, db_name):
+    db = couch.database(db_name)
+    assert await db.ensure() is True
+    assert await db.ensure() is False
+    assert (await db.info())["db_name"] == db_name
+    assert db_name in await couch.all_dbs()
+
+
+@pytest_twisted.ensureDeferred
+async def test_document_put_get_delete_and_typed_errors(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    rev = await db.put({"_id": "twisted", "summary": "<b>event</b>-driven ☃"})
+    doc = await db.get("twisted")
+    assert doc["summary"] == "<b>event</b>-driven ☃" and doc["_rev"] == rev
+    with pytest.raises(Conflict) as conflict:
+        await db.put({"_id": "twisted", "summary": "stale"})
+    assert "409" in str(conflict.value)
+    await db.delete("twisted", rev)
+    with pytest.raises(NotFound):
+        await db.get("twisted")
+    assert await db.get_or_none("twisted") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_with_slashes_and_unicode_round_trip(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    for docid in ("a/b?c#d", "zope.interface:5.0+local", "ünï"):
+        await db.put({"_id": docid})
+        assert (await db.get(docid))["_id"] == docid
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_docs_reports_a_conflict_per_document(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.put({"_id": "b"})
+    results = await db.bulk_docs([{"_id": "a"}, {"_id": "b"}, {"_id": "c"}])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].id == "b" and results[1].error == "conflict"
+    assert (await db.get("c"))["_rev"] == results[2].rev
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_docs_with_keys_and_ranges(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.bulk_docs([{"_id": name} for name in ("foo", "foo:1.0", "foo:2.0", "foo-bar")])
+    answer = await db.all_docs(keys=["foo", "missing"])
+    assert answer["rows"][0]["id"] == "foo"
+    assert answer["rows"][1]["error"] == "not_found"
+    ranged = await db.all_docs(startkey="foo:", endkey="foo:\ufff0")
+    assert [row["id"] for row in ranged["rows"]] == ["foo:1.0", "foo:2.0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_view_query_with_options_and_keys(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.put({"_id": "_design/t", "views": {"by_author": {
+        "map": "function (doc) { if (doc.author) emit(doc.author.toLowerCase(), 1); }",
+        "reduce": "_count"}}})
+    await db.bulk_docs([{"_id": "a", "author": "Glyph"}, {"_id": "b", "author": "glyph"},
+                        {"_id": "c", "author": "Amber"}])
+    grouped = await db.view("t", "by_author", group=True)
+    assert grouped["rows"] == [{"key": "amber", "value": 1}, {"key": "glyph", "value": 2}]
+    rows = (await db.view("t", "by_author", keys=["glyph"], reduce=False))["rows"]
+    assert sorted(row["id"] for row in rows) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_attachment_kept_across_update_with_its_stub(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    rev = await db.put({"_id": "p", "v": 1})
+    rev = await db.put_attachment("p", rev, "opml.xml", b"<opml/>", "text/x-opml")
+    doc = await db.get("p")
+    assert doc["_attachments"]["opml.xml"]["stub"] is True
+    doc["v"] = 2
+    await db.put(doc)  # carries the stub
+    content, content_type = await db.get_attachment("p", "opml.xml")
+    assert content == b"<opml/>" and content_type.startswith("text/x-opml")
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_documents(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    assert await db.get_local("sync") is None
+    await db.put_local("sync", {"serial": 42})
+    local = await db.get_local("sync")
+    assert local["serial"] == 42
+    await db.put_local("sync", {**local, "serial": 43})
+    assert (await db.get_local("sync"))["serial"] == 43
+    # local documents are not in _changes or _all_docs
+    assert (await db.all_docs())["rows"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_stream_receives_a_change_written_after_it_started(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.put({"_id": "before"})
+    seen = []
+    arrived = defer.Deferred()
+
+    def on_change(change):
+        seen.append(change)
+        if change["id"] == "after" and not arrived.called:
+            arrived.callback(None)
+
+    first = await db.changes()
+    stream = db.follow(on_change, since=first["last_seq"], include_docs=True,
+                       heartbeat_ms=1000)
+    await sleep(0.3)
+    await db.put({"_id": "after", "n": 7})
+    arrived.addTimeout(10, reactor)
+    await arrived
+    assert [c["id"] for c in seen] == ["after"]
+    assert seen[0]["doc"]["n"] == 7
+    last = await stream.stop()
+    assert last == seen[-1]["seq"]
+    # resuming from the opaque seq gives nothing new
+    assert (await db.changes(since=last))["results"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_replicate_copies_all_documents(couch, db_name):
+    source = couch.database(db_name)
+    await source.ensure()
+    await source.bulk_docs([{"_id": f"doc{i}", "i": i} for i in range(20)])
+    target = couch.database(db_name + "-copy")
+    answer = await couch.replicate(source.url_with_credentials, target.url_with_credentials)
+    assert answer["ok"] is True
+    assert (await target.info())["doc_count"] == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_is_a_typed_error_without_the_password(couch_server):
+    wrong = CouchDB(f"http://{ADMIN[0]}:not-the-Pa55word@127.0.0.1:{couch_server.port}/")
+    with pytest.raises(Unauthorized) as error:
+        await wrong.database("anything").ensure()
+    message = str(error.value)
+    assert "not-the-Pa55word" not in message and "not-the-Pa55word" not in repr(wrong)
+    assert "401" in message and "***" in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_port_is_a_clear_error_quickly():
+    couch = CouchDB(f"http://u:pw@127.0.0.1:{free_port()}/", timeout=5)
+    started = reactor.seconds()
+    with pytest.raises(Unreachable) as error:
+        await couch.info()
+    assert reactor.seconds() - started < 5
+    assert "refused" in str(error.value) and "pw@" not in str(error.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_never_answers_times_out():
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        couch = CouchDB(f"http://127.0.0.1:{port.getHost().port}/", timeout=0.5)
+        with pytest.raises(Timeout) as error:
+            await couch.info()
+        assert "0.5s" in str(error.value)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_web_server_that_is_not_couchdb_is_named_as_such():
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+    from twisted.web.static import Data
+
+    root = Resource()
+    root.putChild(b"", Data(b"<html>hello</html>", "text/html"))
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    try:
+        couch = CouchDB(f"http://127.0.0.1:{port.getHost().port}/")
+        with pytest.raises(BadResponse) as error:
+            await couch.info()
+        assert "CouchDB" in str(error.value)
+        with pytest.raises(NotFound) as missing:
+            await couch.database("pypi").get("x")
+        assert "HTML" in str(missing.value)
+    finally:
+        await port.stopListening()
+
+
+def test_query_parameters_are_couchdb_json():
+    query = encode_params({"startkey": ["a", 1], "include_docs": True, "limit": 5,
+                           "since": "12-g1AAAA", "skip": None})
+    assert query == ("startkey=%5B%22a%22%2C1%5D&include_docs=true&limit=5"
+                     "&since=12-g1AAAA")
+
+
+def test_repr_and_display_url_hide_the_password():
+    couch = CouchDB("http://admin:hunter2@db.example:5984/")
+    assert "hunter2" not in repr(couch) and "hunter2" not in couch.display_url
+    assert couch.display_url == "http://admin:***@db.example:5984/"
+    assert "hunter2" in couch.url_with_credentials
