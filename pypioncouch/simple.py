@@ -1,0 +1,173 @@
+"""The PyPI Simple API, pure: PEP 503 HTML and PEP 691 JSON from file entries.
+
+Shared by the web front (which reads CouchDB) and the PyPI simulator, both of which
+hold PyPI JSON API file entries. Follows Warehouse (reference §4): PEP 592 yanked,
+PEP 700 versions/size/upload-time, PEP 658/714 ``core-metadata`` (never the
+``dist-info-metadata`` spelling that crashes pip 22.3-23.1), PEP 792 status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html import escape
+from typing import Iterable, Iterator
+
+from packaging.version import InvalidVersion, Version
+
+API_VERSION = "1.4"
+HTML = "text/html"
+V1_HTML = "application/vnd.pypi.simple.v1+html"
+V1_JSON = "application/vnd.pypi.simple.v1+json"
+OFFERS = (HTML, V1_HTML, V1_JSON)
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalization."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def negotiate(accept: str | None, offers: tuple[str, ...] = OFFERS) -> str:
+    """The offer ``accept`` prefers (q-values; ties go to the earlier offer).
+
+    No header, ``*/*`` or nothing acceptable all give the first offer, never a 406.
+    """
+    best, best_q = offers[0], 0.0
+    if not accept:
+        return best
+    ranges = []
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media, q = fields[0].lower(), 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        ranges.append((media, q))
+    for offer in offers:
+        kind = offer.split("/")[0]
+        q = max((q for media, q in ranges
+                 if media in (offer, "*/*", f"{kind}/*")), default=0.0)
+        if q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+def version_key(version: str):
+    """Sort key in PEP 440 order; invalid versions sort first, by their text."""
+    try:
+        return (1, Version(version), "")
+    except InvalidVersion:
+        return (0, Version("0"), version)
+
+
+def upload_time_z(entry: dict) -> str | None:
+    """``yyyy-mm-ddThh:mm:ss[.ffffff]Z`` from a JSON API file entry."""
+    iso = entry.get("upload_time_iso_8601")
+    if iso:
+        return iso
+    plain = entry.get("upload_time")
+    return plain + "Z" if plain else None
+
+
+def simple_files(releases: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
+    """PEP 700 ``versions`` (those with files) and PEP 691 ``files`` from the JSON API's
+    ``releases`` mapping, ordered by version, then filename."""
+    versions = sorted((v for v, files in releases.items() if files), key=version_key)
+    files = []
+    for version in versions:
+        for entry in sorted(releases[version], key=lambda e: e.get("filename", "")):
+            files.append(simple_file(entry))
+    return versions, files
+
+
+def simple_file(entry: dict) -> dict:
+    """One PEP 691 file from one JSON API file entry."""
+    digests = entry.get("digests") or {}
+    hashes = {k: digests[k] for k in ("sha256",) if digests.get(k)}
+    yanked = bool(entry.get("yanked"))
+    if yanked and entry.get("yanked_reason"):
+        yanked = entry["yanked_reason"]
+    metadata = entry.get("core-metadata") or entry.get("data-dist-info-metadata") or False
+    file = {
+        "filename": entry["filename"],
+        "url": entry["url"],
+        "hashes": hashes,
+        "requires-python": entry.get("requires_python"),
+        "size": entry.get("size"),
+        "upload-time": upload_time_z(entry),
+        "yanked": yanked,
+        "core-metadata": metadata if isinstance(metadata, dict) else False,
+    }
+    if entry.get("provenance"):
+        file["provenance"] = entry["provenance"]
+    return file
+
+
+def project_json(name: str, versions: list[str], files: list[dict], serial: int | None,
+                 status: str = "active") -> bytes:
+    """The PEP 691 project page."""
+    page = {"meta": {"_last-serial": serial, "api-version": API_VERSION},
+            "name": normalize(name), "project-status": {"status": status},
+            "versions": versions, "files": files}
+    return json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _anchor(file: dict) -> str:
+    href = file["url"]
+    if file["hashes"].get("sha256"):
+        href += "#sha256=" + file["hashes"]["sha256"]
+    attributes = [f'href="{escape(href)}"']
+    if file.get("requires-python"):
+        attributes.append(f'data-requires-python="{escape(file["requires-python"])}"')
+    if file.get("yanked") is not False and file.get("yanked") is not None:
+        reason = file["yanked"] if isinstance(file["yanked"], str) else ""
+        attributes.append(f'data-yanked="{escape(reason)}"')
+    metadata = file.get("core-metadata")
+    if isinstance(metadata, dict) and metadata.get("sha256"):
+        value = escape("sha256=" + metadata["sha256"])
+        attributes.append(f'data-dist-info-metadata="{value}" data-core-metadata="{value}"')
+    if file.get("provenance"):
+        attributes.append(f'data-provenance="{escape(file["provenance"])}"')
+    return f'    <a {" ".join(attributes)}>{escape(file["filename"])}</a><br />'
+
+
+def project_html(name: str, files: list[dict], serial: int | None,
+                 status: str = "active") -> bytes:
+    """The PEP 503 project page, as Warehouse writes it."""
+    title = escape(normalize(name))
+    lines = ["<!DOCTYPE html>", "<html>", "  <head>",
+             f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+             f'    <meta name="pypi:project-status" content="{escape(status)}">',
+             f"    <title>Links for {title}</title>", "  </head>", "  <body>",
+             f"    <h1>Links for {title}</h1>"]
+    lines += [_anchor(file) for file in files]
+    lines += ["  </body>", "</html>", f"<!--SERIAL {serial}-->"]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def index_html_chunks(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
+    """The PEP 503 index, streamed: ``projects`` yields ``(normalized, display)``."""
+    yield (f'<!DOCTYPE html>\n<html>\n  <head>\n'
+           f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
+           f'    <title>Simple index</title>\n  </head>\n  <body>\n').encode()
+    for normalized, display in projects:
+        yield (f'    <a href="/simple/{escape(normalized)}/">{escape(display)}</a>\n'
+               ).encode("utf-8")
+    yield b"  </body>\n</html>\n"
+
+
+def index_json_chunks(projects: Iterable[tuple[str, int | None]], serial: int | None
+                      ) -> Iterator[bytes]:
+    """The PEP 691 index, streamed: ``projects`` yields ``(display, last_serial)``."""
+    yield (b'{"meta":{"_last-serial":' + json.dumps(serial).encode()
+           + b',"api-version":"' + API_VERSION.encode() + b'"},"projects":[')
+    first = True
+    for display, last_serial in projects:
+        item = json.dumps({"_last-serial": last_serial, "name": display},
+                          separators=(",", ":"), ensure_ascii=False)
+        yield (b"" if first else b",") + item.encode("utf-8")
+        first = False
+    yield b"]}"

@@ -1,0 +1,485 @@
+"""The simulator's web server: PyPI's XML-RPC, JSON API, Simple API and files, plus a
+control endpoint for mutations and fault injection. Twisted only.
+
+Routes (as on pypi.org, reference §1, §3, §4):
+
+- ``POST /pypi``, ``/pypi/``, ``/RPC2``: XML-RPC;
+- ``GET /pypi/<project>/json``, ``/pypi/<project>/<version>/json`` (301 to the
+  normalized name);
+- ``GET /simple/``, ``/simple/<project>/`` (PEP 503 HTML / PEP 691 JSON by ``Accept``);
+- ``GET /packages/<aa>/<bb>/<rest>/<filename>`` (and ``<filename>.metadata``);
+- ``GET /_control/state``; ``POST /_control/<mutation>`` with a JSON object of keyword
+  arguments (``publish``, ``yank``, ``remove_project``, ... :class:`PackageIndex`'s
+  methods), ``/_control/faults`` (``rate``, ``kinds``, ``seed``),
+  ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import xmlrpc.client
+from collections import Counter, deque
+from html import escape
+
+from twisted.internet import reactor as default_reactor
+from twisted.logger import Logger
+from twisted.web import xmlrpc
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from pypioncouch import simple
+from pypioncouch.testing.index import CHANGELOG_LIMIT, IndexError_, PackageIndex, normalize
+
+log = Logger()
+
+FAULT_KINDS = ("500", "502", "503", "429", "timeout", "reset", "xmlrpc-fault",
+               "truncated", "malformed")
+MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
+             "remove_release", "remove_project", "quarantine", "clear_quarantine",
+             "archive", "add_role", "remove_role")
+_DISABLED = {
+    "list_packages": "RuntimeError: PyPI no longer supports the XMLRPC list_packages method. "
+                     "Use Simple API instead. See https://warehouse.pypa.io/api-reference/"
+                     "xml-rpc.html#deprecated-methods for more information.",
+    "package_releases": "RuntimeError: PyPI no longer supports the XMLRPC package_releases "
+                        "method. Use JSON or Simple API instead. See https://warehouse.pypa"
+                        ".io/api-reference/xml-rpc.html#deprecated-methods for more "
+                        "information.",
+    "release_urls": "RuntimeError: PyPI no longer supports the XMLRPC release_urls method. "
+                    "Use JSON or Simple API instead. See https://warehouse.pypa.io/"
+                    "api-reference/xml-rpc.html#deprecated-methods for more information.",
+    "release_data": "RuntimeError: PyPI no longer supports the XMLRPC release_data method. "
+                    "Use JSON or Simple API instead. See https://warehouse.pypa.io/"
+                    "api-reference/xml-rpc.html#deprecated-methods for more information.",
+    "search": "RuntimeError: PyPI no longer supports 'pip search' (or XML-RPC search). "
+              "Please use https://pypi.org/search (via a browser) instead. See "
+              "https://warehouse.pypa.io/api-reference/xml-rpc.html#deprecated-methods "
+              "for more information.",
+    "changelog": "ValueError: The changelog method has been deprecated, use "
+                 "changelog_since_serial instead.",
+    "top_packages": "RuntimeError: This API has been removed. Use BigQuery instead. See "
+                    "https://warehouse.pypa.io/api-reference/xml-rpc.html#deprecated-methods "
+                    "for more information.",
+    "package_data": "RuntimeError: This API has been deprecated. See https://warehouse."
+                    "pypa.io/api-reference/xml-rpc.html#deprecated-methods for more "
+                    "information.",
+    "package_urls": "RuntimeError: This API has been deprecated. See https://warehouse."
+                    "pypa.io/api-reference/xml-rpc.html#deprecated-methods for more "
+                    "information.",
+    "system.multicall": "ValueError: MultiCall requests have been deprecated, use "
+                        "individual requests instead.",
+}
+_LEGACY = ("list_packages", "package_releases", "release_urls", "release_data", "changelog")
+
+
+class FaultPlan:
+    """Which requests fail, and how: each request fails with probability ``rate``,
+    with a kind drawn from ``kinds``; ``seed`` makes the sequence repeatable."""
+
+    def __init__(self, rate: float = 0.0, kinds=FAULT_KINDS, seed: int = 0,
+                 timeout_seconds: float = 20.0):
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; know {FAULT_KINDS}")
+        self.rate = rate
+        self.kinds = tuple(kinds)
+        self.timeout_seconds = timeout_seconds
+        self._rng = random.Random(seed)
+        self.injected: Counter = Counter()
+        self.requests = 0
+
+    def draw(self) -> str | None:
+        self.requests += 1
+        if self.rate <= 0 or self._rng.random() >= self.rate:
+            return None
+        kind = self._rng.choice(self.kinds)
+        self.injected[kind] += 1
+        return kind
+
+
+def _check_args(args, spec) -> None:
+    """Warehouse's (pydantic's) argument checks: Fault -32602 on a mismatch."""
+    for position, value in enumerate(args):
+        if position >= len(spec):
+            raise xmlrpc.Fault(-32602, f"client error; {position}: Unexpected positional "
+                                       "argument")
+        name, kind, _ = spec[position]
+        if kind is int and (type(value) is not int):
+            raise xmlrpc.Fault(-32602, f"client error; {name}: Input should be a valid "
+                                       "integer")
+        if kind is str and not isinstance(value, str):
+            raise xmlrpc.Fault(-32602, f"client error; {name}: Input should be a valid string")
+        if kind is list and not (isinstance(value, list)
+                                 and all(isinstance(v, str) for v in value)):
+            raise xmlrpc.Fault(-32602, f"client error; {name}: Input should be a valid list")
+        if kind is bool and not isinstance(value, bool):
+            raise xmlrpc.Fault(-32602, f"client error; {name}: Input should be a valid boolean")
+    for name, _, required in spec[len(args):]:
+        if required:
+            raise xmlrpc.Fault(-32602, f"client error; {name}: Missing required argument")
+
+
+class PyPIXMLRPC(xmlrpc.XMLRPC):
+    """PyPI's XML-RPC methods (reference §1.1), the disabled ones answering with their
+    Faults (§1.2), or with ``legacy=True`` as before 2024 (§1.3)."""
+
+    def __init__(self, index: PackageIndex, *, legacy: bool = False,
+                 rate_limit_per_hour: int | None = None, clock=None):
+        super().__init__(allowNone=True)
+        self.index = index
+        self.legacy = legacy
+        self.rate_limit = rate_limit_per_hour
+        self.clock = clock or default_reactor.seconds
+        self._calls: dict[str, deque] = {}
+        self.calls: Counter = Counter()
+
+    def _rate_limited(self, client: str) -> int | None:
+        """Seconds until the limit resets if ``client`` is over it (every call counts)."""
+        if not self.rate_limit:
+            return None
+        now = self.clock()
+        window = self._calls.setdefault(client, deque())
+        while window and window[0] <= now - 3600:
+            window.popleft()
+        if len(window) >= self.rate_limit:
+            return max(1, int(window[0] + 3600 - now))
+        window.append(now)
+        return None
+
+    def render_POST(self, request):
+        self._client = request.getClientAddress().host
+        return super().render_POST(request)
+
+    def lookupProcedure(self, procedurePath):
+        self.calls[procedurePath] += 1
+        wait = self._rate_limited(getattr(self, "_client", "?"))
+        if wait is not None:
+            raise xmlrpc.Fault(-32500, "HTTPTooManyRequests: The action could not be "
+                               "performed because there were too many requests by the "
+                               f"client. Limit may reset in {wait} seconds.")
+        method = getattr(self, "rpc_" + procedurePath.replace(".", "_"), None)
+        if method is None:
+            raise xmlrpc.Fault(-32601, "server error; requested method not found")
+        return method
+
+    # -- supported -------------------------------------------------------------------
+
+    def rpc_changelog_last_serial(self, *args):
+        _check_args(args, [])
+        return self.index.last_serial
+
+    def rpc_changelog_since_serial(self, *args):
+        _check_args(args, [("since_serial", int, True)])
+        return self.index.changelog_since(args[0], CHANGELOG_LIMIT)
+
+    def rpc_list_packages_with_serial(self, *args):
+        _check_args(args, [])
+        return {display: self.index.last_serial_of(key)
+                for key, display in self.index.listing()}
+
+    def rpc_package_roles(self, *args):
+        _check_args(args, [("package_name", str, True)])
+        project = self.index.get(args[0])
+        if project is None:
+            return []
+        return [list(r) for r in sorted(project.roles, key=lambda r: (r[0] != "Owner", r[1]))]
+
+    def rpc_user_packages(self, *args):
+        _check_args(args, [("username", str, True)])
+        rows = []
+        for key, _ in self.index.listing():
+            project = self.index.get(key)
+            rows += [[role, project.name] for role, user in project.roles if user == args[0]]
+        return sorted(rows, key=lambda r: (r[0] != "Owner", r[1]))
+
+    def rpc_browse(self, *args):
+        _check_args(args, [("classifiers", list, True)])
+        wanted = set(args[0])
+        rows = []
+        for key, _ in self.index.listing():
+            project = self.index.get(key)
+            for version, release in project.releases.items():
+                if wanted <= set(release.metadata.get("classifiers") or []):
+                    rows.append([project.name, version])
+        return sorted(rows, key=lambda r: (r[0], simple.version_key(r[1])))
+
+    # -- disabled, or legacy -------------------------------------------------------
+
+    def _disabled(name, spec):
+        def method(self, *args):
+            _check_args(args, spec)
+            if self.legacy and name in _LEGACY:
+                return getattr(self, "legacy_" + name)(*args)
+            raise xmlrpc.Fault(-32500, _DISABLED[name])
+        return method
+
+    rpc_list_packages = _disabled("list_packages", [])
+    rpc_package_releases = _disabled("package_releases", [("package_name", str, True),
+                                                          ("show_hidden", bool, False)])
+    rpc_release_urls = _disabled("release_urls", [("package_name", str, True),
+                                                  ("version", str, True)])
+    rpc_release_data = _disabled("release_data", [("package_name", str, True),
+                                                  ("version", str, True)])
+    rpc_search = _disabled("search", [("spec", dict, True), ("operator", str, False)])
+    rpc_changelog = _disabled("changelog", [("since", int, True), ("with_ids", bool, False)])
+    rpc_top_packages = _disabled("top_packages", [("num", int, False)])
+    rpc_package_data = _disabled("package_data", [("package_name", str, True),
+                                                  ("version", str, True)])
+    rpc_package_urls = _disabled("package_urls", [("package_name", str, True),
+                                                  ("version", str, True)])
+    rpc_system_multicall = _disabled("system.multicall", [("calls", object, False)])
+    del _disabled
+
+    def legacy_list_packages(self):
+        return [display for _, display in self.index.listing()]
+
+    def legacy_package_releases(self, name, show_hidden=False):
+        project = self.index.get(name)
+        if project is None or not project.releases:
+            return []
+        if show_hidden:
+            return sorted(project.releases, key=simple.version_key, reverse=True)
+        latest = self.index.latest(project)
+        return [latest.version] if latest else []
+
+    def legacy_release_data(self, name, version):
+        project = self.index.get(name)
+        release = project and project.releases.get(version)
+        if release is None:
+            return {}
+        info = self.index.info(project, release)
+        data = {k: info.get(k) for k in (
+            "name", "version", "summary", "description", "license", "platform", "keywords",
+            "home_page", "download_url", "docs_url", "package_url", "release_url", "author",
+            "author_email", "maintainer", "maintainer_email", "requires_python",
+            "classifiers", "requires_dist")}
+        data.update(
+            project_url=[f"{k}, {v}" for k, v in (info.get("project_urls") or {}).items()],
+            requires=[], provides=[], provides_dist=[], obsoletes=[], obsoletes_dist=[],
+            requires_external=[], requires_dist=info.get("requires_dist") or [],
+            _pypi_ordering=sorted(project.releases, key=simple.version_key).index(version),
+            downloads={"last_day": -1, "last_month": -1, "last_week": -1},
+            stable_version=None, bugtrack_url=None, cheesecake_code_kwalitee_id=None,
+            cheesecake_documentation_id=None, cheesecake_installability_id=None)
+        return data
+
+    def legacy_release_urls(self, name, version):
+        project = self.index.get(name)
+        release = project and project.releases.get(version)
+        if release is None:
+            return []
+        rows = []
+        for file in release.files:
+            entry = self.index.file_entry(project, release, file)
+            rows.append({k: entry[k] for k in (
+                "filename", "packagetype", "python_version", "size", "md5_digest", "url",
+                "comment_text", "downloads", "has_sig")}
+                | {"sha256_digest": entry["digests"]["sha256"],
+                   "digests": {"md5": entry["digests"]["md5"],
+                               "sha256": entry["digests"]["sha256"]},
+                   "upload_time": entry["upload_time_iso_8601"],
+                   "upload_time_iso_8601": entry["upload_time_iso_8601"],
+                   "path": entry["url"].split("/packages/", 1)[1]})
+        return rows
+
+    def legacy_changelog(self, since, with_ids=False):
+        rows = [r for r in self.index.changelog_since(0) if r[2] > since][:CHANGELOG_LIMIT]
+        return rows if with_ids else [r[:4] for r in rows]
+
+
+class SimulatorResource(Resource):
+    """The whole simulated PyPI as one resource, with latency and faults in front."""
+
+    isLeaf = True
+
+    def __init__(self, index: PackageIndex, *, faults: FaultPlan | None = None,
+                 latency_ms: float = 0.0, legacy_xmlrpc: bool = False,
+                 xmlrpc_rate_limit: int | None = None, reactor=None):
+        super().__init__()
+        self.index = index
+        self.faults = faults or FaultPlan()
+        self.latency_ms = latency_ms
+        self.reactor = reactor or default_reactor
+        self.xmlrpc = PyPIXMLRPC(index, legacy=legacy_xmlrpc,
+                                 rate_limit_per_hour=xmlrpc_rate_limit,
+                                 clock=self.reactor.seconds)
+        self.hits: Counter = Counter()
+
+    def render(self, request):
+        path = request.path.decode("utf-8", "replace")
+        if path.startswith("/_control/"):
+            return self._control(request, path[len("/_control/"):])
+        self.hits[path.split("/")[1] if "/" in path else path] += 1
+        fault = self.faults.draw()
+        delay = self.latency_ms / 1000.0
+        if fault is None and not delay:
+            return self._dispatch(request, path)
+        gone = []
+        request.notifyFinish().addBoth(gone.append)
+        self.reactor.callLater(delay, self._answer_later, request, path, fault, gone)
+        return NOT_DONE_YET
+
+    def _answer_later(self, request, path, fault, gone):
+        if gone:  # the client went away while we waited
+            return
+        if fault is None:
+            body = self._dispatch(request, path)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+            return
+        self._fault(request, path, fault)
+
+    def _fault(self, request, path, kind):
+        is_rpc = request.method == b"POST"
+        if kind in ("500", "502", "503"):
+            request.setResponseCode(int(kind))
+            request.setHeader("Content-Type", "text/plain")
+            request.write(f"{kind} simulated failure".encode())
+            request.finish()
+        elif kind == "429":
+            request.setResponseCode(429)
+            request.setHeader("Retry-After", "1")
+            request.write(b"429 Too Many Requests")
+            request.finish()
+        elif kind == "timeout":
+            self.reactor.callLater(self.faults.timeout_seconds,
+                                   lambda: request.finished or request.transport.abortConnection())
+        elif kind == "reset":
+            request.transport.abortConnection()
+        elif kind == "xmlrpc-fault" and is_rpc:
+            request.setHeader("Content-Type", "text/xml")
+            request.write(xmlrpc.client.dumps(xmlrpc.Fault(-32500, "application error"),
+                                              methodresponse=True).encode())
+            request.finish()
+        elif kind == "truncated":
+            body = self._dispatch(request, path)
+            if body is NOT_DONE_YET:  # XML-RPC answers on its own; break it instead
+                request.transport.abortConnection()
+                return
+            request.setHeader("Content-Length", str(len(body) + 100))
+            request.write(body[: len(body) // 2])
+            request.transport.loseConnection()
+        else:  # malformed (and xmlrpc-fault on a GET)
+            request.setHeader("Content-Type", "text/xml" if is_rpc else "application/json")
+            request.write(b"<?xml version='1.0'?><methodResponse><params>" if is_rpc
+                          else b'{"info": {"name": ')
+            request.finish()
+
+    def _dispatch(self, request, path):
+        if path in ("/pypi", "/pypi/", "/RPC2") and request.method == b"POST":
+            return self.xmlrpc.render(request)
+        parts = path.strip("/").split("/")
+        if parts[0] == "pypi" and len(parts) in (3, 4) and parts[-1] == "json":
+            return self._json_api(request, parts[1], parts[2] if len(parts) == 4 else None)
+        if parts[0] == "simple":
+            return self._simple(request, path, parts[1:])
+        if parts[0] == "packages" and len(parts) == 5:
+            return self._file(request, parts[4])
+        return self._plain(request, 404, "404 Not Found")
+
+    @staticmethod
+    def _plain(request, status, text):
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "text/plain; charset=utf-8")
+        return text.encode()
+
+    @staticmethod
+    def _redirect(request, location):
+        request.setResponseCode(301)
+        request.setHeader("Location", location)
+        return b""
+
+    def _json_api(self, request, name, version):
+        key = normalize(name)
+        if key != name:
+            rest = f"{version}/json" if version else "json"
+            return self._redirect(request, f"/pypi/{key}/{rest}")
+        status, body, serial = self.index.json_api(key, version)
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json")
+        if serial is not None:
+            request.setHeader("X-PyPI-Last-Serial", str(serial))
+            request.setHeader("Access-Control-Allow-Origin", "*")
+            request.setHeader("Cache-Control", "max-age=900, public")
+        return body
+
+    def _simple(self, request, path, parts):
+        parts = [p for p in parts if p]
+        accept = request.getHeader("accept")
+        chosen = simple.negotiate(accept)
+        request.setHeader("Vary", "Accept")
+        if not parts:
+            if not path.endswith("/"):
+                return self._redirect(request, "/simple/")
+            request.setHeader("X-PyPI-Last-Serial", str(self.index.last_serial))
+            request.setHeader("Content-Type", chosen)
+            listing = [(key, display) for key, display in self.index.listing()
+                       if self.index.get(key).status != "quarantined"]
+            if chosen == simple.V1_JSON:
+                chunks = simple.index_json_chunks(
+                    ((d, self.index.last_serial_of(k)) for k, d in listing),
+                    self.index.last_serial)
+            else:
+                chunks = simple.index_html_chunks(listing)
+            return b"".join(chunks)
+        name = parts[0]
+        key = normalize(name)
+        if key != name or not path.endswith("/") or len(parts) > 1:
+            return self._redirect(request, f"/simple/{key}/")
+        found = self.index.simple_project(key)
+        if found is None:
+            return self._plain(request, 404, "404 Not Found")
+        versions, files, serial, status = found
+        request.setHeader("X-PyPI-Last-Serial", str(serial))
+        request.setHeader("Content-Type", chosen)
+        if chosen == simple.V1_JSON:
+            return simple.project_json(key, versions, files, serial, status)
+        return simple.project_html(key, files, serial, status)
+
+    def _file(self, request, filename):
+        found = self.index.find_file(filename)
+        if found is None:
+            return self._plain(request, 404, "404 Not Found")
+        content, content_type = found
+        request.setHeader("Content-Type", content_type)
+        return content
+
+    def _control(self, request, operation):
+        request.setHeader("Content-Type", "application/json")
+        try:
+            args = json.loads(request.content.read() or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError("the body must be a JSON object of keyword arguments")
+            result = self.control(operation, args)
+        except (IndexError_, ValueError, TypeError) as error:
+            request.setResponseCode(400)
+            result = {"error": str(error)}
+        except KeyError:
+            request.setResponseCode(404)
+            result = {"error": f"no control operation {escape(operation)!r}",
+                      "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state"]}
+        return json.dumps(result).encode()
+
+    def control(self, operation: str, args: dict) -> dict:
+        """Run a control operation (also used from Python through the HTTP endpoint)."""
+        if operation == "state":
+            return {"last_serial": self.index.last_serial, "projects": len(self.index.listing()),
+                    "faults_injected": dict(self.faults.injected),
+                    "requests": self.faults.requests, "xmlrpc_calls": dict(self.xmlrpc.calls)}
+        if operation == "faults":
+            self.faults = FaultPlan(args.get("rate", 0.0), args.get("kinds", FAULT_KINDS),
+                                    args.get("seed", 0), args.get("timeout_seconds", 20.0))
+            return {"ok": True}
+        if operation == "latency":
+            self.latency_ms = float(args.get("ms", 0))
+            return {"ok": True}
+        if operation == "stale":
+            self.index.stale_seconds = float(args.get("seconds", 0))
+            return {"ok": True}
+        if operation not in MUTATIONS:
+            raise KeyError(operation)
+        serial = getattr(self.index, operation)(**args)
+        return {"serial": serial if serial is not None else self.index.last_serial}
+
