@@ -1,0 +1,68 @@
+"""The blocking Python API (the 2011 original's interface, kept)::
+
+    from pypioncouch import import_all, update
+    summary = import_all("http://admin:pw@localhost:5984/", pypi="https://pypi.org/")
+
+No reactor in sight for the caller: the first call starts Twisted's reactor in a
+background thread and every call waits for its result there.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from twisted.internet import defer
+
+from pypioncouch.couch import CouchDB
+from pypioncouch.pypi import PYPI_URL, PyPI
+from pypioncouch.sync import Summary, XmlRpcImporter, run_pass
+
+__all__ = ["XmlRpcImporter", "import_all", "update"]
+
+_started = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def _reactor():
+    global _thread
+    from twisted.internet import reactor
+
+    with _started:
+        if _thread is None and not reactor.running:
+            _thread = threading.Thread(target=reactor.run,
+                                       kwargs={"installSignalHandlers": False},
+                                       name="pypioncouch-reactor", daemon=True)
+            _thread.start()
+    return reactor
+
+
+def _blocking(coroutine_function, *args, **kwargs):
+    from twisted.internet.threads import blockingCallFromThread
+
+    reactor = _reactor()
+    return blockingCallFromThread(
+        reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
+
+
+def _importer(couch: str, pypi: str, db: str, concurrency: int, source: str,
+              changes: str) -> XmlRpcImporter:
+    database = CouchDB(couch).database(db)
+    return XmlRpcImporter(database, PyPI(pypi, concurrency=concurrency),
+                          concurrency=concurrency, source=source, changes=changes)
+
+
+def import_all(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
+               source: str = "json", changes: str = "xmlrpc") -> Summary:
+    """Import all of PyPI into ``couch`` (a CouchDB URL, may carry user:password@)."""
+    async def run():
+        return await run_pass(_importer(couch, pypi, db, concurrency, source, changes),
+                              full=True)
+    return _blocking(run)
+
+
+def update(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
+           source: str = "json", changes: str = "xmlrpc") -> Summary:
+    """Apply everything PyPI changed since the last import or update (one pass)."""
+    async def run():
+        return await run_pass(_importer(couch, pypi, db, concurrency, source, changes))
+    return _blocking(run)

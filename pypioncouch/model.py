@@ -1,0 +1,276 @@
+"""PyPI payloads to CouchDB documents, and back. Pure: no I/O.
+
+A project is stored as one project document plus one document per release, so that a
+project with thousands of releases and a multi-MB description stays far below
+CouchDB's 8 MB ``max_document_size`` (docs/schema.md has the full schema):
+
+- ``<normalized>``: ``type: "project"`` — the display name, PyPI's serial, the latest
+  release's ``info`` *without* its description, the fields people query in normalized
+  form (``keywords`` as a list, ``classifiers``, ``upload_time`` as
+  ``[Y, M, D, h, m, s]``), the versions in PEP 440 order, and a digest per release so
+  a sync rewrites only the releases that changed;
+- ``<normalized>:<version>``: ``type: "release"`` — the release's files exactly as
+  PyPI's JSON API gave them, its yanked flags, ``upload_time`` as a list, and its
+  ``info`` (with the description) when PyPI gave it: the JSON API gives full metadata
+  for the latest release only, so older releases keep the ``info`` they had when they
+  were the latest (or none, if the mirror never saw them as latest).
+
+Everything PyPI says is kept verbatim (null stays null, empty stays empty), so the
+JSON and Simple APIs are re-served from CouchDB alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+PROJECT = "project"
+RELEASE = "release"
+SCHEMA_VERSION = 1
+# The top-level keys of a JSON API answer that live in their own places.
+_SPLIT_KEYS = ("info", "releases", "urls")
+_QUERY_FIELDS = ("summary", "author", "author_email", "maintainer", "maintainer_email",
+                 "license", "license_expression", "home_page", "download_url",
+                 "project_urls", "requires_python")
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+
+
+class BadPayload(ValueError):
+    """PyPI answered with something that is not a project as the JSON API shapes it."""
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalization (``Foo_Bar.baz`` -> ``foo-bar-baz``)."""
+    return canonicalize_name(name)
+
+
+def is_valid_project_name(name: str) -> bool:
+    """A name PyPI could hold (PEP 508): letters, digits, ``._-``, alnum at both ends."""
+    return bool(_VALID_NAME.match(name or ""))
+
+
+def release_id(normalized: str, version: str) -> str:
+    return f"{normalized}:{version}"
+
+
+def release_id_range(normalized: str) -> tuple[str, str]:
+    """``(startkey, endkey)`` of a project's release documents in ``_all_docs``."""
+    return f"{normalized}:", f"{normalized}:\ufff0"
+
+
+def version_sort_key(version: str):
+    """PEP 440 order; versions PEP 440 cannot parse sort first, by their text."""
+    try:
+        return (1, Version(version), "")
+    except InvalidVersion:
+        return (0, Version("0"), version)
+
+
+def upload_time_list(value: str | None) -> list[int] | None:
+    """``"2015-06-14T14:38:05[.875222][Z]"`` -> ``[2015, 6, 14, 14, 38, 5]``."""
+    if not value:
+        return None
+    match = re.match(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)", value)
+    return [int(part) for part in match.groups()] if match else None
+
+
+def split_keywords(value: Any) -> list[str]:
+    """PyPI's one keywords string (commas or spaces, or empty) as a clean list."""
+    if not value:
+        return []
+    if isinstance(value, list):
+        parts = value
+    elif "," in value:
+        parts = value.split(",")
+    else:
+        parts = value.split()
+    seen: dict[str, None] = {}
+    for part in parts:
+        word = " ".join(str(part).split())
+        if word and word.lower() not in (k.lower() for k in seen):
+            seen[word] = None
+    return list(seen)
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _earliest_upload(files: list[dict]) -> str | None:
+    times = [f.get("upload_time_iso_8601") or f.get("upload_time") for f in files]
+    times = [t for t in times if t]
+    return min(times) if times else None
+
+
+def _check_payload(payload: Any) -> None:
+    if not isinstance(payload, dict):
+        raise BadPayload("the JSON API answer is not an object")
+    info = payload.get("info")
+    if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+        raise BadPayload("the JSON API answer has no info.name")
+    if not isinstance(info.get("version"), str):
+        raise BadPayload("the JSON API answer has no info.version")
+    releases = payload.get("releases", {})
+    if not isinstance(releases, dict) or not all(
+            isinstance(files, list) and all(isinstance(f, dict) and "filename" in f
+                                            for f in files)
+            for files in releases.values()):
+        raise BadPayload("the JSON API answer's releases are not lists of files")
+    if not isinstance(payload.get("last_serial", 0), int):
+        raise BadPayload("the JSON API answer's last_serial is not an integer")
+
+
+def release_document(normalized: str, name: str, version: str, files: list[dict],
+                     info: dict | None) -> dict:
+    """One release's document (without ``_rev``)."""
+    first = files[0] if files else {}
+    uploaded = _earliest_upload(files)
+    doc = {
+        "_id": release_id(normalized, version),
+        "type": RELEASE,
+        "project": normalized,
+        "name": name,
+        "version": version,
+        "files": files,
+        "yanked": bool(first.get("yanked")) if files else bool((info or {}).get("yanked")),
+        "yanked_reason": first.get("yanked_reason") if files else (info or {}).get(
+            "yanked_reason"),
+        "requires_python": first.get("requires_python") if files else (info or {}).get(
+            "requires_python"),
+        "upload_time": upload_time_list(uploaded),
+        "upload_time_iso_8601": uploaded,
+    }
+    if info is not None:
+        doc["info"] = info
+        doc["requires_dist"] = list(info.get("requires_dist") or [])
+    return doc
+
+
+def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, list[dict]]:
+    """A JSON API answer (``/pypi/<p>/json``) -> ``(project document, release documents)``.
+
+    Raises :class:`BadPayload` when the answer is not shaped like the JSON API's.
+    """
+    _check_payload(payload)
+    info = payload["info"]
+    name = info["name"]
+    normalized = normalize(name)
+    latest = info["version"]
+    releases: dict[str, list[dict]] = dict(payload.get("releases") or {})
+    if latest not in releases:  # a version route answer, or PyPI hid it: keep what we have
+        releases[latest] = list(payload.get("urls") or [])
+    release_docs = [release_document(normalized, name, version, files,
+                                     info if version == latest else None)
+                    for version, files in releases.items()]
+    versions = sorted(releases, key=version_sort_key)
+    info_without_description = {k: v for k, v in info.items() if k != "description"}
+    latest_doc = next(d for d in release_docs if d["version"] == latest)
+    project = {
+        "_id": normalized,
+        "type": PROJECT,
+        "schema": SCHEMA_VERSION,
+        "name": name,
+        "status": status,
+        "last_serial": payload.get("last_serial"),
+        "latest_version": latest,
+        "versions": versions,
+        **{field: info.get(field) for field in _QUERY_FIELDS},
+        "keywords": split_keywords(info.get("keywords")),
+        "classifiers": list(info.get("classifiers") or []),
+        "upload_time": latest_doc["upload_time"],
+        "description_length": len(info.get("description") or ""),
+        "info": info_without_description,
+        "pypi": {k: v for k, v in payload.items() if k not in _SPLIT_KEYS},
+        "release_digests": {d["version"]: release_digests(d) for d in release_docs},
+    }
+    return project, release_docs
+
+
+def release_digests(doc: dict) -> list[str | None]:
+    """``[digest of the files part, digest of info or None]`` of a release document."""
+    files_part = {k: v for k, v in doc.items() if k not in ("_id", "_rev", "info",
+                                                            "requires_dist")}
+    return [_digest(files_part), _digest(doc["info"]) if "info" in doc else None]
+
+
+def release_needs_write(new_doc: dict, old_digests: list | None) -> bool:
+    """Whether a stored release (``old_digests`` from the project document) differs."""
+    if old_digests is None:
+        return True
+    files_digest, info_digest = release_digests(new_doc)
+    if files_digest != old_digests[0]:
+        return True
+    return info_digest is not None and info_digest != old_digests[1]
+
+
+def merged_digests(new_doc: dict, old_digests: list | None) -> list[str | None]:
+    """The digests stored for a release after a sync: an ``info`` PyPI no longer gives
+    (the release is not the latest any more) is kept, so its digest is too."""
+    files_digest, info_digest = release_digests(new_doc)
+    if info_digest is None and old_digests is not None:
+        info_digest = old_digests[1]
+    return [files_digest, info_digest]
+
+
+def empty_project_document(name: str, serial: int | None, status: str) -> dict:
+    """A project PyPI knows but shows no release of: new with no upload yet, or
+    quarantined (its JSON API answers 404, its Simple page 200 with no files)."""
+    normalized = normalize(name)
+    return {
+        "_id": normalized, "type": PROJECT, "schema": SCHEMA_VERSION, "name": name,
+        "status": status, "last_serial": serial, "latest_version": None, "versions": [],
+        **{field: None for field in _QUERY_FIELDS},
+        "keywords": [], "classifiers": [], "upload_time": None, "description_length": 0,
+        "info": None, "pypi": {"last_serial": serial}, "release_digests": {},
+    }
+
+
+def json_api_payload(project: dict, releases: list[dict], version: str | None = None
+                     ) -> dict | None:
+    """The JSON API answer re-built from stored documents (``/pypi/<p>/json`` when
+    ``version`` is None, else ``/pypi/<p>/<version>/json``); None means 404."""
+    if project.get("info") is None or project.get("status") == "quarantined":
+        return None
+    by_version = {doc["version"]: doc for doc in releases}
+    chosen = project["latest_version"] if version is None else version
+    if chosen not in by_version:
+        return None
+    release = by_version[chosen]
+    latest = by_version.get(project["latest_version"], {})
+    if version is None or chosen == project["latest_version"]:
+        info = dict(latest.get("info") or project["info"])
+    else:
+        info = dict(release.get("info") or _derived_info(project, release))
+    payload = dict(project.get("pypi") or {})
+    payload["info"] = info
+    payload["urls"] = release["files"]
+    if version is None:
+        payload["releases"] = {v: by_version[v]["files"] for v in project["versions"]
+                               if v in by_version}
+    return payload
+
+
+def _derived_info(project: dict, release: dict) -> dict:
+    """``info`` for a release the mirror never saw as the latest: the project's info
+    with what is known of this release. Marked so nobody mistakes it for PyPI's."""
+    info = dict(project["info"])
+    version = release["version"]
+    project_url = info.get("project_url")
+    info.update(version=version, yanked=release["yanked"],
+                yanked_reason=release["yanked_reason"],
+                requires_python=release["requires_python"], description=None,
+                release_url=f"{project_url}{version}/" if project_url else None)
+    info["_pypioncouch_derived"] = True
+    return info
+
+
+def dump_json_api(payload: dict) -> bytes:
+    """Bytes as PyPI's JSON API writes them: compact, keys sorted, trailing newline."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return (text + "\n").encode("utf-8")

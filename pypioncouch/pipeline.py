@@ -1,0 +1,63 @@
+"""Small asynchronous building blocks for bounded pipelines on Twisted."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Coroutine
+
+from twisted.internet import defer
+
+
+class BoundedQueue:
+    """A FIFO whose ``put`` waits while it holds ``maxsize`` items (back-pressure), so
+    a fast producer never holds more than ``maxsize`` items in memory."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: deque = deque()
+        self._getters: deque[defer.Deferred] = deque()
+        self._putters: deque[defer.Deferred] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: Any) -> None:
+        while len(self._items) >= self.maxsize:
+            waiter = defer.Deferred()
+            self._putters.append(waiter)
+            await waiter
+        if self._getters:
+            self._getters.popleft().callback(item)
+        else:
+            self._items.append(item)
+
+    async def get(self) -> Any:
+        if self._items:
+            item = self._items.popleft()
+            if self._putters:
+                self._putters.popleft().callback(None)
+            return item
+        waiter = defer.Deferred()
+        self._getters.append(waiter)
+        return await waiter
+
+
+async def run_together(*coroutines: Coroutine) -> list:
+    """Run coroutines concurrently; if one fails, cancel the others and raise its error."""
+    deferreds = [defer.ensureDeferred(c) for c in coroutines]
+    failed: list = []
+
+    def on_failure(failure, index):
+        if not failed:
+            failed.append(failure)
+            for other, d in enumerate(deferreds):
+                if other != index and not d.called:
+                    d.cancel()
+        return None
+
+    for index, d in enumerate(deferreds):
+        d.addErrback(on_failure, index)
+    results = await defer.gatherResults(deferreds)
+    if failed:
+        failed[0].raiseException()
+    return results

@@ -1,0 +1,416 @@
+"""Our PyPI client: the changelog and serials over XML-RPC, per-project metadata from
+the JSON API (reference: ../shared/reference/pypi-api.md).
+
+- XML-RPC goes through ``twisted.web.xmlrpc.Proxy`` (with our User-Agent);
+  ``changelog_since_serial``, ``changelog_last_serial`` and
+  ``list_packages_with_serial`` are the methods PyPI still supports.
+- A project costs one JSON API request (``/pypi/<name>/json``); only when that
+  answers 404 does a second one (``/simple/<name>/``, PEP 691 JSON) tell a project
+  with no release (or quarantined) from one that is gone.
+- ``legacy_project`` rebuilds the same answer from ``package_releases`` /
+  ``release_data`` / ``release_urls`` for indexes that still serve them; PyPI answers
+  them with a Fault since 2024-09, which raises :class:`MethodGone`.
+- Every call has a timeout; 5xx, 429 (``Retry-After`` honoured), timeouts, resets and
+  malformed bodies are retried with exponential backoff and jitter; the XML-RPC rate
+  limit Fault is waited out. A JSON answer older than the serial that made us ask is
+  a stale CDN copy: retried, then reported as :class:`StaleAnswer`, never returned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from treq.client import HTTPClient
+from twisted.internet import defer, task
+from twisted.internet import error as ierror
+from twisted.logger import Logger
+from twisted.web import xmlrpc
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.error import Error as HTTPError
+
+from pypioncouch import __version__
+from pypioncouch.model import normalize
+from pypioncouch.simple import V1_JSON
+from pypioncouch.urls import redact
+
+log = Logger()
+
+USER_AGENT = f"pypioncouch/{__version__} (+https://github.com/pypioncouch/pypioncouch)"
+PYPI_URL = "https://pypi.org/"
+CHANGELOG_PAGE = 50_000
+
+
+class PyPIError(Exception):
+    """A PyPI request failed for good. ``str()`` is one line naming the URL."""
+
+    def __init__(self, message: str, url: str = ""):
+        self.message, self.url = message, url
+        super().__init__(f"{message} ({url})" if url else message)
+
+
+class Transient(PyPIError):
+    """Worth trying again: 5xx, 429, timeouts, resets, malformed or truncated bodies."""
+
+    retry_after: float | None = None
+
+
+class RateLimited(Transient):
+    """PyPI's XML-RPC rate limit (a Fault, not a 429)."""
+
+    def __init__(self, message: str, url: str, retry_after: float):
+        super().__init__(message, url)
+        self.retry_after = retry_after
+
+
+class StaleAnswer(Transient):
+    """The answer's serial is older than the one the changelog promised (CDN copy)."""
+
+
+class RPCFault(PyPIError):
+    def __init__(self, code: int, text: str, url: str):
+        self.code, self.text = code, text
+        super().__init__(f"XML-RPC Fault {code}: {text}", url)
+
+
+class MethodGone(RPCFault):
+    """PyPI no longer serves this XML-RPC method."""
+
+
+_GONE_MARKERS = ("no longer supports", "has been deprecated", "has been removed",
+                 "API has been removed")
+
+
+def classify_fault(fault: xmlrpc.Fault, url: str) -> PyPIError:
+    code, text = fault.faultCode, str(fault.faultString)
+    if code == -32601 or (code == -32500 and any(m in text for m in _GONE_MARKERS)):
+        return MethodGone(code, text, url)
+    if "TooManyRequests" in text:
+        match = re.search(r"reset in (\d+) seconds", text)
+        return RateLimited(f"XML-RPC rate limit: {text}", url,
+                           float(match.group(1)) if match else 60.0)
+    if code == -32500:
+        error = Transient(f"XML-RPC Fault {code}: {text}", url)
+        return error
+    return RPCFault(code, text, url)
+
+
+@dataclass
+class ProjectAnswer:
+    """What PyPI says of one project.
+
+    ``kind`` is ``"project"`` (``payload`` is the JSON API answer), ``"empty"`` (PyPI
+    knows it but shows no release: new, or quarantined — see ``status``) or
+    ``"gone"`` (neither the JSON API nor the Simple API knows it).
+    """
+
+    name: str
+    kind: str
+    payload: dict | None = None
+    serial: int | None = None
+    status: str = "active"
+
+
+class _QueryProtocol(xmlrpc.QueryProtocol):
+    def sendHeader(self, name, value):
+        if name.lower() == b"user-agent":
+            value = USER_AGENT.encode("ascii")
+        super().sendHeader(name, value)
+
+
+class _QueryFactory(xmlrpc.QueryFactory):
+    protocol = _QueryProtocol
+
+
+class _Proxy(xmlrpc.Proxy):
+    queryFactory = _QueryFactory
+
+
+def _new_http_client(reactor, concurrency: int) -> HTTPClient:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(2, concurrency)
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+class PyPI:
+    """PyPI (or anything that speaks its APIs) at ``url``."""
+
+    def __init__(self, url: str = PYPI_URL, *, http=None, reactor=None, concurrency: int = 10,
+                 timeout: float = 30.0, retries: int = 5, backoff: float = 0.5,
+                 stale_retries: int = 3, rng: random.Random | None = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = url if url.endswith("/") else url + "/"
+        self.display_url = redact(self.url)
+        self.xmlrpc_url = self.url + "pypi"
+        self._reactor = reactor
+        self._http = http if http is not None else _new_http_client(reactor, concurrency)
+        self._limit = defer.DeferredSemaphore(max(1, concurrency))
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.stale_retries = stale_retries
+        self._rng = rng or random.Random()
+        self.requests = 0
+        self.retried = 0
+
+    def __repr__(self) -> str:
+        return f"<PyPI {self.display_url}>"
+
+    def sleep(self, seconds: float) -> defer.Deferred:
+        return task.deferLater(self._reactor, seconds, lambda: None)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``attempt`` until it does not raise :class:`Transient`, with backoff."""
+        for number in range(self.retries + 1):
+            try:
+                return await attempt()
+            except Transient as error:
+                if number == self.retries:
+                    raise
+                self.retried += 1
+                delay = error.retry_after
+                if delay is None:
+                    delay = min(30.0, self.backoff * 2 ** number) * (0.5 + self._rng.random())
+                log.debug("retrying in {delay:.1f}s: {error}", delay=delay, error=error)
+                await self.sleep(delay)
+
+    # -- XML-RPC ---------------------------------------------------------------------
+
+    async def call(self, method: str, *args) -> Any:
+        """One XML-RPC call, retried while transient."""
+        return await self._retrying(lambda: self._call_once(method, *args))
+
+    async def _call_once(self, method: str, *args) -> Any:
+        proxy = _Proxy(self.xmlrpc_url.encode("ascii"), allowNone=True,
+                       connectTimeout=self.timeout, reactor=self._reactor)
+        self.requests += 1
+        d = proxy.callRemote(method, *args)
+        d.addTimeout(self.timeout, self._reactor)
+        where = f"{self.display_url}pypi {method}"
+        try:
+            return await d
+        except xmlrpc.Fault as fault:
+            raise classify_fault(fault, where) from None
+        except HTTPError as error:
+            status = int(error.status or 0)
+            if status >= 500 or status == 429:
+                raise Transient(f"HTTP {status}", where) from None
+            raise PyPIError(f"HTTP {status}", where) from None
+        except (defer.TimeoutError, defer.CancelledError):
+            raise Transient(f"no answer within {self.timeout:g}s", where) from None
+        except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
+            raise Transient(_unreachable(error), where) from None
+        except Exception as error:  # resets, truncated or malformed XML
+            raise Transient(f"bad answer ({type(error).__name__})", where) from None
+
+    async def changelog_last_serial(self) -> int:
+        serial = await self.call("changelog_last_serial")
+        if serial is None:
+            return 0
+        if not isinstance(serial, int):
+            raise PyPIError(f"changelog_last_serial answered {type(serial).__name__}",
+                            self.xmlrpc_url)
+        return serial
+
+    async def changelog_since_serial(self, serial: int) -> list[list]:
+        rows = await self.call("changelog_since_serial", serial)
+        if not isinstance(rows, list):
+            raise PyPIError("changelog_since_serial did not answer a list", self.xmlrpc_url)
+        return rows
+
+    async def list_packages_with_serial(self) -> dict[str, int]:
+        listing = await self.call("list_packages_with_serial")
+        if not isinstance(listing, dict):
+            raise PyPIError("list_packages_with_serial did not answer a struct",
+                            self.xmlrpc_url)
+        return listing
+
+    # -- HTTP (JSON and Simple APIs) -------------------------------------------------
+
+    async def _get(self, path: str, accept: str = "application/json"
+                   ) -> tuple[int, dict[str, str], bytes]:
+        url = self.url + path
+        shown = self.display_url + path
+        async with self._limit:
+            self.requests += 1
+            d = defer.ensureDeferred(self._fetch(url, accept))
+            d.addTimeout(self.timeout, self._reactor)
+            try:
+                status, headers, body = await d
+            except (defer.TimeoutError, defer.CancelledError):
+                raise Transient(f"no answer within {self.timeout:g}s", shown) from None
+            except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
+                raise Transient(_unreachable(error), shown) from None
+            except Exception as error:  # resets, truncated bodies
+                raise Transient(f"connection failed ({type(error).__name__})", shown) from None
+        if status == 429:
+            error = Transient("HTTP 429 Too Many Requests", shown)
+            try:
+                error.retry_after = float(headers.get("retry-after", ""))
+            except ValueError:
+                pass
+            raise error
+        if status >= 500:
+            raise Transient(f"HTTP {status}", shown)
+        return status, headers, body
+
+    async def _fetch(self, url: str, accept: str):
+        response = await self._http.get(url, headers={"Accept": accept,
+                                                      "User-Agent": USER_AGENT})
+        body = await response.content()
+        headers = {k.decode().lower(): v[-1].decode("latin-1")
+                   for k, v in response.headers.getAllRawHeaders()}
+        return response.code, headers, body
+
+    @staticmethod
+    def _parse_json(body: bytes, where: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise Transient("malformed JSON", where) from None
+
+    async def simple_project(self, name: str) -> tuple[int | None, str] | None:
+        """``(serial, status)`` from ``/simple/<name>/`` (PEP 691), None if 404."""
+        path = f"simple/{normalize(name)}/"
+
+        async def attempt():
+            status, headers, body = await self._get(path, V1_JSON)
+            if status == 404:
+                return None
+            if status != 200:
+                raise PyPIError(f"HTTP {status}", self.display_url + path)
+            page = self._parse_json(body, self.display_url + path)
+            if not isinstance(page, dict):
+                raise Transient("malformed Simple page", self.display_url + path)
+            serial = _serial(headers, page.get("meta", {}).get("_last-serial"))
+            return serial, (page.get("project-status") or {}).get("status", "active")
+
+        return await self._retrying(attempt)
+
+    async def simple_index(self) -> tuple[int | None, dict[str, int]]:
+        """``(global serial, {display name: last serial})`` from the PEP 691 index."""
+        async def attempt():
+            status, headers, body = await self._get("simple/", V1_JSON)
+            if status != 200:
+                raise PyPIError(f"HTTP {status}", self.display_url + "simple/")
+            page = self._parse_json(body, self.display_url + "simple/")
+            if not isinstance(page, dict) or not isinstance(page.get("projects"), list):
+                raise Transient("malformed Simple index", self.display_url + "simple/")
+            serial = _serial(headers, page.get("meta", {}).get("_last-serial"))
+            return serial, {p["name"]: p.get("_last-serial") for p in page["projects"]}
+
+        return await self._retrying(attempt)
+
+    async def project(self, name: str, min_serial: int | None = None) -> ProjectAnswer:
+        """What PyPI says of ``name`` now, at least as new as ``min_serial``."""
+        key = normalize(name)
+        path = f"pypi/{key}/json"
+        where = self.display_url + path
+
+        async def attempt():
+            status, headers, body = await self._get(path)
+            return status, headers, self._parse_json(body, where) if status == 200 else None
+
+        for stale_try in range(self.stale_retries + 1):
+            status, headers, payload = await self._retrying(attempt)
+            if status == 404:
+                answer = await self._project_without_json(name, key)
+            elif status == 200:
+                serial = _serial(headers, payload.get("last_serial")
+                                 if isinstance(payload, dict) else None)
+                answer = ProjectAnswer(key, "project", payload, serial)
+            else:
+                raise PyPIError(f"HTTP {status}", where)
+            fresh = (answer.kind == "gone" or min_serial is None or answer.serial is None
+                     or answer.serial >= min_serial)
+            if fresh:
+                return answer
+            if stale_try < self.stale_retries:
+                await self.sleep(1.0 * (stale_try + 1))
+        raise StaleAnswer(f"stale: serial {answer.serial} < {min_serial} after "
+                          f"{self.stale_retries} retries", where)
+
+    async def _project_without_json(self, name: str, key: str) -> ProjectAnswer:
+        found = await self.simple_project(key)
+        if found is None:
+            return ProjectAnswer(key, "gone")
+        serial, status = found
+        return ProjectAnswer(key, "empty", serial=serial, status=status,
+                             payload={"name": name})
+
+    async def legacy_project(self, name: str, min_serial: int | None = None) -> ProjectAnswer:
+        """The same answer as :meth:`project`, from the pre-2024 XML-RPC methods."""
+        key = normalize(name)
+        versions = await self.call("package_releases", name, True)
+        if not versions:
+            return await self._project_without_json(name, key)
+        releases, latest_data = {}, None
+        for version in versions:
+            data = await self.call("release_data", name, version)
+            files = await self.call("release_urls", name, version)
+            releases[version] = [_json_file(f, data.get("requires_python")) for f in files]
+            if latest_data is None:
+                latest_data = data  # package_releases lists the newest first
+        info = _json_info(latest_data)
+        payload = {"info": info, "releases": releases, "urls": releases[info["version"]],
+                   "last_serial": min_serial, "vulnerabilities": []}
+        return ProjectAnswer(key, "project", payload, min_serial)
+
+
+def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
+    value = headers.get("x-pypi-last-serial")
+    try:
+        return int(value) if value is not None else (
+            body_serial if isinstance(body_serial, int) else None)
+    except ValueError:
+        return None
+
+
+def _unreachable(error: Exception) -> str:
+    if isinstance(error, ierror.DNSLookupError):
+        return "PyPI's host name does not resolve"
+    return "PyPI refused the connection"
+
+
+def _json_info(data: dict) -> dict:
+    """``release_data`` (XML-RPC) -> the JSON API's ``info``."""
+    urls = {}
+    if data.get("home_page"):
+        urls["Homepage"] = data["home_page"]
+    if data.get("download_url"):
+        urls["Download"] = data["download_url"]
+    for item in data.get("project_url") or []:
+        label, _, link = item.partition(", ")
+        urls[label] = link
+    keys = ("author", "author_email", "classifiers", "description", "docs_url",
+            "download_url", "home_page", "keywords", "license", "maintainer",
+            "maintainer_email", "name", "package_url", "platform", "release_url",
+            "requires_dist", "requires_python", "summary", "version", "bugtrack_url")
+    info = {k: data.get(k) for k in keys}
+    info.update(project_urls=urls or None, project_url=data.get("package_url"),
+                yanked=False, yanked_reason=None, downloads=data.get("downloads"),
+                description_content_type=None, license_expression=None,
+                license_files=None, provides_extra=None, dynamic=None)
+    return info
+
+
+def _json_file(entry: dict, requires_python: str | None) -> dict:
+    """One ``release_urls`` struct -> a JSON API file entry."""
+    iso = entry.get("upload_time_iso_8601") or entry.get("upload_time") or ""
+    iso = iso if isinstance(iso, str) else str(iso)
+    digests = dict(entry.get("digests") or {})
+    digests.setdefault("md5", entry.get("md5_digest"))
+    digests.setdefault("sha256", entry.get("sha256_digest"))
+    return {
+        "comment_text": entry.get("comment_text"), "digests": digests,
+        "downloads": entry.get("downloads", -1), "filename": entry["filename"],
+        "has_sig": entry.get("has_sig", False), "md5_digest": entry.get("md5_digest"),
+        "packagetype": entry.get("packagetype"), "python_version": entry.get("python_version"),
+        "requires_python": requires_python, "size": entry.get("size"),
+        "upload_time": iso[:19] if iso else None, "upload_time_iso_8601": iso or None,
+        "url": entry.get("url"), "yanked": False, "yanked_reason": None,
+    }

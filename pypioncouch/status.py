@@ -1,0 +1,54 @@
+"""What the daemon knows about itself: figures the sync and the watcher update, and
+the web front's /health, /status and /metrics read. One object, shared, no I/O."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SyncStatus:
+    """Live figures of one daemon. Times are POSIX seconds."""
+
+    pypi_url: str = ""
+    couch_url: str = ""  # redacted
+    database: str = ""
+    syncing: bool = True
+    started: float = field(default_factory=time.time)
+    phase: str = "starting"  # starting | full import | incremental | mirror | stopped
+    changes_source: str = "xmlrpc"
+    pypi_serial: int | None = None
+    pypi_serial_at: float | None = None
+    our_serial: int | None = None
+    our_serial_at: float | None = None
+    import_total: int = 0
+    import_done: int = 0
+    projects_written: int = 0
+    projects_deleted: int = 0
+    documents_written: int = 0
+    pending: int = 0
+    last_pass_at: float | None = None
+    last_pass_ok: bool | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    opml_seq: object = None
+    opml_written: int = 0
+    couch_ok: bool | None = None
+    couch_checked_at: float | None = None
+
+    def note_error(self, message: str) -> None:
+        self.last_error, self.last_error_at = message, time.time()
+
+    def warn_once(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    @property
+    def lag(self) -> int | None:
+        """Serials behind PyPI, when both are known."""
+        if self.pypi_serial is None or self.our_serial is None:
+            return None
+        return max(0, self.pypi_serial - self.our_serial)

@@ -1,0 +1,66 @@
+"""Helpers shared by the sync, OPML and web tests."""
+
+from twisted.internet import reactor, task
+
+from pypioncouch import model
+from pypioncouch.couch import CouchDB
+from pypioncouch.pypi import PyPI
+from pypioncouch.sync import XmlRpcImporter
+from pypioncouch.testing.pypi import listen, make_simulator
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def stored_project(db, key):
+    """``(project doc, [release docs])`` as stored, or ``(None, [])``."""
+    project = await db.get_or_none(key)
+    start, end = model.release_id_range(key)
+    rows = (await db.all_docs(startkey=start, endkey=end, include_docs=True))["rows"]
+    return project, [row["doc"] for row in rows]
+
+
+async def stored_json_api(db, key, version=None):
+    project, releases = await stored_project(db, key)
+    if project is None:
+        return None
+    payload = model.json_api_payload(project, releases, version)
+    return None if payload is None else model.dump_json_api(payload)
+
+
+async def assert_matches_simulator(db, index):
+    """Every project of the simulator is in CouchDB exactly as its JSON API says, and
+    CouchDB holds no project the simulator does not."""
+    truth = {key for key, _ in index.listing()}
+    for key in sorted(truth):
+        status, body, _ = index.json_api(key)
+        if status == 200:
+            assert await stored_json_api(db, key) == body, key
+        else:
+            project = await db.get(key)
+            assert project["versions"] == [] and project["info"] is None, key
+    rows = (await db.all_docs())["rows"]
+    stored = {row["id"] for row in rows if ":" not in row["id"] and not row["id"].startswith("_")}
+    assert stored == truth
+
+
+class World:
+    """A simulator in this reactor, a fresh database, and an importer between them."""
+
+    def __init__(self, couch_url, db_name, projects=40, seed=5, **simulator_options):
+        self.resource = make_simulator(projects, seed, **simulator_options)
+        self.index = self.resource.index
+        self.port, self.url = listen(self.resource)
+        self.couch = CouchDB(couch_url, timeout=30)
+        self.db = self.couch.database(db_name)
+
+    def importer(self, **options):
+        pypi_options = {k: options.pop(k) for k in ("timeout", "retries", "backoff",
+                                                      "stale_retries") if k in options}
+        pypi = PyPI(self.url, concurrency=options.get("concurrency", 8),
+                    **{"backoff": 0.05, **pypi_options})
+        return XmlRpcImporter(self.db, pypi, **options)
+
+    def close(self):
+        return self.port.stopListening()

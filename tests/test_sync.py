@@ -1,0 +1,111 @@
+"""The sync engine against the simulator and a real pouchdb-server."""
+
+import pytest
+import pytest_twisted
+
+from pypioncouch import model
+from pypioncouch.sync import CHECKPOINT, run_pass
+
+from .helpers import World, assert_matches_simulator, stored_project
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=60, seed=5)
+    yield world
+    world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_import_equals_the_simulator_document_by_document(world):
+    summary = await run_pass(world.importer(), full=True)
+    assert summary.projects == 60 and summary.pending == 0, summary
+    assert summary.serial == world.index.last_serial
+    await assert_matches_simulator(world.db, world.index)
+    checkpoint = await world.db.get_local(CHECKPOINT)
+    assert checkpoint["serial"] == world.index.last_serial and checkpoint["pending"] == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_documents_keep_the_normalized_forms(world):
+    await run_pass(world.importer(), full=True)
+    name = world.index.dataset.name(1)  # the unicode showcase
+    key = model.normalize(name)
+    project, releases = await stored_project(world.db, key)
+    assert project["name"] == name and project["_id"] == key
+    assert project["keywords"] == ["données", "データ", "🐍"]
+    assert all(len(r["upload_time"]) == 6 for r in releases if r["files"])
+    assert project["versions"] == sorted(project["versions"], key=model.version_sort_key)
+    assert "description" not in project["info"]
+    latest = next(r for r in releases if r["version"] == project["latest_version"])
+    assert latest["info"]["description"] is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_full_import_fetches_nothing_it_has(world):
+    await run_pass(world.importer(), full=True)
+    importer = world.importer()
+    summary = await run_pass(importer, full=True)
+    assert summary.projects == 0 and summary.skipped == 60
+    assert importer.pypi.requests == 2  # the serial and the listing, no project
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_changelog_action_converges_to_the_truth(world):
+    await run_pass(world.importer(), full=True)
+    index = world.index
+    names = [index.dataset.name(i) for i in range(10, 20)]
+    keys = [model.normalize(n) for n in names]
+    first = lambda k: list(index.get(k).releases)[0]  # noqa: E731
+    index.publish(keys[0], "77.0", files=2)
+    index.yank(keys[1], first(keys[1]), "bad <b>build</b>")
+    index.publish(keys[2], "5.0")
+    index.unyank(keys[2], "5.0")
+    index.remove_file(keys[3], first(keys[3]), index.get(keys[3]).releases[first(keys[3])]
+                      .files[0].filename)
+    if len(index.get(keys[4]).releases) > 1:
+        index.remove_release(keys[4], first(keys[4]))
+    index.remove_project(keys[5])
+    index.quarantine(keys[6])
+    index.add_role(keys[7], "Maintainer", "glyph")
+    index.create_project("Fresh_Project.Name")
+    index.publish("Another.New", "0.1a1")
+    index.quarantine(keys[8])
+    index.clear_quarantine(keys[8])
+    index.archive(keys[9])  # no journal row: picked up only by a full re-check
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    assert summary.deleted == 1
+    await assert_matches_simulator(world.db, index)
+    quarantined = await world.db.get(keys[6])
+    assert quarantined["status"] == "quarantined" and quarantined["versions"] == []
+    fresh = await world.db.get("fresh-project-name")
+    assert fresh["name"] == "Fresh_Project.Name" and fresh["info"] is None
+    assert (await world.db.get_local(CHECKPOINT))["serial"] == index.last_serial
+
+
+@pytest_twisted.ensureDeferred
+async def test_unchanged_releases_are_not_rewritten(world):
+    await run_pass(world.importer(), full=True)
+    key = model.normalize(world.index.dataset.name(2))
+    _, before = await stored_project(world.db, key)
+    world.index.yank(key, "1.0.0", "oops")
+    summary = await run_pass(world.importer())
+    assert summary.releases == 1
+    _, after = await stored_project(world.db, key)
+    revs = {d["version"]: d["_rev"] for d in before}
+    changed = [d["version"] for d in after if d["_rev"] != revs[d["version"]]]
+    assert changed == ["1.0.0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
+    await run_pass(world.importer(), full=True)
+    key = model.normalize(world.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
+    world.index.publish(key, "2.0", summary="the new one")
+    await run_pass(world.importer())
+    _, releases = await stored_project(world.db, key)
+    by_version = {d["version"]: d for d in releases}
+    assert by_version["2.0"]["info"]["summary"] == "the new one"
+    assert by_version["1.1"]["info"]["version"] == "1.1"  # kept from the first import
+    assert "info" not in by_version["1.0"]
