@@ -1,0 +1,150 @@
+"""The ``pypioncouch`` command (the 2011 original's interface, kept)::
+
+    pypioncouch --fullimport http://localhost:5984/
+    pypioncouch --update http://admin:pw@localhost:5984/ [--pypi URL] [--db pypi]
+    pypioncouch --replicate http://a:5984/pypi http://b:5984/pypi [--continuous]
+
+Exit status 0 on success; otherwise non-zero with a one-line cause on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from twisted.internet import defer, task
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+    textFileLogObserver)
+
+from pypioncouch import __version__
+from pypioncouch.couch import CouchDB, CouchError
+from pypioncouch.progress import Progress
+from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
+from pypioncouch.sync import XmlRpcImporter, run_pass
+from pypioncouch.urls import BadURL, redact, split_credentials
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pypioncouch",
+        description="Mirror PyPI's project and release metadata into CouchDB.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--fullimport", metavar="URL",
+                        help="import every project into the CouchDB server at URL")
+    action.add_argument("--update", metavar="URL",
+                        help="apply PyPI's changes since the last import or update")
+    action.add_argument("--replicate", nargs=2, metavar=("SOURCE", "TARGET"),
+                        help="replicate the database SOURCE to TARGET (database URLs)")
+    parser.add_argument("--pypi", default=PYPI_URL, help=f"the index (default {PYPI_URL})")
+    parser.add_argument("--db", default="pypi", help="database name (default pypi)")
+    parser.add_argument("--concurrency", type=int, default=10,
+                        help="parallel requests to PyPI (default 10)")
+    parser.add_argument("--source", choices=("json", "xmlrpc"), default="json",
+                        help="per-project metadata from the JSON API (default) or the "
+                             "pre-2024 XML-RPC methods")
+    parser.add_argument("--changes", choices=("xmlrpc", "simple"), default="xmlrpc",
+                        help="change feed: the XML-RPC changelog (default) or the "
+                             "/simple/ index serials")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for one answer (default 30)")
+    parser.add_argument("--continuous", action="store_true",
+                        help="with --replicate: keep replicating until interrupted")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--version", action="version", version=f"pypioncouch {__version__}")
+    return parser
+
+
+def _log_warnings_to_stderr() -> None:
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
+                                    [LogLevelFilterPredicate(LogLevel.warn)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def split_database_url(url: str, default_db: str) -> tuple[str, str]:
+    """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if len(segments) > 1:
+        raise BadURL(f"not a database URL (one path segment, the database): {redact(url)}")
+    server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+    split_credentials(server)  # says what is wrong with a bad URL
+    return server, segments[0] if segments else default_db
+
+
+async def sync_command(reactor, args) -> int:
+    url = args.fullimport or args.update
+    db = CouchDB(url, reactor=reactor).database(args.db)
+    pypi = PyPI(args.pypi, reactor=reactor, concurrency=args.concurrency, timeout=args.timeout)
+    progress = None if args.quiet else Progress()
+
+    def show(status):
+        if progress is not None and status.import_total:
+            progress.update(status.import_done, status.import_total)
+
+    importer = XmlRpcImporter(db, pypi, concurrency=args.concurrency, source=args.source,
+                              changes=args.changes, progress=show)
+    try:
+        summary = await run_pass(importer, full=bool(args.fullimport))
+    finally:
+        if progress is not None:
+            progress.close()
+    print(summary)
+    return 0 if not summary.pending else 3
+
+
+async def replicate_command(reactor, args) -> int:
+    source_server, source_db = split_database_url(args.replicate[0], args.db)
+    target_server, target_db = split_database_url(args.replicate[1], args.db)
+    source = CouchDB(source_server, reactor=reactor).database(source_db)
+    target_couch = CouchDB(target_server, reactor=reactor, timeout=30)
+    target = target_couch.database(target_db)
+    total = (await source.info())["doc_count"]
+    progress = None if args.quiet else Progress(unit="docs")
+    # Pull replication, run by the target: the usual way to fill a mirror.
+    running = defer.ensureDeferred(target_couch.replicate(
+        source.url_with_credentials, target.url_with_credentials,
+        continuous=args.continuous))
+
+    async def show_progress():
+        done = (await target.info())["doc_count"] if await target.exists() else 0
+        if progress is not None:
+            progress.update(done, max(total, done), force=True)
+        await task.deferLater(reactor, 1.0, lambda: None)
+
+    if args.continuous:
+        await running
+        print(f"continuous replication {source.display_url} -> {target.display_url} "
+              "started; Ctrl-C stops watching (CouchDB goes on replicating)", flush=True)
+        while True:
+            await show_progress()
+    while not running.called:
+        await show_progress()
+    answer = await running
+    if progress is not None:
+        progress.update((await target.info())["doc_count"], total, force=True)
+        progress.close()
+    history = (answer or {}).get("history") or [{}]
+    print(f"replicated {source.display_url} -> {target.display_url}: "
+          f"{history[0].get('docs_written', 'all')} documents written")
+    return 0
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    _log_warnings_to_stderr()
+
+    async def run(reactor):
+        try:
+            if args.replicate:
+                code = await replicate_command(reactor, args)
+            else:
+                code = await sync_command(reactor, args)
+        except (CouchError, PyPIError, BadURL, ValueError) as error:
+            print(f"pypioncouch: error: {error}", file=sys.stderr)
+            code = 1
+        if code:
+            raise SystemExit(code)
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))

@@ -1,0 +1,59 @@
+"""Progress of long work: a bar with rate and ETA on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def progress_line(done: int, total: int, elapsed: float, width: int = 30,
+                  unit: str = "projects") -> str:
+    """``[#####.....] 1,234/20,000  6%  512 projects/s  ETA 0:00:32``."""
+    fraction = done / total if total else 1.0
+    filled = int(width * min(1.0, fraction))
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / rate if rate > 0 else 0.0
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} "
+            f"{fraction:4.0%}  {rate:,.0f} {unit}/s  ETA {format_duration(eta)}")
+
+
+class Progress:
+    """Call with ``(done, total)`` as often as you like; it redraws at most every
+    ``interval`` (0.2 s on a terminal, 10 s as log lines)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, clock=time.monotonic,
+                 tty: bool | None = None, unit: str = "projects"):
+        self.stream = stream
+        self.clock = clock
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval = 0.2 if self.tty else 10.0
+        self.unit = unit
+        self.started = clock()
+        self._last = -1e9
+        self._drawn = False
+
+    def update(self, done: int, total: int, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        line = progress_line(done, total, now - self.started, unit=self.unit)
+        if self.tty:
+            self.stream.write("\r" + line)
+            self._drawn = True
+        else:
+            self.stream.write(line.split("] ", 1)[1] + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
