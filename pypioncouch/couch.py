@@ -369,12 +369,14 @@ class Database:
             return await self._request("POST", "_all_docs", params=params, body={"keys": keys})
         return await self._request("GET", "_all_docs", params=params)
 
-    async def view(self, ddoc: str, view: str, keys: list | None = None, **params) -> dict:
+    async def view(self, ddoc: str, view: str, keys: list | None = None,
+                   timeout: float | None = None, **params) -> dict:
         """Query ``_design/<ddoc>/_view/<view>`` with CouchDB's options as keywords."""
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}"
         if keys is not None:
-            return await self._request("POST", path, params=params, body={"keys": keys})
-        return await self._request("GET", path, params=params)
+            return await self._request("POST", path, params=params, body={"keys": keys},
+                                       timeout=timeout)
+        return await self._request("GET", path, params=params, timeout=timeout)
 
     async def find(self, selector: dict, **options) -> dict:
         return await self._request("POST", "_find", body={"selector": selector, **options})

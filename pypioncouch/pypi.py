@@ -123,6 +123,7 @@ class _QueryProtocol(xmlrpc.QueryProtocol):
 
 class _QueryFactory(xmlrpc.QueryFactory):
     protocol = _QueryProtocol
+    noisy = False
 
 
 class _Proxy(xmlrpc.Proxy):

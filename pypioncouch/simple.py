@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from html import escape
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
 
@@ -148,26 +148,42 @@ def project_html(name: str, files: list[dict], serial: int | None,
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def index_html_chunks(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
-    """The PEP 503 index, streamed: ``projects`` yields ``(normalized, display)``."""
-    yield (f'<!DOCTYPE html>\n<html>\n  <head>\n'
-           f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
-           f'    <title>Simple index</title>\n  </head>\n  <body>\n').encode()
-    for normalized, display in projects:
-        yield (f'    <a href="/simple/{escape(normalized)}/">{escape(display)}</a>\n'
-               ).encode("utf-8")
-    yield b"  </body>\n</html>\n"
+def index_html_head() -> bytes:
+    return (f'<!DOCTYPE html>\n<html>\n  <head>\n'
+            f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
+            f'    <title>Simple index</title>\n  </head>\n  <body>\n').encode()
 
 
-def index_json_chunks(projects: Iterable[tuple[str, int | None]], serial: int | None
-                      ) -> Iterator[bytes]:
-    """The PEP 691 index, streamed: ``projects`` yields ``(display, last_serial)``."""
-    yield (b'{"meta":{"_last-serial":' + json.dumps(serial).encode()
-           + b',"api-version":"' + API_VERSION.encode() + b'"},"projects":[')
-    first = True
-    for display, last_serial in projects:
-        item = json.dumps({"_last-serial": last_serial, "name": display},
-                          separators=(",", ":"), ensure_ascii=False)
-        yield (b"" if first else b",") + item.encode("utf-8")
-        first = False
-    yield b"]}"
+def index_html_items(projects: Iterable[tuple[str, str]]) -> bytes:
+    """Anchors of the PEP 503 index: ``projects`` yields ``(normalized, display)``."""
+    return "".join(f'    <a href="/simple/{escape(normalized)}/">{escape(display)}</a>\n'
+                   for normalized, display in projects).encode("utf-8")
+
+
+INDEX_HTML_TAIL = b"  </body>\n</html>\n"
+
+
+def index_html(projects: Iterable[tuple[str, str]]) -> bytes:
+    return index_html_head() + index_html_items(projects) + INDEX_HTML_TAIL
+
+
+def index_json_head(serial: int | None) -> bytes:
+    return (b'{"meta":{"_last-serial":' + json.dumps(serial).encode()
+            + b',"api-version":"' + API_VERSION.encode() + b'"},"projects":[')
+
+
+def index_json_items(projects: Iterable[tuple[str, int | None]], first: bool) -> bytes:
+    """Items of the PEP 691 index: ``projects`` yields ``(display, last_serial)``;
+    ``first`` says whether nothing was written before them (no leading comma)."""
+    items = [json.dumps({"_last-serial": serial, "name": display}, separators=(",", ":"),
+                        ensure_ascii=False) for display, serial in projects]
+    if not items:
+        return b""
+    return (("" if first else ",") + ",".join(items)).encode("utf-8")
+
+
+INDEX_JSON_TAIL = b"]}"
+
+
+def index_json(projects: Iterable[tuple[str, int | None]], serial: int | None) -> bytes:
+    return index_json_head(serial) + index_json_items(projects, True) + INDEX_JSON_TAIL

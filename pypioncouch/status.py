@@ -38,13 +38,35 @@ class SyncStatus:
     opml_written: int = 0
     couch_ok: bool | None = None
     couch_checked_at: float | None = None
+    caught_up_at: float | None = None
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
 
-    def note_error(self, message: str) -> None:
+    def note_error(self, message: str, kind: str = "sync") -> None:
         self.last_error, self.last_error_at = message, time.time()
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     def warn_once(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+    def note_serials(self, pypi_serial: int | None = None, our_serial: int | None = None
+                     ) -> None:
+        now = time.time()
+        if pypi_serial is not None:
+            self.pypi_serial, self.pypi_serial_at = pypi_serial, now
+        if our_serial is not None:
+            self.our_serial, self.our_serial_at = our_serial, now
+        if self.lag == 0:
+            self.caught_up_at = now
+
+    def lag_seconds(self, now: float | None = None) -> float | None:
+        """How long we have been behind PyPI (0 when caught up)."""
+        if self.lag is None:
+            return None
+        now = time.time() if now is None else now
+        if self.lag == 0:
+            return 0.0
+        return now - (self.caught_up_at or self.started)
 
     @property
     def lag(self) -> int | None:

@@ -25,10 +25,11 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from twisted.logger import Logger
 
-from pypioncouch import model
+from pypioncouch import couchapp, model
 from pypioncouch.couch import Database
 from pypioncouch.pipeline import BoundedQueue, run_together
-from pypioncouch.pypi import CHANGELOG_PAGE, MethodGone, ProjectAnswer, PyPI, PyPIError
+from pypioncouch.pypi import (
+    CHANGELOG_PAGE, MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
 from pypioncouch.status import SyncStatus
 
 log = Logger()
@@ -140,14 +141,15 @@ class XmlRpcImporter:
         if self._checkpoint_rev:
             doc["_rev"] = self._checkpoint_rev
         self._checkpoint_rev = await self.db.put_local(CHECKPOINT, doc)
-        self.status.our_serial, self.status.our_serial_at = serial, time.time()
+        self.status.note_serials(our_serial=serial)
         self.status.pending = len(pending)
 
     # -- passes ------------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Create the database if needed (and the design document, when it exists)."""
+        """Create the database and install the design document if needed."""
         await self.db.ensure()
+        await couchapp.push(self.db)
 
     async def full_import(self) -> Summary:
         """Import every project PyPI lists, then set the checkpoint (resumable)."""
@@ -159,7 +161,7 @@ class XmlRpcImporter:
         else:
             baseline = await self.pypi.changelog_last_serial()  # before listing: §5
             listing = await self.pypi.list_packages_with_serial()
-        self.status.pypi_serial, self.status.pypi_serial_at = baseline, time.time()
+        self.status.note_serials(pypi_serial=baseline)
         works = sorted((Work(model.normalize(name), name, serial)
                         for name, serial in listing.items()
                         if model.is_valid_project_name(name)), key=lambda w: w.key)
@@ -207,7 +209,7 @@ class XmlRpcImporter:
 
     async def _changelog_page(self, serial: int) -> tuple[list, int, bool]:
         last = await self.pypi.changelog_last_serial()
-        self.status.pypi_serial, self.status.pypi_serial_at = last, time.time()
+        self.status.note_serials(pypi_serial=last)
         if last <= serial:
             return [], serial, False
         rows = await self.pypi.changelog_since_serial(serial)
@@ -217,7 +219,7 @@ class XmlRpcImporter:
 
     async def _simple_changes(self, serial: int) -> tuple[dict[str, Work], int]:
         current, index = await self.pypi.simple_index()
-        self.status.pypi_serial, self.status.pypi_serial_at = current, time.time()
+        self.status.note_serials(pypi_serial=current)
         works = {}
         for name, last in index.items():
             if last is not None and last > serial and model.is_valid_project_name(name):
@@ -270,7 +272,8 @@ class XmlRpcImporter:
                 try:
                     answer = await self._ask_pypi(work)
                 except PyPIError as error:
-                    self._failed(work, str(error), failures, summary)
+                    kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
+                    self._failed(work, str(error), failures, summary, kind)
                     continue
                 await to_write.put((work, old, answer))
             await to_write.put(None)
@@ -295,11 +298,12 @@ class XmlRpcImporter:
         self.status.import_done += 1
         self.progress(self.status)
 
-    def _failed(self, work: Work, cause: str, failures: dict, summary: Summary) -> None:
+    def _failed(self, work: Work, cause: str, failures: dict, summary: Summary,
+                kind: str) -> None:
         log.warn("{name}: {cause}; will retry", name=work.key, cause=cause)
         failures[work.key] = work.serial
         summary.errors.append(f"{work.key}: {cause}")
-        self.status.note_error(f"{work.key}: {cause}")
+        self.status.note_error(f"{work.key}: {cause}", kind)
         self._advance()
 
     async def _ask_pypi(self, work: Work) -> ProjectAnswer:
@@ -368,7 +372,8 @@ class XmlRpcImporter:
             try:
                 docs, wanted, releases = await self._plan(work, old, answer)
             except model.BadPayload as error:
-                self._failed(work, f"malformed answer from PyPI: {error}", failures, summary)
+                self._failed(work, f"malformed answer from PyPI: {error}", failures, summary,
+                             "payload")
                 continue
             plans.append((work, answer, docs, releases))
             needed += wanted
@@ -394,7 +399,7 @@ class XmlRpcImporter:
             problems = [rejected[d["_id"]] for d in plan_docs if d["_id"] in rejected]
             if problems:
                 self._failed(work, f"CouchDB refused a document: {problems[0]}",
-                             failures, summary)
+                             failures, summary, "couchdb")
             else:
                 landed.append((work, answer, plan_docs, releases))
         rejected = await self._bulk_write(
@@ -402,7 +407,7 @@ class XmlRpcImporter:
         for work, answer, plan_docs, releases in landed:
             if work.key in rejected:
                 self._failed(work, f"CouchDB refused a document: {rejected[work.key]}",
-                             failures, summary)
+                             failures, summary, "couchdb")
                 continue
             if answer.kind == "gone":
                 summary.deleted += 1 if plan_docs else 0

@@ -418,12 +418,10 @@ class SimulatorResource(Resource):
             listing = [(key, display) for key, display in self.index.listing()
                        if self.index.get(key).status != "quarantined"]
             if chosen == simple.V1_JSON:
-                chunks = simple.index_json_chunks(
+                return simple.index_json(
                     ((d, self.index.last_serial_of(k)) for k, d in listing),
                     self.index.last_serial)
-            else:
-                chunks = simple.index_html_chunks(listing)
-            return b"".join(chunks)
+            return simple.index_html(listing)
         name = parts[0]
         key = normalize(name)
         if key != name or not path.endswith("/") or len(parts) > 1:

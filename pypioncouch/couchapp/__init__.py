@@ -1,0 +1,82 @@
+"""The design document ``_design/pypioncouch``, built from the files beside this module:
+``views/<name>/map.js`` (+ ``reduce.js``, a built-in such as ``_count``) and
+``validate_doc_update.js``. It replicates with the data, so every mirror can serve
+the browse pages from its own views.
+
+:func:`push` is idempotent: an unchanged design document is not rewritten (its
+indexes are not rebuilt for nothing). A changed one is first written under a scratch
+id and its views are queried until built; only then is the live document replaced, so
+readers never wait on a cold index (CouchDB keys an index by its views' code, so the
+live document picks up the indexes the scratch one built).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from pypioncouch.couch import Database, NotFound
+
+log = Logger()
+
+NAME = "pypioncouch"
+DESIGN_ID = f"_design/{NAME}"
+SCRATCH_ID = f"_design/{NAME}-next"
+HERE = Path(__file__).parent
+
+
+def design_document() -> dict:
+    """The design document, from the files (without ``_rev``)."""
+    views = {}
+    for folder in sorted((HERE / "views").iterdir()):
+        if not (folder / "map.js").exists():
+            continue
+        view = {"map": (folder / "map.js").read_text().strip()}
+        if (folder / "reduce.js").exists():
+            view["reduce"] = (folder / "reduce.js").read_text().strip()
+        views[folder.name] = view
+    return {
+        "_id": DESIGN_ID,
+        "language": "javascript",
+        "views": views,
+        "validate_doc_update": (HERE / "validate_doc_update.js").read_text().strip(),
+    }
+
+
+def _same(stored: dict, wanted: dict) -> bool:
+    return {k: v for k, v in stored.items() if not k.startswith("_")} == \
+        {k: v for k, v in wanted.items() if not k.startswith("_")}
+
+
+async def push(db: Database, *, build_timeout: float = 3600.0) -> bool:
+    """Install or update the design document. True if it was written."""
+    wanted = design_document()
+    current = await db.get_or_none(DESIGN_ID)
+    if current is not None and _same(current, wanted):
+        return False
+    if current is not None and (await db.info()).get("doc_count", 0) > 1000:
+        await _build_under_scratch(db, wanted, build_timeout)
+    if current is not None:
+        wanted["_rev"] = current["_rev"]
+    await db.put(wanted)
+    log.info("design document {id} written", id=DESIGN_ID)
+    return True
+
+
+async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> None:
+    scratch = {**wanted, "_id": SCRATCH_ID}
+    existing = await db.get_or_none(SCRATCH_ID)
+    if existing is not None:
+        scratch["_rev"] = existing["_rev"]
+    rev = await db.put(scratch)
+    log.info("building the new views under {id} before switching", id=SCRATCH_ID)
+    for view in wanted["views"]:
+        params = {"limit": 1}
+        if "reduce" in wanted["views"][view]:
+            params["reduce"] = False
+        await db.view(f"{NAME}-next", view, timeout=timeout, **params)
+    try:
+        await db.delete(SCRATCH_ID, rev)
+    except NotFound:
+        pass

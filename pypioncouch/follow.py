@@ -1,0 +1,89 @@
+"""Follow a database's ``_changes`` feed for ever: reconnect with backoff when CouchDB
+goes away, resume from the last seq seen (opaque). Used by the web front's cache and
+by the OPML watcher."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from pypioncouch.couch import CouchError, Database
+
+log = Logger()
+
+
+class ChangesFollower(Service):
+    """Calls ``on_change(change)`` for every change after ``since``.
+
+    ``on_connected()`` runs each time the stream is (re)established, before changes
+    flow; ``on_disconnected()`` each time it breaks. ``since`` is where to start
+    (``"now"``, or a seq that came from CouchDB); afterwards the follower resumes from
+    the last seq it delivered.
+    """
+
+    def __init__(self, db: Database, on_change: Callable[[dict], Any], *, since: Any = "now",
+                 include_docs: bool = False, heartbeat_ms: int = 5000,
+                 on_connected: Callable[[], Any] = lambda: None,
+                 on_disconnected: Callable[[], Any] = lambda: None,
+                 max_backoff: float = 30.0, reactor=None, name: str = "changes"):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.db = db
+        self.on_change = on_change
+        self.since = since
+        self.include_docs = include_docs
+        self.heartbeat_ms = heartbeat_ms
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.max_backoff = max_backoff
+        self.reactor = reactor
+        self.name = name
+        self.live = False
+        self._stream = None
+        self._loop: defer.Deferred | None = None
+        self._wait: defer.Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = defer.ensureDeferred(self._run())
+        self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
+
+    def stopService(self):
+        super().stopService()
+        if self._stream is not None:
+            self._stream.stop()
+        if self._wait is not None and not self._wait.called:
+            self._wait.cancel()
+        return self._loop
+
+    async def _run(self) -> None:
+        failures = 0
+        while self.running:
+            try:
+                await defer.maybeDeferred(self.on_connected)
+                self._stream = self.db.follow(self._deliver, since=self.since,
+                                              include_docs=self.include_docs,
+                                              heartbeat_ms=self.heartbeat_ms)
+                self.live = True
+                await self._stream.done
+                failures = 0
+            except CouchError as error:
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warn("{name}: _changes feed lost ({error}); reconnecting",
+                             name=self.name, error=error)
+            finally:
+                was_live, self.live, self._stream = self.live, False, None
+                if was_live:
+                    self.on_disconnected()
+            if self.running:
+                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
+                self._wait = task.deferLater(self.reactor, delay, lambda: None)
+                await self._wait
+
+    def _deliver(self, change: dict) -> None:
+        self.since = change["seq"]
+        self.on_change(change)

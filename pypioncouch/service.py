@@ -1,0 +1,177 @@
+"""The twistd service: ``twistd -n pypioncouch --couch URL`` (or ``twist pypioncouch``).
+
+One reactor runs the sync (full import, then the changelog every ``--interval``),
+the web front on ``--listen``, and the ``_changes`` followers. Every option can also
+come from the environment as ``PYPIONCOUCH_<OPTION>`` (``PYPIONCOUCH_COUCH``, ...), so a
+systemd unit keeps the CouchDB password out of the command line.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from pypioncouch import __version__
+from pypioncouch.couch import CouchDB
+from pypioncouch.pypi import PYPI_URL, PyPI
+from pypioncouch.status import SyncStatus
+from pypioncouch.sync import XmlRpcImporter
+from pypioncouch.urls import BadURL, split_credentials
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "--couch URL [options]"
+    longdesc = ("Keep a CouchDB copy of PyPI's metadata current and serve it: health, "
+                "status, metrics, a Simple API and the JSON API. Options may also be "
+                "given as PYPIONCOUCH_<OPTION> environment variables.")
+    optParameters = [
+        ["couch", None, None, "CouchDB server URL; may carry user:password@"],
+        ["db", None, "pypi", "database name"],
+        ["pypi", None, PYPI_URL, "the package index to mirror"],
+        ["listen", None, "tcp:8080:interface=127.0.0.1",
+         "where the web front listens (a Twisted endpoint string)"],
+        ["interval", None, 60.0, "seconds between changelog polls", float],
+        ["concurrency", None, 10, "parallel requests to PyPI", int],
+        ["changes", None, "xmlrpc", "change feed: xmlrpc (changelog) or simple (index serials)"],
+        ["source", None, "json", "project metadata from: json (JSON API) or xmlrpc"],
+        ["timeout", None, 30.0, "seconds to wait for one answer from PyPI", float],
+        ["max-lag", None, 600.0, "seconds behind PyPI before /health answers 503", float],
+    ]
+    optFlags = [
+        ["no-sync", None, "serve a replica: do not talk to PyPI"],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        for name, _, default, _, *coerce in self.optParameters:
+            value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"))
+            if value is not None:
+                self[name] = coerce[0](value) if coerce else value
+        if os.environ.get("PYPIONCOUCH_NO_SYNC", "").lower() in ("1", "true", "yes"):
+            self["no-sync"] = True
+
+    def postOptions(self) -> None:
+        if not self["couch"]:
+            raise usage.UsageError("--couch URL is required (or PYPIONCOUCH_COUCH)")
+        for option in ("couch", "pypi"):
+            try:
+                split_credentials(self[option])
+            except BadURL as error:
+                raise usage.UsageError(f"--{option}: {error}") from None
+        if self["interval"] <= 0:
+            raise usage.UsageError("--interval must be a positive number of seconds")
+        if not 1 <= self["concurrency"] <= 100:
+            raise usage.UsageError("--concurrency must be between 1 and 100")
+        if self["changes"] not in ("xmlrpc", "simple"):
+            raise usage.UsageError("--changes is xmlrpc or simple")
+        if self["source"] not in ("json", "xmlrpc"):
+            raise usage.UsageError("--source is json or xmlrpc")
+        if not self["db"] or self["db"].startswith("_"):
+            raise usage.UsageError("--db must be a database name (not starting with _)")
+        try:
+            from twisted.internet import reactor
+            endpoints.serverFromString(reactor, self["listen"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise usage.UsageError(f"--listen {self['listen']!r} is not an endpoint "
+                                   f"string such as tcp:8080:interface=127.0.0.1 ({error})")
+
+
+class SyncService(Service):
+    """Runs the importer: prepare, full import if there is no checkpoint, then one
+    update every ``interval`` seconds for ever. Each failure is logged once, counted
+    on /status and retried with backoff; stopping cancels the pass in flight (the
+    checkpoint only ever covers acknowledged writes, so nothing is lost)."""
+
+    name = "sync"
+
+    def __init__(self, importer: XmlRpcImporter, interval: float, reactor=None,
+                 max_backoff: float = 300.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.importer = importer
+        self.interval = interval
+        self.reactor = reactor
+        self.max_backoff = max_backoff
+        self.status = importer.status
+        self._loop: defer.Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = defer.ensureDeferred(self._run())
+        self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
+
+    def stopService(self):
+        super().stopService()
+        self.status.phase = "stopped"
+        if self._loop is not None and not self._loop.called:
+            self._loop.cancel()
+        return self._loop
+
+    async def _run(self) -> None:
+        prepared = False
+        while self.running:
+            started = self.reactor.seconds()
+            try:
+                if not prepared:
+                    await self.importer.db.server.info()
+                    await self.importer.prepare()
+                    prepared = True
+                summary = await self.importer.update()
+                if summary.projects or summary.deleted or summary.pending:
+                    log.info("{summary}", summary=str(summary))
+                self.status.consecutive_failures = 0
+                self.status.last_pass_ok = True
+                wait = max(0.0, self.interval - (self.reactor.seconds() - started))
+            except defer.CancelledError:
+                raise
+            except Exception as error:  # one failed pass never stops the loop
+                self.status.consecutive_failures += 1
+                self.status.last_pass_ok = False
+                self.status.phase = "retrying"
+                self.status.note_error(str(error), "pass")
+                log.error("sync pass failed: {error}", error=error)
+                base = min(self.interval, 10.0)
+                wait = min(self.max_backoff,
+                           base * 2 ** min(self.status.consecutive_failures - 1, 10))
+            await task.deferLater(self.reactor, wait, lambda: None)
+
+
+def makeService(options: Options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    from pypioncouch.web.app import WebFront
+
+    couch = CouchDB(options["couch"], reactor=reactor)
+    db = couch.database(options["db"])
+    syncing = not options["no-sync"]
+    status = SyncStatus(pypi_url=PyPI(options["pypi"], reactor=reactor).display_url
+                        if syncing else "", couch_url=couch.display_url,
+                        database=db.name, syncing=syncing,
+                        phase="starting" if syncing else "mirror")
+    top = MultiService()
+    if syncing:
+        pypi = PyPI(options["pypi"], reactor=reactor, concurrency=options["concurrency"],
+                    timeout=options["timeout"])
+        importer = XmlRpcImporter(db, pypi, status=status, concurrency=options["concurrency"],
+                                  source=options["source"], changes=options["changes"])
+        SyncService(importer, options["interval"], reactor).setServiceParent(top)
+    front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
+                     reactor=reactor)
+    front.changes_follower().setServiceParent(top)
+    site = Site(front.resource())
+    site.noisy = False
+    web = StreamServerEndpointService(endpoints.serverFromString(reactor, options["listen"]),
+                                      site)
+    web.setServiceParent(top)
+    log.info("pypioncouch {version}: CouchDB {couch}, database {db}, web on {listen}",
+             version=__version__, couch=couch.display_url, db=db.name,
+             listen=options["listen"])
+    return top

@@ -1,0 +1,416 @@
+"""The web front (klein): ``/health``, ``/status``, ``/metrics``, the Simple API and the
+JSON API, all read from CouchDB, so any replica (``--no-sync``) serves the same.
+
+Read-only. Errors from CouchDB become a plain 503 (details go to the log, never to
+the client); names and versions from URLs are validated before they reach CouchDB.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from klein import Klein
+from packaging.utils import canonicalize_version
+from packaging.version import InvalidVersion
+from twisted.logger import Logger
+
+from pypioncouch import __version__, couchapp, model, simple
+from pypioncouch.couch import CouchError, Database
+from pypioncouch.follow import ChangesFollower
+from pypioncouch.status import SyncStatus
+from pypioncouch.web.cache import CachedProject, ProjectCache
+from pypioncouch.web.metrics import Metrics
+
+log = Logger()
+
+INDEX_PAGE = 5000
+STYLE = (Path(__file__).parent / "static" / "style.css").read_bytes()
+JSON = "application/json"
+
+
+def wants_json(request) -> bool:
+    return simple.negotiate(request.getHeader("accept"), ("text/html", JSON)) == JSON
+
+
+def observed(route: str):
+    """Count and time a handler for /metrics; turn CouchDB trouble into a bare 503."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def wrapper(self, request, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await handler(self, request, *args, **kwargs)
+            except CouchError as error:
+                log.warn("{route}: CouchDB: {error}", route=route, error=error)
+                self.status.note_error(f"web {route}: {error}", "couchdb")
+                request.setResponseCode(503)
+                request.setHeader("Content-Type", "text/plain; charset=utf-8")
+                request.setHeader("Retry-After", "5")
+                return b"503 Service Unavailable: the database is not answering\n"
+            finally:
+                self.metrics.observe(route, request.code, time.perf_counter() - started)
+        return wrapper
+    return decorate
+
+
+def _plain(request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader("Content-Type", "text/plain; charset=utf-8")
+    return (text + "\n").encode()
+
+
+def _redirect(request, location: str) -> bytes:
+    request.setResponseCode(301)
+    request.setHeader("Location", location)
+    return b""
+
+
+def _not_modified(request, etag: str) -> bool:
+    request.setHeader("ETag", etag)
+    match = request.getHeader("if-none-match")
+    if match and etag in [tag.strip() for tag in match.split(",")]:
+        request.setResponseCode(304)
+        return True
+    return False
+
+
+class WebFront:
+    """The klein application. ``resource()`` is what a twisted.web ``Site`` serves."""
+
+    app = Klein()
+
+    def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
+                 max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
+                 reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.db = db
+        self.status = status
+        self.syncing = syncing
+        self.max_lag_seconds = max_lag_seconds
+        self.max_failed_passes = max_failed_passes
+        self.reactor = reactor
+        self.cache = ProjectCache()
+        self.metrics = Metrics(status, self.cache)
+        self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
+                                     autoescape=select_autoescape(default=True))
+        self._couch_check: tuple[float, bool] = (0.0, False)
+        self._counts: tuple[float, dict] = (0.0, {})
+
+    def resource(self):
+        return self.app.resource()
+
+    def changes_follower(self) -> ChangesFollower:
+        """The follower that keeps the cache exact (a service for the service tree)."""
+        return ChangesFollower(self.db, self.cache.on_change, since="now",
+                               on_connected=self.cache.connected,
+                               on_disconnected=self.cache.disconnected,
+                               reactor=self.reactor, name="web cache")
+
+    # -- health, status, metrics -------------------------------------------------------
+
+    async def couch_ok(self) -> bool:
+        """Whether CouchDB answers (checked at most once a second)."""
+        checked_at, ok = self._couch_check
+        now = self.reactor.seconds()
+        if now - checked_at < 1.0:
+            return ok
+        try:
+            await self.db.info()
+            ok = True
+        except CouchError:
+            ok = False
+        self._couch_check = (now, ok)
+        self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
+        return ok
+
+    def health_reasons(self, couch_ok: bool) -> list[str]:
+        s = self.status
+        reasons = [] if couch_ok else ["CouchDB is not answering"]
+        if not self.syncing:
+            return reasons
+        if s.consecutive_failures >= self.max_failed_passes:
+            reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
+                           f"{s.last_error}")
+        if s.phase == "full import":
+            reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
+        elif s.our_serial is None:
+            reasons.append("not synced yet")
+        else:
+            lag_seconds = s.lag_seconds() or 0.0
+            if lag_seconds > self.max_lag_seconds:
+                reasons.append(f"{s.lag} serials ({lag_seconds:.0f}s) behind PyPI")
+        return reasons
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    @observed("health")
+    async def health(self, request):
+        reasons = self.health_reasons(await self.couch_ok())
+        s = self.status
+        body = {"status": "unhealthy" if reasons else "ok", "reasons": reasons,
+                "syncing": self.syncing, "phase": s.phase, "pypi_serial": s.pypi_serial,
+                "serial": s.our_serial, "lag": s.lag, "lag_seconds": s.lag_seconds()}
+        request.setResponseCode(503 if reasons else 200)
+        request.setHeader("Content-Type", JSON)
+        request.setHeader("Cache-Control", "no-store")
+        return json.dumps(body).encode()
+
+    async def stored_counts(self) -> dict:
+        """Projects and releases in the database (cached for 5 s)."""
+        counted_at, counts = self._counts
+        now = self.reactor.seconds()
+        if now - counted_at < 5.0 and counts:
+            return counts
+        info = await self.db.info()
+        try:
+            projects = (await self.db.view(couchapp.NAME, "projects", limit=0))["total_rows"]
+        except CouchError:
+            projects = None
+        design_docs = 1 if projects is not None else 0
+        releases = (info["doc_count"] - projects - design_docs) if projects is not None else None
+        counts = {"documents": info["doc_count"], "projects": projects, "releases": releases}
+        self._counts = (now, counts)
+        return counts
+
+    async def status_data(self) -> dict:
+        s = self.status
+        couch_ok = await self.couch_ok()
+        counts = await self.stored_counts() if couch_ok else {}
+        uptime = time.time() - s.started
+        return {
+            "version": __version__, "uptime_seconds": round(uptime), "syncing": self.syncing,
+            "phase": s.phase, "healthy": not self.health_reasons(couch_ok),
+            "health_reasons": self.health_reasons(couch_ok),
+            "pypi": s.pypi_url, "couchdb": s.couch_url, "database": s.database,
+            "changes_source": s.changes_source, "pypi_serial": s.pypi_serial,
+            "serial": s.our_serial, "lag": s.lag, "lag_seconds": s.lag_seconds(),
+            "import": {"done": s.import_done, "total": s.import_total},
+            "stored": counts, "projects_written": s.projects_written,
+            "projects_deleted": s.projects_deleted, "documents_written": s.documents_written,
+            "write_rate": round(s.documents_written / uptime, 1) if uptime > 0 else 0.0,
+            "pending": s.pending, "last_error": s.last_error,
+            "last_error_at": s.last_error_at, "warnings": list(s.warnings),
+            "opml": {"seq": s.opml_seq, "written": s.opml_written},
+            "couchdb_up": couch_ok,
+        }
+
+    @app.route("/status", methods=["GET", "HEAD"])
+    @observed("status")
+    async def status_page(self, request):
+        data = await self.status_data()
+        if wants_json(request):
+            request.setHeader("Content-Type", JSON)
+            return json.dumps(data).encode()
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        return self.render("status.html", data=data,
+                           last_error_time=_when(data["last_error_at"]),
+                           uptime=_duration(data["uptime_seconds"]),
+                           lag_time=_duration(data["lag_seconds"]))
+
+    @app.route("/metrics")
+    @observed("metrics")
+    async def metrics_page(self, request):
+        await self.couch_ok()
+        request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.exposition()
+
+    @app.route("/static/style.css")
+    def style(self, request):
+        request.setHeader("Content-Type", "text/css; charset=utf-8")
+        request.setHeader("Cache-Control", "max-age=3600")
+        return STYLE
+
+    def render(self, template: str, **context) -> bytes:
+        return self.templates.get_template(template).render(
+            version=__version__, **context).encode("utf-8")
+
+    # -- reading projects ------------------------------------------------------------
+
+    async def project(self, key: str) -> CachedProject | None:
+        """A project's documents, from the cache or CouchDB; None if unknown."""
+        entry = self.cache.get(key)
+        if entry is not None:
+            return entry
+        project = await self.db.get_or_none(key)
+        if project is None or project.get("type") != model.PROJECT:
+            return None
+        releases = []
+        if project.get("versions"):
+            start, end = model.release_id_range(key)
+            rows = (await self.db.all_docs(startkey=start, endkey=end,
+                                           include_docs=True))["rows"]
+            releases = [row["doc"] for row in rows if row.get("doc")]
+        entry = CachedProject(project, releases)
+        self.cache.put(key, entry)
+        return entry
+
+    # -- Simple API --------------------------------------------------------------------
+
+    async def max_serial(self) -> int | None:
+        rows = (await self.db.view(couchapp.NAME, "last_serial", descending=True,
+                                   limit=1))["rows"]
+        return rows[0]["key"] if rows else None
+
+    async def _index_rows(self):
+        """Every (normalized, [display, serial, status, ...]) by name, a page at a time."""
+        startkey = None
+        while True:
+            params = {"limit": INDEX_PAGE}
+            if startkey is not None:
+                params.update(startkey=startkey, skip=1)
+            rows = (await self.db.view(couchapp.NAME, "projects", **params))["rows"]
+            for row in rows:
+                yield row["key"], row["value"]
+            if len(rows) < INDEX_PAGE:
+                return
+            startkey = rows[-1]["key"]
+
+    @app.route("/simple/", methods=["GET", "HEAD"])
+    @observed("simple_index")
+    async def simple_index(self, request):
+        chosen = simple.negotiate(request.getHeader("accept"))
+        serial = await self.max_serial()
+        request.setHeader("Content-Type", chosen)
+        request.setHeader("Vary", "Accept")
+        request.setHeader("X-PyPI-Last-Serial", str(serial))
+        # Streamed a page at a time: the index of 500,000 names is never in memory.
+        as_json = chosen == simple.V1_JSON
+        request.write(simple.index_json_head(serial) if as_json else simple.index_html_head())
+        first = True
+        page: list[tuple[str, list]] = []
+        async for key, value in self._index_rows():
+            if value[2] != "quarantined":
+                page.append((key, value))
+            if len(page) >= INDEX_PAGE:
+                request.write(_index_items(page, as_json, first))
+                first, page = False, []
+        request.write(_index_items(page, as_json, first))
+        return simple.INDEX_JSON_TAIL if as_json else simple.INDEX_HTML_TAIL
+
+    @app.route("/simple/<name>", methods=["GET", "HEAD"])
+    @observed("simple_redirect")
+    async def simple_no_slash(self, request, name):
+        if not model.is_valid_project_name(name):
+            return _plain(request, 404, "404 Not Found")
+        return _redirect(request, f"/simple/{model.normalize(name)}/")
+
+    @app.route("/simple/<name>/", methods=["GET", "HEAD"])
+    @observed("simple_project")
+    async def simple_project(self, request, name):
+        if not model.is_valid_project_name(name):
+            return _plain(request, 404, "404 Not Found")
+        key = model.normalize(name)
+        if key != name:
+            return _redirect(request, f"/simple/{key}/")
+        chosen = simple.negotiate(request.getHeader("accept"))
+        request.setHeader("Vary", "Accept")
+        entry = await self.project(key)
+        if entry is None:
+            return _plain(request, 404, "404 Not Found")
+        serial = entry.project.get("last_serial")
+        request.setHeader("Content-Type", chosen)
+        request.setHeader("X-PyPI-Last-Serial", str(serial))
+        variant = "json" if chosen == simple.V1_JSON else "html"
+        if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
+            return b""
+        if variant not in entry.rendered:
+            entry.rendered[variant] = render_simple(entry, variant)
+        return entry.rendered[variant]
+
+    # -- JSON API ----------------------------------------------------------------------
+
+    @app.route("/pypi/<name>/json", methods=["GET", "HEAD"])
+    @app.route("/pypi/<name>/json/", methods=["GET", "HEAD"])
+    @observed("json_project")
+    async def json_project(self, request, name):
+        return await self._json_api(request, name, None)
+
+    @app.route("/pypi/<name>/<version>/json", methods=["GET", "HEAD"])
+    @app.route("/pypi/<name>/<version>/json/", methods=["GET", "HEAD"])
+    @observed("json_release")
+    async def json_release(self, request, name, version):
+        return await self._json_api(request, name, version)
+
+    async def _json_api(self, request, name: str, version: str | None) -> bytes:
+        not_found = b'{"message": "Not Found"}'
+        request.setHeader("Content-Type", JSON)
+        if not model.is_valid_project_name(name) or (version is not None and (
+                version.startswith("_") or len(version) > 200)):
+            request.setResponseCode(404)
+            return not_found
+        key = model.normalize(name)
+        if key != name:
+            rest = f"{version}/json" if version else "json"
+            return _redirect(request, f"/pypi/{key}/{rest}")
+        entry = await self.project(key)
+        if entry is not None and version is not None:
+            version = _find_version(entry.project.get("versions") or [], version)
+        payload_key = f"json:{version}"
+        if entry is None or version == "":
+            request.setResponseCode(404)
+            return not_found
+        if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
+            return b""
+        if payload_key not in entry.rendered:
+            payload = model.json_api_payload(entry.project, entry.releases, version)
+            entry.rendered[payload_key] = None if payload is None else \
+                model.dump_json_api(payload)
+        body = entry.rendered[payload_key]
+        if body is None:
+            request.setResponseCode(404)
+            return not_found
+        request.setHeader("X-PyPI-Last-Serial", str(entry.project.get("last_serial")))
+        request.setHeader("Access-Control-Allow-Origin", "*")
+        request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
+        return body
+
+
+def _index_items(page: list[tuple[str, list]], as_json: bool, first: bool) -> bytes:
+    if as_json:
+        return simple.index_json_items([(value[0], value[1]) for _, value in page], first)
+    return simple.index_html_items([(key, value[0]) for key, value in page])
+
+
+def _find_version(versions: list[str], wanted: str) -> str:
+    """The stored version ``wanted`` names (exactly, else canonically), or ``""``."""
+    if wanted in versions:
+        return wanted
+    try:
+        canonical = canonicalize_version(wanted)
+        matches = [v for v in versions if canonicalize_version(v) == canonical]
+    except InvalidVersion:
+        return ""
+    return matches[0] if len(matches) == 1 else ""
+
+
+def render_simple(entry: CachedProject, variant: str) -> bytes:
+    """A project's Simple page from its stored documents."""
+    project = entry.project
+    status = project.get("status") or "active"
+    releases = {} if status == "quarantined" else {
+        doc["version"]: doc["files"] for doc in entry.releases}
+    versions, files = simple.simple_files(releases)
+    serial = project.get("last_serial")
+    if variant == "json":
+        return simple.project_json(project["_id"], versions, files, serial, status)
+    return simple.project_html(project["_id"], files, serial, status)
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}h {rest // 60}m {rest % 60}s"
+    return f"{days}d {text}" if days else text
+
+
+def _when(timestamp) -> str:
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))

@@ -1,0 +1,76 @@
+"""Prometheus metrics of the daemon (text exposition through prometheus_client)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pypioncouch.status import SyncStatus
+
+
+class _StatusCollector:
+    """Reads the live figures at scrape time."""
+
+    def __init__(self, status: SyncStatus, cache):
+        self.status = status
+        self.cache = cache
+
+    def collect(self):
+        s = self.status
+        gauges = [
+            ("pypioncouch_pypi_serial", "PyPI's last serial, as last seen", s.pypi_serial),
+            ("pypioncouch_synced_serial", "The serial the checkpoint covers", s.our_serial),
+            ("pypioncouch_lag_serials", "Serials behind PyPI", s.lag),
+            ("pypioncouch_pending_projects", "Projects left for the next pass", s.pending),
+            ("pypioncouch_import_total", "Projects in the current full import", s.import_total),
+            ("pypioncouch_import_done", "Projects done in the current full import",
+             s.import_done),
+            ("pypioncouch_uptime_seconds", "Seconds since start", time.time() - s.started),
+            ("pypioncouch_couchdb_up", "1 when CouchDB answered the last check",
+             None if s.couch_ok is None else int(s.couch_ok)),
+            ("pypioncouch_consecutive_failed_passes", "Sync passes failed in a row",
+             s.consecutive_failures),
+        ]
+        for name, text, value in gauges:
+            family = GaugeMetricFamily(name, text)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
+        counters = [
+            ("pypioncouch_projects_written", "Project documents written",
+             s.projects_written),
+            ("pypioncouch_projects_deleted", "Projects removed", s.projects_deleted),
+            ("pypioncouch_documents_written", "Documents written", s.documents_written),
+            ("pypioncouch_opml_written", "OPML attachments written", s.opml_written),
+            ("pypioncouch_cache_hits", "Web cache hits", self.cache.hits),
+            ("pypioncouch_cache_misses", "Web cache misses", self.cache.misses),
+        ]
+        for name, text, value in counters:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+        errors = CounterMetricFamily("pypioncouch_errors", "Errors by kind", labels=["kind"])
+        for kind, count in sorted(s.errors_by_kind.items()):
+            errors.add_metric([kind], count)
+        yield errors
+
+
+class Metrics:
+    def __init__(self, status: SyncStatus, cache):
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatusCollector(status, cache))
+        self.responses = Counter("pypioncouch_http_responses", "HTTP responses",
+                                 ["route", "status"], registry=self.registry)
+        self.latency = Histogram("pypioncouch_http_request_seconds", "Time to answer",
+                                 ["route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                                          1, 2.5, 5))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.responses.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
