@@ -1,0 +1,72 @@
+"""``make run`` and ``make demo``: the embedded CouchDB (unless ``COUCH`` names one), the
+PyPI simulator for the demo, and the daemon in the foreground. Ctrl-C stops all.
+
+    python -m pypioncouch.testing.devrun run   # PyPI itself (needs the internet)
+    python -m pypioncouch.testing.devrun demo  # the simulator, offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pypioncouch.testing.couchserver import CouchServer
+from pypioncouch.testing.pypi import SimulatorProcess
+from pypioncouch.urls import redact
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("run", "demo"))
+    parser.add_argument("--var", default=os.environ.get("VAR", "var"),
+                        help="folder for the embedded CouchDB's data")
+    parser.add_argument("--listen", default=os.environ.get("LISTEN", "tcp:8080:interface=127.0.0.1"))
+    parser.add_argument("--couch-port", type=int, default=int(os.environ.get("COUCH_PORT", 5984)))
+    parser.add_argument("--projects", type=int, default=int(os.environ.get("PROJECTS", 2000)))
+    args, extra = parser.parse_known_args(argv)
+
+    couch_url = os.environ.get("COUCH")
+    couch = simulator = None
+    try:
+        if not couch_url:
+            data = Path(args.var) / ("couchdb-demo" if args.mode == "demo" else "couchdb")
+            couch = CouchServer(data, port=args.couch_port,
+                                log_file=Path(args.var) / "pouchdb-server.log").start()
+            couch_url = couch.url
+        daemon = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
+                  "pypioncouch", "--couch", couch_url, "--listen", args.listen]
+        if args.mode == "demo":
+            simulator = SimulatorProcess("--projects", str(args.projects), "--seed", "1",
+                                         "--churn", "3").start()
+            daemon += ["--pypi", simulator.url + "/", "--interval", "5"]
+        daemon += extra
+        port = args.listen.split(":")[1] if args.listen.startswith("tcp:") else "?"
+        print(f"CouchDB:   {redact(couch_url)}{'' if couch is None else ' (embedded pouchdb-server, data in ' + str(couch.datadir) + ')'}")
+        if simulator:
+            print(f"PyPI:      {simulator.url}/ (simulator: {args.projects} projects, "
+                  "a change every 3 s)")
+        print(f"Status:    http://127.0.0.1:{port}/status")
+        print(f"Browse:    http://127.0.0.1:{port}/browse/")
+        print(f"Simple:    http://127.0.0.1:{port}/simple/  "
+              f"(pip install --index-url http://127.0.0.1:{port}/simple/ NAME)")
+        print("Ctrl-C stops everything.", flush=True)
+        process = subprocess.Popen(daemon)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGTERM)
+            return process.wait()
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        if couch is not None:
+            couch.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
