@@ -1,0 +1,240 @@
+"""The web front: Simple API, JSON API, health, status, metrics, mirrors."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, utils
+from twisted.web.server import Site
+
+from pypioncouch import model
+from pypioncouch.couch import CouchDB
+from pypioncouch.simple import V1_JSON
+from pypioncouch.status import SyncStatus
+from pypioncouch.sync import run_pass
+from pypioncouch.testing.couchserver import CouchServer
+from pypioncouch.web.app import WebFront
+
+from .helpers import World, sleep
+
+BIN = Path(sys.executable).parent
+PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, "
+              "application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01")
+
+
+def serve(db, **options):
+    from twisted.internet import reactor
+
+    front = WebFront(db, options.pop("status", None) or SyncStatus(), **options)
+    site = Site(front.resource())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return front, port, f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest.fixture(scope="module")
+def imported(couch_server):
+    """A simulator of 40 projects imported once for the whole module."""
+    world = World(couch_server.url, "web-module", projects=40, seed=11)
+    pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
+    front, port, url = serve(world.db, syncing=False)
+    yield world, front, url
+    port.stopListening()
+    world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_simple_pages_equal_the_simulators_byte_for_byte(imported):
+    world, front, url = imported
+    for key, _ in world.index.listing():
+        for accept in (None, PIP_ACCEPT, "application/vnd.pypi.simple.v1+html"):
+            headers = {"Accept": accept} if accept else {}
+            ours = await treq.get(f"{url}/simple/{key}/", headers=headers)
+            theirs = await treq.get(f"{world.url}/simple/{key}/", headers=headers)
+            assert ours.code == theirs.code == 200
+            assert ours.headers.getRawHeaders("content-type") == \
+                theirs.headers.getRawHeaders("content-type")
+            assert await ours.content() == await theirs.content(), (key, accept)
+            assert ours.headers.getRawHeaders("x-pypi-last-serial") == \
+                theirs.headers.getRawHeaders("x-pypi-last-serial")
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_api_equals_the_simulators(imported):
+    world, front, url = imported
+    key = model.normalize(world.index.dataset.name(2))
+    for path in (f"pypi/{key}/json", f"pypi/{key}/1.1.0.post1/json"):
+        ours = await treq.get(f"{url}/{path}")
+        theirs = await treq.get(f"{world.url}/{path}")
+        assert await ours.content() == await theirs.content(), path
+    # A release the mirror never saw as the latest: PyPI's files, and an info built
+    # from what is known, marked as such (docs/schema.md).
+    ours = await (await treq.get(f"{url}/pypi/{key}/1.2.0/json")).json()
+    theirs = await (await treq.get(f"{world.url}/pypi/{key}/1.2.0/json")).json()
+    assert ours["urls"] == theirs["urls"]
+    assert ours["info"]["_pypioncouch_derived"] is True
+    for field in ("version", "yanked", "yanked_reason", "requires_python", "name",
+                  "release_url"):
+        assert ours["info"][field] == theirs["info"][field], field
+    assert (await treq.get(f"{url}/pypi/{key}/1.2/json")).code == 200  # canonical match
+    assert (await treq.get(f"{url}/pypi/{key}/9.9/json")).code == 404
+    upper = await treq.get(f"{url}/pypi/{key.upper()}/json", allow_redirects=False)
+    assert upper.code == 301
+    assert upper.headers.getRawHeaders("location") == [f"/pypi/{key}/json"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_are_validated_before_they_reach_couchdb(imported):
+    world, front, url = imported
+    for path in ("simple/_design/", "simple/..%2F_all_docs/", "pypi/_all_docs/json",
+                 "pypi/x/_design/json", "simple/%3Cscript%3E/", "simple/no-such-project/"):
+        answer = await treq.get(f"{url}/{path}", allow_redirects=False)
+        assert answer.code == 404, path
+        assert b"couch" not in (await answer.content()).lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_index_lists_every_project_in_both_formats(imported):
+    world, front, url = imported
+    html = await (await treq.get(f"{url}/simple/")).text()
+    data = await (await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})).json()
+    names = [display for _, display in world.index.listing()]
+    assert [p["name"] for p in data["projects"]] == names
+    assert all(f'/simple/{model.normalize(n)}/' in html for n in names)
+    assert data["meta"]["_last-serial"] == world.index.last_serial
+
+
+@pytest_twisted.ensureDeferred
+async def test_etag_gives_304(imported):
+    world, front, url = imported
+    key = model.normalize(world.index.dataset.name(4))
+    first = await treq.get(f"{url}/simple/{key}/")
+    etag = first.headers.getRawHeaders("etag")[0]
+    again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": etag})
+    assert again.code == 304 and await again.content() == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_strings_come_out_escaped(imported):
+    world, front, url = imported
+    hostile = '<script>alert("x")</script>'
+    front.status.note_error(f"{hostile}: malformed answer from PyPI")
+    front.status.warn_once(f"<img src=x onerror=alert(1)>")
+    page = await (await treq.get(f"{url}/status")).text()
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    front.status.last_error = None
+    front.status.warnings.clear()
+
+
+async def pip(*args):
+    out, err, code = await utils.getProcessOutputAndValue(sys.executable, ["-m", "pip", *args])
+    assert code == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+async def uv(*args):
+    out, err, code = await utils.getProcessOutputAndValue(str(BIN / "uv"), list(args))
+    assert code == 0, err.decode()[-2000:]
+    return err.decode() + out.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pip_and_uv_install_through_the_front_and_respect_yanks(imported, tmp_path):
+    world, front, url = imported
+    name = world.index.dataset.name(2)  # 1.2.0 yanked, 2.0.0.dev1 has no files
+    dist = model.normalize(name).replace("-", "_")
+    await pip("install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+              "--target", str(tmp_path / "pip"), "--index-url", f"{url}/simple/", name)
+    assert (tmp_path / "pip" / f"{dist}-1.1.0.post1.dist-info").is_dir()
+    await pip("install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+              "--target", str(tmp_path / "pinned"), "--index-url", f"{url}/simple/",
+              f"{name}==1.2.0")
+    assert (tmp_path / "pinned" / f"{dist}-1.2.0.dist-info").is_dir()
+    await uv("pip", "install", "--no-cache", "--python", sys.executable, "--target",
+             str(tmp_path / "uv"), "--index-url", f"{url}/simple/", name)
+    assert (tmp_path / "uv" / f"{dist}-1.1.0.post1.dist-info").is_dir()
+    said = await uv("pip", "install", "--no-cache", "--python", sys.executable, "--target",
+                    str(tmp_path / "uvpinned"), "--index-url", f"{url}/simple/",
+                    f"{name}==1.2.0")
+    assert (tmp_path / "uvpinned" / f"{dist}-1.2.0.dist-info").is_dir()
+    assert "yanked" in said and "broken build" in said
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_page_and_json_and_metrics(imported):
+    world, front, url = imported
+    data = await (await treq.get(f"{url}/status", headers={"Accept": "application/json"})).json()
+    assert data["stored"]["projects"] == 40 and data["syncing"] is False
+    html = await (await treq.get(f"{url}/status")).text()
+    assert "serving a replica" in html and "40 projects" in html
+    metrics = await (await treq.get(f"{url}/metrics")).text()
+    assert 'pypioncouch_http_responses_total{route="status",status="200"}' in metrics
+    assert "pypioncouch_couchdb_up 1.0" in metrics
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_follows_couchdb_down_and_up(tmp_path):
+    server = CouchServer(tmp_path / "couch").start()
+    try:
+        db = CouchDB(server.url, timeout=2).database("pypi")
+        await db.ensure()
+        front, port, url = serve(db, syncing=False)
+        try:
+            assert (await treq.get(f"{url}/health")).code == 200
+            server.stop()
+            await sleep(1.1)
+            down = await treq.get(f"{url}/health")
+            assert down.code == 503
+            assert "CouchDB is not answering" in (await down.json())["reasons"]
+            server.start()
+            await sleep(1.1)
+            assert (await treq.get(f"{url}/health")).code == 200
+        finally:
+            await port.stopListening()
+    finally:
+        server.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_reports_sync_trouble():
+    status = SyncStatus()
+    front = WebFront(CouchDB("http://127.0.0.1:9/").database("x"), status)
+    assert front.health_reasons(True) == ["not synced yet"]
+    status.note_serials(pypi_serial=100, our_serial=100)
+    assert front.health_reasons(True) == []
+    status.consecutive_failures = 3
+    status.note_error("PyPI refused the connection")
+    assert "the last 3 sync passes failed" in front.health_reasons(True)[0]
+    status.consecutive_failures = 0
+    status.note_serials(pypi_serial=200)
+    status.caught_up_at -= 3600
+    assert front.health_reasons(True) == ["100 serials (3600s) behind PyPI"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_serves_byte_identical_pages(imported, tmp_path):
+    world, front, url = imported
+    mirror = CouchServer(tmp_path / "mirror").start()
+    try:
+        out, err, code = await utils.getProcessOutputAndValue(
+            str(BIN / "pypioncouch"),
+            ["--replicate", world.db.url_with_credentials, mirror.url + "pypi", "--quiet"])
+        assert code == 0, err.decode()
+        assert b"replicated" in out
+        replica = CouchDB(mirror.url).database("pypi")
+        _, port, mirror_url = serve(replica, syncing=False)
+        try:
+            for path in ["simple/"] + [f"simple/{k}/" for k, _ in world.index.listing()]:
+                for accept in (None, V1_JSON):
+                    headers = {"Accept": accept} if accept else {}
+                    a = await (await treq.get(f"{url}/{path}", headers=headers)).content()
+                    b = await (await treq.get(f"{mirror_url}/{path}", headers=headers)).content()
+                    assert a == b, path
+        finally:
+            await port.stopListening()
+    finally:
+        mirror.cleanup()
