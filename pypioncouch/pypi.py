@@ -41,7 +41,6 @@ log = Logger()
 
 USER_AGENT = f"pypioncouch/{__version__} (+https://github.com/pypioncouch/pypioncouch)"
 PYPI_URL = "https://pypi.org/"
-CHANGELOG_PAGE = 50_000
 
 
 class PyPIError(Exception):

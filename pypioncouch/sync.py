@@ -29,7 +29,7 @@ from pypioncouch import couchapp, model
 from pypioncouch.couch import Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
-    CHANGELOG_PAGE, MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
+    MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
 from pypioncouch.status import SyncStatus
 
 log = Logger()
@@ -215,7 +215,8 @@ class XmlRpcImporter:
         rows = await self.pypi.changelog_since_serial(serial)
         if not rows:
             return [], serial, False
-        return rows, rows[-1][4], len(rows) >= CHANGELOG_PAGE
+        # PyPI caps an answer (50,000 rows): page on until its last serial is reached.
+        return rows, rows[-1][4], rows[-1][4] < last
 
     async def _simple_changes(self, serial: int) -> tuple[dict[str, Work], int]:
         current, index = await self.pypi.simple_index()

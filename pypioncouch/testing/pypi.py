@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -48,12 +47,11 @@ import sys
 import time
 import urllib.request
 
-from twisted.internet import task
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from pypioncouch.testing.dataset import Dataset
-from pypioncouch.testing.index import IndexError_, PackageIndex
+from pypioncouch.testing.index import PackageIndex
 from pypioncouch.testing.server import FAULT_KINDS, FaultPlan, SimulatorResource
 
 log = Logger()
@@ -81,38 +79,6 @@ def listen(resource: SimulatorResource, port: int = 0, interface: str = "127.0.0
     url = f"http://{interface}:{listening.getHost().port}"
     resource.index.base_url = url
     return listening, url
-
-
-def churn(resource: SimulatorResource, rng: random.Random) -> None:
-    """One random change, as PyPI sees many every minute (for the demo)."""
-    index = resource.index
-    listing = index.listing()
-    if not listing:
-        return
-    key, _ = listing[rng.randrange(len(listing))]
-    project = index.get(key)
-    roll = rng.random()
-    try:
-        if roll < 0.55 or not project.releases:
-            last = list(project.releases)[-1] if project.releases else "0.0.0"
-            digits = [int(x) for x in re.findall(r"\d+", last)[:3]] + [0, 0, 0]
-            version = f"{digits[0]}.{digits[1]}.{digits[2] + 1}"
-            while version in project.releases:
-                digits[2] += 1
-                version = f"{digits[0]}.{digits[1]}.{digits[2] + 1}"
-            index.publish(key, version)
-        elif roll < 0.7:
-            index.yank(key, rng.choice(list(project.releases)), "demo: yanked at random")
-        elif roll < 0.8:
-            index.unyank(key, rng.choice(list(project.releases)))
-        elif roll < 0.88:
-            index.remove_release(key, rng.choice(list(project.releases)))
-        elif roll < 0.94:
-            index.publish(f"demo-new-{int(time.time() * 1000) % 10**9}", "0.1.0")
-        else:
-            index.remove_project(key)
-    except IndexError_:
-        pass
 
 
 class SimulatorProcess:
@@ -191,8 +157,7 @@ def main(argv=None) -> None:
         stale_seconds=args.stale_seconds, xmlrpc_rate_limit=args.xmlrpc_rate_limit)
     _, url = listen(resource, args.port, args.interface)
     if args.churn > 0:
-        rng = random.Random(args.seed)
-        task.LoopingCall(churn, resource, rng).start(args.churn, now=False)
+        resource.start_churn(args.churn, args.seed)
     print(f"PyPI simulator on {url}/ ({args.projects} projects, seed {args.seed}); "
           f"XML-RPC at {url}/pypi", flush=True)
     reactor.run()

@@ -11,18 +11,21 @@ Routes (as on pypi.org, reference §1, §3, §4):
 - ``GET /_control/state``; ``POST /_control/<mutation>`` with a JSON object of keyword
   arguments (``publish``, ``yank``, ``remove_project``, ... :class:`PackageIndex`'s
   methods), ``/_control/faults`` (``rate``, ``kinds``, ``seed``),
-  ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``).
+  ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
+  ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import xmlrpc.client
 from collections import Counter, deque
 from html import escape
 
 from twisted.internet import reactor as default_reactor
+from twisted.internet import task
 from twisted.logger import Logger
 from twisted.web import xmlrpc
 from twisted.web.resource import Resource
@@ -125,11 +128,15 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
     Faults (§1.2), or with ``legacy=True`` as before 2024 (§1.3)."""
 
     def __init__(self, index: PackageIndex, *, legacy: bool = False,
-                 rate_limit_per_hour: int | None = None, clock=None):
+                 rate_limit_per_hour: int | None = None, rate_window: float = 3600.0,
+                 clock=None):
         super().__init__(allowNone=True)
         self.index = index
         self.legacy = legacy
         self.rate_limit = rate_limit_per_hour
+        self.rate_window = rate_window
+        self.changelog_limit = CHANGELOG_LIMIT
+        self.gone: set[str] = set()  # methods removed at run time (-32601)
         self.clock = clock or default_reactor.seconds
         self._calls: dict[str, deque] = {}
         self.calls: Counter = Counter()
@@ -140,10 +147,10 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
             return None
         now = self.clock()
         window = self._calls.setdefault(client, deque())
-        while window and window[0] <= now - 3600:
+        while window and window[0] <= now - self.rate_window:
             window.popleft()
         if len(window) >= self.rate_limit:
-            return max(1, int(window[0] + 3600 - now))
+            return max(1, int(window[0] + self.rate_window - now + 0.999))
         window.append(now)
         return None
 
@@ -159,7 +166,7 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
                                "performed because there were too many requests by the "
                                f"client. Limit may reset in {wait} seconds.")
         method = getattr(self, "rpc_" + procedurePath.replace(".", "_"), None)
-        if method is None:
+        if method is None or procedurePath in self.gone:
             raise xmlrpc.Fault(-32601, "server error; requested method not found")
         return method
 
@@ -171,7 +178,7 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
 
     def rpc_changelog_since_serial(self, *args):
         _check_args(args, [("since_serial", int, True)])
-        return self.index.changelog_since(args[0], CHANGELOG_LIMIT)
+        return self.index.changelog_since(args[0], self.changelog_limit)
 
     def rpc_list_packages_with_serial(self, *args):
         _check_args(args, [])
@@ -305,6 +312,19 @@ class SimulatorResource(Resource):
                                  rate_limit_per_hour=xmlrpc_rate_limit,
                                  clock=self.reactor.seconds)
         self.hits: Counter = Counter()
+        self._churn: task.LoopingCall | None = None
+
+    def start_churn(self, seconds: float, seed: int = 0) -> None:
+        """Make a random change every ``seconds`` (the demo's PyPI that keeps moving)."""
+        rng = random.Random(seed)
+        self._churn = task.LoopingCall(churn, self.index, rng)
+        self._churn.clock = self.reactor
+        self._churn.start(seconds, now=False)
+
+    def stop_churn(self) -> None:
+        if self._churn is not None and self._churn.running:
+            self._churn.stop()
+        self._churn = None
 
     def render(self, request):
         path = request.path.decode("utf-8", "replace")
@@ -457,7 +477,8 @@ class SimulatorResource(Resource):
         except KeyError:
             request.setResponseCode(404)
             result = {"error": f"no control operation {escape(operation)!r}",
-                      "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state"]}
+                      "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state",
+                                                        "xmlrpc", "churn"]}
         return json.dumps(result).encode()
 
     def control(self, operation: str, args: dict) -> dict:
@@ -470,6 +491,19 @@ class SimulatorResource(Resource):
             self.faults = FaultPlan(args.get("rate", 0.0), args.get("kinds", FAULT_KINDS),
                                     args.get("seed", 0), args.get("timeout_seconds", 20.0))
             return {"ok": True}
+        if operation == "churn":
+            self.stop_churn()
+            if float(args.get("seconds", 0)) > 0:
+                self.start_churn(float(args["seconds"]), int(args.get("seed", 0)))
+            return {"ok": True}
+        if operation == "xmlrpc":
+            if "gone" in args:
+                self.xmlrpc.gone = set(args["gone"])
+            if "changelog_limit" in args:
+                self.xmlrpc.changelog_limit = int(args["changelog_limit"])
+            if "legacy" in args:
+                self.xmlrpc.legacy = bool(args["legacy"])
+            return {"ok": True}
         if operation == "latency":
             self.latency_ms = float(args.get("ms", 0))
             return {"ok": True}
@@ -481,3 +515,33 @@ class SimulatorResource(Resource):
         serial = getattr(self.index, operation)(**args)
         return {"serial": serial if serial is not None else self.index.last_serial}
 
+
+def churn(index: PackageIndex, rng: random.Random) -> None:
+    """One random change, as PyPI sees many every minute (for the demo)."""
+    listing = index.listing()
+    if not listing:
+        return
+    key, _ = listing[rng.randrange(len(listing))]
+    project = index.get(key)
+    roll = rng.random()
+    try:
+        if roll < 0.55 or not project.releases:
+            last = list(project.releases)[-1] if project.releases else "0.0.0"
+            digits = [int(x) for x in re.findall(r"\d+", last)[:3]] + [0, 0, 0]
+            version = f"{digits[0]}.{digits[1]}.{digits[2] + 1}"
+            while version in project.releases:
+                digits[2] += 1
+                version = f"{digits[0]}.{digits[1]}.{digits[2] + 1}"
+            index.publish(key, version)
+        elif roll < 0.7:
+            index.yank(key, rng.choice(list(project.releases)), "demo: yanked at random")
+        elif roll < 0.8:
+            index.unyank(key, rng.choice(list(project.releases)))
+        elif roll < 0.88:
+            index.remove_release(key, rng.choice(list(project.releases)))
+        elif roll < 0.94:
+            index.publish(f"demo-new-{rng.randrange(10**9)}", "0.1.0")
+        else:
+            index.remove_project(key)
+    except IndexError_:
+        pass

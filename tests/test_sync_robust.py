@@ -1,0 +1,257 @@
+"""The sync engine under faults, crashes, big projects, old and new PyPI APIs."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+
+from pypioncouch import model
+from pypioncouch.couch import CouchDB
+from pypioncouch.sync import CHECKPOINT, run_pass
+from pypioncouch.testing.pypi import SimulatorProcess
+from pypioncouch.testing.server import FAULT_KINDS
+
+from .helpers import World, assert_matches_simulator, sleep, stored_json_api
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    worlds = []
+
+    def make(**options):
+        worlds.append(World(couch_server.url, db_name, **options))
+        return worlds[-1]
+
+    yield make
+    for world in worlds:
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_faults_of_every_kind_change_nothing(world):
+    w = world(projects=80, seed=21)
+    w.resource.faults.__init__(0.10, FAULT_KINDS, seed=3, timeout_seconds=3)
+    importer = w.importer(timeout=1.0, retries=8, backoff=0.02)
+    summary = await run_pass(importer, full=True)
+    for name in ("Faulty_One", "Faulty_Two"):
+        w.index.publish(name, "1.0")
+    w.index.yank(model.normalize(w.index.dataset.name(30)),
+                 list(w.index.get(w.index.dataset.name(30)).releases)[0], "x")
+    summary2 = await run_pass(w.importer(timeout=1.0, retries=8, backoff=0.02))
+    # a project may be left pending by bad luck; a pass without faults finishes it
+    w.resource.faults.__init__(0.0)
+    await run_pass(w.importer())
+    assert sum(w.resource.faults.injected.values()) == 0
+    await assert_matches_simulator(w.db, w.index)
+    assert summary.projects + summary2.projects >= 80
+    assert importer.pypi.retried > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_project_stays_under_the_document_limit(world):
+    w = world(projects=8, seed=2, heavy=True)  # index 6: 3,000 releases; 7: 5 MB description
+    summary = await run_pass(w.importer(), full=True)
+    assert summary.pending == 0, summary.errors
+    for index in (6, 7):
+        key = model.normalize(w.index.dataset.name(index))
+        doc = await w.db.get(key)
+        assert len(json.dumps(doc).encode()) < 8 * 1024 * 1024
+        assert await stored_json_api(w.db, key) == w.index.json_api(key)[1]
+    many = await w.db.get(model.normalize(w.index.dataset.name(6)))
+    assert len(many["versions"]) == 3000
+
+
+@pytest_twisted.ensureDeferred
+async def test_changelog_paging_past_the_cap(world):
+    w = world(projects=30, seed=4)
+    await run_pass(w.importer(), full=True)
+    w.resource.xmlrpc.changelog_limit = 7
+    for n in range(20):
+        w.index.publish("Paged.Project", f"1.{n}")
+    summary = await run_pass(w.importer())
+    assert (await w.db.get_local(CHECKPOINT))["serial"] == w.index.last_serial
+    assert len((await w.db.get("paged-project"))["versions"]) == 20
+    assert summary.pending == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
+    w = world(projects=20, seed=6)
+    await run_pass(w.importer(), full=True)
+    w.resource.xmlrpc.gone = {"changelog_since_serial", "changelog_last_serial"}
+    w.index.publish("After.The-Change", "2.0")
+    key = model.normalize(w.index.dataset.name(5))
+    w.index.publish(key, "9.0")
+    importer = w.importer()
+    summary = await run_pass(importer)
+    assert importer.status.changes_source == "simple"
+    assert any("no longer serves the XML-RPC changelog" in m for m in importer.status.warnings)
+    assert summary.pending == 0
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
+    w = world(projects=12, seed=8, legacy_xmlrpc=True)
+    importer = w.importer(source="xmlrpc")
+    summary = await run_pass(importer, full=True)
+    assert summary.projects == 12 and importer.source == "xmlrpc"
+    key = model.normalize(w.index.dataset.name(2))
+    stored = json.loads(await stored_json_api(w.db, key))
+    truth = json.loads(w.index.json_api(key)[1])
+    assert stored["info"]["summary"] == truth["info"]["summary"]
+    assert {v: [f["digests"]["sha256"] for f in files] for v, files in stored["releases"].items()} \
+        == {v: [f["digests"]["sha256"] for f in files] for v, files in truth["releases"].items()}
+    # Today's PyPI answers those methods with a Fault: say so once, use the JSON API.
+    w.resource.xmlrpc.legacy = False
+    w.index.publish(key, "3.0")
+    importer = w.importer(source="xmlrpc")
+    await run_pass(importer)
+    assert importer.source == "json"
+    assert any("no longer serves XML-RPC release data" in m for m in importer.status.warnings)
+    assert "3.0" in (await w.db.get(key))["versions"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_cdn_copy_is_retried_not_stored(world):
+    from twisted.internet import reactor
+
+    w = world(projects=10, seed=3, stale_seconds=1.5)
+    w.index.clock = reactor.seconds
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(4))
+    serial = w.index.publish(key, "8.0")
+    summary = await run_pass(w.importer(stale_retries=3))
+    stored = await w.db.get(key)
+    assert stored["last_serial"] == serial and "8.0" in stored["versions"]
+    assert summary.pending == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
+    from twisted.internet import reactor
+
+    w = world(projects=10, seed=3, stale_seconds=600)
+    w.index.clock = reactor.seconds
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(4))
+    w.index.publish(key, "8.0")
+    summary = await run_pass(w.importer(stale_retries=1))
+    assert summary.pending == 1 and "stale" in summary.errors[0]
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    assert key in checkpoint["pending"]
+    w.index.stale_seconds = 0
+    w.index._stale.clear()
+    summary = await run_pass(w.importer())
+    assert summary.pending == 0 and "8.0" in (await w.db.get(key))["versions"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_xmlrpc_rate_limit_fault_is_waited_out(world):
+    w = world(projects=5, seed=1, xmlrpc_rate_limit=2)
+    w.resource.xmlrpc.rate_window = 2.0
+    importer = w.importer()
+    await run_pass(importer, full=True)  # 2 calls: serial + listing
+    summary = await run_pass(importer)  # over the limit: waits ~2 s, then goes on
+    assert summary.serial == w.index.last_serial
+    assert importer.pypi.retried >= 1
+
+
+def test_the_blocking_python_api_from_a_plain_script(couch_server, db_name, tmp_path):
+    with SimulatorProcess("--projects", "15", "--seed", "9") as sim:
+        script = tmp_path / "mirror.py"
+        script.write_text(f"""
+from pypioncouch import import_all, update, XmlRpcImporter
+s = import_all({couch_server.url!r}, pypi={sim.url!r}, db={db_name!r}, concurrency=4)
+print("import", s.projects, s.serial, s.errors)
+u = update({couch_server.url!r}, pypi={sim.url!r}, db={db_name!r})
+print("update", u.projects, u.serial)
+print(XmlRpcImporter.__name__)
+""")
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=120, check=True).stdout.split("\n")
+        assert out[0].startswith("import 15 ") and out[0].endswith(" []")
+        assert out[1].startswith("update 0 ")
+        assert out[2] == "XmlRpcImporter"
+
+
+def _kill_at_random_moments(command, rng, rounds, low, high):
+    for _ in range(rounds):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(low, high))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+
+async def _matches(db, sim_url):
+    listing = await (await treq.get(f"{sim_url}/simple/",
+                                    headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+                     ).json()
+    keys = sorted(model.normalize(p["name"]) for p in listing["projects"])
+    for key in keys:
+        answer = await treq.get(f"{sim_url}/pypi/{key}/json")
+        body = await answer.content()
+        if answer.code == 200:
+            assert await stored_json_api(db, key) == body, key
+    rows = (await db.all_docs())["rows"]
+    stored = {r["id"] for r in rows if ":" not in r["id"] and not r["id"].startswith("_")}
+    return stored == set(keys)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_import_killed_at_random_moments_ends_like_a_clean_one(couch_server, db_name):
+    rng = random.Random(7)
+    with SimulatorProcess("--projects", "300", "--seed", "12", "--latency-ms", "10") as sim:
+        command = [str(BIN / "pypioncouch"), "--fullimport", couch_server.url,
+                   "--pypi", sim.url, "--db", db_name, "--concurrency", "8", "--quiet"]
+        from twisted.internet import threads
+        await threads.deferToThread(_kill_at_random_moments, command, rng, 4, 0.8, 2.5)
+        code = await threads.deferToThread(subprocess.call, command,
+                                           stdout=subprocess.DEVNULL)
+        assert code == 0
+        db = CouchDB(couch_server.url).database(db_name)
+        assert await _matches(db, sim.url)
+        assert (await db.get_local(CHECKPOINT))["pending"] == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_killed_during_updates_converges(couch_server, db_name, tmp_path):
+    from twisted.internet import threads
+
+    rng = random.Random(11)
+    with SimulatorProcess("--projects", "60", "--seed", "13", "--latency-ms", "5") as sim:
+        command = [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile",
+                   str(tmp_path / "daemon.log"), "pypioncouch", "--couch", couch_server.url,
+                   "--pypi", sim.url + "/", "--db", db_name, "--interval", "0.2",
+                   "--listen", "tcp:0:interface=127.0.0.1"]
+        sim.control("churn", seconds=0.02, seed=5)  # PyPI changes all the time
+        await threads.deferToThread(_kill_at_random_moments, command, rng, 6, 1.0, 3.0)
+        sim.control("churn", seconds=0)
+        serial = sim.control("state")["last_serial"]
+        assert serial > 200  # the churn really happened while the daemon died
+        daemon = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            db = CouchDB(couch_server.url).database(db_name)
+            for _ in range(150):
+                checkpoint = await db.get_local(CHECKPOINT)
+                if checkpoint and checkpoint["serial"] >= serial and not checkpoint["pending"]:
+                    break
+                await sleep(0.2)
+            assert checkpoint["serial"] == serial and checkpoint["pending"] == {}
+            assert await _matches(db, sim.url)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            # twistd stops its services, then reports the signal as its exit status
+            assert daemon.wait(15) == -signal.SIGTERM
+            assert "Main loop terminated" in (tmp_path / "daemon.log").read_text()
