@@ -18,8 +18,9 @@ from twisted.logger import (
     FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
     textFileLogObserver)
 
-from pypioncouch import __version__
+from pypioncouch import __version__, couchapp
 from pypioncouch.couch import CouchDB, CouchError
+from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.sync import XmlRpcImporter, run_pass
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="apply PyPI's changes since the last import or update")
     action.add_argument("--replicate", nargs=2, metavar=("SOURCE", "TARGET"),
                         help="replicate the database SOURCE to TARGET (database URLs)")
+    action.add_argument("--opml", metavar="URL",
+                        help="regenerate every project's opml.xml in one pass")
+    action.add_argument("--push-design", metavar="URL",
+                        help="install or update the design document _design/pypioncouch")
     parser.add_argument("--pypi", default=PYPI_URL, help=f"the index (default {PYPI_URL})")
     parser.add_argument("--db", default="pypi", help="database name (default pypi)")
     parser.add_argument("--concurrency", type=int, default=10,
@@ -131,6 +136,29 @@ async def replicate_command(reactor, args) -> int:
     return 0
 
 
+async def opml_command(reactor, args) -> int:
+    db = CouchDB(args.opml, reactor=reactor).database(args.db)
+    await db.server.info()
+    await couchapp.push(db)
+    progress = None if args.quiet else Progress()
+    try:
+        written = await regenerate_all(db, progress=progress.update if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
+    print(f"opml.xml: {written} attachments written in {db.display_url}")
+    return 0
+
+
+async def push_design_command(reactor, args) -> int:
+    db = CouchDB(args.push_design, reactor=reactor).database(args.db)
+    await db.server.info()
+    await db.ensure()
+    written = await couchapp.push(db)
+    print(f"{couchapp.DESIGN_ID} {'written' if written else 'unchanged'} in {db.display_url}")
+    return 0
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     _log_warnings_to_stderr()
@@ -139,6 +167,10 @@ def main(argv=None) -> None:
         try:
             if args.replicate:
                 code = await replicate_command(reactor, args)
+            elif args.opml:
+                code = await opml_command(reactor, args)
+            elif args.push_design:
+                code = await push_design_command(reactor, args)
             else:
                 code = await sync_command(reactor, args)
         except (CouchError, PyPIError, BadURL, ValueError) as error:

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from pypioncouch import __version__
 from pypioncouch.couch import CouchDB
+from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
@@ -163,6 +164,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         importer = XmlRpcImporter(db, pypi, status=status, concurrency=options["concurrency"],
                                   source=options["source"], changes=options["changes"])
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
+        OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
                      reactor=reactor)
     front.changes_follower().setServiceParent(top)

@@ -1,0 +1,197 @@
+"""OPML: pure rendering, and the watcher that keeps opml.xml current."""
+
+import xml.etree.ElementTree as ET
+
+import listparser
+import pytest
+import pytest_twisted
+
+from pypioncouch import model, opml
+from pypioncouch.couch import CouchDB
+from pypioncouch.opml_watcher import CHECKPOINT, OpmlWatcher, regenerate_all
+from pypioncouch.sync import run_pass
+from pypioncouch.testing.couchserver import CouchServer
+from pypioncouch.testing.dataset import HOSTILE
+
+from .helpers import World, sleep, stored_project
+
+
+def sample(summary="A <b>bold</b> & \x01 summary ☃"):
+    project = {"_id": "foo-bar", "name": "Foo_Bar", "summary": summary,
+               "info": {"package_url": "https://pypi.org/project/foo-bar/"}}
+    releases = [
+        {"version": "1.0", "upload_time": [2020, 1, 2, 3, 4, 5], "yanked": False,
+         "files": [{"filename": "foo_bar-1.0.whl", "url": "https://f/x.whl?a=1&b=2",
+                    "size": 10, "digests": {"sha256": "ab" * 32}}]},
+        {"version": "10.0rc1", "upload_time": [2021, 1, 1, 0, 0, 0], "yanked": True,
+         "yanked_reason": HOSTILE[0], "files": []},
+        {"version": "2.0", "upload_time": [2020, 6, 1, 0, 0, 0], "files": []},
+    ]
+    return project, releases
+
+
+def test_opml_is_valid_xml_for_hostile_strings_and_lists_releases_newest_first():
+    project, releases = sample()
+    content = opml.project_opml(project, releases)
+    root = ET.fromstring(content)
+    assert root.tag == "opml" and root.get("version") == "2.0"
+    assert root.find("head/dateCreated").text == "Thu, 02 Jan 2020 03:04:05 GMT"
+    assert root.find("head/dateModified").text == "Fri, 01 Jan 2021 00:00:00 GMT"
+    outlines = root.find("body").findall("outline")
+    feed = outlines[0]
+    assert feed.get("type") == "rss"
+    assert feed.get("xmlUrl") == "https://pypi.org/rss/project/foo-bar/releases.xml"
+    assert feed.get("description") == "A <b>bold</b> &  summary ☃"  # escaped, round-trips
+    assert [o.get("text") for o in outlines[1:]] == ["10.0rc1", "2.0", "1.0"]
+    assert outlines[1].get("yankedReason") == HOSTILE[0]
+    link = outlines[3].find("outline")
+    assert link.get("url") == "https://f/x.whl?a=1&b=2" and link.get("size") == "10"
+
+
+def test_opml_is_deterministic():
+    assert opml.project_opml(*sample()) == opml.project_opml(*sample())
+    assert opml.project_opml(*sample()) != opml.project_opml(*sample(summary="other"))
+
+
+def test_a_real_opml_parser_reads_it():
+    parsed = listparser.parse(opml.project_opml(*sample()).decode("utf-8"))
+    assert not parsed.bozo, parsed.bozo_exception
+    assert parsed.feeds[0].url == "https://pypi.org/rss/project/foo-bar/releases.xml"
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=25, seed=17)
+    yield world
+    world.close()
+
+
+async def opml_of(db, key):
+    content, content_type = await db.get_attachment(key, opml.ATTACHMENT)
+    assert content_type.startswith("text/x-opml")
+    return content
+
+
+async def wait_for(predicate, timeout=15.0):
+    for _ in range(int(timeout / 0.1)):
+        if await predicate():
+            return True
+        await sleep(0.1)
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_published_release_reaches_opml_within_seconds(world):
+    await run_pass(world.importer(), full=True)
+    watcher = OpmlWatcher(world.db, debounce=0.05)
+    watcher.startService()
+    try:
+        key = model.normalize(world.index.dataset.name(9))
+
+        async def has_opml():
+            doc = await world.db.get(key)
+            return "opml.xml" in (doc.get("_attachments") or {})
+
+        assert await wait_for(has_opml)
+        world.index.publish(key, "42.0")
+        await run_pass(world.importer())
+
+        async def names_new_version():
+            return b'text="42.0"' in await opml_of(world.db, key)
+
+        assert await wait_for(names_new_version)
+        parsed = listparser.parse((await opml_of(world.db, key)).decode())
+        assert not parsed.bozo
+        project, releases = await stored_project(world.db, key)
+        content = (await opml_of(world.db, key)).decode()
+        assert all(f'text="{r["version"]}"' in content for r in releases)
+        # The watcher's own writes cause no further revisions.
+        await sleep(1.0)
+        rev = (await world.db.get(key))["_rev"]
+        written = watcher.status.opml_written
+        await sleep(1.5)
+        assert (await world.db.get(key))["_rev"] == rev
+        assert watcher.status.opml_written == written
+        # The sync's rewrite of the project document keeps the attachment.
+        world.index.yank(key, "42.0", "oops")
+        await run_pass(world.importer())
+        doc = await world.db.get(key)
+        assert "opml.xml" in doc["_attachments"]
+        assert await wait_for(lambda: _contains(world.db, key, b'yankedReason="oops"'))
+    finally:
+        await watcher.stopService()
+
+
+async def _contains(db, key, needle):
+    return needle in await opml_of(db, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_resumes_from_the_checkpoint(world):
+    await run_pass(world.importer(), full=True)
+    first = OpmlWatcher(world.db, debounce=0.05)
+    first.startService()
+    await wait_for(lambda: _all_have_opml(world))
+    await sleep(0.5)
+    await first.stopService()
+    assert (await world.db.get_local(CHECKPOINT))["seq"] is not None
+    second = OpmlWatcher(world.db, debounce=0.05)
+    regenerated = []
+    original = second.on_change
+    second.on_change = lambda change: (regenerated.append(change["id"]), original(change))
+    second.startService()
+    try:
+        await sleep(1.5)
+        assert regenerated == [] and second.status.opml_written == 0
+        world.index.publish(model.normalize(world.index.dataset.name(3)), "1.0")
+        await run_pass(world.importer())
+        await sleep(1.0)
+        assert second.status.opml_written == 1
+    finally:
+        await second.stopService()
+
+
+async def _all_have_opml(world):
+    rows = (await world.db.all_docs(include_docs=True))["rows"]
+    projects = [r["doc"] for r in rows if r["doc"].get("type") == "project"]
+    return projects and all("opml.xml" in (p.get("_attachments") or {}) for p in projects)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_project_leaves_no_opml(world):
+    await run_pass(world.importer(), full=True)
+    written = await regenerate_all(world.db)
+    assert written == 25
+    key = model.normalize(world.index.dataset.name(4))
+    world.index.remove_project(key)
+    await run_pass(world.importer())
+    assert await world.db.get_or_none(key) is None
+    rows = (await world.db.all_docs(keys=[key]))["rows"]
+    assert rows[0]["value"]["deleted"] is True
+    assert await regenerate_all(world.db) == 0  # nothing stale to rewrite either
+
+
+@pytest_twisted.ensureDeferred
+async def test_couchdb_restarting_mid_stream_loses_no_update(tmp_path):
+    server = CouchServer(tmp_path / "couch").start()
+    world = World(server.url, "pypi", projects=10, seed=2)
+    try:
+        world.couch = CouchDB(server.url, timeout=3)
+        world.db = world.couch.database("pypi")
+        await run_pass(world.importer(), full=True)
+        watcher = OpmlWatcher(world.db, debounce=0.05)
+        watcher.startService()
+        try:
+            assert await wait_for(lambda: _all_have_opml(world))
+            server.stop()
+            await sleep(0.5)
+            server.start()
+            key = model.normalize(world.index.dataset.name(5))
+            world.index.publish(key, "77.0")
+            await run_pass(world.importer())
+            assert await wait_for(lambda: _contains(world.db, key, b'text="77.0"'), 40)
+        finally:
+            await watcher.stopService()
+    finally:
+        world.close()
+        server.cleanup()
