@@ -33,7 +33,7 @@ setup(
         "Jinja2>=3.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "listparser>=0.20", "uv", "playwright"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "listparser>=0.20", "uv", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["pypioncouch = pypioncouch.cli:main"]},
     classifiers=[

@@ -23,16 +23,16 @@ from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 import treq
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
+from pypioncouch.http import http_client
 from pypioncouch.urls import split_credentials
 
 log = Logger()
@@ -76,6 +76,8 @@ class Unauthorized(CouchError):
 
 class Unreachable(CouchError):
     """No connection: refused, no such host, or the connection was lost."""
+
+    connection_lost = False  # True when a connection was made, then lost
 
 
 class Timeout(CouchError):
@@ -133,13 +135,6 @@ def _error_for_status(status: int) -> type[CouchError]:
             403: Unauthorized}.get(status, BadResponse)
 
 
-def _new_http_client(reactor) -> HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 32
-    pool.retryAutomatically = False  # a retried POST could write twice
-    return HTTPClient(Agent(reactor, pool=pool))
-
-
 class CouchDB:
     """A CouchDB server. ``CouchDB("http://admin:secret@localhost:5984/")``.
 
@@ -151,7 +146,7 @@ class CouchDB:
             from twisted.internet import reactor
         self.url, self._auth = split_credentials(url)
         self._reactor = reactor
-        self._http = http if http is not None else _new_http_client(reactor)
+        self._http = http if http is not None else http_client(reactor, 32)
         self.timeout = timeout
 
     def __repr__(self) -> str:
@@ -185,7 +180,17 @@ class CouchDB:
             headers.update(extra)
         return headers
 
-    async def request(self, method: str, path: str, *, params: dict | None = None,
+    async def request(self, method: str, path: str, **options) -> Any:
+        """One request (see :meth:`_request_once`). A read that finds its pooled
+        connection closed by the server (keep-alive race) is tried once more."""
+        try:
+            return await self._request_once(method, path, **options)
+        except Unreachable as error:
+            if method not in ("GET", "HEAD") or not error.connection_lost:
+                raise
+            return await self._request_once(method, path, **options)
+
+    async def _request_once(self, method: str, path: str, *, params: dict | None = None,
                       body: Any = None, data: bytes | None = None,
                       headers: dict[str, str] | None = None, timeout: float | None = None,
                       raw: bool = False) -> Any:
@@ -262,8 +267,9 @@ def _transport_error(exc: Exception, url: str) -> CouchError:
             return Unreachable("CouchDB's host name does not resolve", url=url)
         if reason.check(ierror.TimeoutError):
             return Timeout("connecting to CouchDB timed out", url=url)
-    detail = getattr(exc, "__class__", type(exc)).__name__
-    return Unreachable(f"no answer from CouchDB ({detail})", url=url)
+    error = Unreachable(f"no answer from CouchDB ({type(exc).__name__})", url=url)
+    error.connection_lost = True
+    return error
 
 
 def _interpret(method, url, status, content_type, content, raw):

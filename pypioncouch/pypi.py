@@ -24,15 +24,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from treq.client import HTTPClient
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
 from twisted.logger import Logger
 from twisted.web import xmlrpc
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.error import Error as HTTPError
 
 from pypioncouch import __version__
+from pypioncouch.http import http_client
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import redact
@@ -129,12 +128,6 @@ class _Proxy(xmlrpc.Proxy):
     queryFactory = _QueryFactory
 
 
-def _new_http_client(reactor, concurrency: int) -> HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max(2, concurrency)
-    return HTTPClient(Agent(reactor, pool=pool))
-
-
 class PyPI:
     """PyPI (or anything that speaks its APIs) at ``url``."""
 
@@ -147,7 +140,7 @@ class PyPI:
         self.display_url = redact(self.url)
         self.xmlrpc_url = self.url + "pypi"
         self._reactor = reactor
-        self._http = http if http is not None else _new_http_client(reactor, concurrency)
+        self._http = http if http is not None else http_client(reactor, max(2, concurrency))
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
         self.timeout = timeout
         self.retries = retries

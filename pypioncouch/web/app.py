@@ -100,6 +100,10 @@ class WebFront:
                                      autoescape=select_autoescape(default=True))
         self._couch_check: tuple[float, bool] = (0.0, False)
         self._counts: tuple[float, dict] = (0.0, {})
+        from pypioncouch.web.browse import BrowsePages
+        self.browse_pages = BrowsePages(self)
+
+    wants_json = staticmethod(wants_json)
 
     def resource(self):
         return self.app.resource()
@@ -217,6 +221,14 @@ class WebFront:
         await self.couch_ok()
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.exposition()
+
+    @app.route("/browse/", branch=True)
+    def browse(self, request):
+        return self.browse_pages.app.resource()
+
+    @app.route("/")
+    def home(self, request):
+        return _redirect(request, "/browse/")
 
     @app.route("/static/style.css")
     def style(self, request):

@@ -1,0 +1,234 @@
+"""Browse pages against a pouchdb-server holding data imported from the simulator."""
+
+import json
+import random
+import shutil
+from collections import defaultdict
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+import treq
+from packaging.specifiers import SpecifierSet
+from twisted.internet import defer, threads
+
+from pypioncouch import model
+from pypioncouch.sync import run_pass
+from pypioncouch.web import browse
+
+from .helpers import World
+from .test_web import serve
+
+JSON = {"Accept": "application/json"}
+VERSIONS = ["0.9", "1.0", "1.0.1", "1.1rc1", "1.1", "1.2.dev3", "2.0a1", "2.0", "2.0.post1",
+            "2.1", "3.0b2", "10.0"]
+
+
+@pytest.fixture(scope="module")
+def site(couch_server):
+    world = World(couch_server.url, "browse-module", projects=120, seed=23)
+    for version in VERSIONS:
+        world.index.publish("Spec.Test", version)
+    pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
+    front, port, url = serve(world.db, syncing=False)
+    browse.PAGE, saved = 25, browse.PAGE
+    yield world, url
+    browse.PAGE = saved
+    port.stopListening()
+    world.close()
+
+
+async def get_json(url):
+    answer = await treq.get(url, headers=JSON)
+    assert answer.code == 200, (url, answer.code, await answer.text())
+    return await answer.json()
+
+
+def projects(world):
+    return [world.index.get(key) for key, _ in world.index.listing()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_forward_and_back_is_exact(site):
+    world, url = site
+    pages, link = [], f"{url}/browse/"
+    while link:
+        data = await get_json(link)
+        pages.append([p["key"] for p in data["projects"]])
+        link = url + data["next"] if data["next"] else None
+    assert [k for page in pages for k in page] == [k for k, _ in world.index.listing()]
+    assert all(len(page) == 25 for page in pages[:-1])
+    # Back from the last page reproduces every page exactly.
+    data = await get_json(link := f"{url}/browse/?after={quote(json.dumps(pages[-2][-1]))}")
+    back = []
+    while data["prev"]:
+        data = await get_json(url + data["prev"])
+        back.append([p["key"] for p in data["projects"]])
+    assert back == pages[-2::-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_name_search_and_python_filter(site):
+    world, url = site
+    data = await get_json(f"{url}/browse/?q=Cache_")
+    expected = [k for k, _ in world.index.listing() if k.startswith("cache-")]
+    assert [p["key"] for p in data["projects"]] == expected[:25]
+    data = await get_json(f"{url}/browse/?python=2.7")
+    assert data["projects"]
+    for p in data["projects"]:
+        assert not p["requires_python"] or SpecifierSet(p["requires_python"]).contains("2.7")
+    bad = await treq.get(f"{url}/browse/?python=three", headers=JSON)
+    assert bad.code == 400 and "not a version" in (await bad.json())["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_by_author_maintainer_and_keyword(site):
+    world, url = site
+    by_author, by_keyword = defaultdict(set), defaultdict(set)
+    for project in projects(world):
+        latest = world.index.latest(project)
+        if latest is None:
+            continue
+        if latest.metadata.get("author"):
+            by_author[latest.metadata["author"].lower()].add(project.normalized)
+        for word in model.split_keywords(latest.metadata.get("keywords")):
+            by_keyword[word.lower()].add(project.normalized)
+    author = max(by_author, key=lambda a: len(by_author[a]))
+    data = await get_json(f"{url}/browse/author/{quote(author.upper())}")
+    assert {p["key"] for p in data["projects"]} == by_author[author]
+    word = max(by_keyword, key=lambda w: len(by_keyword[w]))
+    data = await get_json(f"{url}/browse/keyword/{quote(word)}")
+    assert {p["key"] for p in data["projects"]} == set(sorted(by_keyword[word])[:25])
+
+
+@pytest_twisted.ensureDeferred
+async def test_classifiers_counts_combinations_and_parents(site):
+    world, url = site
+    per_classifier = defaultdict(set)
+    for project in projects(world):
+        latest = world.index.latest(project)
+        for c in (latest.metadata.get("classifiers") or []) if latest else []:
+            per_classifier[c].add(project.normalized)
+    data = await get_json(f"{url}/browse/classifiers/")
+    counts = {}
+
+    def walk(nodes):
+        for node in nodes:
+            if node["count"] is not None:
+                counts[node["path"]] = node["count"]
+            walk(node["children"])
+    walk(data["tree"])
+    assert counts == {c: len(ids) for c, ids in per_classifier.items()}
+    parent = "Programming Language :: Python"
+    expected = set().union(*(ids for c, ids in per_classifier.items()
+                             if c.startswith(parent + " :: ")))
+    other = "Intended Audience :: Developers"
+    data = await get_json(f"{url}/browse/classifiers/?c={quote(parent)}&c={quote(other)}")
+    assert data["total"] == len(expected & per_classifier[other])
+    assert [p["key"] for p in data["projects"]] == sorted(expected & per_classifier[other])[:25]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_specifier_filter_selects_exactly_what_packaging_selects(site):
+    world, url = site
+    rng = random.Random(5)
+    operators = ["==", "!=", ">=", "<=", ">", "<", "~="]
+    specifiers = [">=20,<23", "~=1.0", "==1.*", "!=2.0", "", "==2.0a1", "<2"]
+    for _ in range(25):
+        parts = [f"{rng.choice(operators)}{rng.choice(VERSIONS)}" for _ in range(rng.randint(1, 2))]
+        specifiers.append(",".join(p for p in parts if not (p.startswith("~=") and "." not in p)))
+    for spec in specifiers:
+        for pre in (False, True):
+            query = f"req={quote('spec-test' + spec)}" + ("&pre=1" if pre else "")
+            data = await get_json(f"{url}/browse/specifier/?{query}")
+            got = [r["version"] for r in data["releases"]]
+            wanted = list(SpecifierSet(spec).filter(VERSIONS, prereleases=True if pre else None))
+            assert sorted(got, key=model.version_sort_key) == \
+                sorted(wanted, key=model.version_sort_key), (spec, pre)
+    bad = await treq.get(f"{url}/browse/specifier/?req={quote('twisted>=>2')}", headers=JSON)
+    assert bad.code == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_project_page_and_hostile_metadata_as_text(site):
+    world, url = site
+    key = model.normalize(world.index.dataset.name(0))  # the hostile showcase
+    html = await (await treq.get(f"{url}/browse/project/{key}")).text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html
+    assert 'href="javascript:' not in html
+    data = await get_json(f"{url}/browse/project/{key}")
+    versions = [r["version"] for r in data["releases"]]
+    assert versions == sorted(versions, key=model.version_sort_key, reverse=True)
+    assert data["links"]["simple"] == f"/simple/{key}/"
+    redirect = await treq.get(f"{url}/browse/project/{key.upper()}", allow_redirects=False)
+    assert redirect.code == 301
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_releases_newest_first(site):
+    world, url = site
+    data = await get_json(f"{url}/browse/recent/")
+    times = [r["uploaded"] for r in data["releases"]]
+    assert times == sorted(times, reverse=True) and len(times) == 25
+    second = await get_json(url + data["next"])
+    assert second["releases"][0]["uploaded"] <= times[-1]
+
+
+def browse_in_chromium(url, key):
+    """Drive Debian's chromium through the pages; return what a person would see."""
+    from playwright.sync_api import sync_playwright
+
+    seen = {"dialogs": [], "errors": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: (seen["dialogs"].append(dialog.message),
+                                          dialog.dismiss()))
+        page.on("pageerror", lambda error: seen["errors"].append(str(error)))
+        page.goto(f"{url}/browse/")
+        seen["title"] = page.title()
+        page.fill("#q", key[:6])
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        seen["search_url"] = page.url
+        seen["search_hits"] = page.locator("tbody tr a").count()
+        page.goto(f"{url}/browse/project/{key}")
+        seen["summary"] = page.locator("main > p").first.inner_text()
+        with page.expect_navigation():
+            page.locator("main a", has_text="Simple API").click()
+        seen["simple_title"] = page.title()
+        page.goto(f"{url}/browse/project/{key}")
+        keyword = page.locator("a[href^='/browse/keyword/']").first
+        with page.expect_navigation():
+            keyword.click()
+        seen["keyword_page"] = page.locator("h1").inner_text()
+        page.goto(f"{url}/browse/classifiers/")
+        page.locator("input[name=c]").first.check()
+        with page.expect_navigation():
+            page.locator("button[type=submit]").first.click()
+        seen["classifier_rows"] = page.locator("tbody tr").count()
+        page.goto(f"{url}/status")
+        seen["status"] = page.locator("h1").inner_text()
+        browser.close()
+    return seen
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is installed by .ci/run")
+@pytest_twisted.ensureDeferred
+async def test_a_real_browser_follows_the_pages_and_runs_no_script_from_metadata(site):
+    world, url = site
+    key = model.normalize(world.index.dataset.name(0))
+    seen = await threads.deferToThread(browse_in_chromium, url, key)
+    assert seen["dialogs"] == [] and seen["errors"] == []
+    assert seen["title"] == "All projects — pypioncouch"
+    assert "q=" in seen["search_url"] and seen["search_hits"] >= 1
+    assert seen["summary"] == '<script>alert("pwned")</script>'  # shown as text
+    assert seen["simple_title"] == f"Links for {key}"
+    assert seen["keyword_page"].startswith("Projects with keyword")
+    assert seen["classifier_rows"] >= 1
+    assert seen["status"] == "Status"
