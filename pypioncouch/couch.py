@@ -358,16 +358,26 @@ class Database:
         return result["rev"]
 
     async def bulk_docs(self, docs: list[dict], timeout: float | None = None) -> list[BulkResult]:
-        """``_bulk_docs``: one :class:`BulkResult` per document, errors included."""
+        """``_bulk_docs``: one :class:`BulkResult` per document, errors included, in the
+        order of ``docs`` (matched by id: pouchdb-server may answer in another order).
+        A document the answer does not mention gets an ``error`` result."""
         if not docs:
             return []
         answer = await self._request("POST", "_bulk_docs", body={"docs": docs},
                                      timeout=timeout)
         if not isinstance(answer, list):
             raise BadResponse("_bulk_docs did not answer a list", url=self.display_url)
-        return [BulkResult(id=row.get("id", ""), rev=row.get("rev"),
-                           error=row.get("error"), reason=row.get("reason"))
-                for row in answer]
+        by_id: dict[str, list[BulkResult]] = {}
+        for row in answer:
+            by_id.setdefault(row.get("id", ""), []).append(BulkResult(
+                id=row.get("id", ""), rev=row.get("rev"), error=row.get("error"),
+                reason=row.get("reason")))
+        results = []
+        for doc in docs:
+            found = by_id.get(doc.get("_id", ""))
+            results.append(found.pop(0) if found else BulkResult(
+                id=doc.get("_id", ""), error="missing", reason="not in the _bulk_docs answer"))
+        return results
 
     async def all_docs(self, keys: list[str] | None = None, **params) -> dict:
         """``_all_docs``; with ``keys``, a POST (any number of ids)."""

@@ -68,6 +68,29 @@ async def test_bulk_docs_reports_a_conflict_per_document(couch, db_name):
 
 
 @pytest_twisted.ensureDeferred
+async def test_bulk_results_follow_the_request_order_under_concurrency(couch, db_name):
+    """pouchdb-server answers concurrent _bulk_docs out of order; the client realigns."""
+    import random
+
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.bulk_docs([{"_id": f"d{i:03d}"} for i in range(0, 200, 3)])  # some conflicts
+    for round_ in range(10):
+        ids = [f"d{i:03d}" for i in range(200)]
+        random.Random(round_).shuffle(ids)
+        chunks = [ids[k:k + 50] for k in range(0, 200, 50)]
+        answers = await defer.gatherResults([defer.ensureDeferred(
+            db.bulk_docs([{"_id": i, "round": round_} for i in chunk])) for chunk in chunks])
+        for chunk, results in zip(chunks, answers):
+            assert [r.id for r in results] == chunk
+            for docid, result in zip(chunk, results):
+                if result.ok:
+                    assert int(result.rev.split("-")[0]) >= 1
+                else:
+                    assert result.error == "conflict"
+
+
+@pytest_twisted.ensureDeferred
 async def test_all_docs_with_keys_and_ranges(couch, db_name):
     db = couch.database(db_name)
     await db.ensure()
