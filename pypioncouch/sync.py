@@ -36,6 +36,7 @@ log = Logger()
 
 CHECKPOINT = "pypioncouch-sync"
 CONFLICT_ROUNDS = 3
+WRITERS = 2
 
 
 class Work(NamedTuple):
@@ -170,7 +171,12 @@ class XmlRpcImporter:
         checkpoint = await self.load_checkpoint()
         pending = dict((checkpoint or {}).get("pending") or {})
         failures = await self.sync(works, summary)
-        failures.update({k: s for k, s in pending.items() if k not in {w.key for w in works}})
+        listed = {w.key for w in works}
+        del works
+        # A project PyPI no longer lists is gone (reference §5), e.g. removed between
+        # an interrupted import and this one, whose baseline is past the removal.
+        await self.sweep(listed, summary, failures)
+        failures.update({k: s for k, s in pending.items() if k not in listed})
         await self.save_checkpoint(baseline, failures)
         return self._finish(summary, baseline, failures, started)
 
@@ -194,7 +200,7 @@ class XmlRpcImporter:
                     continue
                 works = group_changelog(rows)
             else:
-                works, new_serial = await self._simple_changes(serial)
+                works, new_serial = await self._simple_changes(serial, summary)
                 more = False
             for key, wanted in pending.items():
                 if key not in works:
@@ -218,7 +224,8 @@ class XmlRpcImporter:
         # PyPI caps an answer (50,000 rows): page on until its last serial is reached.
         return rows, rows[-1][4], rows[-1][4] < last
 
-    async def _simple_changes(self, serial: int) -> tuple[dict[str, Work], int]:
+    async def _simple_changes(self, serial: int, summary: Summary
+                              ) -> tuple[dict[str, Work], int]:
         current, index = await self.pypi.simple_index()
         self.status.note_serials(pypi_serial=current)
         works = {}
@@ -226,7 +233,28 @@ class XmlRpcImporter:
             if last is not None and last > serial and model.is_valid_project_name(name):
                 key = model.normalize(name)
                 works[key] = Work(key, name, last)
+        # The index has no removal rows: a project it no longer lists is gone.
+        failures: dict = {}
+        await self.sweep({model.normalize(name) for name in index}, summary, failures)
+        works.update({k: Work(k, k, s) for k, s in failures.items()})
         return works, max(serial, current or serial)
+
+    async def sweep(self, listed: set[str], summary: Summary, failures: dict) -> None:
+        """Delete the stored projects that are not in ``listed`` (PyPI's listing)."""
+        strays, startkey = [], None
+        while True:
+            params = {"limit": 5000}
+            if startkey is not None:
+                params.update(startkey=startkey, skip=1)
+            rows = (await self.db.view(couchapp.NAME, "projects", **params))["rows"]
+            strays += [row["id"] for row in rows if row["id"] not in listed]
+            if len(rows) < 5000:
+                break
+            startkey = rows[-1]["key"]
+        for chunk in _chunks(strays, self.batch_size):
+            stored = await self._stored_projects(chunk)
+            await self._write([(Work(key, key, None), stored.get(key), ProjectAnswer(key, "gone"))
+                               for key in chunk], failures, summary)
 
     def _fall_back_to_simple(self, gone: MethodGone) -> None:
         message = ("PyPI no longer serves the XML-RPC changelog "
@@ -277,22 +305,27 @@ class XmlRpcImporter:
                     self._failed(work, str(error), failures, summary, kind)
                     continue
                 await to_write.put((work, old, answer))
-            await to_write.put(None)
+
+        async def fetch_all():
+            await run_together(*(fetch() for _ in range(fetchers)))
+            for _ in range(WRITERS):
+                await to_write.put(None)
 
         async def write():
-            finished, batch = 0, []
-            while finished < fetchers:
-                item = await to_write.get()
-                if item is None:
-                    finished += 1
-                else:
+            # Two writers: one prepares its batch while CouchDB takes the other's.
+            done = False
+            while not done:
+                batch = []
+                while len(batch) < self.batch_size and (not batch or len(to_write)):
+                    item = await to_write.get()
+                    if item is None:
+                        done = True
+                        break
                     batch.append(item)
-                if batch and (len(batch) >= self.batch_size or not len(to_write)
-                              or finished == fetchers):
+                if batch:
                     await self._write(batch, failures, summary)
-                    batch = []
 
-        await run_together(read(), write(), *(fetch() for _ in range(fetchers)))
+        await run_together(read(), fetch_all(), *(write() for _ in range(WRITERS)))
         return failures
 
     def _advance(self) -> None:
@@ -348,11 +381,12 @@ class XmlRpcImporter:
             if project["_id"] != work.key:
                 raise model.BadPayload(f"asked for {work.key}, PyPI answered "
                                        f"{project['_id']}")
-        changed = [r for r in releases
-                   if model.release_needs_write(r, old_digests.get(r["version"]))]
+        new_digests = project["release_digests"]  # computed once, by the model
+        changed = [r for r in releases if model.release_needs_write(
+            new_digests[r["version"]], old_digests.get(r["version"]))]
         project["release_digests"] = {
-            r["version"]: model.merged_digests(r, old_digests.get(r["version"]))
-            for r in releases}
+            version: model.merged_digests(digests, old_digests.get(version))
+            for version, digests in new_digests.items()}
         new_versions = {r["version"] for r in releases}
         gone_ids = [model.release_id(work.key, v) for v in old_digests if v not in new_versions]
         if answer.kind == "empty" and old is not None:

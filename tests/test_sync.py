@@ -109,3 +109,16 @@ async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
     assert by_version["2.0"]["info"]["summary"] == "the new one"
     assert by_version["1.1"]["info"]["version"] == "1.1"  # kept from the first import
     assert "info" not in by_version["1.0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_import_removes_what_pypi_no_longer_lists(world):
+    """An import interrupted, then a project removed, then a new full import whose
+    baseline is past the removal: the project must still go."""
+    await run_pass(world.importer(), full=True)
+    gone = model.normalize(world.index.dataset.name(8))
+    world.index.remove_project(gone)
+    summary = await run_pass(world.importer(), full=True)
+    assert summary.deleted == 1
+    assert await world.db.get_or_none(gone) is None
+    await assert_matches_simulator(world.db, world.index)

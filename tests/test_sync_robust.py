@@ -91,6 +91,7 @@ async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
     w.index.publish("After.The-Change", "2.0")
     key = model.normalize(w.index.dataset.name(5))
     w.index.publish(key, "9.0")
+    w.index.remove_project(model.normalize(w.index.dataset.name(6)))  # no row to tell
     importer = w.importer()
     summary = await run_pass(importer)
     assert importer.status.changes_source == "simple"
@@ -206,7 +207,9 @@ async def _matches(db, sim_url):
             assert await stored_json_api(db, key) == body, key
     rows = (await db.all_docs())["rows"]
     stored = {r["id"] for r in rows if ":" not in r["id"] and not r["id"].startswith("_")}
-    return stored == set(keys)
+    assert stored - set(keys) == set(), "stored, not on PyPI"
+    assert set(keys) - stored == set(), "on PyPI, not stored"
+    return True
 
 
 @pytest_twisted.ensureDeferred
