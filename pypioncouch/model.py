@@ -199,23 +199,22 @@ def release_digests(doc: dict) -> list[str | None]:
     return [_digest(files_part), _digest(doc["info"]) if "info" in doc else None]
 
 
-def release_needs_write(new_doc: dict, old_digests: list | None) -> bool:
-    """Whether a stored release (``old_digests`` from the project document) differs."""
+def release_needs_write(new_digests: list, old_digests: list | None) -> bool:
+    """Whether a release differs from its stored copy, by their digests
+    (``release_digests`` of the new document, and the project document's record)."""
     if old_digests is None:
         return True
-    files_digest, info_digest = release_digests(new_doc)
-    if files_digest != old_digests[0]:
+    if new_digests[0] != old_digests[0]:
         return True
-    return info_digest is not None and info_digest != old_digests[1]
+    return new_digests[1] is not None and new_digests[1] != old_digests[1]
 
 
-def merged_digests(new_doc: dict, old_digests: list | None) -> list[str | None]:
-    """The digests stored for a release after a sync: an ``info`` PyPI no longer gives
+def merged_digests(new_digests: list, old_digests: list | None) -> list[str | None]:
+    """The digests recorded for a release after a sync: an ``info`` PyPI no longer gives
     (the release is not the latest any more) is kept, so its digest is too."""
-    files_digest, info_digest = release_digests(new_doc)
-    if info_digest is None and old_digests is not None:
-        info_digest = old_digests[1]
-    return [files_digest, info_digest]
+    if new_digests[1] is None and old_digests is not None:
+        return [new_digests[0], old_digests[1]]
+    return list(new_digests)
 
 
 def empty_project_document(name: str, serial: int | None, status: str) -> dict:

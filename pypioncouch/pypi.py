@@ -31,7 +31,7 @@ from twisted.web import xmlrpc
 from twisted.web.error import Error as HTTPError
 
 from pypioncouch import __version__
-from pypioncouch.http import http_client
+from pypioncouch.http import LeanGetter
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import redact
@@ -129,7 +129,9 @@ class _Proxy(xmlrpc.Proxy):
 
 
 class PyPI:
-    """PyPI (or anything that speaks its APIs) at ``url``."""
+    """PyPI (or anything that speaks its APIs) at ``url``. ``http`` answers
+    ``await http.get(url, headers) -> (status, headers, body)`` (a :class:`LeanGetter`
+    unless a test gives another)."""
 
     def __init__(self, url: str = PYPI_URL, *, http=None, reactor=None, concurrency: int = 10,
                  timeout: float = 30.0, retries: int = 5, backoff: float = 0.5,
@@ -140,7 +142,7 @@ class PyPI:
         self.display_url = redact(self.url)
         self.xmlrpc_url = self.url + "pypi"
         self._reactor = reactor
-        self._http = http if http is not None else http_client(reactor, max(2, concurrency))
+        self._http = http if http is not None else LeanGetter(reactor, max(2, concurrency))
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
         self.timeout = timeout
         self.retries = retries
@@ -252,12 +254,7 @@ class PyPI:
         return status, headers, body
 
     async def _fetch(self, url: str, accept: str):
-        response = await self._http.get(url, headers={"Accept": accept,
-                                                      "User-Agent": USER_AGENT})
-        body = await response.content()
-        headers = {k.decode().lower(): v[-1].decode("latin-1")
-                   for k, v in response.headers.getAllRawHeaders()}
-        return response.code, headers, body
+        return await self._http.get(url, {"Accept": accept, "User-Agent": USER_AGENT})
 
     @staticmethod
     def _parse_json(body: bytes, where: str) -> Any:
