@@ -42,17 +42,27 @@ class BoundedQueue:
         return await waiter
 
 
-async def run_together(*coroutines: Coroutine) -> list:
-    """Run coroutines concurrently; if one fails, cancel the others and raise its error."""
+async def run_together(*coroutines: Coroutine, reactor=None) -> list:
+    """Run coroutines concurrently; if one fails, cancel the others and raise its error.
+
+    The cancelling waits for the current call stack to unwind: a failure can surface
+    while another of the coroutines is running (a queue hand-over resumes a consumer
+    inside its producer's ``put``), and a running coroutine cannot be cancelled.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
     deferreds = [defer.ensureDeferred(c) for c in coroutines]
     failed: list = []
+
+    def cancel_others(index):
+        for other, d in enumerate(deferreds):
+            if other != index and not d.called:
+                d.cancel()
 
     def on_failure(failure, index):
         if not failed:
             failed.append(failure)
-            for other, d in enumerate(deferreds):
-                if other != index and not d.called:
-                    d.cancel()
+            reactor.callLater(0, cancel_others, index)
         return None
 
     for index, d in enumerate(deferreds):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, NamedTuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from pypioncouch import couchapp, model
@@ -303,6 +304,13 @@ class XmlRpcImporter:
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
+                    continue
+                except defer.CancelledError:
+                    raise
+                except Exception as error:  # a bug must cost one project, not the pass
+                    log.failure("{name}: unexpected error", name=work.key)
+                    self._failed(work, f"unexpected {type(error).__name__}: {error}",
+                                 failures, summary, "bug")
                     continue
                 await to_write.put((work, old, answer))
 

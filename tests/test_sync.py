@@ -122,3 +122,23 @@ async def test_a_full_import_removes_what_pypi_no_longer_lists(world):
     assert summary.deleted == 1
     assert await world.db.get_or_none(gone) is None
     await assert_matches_simulator(world.db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
+    importer = world.importer()
+    real = importer.pypi.project
+    victim = model.normalize(world.index.dataset.name(9))
+
+    async def project(name, min_serial=None):
+        if model.normalize(name) == victim:
+            raise KeyError("a bug")
+        return await real(name, min_serial)
+
+    importer.pypi.project = project
+    summary = await run_pass(importer, full=True)
+    assert summary.pending == 1 and summary.projects == 59
+    assert "unexpected KeyError" in summary.errors[0]
+    assert victim in (await world.db.get_local(CHECKPOINT))["pending"]
+    await run_pass(world.importer())  # the next pass retries it
+    await assert_matches_simulator(world.db, world.index)
