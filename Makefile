@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
+BENCH_ARGS ?= import
 
 .PHONY: setup run demo test bench clean
 
@@ -31,6 +32,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

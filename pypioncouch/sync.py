@@ -171,12 +171,15 @@ class XmlRpcImporter:
         self.status.import_total, self.status.import_done = len(works), 0
         checkpoint = await self.load_checkpoint()
         pending = dict((checkpoint or {}).get("pending") or {})
+        had_documents = (await self.db.info())["doc_count"] > 1  # more than the design doc
         failures = await self.sync(works, summary)
         listed = {w.key for w in works}
         del works
         # A project PyPI no longer lists is gone (reference §5), e.g. removed between
         # an interrupted import and this one, whose baseline is past the removal.
-        await self.sweep(listed, summary, failures)
+        # Into an empty database there is nothing to sweep (and no view to build).
+        if had_documents:
+            await self.sweep(listed, summary, failures)
         failures.update({k: s for k, s in pending.items() if k not in listed})
         await self.save_checkpoint(baseline, failures)
         return self._finish(summary, baseline, failures, started)
@@ -247,7 +250,9 @@ class XmlRpcImporter:
             params = {"limit": 5000}
             if startkey is not None:
                 params.update(startkey=startkey, skip=1)
-            rows = (await self.db.view(couchapp.NAME, "projects", **params))["rows"]
+            # The first query may build the view over the whole database: be patient.
+            rows = (await self.db.view(couchapp.NAME, "projects", timeout=3600,
+                                       **params))["rows"]
             strays += [row["id"] for row in rows if row["id"] not in listed]
             if len(rows) < 5000:
                 break

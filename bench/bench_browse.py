@@ -1,0 +1,77 @@
+"""Browse benchmark (issue 7): view build time after a full import against the raw
+ingest time of the same documents, and page latency (median, p99) of the project list
+at page 1 and a far page, a classifier page and a project page."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from bench.bench_import import raw_bulk_load
+from bench.bench_web import wrk
+from bench.common import BIN, CouchServer, http_json
+from pypioncouch import couchapp
+from pypioncouch.testing.couchserver import free_port
+from pypioncouch.web.browse import PAGE
+
+
+def build_views(couch_url: str, db: str) -> float:
+    started = time.perf_counter()
+    for view in couchapp.design_document()["views"]:
+        reduce = "&reduce=false" if "reduce" in couchapp.design_document()["views"][view] else ""
+        http_json(f"{couch_url}{db}/{couchapp.DESIGN_ID}/_view/{view}?limit=1{reduce}",
+                  timeout=7200)
+    return time.perf_counter() - started
+
+
+def median_and_p99(base: str, path: str, seconds: float) -> dict:
+    figures = wrk(base, [path], seconds, "text/html", connections=4)
+    return {"path": path, **figures}
+
+
+def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
+    with CouchServer() as couch:
+        writes = json.loads(subprocess.run(
+            [sys.executable, "-m", "bench.write_path", couch.url, "pypi", str(projects)],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        views_seconds = build_views(couch.url, "pypi")
+        raw = raw_bulk_load(couch, "pypi", "rawcopy", with_design=False)
+        far_page = projects // PAGE // 2
+        key = http_json(f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/projects?limit=1"
+                        f"&skip={far_page * PAGE}")["rows"][0]["key"]
+        counts = http_json(f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/by_classifier"
+                           "?group_level=1")["rows"]
+        classifier = max(counts, key=lambda row: row["value"])["key"][0]
+        port = free_port()
+        daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
+                                   "pypioncouch", "--couch", couch.url, "--no-sync", "--listen",
+                                   f"tcp:{port}:interface=127.0.0.1"])
+        front = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(front + "/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            pages = {
+                "list_page_1": "/browse/",
+                f"list_page_{far_page}": "/browse/?after=" + urllib.parse.quote(json.dumps(key)),
+                "classifier": "/browse/classifiers/?c=" + urllib.parse.quote(
+                    classifier.split(" :: ")[0]),
+                "project": f"/browse/project/{key}",
+            }
+            latency = {name: median_and_p99(front, path, seconds) for name, path in pages.items()}
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(15)
+    return {"projects": projects, "documents": writes["docs"],
+            "ingest_seconds": writes["seconds"], "raw_bulk_seconds": raw["seconds"],
+            "view_build_seconds": round(views_seconds, 1),
+            "view_build_ratio_to_raw_ingest": round(views_seconds / raw["seconds"], 2),
+            "pages": latency}

@@ -1,0 +1,81 @@
+"""Full import benchmark (issue 4): projects/s against the latency bound, the write path
+against a raw _bulk_docs load of the same documents, and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import BIN, CouchServer, SimulatorProcess, http_json, peak_rss_of
+
+
+def full_import(couch: CouchServer, projects: int, latency_ms: float, concurrency: int,
+                db: str, seed: int = 1) -> dict:
+    with SimulatorProcess("--projects", str(projects), "--seed", str(seed),
+                          "--latency-ms", str(latency_ms)) as sim:
+        seconds, peak_mb, out = peak_rss_of(
+            [str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
+             "--db", db, "--concurrency", str(concurrency), "--quiet"])
+    info = http_json(f"{couch.url}{db}")
+    return {"projects": projects, "latency_ms": latency_ms, "concurrency": concurrency,
+            "seconds": round(seconds, 2), "projects_per_s": round(projects / seconds, 1),
+            "docs": info["doc_count"], "docs_per_s": round(info["doc_count"] / seconds, 1),
+            "peak_rss_mb": round(peak_mb, 1), "summary": out.strip()}
+
+
+def raw_bulk_load(couch: CouchServer, source_db: str, target_db: str,
+                  batch: int = 500, with_design: bool = True) -> dict:
+    """Copy the same documents with plain _bulk_docs (no PyPI, no logic): the ceiling.
+    ``with_design`` installs the same design document first, so the server runs the
+    same validate_doc_update for both loads."""
+    rows = http_json(f"{couch.url}{source_db}/_all_docs?include_docs=true")["rows"]
+    docs = []
+    for row in rows:
+        doc = row["doc"]
+        if doc["_id"].startswith("_design/"):
+            continue
+        doc.pop("_rev", None)
+        doc.pop("_attachments", None)
+        docs.append(doc)
+    http_json(f"{couch.url}{target_db}", "PUT")
+    if with_design:
+        from pypioncouch import couchapp
+
+        design = {k: v for k, v in couchapp.design_document().items() if k != "_id"}
+        http_json(f"{couch.url}{target_db}/{couchapp.DESIGN_ID}", "PUT", design)
+    started = time.perf_counter()
+    for start in range(0, len(docs), batch):
+        http_json(f"{couch.url}{target_db}/_bulk_docs", "POST", {"docs": docs[start:start + batch]})
+    seconds = time.perf_counter() - started
+    return {"docs": len(docs), "seconds": round(seconds, 2),
+            "docs_per_s": round(len(docs) / seconds, 1)}
+
+
+def write_path(couch: CouchServer, projects: int, db: str, seed: int = 1) -> dict:
+    """Documents/s of the import pipeline with PyPI's answers already in memory
+    (bench/write_path.py, in its own process: a reactor runs once per process)."""
+    out = subprocess.run([sys.executable, "-m", "bench.write_path", couch.url, db,
+                          str(projects), str(seed)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(projects: int = 20_000, latency_ms: float = 50.0, concurrency: int = 10) -> dict:
+    results = {}
+    with CouchServer() as couch:
+        slow = full_import(couch, projects, latency_ms, concurrency, "latency")
+        bound = concurrency / (latency_ms / 1000.0)
+        slow["bound_projects_per_s"] = bound
+        slow["ratio_to_bound"] = round(slow["projects_per_s"] / bound, 3)
+        results["with_latency"] = slow
+        results["end_to_end_no_latency"] = full_import(couch, projects, 0.0, concurrency,
+                                                       "nolatency")
+        writes = write_path(couch, projects, "writepath")
+        raw = raw_bulk_load(couch, "writepath", "raw")
+        bare = raw_bulk_load(couch, "writepath", "rawbare", with_design=False)
+        writes["raw_bulk_docs_per_s"] = raw["docs_per_s"]
+        writes["ratio_to_raw_bulk"] = round(writes["docs_per_s"] / raw["docs_per_s"], 3)
+        writes["raw_bulk_without_validation_docs_per_s"] = bare["docs_per_s"]
+        results["write_path"] = writes
+    return results

@@ -1,0 +1,93 @@
+"""Web front benchmark (issue 6): req/s and p99 of /simple/<p>/ and /pypi/<p>/json
+with 32 connections, warm (one project) and cold (many projects), against a direct
+CouchDB GET of the same documents in the same run. Uses wrk (Debian's package)."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import BIN, CouchServer, SimulatorProcess, http_json
+from pypioncouch.testing.couchserver import free_port
+
+LUA = """
+paths = {}
+for line in io.lines("%s") do paths[#paths + 1] = line end
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "%s"})
+end
+"""
+
+
+def wrk(base: str, paths: list[str], seconds: float, accept: str = "*/*",
+        connections: int = 32) -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("the web benchmark needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as folder:
+        listing = Path(folder, "paths")
+        listing.write_text("\n".join(paths) + "\n")
+        script = Path(folder, "paths.lua")
+        script.write_text(LUA % (listing, accept))
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+                              "-s", str(script), base], capture_output=True, text=True,
+                             check=True).stdout
+    def percentile(p):
+        found = re.search(rf"{p}%\s+([\d.]+)(us|ms|s)", out)
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+        return round(float(found.group(1)) * scale, 2)
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests_per_s": rate, "median_ms": percentile(50), "p99_ms": percentile(99),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def run(projects: int = 2000, seconds: float = 10.0) -> dict:
+    with CouchServer() as couch, SimulatorProcess("--projects", str(projects), "--seed", "3") as sim:
+        subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
+                        "--quiet"], check=True, capture_output=True)
+        port = free_port()
+        daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
+                                   "pypioncouch", "--couch", couch.url, "--no-sync", "--listen",
+                                   f"tcp:{port}:interface=127.0.0.1"])
+        front = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(front + "/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            keys = [row["key"] for row in http_json(
+                f"{couch.url}pypi/_design/pypioncouch/_view/projects")["rows"]]
+            keys = [k for k in keys if http_json(f"{couch.url}pypi/{k}").get("versions")]
+            random.Random(1).shuffle(keys)
+            hot = keys[1]
+            json_accept = "application/vnd.pypi.simple.v1+json"
+            result = {"projects": projects, "seconds_per_run": seconds, "connections": 32}
+            result["couchdb_get_one_doc"] = wrk(couch.anonymous_url, [f"/pypi/{hot}"], seconds)
+            result["couchdb_get_many_docs"] = wrk(couch.anonymous_url,
+                                                  [f"/pypi/{k}" for k in keys], seconds)
+            for name, template, accept in (("simple_json", "/simple/{}/", json_accept),
+                                           ("simple_html", "/simple/{}/", "text/html"),
+                                           ("json_api", "/pypi/{}/json", "*/*")):
+                result[f"{name}_warm"] = wrk(front, [template.format(hot)], seconds, accept)
+                result[f"{name}_cold"] = wrk(front, [template.format(k) for k in keys],
+                                             seconds, accept)
+            base = result["couchdb_get_one_doc"]["requests_per_s"]
+            for key, value in list(result.items()):
+                if isinstance(value, dict) and key.endswith(("_warm", "_cold")):
+                    value["ratio_to_couchdb_get"] = round(value["requests_per_s"] / base, 2)
+            return result
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(15)

@@ -1,0 +1,64 @@
+"""Shared helpers for the benchmarks: servers on loopback, timing, RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pypioncouch.testing.couchserver import CouchServer
+from pypioncouch.testing.pypi import SimulatorProcess
+
+BIN = Path(sys.executable).parent
+
+
+def http_json(url: str, method: str = "GET", body=None, timeout: float = 600):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.load(answer)
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """Run ``command``; return (seconds, peak RSS in MB of it and its children, stdout)."""
+    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode not in (0, 3):
+        raise RuntimeError(f"{command[0]} failed: {result.stderr[-2000:]}")
+    return seconds, max(peak, before) // 1024, result.stdout
+
+
+def peak_rss_of(command: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS MB of this one command, stdout), via /usr/bin/time if present."""
+    if Path("/usr/bin/time").exists():
+        started = time.perf_counter()
+        result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True,
+                                text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode not in (0, 3):
+            raise RuntimeError(result.stderr[-2000:])
+        peak_kb = int(result.stderr.strip().splitlines()[-1])
+        return seconds, peak_kb / 1024, result.stdout
+    seconds, peak, out = run_measured(command)
+    return seconds, float(peak), out
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+__all__ = ["CouchServer", "SimulatorProcess", "http_json", "run_measured", "peak_rss_of",
+           "percentile", "BIN"]

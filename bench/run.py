@@ -1,0 +1,50 @@
+"""Run the benchmarks and print their figures as JSON (record them in bench/RESULTS.md).
+
+    python -m bench.run import  [--projects 20000] [--latency-ms 50] [--concurrency 10]
+    python -m bench.run memory  [--projects 100000]
+    python -m bench.run opml    [--projects 2000] [--burst 1000]
+    python -m bench.run web     [--projects 2000] [--seconds 10]
+    python -m bench.run browse  [--projects 100000]
+
+Figures, not assertions: every ratio is against a ceiling measured in the same run
+on the same machine. Nothing here reaches the internet.
+"""
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse"))
+    parser.add_argument("--projects", type=int)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.what == "import":
+        from bench import bench_import
+        result = bench_import.run(args.projects or 20_000, args.latency_ms, args.concurrency)
+    elif args.what == "memory":
+        from bench import bench_import
+        from bench.common import CouchServer
+        with CouchServer() as couch:
+            result = bench_import.full_import(couch, args.projects or 100_000, 0.0,
+                                              args.concurrency, "memory")
+    elif args.what == "opml":
+        from bench import bench_opml
+        result = bench_opml.run(args.projects or 2000, args.burst)
+    elif args.what == "web":
+        from bench import bench_web
+        result = bench_web.run(args.projects or 2000, args.seconds)
+    else:
+        from bench import bench_browse
+        result = bench_browse.run(args.projects or 100_000)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
