@@ -5,18 +5,15 @@ at page 1 and a far page, a classifier page and a project page."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 
 from bench.bench_import import raw_bulk_load
 from bench.bench_web import wrk
-from bench.common import BIN, CouchServer, http_json
+from bench.common import CouchServer, http_json, mirror_front
 from pypioncouch import couchapp
-from pypioncouch.testing.couchserver import free_port
 from pypioncouch.web.browse import PAGE
 
 
@@ -47,18 +44,7 @@ def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
         counts = http_json(f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/by_classifier"
                            "?group_level=1")["rows"]
         classifier = max(counts, key=lambda row: row["value"])["key"][0]
-        port = free_port()
-        daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
-                                   "pypioncouch", "--couch", couch.url, "--no-sync", "--listen",
-                                   f"tcp:{port}:interface=127.0.0.1"])
-        front = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(front + "/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+        with mirror_front(couch.url) as front:
             pages = {
                 "list_page_1": "/browse/",
                 f"list_page_{far_page}": "/browse/?after=" + urllib.parse.quote(json.dumps(key)),
@@ -67,9 +53,6 @@ def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
                 "project": f"/browse/project/{key}",
             }
             latency = {name: median_and_p99(front, path, seconds) for name, path in pages.items()}
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(15)
     return {"projects": projects, "documents": writes["docs"],
             "ingest_seconds": writes["seconds"], "raw_bulk_seconds": raw["seconds"],
             "view_build_seconds": round(views_seconds, 1),

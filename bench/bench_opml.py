@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import BIN, CouchServer, SimulatorProcess, percentile
+from bench.common import BIN, CouchServer, SimulatorProcess
 
 
 def run(projects: int = 2000, burst: int = 1000) -> dict:

@@ -7,15 +7,11 @@ from __future__ import annotations
 import random
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from bench.common import BIN, CouchServer, SimulatorProcess, http_json
-from pypioncouch.testing.couchserver import free_port
+from bench.common import BIN, CouchServer, SimulatorProcess, http_json, mirror_front
 
 LUA = """
 paths = {}
@@ -55,18 +51,7 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
     with CouchServer() as couch, SimulatorProcess("--projects", str(projects), "--seed", "3") as sim:
         subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
                         "--quiet"], check=True, capture_output=True)
-        port = free_port()
-        daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
-                                   "pypioncouch", "--couch", couch.url, "--no-sync", "--listen",
-                                   f"tcp:{port}:interface=127.0.0.1"])
-        front = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(front + "/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+        with mirror_front(couch.url) as front:
             keys = [row["key"] for row in http_json(
                 f"{couch.url}pypi/_design/pypioncouch/_view/projects")["rows"]]
             keys = [k for k in keys if http_json(f"{couch.url}pypi/{k}").get("versions")]
@@ -88,6 +73,3 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
                 if isinstance(value, dict) and key.endswith(("_warm", "_cold")):
                     value["ratio_to_couchdb_get"] = round(value["requests_per_s"] / base, 2)
             return result
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(15)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
+import signal
 import resource
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from pypioncouch.testing.couchserver import CouchServer
@@ -52,6 +53,29 @@ def peak_rss_of(command: list[str]) -> tuple[float, float, str]:
     return seconds, float(peak), out
 
 
+@contextmanager
+def mirror_front(couch_url: str):
+    """The daemon serving ``couch_url`` with ``--no-sync``; yields its base URL."""
+    from pypioncouch.testing.couchserver import free_port
+
+    port = free_port()
+    daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
+                               "pypioncouch", "--couch", couch_url, "--no-sync", "--listen",
+                               f"tcp:{port}:interface=127.0.0.1"])
+    front = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(front + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield front
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -61,4 +85,4 @@ def percentile(values: list[float], p: float) -> float:
 
 
 __all__ = ["CouchServer", "SimulatorProcess", "http_json", "run_measured", "peak_rss_of",
-           "percentile", "BIN"]
+           "percentile", "BIN", "mirror_front"]

@@ -23,15 +23,17 @@ async def measure(reactor, couch_url: str, burst: int) -> dict:
     changed_at: dict[str, float] = {}
     done_at: dict[str, float] = {}
     from pypioncouch import opml_watcher
-    real_regenerate = opml_watcher.regenerate
+    real_regenerate = opml_watcher.regenerate_many
 
-    async def timed_regenerate(db_, key, status=None):
-        wrote = await real_regenerate(db_, key, status)
-        if wrote and key in changed_at and key not in done_at:
-            done_at[key] = time.perf_counter()
-        return wrote
+    async def timed_regenerate(db_, keys, status=None):
+        written, conflicted = await real_regenerate(db_, keys, status)
+        now = time.perf_counter()
+        for key in written:
+            if key in changed_at and key not in done_at:
+                done_at[key] = now
+        return written, conflicted
 
-    opml_watcher.regenerate = timed_regenerate
+    opml_watcher.regenerate_many = timed_regenerate
     watcher.startService()
     await task.deferLater(reactor, 1.0, lambda: None)
     docs = (await db.all_docs(keys=keys, include_docs=True))["rows"]

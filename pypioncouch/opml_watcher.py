@@ -5,7 +5,7 @@ attachment current (on the principal node; mirrors get it by replication).
   restart resumes instead of regenerating everything; with no checkpoint it starts
   from the beginning of the feed.
 - Bursts are debounced per project: many changes to a project's documents become one
-  regeneration.
+  regeneration; dirty projects are handled in batches (three requests a batch).
 - The attachment is written only when its bytes changed (the stored digest is
   compared), so the watcher's own writes — which are changes too — end there.
 - The sync carries the attachment's stub when it rewrites a project document, so the
@@ -25,10 +25,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from pypioncouch import couchapp, model
-from pypioncouch.couch import Conflict, CouchError, Database
+from pypioncouch.couch import CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.opml import ATTACHMENT, CONTENT_TYPE, project_opml
-from pypioncouch.pipeline import run_together
 from pypioncouch.status import SyncStatus
 
 log = Logger()
@@ -41,49 +40,70 @@ def attachment_digest(content: bytes) -> str:
     return "md5-" + base64.b64encode(hashlib.md5(content).digest()).decode("ascii")
 
 
-async def regenerate(db: Database, key: str, status: SyncStatus | None = None) -> bool:
-    """Bring ``key``'s ``opml.xml`` up to date. True if it was written."""
-    for _ in range(3):
-        project = await db.get_or_none(key)
-        if project is None or project.get("type") != model.PROJECT:
-            return False  # removed: the attachment went with the document
-        start, end = model.release_id_range(key)
-        rows = (await db.all_docs(startkey=start, endkey=end, include_docs=True))["rows"]
-        content = project_opml(project, [row["doc"] for row in rows if row.get("doc")])
+async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None
+                          ) -> tuple[list[str], list[str]]:
+    """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
+    documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
+    carrying the changed attachments inline. Returns ``(written keys, conflicted keys)``;
+    a conflict means the sync wrote meanwhile (its change brings the key back)."""
+    rows = (await db.all_docs(keys=list(keys), include_docs=True))["rows"]
+    projects = [row["doc"] for row in rows
+                if row.get("doc") and row["doc"].get("type") == model.PROJECT]
+    release_ids = [model.release_id(p["_id"], v) for p in projects for v in p.get("versions") or []]
+    releases: dict[str, list[dict]] = {}
+    if release_ids:
+        found = (await db.all_docs(keys=release_ids, include_docs=True))["rows"]
+        for row in found:
+            if row.get("doc"):
+                releases.setdefault(row["doc"]["project"], []).append(row["doc"])
+    updates = []
+    for project in projects:
+        content = project_opml(project, releases.get(project["_id"], []))
         stub = (project.get("_attachments") or {}).get(ATTACHMENT) or {}
         if stub.get("digest") == attachment_digest(content):
-            return False
-        try:
-            await db.put_attachment(key, project["_rev"], ATTACHMENT, content, CONTENT_TYPE)
-        except Conflict:
-            continue  # the sync wrote meanwhile: read again
-        if status is not None:
-            status.opml_written += 1
-        return True
+            continue
+        attachments = dict(project.get("_attachments") or {})
+        attachments[ATTACHMENT] = {"content_type": CONTENT_TYPE,
+                                   "data": base64.b64encode(content).decode("ascii")}
+        updates.append({**project, "_attachments": attachments})
+    results = await db.bulk_docs(updates)
+    written = [r.id for r in results if r.ok]
+    if status is not None:
+        status.opml_written += len(written)
+    return written, [r.id for r in results if not r.ok]
+
+
+async def regenerate(db: Database, key: str, status: SyncStatus | None = None) -> bool:
+    """Bring one project's ``opml.xml`` up to date. True if it was written."""
+    for _ in range(3):
+        written, conflicted = await regenerate_many(db, [key], status)
+        if not conflicted:
+            return bool(written)
     return False
 
 
-async def regenerate_all(db: Database, concurrency: int = 4, status: SyncStatus | None = None,
-                         progress=None) -> int:
+async def regenerate_all(db: Database, status: SyncStatus | None = None,
+                         progress=None, batch: int = 200) -> int:
     """Regenerate every project's OPML in one pass (``pypioncouch --opml``); then set
     the watcher's checkpoint to where the database was when the pass began."""
     since = (await db.info())["update_seq"]
     total = (await db.view(couchapp.NAME, "projects", limit=0))["total_rows"]
     written, done, startkey = 0, 0, None
     while True:
-        params = {"limit": 500}
+        params = {"limit": batch}
         if startkey is not None:
             params.update(startkey=startkey, skip=1)
-        rows = (await db.view(couchapp.NAME, "projects", **params))["rows"]
+        rows = (await db.view(couchapp.NAME, "projects", timeout=3600, **params))["rows"]
         keys = [row["key"] for row in rows]
-        for chunk_start in range(0, len(keys), concurrency):
-            results = await run_together(*(regenerate(db, key, status)
-                                           for key in keys[chunk_start:chunk_start + concurrency]))
-            written += sum(results)
-            done += len(results)
-            if progress is not None:
-                progress(done, total)
-        if len(rows) < 500:
+        if keys:
+            wrote, conflicted = await regenerate_many(db, keys, status)
+            written += len(wrote)
+            for key in conflicted:  # written meanwhile: once more, one by one
+                written += await regenerate(db, key, status)
+        done += len(keys)
+        if progress is not None:
+            progress(done, total)
+        if len(rows) < batch:
             break
         startkey = rows[-1]["key"]
     await _save_checkpoint(db, since)
@@ -102,13 +122,13 @@ class OpmlWatcher(Service):
     name = "opml"
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
-                 debounce: float = 0.25, concurrency: int = 4, reactor=None):
+                 debounce: float = 0.25, batch: int = 200, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
         self.status = status or SyncStatus()
         self.debounce = debounce
-        self.concurrency = concurrency
+        self.batch = batch
         self.reactor = reactor
         self.dirty: set[str] = set()
         self.seen_seq: Any = None
@@ -176,9 +196,10 @@ class OpmlWatcher(Service):
         keys, seq = sorted(self.dirty), self.seen_seq
         self.dirty = set()
         try:
-            for start in range(0, len(keys), self.concurrency):
-                chunk = keys[start:start + self.concurrency]
-                await run_together(*(regenerate(self.db, key, self.status) for key in chunk))
+            for start in range(0, len(keys), self.batch):
+                _, conflicted = await regenerate_many(self.db, keys[start:start + self.batch],
+                                                      self.status)
+                self.dirty.update(conflicted)  # the sync wrote meanwhile: once more
             await _save_checkpoint(self.db, seq)
             self.status.opml_seq = seq
         except CouchError as error:

@@ -1,7 +1,6 @@
 """The sync engine under faults, crashes, big projects, old and new PyPI APIs."""
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -1,6 +1,5 @@
 """The web front: Simple API, JSON API, health, status, metrics, mirrors."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -122,7 +121,7 @@ async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'
     front.status.note_error(f"{hostile}: malformed answer from PyPI")
-    front.status.warn_once(f"<img src=x onerror=alert(1)>")
+    front.status.warn_once("<img src=x onerror=alert(1)>")
     page = await (await treq.get(f"{url}/status")).text()
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
