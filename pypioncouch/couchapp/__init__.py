@@ -49,13 +49,16 @@ def _same(stored: dict, wanted: dict) -> bool:
         {k: v for k, v in wanted.items() if not k.startswith("_")}
 
 
-async def push(db: Database, *, build_timeout: float = 3600.0) -> bool:
-    """Install or update the design document. True if it was written."""
-    wanted = design_document()
+async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: int = 1000,
+               wanted: dict | None = None) -> bool:
+    """Install or update the design document (``wanted``, default: the files here).
+    True if it was written. A database of more than ``scratch_above`` documents gets
+    the new views built under a scratch id first."""
+    wanted = dict(wanted or design_document())
     current = await db.get_or_none(DESIGN_ID)
     if current is not None and _same(current, wanted):
         return False
-    if current is not None and (await db.info()).get("doc_count", 0) > 1000:
+    if current is not None and (await db.info()).get("doc_count", 0) > scratch_above:
         await _build_under_scratch(db, wanted, build_timeout)
     if current is not None:
         wanted["_rev"] = current["_rev"]
