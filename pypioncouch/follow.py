@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from pypioncouch.couch import CouchError, Database
+from pypioncouch.pipeline import CoroutineService
 
 log = Logger()
 
 
-class ChangesFollower(Service):
+class ChangesFollower(CoroutineService):
     """Calls ``on_change(change)`` for every change after ``since``.
 
     ``on_connected()`` runs each time the stream is (re)established, before changes
@@ -43,23 +43,13 @@ class ChangesFollower(Service):
         self.name = name
         self.live = False
         self._stream = None
-        self._loop: defer.Deferred | None = None
-        self._wait: defer.Deferred | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = defer.ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
 
     def stopService(self):
-        super().stopService()
         if self._stream is not None:
             self._stream.stop()
-        if self._wait is not None and not self._wait.called:
-            self._wait.cancel()
-        return self._loop
+        return super().stopService()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         failures = 0
         while self.running:
             try:
@@ -81,8 +71,7 @@ class ChangesFollower(Service):
                     self.on_disconnected()
             if self.running:
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
-                self._wait = task.deferLater(self.reactor, delay, lambda: None)
-                await self._wait
+                await task.deferLater(self.reactor, delay, lambda: None)
 
     def _deliver(self, change: dict) -> None:
         self.since = change["seq"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Coroutine
 
+from twisted.application.service import Service
 from twisted.internet import defer
 
 
@@ -71,3 +72,24 @@ async def run_together(*coroutines: Coroutine, reactor=None) -> list:
     if failed:
         failed[0].raiseException()
     return results
+
+
+class CoroutineService(Service):
+    """A service whose work is one coroutine, :meth:`run`: started with the service,
+    cancelled when it stops (``stopService`` waits for it to end)."""
+
+    _task: defer.Deferred | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        super().startService()
+        self._task = defer.ensureDeferred(self.run())
+        self._task.addErrback(lambda failure: failure.trap(defer.CancelledError))
+
+    def stopService(self):
+        super().stopService()
+        if self._task is not None and not self._task.called:
+            self._task.cancel()
+        return self._task

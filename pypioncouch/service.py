@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.python import usage
@@ -20,6 +20,7 @@ from twisted.web.server import Site
 from pypioncouch import __version__
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import OpmlWatcher
+from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
@@ -85,7 +86,7 @@ class Options(usage.Options):
                                    f"string such as tcp:8080:interface=127.0.0.1 ({error})")
 
 
-class SyncService(Service):
+class SyncService(CoroutineService):
     """Runs the importer: prepare, full import if there is no checkpoint, then one
     update every ``interval`` seconds for ever. Each failure is logged once, counted
     on /status and retried with backoff; stopping cancels the pass in flight (the
@@ -102,21 +103,12 @@ class SyncService(Service):
         self.reactor = reactor
         self.max_backoff = max_backoff
         self.status = importer.status
-        self._loop: defer.Deferred | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = defer.ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: f.trap(defer.CancelledError))
 
     def stopService(self):
-        super().stopService()
         self.status.phase = "stopped"
-        if self._loop is not None and not self._loop.called:
-            self._loop.cancel()
-        return self._loop
+        return super().stopService()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         prepared = False
         while self.running:
             started = self.reactor.seconds()
