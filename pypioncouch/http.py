@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from treq.client import HTTPClient
+import treq
 from twisted.web import client
 from twisted.web.http_headers import Headers
 
@@ -37,7 +38,7 @@ class LeanGetter:
         response = await self._agent.request(
             b"GET", url.encode("ascii"),
             Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}))
-        body = await client.readBody(response)
+        body = await treq.content(response)
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
         return response.code, found, body

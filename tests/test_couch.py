@@ -222,11 +222,16 @@ async def test_a_server_that_never_answers_times_out():
 async def test_a_web_server_that_is_not_couchdb_is_named_as_such():
     from twisted.web.resource import Resource
     from twisted.web.server import Site
-    from twisted.web.static import Data
 
-    root = Resource()
-    root.putChild(b"", Data(b"<html>hello</html>", "text/html"))
-    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    class SomeWebSite(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.setResponseCode(200 if request.path == b"/" else 404)
+            request.setHeader("Content-Type", "text/html")
+            return b"<html>hello</html>"
+
+    port = reactor.listenTCP(0, Site(SomeWebSite()), interface="127.0.0.1")
     try:
         couch = CouchDB(f"http://127.0.0.1:{port.getHost().port}/")
         with pytest.raises(BadResponse) as error:

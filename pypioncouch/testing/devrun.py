@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--couch-port", type=int, default=int(os.environ.get("COUCH_PORT", 5984)))
     parser.add_argument("--projects", type=int, default=int(os.environ.get("PROJECTS", 2000)))
     args, extra = parser.parse_known_args(argv)
+    # Stopped by a signal (make killed, terminal closed): clean up as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
 
     couch_url = os.environ.get("COUCH")
     couch = simulator = None
