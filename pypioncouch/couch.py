@@ -292,8 +292,7 @@ def _interpret(method, url, status, content_type, content, raw):
     elif "html" in content_type:
         reason = "an HTML page (is this CouchDB?)"
     message = f"{method} failed" + (f": {reason}" if reason else "")
-    return_error = _error_for_status(status)
-    raise return_error(message, url=url, status=status)
+    raise _error_for_status(status)(message, url=url, status=status)
 
 
 class Database:
