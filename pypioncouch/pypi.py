@@ -190,11 +190,13 @@ class PyPI:
             return await d
         except xmlrpc.Fault as fault:
             raise classify_fault(fault, where) from None
-        except HTTPError as error:
-            status = int(error.status or 0)
+        except (HTTPError, ValueError) as error:
+            status, reason = _http_status(error)
+            if status is None:
+                raise Transient(f"bad answer ({type(error).__name__})", where) from None
             if status >= 500 or status == 429:
-                raise Transient(f"HTTP {status}", where) from None
-            raise PyPIError(f"HTTP {status}", where) from None
+                raise Transient(f"HTTP {status} {reason}".rstrip(), where) from None
+            raise PyPIError(f"HTTP {status} {reason}".rstrip(), where) from None
         except (defer.TimeoutError, defer.CancelledError):
             raise Transient(f"no answer within {self.timeout:g}s", where) from None
         except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
@@ -358,6 +360,22 @@ def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
             body_serial if isinstance(body_serial, int) else None)
     except ValueError:
         return None
+
+
+def _http_status(error: Exception) -> tuple[int | None, str]:
+    """``(status, reason)`` of an HTTP failure from the XML-RPC Proxy, which reports a
+    non-200 answer as ``ValueError(b"503", b"Service Unavailable")``."""
+    if isinstance(error, HTTPError):
+        status = error.status
+        reason = error.message or b""
+    elif len(error.args) == 2 and all(isinstance(a, bytes) for a in error.args):
+        status, reason = error.args
+    else:
+        return None, ""
+    try:
+        return int(status), reason.decode("latin-1")
+    except (TypeError, ValueError):
+        return None, ""
 
 
 def _unreachable(error: Exception) -> str:

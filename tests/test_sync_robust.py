@@ -257,3 +257,30 @@ async def test_the_daemon_killed_during_updates_converges(couch_server, db_name,
             # twistd stops its services, then reports the signal as its exit status
             assert daemon.wait(15) == -signal.SIGTERM
             assert "Main loop terminated" in (tmp_path / "daemon.log").read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_error_from_the_xmlrpc_endpoint_is_named():
+    """What a proxy or a wrong URL answers (here 426) is a clear, one-line cause."""
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from pypioncouch.pypi import PyPI, PyPIError
+
+    class Refusing(Resource):
+        isLeaf = True
+
+        def render(self, request):
+            request.setResponseCode(426, b"Upgrade Required")
+            return b"no"
+
+    port = reactor.listenTCP(0, Site(Refusing()), interface="127.0.0.1")
+    try:
+        pypi = PyPI(f"http://127.0.0.1:{port.getHost().port}/", retries=1, backoff=0.01)
+        with pytest.raises(PyPIError) as error:
+            await pypi.changelog_last_serial()
+        assert str(error.value).startswith("HTTP 426 Upgrade Required (http://127.0.0.1:")
+        assert "\n" not in str(error.value)
+    finally:
+        await port.stopListening()
