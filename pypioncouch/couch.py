@@ -393,9 +393,6 @@ class Database:
                                        timeout=timeout)
         return await self._request("GET", path, params=params, timeout=timeout)
 
-    async def find(self, selector: dict, **options) -> dict:
-        return await self._request("POST", "_find", body={"selector": selector, **options})
-
     async def put_attachment(self, docid: str, rev: str, name: str, content: bytes,
                              content_type: str) -> str:
         result = await self._request(
