@@ -39,18 +39,25 @@ def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
         views_seconds = build_views(couch.url, "pypi")
         raw = raw_bulk_load(couch, "pypi", "rawcopy", with_design=False)
         far_page = projects // PAGE // 2
-        key = http_json(f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/projects?limit=1"
+        view = f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/{couchapp.VIEW}"
+        names = urllib.parse.urlencode({"startkey": '["name"]', "endkey": '["name",{}]'})
+        key = http_json(f"{view}?{names}&reduce=false&limit=1"  # skip: here only, once
                         f"&skip={far_page * PAGE}")["rows"][0]["key"]
-        counts = http_json(f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/by_classifier"
-                           "?group_level=1")["rows"]
-        classifier = max(counts, key=lambda row: row["value"])["key"][0]
+        classifiers = urllib.parse.urlencode({"startkey": '["classifier"]',
+                                              "endkey": '["classifier",{}]'})
+        counts = http_json(f"{view}?{classifiers}&group_level=2")["rows"]
+        parent = max((row for row in counts if " :: " not in row["key"][1]),
+                     key=lambda row: row["value"])["key"][1]
+        leaf = max((row for row in counts if row["key"][1].count(" :: ") >= 2),
+                   key=lambda row: row["value"])["key"][1]
         with mirror_front(couch.url) as front:
             pages = {
                 "list_page_1": "/browse/",
                 f"list_page_{far_page}": "/browse/?after=" + urllib.parse.quote(json.dumps(key)),
-                "classifier": "/browse/classifiers/?c=" + urllib.parse.quote(
-                    classifier.split(" :: ")[0]),
-                "project": f"/browse/project/{key}",
+                "classifier_parent": "/browse/classifiers/?c=" + urllib.parse.quote(parent),
+                "classifier_two": "/browse/classifiers/?" + urllib.parse.urlencode(
+                    [("c", parent), ("c", leaf)]),
+                "project": f"/browse/project/{key[1]}",
             }
             latency = {name: median_and_p99(front, path, seconds) for name, path in pages.items()}
     return {"projects": projects, "documents": writes["docs"],

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from bench.common import BIN, CouchServer, SimulatorProcess, http_json, mirror_front
@@ -52,8 +53,10 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
         subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
                         "--quiet"], check=True, capture_output=True)
         with mirror_front(couch.url) as front:
-            keys = [row["key"] for row in http_json(
-                f"{couch.url}pypi/_design/pypioncouch/_view/projects")["rows"]]
+            keys = [row["id"] for row in http_json(
+                f"{couch.url}pypi/_design/pypioncouch/_view/catalog?reduce=false&"
+                + urllib.parse.urlencode({"startkey": '["name"]', "endkey": '["name",{}]'})
+            )["rows"]]
             keys = [k for k in keys if http_json(f"{couch.url}pypi/{k}").get("versions")]
             random.Random(1).shuffle(keys)
             hot = keys[1]

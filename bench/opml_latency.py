@@ -11,6 +11,7 @@ import time
 from twisted.internet import defer, task
 
 from bench.common import percentile
+from pypioncouch import couchapp
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import OpmlWatcher
 
@@ -18,8 +19,11 @@ from pypioncouch.opml_watcher import OpmlWatcher
 async def measure(reactor, couch_url: str, burst: int) -> dict:
     db = CouchDB(couch_url, reactor=reactor).database("pypi")
     watcher = OpmlWatcher(db, reactor=reactor, debounce=0.05)
-    rows = (await db.view("pypioncouch", "projects", limit=burst))["rows"]
-    keys = [row["key"] for row in rows]
+    keys = []
+    async for row in couchapp.all_projects(db, batch=burst):
+        keys.append(row["id"])
+        if len(keys) == burst:
+            break
     changed_at: dict[str, float] = {}
     done_at: dict[str, float] = {}
     from pypioncouch import opml_watcher

@@ -87,25 +87,26 @@ async def regenerate_all(db: Database, status: SyncStatus | None = None,
     """Regenerate every project's OPML in one pass (``pypioncouch --opml``); then set
     the watcher's checkpoint to where the database was when the pass began."""
     since = (await db.info())["update_seq"]
-    total = (await db.view(couchapp.NAME, "projects", limit=0))["total_rows"]
-    written, done, startkey = 0, 0, None
-    while True:
-        params = {"limit": batch}
-        if startkey is not None:
-            params.update(startkey=startkey, skip=1)
-        rows = (await db.view(couchapp.NAME, "projects", timeout=3600, **params))["rows"]
-        keys = [row["key"] for row in rows]
-        if keys:
-            wrote, conflicted = await regenerate_many(db, keys, status)
-            written += len(wrote)
-            for key in conflicted:  # written meanwhile: once more, one by one
-                written += await regenerate(db, key, status)
+    total = await couchapp.count(db, "name")
+    written, done, keys = 0, 0, []
+
+    async def regenerate_batch():
+        nonlocal written, done
+        wrote, conflicted = await regenerate_many(db, keys, status)
+        written += len(wrote)
+        for key in conflicted:  # written meanwhile: once more, one by one
+            written += await regenerate(db, key, status)
         done += len(keys)
         if progress is not None:
             progress(done, total)
-        if len(rows) < batch:
-            break
-        startkey = rows[-1]["key"]
+        keys.clear()
+
+    async for row in couchapp.all_projects(db, batch=batch):
+        keys.append(row["id"])
+        if len(keys) >= batch:
+            await regenerate_batch()
+    if keys:
+        await regenerate_batch()
     await _save_checkpoint(db, since)
     return written
 

@@ -245,18 +245,8 @@ class XmlRpcImporter:
 
     async def sweep(self, listed: set[str], summary: Summary, failures: dict) -> None:
         """Delete the stored projects that are not in ``listed`` (PyPI's listing)."""
-        strays, startkey = [], None
-        while True:
-            params = {"limit": 5000}
-            if startkey is not None:
-                params.update(startkey=startkey, skip=1)
-            # The first query may build the view over the whole database: be patient.
-            rows = (await self.db.view(couchapp.NAME, "projects", timeout=3600,
-                                       **params))["rows"]
-            strays += [row["id"] for row in rows if row["id"] not in listed]
-            if len(rows) < 5000:
-                break
-            startkey = rows[-1]["key"]
+        strays = [row["id"] async for row in couchapp.all_projects(self.db)
+                  if row["id"] not in listed]
         for chunk in _chunks(strays, self.batch_size):
             stored = await self._stored_projects(chunk)
             await self._write([(Work(key, key, None), stored.get(key), ProjectAnswer(key, "gone"))

@@ -56,3 +56,34 @@ async def test_foreign_writes_out_of_shape_are_refused(couch, db_name):
         {"_id": "ok", "type": "project", "name": "OK", "versions": [], "release_digests": {}},
     ])
     assert [r.error for r in results] == ["forbidden", "forbidden", "forbidden", None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_catalog_view_counts_projects_per_facet(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push(db)
+    base = {"type": "project", "versions": ["1.0"], "release_digests": {},
+            "latest_version": "1.0"}
+    await db.bulk_docs([
+        {**base, "_id": "a", "name": "A", "last_serial": 7, "author": "Glyph",
+         "keywords": ["Web", "web", "async"], "requires_python": ">=3.9",
+         "classifiers": ["Framework :: Twisted", "Framework :: Twisted :: 24",
+                         "License :: OSI Approved :: MIT License"]},
+        {**base, "_id": "b", "name": "B", "last_serial": 9, "author": "glyph",
+         "classifiers": ["Framework :: Django"]},
+        {"_id": "a:1.0", "type": "release", "project": "a", "name": "A", "version": "1.0",
+         "files": [], "upload_time": [2024, 1, 2, 3, 4, 5]},
+    ])
+    grouped = await couchapp.query(db, group_level=2)
+    counts = {tuple(row["key"]): row["value"] for row in grouped}
+    assert counts[("classifier", "Framework")] == 2  # a project once per prefix
+    assert counts[("classifier", "Framework :: Twisted")] == 1
+    assert counts[("classifier", "License :: OSI Approved")] == 1
+    assert counts[("keyword", "web")] == 1 and counts[("author", "glyph")] == 2
+    assert await couchapp.count(db, "name") == 2
+    assert await couchapp.max_serial(db) == 9
+    assert [row["id"] async for row in couchapp.all_projects(db, batch=1)] == ["a", "b"]
+    low, high = couchapp.facet_range("released")
+    rows = await couchapp.query(db, startkey=low, endkey=high, reduce=False)
+    assert rows[0]["value"] == ["a", "A", "1.0", None]

@@ -3,6 +3,10 @@
 ``validate_doc_update.js``. It replicates with the data, so every mirror can serve
 the browse pages from its own views.
 
+One view, ``catalog``, answers every list (docs/schema.md): its keys start with a
+facet (``["name", project]``, ``["author", folded, project]``, ...). The helpers
+below are how the rest of the code reads it.
+
 :func:`push` is idempotent: an unchanged design document is not rewritten (its
 indexes are not rebuilt for nothing). A changed one is first written under a scratch
 id and its views are queried until built; only then is the live document replaced, so
@@ -13,6 +17,7 @@ live document picks up the indexes the scratch one built).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 from twisted.logger import Logger
 
@@ -24,6 +29,51 @@ NAME = "pypioncouch"
 DESIGN_ID = f"_design/{NAME}"
 SCRATCH_ID = f"_design/{NAME}-next"
 HERE = Path(__file__).parent
+VIEW = "catalog"
+FACETS = ("name", "serial", "author", "maintainer", "keyword", "python", "classifier",
+          "released")
+LAST = {}  # collates after every string, number and list: the end of a key range
+
+
+def facet_range(facet: str, *prefix: Any) -> tuple[list, list]:
+    """The (startkey, endkey) of the rows of ``facet`` whose key begins with ``prefix``."""
+    return [facet, *prefix], [facet, *prefix, LAST]
+
+
+async def query(db: Database, **params) -> list[dict]:
+    """Rows of the catalog view (CouchDB's view options as keywords)."""
+    return (await db.view(NAME, VIEW, **params))["rows"]
+
+
+async def all_projects(db: Database, batch: int = 5000,
+                       timeout: float = 3600) -> AsyncIterator[dict]:
+    """Every ``["name", project]`` row, by name, ``batch`` rows per request. The first
+    request may build the index over the whole database: it gets a long timeout."""
+    low, high = facet_range("name")
+    startkey, skip = low, 0
+    while True:
+        rows = (await db.view(NAME, VIEW, startkey=startkey, endkey=high, limit=batch,
+                              skip=skip, reduce=False, timeout=timeout))["rows"]
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        startkey, skip = rows[-1]["key"], 1
+
+
+async def count(db: Database, facet: str, *prefix: Any) -> int:
+    """How many rows ``facet`` (under ``prefix``) has: for "name", the projects."""
+    low, high = facet_range(facet, *prefix)
+    rows = await query(db, startkey=low, endkey=high, reduce=True)
+    return rows[0]["value"] if rows else 0
+
+
+async def max_serial(db: Database) -> int | None:
+    """The highest ``last_serial`` stored (None in an empty database)."""
+    low, high = facet_range("serial")
+    rows = await query(db, startkey=high, endkey=low, descending=True, limit=1,
+                       reduce=False)
+    return rows[0]["key"][1] if rows else None
 
 
 def design_document() -> dict:
@@ -78,7 +128,7 @@ async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> No
         params = {"limit": 1}
         if "reduce" in wanted["views"][view]:
             params["reduce"] = False
-        await db.view(f"{NAME}-next", view, timeout=timeout, **params)
+        await db.view(SCRATCH_ID.split("/", 1)[1], view, timeout=timeout, **params)
     try:
         await db.delete(SCRATCH_ID, rev)
     except NotFound:

@@ -171,7 +171,7 @@ class WebFront:
             return counts
         info = await self.db.info()
         try:
-            projects = (await self.db.view(couchapp.NAME, "projects", limit=0))["total_rows"]
+            projects = await couchapp.count(self.db, "name")
         except CouchError:
             projects = None
         design_docs = 1 if projects is not None else 0
@@ -262,30 +262,16 @@ class WebFront:
 
     # -- Simple API --------------------------------------------------------------------
 
-    async def max_serial(self) -> int | None:
-        rows = (await self.db.view(couchapp.NAME, "last_serial", descending=True,
-                                   limit=1))["rows"]
-        return rows[0]["key"] if rows else None
-
     async def _index_rows(self):
         """Every (normalized, [display, serial, status, ...]) by name, a page at a time."""
-        startkey = None
-        while True:
-            params = {"limit": INDEX_PAGE}
-            if startkey is not None:
-                params.update(startkey=startkey, skip=1)
-            rows = (await self.db.view(couchapp.NAME, "projects", **params))["rows"]
-            for row in rows:
-                yield row["key"], row["value"]
-            if len(rows) < INDEX_PAGE:
-                return
-            startkey = rows[-1]["key"]
+        async for row in couchapp.all_projects(self.db, batch=INDEX_PAGE, timeout=None):
+            yield row["id"], row["value"]
 
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
         chosen = simple.negotiate(request.getHeader("accept"))
-        serial = await self.max_serial()
+        serial = await couchapp.max_serial(self.db)
         request.setHeader("Content-Type", chosen)
         request.setHeader("Vary", "Accept")
         request.setHeader("X-PyPI-Last-Serial", str(serial))

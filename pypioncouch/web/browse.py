@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -30,6 +30,7 @@ log = Logger()
 PAGE = 50
 SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
+COUNTS_TTL = 60.0  # seconds the classifier counts are reused
 
 
 class BadQuery(ValueError):
@@ -84,31 +85,61 @@ class Page:
     prev: Any = None  # key to pass as ``before``
 
 
-async def keyset_page(db, view: str, *, low: Any, high: Any, after: Any = None,
-                      before: Any = None, descending: bool = False,
-                      accept: Callable[[dict], bool] = lambda row: True,
-                      limit: int | None = None, reduce: bool | None = None) -> Page:
-    """One page of ``view`` between ``low`` and ``high`` (in view order), starting after
-    the key ``after`` or ending before ``before``; rows failing ``accept`` are skipped."""
+Keep = Callable[[list[dict]], Awaitable[list[dict]]]
+
+
+async def keep_all(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+def _check_cursor(key: Any, low: list, high: list) -> None:
+    """A cursor from a URL must lie in the list's own facet (else CouchDB would be asked
+    for a range that cannot match, or rows of another list)."""
+    common = []
+    for a, b in zip(low, high):
+        if a != b:
+            break
+        common.append(a)
+    if key is None:
+        return
+    n = len(common)
+    within = isinstance(key, list) and key[:n] == common
+    if within and n < min(len(low), len(high)) and isinstance(low[n], str) \
+            and isinstance(high[n], str):  # a name prefix: the cursor must share it
+        within = len(key) > n and isinstance(key[n], str) and low[n] <= key[n] <= high[n]
+    if not within:
+        raise BadQuery("after/before must be a key as this site's own links give it")
+
+
+async def keyset_page(db, *, low: list, high: list, after: Any = None, before: Any = None,
+                      descending: bool = False, keep: Keep = keep_all,
+                      limit: int | None = None) -> Page:
+    """One page of the catalog view between ``low`` and ``high`` (in view order),
+    starting after the key ``after`` or ending before ``before``. ``keep`` filters each
+    batch read (it may query, e.g. to intersect with another facet); at most
+    ``SCAN_LIMIT`` rows are read to fill a page."""
+    _check_cursor(after, low, high)
+    _check_cursor(before, low, high)
     limit = limit or PAGE
     backwards = before is not None
     order_desc = descending != backwards
     start = before if backwards else after
     first, last = (high, low) if order_desc else (low, high)
-    params = {"descending": order_desc, "endkey": last, "limit": limit + 1}
-    if reduce is not None:
-        params["reduce"] = reduce
+    params = {"descending": order_desc, "endkey": last, "limit": limit + 1, "reduce": False}
     rows: list[dict] = []
-    scanned, more, cursor = 0, False, start
+    scanned, cursor = 0, start
     while len(rows) <= limit and scanned < SCAN_LIMIT:
         query = dict(params, startkey=cursor if cursor is not None else first)
-        if cursor is not None:
-            query["skip"] = 1
-        batch = (await db.view(couchapp.NAME, view, **query))["rows"]
+        try:
+            batch = await couchapp.query(db, **query)
+        except CouchError as error:
+            if error.status == 400:  # a cursor outside the list's range
+                raise BadQuery("after/before is outside this list") from None
+            raise
         scanned += len(batch)
-        for row in batch:
-            if accept(row):
-                rows.append(row)
+        # Keys end with the document id, so they are unique: the cursor's own row is
+        # dropped by key (not skipped by count, in case it was deleted meanwhile).
+        rows += await keep([row for row in batch if row["key"] != cursor])
         if len(batch) < params["limit"]:
             break
         cursor = batch[-1]["key"]
@@ -122,14 +153,20 @@ async def keyset_page(db, view: str, *, low: Any, high: Any, after: Any = None,
                 prev=rows[0]["key"] if rows and after is not None else None)
 
 
-def _pager_links(path: str, params: dict, page: Page) -> dict:
+def _pager_links(path: str, params: list[tuple[str, str]], page: Page) -> dict:
+    """Links to the next and previous pages: the same query, another cursor."""
     def link(name, key):
         if key is None:
             return None
-        query = {k: v for k, v in params.items() if v}
-        query[name] = json.dumps(key, ensure_ascii=False)
+        query = [(k, v) for k, v in params if v and k not in ("after", "before")]
+        query.append((name, json.dumps(key, ensure_ascii=False)))
         return f"{path}?{urlencode(query)}"
     return {"next": link("after", page.next), "prev": link("before", page.prev)}
+
+
+def _query_pairs(request) -> list[tuple[str, str]]:
+    return [(k.decode("utf-8", "replace"), v.decode("utf-8", "replace"))
+            for k, values in request.args.items() for v in values]
 
 
 class BrowsePages:
@@ -140,6 +177,7 @@ class BrowsePages:
     def __init__(self, front):
         self.front = front
         self.db = front.db
+        self._classifier_counts: tuple[float, dict | None] = (0.0, None)
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
         request.setResponseCode(status)
@@ -163,120 +201,130 @@ class BrowsePages:
 
     # -- project lists -------------------------------------------------------------------
 
-    async def _project_list(self, request, title: str, view: str, low, high,
-                            key_of: Callable[[dict], str] | None = None, **params):
+    async def _project_values(self, ids: list[str]) -> dict[str, list]:
+        """The ``["name", project]`` row values of ``ids`` (those that exist)."""
+        rows = await couchapp.query(self.db, keys=[["name", i] for i in ids], reduce=False)
+        return {row["id"]: row["value"] for row in rows if row.get("value")}
+
+    async def _project_list(self, request, title: str, low: list, high: list,
+                            keep: Keep = keep_all, key_of: Callable = lambda key: key
+                            ) -> dict:
+        """A page of projects from the catalog rows between ``low`` and ``high`` that
+        ``keep`` keeps, narrowed to ``?python=``; ``key_of`` turns a cursor from the
+        URL into a key of this range."""
         python = _arg(request, "python")
         if python:
             try:
                 Version(python)
             except InvalidVersion:
                 raise BadQuery(f"python={python!r} is not a version such as 3.12") from None
-        after, before = _key_arg(request, "after"), _key_arg(request, "before")
         values: dict[str, list] = {}
 
-        def accept(row):
-            if view == "projects":
-                values[row["id"]] = row["value"]
-                return not python or python_matches(project_row(row["id"], row["value"])
-                                                    ["requires_python"], python)
-            return True
+        async def keep_projects(batch):
+            batch = await keep(batch)
+            if batch and batch[0]["key"][0] == "name":
+                found = {row["id"]: row["value"] for row in batch}
+            else:
+                found = await self._project_values([row["id"] for row in batch])
+            values.update(found)
+            return [row for row in batch if row["id"] in found and (
+                not python or python_matches(project_row(row["id"], found[row["id"]])
+                                             ["requires_python"], python))]
 
-        page = await keyset_page(self.db, view, low=low, high=high, after=after,
-                                 before=before, accept=accept, **params)
-        ids = [row["id"] for row in page.rows]
-        if view != "projects":
-            found = await self.db.view(couchapp.NAME, "projects", keys=ids)
-            values = {row["key"]: row["value"] for row in found["rows"] if "value" in row}
-            if python:
-                ids = [i for i in ids if i in values and python_matches(
-                    project_row(i, values[i])["requires_python"], python)]
-        projects = [project_row(i, values[i]) for i in ids if i in values]
+        after, before = _key_arg(request, "after"), _key_arg(request, "before")
+        page = await keyset_page(self.db, low=low, high=high, keep=keep_projects,
+                                 after=None if after is None else key_of(after),
+                                 before=None if before is None else key_of(before))
+        projects = [project_row(row["id"], values[row["id"]]) for row in page.rows]
         path = request.path.decode("utf-8", "replace")
-        data = {"title": title, "projects": projects, "python": python,
-                **_pager_links(path, {"q": _arg(request, "q"), "python": python}, page)}
-        return data
+        return {"title": title, "projects": projects, "python": python,
+                **_pager_links(path, _query_pairs(request), page)}
 
     @app.route("/", methods=["GET", "HEAD"])
     async def all_projects(self, request):
         query = _arg(request, "q")
         prefix = model.normalize(query) if query else ""
+        low, high = (["name", prefix], ["name", prefix + HIGH]) if prefix else \
+            couchapp.facet_range("name")
         data = await self._project_list(
             request, f"Projects starting with “{query}”" if query else "All projects",
-            "projects", prefix, prefix + HIGH)
+            low, high, key_of=lambda key: ["name", key] if isinstance(key, str) else key)
+        # (a bare name is how links of versions before the catalog view gave it)
         data["q"] = query
         return self.respond(request, "projects.html", data)
 
     @app.route("/author/<path:name>", methods=["GET", "HEAD"])
     async def by_author(self, request, name):
-        return await self._people(request, "author", name)
+        return await self._by_facet(request, "author", name, f"Projects by author “{name}”")
 
     @app.route("/maintainer/<path:name>", methods=["GET", "HEAD"])
     async def by_maintainer(self, request, name):
-        return await self._people(request, "maintainer", name)
-
-    async def _people(self, request, role: str, name: str):
-        folded = name.lower()
-        data = await self._project_list(request, f"Projects by {role} “{name}”",
-                                        f"by_{role}", [folded], [folded, HIGH], reduce=False)
-        return self.respond(request, "projects.html", data)
+        return await self._by_facet(request, "maintainer", name,
+                                    f"Projects by maintainer “{name}”")
 
     @app.route("/keyword/<path:word>", methods=["GET", "HEAD"])
     async def by_keyword(self, request, word):
-        folded = word.lower()
-        data = await self._project_list(request, f"Projects with keyword “{word}”",
-                                        "by_keyword", [folded], [folded, HIGH], reduce=False)
+        return await self._by_facet(request, "keyword", word,
+                                    f"Projects with keyword “{word}”")
+
+    async def _by_facet(self, request, facet: str, value: str, title: str):
+        low, high = couchapp.facet_range(facet, value.lower())
+        data = await self._project_list(request, title, low, high)
         return self.respond(request, "projects.html", data)
 
     # -- classifiers ------------------------------------------------------------------
 
+    async def classifier_counts(self) -> dict[str, int]:
+        """Projects per classifier and per parent prefix (cached for a minute: on
+        pouchdb-server the counts are reduced at each query)."""
+        now = self.front.reactor.seconds()
+        counted_at, counts = self._classifier_counts
+        if counts is None or now - counted_at > COUNTS_TTL:
+            low, high = couchapp.facet_range("classifier")
+            rows = await couchapp.query(self.db, startkey=low, endkey=high, group_level=2)
+            counts = {row["key"][1]: row["value"] for row in rows}
+            self._classifier_counts = (now, counts)
+        return counts
+
     @app.route("/classifiers/", methods=["GET", "HEAD"])
     async def classifiers(self, request):
-        selected = [v.decode("utf-8", "replace").strip()
-                    for v in request.args.get(b"c", []) if v.strip()]
-        counts = await self.db.view(couchapp.NAME, "by_classifier", group_level=1)
-        tree = classifier_tree({row["key"][0]: row["value"] for row in counts["rows"]})
-        data = {"title": "Projects by classifier", "selected": selected, "tree": tree,
-                "projects": [], "next": None, "prev": None}
-        if selected:
-            data.update(await self._classified(request, selected))
+        selected = list(dict.fromkeys(v.decode("utf-8", "replace").strip()
+                                      for v in request.args.get(b"c", []) if v.strip()))
+        counts = await self.classifier_counts()
+        data = {"title": "Projects by classifier", "selected": selected,
+                "tree": classifier_tree(counts), "projects": [], "total": 0,
+                "next": None, "prev": None}
+        if selected and all(c in counts for c in selected):
+            data.update(await self._classified(request, selected, counts))
         return self.respond(request, "classifiers.html", data)
 
-    async def _ids_under(self, classifier: str) -> set[str]:
-        """Projects with ``classifier`` or one of its children (PyPI's prefix match)."""
-        ids: set[str] = set()
-        for low, high in (([classifier], [classifier, HIGH]),
-                          ([classifier + " :: "], [classifier + " :: " + HIGH])):
-            rows = (await self.db.view(couchapp.NAME, "by_classifier", startkey=low,
-                                       endkey=high, reduce=False))["rows"]
-            ids.update(row["key"][1] for row in rows)
-        return ids
+    async def _classified(self, request, selected: list[str], counts: dict) -> dict:
+        """Projects under every ``selected`` classifier: the least common one is paged
+        from the view; each batch is checked against the others with one keyed query
+        per other classifier, so a page costs the same for any selection."""
+        driver = min(selected, key=lambda c: counts[c])
+        others = [c for c in selected if c != driver]
 
-    async def _classified(self, request, selected: list[str]) -> dict:
-        matching: set[str] | None = None
-        for classifier in selected:
-            ids = await self._ids_under(classifier)
-            matching = ids if matching is None else matching & ids
-        ordered = sorted(matching or ())
-        after, before = _key_arg(request, "after"), _key_arg(request, "before")
-        if before is not None:
-            end = _bisect(ordered, before)
-            chosen = ordered[max(0, end - PAGE):end]
-            page = Page([], next=chosen[-1] if chosen else None,
-                        prev=chosen[0] if chosen and end - PAGE > 0 else None)
-        else:
-            begin = _bisect(ordered, after, after=True) if after is not None else 0
-            chosen = ordered[begin:begin + PAGE]
-            page = Page([], next=chosen[-1] if begin + PAGE < len(ordered) else None,
-                        prev=chosen[0] if chosen and begin > 0 else None)
-        found = await self.db.view(couchapp.NAME, "projects", keys=chosen)
-        projects = [project_row(row["key"], row["value"])
-                    for row in found["rows"] if "value" in row]
-        params = [("c", c) for c in selected]
-        links = {}
-        for name, key in (("next", page.next), ("prev", page.prev)):
-            links[name] = None if key is None else "/browse/classifiers/?" + urlencode(
-                params + [("after" if name == "next" else "before", json.dumps(key))])
-        return {"projects": projects, "total": len(ordered), **links}
+        async def keep(batch):
+            ids = {row["id"] for row in batch}
+            for other in others:
+                if not ids:
+                    break
+                rows = await couchapp.query(self.db, reduce=False, keys=[
+                    ["classifier", other, i] for i in sorted(ids)])
+                ids &= {row["id"] for row in rows}
+            return [row for row in batch if row["id"] in ids]
+
+        def key_of(cursor):  # the least common classifier may change between pages
+            if not isinstance(cursor, list) or not cursor:
+                raise BadQuery("after/before must be a key as this site's own links give it")
+            return ["classifier", driver, cursor[-1]]
+
+        low, high = couchapp.facet_range("classifier", driver)
+        data = await self._project_list(request, "Projects by classifier", low, high,
+                                        keep=keep, key_of=key_of)
+        return {"projects": data["projects"], "next": data["next"], "prev": data["prev"],
+                "python": data["python"], "total": None if others else counts[driver]}
 
     # -- one project, specifiers, recent releases ---------------------------------------
 
@@ -335,14 +383,15 @@ class BrowsePages:
 
     @app.route("/recent/", methods=["GET", "HEAD"])
     async def recent(self, request):
-        page = await keyset_page(self.db, "releases_by_time", low=[], high=[{}],
+        low, high = couchapp.facet_range("released")
+        page = await keyset_page(self.db, low=low, high=high, descending=True,
                                  after=_key_arg(request, "after"),
-                                 before=_key_arg(request, "before"), descending=True)
+                                 before=_key_arg(request, "before"))
         releases = [{"key": row["value"][0], "name": row["value"][1],
                      "version": row["value"][2], "yanked": row["value"][3],
-                     "uploaded": _time_text(row["key"][:6])} for row in page.rows]
+                     "uploaded": _time_text(row["key"][1:7])} for row in page.rows]
         data = {"title": "Recent releases", "releases": releases,
-                **_pager_links("/browse/recent/", {}, page)}
+                **_pager_links("/browse/recent/", [], page)}
         return self.respond(request, "recent.html", data)
 
 
@@ -352,13 +401,6 @@ def project_row(key: str, value: list) -> dict:
     value = list(value) + [None] * (6 - len(value))
     return {"key": key, "name": value[0], "serial": value[1], "status": value[2],
             "summary": value[3], "version": value[4], "requires_python": value[5]}
-
-
-def _bisect(ordered: list[str], key: Any, after: bool = False) -> int:
-    import bisect
-
-    key = str(key)
-    return bisect.bisect_right(ordered, key) if after else bisect.bisect_left(ordered, key)
 
 
 def classifier_tree(counts: dict[str, int]) -> list[dict]:

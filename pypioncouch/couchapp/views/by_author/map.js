@@ -1,5 +1,0 @@
-function (doc) {
-  if (doc.type === 'project' && doc.author) {
-    emit([doc.author.toLowerCase(), doc._id], doc.author);
-  }
-}

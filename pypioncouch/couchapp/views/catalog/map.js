@@ -1,0 +1,39 @@
+function (doc) {
+  // One view answers every list: keys start with a facet name, ["name", project],
+  // ["author", folded, project], ... pouchdb-server builds each view of a design
+  // document in its own pass over the database, so one view costs one pass.
+  var id = doc._id, i;
+  if (doc.type === 'release') {
+    if (doc.upload_time) {
+      // Newest first with descending=true; the id ends the key so that keyset paging
+      // is exact when two releases share a second.
+      emit(['released'].concat(doc.upload_time, [id]),
+           [doc.project, doc.name, doc.version, doc.yanked]);
+    }
+    return;
+  }
+  if (doc.type !== 'project') { return; }
+  emit(['name', id], [doc.name, doc.last_serial, doc.status, doc.summary,
+                      doc.latest_version, doc.requires_python]);
+  if (typeof doc.last_serial === 'number') { emit(['serial', doc.last_serial, id], null); }
+  if (doc.author) { emit(['author', doc.author.toLowerCase(), id], doc.author); }
+  if (doc.maintainer) {
+    emit(['maintainer', doc.maintainer.toLowerCase(), id], doc.maintainer);
+  }
+  if (doc.latest_version) { emit(['python', doc.requires_python || '', id], null); }
+  var seen = {};
+  for (i = 0; doc.keywords && i < doc.keywords.length; i++) {
+    var word = doc.keywords[i].toLowerCase();
+    if (!seen[word]) { seen[word] = true; emit(['keyword', word, id], null); }
+  }
+  // Every prefix of every classifier, once: a parent ("License") selects its
+  // children as PyPI does, in name order, and its _count is a count of projects.
+  seen = {};
+  for (i = 0; doc.classifiers && i < doc.classifiers.length; i++) {
+    var parts = doc.classifiers[i].split(' :: ');
+    for (var depth = 1; depth <= parts.length; depth++) {
+      var prefix = parts.slice(0, depth).join(' :: ');
+      if (!seen[prefix]) { seen[prefix] = true; emit(['classifier', prefix, id], null); }
+    }
+  }
+}
