@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.internet import defer, task
 from twisted.logger import (
@@ -24,7 +23,7 @@ from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.sync import XmlRpcImporter, run_pass
-from pypioncouch.urls import BadURL, redact, split_credentials
+from pypioncouch.urls import BadURL, split_database_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,17 +64,6 @@ def _log_warnings_to_stderr() -> None:
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(LogLevel.warn)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-
-def split_database_url(url: str, default_db: str) -> tuple[str, str]:
-    """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
-    parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if len(segments) > 1:
-        raise BadURL(f"not a database URL (one path segment, the database): {redact(url)}")
-    server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
-    split_credentials(server)  # says what is wrong with a bad URL
-    return server, segments[0] if segments else default_db
 
 
 async def sync_command(reactor, args) -> int:

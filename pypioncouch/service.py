@@ -24,7 +24,7 @@ from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
-from pypioncouch.urls import BadURL, split_credentials
+from pypioncouch.urls import BadURL, split_credentials, split_database_url
 
 log = Logger()
 
@@ -45,7 +45,11 @@ class Options(usage.Options):
         ["changes", None, "xmlrpc", "change feed: xmlrpc (changelog) or simple (index serials)"],
         ["source", None, "json", "project metadata from: json (JSON API) or xmlrpc"],
         ["timeout", None, 30.0, "seconds to wait for one answer from PyPI", float],
-        ["max-lag", None, 600.0, "seconds behind PyPI before /health answers 503", float],
+        ["max-lag", None, 600.0, "seconds behind PyPI (or --upstream) before /health "
+         "answers 503", float],
+        ["upstream", None, None, "with --no-sync: the CouchDB database URL this replica "
+         "replicates from (e.g. https://user:pass@primary:5984/pypi); /health and /status "
+         "report the lag behind it"],
     ]
     optFlags = [
         ["no-sync", None, "serve a replica: do not talk to PyPI"],
@@ -68,6 +72,13 @@ class Options(usage.Options):
                 split_credentials(self[option])
             except BadURL as error:
                 raise usage.UsageError(f"--{option}: {error}") from None
+        if self["upstream"]:
+            if not self["no-sync"]:
+                raise usage.UsageError("--upstream is for a replica: use it with --no-sync")
+            try:
+                split_database_url(self["upstream"], self["db"])
+            except BadURL as error:
+                raise usage.UsageError(f"--upstream: {error}") from None
         if self["interval"] <= 0:
             raise usage.UsageError("--interval must be a positive number of seconds")
         if not 1 <= self["concurrency"] <= 100:
@@ -157,8 +168,12 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                   source=options["source"], changes=options["changes"])
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
+    upstream = None
+    if options["upstream"]:
+        server, name = split_database_url(options["upstream"], options["db"])
+        upstream = CouchDB(server, reactor=reactor).database(name)
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
-                     reactor=reactor)
+                     upstream=upstream, reactor=reactor)
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False

@@ -47,3 +47,14 @@ def redact(url: str) -> str:
         )
     except ValueError:
         return "<unparseable URL>"
+
+
+def split_database_url(url: str, default_db: str) -> tuple[str, str]:
+    """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if len(segments) > 1:
+        raise BadURL(f"not a database URL (one path segment, the database): {redact(url)}")
+    server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+    split_credentials(server)  # says what is wrong with a bad URL
+    return server, segments[0] if segments else default_db

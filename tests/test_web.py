@@ -237,3 +237,61 @@ async def test_a_replica_serves_byte_identical_pages(imported, tmp_path):
             await port.stopListening()
     finally:
         mirror.cleanup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_reports_its_lag_behind_the_upstream(couch, db_name):
+    from pypioncouch import couchapp
+
+    source, replica = couch.database(db_name), couch.database(db_name + "-replica")
+    await source.ensure()
+    await couchapp.push(source)
+    project = {"type": "project", "versions": [], "release_digests": {}}
+    await source.bulk_docs([{**project, "_id": "a", "name": "a", "last_serial": 5}])
+
+    async def replicate():
+        await couch.replicate(source.url_with_credentials, replica.url_with_credentials)
+
+    async def health(url):
+        answer = await treq.get(f"{url}/health")
+        return answer.code, await answer.json()
+
+    await replicate()
+    front, port, url = serve(replica, syncing=False, upstream=source, max_lag_seconds=0.2)
+    front.replica.every = 0.0  # no caching between the checks of this test
+    try:
+        code, body = await health(url)
+        assert (code, body["serial"], body["upstream_serial"], body["lag"]) == (200, 5, 5, 0)
+        await source.bulk_docs([{**project, "_id": "b", "name": "b", "last_serial": 9}])
+        code, body = await health(url)
+        assert code == 200 and body["lag"] == 4  # behind, but not for long yet
+        await sleep(0.4)
+        code, body = await health(url)
+        assert code == 503 and body["reasons"][0].startswith("4 serials (")
+        assert "behind the upstream" in body["reasons"][0]
+        await replicate()
+        code, body = await health(url)
+        assert (code, body["serial"], body["lag"]) == (200, 9, 0)
+    finally:
+        await port.stopListening()
+    # An upstream that does not answer is reported (without its password), not fatal.
+    gone = CouchDB("http://admin:s3cret@127.0.0.1:9/").database("pypi")
+    front, port, url = serve(replica, syncing=False, upstream=gone)
+    try:
+        code, body = await health(url)
+        assert code == 200 and body["serial"] == 9 and body["lag"] is None
+        assert "127.0.0.1:9" in body["upstream_error"] and "s3cret" not in body["upstream_error"]
+        page = await (await treq.get(f"{url}/status")).text()
+        assert "admin:***@127.0.0.1:9/pypi" in page and "s3cret" not in page
+    finally:
+        await port.stopListening()
+
+
+def test_upstream_is_for_replicas_only():
+    import subprocess
+
+    result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", "--couch",
+                             "http://127.0.0.1:5984/", "--upstream", "http://h:5984/pypi"],
+                            capture_output=True, text=True, cwd="/")
+    assert result.returncode != 0
+    assert "--upstream is for a replica: use it with --no-sync" in result.stdout + result.stderr

@@ -7,6 +7,7 @@ the client); names and versions from URLs are validated before they reach CouchD
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -24,6 +25,7 @@ from pypioncouch.follow import ChangesFollower
 from pypioncouch.status import SyncStatus
 from pypioncouch.web.cache import CachedProject, ProjectCache
 from pypioncouch.web.metrics import Metrics
+from pypioncouch.web.replica import ReplicaLag
 
 log = Logger()
 
@@ -85,7 +87,7 @@ class WebFront:
 
     def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
-                 reactor=None):
+                 upstream: Database | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -94,6 +96,8 @@ class WebFront:
         self.max_lag_seconds = max_lag_seconds
         self.max_failed_passes = max_failed_passes
         self.reactor = reactor
+        # A replica measures its lag against the database it replicates from.
+        self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
         self.cache = ProjectCache()
         self.metrics = Metrics(status, self.cache)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
@@ -150,14 +154,30 @@ class WebFront:
                 reasons.append(f"{s.lag} serials ({lag_seconds:.0f}s) behind PyPI")
         return reasons
 
+    async def serials(self) -> dict:
+        """Our serial and the lag: behind PyPI when syncing, behind ``--upstream`` on a
+        replica."""
+        if self.replica is None:
+            s = self.status
+            return {"pypi_serial": s.pypi_serial, "serial": s.our_serial, "lag": s.lag,
+                    "lag_seconds": s.lag_seconds()}
+        return dataclasses.asdict(await self.replica.check())
+
+    def replica_reasons(self, serials: dict) -> list[str]:
+        lag_seconds = serials.get("lag_seconds") or 0.0
+        if self.replica is None or lag_seconds <= self.max_lag_seconds:
+            return []
+        return [f"{serials['lag']} serials ({lag_seconds:.0f}s) behind the upstream "
+                f"{serials['upstream']}"]
+
     @app.route("/health", methods=["GET", "HEAD"])
     @observed("health")
     async def health(self, request):
-        reasons = self.health_reasons(await self.couch_ok())
-        s = self.status
+        couch_ok = await self.couch_ok()
+        serials = await self.serials() if couch_ok else {}
+        reasons = self.health_reasons(couch_ok) + self.replica_reasons(serials)
         body = {"status": "unhealthy" if reasons else "ok", "reasons": reasons,
-                "syncing": self.syncing, "phase": s.phase, "pypi_serial": s.pypi_serial,
-                "serial": s.our_serial, "lag": s.lag, "lag_seconds": s.lag_seconds()}
+                "syncing": self.syncing, "phase": self.status.phase, **serials}
         request.setResponseCode(503 if reasons else 200)
         request.setHeader("Content-Type", JSON)
         request.setHeader("Cache-Control", "no-store")
@@ -184,14 +204,15 @@ class WebFront:
         s = self.status
         couch_ok = await self.couch_ok()
         counts = await self.stored_counts() if couch_ok else {}
+        serials = await self.serials() if couch_ok else {}
+        reasons = self.health_reasons(couch_ok) + self.replica_reasons(serials)
         uptime = time.time() - s.started
         return {
             "version": __version__, "uptime_seconds": round(uptime), "syncing": self.syncing,
-            "phase": s.phase, "healthy": not self.health_reasons(couch_ok),
-            "health_reasons": self.health_reasons(couch_ok),
+            "phase": s.phase, "healthy": not reasons, "health_reasons": reasons,
             "pypi": s.pypi_url, "couchdb": s.couch_url, "database": s.database,
-            "changes_source": s.changes_source, "pypi_serial": s.pypi_serial,
-            "serial": s.our_serial, "lag": s.lag, "lag_seconds": s.lag_seconds(),
+            "changes_source": s.changes_source, "pypi_serial": None, "serial": None,
+            "lag": None, "lag_seconds": None, **serials,
             "import": {"done": s.import_done, "total": s.import_total},
             "stored": counts, "projects_written": s.projects_written,
             "projects_deleted": s.projects_deleted, "documents_written": s.documents_written,

@@ -1,0 +1,60 @@
+"""How far a ``--no-sync`` replica is behind the database it replicates from.
+
+A replica does not talk to PyPI, and CouchDB's replicator state is not visible on
+every server (pouchdb-server has no ``_scheduler``), so the lag is measured the way
+that works everywhere: the highest ``last_serial`` stored here against the highest
+one upstream (``--upstream``). Lag in seconds counts from the last time the two were
+equal. Checked at most every ``every`` seconds, so ``/health`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pypioncouch import couchapp
+from pypioncouch.couch import CouchError, Database
+
+
+@dataclass
+class ReplicaState:
+    serial: int | None = None  # the highest serial stored here
+    upstream: str | None = None  # the upstream database, password redacted
+    upstream_serial: int | None = None
+    lag: int | None = None  # serials behind the upstream
+    lag_seconds: float | None = None  # since the replica last held what upstream held
+    upstream_error: str | None = None  # why the upstream could not be read
+
+
+class ReplicaLag:
+    def __init__(self, local: Database, upstream: Database | None, reactor,
+                 every: float = 5.0):
+        self.local = local
+        self.upstream = upstream
+        self.reactor = reactor
+        self.every = every
+        self._checked_at: float | None = None
+        self._caught_up_at: float | None = None
+        self.state = ReplicaState(upstream=upstream.display_url if upstream else None)
+
+    async def check(self) -> ReplicaState:
+        now = self.reactor.seconds()
+        if self._checked_at is not None and now - self._checked_at < self.every:
+            return self.state
+        self._checked_at = now
+        state = ReplicaState(upstream=self.state.upstream)
+        try:
+            state.serial = await couchapp.max_serial(self.local)
+        except CouchError:
+            pass  # /health already says CouchDB is not answering
+        if self.upstream is not None:
+            try:
+                state.upstream_serial = await couchapp.max_serial(self.upstream)
+            except CouchError as error:
+                state.upstream_error = str(error)  # one line, URL redacted
+        if state.upstream_serial is not None and state.serial is not None:
+            state.lag = max(0, state.upstream_serial - state.serial)
+            if state.lag == 0 or self._caught_up_at is None:
+                self._caught_up_at = now  # behind when first seen: count from here
+            state.lag_seconds = round(now - self._caught_up_at, 1)
+        self.state = state
+        return state
