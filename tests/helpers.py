@@ -64,3 +64,16 @@ class World:
 
     def close(self):
         return self.port.stopListening()
+
+
+def requires_command(command: str, package: str):
+    """Skip on a developer's machine without Debian's ``package``; never in CI, where
+    .ci/run installs it (there, a missing command fails the test)."""
+    import os
+    import shutil
+
+    import pytest
+
+    return pytest.mark.skipif(shutil.which(command) is None and not os.environ.get("CI"),
+                              reason=f"{command} comes with Debian's {package} "
+                                     "(.ci/run installs it)")

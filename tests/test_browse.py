@@ -16,7 +16,7 @@ from pypioncouch import model
 from pypioncouch.sync import run_pass
 from pypioncouch.web import browse
 
-from .helpers import World
+from .helpers import World, requires_command
 from .test_web import serve
 
 JSON = {"Accept": "application/json"}
@@ -242,8 +242,7 @@ def browse_in_chromium(url, key):
     return seen
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="Debian's chromium is installed by .ci/run")
+@requires_command("chromium", "chromium")
 @pytest_twisted.ensureDeferred
 async def test_a_real_browser_follows_the_pages_and_runs_no_script_from_metadata(site):
     world, url = site

@@ -1,12 +1,11 @@
 """The install: the twistd plugin is found, the unit file is valid."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from .helpers import requires_command
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,8 +54,7 @@ def test_bad_options_get_one_clear_line():
     assert "--couch: not an http(s) URL" in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze is installed by .ci/run")
+@requires_command("systemd-analyze", "systemd")
 def test_the_systemd_unit_verifies(tmp_path):
     unit = (REPO / "etc" / "pypioncouch.service").read_text()
     unit = unit.replace("/opt/pypioncouch/bin/twistd", str(BIN / "twistd"))
