@@ -26,6 +26,19 @@ def build_views(couch_url: str, db: str) -> float:
     return time.perf_counter() - started
 
 
+def empty_view_pass(couch_url: str, db: str) -> float:
+    """The server's floor: building a view whose map emits nothing (one pass over the
+    database, no index rows)."""
+    http_json(f"{couch_url}{db}/_design/floor", "PUT",
+              {"views": {"nothing": {"map": "function (doc) {}"}}})
+    started = time.perf_counter()
+    http_json(f"{couch_url}{db}/_design/floor/_view/nothing?limit=1", timeout=7200)
+    seconds = time.perf_counter() - started
+    http_json(f"{couch_url}{db}/_design/floor?rev="
+              + http_json(f"{couch_url}{db}/_design/floor")["_rev"], "DELETE")
+    return seconds
+
+
 def median_and_p99(base: str, path: str, seconds: float) -> dict:
     figures = wrk(base, [path], seconds, "text/html", connections=4)
     return {"path": path, **figures}
@@ -37,6 +50,7 @@ def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
             [sys.executable, "-m", "bench.write_path", couch.url, "pypi", str(projects)],
             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         views_seconds = build_views(couch.url, "pypi")
+        floor_seconds = empty_view_pass(couch.url, "pypi")
         raw = raw_bulk_load(couch, "pypi", "rawcopy", with_design=False)
         far_page = projects // PAGE // 2
         view = f"{couch.url}pypi/{couchapp.DESIGN_ID}/_view/{couchapp.VIEW}"
@@ -64,4 +78,6 @@ def run(projects: int = 100_000, seconds: float = 5.0) -> dict:
             "ingest_seconds": writes["seconds"], "raw_bulk_seconds": raw["seconds"],
             "view_build_seconds": round(views_seconds, 1),
             "view_build_ratio_to_raw_ingest": round(views_seconds / raw["seconds"], 2),
+            "empty_view_pass_seconds": round(floor_seconds, 1),
+            "view_build_ratio_to_empty_pass": round(views_seconds / floor_seconds, 2),
             "pages": latency}

@@ -1,18 +1,25 @@
 """Web front benchmark (issue 6): req/s and p99 of /simple/<p>/ and /pypi/<p>/json
 with 32 connections, warm (one project) and cold (many projects), against a direct
-CouchDB GET of the same documents in the same run. Uses wrk (Debian's package)."""
+CouchDB GET of the same documents in the same run, and against pypiserver (with
+waitress) serving a directory holding the same projects' files. Uses wrk (Debian's
+package)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import random
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from bench.common import BIN, CouchServer, SimulatorProcess, http_json, mirror_front
+from pypioncouch.testing.couchserver import free_port
 
 LUA = """
 paths = {}
@@ -71,8 +78,46 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
                 result[f"{name}_warm"] = wrk(front, [template.format(hot)], seconds, accept)
                 result[f"{name}_cold"] = wrk(front, [template.format(k) for k in keys],
                                              seconds, accept)
+            result.update(pypiserver_figures(couch.url, keys, hot, seconds))
             base = result["couchdb_get_one_doc"]["requests_per_s"]
             for key, value in list(result.items()):
-                if isinstance(value, dict) and key.endswith(("_warm", "_cold")):
+                if isinstance(value, dict) and key.endswith(("_warm", "_cold")) \
+                        and "requests_per_s" in value:
                     value["ratio_to_couchdb_get"] = round(value["requests_per_s"] / base, 2)
             return result
+
+
+def pypiserver_figures(couch_url: str, keys: list[str], hot: str, seconds: float) -> dict:
+    """pypiserver's /simple/<p>/ (HTML: what it serves) over the same projects' files,
+    fetched from the simulator into a directory."""
+    if not all(importlib.util.find_spec(name) for name in ("pypiserver", "waitress")):
+        return {"pypiserver": "not installed: pip install 'pypiserver>=2' waitress"}
+    with tempfile.TemporaryDirectory() as folder:
+        for key in keys:
+            rows = http_json(f"{couch_url}pypi/_all_docs?include_docs=true&" + urllib.parse.urlencode(
+                {"startkey": json.dumps(key + ":"), "endkey": json.dumps(key + ":\ufff0")}))["rows"]
+            for row in rows:
+                for file in row["doc"].get("files") or []:
+                    with urllib.request.urlopen(file["url"], timeout=60) as answer:
+                        Path(folder, file["filename"]).write_bytes(answer.read())
+        port = free_port()
+        server = subprocess.Popen([str(BIN / "pypi-server"), "run", "-p", str(port),
+                                   "-i", "127.0.0.1", "--server", "waitress",
+                                   "--backend", "cached-dir", folder],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"{base}/simple/", timeout=5).read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            return {"pypiserver_files": len(list(Path(folder).iterdir())),
+                    "pypiserver_simple_html_warm": wrk(base, [f"/simple/{hot}/"], seconds,
+                                                       "text/html"),
+                    "pypiserver_simple_html_cold": wrk(base, [f"/simple/{k}/" for k in keys],
+                                                       seconds, "text/html")}
+        finally:
+            server.terminate()
+            server.wait(30)

@@ -19,6 +19,7 @@ from klein import Klein
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from pypioncouch import couchapp, model
@@ -178,6 +179,7 @@ class BrowsePages:
         self.front = front
         self.db = front.db
         self._classifier_counts: tuple[float, dict | None] = (0.0, None)
+        self._counting = None  # the background refresh in flight
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
         request.setResponseCode(status)
@@ -275,16 +277,30 @@ class BrowsePages:
     # -- classifiers ------------------------------------------------------------------
 
     async def classifier_counts(self) -> dict[str, int]:
-        """Projects per classifier and per parent prefix (cached for a minute: on
-        pouchdb-server the counts are reduced at each query)."""
+        """Projects per classifier and per parent prefix. pouchdb-server reduces the
+        counts at each query (Apache CouchDB keeps them in the index), so they are
+        reused for ``COUNTS_TTL`` seconds and then refreshed in the background while
+        the previous counts are served."""
         now = self.front.reactor.seconds()
         counted_at, counts = self._classifier_counts
-        if counts is None or now - counted_at > COUNTS_TTL:
-            low, high = couchapp.facet_range("classifier")
-            rows = await couchapp.query(self.db, startkey=low, endkey=high, group_level=2)
-            counts = {row["key"][1]: row["value"] for row in rows}
-            self._classifier_counts = (now, counts)
+        if counts is None:
+            return await self._count_classifiers()
+        if now - counted_at > COUNTS_TTL and self._counting is None:
+            self._counting = defer.ensureDeferred(self._count_classifiers())
+            self._counting.addErrback(lambda failure: log.warn(
+                "classifier counts: {error}", error=failure.value))
         return counts
+
+    async def _count_classifiers(self) -> dict[str, int]:
+        try:
+            low, high = couchapp.facet_range("classifier")
+            rows = await couchapp.query(self.db, startkey=low, endkey=high, group_level=2,
+                                        timeout=600)
+            counts = {row["key"][1]: row["value"] for row in rows}
+            self._classifier_counts = (self.front.reactor.seconds(), counts)
+            return counts
+        finally:
+            self._counting = None
 
     @app.route("/classifiers/", methods=["GET", "HEAD"])
     async def classifiers(self, request):
