@@ -33,7 +33,7 @@ test: setup
 
 bench: setup
 	command -v wrk >/dev/null || apt-get install -y -qq wrk
-	$(BIN)/python -c 'import pypiserver, waitress' 2>/dev/null || $(BIN)/pip install -q 'pypiserver>=2' waitress
+	$(BIN)/python -c 'import pypiserver, waitress, watchdog' 2>/dev/null || $(BIN)/pip install -q 'pypiserver[cache]>=2' waitress
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -76,8 +76,9 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
                                            ("simple_html", "/simple/{}/", "text/html"),
                                            ("json_api", "/pypi/{}/json", "*/*")):
                 result[f"{name}_warm"] = wrk(front, [template.format(hot)], seconds, accept)
-                result[f"{name}_cold"] = wrk(front, [template.format(k) for k in keys],
-                                             seconds, accept)
+                with mirror_front(couch.url) as fresh:  # an empty cache: every read misses
+                    result[f"{name}_cold"] = wrk(fresh, [template.format(k) for k in keys],
+                                                 seconds, accept)
             result.update(pypiserver_figures(couch.url, keys, hot, seconds))
             base = result["couchdb_get_one_doc"]["requests_per_s"]
             for key, value in list(result.items()):
@@ -90,8 +91,9 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
 def pypiserver_figures(couch_url: str, keys: list[str], hot: str, seconds: float) -> dict:
     """pypiserver's /simple/<p>/ (HTML: what it serves) over the same projects' files,
     fetched from the simulator into a directory."""
-    if not all(importlib.util.find_spec(name) for name in ("pypiserver", "waitress")):
-        return {"pypiserver": "not installed: pip install 'pypiserver>=2' waitress"}
+    if not all(importlib.util.find_spec(name) for name in ("pypiserver", "waitress",
+                                                            "watchdog")):
+        return {"pypiserver": "not installed: pip install 'pypiserver[cache]>=2' waitress"}
     with tempfile.TemporaryDirectory() as folder:
         for key in keys:
             rows = http_json(f"{couch_url}pypi/_all_docs?include_docs=true&" + urllib.parse.urlencode(
@@ -102,7 +104,7 @@ def pypiserver_figures(couch_url: str, keys: list[str], hot: str, seconds: float
                         Path(folder, file["filename"]).write_bytes(answer.read())
         port = free_port()
         server = subprocess.Popen([str(BIN / "pypi-server"), "run", "-p", str(port),
-                                   "-i", "127.0.0.1", "--server", "waitress",
+                                   "-i", "127.0.0.1", "--server", "auto",  # waitress
                                    "--backend", "cached-dir", folder],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -112,6 +114,8 @@ def pypiserver_figures(couch_url: str, keys: list[str], hot: str, seconds: float
                     urllib.request.urlopen(f"{base}/simple/", timeout=5).read()
                     break
                 except OSError:
+                    if server.poll() is not None:
+                        return {"pypiserver": f"pypi-server exited with {server.returncode}"}
                     time.sleep(0.1)
             return {"pypiserver_files": len(list(Path(folder).iterdir())),
                     "pypiserver_simple_html_warm": wrk(base, [f"/simple/{hot}/"], seconds,

@@ -295,3 +295,36 @@ def test_upstream_is_for_replicas_only():
                             capture_output=True, text=True, cwd="/")
     assert result.returncode != 0
     assert "--upstream is for a replica: use it with --no-sync" in result.stdout + result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_cache_serves_a_new_release_as_soon_as_it_is_stored(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=6, seed=3)
+    await run_pass(world.importer(), full=True)
+    front, port, url = serve(world.db, syncing=False)
+    follower = front.changes_follower()
+    follower.startService()
+    headers = {"Accept": V1_JSON}
+    try:
+        for _ in range(100):
+            if front.cache.live:
+                break
+            await sleep(0.05)
+        key, display = next((k, d) for k, d in world.index.listing()
+                            if world.index.latest(world.index.get(k)) is not None)
+        before = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+        hits = front.cache.hits
+        await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+        assert front.cache.hits == hits + 1  # the second read came from the cache
+        world.index.publish(display, "99.0")
+        await run_pass(world.importer())
+        for _ in range(100):  # the feed evicts the entry within moments of the write
+            after = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+            if "99.0" in after["versions"]:
+                break
+            await sleep(0.05)
+        assert after["versions"] == before["versions"] + ["99.0"]
+    finally:
+        await follower.stopService()
+        await port.stopListening()
+        world.close()

@@ -268,6 +268,7 @@ class WebFront:
         entry = self.cache.get(key)
         if entry is not None:
             return entry
+        ticket = self.cache.ticket()
         project = await self.db.get_or_none(key)
         if project is None or project.get("type") != model.PROJECT:
             return None
@@ -278,7 +279,7 @@ class WebFront:
                                            include_docs=True))["rows"]
             releases = [row["doc"] for row in rows if row.get("doc")]
         entry = CachedProject(project, releases)
-        self.cache.put(key, entry)
+        self.cache.put(key, entry, ticket)
         return entry
 
     # -- Simple API --------------------------------------------------------------------
