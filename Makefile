@@ -34,6 +34,7 @@ test: setup
 bench: setup
 	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -c 'import pypiserver, waitress, watchdog' 2>/dev/null || $(BIN)/pip install -q 'pypiserver[cache]>=2' waitress
+	test -x $(BIN)/bandersnatch || $(BIN)/pip install -q 'bandersnatch==6.8.0'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -44,15 +44,21 @@ def wrk(base: str, paths: list[str], seconds: float, accept: str = "*/*",
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency",
                               "-s", str(script), base], capture_output=True, text=True,
                              check=True).stdout
+    answered = int(re.search(r"(\d+) requests in", out).group(1))
+
     def percentile(p):
+        if not answered:
+            return None  # nothing answered: no latency to report
         found = re.search(rf"{p}%\s+([\d.]+)(us|ms|s)", out)
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
         return round(float(found.group(1)) * scale, 2)
 
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"timeout (\d+)", out)  # no answer within wrk's 2 s
     return {"requests_per_s": rate, "median_ms": percentile(50), "p99_ms": percentile(99),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "timeouts": int(timeouts.group(1)) if timeouts else 0}
 
 
 def run(projects: int = 2000, seconds: float = 10.0) -> dict:

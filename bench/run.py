@@ -5,6 +5,7 @@
     python -m bench.run opml    [--projects 2000] [--burst 1000]
     python -m bench.run web     [--projects 2000] [--seconds 10]
     python -m bench.run browse  [--projects 100000]
+    python -m bench.run peer    [--projects 1000] [--latency-ms 20] [--concurrency 10]
 
 Figures, not assertions: every ratio is against a ceiling measured in the same run
 on the same machine. Nothing here reaches the internet.
@@ -17,16 +18,18 @@ import sys
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse"))
+    parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse",
+                                           "peer"))
     parser.add_argument("--projects", type=int)
-    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.what == "import":
         from bench import bench_import
-        result = bench_import.run(args.projects or 20_000, args.latency_ms, args.concurrency)
+        latency = 50.0 if args.latency_ms is None else args.latency_ms
+        result = bench_import.run(args.projects or 20_000, latency, args.concurrency)
     elif args.what == "memory":
         from bench import bench_import
         from bench.common import CouchServer
@@ -39,9 +42,13 @@ def main(argv=None) -> None:
     elif args.what == "web":
         from bench import bench_web
         result = bench_web.run(args.projects or 2000, args.seconds)
+    elif args.what == "peer":
+        from bench import bench_peer
+        latency = 20.0 if args.latency_ms is None else args.latency_ms
+        result = bench_peer.run(args.projects or 1000, latency, args.concurrency)
     else:
         from bench import bench_browse
-        result = bench_browse.run(args.projects or 100_000)
+        result = bench_browse.run(args.projects or 100_000, args.seconds)
     json.dump(result, sys.stdout, indent=2)
     print()
 
