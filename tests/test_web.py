@@ -269,6 +269,9 @@ async def test_a_replica_reports_its_lag_behind_the_upstream(couch, db_name):
         code, body = await health(url)
         assert code == 503 and body["reasons"][0].startswith("4 serials (")
         assert "behind the upstream" in body["reasons"][0]
+        metrics = await (await treq.get(f"{url}/metrics")).text()
+        assert "pypioncouch_replica_lag_serials 4.0" in metrics
+        assert "pypioncouch_upstream_serial 9.0" in metrics
         await replicate()
         code, body = await health(url)
         assert (code, body["serial"], body["lag"]) == (200, 9, 0)

@@ -99,7 +99,7 @@ class WebFront:
         # A replica measures its lag against the database it replicates from.
         self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
         self.cache = ProjectCache()
-        self.metrics = Metrics(status, self.cache)
+        self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
         self._couch_check: tuple[float, bool] = (0.0, False)
@@ -239,7 +239,8 @@ class WebFront:
     @app.route("/metrics")
     @observed("metrics")
     async def metrics_page(self, request):
-        await self.couch_ok()
+        if await self.couch_ok() and self.replica is not None:
+            await self.replica.check()
         request.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         return self.metrics.exposition()
 

@@ -13,13 +13,14 @@ from pypioncouch.status import SyncStatus
 class _StatusCollector:
     """Reads the live figures at scrape time."""
 
-    def __init__(self, status: SyncStatus, cache):
+    def __init__(self, status: SyncStatus, cache, replica=None):
         self.status = status
         self.cache = cache
+        self.replica = replica  # a ReplicaLag on a --no-sync replica
 
     def collect(self):
         s = self.status
-        gauges = [
+        gauges = list(self._replica_gauges()) + [
             ("pypioncouch_pypi_serial", "PyPI's last serial, as last seen", s.pypi_serial),
             ("pypioncouch_synced_serial", "The serial the checkpoint covers", s.our_serial),
             ("pypioncouch_lag_serials", "Serials behind PyPI", s.lag),
@@ -56,11 +57,23 @@ class _StatusCollector:
             errors.add_metric([kind], count)
         yield errors
 
+    def _replica_gauges(self):
+        if self.replica is None:
+            return
+        r = self.replica.state  # as of the last check (/metrics checks before a scrape)
+        yield ("pypioncouch_replica_serial", "The highest serial this replica holds",
+               r.serial)
+        yield ("pypioncouch_upstream_serial", "The highest serial upstream holds",
+               r.upstream_serial)
+        yield ("pypioncouch_replica_lag_serials", "Serials behind the upstream", r.lag)
+        yield ("pypioncouch_replica_lag_seconds",
+               "Seconds since the replica last held what upstream held", r.lag_seconds)
+
 
 class Metrics:
-    def __init__(self, status: SyncStatus, cache):
+    def __init__(self, status: SyncStatus, cache, replica=None):
         self.registry = CollectorRegistry()
-        self.registry.register(_StatusCollector(status, cache))
+        self.registry.register(_StatusCollector(status, cache, replica))
         self.responses = Counter("pypioncouch_http_responses", "HTTP responses",
                                  ["route", "status"], registry=self.registry)
         self.latency = Histogram("pypioncouch_http_request_seconds", "Time to answer",
