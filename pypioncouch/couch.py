@@ -32,7 +32,7 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
-from pypioncouch.http import http_client
+from pypioncouch.http import LeanClient
 from pypioncouch.urls import split_credentials
 
 log = Logger()
@@ -138,7 +138,7 @@ def _error_for_status(status: int) -> type[CouchError]:
 class CouchDB:
     """A CouchDB server. ``CouchDB("http://admin:secret@localhost:5984/")``.
 
-    ``http`` is a treq-like object (``HTTPClient``, ``StubTreq``) so tests can swap it.
+    ``http`` is a :class:`~pypioncouch.http.LeanClient`-like object.
     """
 
     def __init__(self, url: str, *, http=None, reactor=None, timeout: float = DEFAULT_TIMEOUT):
@@ -146,7 +146,7 @@ class CouchDB:
             from twisted.internet import reactor
         self.url, self._auth = split_credentials(url)
         self._reactor = reactor
-        self._http = http if http is not None else http_client(reactor, 32)
+        self._http = http if http is not None else LeanClient(reactor, 32)
         self.timeout = timeout
 
     def __repr__(self) -> str:
@@ -226,11 +226,8 @@ class CouchDB:
         return _interpret(method, shown, status, content_type, content, raw)
 
     async def _send(self, method, url, data, headers):
-        response = await self._http.request(method, url, data=data, headers=headers,
-                                            allow_redirects=False)
-        content = await response.content()
-        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
-        return response.code, content_type, content
+        status, found, content = await self._http.request(method, url, headers, data)
+        return status, found.get("content-type", ""), content
 
     async def info(self) -> dict:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""

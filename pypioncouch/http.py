@@ -1,8 +1,15 @@
-"""HTTP plumbing shared by the CouchDB and PyPI clients."""
+"""HTTP plumbing shared by the CouchDB and PyPI clients.
+
+Requests go straight to Twisted's Agent on a persistent pool: treq's per-request URL
+parsing (hyperlink, IDNA checks) cost about as much as the rest of a CouchDB read
+together, and a full import or a busy mirror makes hundreds of thousands of them.
+URLs given here are already quoted, so they are plain ASCII.
+"""
 
 from __future__ import annotations
 
-from treq.client import HTTPClient
+from io import BytesIO
+
 import treq
 from twisted.web import client
 from twisted.web.http_headers import Headers
@@ -12,33 +19,44 @@ class _QuietFactory(client._HTTP11ClientFactory):
     noisy = False  # no "Starting factory" log line for every pooled connection
 
 
-def http_client(reactor, max_per_host: int) -> HTTPClient:
-    """A treq client on a persistent pool of ``max_per_host`` connections per host.
+class LeanClient:
+    """``await request(method, url, headers, data) -> (status, headers, body)``, the
+    headers as ``{lower-case name: last value}``, the body read whole. ``gzip``
+    accepts compressed answers; ``follow_redirects`` follows 301/302/307/308 for GETs.
     (Twisted retries only idempotent requests on a stale pooled connection.)"""
-    pool = client.HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max_per_host
-    pool._factory = _QuietFactory
-    return HTTPClient(client.Agent(reactor, pool=pool))
 
-
-class LeanGetter:
-    """GETs without treq's per-request URL parsing (a full import makes ~700,000):
-    Twisted's Agent on a persistent pool, gzip accepted, the body read whole."""
-
-    def __init__(self, reactor, max_per_host: int):
+    def __init__(self, reactor, max_per_host: int, *, gzip: bool = False,
+                 follow_redirects: bool = False):
         pool = client.HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = max_per_host
         pool._factory = _QuietFactory
-        self._agent = client.ContentDecoderAgent(
-            client.RedirectAgent(client.Agent(reactor, pool=pool)),
-            [(b"gzip", client.GzipDecoder)])
+        agent = client.Agent(reactor, pool=pool)
+        if follow_redirects:
+            agent = client.RedirectAgent(agent)
+        if gzip:
+            agent = client.ContentDecoderAgent(agent, [(b"gzip", client.GzipDecoder)])
+        self._agent = agent
 
-    async def get(self, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """``(status, {lower-case header: last value}, body)``."""
+    async def request(self, method: str, url: str, headers: dict[str, str],
+                      data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        body = None if data is None else client.FileBodyProducer(BytesIO(data))
         response = await self._agent.request(
-            b"GET", url.encode("ascii"),
-            Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}))
-        body = await treq.content(response)
+            method.encode("ascii"), _ascii(url),
+            Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}),
+            body)
+        content = await treq.content(response)
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
-        return response.code, found, body
+        return response.code, found, content
+
+    async def get(self, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        return await self.request("GET", url, headers)
+
+
+def _ascii(url: str) -> bytes:
+    try:
+        return url.encode("ascii")
+    except UnicodeEncodeError:  # an internationalized host name: let hyperlink encode it
+        from hyperlink import URL
+
+        return URL.from_text(url).to_uri().to_text().encode("ascii")

@@ -31,7 +31,7 @@ from twisted.web import xmlrpc
 from twisted.web.error import Error as HTTPError
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanGetter
+from pypioncouch.http import LeanClient
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import redact
@@ -130,7 +130,7 @@ class _Proxy(xmlrpc.Proxy):
 
 class PyPI:
     """PyPI (or anything that speaks its APIs) at ``url``. ``http`` answers
-    ``await http.get(url, headers) -> (status, headers, body)`` (a :class:`LeanGetter`
+    ``await http.get(url, headers) -> (status, headers, body)`` (a :class:`LeanClient`
     unless a test gives another)."""
 
     def __init__(self, url: str = PYPI_URL, *, http=None, reactor=None, concurrency: int = 10,
@@ -142,7 +142,8 @@ class PyPI:
         self.display_url = redact(self.url)
         self.xmlrpc_url = self.url + "pypi"
         self._reactor = reactor
-        self._http = http if http is not None else LeanGetter(reactor, max(2, concurrency))
+        self._http = http if http is not None else LeanClient(
+            reactor, max(2, concurrency), gzip=True, follow_redirects=True)
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
         self.timeout = timeout
         self.retries = retries
