@@ -224,7 +224,9 @@ class BrowsePages:
 
         async def keep_projects(batch):
             batch = await keep(batch)
-            if batch and batch[0]["key"][0] == "name":
+            if not batch:
+                return []
+            if batch[0]["key"][0] == "name":
                 found = {row["id"]: row["value"] for row in batch}
             else:
                 found = await self._project_values([row["id"] for row in batch])
@@ -317,7 +319,9 @@ class BrowsePages:
     async def _classified(self, request, selected: list[str], counts: dict) -> dict:
         """Projects under every ``selected`` classifier: the least common one is paged
         from the view; each batch is checked against the others with one keyed query
-        per other classifier, so a page costs the same for any selection."""
+        per other classifier. A page reads at most ``SCAN_LIMIT`` rows, whatever the
+        size of the selections (a sparse combination may show a short page with a
+        link to the next)."""
         driver = min(selected, key=lambda c: counts[c])
         others = [c for c in selected if c != driver]
 
