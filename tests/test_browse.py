@@ -149,6 +149,23 @@ async def test_classifiers_counts_combinations_and_parents(site):
         assert [p["key"] for p in data["projects"]] == both[25:50]
         back = await get_json(url + data["prev"])
         assert [p["key"] for p in back["projects"]] == both[:25]
+    # A sparse combination whose matches lie beyond one page's scan limit: the pages
+    # may be short, but following "next" lists exactly the intersection.
+    rare = min((c for c in under if c != parent and under[c] & under[parent]
+                and browse.PAGE + 1 < len(under[c]) <= len(under[parent])),
+               key=lambda c: len(under[c] & under[parent]), default=None)
+    assert rare is not None
+    expected = sorted(under[rare] & under[parent])
+    browse.SCAN_LIMIT, saved = browse.PAGE + 1, browse.SCAN_LIMIT
+    try:
+        paged, link = [], f"{url}/browse/classifiers/?c={quote(parent)}&c={quote(rare)}"
+        while link:
+            data = await get_json(link)
+            paged += [p["key"] for p in data["projects"]]
+            link = url + data["next"] if data["next"] else None
+    finally:
+        browse.SCAN_LIMIT = saved
+    assert paged == expected
     unknown = await get_json(f"{url}/browse/classifiers/?c=No+Such+Classifier")
     assert unknown["projects"] == [] and unknown["total"] == 0
 

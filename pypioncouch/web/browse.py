@@ -128,7 +128,7 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
     first, last = (high, low) if order_desc else (low, high)
     params = {"descending": order_desc, "endkey": last, "limit": limit + 1, "reduce": False}
     rows: list[dict] = []
-    scanned, cursor = 0, start
+    scanned, cursor, ended = 0, start, False
     while len(rows) <= limit and scanned < SCAN_LIMIT:
         query = dict(params, startkey=cursor if cursor is not None else first)
         try:
@@ -142,15 +142,19 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
         # dropped by key (not skipped by count, in case it was deleted meanwhile).
         rows += await keep([row for row in batch if row["key"] != cursor])
         if len(batch) < params["limit"]:
+            ended = True
             break
         cursor = batch[-1]["key"]
-    more = len(rows) > limit or scanned >= SCAN_LIMIT
+    full = len(rows) > limit
     rows = rows[:limit]
+    # The list goes on after the last row shown, or, when the scan limit ended a sparse
+    # page early, after the last row read.
+    onward = cursor if not full and not ended else None
     if backwards:
         rows.reverse()
         return Page(rows, next=rows[-1]["key"] if rows else None,
-                    prev=rows[0]["key"] if rows and more else None)
-    return Page(rows, next=rows[-1]["key"] if rows and more else None,
+                    prev=rows[0]["key"] if rows and full else onward)
+    return Page(rows, next=rows[-1]["key"] if rows and full else onward,
                 prev=rows[0]["key"] if rows and after is not None else None)
 
 
