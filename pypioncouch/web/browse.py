@@ -19,19 +19,18 @@ from klein import Klein
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
+from pypioncouch.web.refresh import Refreshed
 
 log = Logger()
 
 PAGE = 50
 SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
-COUNTS_TTL = 60.0  # seconds the classifier counts are reused
 
 
 class BadQuery(ValueError):
@@ -182,8 +181,8 @@ class BrowsePages:
     def __init__(self, front):
         self.front = front
         self.db = front.db
-        self._classifier_counts: tuple[float, dict | None] = (0.0, None)
-        self._counting = None  # the background refresh in flight
+        self.classifier_counts = Refreshed(self._count_classifiers, front.reactor,
+                                           name="classifier counts")
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
         request.setResponseCode(status)
@@ -282,37 +281,18 @@ class BrowsePages:
 
     # -- classifiers ------------------------------------------------------------------
 
-    async def classifier_counts(self) -> dict[str, int]:
-        """Projects per classifier and per parent prefix. pouchdb-server reduces the
-        counts at each query (Apache CouchDB keeps them in the index), so they are
-        reused for ``COUNTS_TTL`` seconds and then refreshed in the background while
-        the previous counts are served."""
-        now = self.front.reactor.seconds()
-        counted_at, counts = self._classifier_counts
-        if counts is None:
-            return await self._count_classifiers()
-        if now - counted_at > COUNTS_TTL and self._counting is None:
-            self._counting = defer.ensureDeferred(self._count_classifiers())
-            self._counting.addErrback(lambda failure: log.warn(
-                "classifier counts: {error}", error=failure.value))
-        return counts
-
     async def _count_classifiers(self) -> dict[str, int]:
-        try:
-            low, high = couchapp.facet_range("classifier")
-            rows = await couchapp.query(self.db, startkey=low, endkey=high, group_level=2,
-                                        timeout=600)
-            counts = {row["key"][1]: row["value"] for row in rows}
-            self._classifier_counts = (self.front.reactor.seconds(), counts)
-            return counts
-        finally:
-            self._counting = None
+        """Projects per classifier and per parent prefix."""
+        low, high = couchapp.facet_range("classifier")
+        rows = await couchapp.query(self.db, startkey=low, endkey=high, group_level=2,
+                                    timeout=3600)
+        return {row["key"][1]: row["value"] for row in rows}
 
     @app.route("/classifiers/", methods=["GET", "HEAD"])
     async def classifiers(self, request):
         selected = list(dict.fromkeys(v.decode("utf-8", "replace").strip()
                                       for v in request.args.get(b"c", []) if v.strip()))
-        counts = await self.classifier_counts()
+        counts = await self.classifier_counts.get()
         data = {"title": "Projects by classifier", "selected": selected,
                 "tree": classifier_tree(counts), "projects": [], "total": 0,
                 "next": None, "prev": None}

@@ -1,0 +1,67 @@
+"""Figures that are costly to compute and may be a little old: counts reduced over a
+whole facet of the catalog view. Apache CouchDB keeps reductions in its index and
+answers at once; pouchdb-server reduces at query time (seconds at 100,000 projects).
+So a figure is computed once (callers arriving meanwhile share that computation) and
+then recomputed in the background when it is older than ``min_age`` or ten times
+what the last computation took, whichever is longer, while the last value is served.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Refreshed:
+    def __init__(self, compute: Callable[[], Awaitable[Any]], reactor, *,
+                 min_age: float = 60.0, name: str = "figure"):
+        self.compute = compute
+        self.reactor = reactor
+        self.min_age = min_age
+        self.name = name
+        self.value: Any = None
+        self.as_of: float | None = None  # reactor time of the value
+        self._took = 0.0
+        self._waiters: list[defer.Deferred] | None = None  # set while computing
+
+    def stale(self) -> bool:
+        return self.as_of is None or \
+            self.reactor.seconds() - self.as_of > max(self.min_age, 10 * self._took)
+
+    async def get(self) -> Any:
+        """The value; the first call (and any call while it runs) waits for it."""
+        if self.as_of is None:
+            waiter = defer.Deferred()
+            self._start().append(waiter)
+            return await waiter
+        if self.stale():
+            self._start()
+        return self.value
+
+    def _start(self) -> list[defer.Deferred]:
+        if self._waiters is None:
+            self._waiters = []
+            defer.ensureDeferred(self._run())
+        return self._waiters
+
+    async def _run(self) -> None:
+        started = self.reactor.seconds()
+        try:
+            value = await self.compute()
+        except Exception as error:
+            waiters, self._waiters = self._waiters, None
+            if not waiters:
+                log.warn("{name}: {error} (keeping the value of before)", name=self.name,
+                         error=error)
+            for waiter in waiters:
+                waiter.errback(error)
+            return
+        self.value, self.as_of = value, self.reactor.seconds()
+        self._took = self.as_of - started
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters:
+            waiter.callback(value)

@@ -1,0 +1,70 @@
+"""Costly figures: computed once for concurrent callers, then refreshed behind."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from pypioncouch.web.refresh import Refreshed
+
+
+class Counter:
+    """A computation that takes ``seconds`` of reactor time and counts its runs."""
+
+    def __init__(self, clock, seconds=2.0):
+        self.clock, self.seconds, self.runs, self.fail = clock, seconds, 0, False
+
+    async def __call__(self):
+        self.runs += 1
+        await task.deferLater(self.clock, self.seconds, lambda: None)
+        if self.fail:
+            raise RuntimeError("the database is not answering")
+        return self.runs
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_first_callers_share_one_computation():
+    clock = task.Clock()
+    compute = Counter(clock)
+    figure = Refreshed(compute, clock, min_age=60)
+    first = defer.ensureDeferred(figure.get())
+    second = defer.ensureDeferred(figure.get())
+    clock.advance(2)
+    assert (await first, await second, compute.runs) == (1, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_value_is_served_while_it_is_refreshed():
+    clock = task.Clock()
+    compute = Counter(clock, seconds=10.0)
+    figure = Refreshed(compute, clock, min_age=60)
+    first = defer.ensureDeferred(figure.get())
+    clock.advance(10)
+    assert await first == 1
+    clock.advance(61)  # older than min_age, but not 10 x 10 s: still fresh
+    assert await figure.get() == 1 and compute.runs == 1
+    clock.advance(40)
+    assert await figure.get() == 1  # stale: served at once, refreshed behind
+    assert compute.runs == 2
+    clock.advance(10)
+    assert await figure.get() == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_refresh_keeps_the_last_value_and_a_failed_first_raises():
+    clock = task.Clock()
+    compute = Counter(clock)
+    figure = Refreshed(compute, clock, min_age=1)
+    compute.fail = True
+    first = defer.ensureDeferred(figure.get())
+    clock.advance(2)
+    with pytest.raises(RuntimeError):
+        await first
+    compute.fail = False
+    again = defer.ensureDeferred(figure.get())
+    clock.advance(2)
+    assert await again == 2
+    clock.advance(30)
+    compute.fail = True
+    assert await figure.get() == 2
+    clock.advance(2)
+    assert await figure.get() == 2  # the refresh failed: the last value stays
