@@ -25,6 +25,8 @@ def main(argv=None) -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-ceilings", action="store_true",
+                        help="browse: skip the raw ingest and empty-view runs")
     args = parser.parse_args(argv)
     if args.what == "import":
         from bench import bench_import
@@ -48,7 +50,8 @@ def main(argv=None) -> None:
         result = bench_peer.run(args.projects or 1000, latency, args.concurrency)
     else:
         from bench import bench_browse
-        result = bench_browse.run(args.projects or 100_000, args.seconds)
+        result = bench_browse.run(args.projects or 100_000, args.seconds,
+                                  ceilings=not args.no_ceilings)
     json.dump(result, sys.stdout, indent=2)
     print()
 
