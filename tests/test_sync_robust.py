@@ -121,14 +121,20 @@ async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
     assert "3.0" in (await w.db.get(key))["versions"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_stale_cdn_copy_is_retried_not_stored(world):
+async def imported_behind_a_stale_cdn(world, stale_seconds):
+    """A world imported in full whose JSON API then serves copies ``stale_seconds``
+    old; returns it and the key of a project to change."""
     from twisted.internet import reactor
 
-    w = world(projects=10, seed=3, stale_seconds=1.5)
+    w = world(projects=10, seed=3, stale_seconds=stale_seconds)
     w.index.clock = reactor.seconds
     await run_pass(w.importer(), full=True)
-    key = model.normalize(w.index.dataset.name(4))
+    return w, model.normalize(w.index.dataset.name(4))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_cdn_copy_is_retried_not_stored(world):
+    w, key = await imported_behind_a_stale_cdn(world, 1.5)
     serial = w.index.publish(key, "8.0")
     summary = await run_pass(w.importer(stale_retries=3))
     stored = await w.db.get(key)
@@ -138,12 +144,7 @@ async def test_a_stale_cdn_copy_is_retried_not_stored(world):
 
 @pytest_twisted.ensureDeferred
 async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
-    from twisted.internet import reactor
-
-    w = world(projects=10, seed=3, stale_seconds=600)
-    w.index.clock = reactor.seconds
-    await run_pass(w.importer(), full=True)
-    key = model.normalize(w.index.dataset.name(4))
+    w, key = await imported_behind_a_stale_cdn(world, 600)
     w.index.publish(key, "8.0")
     summary = await run_pass(w.importer(stale_retries=1))
     assert summary.pending == 1 and "stale" in summary.errors[0]
