@@ -173,12 +173,16 @@ class WebFront:
         return [f"{serials['lag']} serials ({lag_seconds:.0f}s) behind the upstream "
                 f"{serials['upstream']}"]
 
+    async def check(self) -> tuple[bool, dict, list[str]]:
+        """``(CouchDB answers, serials and lag, reasons to be unhealthy)``."""
+        couch_ok = await self.couch_ok()
+        serials = await self.serials() if couch_ok else {}
+        return couch_ok, serials, self.health_reasons(couch_ok) + self.replica_reasons(serials)
+
     @app.route("/health", methods=["GET", "HEAD"])
     @observed("health")
     async def health(self, request):
-        couch_ok = await self.couch_ok()
-        serials = await self.serials() if couch_ok else {}
-        reasons = self.health_reasons(couch_ok) + self.replica_reasons(serials)
+        _, serials, reasons = await self.check()
         body = {"status": "unhealthy" if reasons else "ok", "reasons": reasons,
                 "syncing": self.syncing, "phase": self.status.phase, **serials}
         request.setResponseCode(503 if reasons else 200)
@@ -198,10 +202,8 @@ class WebFront:
 
     async def status_data(self) -> dict:
         s = self.status
-        couch_ok = await self.couch_ok()
+        couch_ok, serials, reasons = await self.check()
         counts = await self.stored_counts.get() if couch_ok else {}
-        serials = await self.serials() if couch_ok else {}
-        reasons = self.health_reasons(couch_ok) + self.replica_reasons(serials)
         uptime = time.time() - s.started
         return {
             "version": __version__, "uptime_seconds": round(uptime), "syncing": self.syncing,
