@@ -87,7 +87,7 @@ async def regenerate_all(db: Database, status: SyncStatus | None = None,
     """Regenerate every project's OPML in one pass (``pypioncouch --opml``); then set
     the watcher's checkpoint to where the database was when the pass began."""
     since = (await db.info())["update_seq"]
-    total = await couchapp.count(db, "name")
+    total = await couchapp.count(db, "name", timeout=3600)  # may build the index
     written, done, keys = 0, 0, []
 
     async def regenerate_batch():

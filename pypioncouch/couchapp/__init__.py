@@ -30,8 +30,6 @@ DESIGN_ID = f"_design/{NAME}"
 SCRATCH_ID = f"_design/{NAME}-next"
 HERE = Path(__file__).parent
 VIEW = "catalog"
-FACETS = ("name", "serial", "author", "maintainer", "keyword", "python", "classifier",
-          "released")
 LAST = {}  # collates after every string, number and list: the end of a key range
 
 
@@ -61,10 +59,11 @@ async def all_projects(db: Database, batch: int = 5000,
         startkey, skip = rows[-1]["key"], 1
 
 
-async def count(db: Database, facet: str, *prefix: Any) -> int:
+async def count(db: Database, facet: str, *prefix: Any, timeout: float | None = None
+                ) -> int:
     """How many rows ``facet`` (under ``prefix``) has: for "name", the projects."""
     low, high = facet_range(facet, *prefix)
-    rows = await query(db, startkey=low, endkey=high, reduce=True)
+    rows = await query(db, startkey=low, endkey=high, reduce=True, timeout=timeout)
     return rows[0]["value"] if rows else 0
 
 
@@ -128,7 +127,7 @@ async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> No
         params = {"limit": 1}
         if "reduce" in wanted["views"][view]:
             params["reduce"] = False
-        await db.view(SCRATCH_ID.split("/", 1)[1], view, timeout=timeout, **params)
+        await db.view(f"{NAME}-next", view, timeout=timeout, **params)
     try:
         await db.delete(SCRATCH_ID, rev)
     except NotFound:
