@@ -31,6 +31,7 @@ log = Logger()
 PAGE = 50
 SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
+BAD_CURSOR = "after/before must be a key as this site's own links give it"
 
 
 class BadQuery(ValueError):
@@ -95,20 +96,20 @@ async def keep_all(rows: list[dict]) -> list[dict]:
 def _check_cursor(key: Any, low: list, high: list) -> None:
     """A cursor from a URL must lie in the list's own facet (else CouchDB would be asked
     for a range that cannot match, or rows of another list)."""
+    if key is None:
+        return
     common = []
     for a, b in zip(low, high):
         if a != b:
             break
         common.append(a)
-    if key is None:
-        return
     n = len(common)
     within = isinstance(key, list) and key[:n] == common
     if within and n < min(len(low), len(high)) and isinstance(low[n], str) \
             and isinstance(high[n], str):  # a name prefix: the cursor must share it
         within = len(key) > n and isinstance(key[n], str) and low[n] <= key[n] <= high[n]
     if not within:
-        raise BadQuery("after/before must be a key as this site's own links give it")
+        raise BadQuery(BAD_CURSOR)
 
 
 async def keyset_page(db, *, low: list, high: list, after: Any = None, before: Any = None,
@@ -321,7 +322,7 @@ class BrowsePages:
 
         def key_of(cursor):  # the least common classifier may change between pages
             if not isinstance(cursor, list) or not cursor:
-                raise BadQuery("after/before must be a key as this site's own links give it")
+                raise BadQuery(BAD_CURSOR)
             return ["classifier", driver, cursor[-1]]
 
         low, high = couchapp.facet_range("classifier", driver)
