@@ -4,11 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
+WHEELHOUSE := $(VENV)/wheelhouse
 BENCH_ARGS ?= import
+# Debian packages the tests use: chromium (browse UI), systemd (systemd-analyze verify),
+# curl and procps (the Apache CouchDB start scripts in ../shared/couchdb).
+DEBIAN_COMMANDS := chromium:chromium systemd-analyze:systemd curl:curl pgrep:procps
 
-.PHONY: setup run demo test bench clean
+.PHONY: setup system-packages run demo test bench clean
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) $(WHEELHOUSE)/.stamp
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +21,24 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
 		--config-settings editable_mode=compat
 	touch $@
+
+# The dependencies as wheels: the installed-package test installs the built wheel
+# into a fresh venv from here, without reaching PyPI.
+$(WHEELHOUSE)/.stamp: setup.py | $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-build-isolation \
+		-w $(WHEELHOUSE) .
+	rm -f $(WHEELHOUSE)/pypioncouch-*.whl  # the test builds its own, from the tree
+	touch $@
+
+# Installs what is missing when root; otherwise names it in one line.
+system-packages:
+	@missing=""; for pair in $(DEBIAN_COMMANDS); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "make test: some tests need Debian packages; install them with: sudo apt-get install$$missing"; fi
 
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -28,7 +50,7 @@ run: setup
 demo: setup
 	$(BIN)/python -m pypioncouch.testing.devrun demo
 
-test: setup
+test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
