@@ -6,8 +6,11 @@ attachment current (on the principal node; mirrors get it by replication).
   from the beginning of the feed.
 - Bursts are debounced per project: many changes to a project's documents become one
   regeneration; dirty projects are handled in batches (three requests a batch).
-- The attachment is written only when its bytes changed (the stored digest is
-  compared), so the watcher's own writes — which are changes too — end there.
+- The attachment is written only when its bytes changed, so the watcher's own
+  writes — which are changes too — end there. The project document records the
+  digest of what was written (``opml_digest``): the attachment stub's own digest
+  cannot be compared, as Apache CouchDB gzips ``text/*`` attachments and digests the
+  compressed bytes (pouchdb-server digests the plain ones).
 - The sync carries the attachment's stub when it rewrites a project document, so the
   OPML survives; the change it makes brings the watcher back to refresh the content.
 - A broken feed reconnects with backoff from the last seq seen; the checkpoint only
@@ -33,11 +36,12 @@ from pypioncouch.status import SyncStatus
 log = Logger()
 
 CHECKPOINT = "pypioncouch-opml"
+OPML_DIGEST = "opml_digest"
 
 
-def attachment_digest(content: bytes) -> str:
-    """CouchDB's (and PouchDB's) attachment digest: ``md5-<base64>``."""
-    return "md5-" + base64.b64encode(hashlib.md5(content).digest()).decode("ascii")
+def opml_digest(content: bytes) -> str:
+    """The digest a project document records of the ``opml.xml`` written with it."""
+    return "sha256-" + hashlib.sha256(content).hexdigest()
 
 
 async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None
@@ -59,13 +63,14 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     updates = []
     for project in projects:
         content = project_opml(project, releases.get(project["_id"], []))
-        stub = (project.get("_attachments") or {}).get(ATTACHMENT) or {}
-        if stub.get("digest") == attachment_digest(content):
+        digest = opml_digest(content)
+        has_attachment = ATTACHMENT in (project.get("_attachments") or {})
+        if has_attachment and project.get(OPML_DIGEST) == digest:
             continue
         attachments = dict(project.get("_attachments") or {})
         attachments[ATTACHMENT] = {"content_type": CONTENT_TYPE,
                                    "data": base64.b64encode(content).decode("ascii")}
-        updates.append({**project, "_attachments": attachments})
+        updates.append({**project, "_attachments": attachments, OPML_DIGEST: digest})
     results = await db.bulk_docs(updates)
     written = [r.id for r in results if r.ok]
     if status is not None:

@@ -396,8 +396,7 @@ class XmlRpcImporter:
             gone_ids = await self._release_ids(work.key)
         if old is not None:
             project["_rev"] = old["_rev"]
-            if old.get("_attachments"):
-                project["_attachments"] = old["_attachments"]
+            model.keep_attachments(project, old)
         deletions = [{"_id": i, "_deleted": True} for i in gone_ids]
         # Stored copies: for revisions, and for the info of releases no longer latest.
         needed = [r["_id"] for r in changed if r["version"] in old_digests] + gone_ids
@@ -488,9 +487,8 @@ class XmlRpcImporter:
                     continue  # already gone
                 if rev:
                     doc["_rev"] = rev
-                    attachments = (row.get("doc") or {}).get("_attachments")
-                    if doc.get("type") == model.PROJECT and attachments:
-                        doc["_attachments"] = attachments
+                    if doc.get("type") == model.PROJECT:
+                        model.keep_attachments(doc, row.get("doc"))
                 pending.append(doc)
         for doc in pending:
             rejected[doc["_id"]] = "conflict"
