@@ -169,6 +169,11 @@ class CouchDB:
         user, password = (quote(part, safe="") for part in self._auth)
         return f"{scheme}://{user}:{password}@{rest}"
 
+    @property
+    def user(self) -> str:
+        """Who we are to CouchDB, as error messages name it."""
+        return f"user {self._auth[0]!r}" if self._auth else "an anonymous client"
+
     def database(self, name: str) -> "Database":
         return Database(self, name)
 
@@ -235,6 +240,12 @@ class CouchDB:
         if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
             raise BadResponse("the server answered, but it is not CouchDB", url=self.shown_url)
         return info
+
+    async def is_admin(self) -> bool:
+        """Whether our credentials make us a server admin (``GET /_session``)."""
+        session = await self.request("GET", "_session")
+        roles = ((session or {}).get("userCtx") or {}).get("roles") or []
+        return "_admin" in roles
 
     async def all_dbs(self) -> list[str]:
         return await self.request("GET", "_all_dbs")
@@ -325,11 +336,32 @@ class Database:
         return True
 
     async def ensure(self) -> bool:
-        """Create the database unless it exists. True if it was created."""
+        """Create the database unless it exists. True if it was created.
+
+        Apache CouchDB 3 lets only a server admin create a database, and by default
+        only the database's admins use it: a user without those rights gets one line
+        saying which right is missing."""
+        try:
+            if await self.exists():
+                return False
+        except Unauthorized as error:
+            raise Unauthorized(
+                f"CouchDB {self.server.user} may not read the database {self.name!r}: "
+                "make it an admin of that database (its _security)",
+                url=error.url, status=error.status) from None
+        cannot_create = Unauthorized(
+            f"CouchDB {self.server.user} may not create the database {self.name!r}: "
+            "create it as a server admin and make this user its admin (_security), "
+            "or use a server admin", url=self.display_url)
+        # Asked first: pouchdb-server leaves a non-admin's PUT /db unanswered.
+        if not await self.server.is_admin():
+            raise cannot_create
         try:
             await self._request("PUT")
         except PreconditionFailed:
             return False
+        except Unauthorized:
+            raise cannot_create from None
         return True
 
     async def delete_database(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 
 from twisted.logger import Logger
 
-from pypioncouch.couch import Database, NotFound
+from pypioncouch.couch import Database, NotFound, Unauthorized
 
 log = Logger()
 
@@ -111,7 +111,13 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
         await _build_under_scratch(db, wanted, build_timeout)
     if current is not None:
         wanted["_rev"] = current["_rev"]
-    await db.put(wanted)
+    try:
+        await db.put(wanted)
+    except Unauthorized as error:
+        raise Unauthorized(
+            f"CouchDB {db.server.user} may not write the design document {DESIGN_ID} of "
+            f"{db.name!r}: make it an admin of that database (its _security), or use a "
+            "server admin", url=error.url, status=error.status) from None
     log.info("design document {id} written", id=DESIGN_ID)
     return True
 
