@@ -95,8 +95,13 @@ async def replicate_command(reactor, args) -> int:
     target = target_couch.database(target_db)
     total = (await source.info())["doc_count"]
     progress = None if args.quiet else Progress(unit="docs")
-    # Pull replication, run by the target: the usual way to fill a mirror.
-    running = defer.ensureDeferred(target_couch.replicate(
+    # Pull replication, run by the target: the usual way to fill a mirror. Except from
+    # pouchdb-server: it answers Apache CouchDB's multipart open_revs reads in plain
+    # text, which fails the pull, so there the source pushes.
+    runner = target_couch
+    if "express-pouchdb" in await source.server.info():
+        runner = source.server
+    running = defer.ensureDeferred(runner.replicate(
         source.url_with_credentials, target.url_with_credentials,
         continuous=args.continuous))
 
