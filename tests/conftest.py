@@ -1,19 +1,120 @@
-"""Shared fixtures: a real pouchdb-server for the whole session, fresh databases."""
+"""Shared fixtures: real CouchDB servers for the whole session, fresh databases.
+
+Every test that takes ``couch_server`` (or ``couch``) runs once per server, and its id
+names it: ``[pouchdb]`` (the embedded pouchdb-server) and ``[apache]`` (Apache CouchDB
+3.5, one node, from ../shared/couchdb). Tests marked ``cluster`` (end to end: import,
+update, OPML, web, browse, design document, replication) also run on ``[cluster]``, a
+3-node Apache CouchDB cluster, writing through one node and reading through another
+(``couch_server.read_url``).
+
+``PYPIONCOUCH_TEST_COUCH=http://admin:pw@host:5984/`` runs them against that server
+instead of the Apache ones (id ``[external]``). Without ../shared the Apache runs skip
+saying so; with ``CI=true`` a server that cannot be had fails the run.
+"""
 
 import itertools
+import os
 import uuid
 
 import pytest
 
+from pypioncouch.testing.apache import ApacheCluster, ApacheCouchServer, apache_available
 from pypioncouch.testing.couchserver import CouchServer
 
 ADMIN = ("admin", "s3cret-Pa55")
+EXTERNAL = os.environ.get("PYPIONCOUCH_TEST_COUCH")
+
+
+def server_kinds(cluster: bool) -> list[str]:
+    if EXTERNAL:
+        return ["pouchdb", "external"]
+    return ["pouchdb", "apache"] + (["cluster"] if cluster else [])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cluster: an end-to-end test that also runs on a "
+                                       "3-node Apache CouchDB cluster")
+
+
+def pytest_generate_tests(metafunc):
+    if "couch_server" in metafunc.fixturenames:
+        kinds = server_kinds(metafunc.definition.get_closest_marker("cluster") is not None)
+        metafunc.parametrize("couch_server", kinds, indirect=True, scope="session")
+
+
+class ExternalServer:
+    """A server someone else runs (``PYPIONCOUCH_TEST_COUCH``); never stopped here."""
+
+    kind = "external"
+
+    def __init__(self, url: str):
+        from pypioncouch.urls import split_credentials
+
+        from urllib.parse import urlsplit
+
+        split_credentials(url)  # a bad URL fails here, in one line
+        self.url = self.read_url = url if url.endswith("/") else url + "/"
+        parts = urlsplit(self.url)
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.anonymous_url = f"{parts.scheme}://{parts.hostname}:{self.port}/"
+
+    def cleanup(self) -> None:
+        pass
+
+
+class Servers:
+    """Each kind of server, started on first use and stopped at the end."""
+
+    def __init__(self):
+        self.started: dict = {}
+
+    def get(self, kind: str):
+        if kind not in self.started:
+            self.started[kind] = self._start(kind)
+        return self.started[kind]
+
+    @staticmethod
+    def _start(kind: str):
+        if kind == "pouchdb":
+            return CouchServer(admin=ADMIN).start()
+        if kind == "external":
+            return ExternalServer(EXTERNAL)
+        unavailable = apache_available()
+        if unavailable:
+            if os.environ.get("CI"):
+                pytest.fail(f"[{kind}] {unavailable}", pytrace=False)
+            pytest.skip(f"[{kind}] {unavailable}")
+        server = ApacheCouchServer(admin=ADMIN) if kind == "apache" else ApacheCluster(admin=ADMIN)
+        return server.start()
+
+    def cleanup(self) -> None:
+        for server in self.started.values():
+            server.cleanup()
 
 
 @pytest.fixture(scope="session")
-def couch_server():
-    """A real pouchdb-server on a free loopback port, with an admin (as CouchDB 3 has)."""
-    server = CouchServer(admin=ADMIN).start()
+def servers():
+    registry = Servers()
+    yield registry
+    registry.cleanup()
+
+
+@pytest.fixture(scope="session")
+def couch_server(request, servers):
+    """A running server of the kind the test id names (``pouchdb``, ``apache``, ...)."""
+    return servers.get(request.param)
+
+
+@pytest.fixture
+def private_couch_server(couch_server, tmp_path):
+    """A server of the same kind as ``couch_server`` that this test alone uses, so it
+    may stop and start it (one node: stopping a cluster rebuilds it). Not started."""
+    if couch_server.kind == "pouchdb":
+        server = CouchServer(tmp_path / "couch", admin=ADMIN)
+    elif couch_server.kind in ("apache", "cluster"):
+        server = ApacheCouchServer(tmp_path / "couch", admin=ADMIN)
+    else:
+        pytest.skip("a server this test can stop: not with PYPIONCOUCH_TEST_COUCH")
     yield server
     server.cleanup()
 

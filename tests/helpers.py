@@ -48,12 +48,15 @@ async def assert_matches_simulator(db, index):
 class World:
     """A simulator in this reactor, a fresh database, and an importer between them."""
 
-    def __init__(self, couch_url, db_name, projects=40, seed=5, **simulator_options):
+    def __init__(self, couch_url, db_name, projects=40, seed=5, read_url=None,
+                 **simulator_options):
         self.resource = make_simulator(projects, seed, **simulator_options)
         self.index = self.resource.index
         self.port, self.url = listen(self.resource)
         self.couch = CouchDB(couch_url, timeout=30)
         self.db = self.couch.database(db_name)
+        # On a cluster, checks read through another node than the one written to.
+        self.read_db = CouchDB(read_url or couch_url, timeout=30).database(db_name)
 
     def importer(self, **options):
         pypi_options = {k: options.pop(k) for k in ("timeout", "retries", "backoff",

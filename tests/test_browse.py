@@ -23,14 +23,17 @@ JSON = {"Accept": "application/json"}
 VERSIONS = ["0.9", "1.0", "1.0.1", "1.1rc1", "1.1", "1.2.dev3", "2.0a1", "2.0", "2.0.post1",
             "2.1", "3.0b2", "10.0"]
 
+pytestmark = pytest.mark.cluster  # end to end: also on a 3-node cluster
+
 
 @pytest.fixture(scope="module")
 def site(couch_server):
-    world = World(couch_server.url, "browse-module", projects=120, seed=23)
+    world = World(couch_server.url, "browse-module", projects=120, seed=23,
+                  read_url=couch_server.read_url)
     for version in VERSIONS:
         world.index.publish("Spec.Test", version)
     pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
-    front, port, url = serve(world.db, syncing=False)
+    front, port, url = serve(world.read_db, syncing=False)
     browse.PAGE, saved = 25, browse.PAGE
     yield world, url
     browse.PAGE = saved

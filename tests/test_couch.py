@@ -195,6 +195,37 @@ async def test_wrong_password_is_a_typed_error_without_the_password(couch_server
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_user_without_rights_is_told_which_right_is_missing(couch, couch_server,
+                                                                   db_name):
+    """CouchDB 3: only a server admin creates databases, only a database's admins write
+    its design documents, and by default only they read it."""
+    from pypioncouch import couchapp
+
+    user, password = f"reader-{db_name}", "Pa55-of-a-reader"
+    await couch.request("PUT", f"_users/org.couchdb.user:{user}", body={
+        "_id": f"org.couchdb.user:{user}", "name": user, "password": password,
+        "roles": [], "type": "user"})
+    url = couch_server.url.replace(f"{ADMIN[0]}:{ADMIN[1]}@", f"{user}:{password}@")
+    mine = CouchDB(url).database(db_name)
+    with pytest.raises(Unauthorized) as error:
+        await mine.ensure()
+    message = str(error.value)
+    assert f"user '{user}' may not create the database '{db_name}'" in message
+    assert password not in message and "\n" not in message
+    db = couch.database(db_name)
+    await db.ensure()
+    await couch.request("PUT", f"{db_name}/_security", body={
+        "admins": {"names": [], "roles": []}, "members": {"names": [user], "roles": []}})
+    assert await mine.ensure() is False  # exists, and a member may read it
+    with pytest.raises(Unauthorized) as error:
+        await couchapp.push(mine)
+    assert f"user '{user}' may not write the design document" in str(error.value)
+    await couch.request("PUT", f"{db_name}/_security", body={
+        "admins": {"names": [user], "roles": []}, "members": {"names": [], "roles": []}})
+    assert await couchapp.push(mine) is True  # a database admin is enough to run
+
+
+@pytest_twisted.ensureDeferred
 async def test_unreachable_port_is_a_clear_error_quickly():
     couch = CouchDB(f"http://u:pw@127.0.0.1:{free_port()}/", timeout=5)
     started = reactor.seconds()

@@ -10,10 +10,11 @@ from pypioncouch import model, opml
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import CHECKPOINT, OpmlWatcher, regenerate_all
 from pypioncouch.sync import run_pass
-from pypioncouch.testing.couchserver import CouchServer
 from pypioncouch.testing.dataset import HOSTILE
 
 from .helpers import World, sleep, stored_project
+
+pytestmark = pytest.mark.cluster  # end to end: also on a 3-node cluster
 
 
 def sample(summary="A <b>bold</b> & \x01 summary ☃"):
@@ -61,7 +62,8 @@ def test_a_real_opml_parser_reads_it():
 
 @pytest.fixture
 def world(couch_server, db_name):
-    world = World(couch_server.url, db_name, projects=25, seed=17)
+    world = World(couch_server.url, db_name, projects=25, seed=17,
+                  read_url=couch_server.read_url)
     yield world
     world.close()
 
@@ -97,13 +99,13 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
         await run_pass(world.importer())
 
         async def names_new_version():
-            return b'text="42.0"' in await opml_of(world.db, key)
+            return b'text="42.0"' in await opml_of(world.read_db, key)
 
         assert await wait_for(names_new_version)
-        parsed = listparser.parse((await opml_of(world.db, key)).decode())
+        parsed = listparser.parse((await opml_of(world.read_db, key)).decode())
         assert not parsed.bozo
-        project, releases = await stored_project(world.db, key)
-        content = (await opml_of(world.db, key)).decode()
+        project, releases = await stored_project(world.read_db, key)
+        content = (await opml_of(world.read_db, key)).decode()
         assert all(f'text="{r["version"]}"' in content for r in releases)
         # The watcher's own writes cause no further revisions.
         await sleep(1.0)
@@ -117,7 +119,7 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
         await run_pass(world.importer())
         doc = await world.db.get(key)
         assert "opml.xml" in doc["_attachments"]
-        assert await wait_for(lambda: _contains(world.db, key, b'yankedReason="oops"'))
+        assert await wait_for(lambda: _contains(world.read_db, key, b'yankedReason="oops"'))
     finally:
         await watcher.stopService()
 
@@ -172,8 +174,8 @@ async def test_a_removed_project_leaves_no_opml(world):
 
 
 @pytest_twisted.ensureDeferred
-async def test_couchdb_restarting_mid_stream_loses_no_update(tmp_path):
-    server = CouchServer(tmp_path / "couch").start()
+async def test_couchdb_restarting_mid_stream_loses_no_update(private_couch_server):
+    server = private_couch_server.start()
     world = World(server.url, "pypi", projects=10, seed=2)
     try:
         world.couch = CouchDB(server.url, timeout=3)
@@ -189,9 +191,9 @@ async def test_couchdb_restarting_mid_stream_loses_no_update(tmp_path):
             key = model.normalize(world.index.dataset.name(5))
             world.index.publish(key, "77.0")
             await run_pass(world.importer())
-            assert await wait_for(lambda: _contains(world.db, key, b'text="77.0"'), 40)
+            assert await wait_for(lambda: _contains(world.read_db, key, b'text="77.0"'), 40)
         finally:
             await watcher.stopService()
     finally:
         world.close()
-        server.cleanup()
+        server.stop()

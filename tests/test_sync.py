@@ -8,10 +8,13 @@ from pypioncouch.sync import CHECKPOINT, run_pass
 
 from .helpers import World, assert_matches_simulator, stored_project
 
+pytestmark = pytest.mark.cluster  # end to end: also on a 3-node cluster
+
 
 @pytest.fixture
 def world(couch_server, db_name):
-    world = World(couch_server.url, db_name, projects=60, seed=5)
+    world = World(couch_server.url, db_name, projects=60, seed=5,
+                  read_url=couch_server.read_url)
     yield world
     world.close()
 
@@ -21,7 +24,7 @@ async def test_full_import_equals_the_simulator_document_by_document(world):
     summary = await run_pass(world.importer(), full=True)
     assert summary.projects == 60 and summary.pending == 0, summary
     assert summary.serial == world.index.last_serial
-    await assert_matches_simulator(world.db, world.index)
+    await assert_matches_simulator(world.read_db, world.index)
     checkpoint = await world.db.get_local(CHECKPOINT)
     assert checkpoint["serial"] == world.index.last_serial and checkpoint["pending"] == {}
 
@@ -31,7 +34,7 @@ async def test_documents_keep_the_normalized_forms(world):
     await run_pass(world.importer(), full=True)
     name = world.index.dataset.name(1)  # the unicode showcase
     key = model.normalize(name)
-    project, releases = await stored_project(world.db, key)
+    project, releases = await stored_project(world.read_db, key)
     assert project["name"] == name and project["_id"] == key
     assert project["keywords"] == ["données", "データ", "🐍"]
     assert all(len(r["upload_time"]) == 6 for r in releases if r["files"])
@@ -76,7 +79,7 @@ async def test_every_changelog_action_converges_to_the_truth(world):
     summary = await run_pass(world.importer())
     assert summary.pending == 0, summary.errors
     assert summary.deleted == 1
-    await assert_matches_simulator(world.db, index)
+    await assert_matches_simulator(world.read_db, index)
     quarantined = await world.db.get(keys[6])
     assert quarantined["status"] == "quarantined" and quarantined["versions"] == []
     fresh = await world.db.get("fresh-project-name")
@@ -88,11 +91,11 @@ async def test_every_changelog_action_converges_to_the_truth(world):
 async def test_unchanged_releases_are_not_rewritten(world):
     await run_pass(world.importer(), full=True)
     key = model.normalize(world.index.dataset.name(2))
-    _, before = await stored_project(world.db, key)
+    _, before = await stored_project(world.read_db, key)
     world.index.yank(key, "1.0.0", "oops")
     summary = await run_pass(world.importer())
     assert summary.releases == 1
-    _, after = await stored_project(world.db, key)
+    _, after = await stored_project(world.read_db, key)
     revs = {d["version"]: d["_rev"] for d in before}
     changed = [d["version"] for d in after if d["_rev"] != revs[d["version"]]]
     assert changed == ["1.0.0"]
@@ -104,7 +107,7 @@ async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
     key = model.normalize(world.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
     world.index.publish(key, "2.0", summary="the new one")
     await run_pass(world.importer())
-    _, releases = await stored_project(world.db, key)
+    _, releases = await stored_project(world.read_db, key)
     by_version = {d["version"]: d for d in releases}
     assert by_version["2.0"]["info"]["summary"] == "the new one"
     assert by_version["1.1"]["info"]["version"] == "1.1"  # kept from the first import
@@ -121,7 +124,7 @@ async def test_a_full_import_removes_what_pypi_no_longer_lists(world):
     summary = await run_pass(world.importer(), full=True)
     assert summary.deleted == 1
     assert await world.db.get_or_none(gone) is None
-    await assert_matches_simulator(world.db, world.index)
+    await assert_matches_simulator(world.read_db, world.index)
 
 
 @pytest_twisted.ensureDeferred
@@ -141,4 +144,4 @@ async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
     assert "unexpected KeyError" in summary.errors[0]
     assert victim in (await world.db.get_local(CHECKPOINT))["pending"]
     await run_pass(world.importer())  # the next pass retries it
-    await assert_matches_simulator(world.db, world.index)
+    await assert_matches_simulator(world.read_db, world.index)

@@ -57,6 +57,8 @@ class CouchServer:
     as on CouchDB 3).
     """
 
+    kind = "pouchdb"
+
     def __init__(self, datadir: str | Path | None = None, port: int | None = None,
                  admin: tuple[str, str] | None = None, log_file: str | Path | None = None):
         self._tmp = None
@@ -79,6 +81,11 @@ class CouchServer:
     @property
     def anonymous_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def read_url(self) -> str:
+        """Where to read (the same server: a cluster reads through another node)."""
+        return self.url
 
     def start(self, timeout: float = 30.0) -> "CouchServer":
         self.datadir.mkdir(parents=True, exist_ok=True)
