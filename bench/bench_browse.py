@@ -11,7 +11,7 @@ import urllib.request
 
 from bench.bench_import import full_import, raw_bulk_load
 from bench.bench_web import wrk
-from bench.common import CouchServer, http_json, mirror_front
+from bench.common import couch_server, http_json, mirror_front
 from pypioncouch import couchapp
 from pypioncouch.web.browse import PAGE
 
@@ -49,11 +49,12 @@ def median_and_p99(base: str, path: str, seconds: float) -> dict:
     return {"path": path, "first_request_ms": round(first * 1000, 1), **figures}
 
 
-def run(projects: int = 100_000, seconds: float = 5.0, ceilings: bool = True) -> dict:
+def run(projects: int = 100_000, seconds: float = 5.0, ceilings: bool = True,
+        kind: str = "pouchdb") -> dict:
     """Import ``projects`` from the simulator (peak RSS recorded), build the views
     (against the raw ingest of the same documents and an empty view's pass, unless
     ``ceilings`` is false), then measure the pages with wrk (4 connections)."""
-    with CouchServer() as couch:
+    with couch_server(kind) as couch:
         # The real importer against the simulator: the same run gives the import's
         # peak RSS at this size (DESIGN.md's memory target is set at 100,000 projects).
         writes = full_import(couch, projects, 0.0, 10, "pypi")

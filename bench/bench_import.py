@@ -9,7 +9,8 @@ import sys
 import time
 import urllib.parse
 
-from bench.common import BIN, CouchServer, SimulatorProcess, http_json, peak_rss_of
+from bench.common import (
+    BIN, couch_server, CouchServer, http_json, peak_rss_of, SimulatorProcess)
 
 
 def full_import(couch: CouchServer, projects: int, latency_ms: float, concurrency: int,
@@ -77,9 +78,10 @@ def write_path(couch: CouchServer, projects: int, db: str, seed: int = 1) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(projects: int = 20_000, latency_ms: float = 50.0, concurrency: int = 10) -> dict:
+def run(projects: int = 20_000, latency_ms: float = 50.0, concurrency: int = 10,
+        kind: str = "pouchdb") -> dict:
     results = {}
-    with CouchServer() as couch:
+    with couch_server(kind) as couch:
         slow = full_import(couch, projects, latency_ms, concurrency, "latency")
         bound = concurrency / (latency_ms / 1000.0)
         slow["bound_projects_per_s"] = bound

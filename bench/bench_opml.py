@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 
-from bench.common import BIN, CouchServer, SimulatorProcess
+from bench.common import BIN, couch_server, SimulatorProcess
 
 
-def run(projects: int = 2000, burst: int = 1000) -> dict:
-    with CouchServer() as couch, SimulatorProcess("--projects", str(projects), "--seed", "4") as sim:
+def run(projects: int = 2000, burst: int = 1000,
+        kind: str = "pouchdb") -> dict:
+    with couch_server(kind) as couch, \
+            SimulatorProcess("--projects", str(projects), "--seed", "4") as sim:
         subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
                         "--quiet"], check=True, capture_output=True)
         started = time.perf_counter()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench.bench_import import full_import, raw_bulk_load
-from bench.common import BIN, CouchServer, SimulatorProcess
+from bench.common import BIN, couch_server, SimulatorProcess
 
 CONFIG = """\
 [mirror]
@@ -52,9 +52,10 @@ def bandersnatch(projects: int, latency_ms: float, workers: int, seed: int) -> d
             "json_files": json_files}
 
 
-def run(projects: int = 1000, latency_ms: float = 20.0, workers: int = 10) -> dict:
+def run(projects: int = 1000, latency_ms: float = 20.0, workers: int = 10,
+        kind: str = "pouchdb") -> dict:
     peer = bandersnatch(projects, latency_ms, workers, seed=6)
-    with CouchServer() as couch:
+    with couch_server(kind) as couch:
         ours = full_import(couch, projects, latency_ms, workers, "peer", seed=6)
         # bandersnatch writes files; we write documents: the server's own floor for
         # storing them, a raw _bulk_docs load of the same documents.

@@ -18,7 +18,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.common import BIN, CouchServer, SimulatorProcess, http_json, mirror_front
+from bench.common import (
+    BIN, SimulatorProcess, auth_header, couch_server, http_json, mirror_front)
 from pypioncouch.testing.couchserver import free_port
 
 LUA = """
@@ -27,20 +28,21 @@ for line in io.lines("%s") do paths[#paths + 1] = line end
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "%s"})
+  return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "%s"%s})
 end
 """
 
 
 def wrk(base: str, paths: list[str], seconds: float, accept: str = "*/*",
-        connections: int = 32) -> dict:
+        connections: int = 32, authorization: str = "") -> dict:
     if shutil.which("wrk") is None:
         raise SystemExit("the web benchmark needs wrk: apt-get install wrk")
     with tempfile.TemporaryDirectory() as folder:
         listing = Path(folder, "paths")
         listing.write_text("\n".join(paths) + "\n")
         script = Path(folder, "paths.lua")
-        script.write_text(LUA % (listing, accept))
+        extra = f', ["Authorization"] = "{authorization}"' if authorization else ""
+        script.write_text(LUA % (listing, accept, extra))
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency",
                               "-s", str(script), base], capture_output=True, text=True,
                              check=True).stdout
@@ -61,8 +63,11 @@ def wrk(base: str, paths: list[str], seconds: float, accept: str = "*/*",
             "timeouts": int(timeouts.group(1)) if timeouts else 0}
 
 
-def run(projects: int = 2000, seconds: float = 10.0) -> dict:
-    with CouchServer() as couch, SimulatorProcess("--projects", str(projects), "--seed", "3") as sim:
+def run(projects: int = 2000, seconds: float = 10.0,
+        kind: str = "pouchdb") -> dict:
+    with couch_server(kind) as couch, \
+            SimulatorProcess("--projects", str(projects), "--seed", "3") as sim:
+        couch_auth = auth_header(couch.url).get("Authorization", "")
         subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
                         "--quiet"], check=True, capture_output=True)
         with mirror_front(couch.url) as front:
@@ -75,9 +80,11 @@ def run(projects: int = 2000, seconds: float = 10.0) -> dict:
             hot = keys[1]
             json_accept = "application/vnd.pypi.simple.v1+json"
             result = {"projects": projects, "seconds_per_run": seconds, "connections": 32}
-            result["couchdb_get_one_doc"] = wrk(couch.anonymous_url, [f"/pypi/{hot}"], seconds)
+            result["couchdb_get_one_doc"] = wrk(couch.anonymous_url, [f"/pypi/{hot}"], seconds,
+                                                 authorization=couch_auth)
             result["couchdb_get_many_docs"] = wrk(couch.anonymous_url,
-                                                  [f"/pypi/{k}" for k in keys], seconds)
+                                                  [f"/pypi/{k}" for k in keys], seconds,
+                                                  authorization=couch_auth)
             for name, template, accept in (("simple_json", "/simple/{}/", json_accept),
                                            ("simple_html", "/simple/{}/", "text/html"),
                                            ("json_api", "/pypi/{}/json", "*/*")):

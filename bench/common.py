@@ -12,16 +12,44 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from pypioncouch.testing.apache import ApacheCouchServer
 from pypioncouch.testing.couchserver import CouchServer
 from pypioncouch.testing.pypi import SimulatorProcess
+from pypioncouch.urls import split_credentials
 
 BIN = Path(sys.executable).parent
+SERVERS = ("pouchdb", "apache")
+
+
+def couch_server(kind: str):
+    """A fresh server of ``kind`` (a context manager): the embedded pouchdb-server or
+    Apache CouchDB 3.5 from ../shared/couchdb (with an admin, as CouchDB 3 needs)."""
+    if kind == "pouchdb":
+        return CouchServer()
+    if kind == "apache":
+        return ApacheCouchServer()
+    raise ValueError(f"no server kind {kind!r} (pouchdb, apache)")
+
+
+def auth_header(url: str) -> dict[str, str]:
+    """The Basic auth header for the credentials in ``url`` (urllib and wrk ignore them)."""
+    from base64 import b64encode
+
+    _, auth = split_credentials(url.split("?")[0])
+    if auth is None:
+        return {}
+    return {"Authorization": "Basic " + b64encode(":".join(auth).encode()).decode()}
 
 
 def http_json(url: str, method: str = "GET", body=None, timeout: float = 600):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    clean = url
+    if "@" in url.split("/")[2]:
+        scheme, rest = url.split("://", 1)
+        clean = f"{scheme}://{rest.split('@', 1)[1]}"
+    request = urllib.request.Request(clean, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **auth_header(url)})
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.load(answer)
 
@@ -84,5 +112,6 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
-__all__ = ["CouchServer", "SimulatorProcess", "http_json", "run_measured", "peak_rss_of",
+__all__ = ["CouchServer", "SimulatorProcess", "couch_server", "auth_header", "SERVERS",
+           "http_json", "run_measured", "peak_rss_of",
            "percentile", "BIN", "mirror_front"]

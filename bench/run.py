@@ -7,8 +7,10 @@
     python -m bench.run browse  [--projects 100000]
     python -m bench.run peer    [--projects 1000] [--latency-ms 20] [--concurrency 10]
 
-Figures, not assertions: every ratio is against a ceiling measured in the same run
-on the same machine. Nothing here reaches the internet.
+Each runs on pouchdb-server and on Apache CouchDB 3.5 (../shared/couchdb), one after
+the other, unless ``--server pouchdb`` or ``--server apache`` picks one. Figures, not
+assertions: every ratio is against a ceiling measured in the same run on the same
+machine, on the same server. Nothing here reaches the internet.
 """
 
 import argparse
@@ -27,33 +29,41 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-ceilings", action="store_true",
                         help="browse: skip the raw ingest and empty-view runs")
+    parser.add_argument("--server", choices=("pouchdb", "apache", "both"), default="both",
+                        help="which CouchDB to run on (default: both, side by side)")
     args = parser.parse_args(argv)
+    kinds = ("pouchdb", "apache") if args.server == "both" else (args.server,)
+    result = {kind: one(args, kind) for kind in kinds}
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+def one(args, kind: str) -> dict:
     if args.what == "import":
         from bench import bench_import
         latency = 50.0 if args.latency_ms is None else args.latency_ms
-        result = bench_import.run(args.projects or 20_000, latency, args.concurrency)
+        result = bench_import.run(args.projects or 20_000, latency, args.concurrency, kind)
     elif args.what == "memory":
         from bench import bench_import
-        from bench.common import CouchServer
-        with CouchServer() as couch:
+        from bench.common import couch_server
+        with couch_server(kind) as couch:
             result = bench_import.full_import(couch, args.projects or 100_000, 0.0,
                                               args.concurrency, "memory")
     elif args.what == "opml":
         from bench import bench_opml
-        result = bench_opml.run(args.projects or 2000, args.burst)
+        result = bench_opml.run(args.projects or 2000, args.burst, kind)
     elif args.what == "web":
         from bench import bench_web
-        result = bench_web.run(args.projects or 2000, args.seconds)
+        result = bench_web.run(args.projects or 2000, args.seconds, kind)
     elif args.what == "peer":
         from bench import bench_peer
         latency = 20.0 if args.latency_ms is None else args.latency_ms
-        result = bench_peer.run(args.projects or 1000, latency, args.concurrency)
+        result = bench_peer.run(args.projects or 1000, latency, args.concurrency, kind)
     else:
         from bench import bench_browse
         result = bench_browse.run(args.projects or 100_000, args.seconds,
-                                  ceilings=not args.no_ceilings)
-    json.dump(result, sys.stdout, indent=2)
-    print()
+                                  ceilings=not args.no_ceilings, kind=kind)
+    return result
 
 
 if __name__ == "__main__":
