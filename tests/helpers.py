@@ -58,6 +58,20 @@ class World:
         # On a cluster, checks read through another node than the one written to.
         self.read_db = CouchDB(read_url or couch_url, timeout=30).database(db_name)
 
+    async def settled(self, seconds: float = 30.0) -> None:
+        """Wait until the node read through holds what was written (a cluster copies
+        writes to every node a moment after it acknowledges them)."""
+        from pypioncouch import couchapp
+
+        for _ in range(int(seconds / 0.2)):
+            written = (await self.db.info())["doc_count"]
+            if (await self.read_db.info())["doc_count"] == written and \
+                    await couchapp.count(self.read_db, "name") == \
+                    await couchapp.count(self.db, "name"):
+                return
+            await sleep(0.2)
+        raise AssertionError(f"{self.read_db!r} did not catch up within {seconds:g}s")
+
     def importer(self, **options):
         pypi_options = {k: options.pop(k) for k in ("timeout", "retries", "backoff",
                                                       "stale_retries") if k in options}

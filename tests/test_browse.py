@@ -33,6 +33,7 @@ def site(couch_server):
     for version in VERSIONS:
         world.index.publish("Spec.Test", version)
     pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
+    pytest_twisted.blockon(defer.ensureDeferred(world.settled()))
     front, port, url = serve(world.read_db, syncing=False)
     browse.PAGE, saved = 25, browse.PAGE
     yield world, url

@@ -41,6 +41,7 @@ def imported(couch_server):
     world = World(couch_server.url, "web-module", projects=40, seed=11,
                   read_url=couch_server.read_url)
     pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
+    pytest_twisted.blockon(defer.ensureDeferred(world.settled()))
     front, port, url = serve(world.read_db, syncing=False)
     yield world, front, url
     port.stopListening()
