@@ -458,7 +458,9 @@ class XmlRpcImporter:
                                  failures, summary, "bug")
                     continue
                 if answer.kind == "gone" and old is not None:
-                    removals.append((work, old))  # counted before any is removed
+                    # Counted before any is removed; only what a removal needs is kept.
+                    removals.append((work, {k: old.get(k) for k in ("_id", "_rev",
+                                                                    "last_serial")}))
                     continue
                 await to_write.put((work, old, answer))
 
@@ -591,10 +593,13 @@ class XmlRpcImporter:
                 self._superseded(work, summary)
                 continue
             plans.append((work, old, answer, *planned))
-            # Every document touched: what is stored now (or the tombstone of what was
-            # removed) may be newer than this answer, written by another writer.
-            lookup += [d["_id"] for d in planned[0]]
+            lookup += _ids_to_check(work.key, planned[0], old)
+        # What is stored now (or the tombstone of what was removed) may be newer than
+        # these answers: another writer may have been faster.
         states = await self._stored_states(lookup)
+        states.update(await self._stored_states(
+            [d["_id"] for work, old, _, docs, _ in plans if old is None and work.key in states
+             for d in docs if d["_id"] not in states]))
         ready = []
         for work, old, answer, plan_docs, releases in plans:
             docs = await self._settle_revisions(plan_docs, states, old)
@@ -765,6 +770,16 @@ class XmlRpcImporter:
         for doc in pending:
             rejected[doc["_id"]] = "conflict"
         return rejected, superseded
+
+
+def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
+    """The documents of a plan whose stored state must be read before writing: the
+    project, the releases it had (for their revisions) and those to remove. New
+    releases of a project that was not stored are checked only if the project turns
+    out to be stored (or removed) by now."""
+    known = (old or {}).get("release_digests") or {}
+    return [key] + [d["_id"] for d in docs if not _is_project_doc(d)
+                    and (d.get("_deleted") or d.get("version") in known)]
 
 
 def _newer(stored_serial: int | None, serial: int | None) -> bool:
