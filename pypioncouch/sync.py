@@ -501,7 +501,8 @@ class XmlRpcImporter:
         self._advance()
 
     def _superseded(self, work: Work, summary: Summary) -> None:
-        log.info("{name}: a newer copy is stored; ours is dropped", name=work.key)
+        log.info("{name}: the stored copy is as new or newer; ours is dropped",
+                 name=work.key)
         summary.skipped += 1
         self._advance()
 
@@ -547,6 +548,9 @@ class XmlRpcImporter:
         serial = work.serial if answer.kind == "gone" else answer.serial
         if old is not None and _newer(old.get("last_serial"), serial):
             return None
+        if (answer.kind == "empty" and old is not None and not old.get("versions")
+                and old.get("last_serial") == serial and old.get("status") == answer.status):
+            return None  # e.g. a quarantined project, asked about again: nothing new
         old_digests = (old or {}).get("release_digests") or {}
         if answer.kind == "gone":
             deletions = [_tombstone(i, serial) for i in await self._release_ids(work.key)]

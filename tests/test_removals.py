@@ -205,3 +205,19 @@ def test_the_daemon_takes_the_removal_options(monkeypatch):
     assert options["confirm-removals"] and options["max-removals"] is None
     with pytest.raises(usage.UsageError, match="number of projects"):
         Options().parseOptions(["--couch", "http://127.0.0.1:9/", "--max-removals", "-3"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_quarantined_project_missing_from_the_index_is_kept_as_it_is(world):
+    """PyPI's /simple/ index leaves quarantined projects out: not a removal."""
+    w = world(projects=20, seed=37)
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(9))
+    w.index.quarantine(key)
+    await run_pass(w.importer())
+    before = await w.db.get(key)
+    assert before["status"] == "quarantined"
+    for _ in range(2):
+        summary = await run_pass(w.importer(changes="simple"))
+        assert (summary.deleted, summary.projects) == (0, 0), summary
+    assert (await w.db.get(key))["_rev"] == before["_rev"]

@@ -34,7 +34,7 @@ What it does not model: uploads through the upload API, sdists, user accounts an
 organizations (roles are plain names), vulnerabilities (always ``[]``), PEP 740
 provenance (always absent), archiving writes no journal row (as on PyPI), HTTP caching
 headers beyond ``Cache-Control`` and ``X-PyPI-Last-Serial``, and the 1-hour cache of
-``list_packages_with_serial`` (answers are always current).
+``list_packages_with_serial`` (answers are current unless the listing is frozen).
 """
 
 from __future__ import annotations
