@@ -44,25 +44,34 @@ def _blocking(coroutine_function, *args, **kwargs):
         reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
 
 
-def _importer(couch: str, pypi: str, db: str, concurrency: int, source: str,
-              changes: str) -> XmlRpcImporter:
+def _importer(couch: str, pypi: str, db: str, concurrency: int, **options) -> XmlRpcImporter:
     database = CouchDB(couch).database(db)
     return XmlRpcImporter(database, PyPI(pypi, concurrency=concurrency),
-                          concurrency=concurrency, source=source, changes=changes)
+                          concurrency=concurrency, **options)
 
 
 def import_all(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
-               source: str = "json", changes: str = "xmlrpc") -> Summary:
-    """Import all of PyPI into ``couch`` (a CouchDB URL, may carry user:password@)."""
+               source: str = "json", changes: str = "xmlrpc", max_removals: int | None = None,
+               confirm_removals: bool = False) -> Summary:
+    """Import all of PyPI into ``couch`` (a CouchDB URL, may carry user:password@).
+
+    A pass removes at most ``max_removals`` projects (default: 1 % of those stored or
+    100, whichever is larger); past that it removes none (``summary.held``, and
+    ``summary.held_reason`` says why) unless ``confirm_removals``."""
     async def run():
-        return await run_pass(_importer(couch, pypi, db, concurrency, source, changes),
-                              full=True)
+        return await run_pass(_importer(couch, pypi, db, concurrency, source=source,
+                                        changes=changes, max_removals=max_removals,
+                                        confirm_removals=confirm_removals), full=True)
     return _blocking(run)
 
 
 def update(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
-           source: str = "json", changes: str = "xmlrpc") -> Summary:
-    """Apply everything PyPI changed since the last import or update (one pass)."""
+           source: str = "json", changes: str = "xmlrpc", max_removals: int | None = None,
+           confirm_removals: bool = False) -> Summary:
+    """Apply everything PyPI changed since the last import or update (one pass);
+    removals as for :func:`import_all`."""
     async def run():
-        return await run_pass(_importer(couch, pypi, db, concurrency, source, changes))
+        return await run_pass(_importer(couch, pypi, db, concurrency, source=source,
+                                        changes=changes, max_removals=max_removals,
+                                        confirm_removals=confirm_removals))
     return _blocking(run)

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--changes", choices=("xmlrpc", "simple"), default="xmlrpc",
                         help="change feed: the XML-RPC changelog (default) or the "
                              "/simple/ index serials")
+    parser.add_argument("--max-removals", type=_count, default=None, metavar="N",
+                        help="remove at most N projects in one pass (default: 1%% of the "
+                             "stored projects or 100, whichever is larger); a pass that "
+                             "would remove more removes nothing")
+    parser.add_argument("--confirm-removals", action="store_true",
+                        help="remove what PyPI says is gone even past --max-removals")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for one answer (default 30)")
     parser.add_argument("--continuous", action="store_true",
@@ -58,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--version", action="version", version=f"pypioncouch {__version__}")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of projects")
+    return value
 
 
 def _log_warnings_to_stderr() -> None:
@@ -77,14 +93,17 @@ async def sync_command(reactor, args) -> int:
             progress.update(status.import_done, status.import_total)
 
     importer = XmlRpcImporter(db, pypi, concurrency=args.concurrency, source=args.source,
-                              changes=args.changes, progress=show)
+                              changes=args.changes, max_removals=args.max_removals,
+                              confirm_removals=args.confirm_removals, progress=show)
     try:
         summary = await run_pass(importer, full=bool(args.fullimport))
     finally:
         if progress is not None:
             progress.close()
     print(summary)
-    return 0 if not summary.pending else 3
+    if summary.held:  # removals held back: an operator has to look (the reason is above)
+        return 4
+    return 0 if not (summary.pending or summary.stale) else 3
 
 
 async def replicate_command(reactor, args) -> int:

@@ -127,8 +127,9 @@ def _check_payload(payload: Any) -> None:
 
 
 def release_document(normalized: str, name: str, version: str, files: list[dict],
-                     info: dict | None) -> dict:
-    """One release's document (without ``_rev``)."""
+                     info: dict | None, serial: int | None = None) -> dict:
+    """One release's document (without ``_rev``); ``serial`` is the project's serial
+    in the answer it comes from (a stored release is never replaced by older data)."""
     first = files[0] if files else {}
     uploaded = _earliest_upload(files)
     doc = {
@@ -145,6 +146,7 @@ def release_document(normalized: str, name: str, version: str, files: list[dict]
             "requires_python"),
         "upload_time": upload_time_list(uploaded),
         "upload_time_iso_8601": uploaded,
+        "last_serial": serial,
     }
     if info is not None:
         doc["info"] = info
@@ -166,7 +168,8 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     if latest not in releases:  # a version route answer, or PyPI hid it: keep what we have
         releases[latest] = list(payload.get("urls") or [])
     release_docs = [release_document(normalized, name, version, files,
-                                     info if version == latest else None)
+                                     info if version == latest else None,
+                                     payload.get("last_serial"))
                     for version, files in releases.items()]
     versions = sorted(releases, key=version_sort_key)
     info_without_description = {k: v for k, v in info.items() if k != "description"}
@@ -194,14 +197,16 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
 
 def release_digests(doc: dict) -> list[str | None]:
     """``[digest of the files part, digest of info or None]`` of a release document."""
+    # Not the serial: a release PyPI did not change is not rewritten for a new serial.
     files_part = {k: v for k, v in doc.items() if k not in ("_id", "_rev", "info",
-                                                            "requires_dist")}
+                                                            "requires_dist", "last_serial")}
     return [_digest(files_part), _digest(doc["info"]) if "info" in doc else None]
 
 
 def release_needs_write(new_digests: list, old_digests: list | None) -> bool:
     """Whether a release differs from its stored copy, by their digests
-    (``release_digests`` of the new document, and the project document's record)."""
+    (``release_digests`` of the new document, and the project document's record;
+    None there means unknown: a concurrent writer's copy may be stored)."""
     if old_digests is None:
         return True
     if new_digests[0] != old_digests[0]:

@@ -47,12 +47,18 @@ class Options(usage.Options):
         ["timeout", None, 30.0, "seconds to wait for one answer from PyPI", float],
         ["max-lag", None, 600.0, "seconds behind PyPI (or --upstream) before /health "
          "answers 503", float],
+        ["max-removals", None, None, "remove at most this many projects in one pass "
+         "(default: 1% of the stored projects or 100, whichever is larger); a pass that "
+         "would remove more removes nothing and /health answers 503 until the listing "
+         "recovers or --confirm-removals", int],
         ["upstream", None, None, "with --no-sync: the CouchDB database URL this replica "
          "replicates from (e.g. https://user:pass@primary:5984/pypi); /health and /status "
          "report the lag behind it"],
     ]
     optFlags = [
         ["no-sync", None, "serve a replica: do not talk to PyPI"],
+        ["confirm-removals", None, "remove what PyPI says is gone even past "
+         "--max-removals (start with it once, after checking /status)"],
     ]
 
     def __init__(self):
@@ -61,8 +67,10 @@ class Options(usage.Options):
             value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"))
             if value is not None:
                 self[name] = coerce[0](value) if coerce else value
-        if os.environ.get("PYPIONCOUCH_NO_SYNC", "").lower() in ("1", "true", "yes"):
-            self["no-sync"] = True
+        for flag in ("no-sync", "confirm-removals"):
+            variable = "PYPIONCOUCH_" + flag.upper().replace("-", "_")
+            if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+                self[flag] = True
 
     def postOptions(self) -> None:
         if not self["couch"]:
@@ -83,6 +91,8 @@ class Options(usage.Options):
             raise usage.UsageError("--interval must be a positive number of seconds")
         if not 1 <= self["concurrency"] <= 100:
             raise usage.UsageError("--concurrency must be between 1 and 100")
+        if self["max-removals"] is not None and self["max-removals"] < 0:
+            raise usage.UsageError("--max-removals is a number of projects (0 or more)")
         if self["changes"] not in ("xmlrpc", "simple"):
             raise usage.UsageError("--changes is xmlrpc or simple")
         if self["source"] not in ("json", "xmlrpc"):
@@ -165,7 +175,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
         pypi = PyPI(options["pypi"], reactor=reactor, concurrency=options["concurrency"],
                     timeout=options["timeout"])
         importer = XmlRpcImporter(db, pypi, status=status, concurrency=options["concurrency"],
-                                  source=options["source"], changes=options["changes"])
+                                  source=options["source"], changes=options["changes"],
+                                  max_removals=options["max-removals"],
+                                  confirm_removals=bool(options["confirm-removals"]))
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
     upstream = None

@@ -40,6 +40,7 @@ class SyncStatus:
     couch_checked_at: float | None = None
     caught_up_at: float | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    removals_held: str | None = None  # why the last pass removed nothing (too many)
 
     def note_error(self, message: str, kind: str = "sync") -> None:
         self.last_error, self.last_error_at = message, time.time()

@@ -14,6 +14,18 @@ Rules (reference §5, DESIGN.md "Quality bars"):
   ``pending`` and retried on the next pass: nothing acknowledged is lost.
 - Work flows through bounded queues: CouchDB reads in batches, ``concurrency``
   fetchers, one writer doing ``_bulk_docs`` in batches; memory stays bounded.
+- *Removals* happen only on PyPI's word about that project: a ``remove project``
+  changelog row, or 404 from both its JSON API and its Simple page when asked by
+  name. A stored project missing from a listing is asked about by name, never
+  removed for its absence. A pass that would remove more than :func:`removal_limit`
+  projects removes nothing, says why (log, /status, /health) and holds until the
+  listing recovers or an operator confirms (``confirm_removals``).
+- A listing older than the checkpoint (a stale CDN copy) is ignored: nothing is
+  written or removed from it, and the checkpoint never moves backwards.
+- *Writes never move backwards*: a stored project or release (or the tombstone of a
+  removed one) is replaced only by data whose serial is at least its own, so two
+  syncing daemons on one database, or a stale answer arriving late, cannot put old
+  data over new.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from pypioncouch import couchapp, model
-from pypioncouch.couch import Database
+from pypioncouch.couch import Conflict, Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
     MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
@@ -38,6 +50,17 @@ log = Logger()
 CHECKPOINT = "pypioncouch-sync"
 CONFLICT_ROUNDS = 3
 WRITERS = 2
+MIN_REMOVAL_LIMIT = 100  # a pass may always remove this many projects (or 1 % of them)
+CONFIRM_HINT = ("run one pass with --confirm-removals (Python: confirm_removals=True), "
+                "or raise --max-removals")
+
+
+def removal_limit(projects: int, max_removals: int | None = None) -> int:
+    """How many projects one pass may remove: ``max_removals`` when given, else 1 % of
+    the ``projects`` stored or 100, whichever is larger."""
+    if max_removals is not None:
+        return max_removals
+    return max(MIN_REMOVAL_LIMIT, projects // 100)
 
 
 class Work(NamedTuple):
@@ -46,6 +69,7 @@ class Work(NamedTuple):
     key: str  # normalized name
     name: str  # as PyPI spelled it
     serial: int | None
+    removed: bool = False  # the changelog says PyPI removed it (at ``serial``)
 
 
 @dataclass
@@ -59,6 +83,9 @@ class Summary:
     skipped: int = 0  # already up to date
     serial: int | None = None  # the checkpoint after the pass
     pending: int = 0  # projects left for the next pass
+    held: int = 0  # removals held back: more than a pass may remove
+    held_reason: str | None = None
+    stale: str | None = None  # why the listing was ignored (older than the checkpoint)
     errors: list[str] = field(default_factory=list)
     duration: float = 0.0
 
@@ -69,6 +96,10 @@ class Summary:
                 f"{self.duration:.1f}s ({rate:.0f} projects/s)")
         if self.pending:
             text += f"; {self.pending} pending for the next pass"
+        if self.held_reason:
+            text += f"; {self.held_reason}"
+        if self.stale:
+            text += f"; {self.stale}"
         return text
 
 
@@ -77,13 +108,15 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     Names that are not projects (``user:...``, empty) are skipped."""
     works: dict[str, Work] = {}
     for row in rows:
-        name, serial = row[0], row[4]
+        name, version, action, serial = row[0], row[1], row[3], row[4]
         if not name or name.startswith("user:") or not model.is_valid_project_name(name):
             continue
         key = model.normalize(name)
         current = works.get(key)
         if current is None or serial >= (current.serial or 0):
-            works[key] = Work(key, name, serial)
+            # Warehouse's "remove project"; before 2018, "remove" without a version.
+            removed = action == "remove project" or (action == "remove" and version is None)
+            works[key] = Work(key, name, serial, removed)
     return works
 
 
@@ -105,12 +138,15 @@ class XmlRpcImporter:
 
     def __init__(self, db: Database, pypi: PyPI, *, status: SyncStatus | None = None,
                  concurrency: int = 10, batch_size: int = 100, source: str = "json",
-                 changes: str = "xmlrpc",
+                 changes: str = "xmlrpc", max_removals: int | None = None,
+                 confirm_removals: bool = False,
                  progress: Callable[[SyncStatus], None] | None = None):
         if source not in ("json", "xmlrpc"):
             raise ValueError("source is 'json' or 'xmlrpc'")
         if changes not in ("xmlrpc", "simple"):
             raise ValueError("changes is 'xmlrpc' or 'simple'")
+        if max_removals is not None and max_removals < 0:
+            raise ValueError("max_removals is a number of projects (0 or more)")
         self.db = db
         self.pypi = pypi
         self.status = status or SyncStatus(pypi_url=pypi.display_url,
@@ -119,6 +155,8 @@ class XmlRpcImporter:
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.source = source
+        self.max_removals = max_removals
+        self.confirm_removals = confirm_removals
         self.progress = progress or (lambda status: None)
         self._checkpoint_rev: str | None = None
 
@@ -135,14 +173,26 @@ class XmlRpcImporter:
         return checkpoint
 
     async def save_checkpoint(self, serial: int, pending: dict[str, int | None]) -> None:
-        doc = {"serial": serial, "pending": pending, "pypi": self.pypi.display_url,
-               "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if self._checkpoint_rev is None:
             existing = await self.db.get_local(CHECKPOINT)
             self._checkpoint_rev = existing.get("_rev") if existing else None
-        if self._checkpoint_rev:
-            doc["_rev"] = self._checkpoint_rev
-        self._checkpoint_rev = await self.db.put_local(CHECKPOINT, doc)
+        for _ in range(CONFLICT_ROUNDS):
+            doc = {"serial": serial, "pending": pending, "pypi": self.pypi.display_url,
+                   "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if self._checkpoint_rev:
+                doc["_rev"] = self._checkpoint_rev
+            try:
+                self._checkpoint_rev = await self.db.put_local(CHECKPOINT, doc)
+                break
+            except Conflict:
+                # Another writer on this database saved meanwhile: never move its
+                # serial backwards, and keep what either of us has still to do.
+                theirs = await self.db.get_local(CHECKPOINT) or {}
+                self._checkpoint_rev = theirs.get("_rev")
+                serial = max(serial, theirs.get("serial") or serial)
+                pending = {**(theirs.get("pending") or {}), **pending}
+        else:
+            raise Conflict("the checkpoint kept changing under us (other writers)")
         self.status.note_serials(our_serial=serial)
         self.status.pending = len(pending)
 
@@ -158,31 +208,42 @@ class XmlRpcImporter:
         started = time.monotonic()
         summary = Summary(kind="full import")
         self.status.phase = "full import"
+        checkpoint = await self.load_checkpoint()
         if self.status.changes_source == "simple":
             baseline, listing = await self.pypi.simple_index()
         else:
             baseline = await self.pypi.changelog_last_serial()  # before listing: §5
             listing = await self.pypi.list_packages_with_serial()
+        pending = dict((checkpoint or {}).get("pending") or {})
+        if self._is_stale(baseline, checkpoint, summary):
+            return self._finish(summary, checkpoint["serial"], pending, started)
         self.status.note_serials(pypi_serial=baseline)
         works = sorted((Work(model.normalize(name), name, serial)
                         for name, serial in listing.items()
                         if model.is_valid_project_name(name)), key=lambda w: w.key)
         del listing
         self.status.import_total, self.status.import_done = len(works), 0
-        checkpoint = await self.load_checkpoint()
-        pending = dict((checkpoint or {}).get("pending") or {})
         had_documents = (await self.db.info())["doc_count"] > 1  # more than the design doc
-        failures = await self.sync(works, summary)
+        removals: list = []
+        failures = await self.sync(works, summary, removals)
         listed = {w.key for w in works}
         del works
-        # A project PyPI no longer lists is gone (reference §5), e.g. removed between
-        # an interrupted import and this one, whose baseline is past the removal.
-        # Into an empty database there is nothing to sweep (and no view to build).
+        # A stored project the listing lacks may have been removed, e.g. between an
+        # interrupted import and this one: ask PyPI about it by name (reference §5).
+        # Into an empty database there is nothing to ask about (and no view to build).
+        trusted = True
         if had_documents:
-            await self.sweep(listed, summary, failures)
+            trusted = await self.sweep(listed, summary, failures, removals)
+        await self.settle_removals(removals, summary, failures)
         failures.update({k: s for k, s in pending.items() if k not in listed})
-        await self.save_checkpoint(baseline, failures)
-        return self._finish(summary, baseline, failures, started)
+        if trusted:
+            await self.save_checkpoint(baseline, failures)
+            return self._finish(summary, baseline, failures, started)
+        # The listing hid projects: the ones it hid may have changed unseen, so the
+        # checkpoint does not move (with none yet, the next pass imports again).
+        if checkpoint is not None:
+            await self.save_checkpoint(checkpoint["serial"], failures)
+        return self._finish(summary, (checkpoint or {}).get("serial"), failures, started)
 
     async def update(self) -> Summary:
         """One incremental pass: everything PyPI changed since the checkpoint.
@@ -196,6 +257,8 @@ class XmlRpcImporter:
         serial = checkpoint["serial"]
         pending: dict = dict(checkpoint.get("pending") or {})
         while True:
+            removals: list = []
+            failures: dict = {}
             if self.status.changes_source == "xmlrpc":
                 try:
                     rows, new_serial, more = await self._changelog_page(serial)
@@ -204,12 +267,14 @@ class XmlRpcImporter:
                     continue
                 works = group_changelog(rows)
             else:
-                works, new_serial = await self._simple_changes(serial, summary)
+                works, new_serial = await self._simple_changes(
+                    serial, summary, failures, removals)
                 more = False
             for key, wanted in pending.items():
                 if key not in works:
                     works[key] = Work(key, key, wanted)
-            failures = await self.sync(sorted(works.values()), summary)
+            failures.update(await self.sync(sorted(works.values()), summary, removals))
+            await self.settle_removals(removals, summary, failures)
             await self.save_checkpoint(new_serial, failures)
             serial, pending = new_serial, failures
             if not more:
@@ -228,29 +293,101 @@ class XmlRpcImporter:
         # PyPI caps an answer (50,000 rows): page on until its last serial is reached.
         return rows, rows[-1][4], rows[-1][4] < last
 
-    async def _simple_changes(self, serial: int, summary: Summary
-                              ) -> tuple[dict[str, Work], int]:
+    async def _simple_changes(self, serial: int, summary: Summary, failures: dict,
+                              removals: list) -> tuple[dict[str, Work], int]:
         current, index = await self.pypi.simple_index()
+        if self._is_stale(current, {"serial": serial}, summary):
+            return {}, serial
         self.status.note_serials(pypi_serial=current)
         works = {}
         for name, last in index.items():
             if last is not None and last > serial and model.is_valid_project_name(name):
                 key = model.normalize(name)
                 works[key] = Work(key, name, last)
-        # The index has no removal rows: a project it no longer lists is gone.
-        failures: dict = {}
-        await self.sweep({model.normalize(name) for name in index}, summary, failures)
-        works.update({k: Work(k, k, s) for k, s in failures.items()})
+        listed = {model.normalize(name) for name in index}
+        del index
+        # The index has no removal rows: ask about the stored projects it lacks.
+        if not await self.sweep(listed, summary, failures, removals):
+            return works, serial  # what it hid may have changed: do not move past it
         return works, max(serial, current or serial)
 
-    async def sweep(self, listed: set[str], summary: Summary, failures: dict) -> None:
-        """Delete the stored projects that are not in ``listed`` (PyPI's listing)."""
-        strays = [row["id"] async for row in couchapp.all_projects(self.db)
-                  if row["id"] not in listed]
-        for chunk in _chunks(strays, self.batch_size):
-            stored = await self._stored_projects(chunk)
-            await self._write([(Work(key, key, None), stored.get(key), ProjectAnswer(key, "gone"))
-                               for key in chunk], failures, summary)
+    def _is_stale(self, listed_serial: int | None, checkpoint: dict | None,
+                  summary: Summary) -> bool:
+        """Whether a listing is older than the checkpoint (a stale copy): then nothing
+        is written or removed from it."""
+        ours = (checkpoint or {}).get("serial")
+        if listed_serial is None or ours is None or listed_serial >= ours:
+            return False
+        summary.stale = (f"the listing from {self.pypi.display_url} is older than our "
+                         f"checkpoint (serial {listed_serial} < {ours}): nothing written "
+                         "or removed from it")
+        log.warn("{why}", why=summary.stale)
+        self.status.note_error(summary.stale, "stale")
+        return True
+
+    async def sweep(self, listed: set[str], summary: Summary, failures: dict,
+                    removals: list) -> bool:
+        """Ask PyPI by name about every stored project missing from ``listed`` (PyPI's
+        listing): those it says are gone join ``removals``, the others are refreshed.
+
+        A listing that lacks more stored projects than a pass may remove is not
+        believed (cut short by a proxy, a broken CDN node, a bug upstream): nobody is
+        asked, the removals are held (see :meth:`hold_removals`), and False is
+        returned."""
+        total = await couchapp.count(self.db, "name", timeout=3600)
+        limit = removal_limit(total, self.max_removals)
+        strays: list[Work] = []
+        missing = 0
+        async for row in couchapp.all_projects(self.db):
+            if row["id"] in listed:
+                continue
+            missing += 1
+            if missing <= limit or self.confirm_removals:  # bounded: at most the limit
+                strays.append(Work(row["id"], row["value"][0] or row["id"], None))
+        if missing > limit and not self.confirm_removals:
+            self.hold_removals(summary, missing, (
+                f"the listing from {self.pypi.display_url} lacks {missing} of the "
+                f"{total} stored projects, more than the {limit} one pass may remove: "
+                "removed nothing and asked about none of them; this clears when the "
+                f"listing recovers, or {CONFIRM_HINT}"))
+            return False
+        if strays:
+            log.info("{count} stored projects are not in PyPI's listing: asking about "
+                     "each by name", count=len(strays))
+            failures.update(await self.sync(strays, summary, removals))
+        return True
+
+    async def settle_removals(self, removals: list, summary: Summary,
+                              failures: dict) -> None:
+        """Remove the projects PyPI said are gone in this pass, unless they are more
+        than a pass may remove: then remove none, keep them pending (asked again on
+        every pass) and say why."""
+        if not removals:
+            return
+        wanted = len(removals) + summary.deleted
+        limit = removal_limit(0, self.max_removals)
+        if self.max_removals is None and wanted > limit:
+            limit = removal_limit(await couchapp.count(self.db, "name", timeout=3600))
+        if wanted > limit and not self.confirm_removals:
+            self.hold_removals(summary, len(removals), (
+                f"PyPI says {len(removals)} projects are gone, more than the {limit} one "
+                f"pass may remove: removed nothing, kept them pending; {CONFIRM_HINT}"))
+            for work, _ in removals:
+                failures[work.key] = work.serial
+                self._advance()
+            return
+        if wanted > limit:
+            log.warn("removing {count} projects PyPI says are gone (confirmed)",
+                     count=len(removals))
+        for chunk in _chunks(removals, self.batch_size):
+            await self._write([(work, old, ProjectAnswer(work.key, "gone", serial=work.serial))
+                               for work, old in chunk], failures, summary)
+
+    def hold_removals(self, summary: Summary, count: int, reason: str) -> None:
+        summary.held += count
+        summary.held_reason = reason
+        self.status.removals_held = reason
+        log.warn("{reason}", reason=reason)
 
     def _fall_back_to_simple(self, gone: MethodGone) -> None:
         message = ("PyPI no longer serves the XML-RPC changelog "
@@ -260,6 +397,8 @@ class XmlRpcImporter:
         self.status.changes_source = "simple"
 
     def _finish(self, summary: Summary, serial, pending: dict, started: float) -> Summary:
+        if not summary.stale:  # a pass that judged a listing, or PyPI's answers
+            self.status.removals_held = summary.held_reason
         summary.serial = serial
         summary.pending = len(pending)
         summary.duration = time.monotonic() - started
@@ -269,10 +408,17 @@ class XmlRpcImporter:
 
     # -- the pipeline ----------------------------------------------------------------
 
-    async def sync(self, works: Iterable[Work], summary: Summary) -> dict[str, int | None]:
+    async def sync(self, works: Iterable[Work], summary: Summary,
+                   removals: list | None = None) -> dict[str, int | None]:
         """Bring every project of ``works`` up to date. Returns the ones that failed
-        (``{normalized name: serial}``), to be retried on the next pass."""
+        (``{normalized name: serial}``), to be retried on the next pass.
+
+        Stored projects PyPI says are gone are appended to ``removals`` as
+        ``(work, stored project)``, for :meth:`settle_removals` to remove once the
+        whole pass is known (without ``removals``, they are settled here)."""
         failures: dict[str, int | None] = {}
+        settle_here = removals is None
+        removals = [] if removals is None else removals
         to_fetch = BoundedQueue(self.concurrency * 2)
         to_write = BoundedQueue(self.batch_size * 2)
         fetchers = self.concurrency
@@ -283,7 +429,8 @@ class XmlRpcImporter:
                 for work in chunk:
                     old = stored.get(work.key)
                     if (old is not None and work.serial is not None
-                            and (old.get("last_serial") or -1) >= work.serial):
+                            and (old.get("last_serial") or -1) >= work.serial
+                            and not _needs_repair(old)):
                         summary.skipped += 1
                         self._advance()
                         continue
@@ -295,7 +442,10 @@ class XmlRpcImporter:
             while (item := await to_fetch.get()) is not None:
                 work, old = item
                 try:
-                    answer = await self._ask_pypi(work)
+                    if work.removed:  # the changelog's word: no need to ask
+                        answer = ProjectAnswer(work.key, "gone", serial=work.serial)
+                    else:
+                        answer = await self._ask_pypi(work)
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
@@ -306,6 +456,11 @@ class XmlRpcImporter:
                     log.failure("{name}: unexpected error", name=work.key)
                     self._failed(work, f"unexpected {type(error).__name__}: {error}",
                                  failures, summary, "bug")
+                    continue
+                if answer.kind == "gone" and old is not None:
+                    # Counted before any is removed; only what a removal needs is kept.
+                    removals.append((work, {k: old.get(k) for k in ("_id", "_rev",
+                                                                    "last_serial")}))
                     continue
                 await to_write.put((work, old, answer))
 
@@ -329,6 +484,8 @@ class XmlRpcImporter:
                     await self._write(batch, failures, summary)
 
         await run_together(read(), fetch_all(), *(write() for _ in range(WRITERS)))
+        if settle_here:
+            await self.settle_removals(removals, summary, failures)
         return failures
 
     def _advance(self) -> None:
@@ -341,6 +498,12 @@ class XmlRpcImporter:
         failures[work.key] = work.serial
         summary.errors.append(f"{work.key}: {cause}")
         self.status.note_error(f"{work.key}: {cause}", kind)
+        self._advance()
+
+    def _superseded(self, work: Work, summary: Summary) -> None:
+        log.info("{name}: the stored copy is as new or newer; ours is dropped",
+                 name=work.key)
+        summary.skipped += 1
         self._advance()
 
     async def _ask_pypi(self, work: Work) -> ProjectAnswer:
@@ -359,22 +522,41 @@ class XmlRpcImporter:
         answer = await self.db.all_docs(keys=keys, include_docs=True)
         return {row["key"]: row["doc"] for row in answer["rows"] if row.get("doc")}
 
+    async def _stored_states(self, ids: list[str]) -> dict[str, tuple[str, dict | None]]:
+        """``{id: (rev, document, or None for a tombstone)}`` of the stored ``ids``."""
+        if not ids:
+            return {}
+        rows = (await self.db.all_docs(keys=ids, include_docs=True))["rows"]
+        return {row["key"]: (row["value"]["rev"], row.get("doc")) for row in rows
+                if (row.get("value") or {}).get("rev")}
+
+    async def _tombstone_serial(self, docid: str, rev: str) -> int | None:
+        """The serial a removal was written at (None if it did not say)."""
+        tombstone = await self.db.get_or_none(docid, rev=rev)
+        return (tombstone or {}).get("last_serial")
+
     async def _release_ids(self, key: str) -> list[str]:
         start, end = model.release_id_range(key)
         answer = await self.db.all_docs(startkey=start, endkey=end)
         return [row["id"] for row in answer["rows"]]
 
     async def _plan(self, work: Work, old: dict | None, answer: ProjectAnswer
-                    ) -> tuple[list[dict], list[str], int]:
-        """``(documents to write, release ids whose stored copy is needed, releases)``
-        for one project. Raises :class:`model.BadPayload` for a malformed answer."""
+                    ) -> tuple[list[dict], int] | None:
+        """``(documents to write, releases written)`` for one project, or None when
+        the stored copy is newer than the answer. Raises :class:`model.BadPayload` for
+        a malformed answer."""
+        serial = work.serial if answer.kind == "gone" else answer.serial
+        if old is not None and _newer(old.get("last_serial"), serial):
+            return None
+        if (answer.kind == "empty" and old is not None and not old.get("versions")
+                and old.get("last_serial") == serial and old.get("status") == answer.status):
+            return None  # e.g. a quarantined project, asked about again: nothing new
         old_digests = (old or {}).get("release_digests") or {}
         if answer.kind == "gone":
-            ids = await self._release_ids(work.key)
-            deletions = [{"_id": i, "_deleted": True} for i in ids]
+            deletions = [_tombstone(i, serial) for i in await self._release_ids(work.key)]
             if old is not None:
-                deletions.append({"_id": work.key, "_rev": old["_rev"], "_deleted": True})
-            return deletions, ids, 0
+                deletions.append({**_tombstone(work.key, serial), "_rev": old["_rev"]})
+            return deletions, 0
         if answer.kind == "empty":
             name = (old or {}).get("name") or work.name
             project = model.empty_project_document(name, answer.serial, answer.status)
@@ -397,58 +579,67 @@ class XmlRpcImporter:
         if old is not None:
             project["_rev"] = old["_rev"]
             model.keep_attachments(project, old)
-        deletions = [{"_id": i, "_deleted": True} for i in gone_ids]
-        # Stored copies: for revisions, and for the info of releases no longer latest.
-        needed = [r["_id"] for r in changed if r["version"] in old_digests] + gone_ids
-        return changed + deletions + [project], needed, len(changed)
+        deletions = [_tombstone(i, answer.serial) for i in gone_ids]
+        return changed + deletions + [project], len(changed)
 
     async def _write(self, batch: list, failures: dict, summary: Summary) -> None:
         plans = []
-        needed: list[str] = []
+        lookup: list[str] = []
         for work, old, answer in batch:
             try:
-                docs, wanted, releases = await self._plan(work, old, answer)
+                planned = await self._plan(work, old, answer)
             except model.BadPayload as error:
                 self._failed(work, f"malformed answer from PyPI: {error}", failures, summary,
                              "payload")
                 continue
-            plans.append((work, answer, docs, releases))
-            needed += wanted
-        stored = {}
-        if needed:
-            rows = (await self.db.all_docs(keys=needed, include_docs=True))["rows"]
-            stored = {row["key"]: row["doc"] for row in rows if row.get("doc")}
-        for _, _, plan_docs, _ in plans:
-            for doc in plan_docs:
-                previous = stored.get(doc["_id"])
-                if previous is not None:
-                    doc["_rev"] = previous["_rev"]
-                    if (doc.get("type") == model.RELEASE and "info" not in doc
-                            and "info" in previous):
-                        doc["info"] = previous["info"]
-                        doc["requires_dist"] = previous.get("requires_dist", [])
+            if planned is None:
+                self._superseded(work, summary)
+                continue
+            plans.append((work, old, answer, *planned))
+            lookup += _ids_to_check(work.key, planned[0], old)
+        # What is stored now (or the tombstone of what was removed) may be newer than
+        # these answers: another writer may have been faster.
+        states = await self._stored_states(lookup)
+        states.update(await self._stored_states(
+            [d["_id"] for work, old, _, docs, _ in plans if old is None and work.key in states
+             for d in docs if d["_id"] not in states]))
+        ready = []
+        for work, old, answer, plan_docs, releases in plans:
+            docs = await self._settle_revisions(plan_docs, states, old)
+            if docs is None:
+                self._superseded(work, summary)
+            else:
+                ready.append((work, old, answer, docs, releases))
         # Releases first, then the project documents of the projects whose releases
         # all landed: a stored project's last_serial always covers its releases.
-        rejected = await self._bulk_write(
-            [d for plan in plans for d in plan[2] if not _is_project_doc(d)])
+        rejected, superseded = await self._bulk_write(
+            [d for plan in ready for d in plan[3] if not _is_project_doc(d)])
         landed = []
-        for work, answer, plan_docs, releases in plans:
-            problems = [rejected[d["_id"]] for d in plan_docs if d["_id"] in rejected]
-            if problems:
+        for work, old, answer, plan_docs, releases in ready:
+            ids = {d["_id"] for d in plan_docs}
+            problems = [rejected[i] for i in ids if i in rejected]
+            if ids & superseded.keys():
+                await self._repair(work, plan_docs, rejected, superseded, failures, summary)
+            elif problems:
                 self._failed(work, f"CouchDB refused a document: {problems[0]}",
                              failures, summary, "couchdb")
             else:
-                landed.append((work, answer, plan_docs, releases))
-        rejected = await self._bulk_write(
-            [d for plan in landed for d in plan[2] if _is_project_doc(d)])
-        for work, answer, plan_docs, releases in landed:
+                landed.append((work, old, answer, plan_docs, releases))
+        rejected, superseded = await self._bulk_write(
+            [d for plan in landed for d in plan[3] if _is_project_doc(d)],
+            bases={plan[0].key: plan[1] for plan in landed})
+        for work, old, answer, plan_docs, releases in landed:
+            if work.key in superseded:
+                await self._repair(work, plan_docs, rejected, superseded, failures, summary)
+                continue
             if work.key in rejected:
                 self._failed(work, f"CouchDB refused a document: {rejected[work.key]}",
                              failures, summary, "couchdb")
                 continue
             if answer.kind == "gone":
-                summary.deleted += 1 if plan_docs else 0
-                self.status.projects_deleted += 1 if plan_docs else 0
+                removed = any(_is_project_doc(d) for d in plan_docs)
+                summary.deleted += removed
+                self.status.projects_deleted += removed
             else:
                 summary.projects += 1
                 summary.releases += releases
@@ -456,11 +647,87 @@ class XmlRpcImporter:
             self.status.documents_written += len(plan_docs)
             self._advance()
 
-    async def _bulk_write(self, docs: list[dict]) -> dict[str, str]:
+    async def _settle_revisions(self, docs: list[dict], states: dict, old: dict | None
+                                ) -> list[dict] | None:
+        """``docs`` with the revisions they replace, or None if anything stored (or
+        removed) is newer than them. Removals of what is not stored are dropped."""
+        settled = []
+        for doc in docs:
+            state = states.get(doc["_id"])
+            if _is_project_doc(doc) and old is not None:
+                # Planned against ``old`` (its _rev is set): a write since then
+                # conflicts, unless what is stored now is newer.
+                if state is not None and state[1] is not None and _newer(
+                        state[1].get("last_serial"), doc.get("last_serial")):
+                    return None
+                if state is not None and state[1] is None and not doc.get("_deleted") and \
+                        _newer(await self._tombstone_serial(doc["_id"], state[0]),
+                               doc.get("last_serial")):
+                    return None
+                settled.append(doc)
+                continue
+            if state is None:
+                if not doc.get("_deleted"):
+                    settled.append(doc)
+                continue
+            rev, stored = state
+            if stored is None:  # a tombstone: the removal may be newer than our data
+                if doc.get("_deleted"):
+                    continue
+                if _newer(await self._tombstone_serial(doc["_id"], rev), doc["last_serial"]):
+                    return None
+                doc["_rev"] = rev
+            elif _newer(stored.get("last_serial"), doc.get("last_serial")):
+                return None
+            elif not _is_project_doc(doc):  # a new project over a live one: a conflict
+                doc["_rev"] = rev
+                _keep_info(doc, stored)
+            settled.append(doc)
+        return settled
+
+    async def _repair(self, work: Work, docs: list[dict], rejected: dict, superseded: dict,
+                      failures: dict, summary: Summary) -> None:
+        """A newer copy was stored while this (older) one was being written. Releases of
+        ours that landed anyway are not what the stored project describes: mark their
+        digests unknown there (the next sync rewrites them) and fetch it again."""
+        ours = [d for d in docs if not _is_project_doc(d) and not d.get("_deleted")
+                and d["_id"] not in rejected and d["_id"] not in superseded]
+        for _ in range(CONFLICT_ROUNDS if ours else 0):
+            current = await self.db.get_or_none(work.key)
+            digests = (current or {}).get("release_digests") or {}
+            orphans = [d for d in ours if d["version"] not in digests]
+            if orphans:  # releases the newer copy does not have (or no project at all)
+                await self._bulk_write([_tombstone(d["_id"], d["last_serial"])
+                                        for d in orphans])
+                ours = [d for d in ours if d not in orphans]
+            if current is None:
+                break
+            marked = {d["version"] for d in ours if d["version"] in digests
+                      and digests[d["version"]] != model.release_digests(d)}
+            if not marked:
+                break
+            current["release_digests"] = {v: None if v in marked else digest
+                                          for v, digest in digests.items()}
+            results = await self.db.bulk_docs([current])
+            if results[0].ok:
+                log.warn("{name}: a newer copy was stored meanwhile; {count} releases "
+                         "will be fetched again", name=work.key, count=len(marked))
+                failures[work.key] = current.get("last_serial")
+                break
+        self._superseded(work, summary)
+
+    async def _bulk_write(self, docs: list[dict], bases: dict | None = None
+                          ) -> tuple[dict[str, str], dict[str, dict | None]]:
         """Write ``docs``, settling conflicts with the stored revision (we own these
-        documents; a conflict means an interrupted earlier write or the OPML watcher's
-        attachment). Returns ``{id: reason}`` for documents that could not be written."""
+        documents; a conflict means an interrupted earlier write, the OPML watcher's
+        attachment, or another writer). A document never replaces a newer one.
+
+        ``bases`` gives, for project documents, the stored copy they were planned
+        against. Returns ``({id: reason} not written, {id: newer stored copy or None
+        for a newer removal} dropped as older)``."""
         rejected: dict[str, str] = {}
+        superseded: dict[str, dict | None] = {}
+        bases = bases or {}
         pending = docs
         for _ in range(CONFLICT_ROUNDS):
             if not pending:
@@ -474,25 +741,78 @@ class XmlRpcImporter:
                     conflicted.append(doc)
                 else:
                     rejected[doc["_id"]] = f"{result.error}: {result.reason}"
-            if not conflicted:
-                return rejected
-            rows = (await self.db.all_docs(keys=[d["_id"] for d in conflicted],
-                                           include_docs=True))["rows"]
-            current = {row["key"]: row for row in rows}
             pending = []
+            states = await self._stored_states([d["_id"] for d in conflicted])
             for doc in conflicted:
-                row = current.get(doc["_id"], {})
-                rev = (row.get("value") or {}).get("rev")
-                if row.get("doc") is None and doc.get("_deleted"):
-                    continue  # already gone
+                rev, stored = states.get(doc["_id"], (None, None))
+                serial = doc.get("last_serial")
+                if stored is None:  # removed meanwhile (or never stored)
+                    if doc.get("_deleted"):
+                        continue  # already gone
+                    if rev and _newer(await self._tombstone_serial(doc["_id"], rev), serial):
+                        superseded[doc["_id"]] = None
+                        continue
+                elif _newer(stored.get("last_serial"), serial):
+                    superseded[doc["_id"]] = stored
+                    continue
+                elif (_is_project_doc(doc) and not doc.get("_deleted")
+                      and not _same_project(stored, bases.get(doc["_id"]))):
+                    # Another writer stored an older or equal copy meanwhile: its
+                    # releases may differ from what this plan assumed. Next pass.
+                    rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
+                    continue
                 if rev:
                     doc["_rev"] = rev
-                    if doc.get("type") == model.PROJECT:
-                        model.keep_attachments(doc, row.get("doc"))
+                else:
+                    doc.pop("_rev", None)
+                if stored is not None and not doc.get("_deleted"):
+                    if _is_project_doc(doc):
+                        model.keep_attachments(doc, stored)
+                    _keep_info(doc, stored)
                 pending.append(doc)
         for doc in pending:
             rejected[doc["_id"]] = "conflict"
-        return rejected
+        return rejected, superseded
+
+
+def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
+    """The documents of a plan whose stored state must be read before writing: the
+    project, the releases it had (for their revisions) and those to remove. New
+    releases of a project that was not stored are checked only if the project turns
+    out to be stored (or removed) by now."""
+    known = (old or {}).get("release_digests") or {}
+    return [key] + [d["_id"] for d in docs if not _is_project_doc(d)
+                    and (d.get("_deleted") or d.get("version") in known)]
+
+
+def _newer(stored_serial: int | None, serial: int | None) -> bool:
+    """Whether data stored at ``stored_serial`` is newer than data at ``serial``
+    (unknown serials compare as not newer: documents written before serials were)."""
+    return stored_serial is not None and serial is not None and stored_serial > serial
+
+
+def _tombstone(docid: str, serial: int | None) -> dict:
+    """A removal that says when it happened, so older data cannot bring it back."""
+    return {"_id": docid, "_deleted": True, "last_serial": serial}
+
+
+def _keep_info(doc: dict, stored: dict) -> None:
+    """A release no longer PyPI's latest keeps the ``info`` it had as the latest."""
+    if doc.get("type") == model.RELEASE and "info" not in doc and "info" in stored:
+        doc["info"] = stored["info"]
+        doc["requires_dist"] = stored.get("requires_dist", [])
+
+
+def _same_project(stored: dict, base: dict | None) -> bool:
+    """Whether ``stored`` is the copy a plan was made against, but for attachments
+    (the OPML watcher's)."""
+    return base is not None and all(stored.get(k) == base.get(k) for k in (
+        "last_serial", "release_digests", "versions", "status"))
+
+
+def _needs_repair(project: dict) -> bool:
+    """Whether a concurrent writer left releases whose stored copy is unknown."""
+    return any(d is None for d in (project.get("release_digests") or {}).values())
 
 
 def _is_project_doc(doc: dict) -> bool:

@@ -306,3 +306,39 @@ async def test_legacy_xmlrpc_and_the_rate_limit():
         assert "Limit may reset in" in fault.value.faultString
     finally:
         port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listings_cut_short_or_frozen_on_request(sim):
+    resource, url = sim
+    proxy = Proxy((url + "/pypi").encode(), allowNone=True)
+
+    async def both():
+        xmlrpc_listing = await proxy.callRemote("list_packages_with_serial")
+        answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})
+        page = await answer.json()
+        index = {p["name"]: p["_last-serial"] for p in page["projects"]}
+        return xmlrpc_listing, index, page["meta"]["_last-serial"]
+
+    full, index, serial = await both()
+    assert len(full) == len(index) == 30 and serial == resource.index.last_serial
+    answer = await treq.post(f"{url}/_control/listing", json={"keep": 0.1, "start": 0.5})
+    assert (await answer.json())["keep"] == 0.1
+    cut, cut_index, cut_serial = await both()
+    assert len(cut) == len(cut_index) == 3 and set(cut) == set(cut_index) < set(full)
+    assert cut_serial == serial  # a cut-off answer still claims the latest serial
+    await treq.post(f"{url}/_control/listing", json={"start": 0.0})
+    other, _, _ = await both()
+    assert len(other) == 3 and not set(other) & set(cut)  # a different tenth
+    # Frozen: the listing as it was, with that moment's serial, while PyPI moves on.
+    await treq.post(f"{url}/_control/listing", json={"keep": 1.0, "frozen": True})
+    resource.index.publish("Brand.New", "1.0")
+    frozen, frozen_index, frozen_serial = await both()
+    assert frozen == full and frozen_index == index and frozen_serial == serial
+    state = await (await treq.post(f"{url}/_control/state", json={})).json()
+    assert state["listing"] == {"keep": 1.0, "start": 0.0, "frozen": True}
+    await treq.post(f"{url}/_control/listing", json={"frozen": False})
+    live, _, live_serial = await both()
+    assert "Brand.New" in live and live_serial > serial
+    bad = await treq.post(f"{url}/_control/listing", json={"keep": 2})
+    assert bad.code == 400

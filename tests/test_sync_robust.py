@@ -17,7 +17,7 @@ from pypioncouch.sync import CHECKPOINT, run_pass
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.testing.server import FAULT_KINDS
 
-from .helpers import World, assert_matches_simulator, sleep, stored_json_api
+from .helpers import World, assert_matches_simulator, sleep, stored_json_api, stored_project
 
 BIN = Path(sys.executable).parent
 
@@ -285,3 +285,101 @@ async def test_an_http_error_from_the_xmlrpc_endpoint_is_named():
         assert "\n" not in str(error.value)
     finally:
         await port.stopListening()
+
+
+async def two_writers_on_one_database(world):
+    """A world imported in full; then PyPI changes one project twice. Returns the
+    world, the project's key, the answer PyPI gave in between (older than the one it
+    gives now), and a version that answer has but PyPI since removed."""
+    from pypioncouch.pypi import PyPI
+
+    w = world(projects=12, seed=14)
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
+    w.index.yank(key, "1.0", "broken")
+    older = await PyPI(w.url).project(key)
+    w.index.remove_release(key, "0.9")
+    w.index.unyank(key, "1.0")
+    w.index.publish(key, "2.0")
+    assert older.serial < w.index.last_serial
+    return w, key, older, "0.9"
+
+
+def fed(importer, key, answer, gate=None):
+    """``importer`` gets ``answer`` when it asks PyPI about ``key`` (after ``gate``)."""
+    real = importer.pypi.project
+
+    async def project(name, min_serial=None):
+        if model.normalize(name) != key:
+            return await real(name, min_serial)
+        if gate is not None:
+            await gate
+        return answer
+
+    importer.pypi.project = project
+    return importer
+
+
+async def assert_current(w, key, removed_version):
+    project, releases = await stored_project(w.db, key)
+    assert project["last_serial"] == w.index.last_serial
+    assert removed_version not in {r["version"] for r in releases}
+    assert await stored_json_api(w.db, key) == w.index.json_api(key)[1]
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_answer_written_after_a_newer_one_changes_nothing(world):
+    """Two importers on one database; the slow one's answer is older and arrives
+    after the other stored the newer one (it read the database before that)."""
+    from twisted.internet import defer
+
+    w, key, older, removed_version = await two_writers_on_one_database(world)
+    gate = defer.Deferred()
+    slow = defer.ensureDeferred(run_pass(fed(w.importer(), key, older, gate)))
+    await sleep(0.3)  # the slow one has read the stored project and waits for PyPI
+    fresh = await run_pass(w.importer())
+    assert fresh.projects == 1
+    gate.callback(None)
+    await slow
+    await assert_current(w, key, removed_version)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_older_answer_never_replaces_a_newer_stored_project(world):
+    from pypioncouch.sync import Summary, Work
+
+    w, key, older, removed_version = await two_writers_on_one_database(world)
+    await run_pass(w.importer())
+    late = fed(w.importer(), key, older)
+    summary = Summary()
+    failures = await late.sync([Work(key, key, None)], summary)  # no serial to skip on
+    assert (failures, summary.projects, summary.skipped) == ({}, 0, 1)
+    await assert_current(w, key, removed_version)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_release_written_by_an_older_writer_is_repaired(world):
+    """The older writer's release landed before the newer writer stored the project
+    (whose record says that release is unchanged): it is fetched and written again."""
+    from pypioncouch.sync import Summary, Work
+
+    w, key, older, _ = await two_writers_on_one_database(world)
+    newer = await w.importer().pypi.project(key)
+    # The older writer gets as far as its releases, then the newer one stores all.
+    slow = fed(w.importer(), key, older)
+    real_bulk = slow._bulk_write
+
+    async def bulk_write(docs, bases=None):
+        if bases is not None:  # the project documents: the newer writer goes first
+            await fed(w.importer(), key, newer).sync([Work(key, key, None)], Summary())
+        return await real_bulk(docs, bases)
+
+    slow._bulk_write = bulk_write
+    summary = Summary()
+    failures = await slow.sync([Work(key, key, None)], summary)
+    assert summary.projects == 0 and key in failures
+    project = await w.db.get(key)
+    assert project["release_digests"]["1.0"] is None  # the older "1.0" is marked
+    await run_pass(w.importer())  # the next pass fetches it again
+    await assert_current(w, key, "0.9")

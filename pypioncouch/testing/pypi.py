@@ -26,13 +26,15 @@ What it models (reference: ../shared/reference/pypi-api.md):
   ``POST /_control/<mutation>``) writing journal rows with Warehouse's action strings
   and serials (with gaps).
 - Faults with a rate and a seed: 500/502/503, 429 with ``Retry-After``, timeouts,
-  connection resets, XML-RPC Faults, truncated and malformed bodies; fixed latency.
+  connection resets, XML-RPC Faults, truncated and malformed bodies; fixed latency;
+  listings (``list_packages_with_serial``, ``/simple/``) cut short or frozen stale
+  (``--listing-keep``, ``POST /_control/listing``).
 
 What it does not model: uploads through the upload API, sdists, user accounts and
 organizations (roles are plain names), vulnerabilities (always ``[]``), PEP 740
 provenance (always absent), archiving writes no journal row (as on PyPI), HTTP caching
 headers beyond ``Cache-Control`` and ``X-PyPI-Last-Serial``, and the 1-hour cache of
-``list_packages_with_serial`` (answers are always current).
+``list_packages_with_serial`` (answers are current unless the listing is frozen).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from twisted.web.server import Site
 
 from pypioncouch.testing.dataset import Dataset
 from pypioncouch.testing.index import PackageIndex
-from pypioncouch.testing.server import FAULT_KINDS, FaultPlan, SimulatorResource
+from pypioncouch.testing.server import (
+    FAULT_KINDS, FaultPlan, ListingFault, SimulatorResource)
 
 log = Logger()
 
@@ -61,11 +64,14 @@ def make_simulator(projects: int = 100, seed: int = 0, *, heavy: bool | None = N
                    latency_ms: float = 0.0, fault_rate: float = 0.0,
                    fault_kinds=FAULT_KINDS, fault_seed: int = 0, legacy_xmlrpc: bool = False,
                    stale_seconds: float = 0.0, xmlrpc_rate_limit: int | None = None,
+                   listing_keep: float = 1.0, listing_start: float = 0.0,
                    reactor=None) -> SimulatorResource:
     index = PackageIndex(Dataset(projects, seed, heavy), stale_seconds=stale_seconds)
     return SimulatorResource(index, faults=FaultPlan(fault_rate, fault_kinds, fault_seed),
                              latency_ms=latency_ms, legacy_xmlrpc=legacy_xmlrpc,
-                             xmlrpc_rate_limit=xmlrpc_rate_limit, reactor=reactor)
+                             xmlrpc_rate_limit=xmlrpc_rate_limit,
+                             listing=ListingFault(listing_keep, listing_start),
+                             reactor=reactor)
 
 
 def listen(resource: SimulatorResource, port: int = 0, interface: str = "127.0.0.1",
@@ -143,18 +149,26 @@ def main(argv=None) -> None:
     parser.add_argument("--stale-seconds", type=float, default=0.0)
     parser.add_argument("--xmlrpc-rate-limit", type=int, default=None,
                         help="XML-RPC calls per hour per client IP")
+    parser.add_argument("--listing-keep", type=float, default=1.0,
+                        help="list only this fraction of the projects in "
+                             "list_packages_with_serial and /simple/ (a listing cut short)")
+    parser.add_argument("--listing-start", type=float, default=0.0,
+                        help="with --listing-keep: where the kept part starts (a fraction)")
     parser.add_argument("--churn", type=float, default=0.0,
                         help="make a random change every this many seconds")
     args = parser.parse_args(argv)
     if not 0 <= args.fault_rate <= 1:
         parser.error("--fault-rate is a probability between 0 and 1")
+    if not 0 <= args.listing_keep <= 1 or not 0 <= args.listing_start < 1:
+        parser.error("--listing-keep and --listing-start are fractions between 0 and 1")
     from twisted.internet import reactor
 
     resource = make_simulator(
         args.projects, args.seed, heavy=args.heavy, latency_ms=args.latency_ms,
         fault_rate=args.fault_rate, fault_kinds=args.fault_kinds.split(","),
         fault_seed=args.fault_seed, legacy_xmlrpc=args.legacy_xmlrpc,
-        stale_seconds=args.stale_seconds, xmlrpc_rate_limit=args.xmlrpc_rate_limit)
+        stale_seconds=args.stale_seconds, xmlrpc_rate_limit=args.xmlrpc_rate_limit,
+        listing_keep=args.listing_keep, listing_start=args.listing_start)
     _, url = listen(resource, args.port, args.interface)
     if args.churn > 0:
         resource.start_churn(args.churn, args.seed)

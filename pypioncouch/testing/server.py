@@ -12,7 +12,9 @@ Routes (as on pypi.org, reference §1, §3, §4):
   arguments (``publish``, ``yank``, ``remove_project``, ... :class:`PackageIndex`'s
   methods), ``/_control/faults`` (``rate``, ``kinds``, ``seed``),
   ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
-  ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``).
+  ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``),
+  ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
+  see :class:`ListingFault`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,53 @@ class FaultPlan:
         return kind
 
 
+class ListingFault:
+    """What can go wrong with the two listings of every project (XML-RPC
+    ``list_packages_with_serial`` and the ``/simple/`` index) while the answer still
+    parses: a broken CDN node, a proxy or a bug upstream.
+
+    - ``keep`` < 1 cuts the listing short: only the entries from ``start`` to
+      ``start + keep`` (fractions of the whole, by normalized name, wrapping around)
+      are listed, and the answer still claims PyPI's latest serial;
+    - ``frozen`` serves the listing as it was when it was frozen, with that moment's
+      serial (a stale copy, like PyPI's one-hour XML-RPC cache or a CDN's copy).
+    """
+
+    def __init__(self, keep: float = 1.0, start: float = 0.0):
+        self.configure(keep=keep, start=start)
+        self.snapshot: tuple[int, list[tuple[str, str, int]]] | None = None
+
+    def configure(self, keep: float | None = None, start: float | None = None) -> None:
+        if keep is not None:
+            if not 0.0 <= float(keep) <= 1.0:
+                raise ValueError("keep is a fraction between 0 and 1")
+            self.keep = float(keep)
+        if start is not None:
+            if not 0.0 <= float(start) < 1.0:
+                raise ValueError("start is a fraction between 0 (included) and 1")
+            self.start = float(start)
+
+    def freeze(self, index: PackageIndex | None) -> None:
+        """Serve ``index``'s listing as it is now from now on (None: the live one)."""
+        self.snapshot = None if index is None else (index.last_serial, _live_listing(index))
+
+    def listing(self, index: PackageIndex) -> tuple[int, list[tuple[str, str, int]]]:
+        """``(global serial, [(normalized, display, last serial)])`` as served."""
+        serial, rows = self.snapshot or (index.last_serial, _live_listing(index))
+        if self.keep >= 1.0:
+            return serial, rows
+        first, count = int(self.start * len(rows)), int(round(self.keep * len(rows)))
+        kept = (rows[first:] + rows[:first])[:count]
+        return serial, sorted(kept)
+
+    def state(self) -> dict:
+        return {"keep": self.keep, "start": self.start, "frozen": self.snapshot is not None}
+
+
+def _live_listing(index: PackageIndex) -> list[tuple[str, str, int]]:
+    return [(key, display, index.last_serial_of(key)) for key, display in index.listing()]
+
+
 def _check_args(args, spec) -> None:
     """Warehouse's (pydantic's) argument checks: Fault -32602 on a mismatch."""
     for position, value in enumerate(args):
@@ -129,9 +178,10 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
 
     def __init__(self, index: PackageIndex, *, legacy: bool = False,
                  rate_limit_per_hour: int | None = None, rate_window: float = 3600.0,
-                 clock=None):
+                 clock=None, listing: ListingFault | None = None):
         super().__init__(allowNone=True)
         self.index = index
+        self.listing = listing or ListingFault()
         self.legacy = legacy
         self.rate_limit = rate_limit_per_hour
         self.rate_window = rate_window
@@ -182,8 +232,8 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
 
     def rpc_list_packages_with_serial(self, *args):
         _check_args(args, [])
-        return {display: self.index.last_serial_of(key)
-                for key, display in self.index.listing()}
+        _, rows = self.listing.listing(self.index)
+        return {display: serial for _, display, serial in rows}
 
     def rpc_package_roles(self, *args):
         _check_args(args, [("package_name", str, True)])
@@ -302,15 +352,17 @@ class SimulatorResource(Resource):
 
     def __init__(self, index: PackageIndex, *, faults: FaultPlan | None = None,
                  latency_ms: float = 0.0, legacy_xmlrpc: bool = False,
-                 xmlrpc_rate_limit: int | None = None, reactor=None):
+                 xmlrpc_rate_limit: int | None = None, listing: ListingFault | None = None,
+                 reactor=None):
         super().__init__()
         self.index = index
         self.faults = faults or FaultPlan()
+        self.listing = listing or ListingFault()
         self.latency_ms = latency_ms
         self.reactor = reactor or default_reactor
         self.xmlrpc = PyPIXMLRPC(index, legacy=legacy_xmlrpc,
                                  rate_limit_per_hour=xmlrpc_rate_limit,
-                                 clock=self.reactor.seconds)
+                                 clock=self.reactor.seconds, listing=self.listing)
         self.hits: Counter = Counter()
         self._churn: task.LoopingCall | None = None
 
@@ -433,15 +485,14 @@ class SimulatorResource(Resource):
         if not parts:
             if not path.endswith("/"):
                 return self._redirect(request, "/simple/")
-            request.setHeader("X-PyPI-Last-Serial", str(self.index.last_serial))
+            serial, rows = self.listing.listing(self.index)
+            request.setHeader("X-PyPI-Last-Serial", str(serial))
             request.setHeader("Content-Type", chosen)
-            listing = [(key, display) for key, display in self.index.listing()
-                       if self.index.get(key).status != "quarantined"]
+            rows = [row for row in rows if (self.index.get(row[0]) is None
+                                            or self.index.get(row[0]).status != "quarantined")]
             if chosen == simple.V1_JSON:
-                return simple.index_json(
-                    ((d, self.index.last_serial_of(k)) for k, d in listing),
-                    self.index.last_serial)
-            return simple.index_html(listing)
+                return simple.index_json(((d, s) for _, d, s in rows), serial)
+            return simple.index_html([(k, d) for k, d, _ in rows])
         name = parts[0]
         key = normalize(name)
         if key != name or not path.endswith("/") or len(parts) > 1:
@@ -478,7 +529,7 @@ class SimulatorResource(Resource):
             request.setResponseCode(404)
             result = {"error": f"no control operation {escape(operation)!r}",
                       "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state",
-                                                        "xmlrpc", "churn"]}
+                                                        "xmlrpc", "churn", "listing"]}
         return json.dumps(result).encode()
 
     def control(self, operation: str, args: dict) -> dict:
@@ -486,7 +537,8 @@ class SimulatorResource(Resource):
         if operation == "state":
             return {"last_serial": self.index.last_serial, "projects": len(self.index.listing()),
                     "faults_injected": dict(self.faults.injected),
-                    "requests": self.faults.requests, "xmlrpc_calls": dict(self.xmlrpc.calls)}
+                    "requests": self.faults.requests, "xmlrpc_calls": dict(self.xmlrpc.calls),
+                    "listing": self.listing.state()}
         if operation == "faults":
             self.faults = FaultPlan(args.get("rate", 0.0), args.get("kinds", FAULT_KINDS),
                                     args.get("seed", 0), args.get("timeout_seconds", 20.0))
@@ -504,6 +556,11 @@ class SimulatorResource(Resource):
             if "legacy" in args:
                 self.xmlrpc.legacy = bool(args["legacy"])
             return {"ok": True}
+        if operation == "listing":
+            self.listing.configure(args.get("keep"), args.get("start"))
+            if "frozen" in args:
+                self.listing.freeze(self.index if args["frozen"] else None)
+            return {"ok": True, **self.listing.state()}
         if operation == "latency":
             self.latency_ms = float(args.get("ms", 0))
             return {"ok": True}

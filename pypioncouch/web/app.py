@@ -147,6 +147,8 @@ class WebFront:
         if s.consecutive_failures >= self.max_failed_passes:
             reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
                            f"{s.last_error}")
+        if s.removals_held:
+            reasons.append(s.removals_held)
         if s.phase == "full import":
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
         elif s.our_serial is None:
@@ -217,6 +219,7 @@ class WebFront:
             "write_rate": round(s.documents_written / uptime, 1) if uptime > 0 else 0.0,
             "pending": s.pending, "last_error": s.last_error,
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
+            "removals_held": s.removals_held,
             "opml": {"seq": s.opml_seq, "written": s.opml_written},
             "couchdb_up": couch_ok,
         }

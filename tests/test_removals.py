@@ -1,0 +1,223 @@
+"""Removals happen only on PyPI's word about a project, never because a listing lacks
+it; a pass that would remove too much removes nothing and says why (issue 11, item 1)."""
+
+import pytest
+import pytest_twisted
+import treq
+
+from pypioncouch import model
+from pypioncouch.sync import CHECKPOINT, run_pass
+
+from .helpers import World, assert_matches_simulator, stored_project
+from .test_web import serve
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    worlds = []
+
+    def make(**options):
+        worlds.append(World(couch_server.url, db_name, **options))
+        return worlds[-1]
+
+    yield make
+    for world in worlds:
+        world.close()
+
+
+async def project_ids(db):
+    rows = (await db.all_docs())["rows"]
+    return {r["id"] for r in rows if ":" not in r["id"] and not r["id"].startswith("_")}
+
+
+async def health(url):
+    answer = await treq.get(f"{url}/health")
+    return answer.code, await answer.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listings_cut_short_remove_only_what_pypi_says_is_gone(world):
+    """The incident: a full import whose listing held a tenth of the projects, then a
+    /simple/ pass whose index held another tenth, emptied the database."""
+    w = world(projects=60, seed=31)
+    await run_pass(w.importer(), full=True)
+    removed = model.normalize(w.index.dataset.name(40))
+    w.index.remove_project(removed)  # one real removal among the missing ones
+    w.resource.listing.configure(keep=0.1, start=0.5)
+    summary = await run_pass(w.importer(), full=True)
+    assert summary.deleted == 1 and summary.pending == 0, summary
+    assert len(await project_ids(w.db)) == 59
+    # A different tenth; meanwhile a project missing from it changed: asking by name
+    # brings that change in too.
+    w.resource.listing.configure(keep=0.1, start=0.0)
+    changed = model.normalize(w.index.dataset.name(45))
+    w.index.publish(changed, "77.0")
+    summary = await run_pass(w.importer(changes="simple"))
+    assert summary.deleted == 0 and summary.pending == 0, summary
+    assert "77.0" in (await w.db.get(changed))["versions"]
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_missing_too_many_projects_removes_nothing_until_it_recovers(world):
+    w = world(projects=60, seed=32)
+    await run_pass(w.importer(), full=True)
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    w.resource.listing.configure(keep=0.1)
+    importer = w.importer(max_removals=5)
+    front, port, url = serve(w.db, status=importer.status)
+    try:
+        summary = await run_pass(importer, full=True)
+        assert summary.deleted == 0 and summary.held == 54, summary
+        assert "removed nothing" in str(summary)
+        assert importer.pypi.requests == 2  # nobody asked by name: the listing is suspect
+        assert len(await project_ids(w.db)) == 60
+        # The listing's 6 projects are current; the other 54 may not be: no checkpoint.
+        assert (await w.db.get_local(CHECKPOINT))["serial"] == checkpoint["serial"]
+        code, body = await health(url)
+        assert code == 503
+        assert any("lacks 54 of the 60 stored projects" in r and "--confirm-removals" in r
+                   for r in body["reasons"]), body
+        status = await (await treq.get(f"{url}/status",
+                                       headers={"Accept": "application/json"})).json()
+        assert status["removals_held"].startswith("the listing from ")
+        # The listing recovers: the next pass clears the alarm.
+        w.resource.listing.configure(keep=1.0)
+        summary = await run_pass(importer, full=True)
+        assert summary.held == 0 and importer.status.removals_held is None
+        code, body = await health(url)
+        assert code == 200, body
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_removals_wait_for_an_operator_to_confirm(world):
+    w = world(projects=60, seed=33)
+    await run_pass(w.importer(), full=True)
+    gone = [model.normalize(w.index.dataset.name(i)) for i in range(20, 30)]
+    for key in gone:
+        w.index.remove_project(key)
+    importer = w.importer(max_removals=5)
+    summary = await run_pass(importer)
+    assert summary.deleted == 0 and summary.held == 10, summary
+    assert "10 projects" in importer.status.removals_held
+    assert set(gone) <= await project_ids(w.db)
+    pending = (await w.db.get_local(CHECKPOINT))["pending"]
+    assert set(pending) == set(gone)  # asked again on every pass until confirmed
+    summary = await run_pass(w.importer(max_removals=5))
+    assert summary.deleted == 0 and summary.held == 10
+    importer = w.importer(max_removals=5, confirm_removals=True)
+    summary = await run_pass(importer)
+    assert summary.deleted == 10 and summary.held == 0 and summary.pending == 0
+    assert importer.status.removals_held is None
+    await assert_matches_simulator(w.db, w.index)
+
+
+def test_the_default_limit_is_a_hundred_or_one_percent():
+    from pypioncouch.sync import removal_limit
+
+    assert removal_limit(50, None) == 100
+    assert removal_limit(10_000, None) == 100
+    assert removal_limit(700_000, None) == 7_000
+    assert removal_limit(700_000, 5) == 5
+    assert removal_limit(700_000, 0) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_row_in_the_changelog_removes_behind_a_stale_cdn(world):
+    """The changelog's word is enough, even while the CDN still serves the old copy."""
+    from twisted.internet import reactor
+
+    w = world(projects=20, seed=34, stale_seconds=600)
+    w.index.clock = reactor.seconds
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(7))
+    w.index.remove_project(key)
+    assert w.index.json_api(key)[0] == 200  # the CDN has not noticed
+    summary = await run_pass(w.importer(stale_retries=0))
+    assert summary.deleted == 1 and summary.pending == 0, summary.errors
+    assert await stored_project(w.db, key) == (None, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_listing_writes_and_removes_nothing(world):
+    w = world(projects=30, seed=35)
+    await run_pass(w.importer(), full=True)
+    w.resource.listing.freeze(w.index)  # a CDN keeps this copy of /simple/
+    new = "Published.After"
+    w.index.publish(new, "1.0")
+    await run_pass(w.importer())  # the changelog is current
+    serial = (await w.db.get_local(CHECKPOINT))["serial"]
+    assert serial == w.index.last_serial
+    for full in (False, True):
+        importer = w.importer(changes="simple")
+        summary = await run_pass(importer, full=full)
+        assert (summary.projects, summary.deleted) == (0, 0), summary
+        assert importer.pypi.requests == 1  # the index, and nothing asked from it
+        assert (await w.db.get_local(CHECKPOINT))["serial"] == serial
+        assert await w.db.get_or_none("published-after") is not None
+        assert "older than" in importer.status.last_error
+    await assert_matches_simulator(w.db, w.index)
+
+
+def test_the_command_holds_removals_and_an_operator_confirms(couch_server, db_name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pypioncouch.testing.dataset import Dataset
+    from pypioncouch.testing.pypi import SimulatorProcess
+
+    def run(sim, action, *args):
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "pypioncouch"), action, couch_server.url,
+             *args, "--pypi", sim.url, "--db", db_name, "--quiet"],
+            capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    with SimulatorProcess("--projects", "20", "--seed", "36") as sim:
+        assert run(sim, "--fullimport")[0] == 0
+        for index in (3, 4, 5):
+            sim.control("remove_project", name=Dataset(20, 36).name(index))
+        code, out = run(sim, "--update", "--max-removals", "2")
+        assert code == 4, out
+        assert "PyPI says 3 projects are gone, more than the 2 one pass may remove" in out
+        code, out = run(sim, "--update", "--max-removals", "2", "--confirm-removals")
+        assert code == 0 and ", 3 removed," in out, out
+        code, out = run(sim, "--update", "--max-removals", "-1")
+        assert code == 2 and "not a number of projects" in out
+
+
+def test_the_daemon_takes_the_removal_options(monkeypatch):
+    from twisted.python import usage
+
+    from pypioncouch.service import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--couch", "http://127.0.0.1:9/", "--max-removals", "7",
+                          "--listen", "tcp:0:interface=127.0.0.1"])
+    sync = makeService(options).getServiceNamed("sync")
+    assert (sync.importer.max_removals, sync.importer.confirm_removals) == (7, False)
+    monkeypatch.setenv("PYPIONCOUCH_CONFIRM_REMOVALS", "yes")
+    options = Options()
+    options.parseOptions(["--couch", "http://127.0.0.1:9/"])
+    assert options["confirm-removals"] and options["max-removals"] is None
+    with pytest.raises(usage.UsageError, match="number of projects"):
+        Options().parseOptions(["--couch", "http://127.0.0.1:9/", "--max-removals", "-3"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_quarantined_project_missing_from_the_index_is_kept_as_it_is(world):
+    """PyPI's /simple/ index leaves quarantined projects out: not a removal."""
+    w = world(projects=20, seed=37)
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(9))
+    w.index.quarantine(key)
+    await run_pass(w.importer())
+    before = await w.db.get(key)
+    assert before["status"] == "quarantined"
+    for _ in range(2):
+        summary = await run_pass(w.importer(changes="simple"))
+        assert (summary.deleted, summary.projects) == (0, 0), summary
+    assert (await w.db.get(key))["_rev"] == before["_rev"]
