@@ -6,7 +6,8 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
   ``list_packages_with_serial`` are the methods PyPI still supports.
 - A project costs one JSON API request (``/pypi/<name>/json``); only when that
   answers 404 does a second one (``/simple/<name>/``, PEP 691 JSON) tell a project
-  with no release (or quarantined) from one that is gone.
+  with no release (or quarantined) from one that is gone. A release's own metadata,
+  when it is not the latest, costs one more (``/pypi/<name>/<version>/json``).
 - ``legacy_project`` rebuilds the same answer from ``package_releases`` /
   ``release_data`` / ``release_urls`` for indexes that still serve them; PyPI answers
   them with a Fault since 2024-09, which raises :class:`MethodGone`.
@@ -23,6 +24,7 @@ import random
 import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import quote
 
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
@@ -326,6 +328,26 @@ class PyPI:
                 await self.sleep(1.0 * (stale_try + 1))
         raise StaleAnswer(f"stale: serial {answer.serial} < {min_serial} after "
                           f"{self.stale_retries} retries", where)
+
+    async def release(self, name: str, version: str) -> dict | None:
+        """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
+        only place a release that is not the latest shows its own metadata. None when
+        PyPI does not know the release (404)."""
+        path = f"pypi/{normalize(name)}/{quote(version, safe='!+')}/json"
+        where = self.display_url + path
+
+        async def attempt():
+            status, _, body = await self._get(path)
+            if status == 404:
+                return None
+            if status != 200:
+                raise PyPIError(f"HTTP {status}", where)
+            payload = self._parse_json(body, where)
+            if not isinstance(payload, dict):
+                raise Transient("malformed JSON API answer", where)
+            return payload
+
+        return await self._retrying(attempt)
 
     async def _project_without_json(self, name: str, key: str) -> ProjectAnswer:
         found = await self.simple_project(key)

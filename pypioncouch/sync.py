@@ -424,10 +424,8 @@ class XmlRpcImporter:
                 previous = stored.get(doc["_id"])
                 if previous is not None:
                     doc["_rev"] = previous["_rev"]
-                    if (doc.get("type") == model.RELEASE and "info" not in doc
-                            and "info" in previous):
-                        doc["info"] = previous["info"]
-                        doc["requires_dist"] = previous.get("requires_dist", [])
+                    if doc.get("type") == model.RELEASE and "info" not in doc:
+                        doc.update(model.own_info_of(previous))  # kept from earlier
         # Releases first, then the project documents of the projects whose releases
         # all landed: a stored project's last_serial always covers its releases.
         rejected = await self._bulk_write(
@@ -488,6 +486,9 @@ class XmlRpcImporter:
                     continue  # already gone
                 if rev:
                     doc["_rev"] = rev
+                    if doc.get("type") == model.RELEASE and "info" not in doc:
+                        # e.g. the backfill stored the release's own info meanwhile
+                        doc.update(model.own_info_of(row.get("doc") or {}))
                     attachments = (row.get("doc") or {}).get("_attachments")
                     if doc.get("type") == model.PROJECT and attachments:
                         doc["_attachments"] = attachments
