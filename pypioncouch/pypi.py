@@ -363,13 +363,16 @@ class PyPI:
         versions = await self.call("package_releases", name, True)
         if not versions:
             return await self._project_without_json(name, key)
+        # Without show_hidden: the JSON API's latest (not yanked, final preferred), not
+        # simply the newest (the first of ``versions``), which may be a pre-release.
+        latest = (await self.call("package_releases", name) or versions)[0]
         releases, latest_data = {}, None
         for version in versions:
             data = await self.call("release_data", name, version)
             files = await self.call("release_urls", name, version)
             releases[version] = [_json_file(f, data.get("requires_python")) for f in files]
-            if latest_data is None:
-                latest_data = data  # package_releases lists the newest first
+            if version == latest or latest_data is None and latest not in versions:
+                latest_data = data
         info = _json_info(latest_data)
         payload = {"info": info, "releases": releases, "urls": releases[info["version"]],
                    "last_serial": min_serial, "vulnerabilities": []}
