@@ -11,9 +11,11 @@ CouchDB's 8 MB ``max_document_size`` (docs/schema.md has the full schema):
   a sync rewrites only the releases that changed;
 - ``<normalized>:<version>``: ``type: "release"`` — the release's files exactly as
   PyPI's JSON API gave them, its yanked flags, ``upload_time`` as a list, and its
-  ``info`` (with the description) when PyPI gave it: the JSON API gives full metadata
-  for the latest release only, so older releases keep the ``info`` they had when they
-  were the latest (or none, if the mirror never saw them as latest).
+  own ``info`` (with the description) once known, with ``info_source`` saying where
+  it came from: ``"latest"`` (the project's answer, while this release was PyPI's
+  latest) or ``"version"`` (PyPI's per-version answer, fetched by the backfill or on
+  demand). A release without its own ``info`` has neither key, and its per-version
+  JSON is not made up from another release's (:class:`MissingInfo`).
 
 Everything PyPI says is kept verbatim (null stays null, empty stays empty), so the
 JSON and Simple APIs are re-served from CouchDB alone.
@@ -40,8 +42,24 @@ _QUERY_FIELDS = ("summary", "author", "author_email", "maintainer", "maintainer_
 _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 
 
+# Where a release document's ``info`` came from (docs/schema.md).
+INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
+INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer
+# Keys of a release document that hold its own metadata (not its files).
+_OWN_INFO_KEYS = ("info", "info_source", "requires_dist")
+
+
 class BadPayload(ValueError):
     """PyPI answered with something that is not a project as the JSON API shapes it."""
+
+
+class MissingInfo(LookupError):
+    """The release is stored, but not its own metadata (PyPI's JSON API gives it for
+    the latest release only; the backfill fetches the others)."""
+
+    def __init__(self, project: str, version: str):
+        self.project, self.version = project, version
+        super().__init__(f"the metadata of {project} {version} is not stored yet")
 
 
 def normalize(name: str) -> str:
@@ -150,7 +168,53 @@ def release_document(normalized: str, name: str, version: str, files: list[dict]
     }
     if info is not None:
         doc["info"] = info
+        doc["info_source"] = INFO_FROM_LATEST
         doc["requires_dist"] = list(info.get("requires_dist") or [])
+    return doc
+
+
+def has_own_info(release: dict) -> bool:
+    return release.get("info") is not None
+
+
+def lacks_own_info(project: dict, release: dict | None, version: str | None) -> bool:
+    """Whether ``/pypi/<p>/<version>/json`` has no answer of its own in the store: the
+    release is stored, it is not the latest, and its own ``info`` is not stored."""
+    return (version is not None and release is not None
+            and version != project.get("latest_version") and not has_own_info(release))
+
+
+def own_info_of(previous: dict) -> dict:
+    """The own-metadata keys of a stored release document (to carry them over)."""
+    kept = {k: previous[k] for k in _OWN_INFO_KEYS if k in previous}
+    if "info" in kept:
+        kept.setdefault("info_source", INFO_FROM_LATEST)  # stored before info_source
+    return kept
+
+
+def check_release_info(payload: Any, normalized: str, version: str) -> dict:
+    """The ``info`` of a per-version JSON API answer (``/pypi/<p>/<v>/json``), checked
+    to be this very release's: PyPI matches versions canonically, so ``1.0`` may
+    answer for ``1.0.0``; another release's metadata is refused, never stored."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("info"), dict):
+        raise BadPayload("the per-version JSON API answer has no info")
+    info = payload["info"]
+    if not isinstance(info.get("name"), str) or normalize(info["name"]) != normalized:
+        raise BadPayload(f"asked for {normalized}, PyPI answered {info.get('name')!r}")
+    if info.get("version") != version:
+        raise BadPayload(f"asked for {normalized} {version}, PyPI answered version "
+                         f"{info.get('version')!r}")
+    return info
+
+
+def with_own_info(release: dict, info: dict) -> dict:
+    """The release document with its own ``info`` from PyPI's per-version answer.
+    A release without files takes its yanked flags and Requires-Python from it."""
+    doc = dict(release, info=info, info_source=INFO_FROM_VERSION,
+               requires_dist=list(info.get("requires_dist") or []))
+    if not release.get("files"):
+        doc.update(yanked=bool(info.get("yanked")), yanked_reason=info.get("yanked_reason"),
+                   requires_python=info.get("requires_python"))
     return doc
 
 
@@ -198,8 +262,8 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
 def release_digests(doc: dict) -> list[str | None]:
     """``[digest of the files part, digest of info or None]`` of a release document."""
     # Not the serial: a release PyPI did not change is not rewritten for a new serial.
-    files_part = {k: v for k, v in doc.items() if k not in ("_id", "_rev", "info",
-                                                            "requires_dist", "last_serial")}
+    files_part = {k: v for k, v in doc.items()
+                  if k not in ("_id", "_rev", "last_serial") + _OWN_INFO_KEYS}
     return [_digest(files_part), _digest(doc["info"]) if "info" in doc else None]
 
 
@@ -247,7 +311,11 @@ def empty_project_document(name: str, serial: int | None, status: str) -> dict:
 def json_api_payload(project: dict, releases: list[dict], version: str | None = None
                      ) -> dict | None:
     """The JSON API answer re-built from stored documents (``/pypi/<p>/json`` when
-    ``version`` is None, else ``/pypi/<p>/<version>/json``); None means 404."""
+    ``version`` is None, else ``/pypi/<p>/<version>/json``); None means 404.
+
+    Raises :class:`MissingInfo` for a stored release whose own ``info`` is not: an
+    answer with another release's metadata would be made up.
+    """
     if project.get("info") is None or project.get("status") == "quarantined":
         return None
     by_version = {doc["version"]: doc for doc in releases}
@@ -255,11 +323,12 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
     if chosen not in by_version:
         return None
     release = by_version[chosen]
-    latest = by_version.get(project["latest_version"], {})
-    if version is None or chosen == project["latest_version"]:
-        info = dict(latest.get("info") or project["info"])
-    else:
-        info = dict(release.get("info") or _derived_info(project, release))
+    if lacks_own_info(project, release, version):
+        raise MissingInfo(project["_id"], chosen)
+    info = dict(release.get("info") or project["info"])
+    if release["files"] and "yanked" in info:
+        # Yanking changes a release's files, not the info stored when it was fetched.
+        info.update(yanked=release["yanked"], yanked_reason=release["yanked_reason"])
     payload = dict(project.get("pypi") or {})
     payload["info"] = info
     payload["urls"] = release["files"]
@@ -267,20 +336,6 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
         payload["releases"] = {v: by_version[v]["files"] for v in project["versions"]
                                if v in by_version}
     return payload
-
-
-def _derived_info(project: dict, release: dict) -> dict:
-    """``info`` for a release the mirror never saw as the latest: the project's info
-    with what is known of this release. Marked so nobody mistakes it for PyPI's."""
-    info = dict(project["info"])
-    version = release["version"]
-    project_url = info.get("project_url")
-    info.update(version=version, yanked=release["yanked"],
-                yanked_reason=release["yanked_reason"],
-                requires_python=release["requires_python"], description=None,
-                release_url=f"{project_url}{version}/" if project_url else None)
-    info["_pypioncouch_derived"] = True
-    return info
 
 
 def dump_json_api(payload: dict) -> bytes:

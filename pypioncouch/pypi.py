@@ -6,7 +6,8 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
   ``list_packages_with_serial`` are the methods PyPI still supports.
 - A project costs one JSON API request (``/pypi/<name>/json``); only when that
   answers 404 does a second one (``/simple/<name>/``, PEP 691 JSON) tell a project
-  with no release (or quarantined) from one that is gone.
+  with no release (or quarantined) from one that is gone. A release's own metadata,
+  when it is not the latest, costs one more (``/pypi/<name>/<version>/json``).
 - ``legacy_project`` rebuilds the same answer from ``package_releases`` /
   ``release_data`` / ``release_urls`` for indexes that still serve them; PyPI answers
   them with a Fault since 2024-09, which raises :class:`MethodGone`.
@@ -23,6 +24,7 @@ import random
 import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import quote
 
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
@@ -327,6 +329,26 @@ class PyPI:
         raise StaleAnswer(f"stale: serial {answer.serial} < {min_serial} after "
                           f"{self.stale_retries} retries", where)
 
+    async def release(self, name: str, version: str) -> dict | None:
+        """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
+        only place a release that is not the latest shows its own metadata. None when
+        PyPI does not know the release (404)."""
+        path = f"pypi/{normalize(name)}/{quote(version, safe='!+')}/json"
+        where = self.display_url + path
+
+        async def attempt():
+            status, _, body = await self._get(path)
+            if status == 404:
+                return None
+            if status != 200:
+                raise PyPIError(f"HTTP {status}", where)
+            payload = self._parse_json(body, where)
+            if not isinstance(payload, dict):
+                raise Transient("malformed JSON API answer", where)
+            return payload
+
+        return await self._retrying(attempt)
+
     async def _project_without_json(self, name: str, key: str) -> ProjectAnswer:
         found = await self.simple_project(key)
         if found is None:
@@ -341,13 +363,16 @@ class PyPI:
         versions = await self.call("package_releases", name, True)
         if not versions:
             return await self._project_without_json(name, key)
+        # Without show_hidden: the JSON API's latest (not yanked, final preferred), not
+        # simply the newest (the first of ``versions``), which may be a pre-release.
+        latest = (await self.call("package_releases", name) or versions)[0]
         releases, latest_data = {}, None
         for version in versions:
             data = await self.call("release_data", name, version)
             files = await self.call("release_urls", name, version)
             releases[version] = [_json_file(f, data.get("requires_python")) for f in files]
-            if latest_data is None:
-                latest_data = data  # package_releases lists the newest first
+            if version == latest or latest_data is None and latest not in versions:
+                latest_data = data
         info = _json_info(latest_data)
         payload = {"info": info, "releases": releases, "urls": releases[info["version"]],
                    "last_serial": min_serial, "vulnerabilities": []}

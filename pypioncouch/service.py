@@ -1,6 +1,7 @@
 """The twistd service: ``twistd -n pypioncouch --couch URL`` (or ``twist pypioncouch``).
 
 One reactor runs the sync (full import, then the changelog every ``--interval``),
+the backfill of older releases' own metadata (``--backfill-rate``, ``--no-backfill``),
 the web front on ``--listen``, and the ``_changes`` followers. Every option can also
 come from the environment as ``PYPIONCOUCH_<OPTION>`` (``PYPIONCOUCH_COUCH``, ...), so a
 systemd unit keeps the CouchDB password out of the command line.
@@ -18,6 +19,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from pypioncouch import __version__
+from pypioncouch.backfill import DEFAULT_RATE, Backfill
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pipeline import CoroutineService
@@ -54,11 +56,15 @@ class Options(usage.Options):
         ["upstream", None, None, "with --no-sync: the CouchDB database URL this replica "
          "replicates from (e.g. https://user:pass@primary:5984/pypi); /health and /status "
          "report the lag behind it"],
+        ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
+         "PyPI's per-version JSON API, to fetch the metadata of older releases", float],
     ]
     optFlags = [
         ["no-sync", None, "serve a replica: do not talk to PyPI"],
         ["confirm-removals", None, "remove what PyPI says is gone even past "
          "--max-removals (start with it once, after checking /status)"],
+        ["no-backfill", None, "do not fetch the metadata of older releases in the "
+         "background (the web front still fetches one when asked for it)"],
     ]
 
     def __init__(self):
@@ -67,10 +73,10 @@ class Options(usage.Options):
             value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"))
             if value is not None:
                 self[name] = coerce[0](value) if coerce else value
-        for flag in ("no-sync", "confirm-removals"):
-            variable = "PYPIONCOUCH_" + flag.upper().replace("-", "_")
-            if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-                self[flag] = True
+        for name, *_ in self.optFlags:
+            value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"), "")
+            if value.lower() in ("1", "true", "yes"):
+                self[name] = True
 
     def postOptions(self) -> None:
         if not self["couch"]:
@@ -89,6 +95,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--upstream: {error}") from None
         if self["interval"] <= 0:
             raise usage.UsageError("--interval must be a positive number of seconds")
+        if not 0 < self["backfill-rate"] <= 100:
+            raise usage.UsageError("--backfill-rate must be a number of requests a second "
+                                   "above 0, at most 100")
         if not 1 <= self["concurrency"] <= 100:
             raise usage.UsageError("--concurrency must be between 1 and 100")
         if self["max-removals"] is not None and self["max-removals"] < 0:
@@ -180,12 +189,22 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                   confirm_removals=bool(options["confirm-removals"]))
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
+        if not options["no-backfill"]:
+            backfill_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4,
+                                 timeout=options["timeout"])
+            Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
+                     ready=lambda: status.our_serial is not None,
+                     reactor=reactor).setServiceParent(top)
     upstream = None
     if options["upstream"]:
         server, name = split_database_url(options["upstream"], options["db"])
         upstream = CouchDB(server, reactor=reactor).database(name)
+    # The web front asks PyPI for a release's own metadata while a client waits:
+    # a few connections, a short timeout, one retry.
+    front_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4, retries=1,
+                      timeout=min(10.0, options["timeout"])) if syncing else None
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
-                     upstream=upstream, reactor=reactor)
+                     upstream=upstream, pypi=front_pypi, reactor=reactor)
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False

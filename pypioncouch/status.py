@@ -8,6 +8,21 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class BackfillProgress:
+    """The backfill of releases' own metadata (pypioncouch/backfill.py)."""
+
+    state: str = "off"  # off | waiting (for the first sync) | running | idle
+    rate: float = 0.0  # requests per second, at most
+    missing: int | None = None  # releases without their own info, at the last count
+    filled: int = 0  # own info stored by the backfill since start
+    on_demand: int = 0  # ... and by the web front, fetched on the spot
+    not_found: int = 0  # releases PyPI's per-version API did not know
+    errors: int = 0
+    passes: int = 0  # complete passes over the releases without info
+    last_error: str | None = None
+
+
+@dataclass
 class SyncStatus:
     """Live figures of one daemon. Times are POSIX seconds."""
 
@@ -41,6 +56,7 @@ class SyncStatus:
     caught_up_at: float | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     removals_held: str | None = None  # why the last pass removed nothing (too many)
+    backfill: BackfillProgress = field(default_factory=BackfillProgress)
 
     def note_error(self, message: str, kind: str = "sync") -> None:
         self.last_error, self.last_error_at = message, time.time()

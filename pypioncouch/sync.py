@@ -797,10 +797,10 @@ def _tombstone(docid: str, serial: int | None) -> dict:
 
 
 def _keep_info(doc: dict, stored: dict) -> None:
-    """A release no longer PyPI's latest keeps the ``info`` it had as the latest."""
-    if doc.get("type") == model.RELEASE and "info" not in doc and "info" in stored:
-        doc["info"] = stored["info"]
-        doc["requires_dist"] = stored.get("requires_dist", [])
+    """A release written without ``info`` (no longer PyPI's latest) keeps its own
+    metadata stored earlier: as the latest, or by the backfill (even a moment ago)."""
+    if doc.get("type") == model.RELEASE and "info" not in doc:
+        doc.update(model.own_info_of(stored))
 
 
 def _same_project(stored: dict, base: dict | None) -> bool:

@@ -342,3 +342,19 @@ async def test_listings_cut_short_or_frozen_on_request(sim):
     assert "Brand.New" in live and live_serial > serial
     bad = await treq.post(f"{url}/_control/listing", json={"keep": 2})
     assert bad.code == 400
+
+
+def test_each_release_answers_with_its_own_metadata():
+    """PyPI's per-version JSON API shows what each release said of itself; only the
+    latest release's metadata is in the project's answer."""
+    index = PackageIndex(Dataset(40, 11))
+    key = normalize(index.dataset.name(2))  # the "versions" showcase: 1.1.0.post1 is latest
+    project = json.loads(index.json_api(key)[1])
+    latest = json.loads(index.json_api(key, "1.1.0.post1")[1])
+    older = json.loads(index.json_api(key, "1.0.0")[1])
+    assert latest["info"] == project["info"]
+    assert older["info"]["version"] == "1.0.0"
+    assert older["info"]["summary"] == project["info"]["summary"] + " (as of 1.0.0)"
+    assert older["info"]["requires_dist"][-1] == "packaging>=1.0.0"
+    assert older["info"]["description"].endswith("Release notes of 1.0.0.")
+    assert older["info"]["classifiers"] == project["info"]["classifiers"]

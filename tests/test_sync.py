@@ -110,8 +110,10 @@ async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
     _, releases = await stored_project(world.read_db, key)
     by_version = {d["version"]: d for d in releases}
     assert by_version["2.0"]["info"]["summary"] == "the new one"
+    assert by_version["2.0"]["info_source"] == "latest"
     assert by_version["1.1"]["info"]["version"] == "1.1"  # kept from the first import
-    assert "info" not in by_version["1.0"]
+    assert by_version["1.1"]["info_source"] == "latest"
+    assert "info" not in by_version["1.0"] and "info_source" not in by_version["1.0"]
 
 
 @pytest_twisted.ensureDeferred

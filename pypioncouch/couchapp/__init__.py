@@ -75,6 +75,17 @@ async def max_serial(db: Database) -> int | None:
     return rows[0]["key"][1] if rows else None
 
 
+async def releases_without_info(db: Database, after: str | None = None, limit: int = 100,
+                                timeout: float | None = 3600) -> list[str]:
+    """Ids of release documents without their own ``info``, by id, after ``after``
+    (which may be filled meanwhile: no ``skip``, its row is dropped if still there)."""
+    low, high = facet_range("needs-info")
+    startkey = low if after is None else ["needs-info", after]
+    rows = (await db.view(NAME, VIEW, startkey=startkey, endkey=high, limit=limit + 1,
+                          reduce=False, timeout=timeout))["rows"]
+    return [row["id"] for row in rows if row["id"] != after][:limit]
+
+
 def design_document() -> dict:
     """The design document, from the files (without ``_rev``)."""
     views = {}

@@ -12,7 +12,11 @@ Every data set carries what real PyPI carries, the ugly parts included:
   with no files; a project created with no release at all;
 - ``requires_python`` with ``<`` and ``>``;
 - with ``heavy=True`` (the default from 1,000 projects): a project with 3,000
-  releases and one with a 5 MB description.
+  releases and one with a 5 MB description;
+- releases with metadata of their own: the release PyPI shows as the latest carries
+  the project's metadata, every older one its own summary, description, description
+  content type and Requires-Dist (``older_metadata``), as real projects change them
+  from release to release. Only PyPI's per-version JSON API shows those.
 
 The first projects are fixed showcases of those cases (see ``SHOWCASE``), so even a
 data set of 10 projects holds them; the rest are drawn at random from the seed.
@@ -24,6 +28,8 @@ import random
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+
+from packaging.version import InvalidVersion, Version
 
 from pypioncouch.testing.wheels import wheel_filename
 
@@ -182,6 +188,37 @@ def _metadata(rng: random.Random, name: str) -> dict:
     }
 
 
+def older_metadata(metadata: dict, version: str) -> dict:
+    """What an older release said of itself: the latest release's metadata, with the
+    summary, description, content type and Requires-Dist of its own. Empty stays
+    empty (null and ""); a huge description is shared, not copied per release."""
+    meta = dict(metadata)
+    if meta.get("summary"):
+        meta["summary"] = f"{meta['summary']} (as of {version})"
+    if meta.get("description") and len(meta["description"]) < 100_000:
+        meta["description"] = f"{meta['description']}\n\nRelease notes of {version}."
+    if meta.get("description_content_type"):
+        meta["description_content_type"] = {"text/markdown": "text/x-rst"}.get(
+            meta["description_content_type"], "text/markdown")
+    meta["requires_dist"] = list(meta.get("requires_dist") or []) + [
+        f"packaging>={version}"]
+    return meta
+
+
+def _is_prerelease(version: str) -> bool:
+    try:
+        return Version(version).is_prerelease
+    except InvalidVersion:
+        return False
+
+
+def _latest(versions: list[str], yanked: dict) -> str | None:
+    """Warehouse's pick for ``info``: not yanked, then final, then newest."""
+    if not versions:
+        return None
+    return max(versions, key=lambda v: (v not in yanked, not _is_prerelease(v), Version(v)))
+
+
 def _name(rng: random.Random, index: int) -> str:
     first, second = rng.choice(WORDS), rng.choice(WORDS)
     style = rng.randrange(5)
@@ -295,8 +332,10 @@ class Dataset:
             line = "pypioncouch keeps every byte of a long description. ☃\n"
             metadata["description"] = line * (5 * 1024 * 1024 // len(line.encode()))
         releases = {}
+        latest = _latest(versions, yanked)
         for number, version in enumerate(versions):
-            release_meta = dict(metadata)
+            release_meta = dict(metadata) if version == latest else older_metadata(
+                metadata, version)
             if version in per_release_python:
                 release_meta["requires_python"] = per_release_python[version]
             moment = created + timedelta(days=number * 11, seconds=rng.randint(0, 86399))

@@ -154,8 +154,8 @@ class PackageIndex:
         project = self._editable(name)
         if version in project.releases:
             raise IndexError_(f"{project.name} {version} exists")
-        previous = list(project.releases.values())
-        base = dict(previous[-1].metadata) if previous else _metadata(self._rng, project.name)
+        latest = self.latest(project)  # a new upload starts from what the project shows
+        base = dict(latest.metadata) if latest else _metadata(self._rng, project.name)
         base.update(metadata)
         now = datetime.fromtimestamp(self.clock(), timezone.utc).replace(microsecond=0)
         release = build_release(version, base, now, files, project.name, self._rng)

@@ -20,8 +20,10 @@ from packaging.version import InvalidVersion
 from twisted.logger import Logger
 
 from pypioncouch import __version__, couchapp, model, simple
+from pypioncouch.backfill import OwnInfo
 from pypioncouch.couch import CouchError, Database
 from pypioncouch.follow import ChangesFollower
+from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
 from pypioncouch.web.cache import CachedProject, ProjectCache
 from pypioncouch.web.metrics import Metrics
@@ -88,7 +90,7 @@ class WebFront:
 
     def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
-                 upstream: Database | None = None, reactor=None):
+                 upstream: Database | None = None, pypi: PyPI | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -99,6 +101,9 @@ class WebFront:
         self.reactor = reactor
         # A replica measures its lag against the database it replicates from.
         self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
+        # A release's own metadata not stored yet is fetched from PyPI on the spot
+        # (and stored) when we sync; a replica says it has none yet.
+        self.own_info = OwnInfo(db, pypi) if syncing and pypi is not None else None
         self.cache = ProjectCache()
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
@@ -221,6 +226,7 @@ class WebFront:
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
             "removals_held": s.removals_held,
             "opml": {"seq": s.opml_seq, "written": s.opml_written},
+            "backfill": dataclasses.asdict(s.backfill),
             "couchdb_up": couch_ok,
         }
 
@@ -376,7 +382,12 @@ class WebFront:
         if entry is None or version == "":
             request.setResponseCode(404)
             return not_found
-        if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
+        release = _release(entry, version)
+        if model.lacks_own_info(entry.project, release, version):
+            return await self._own_info_on_the_spot(request, entry, release)
+        # A release's document changes apart from its project's (the backfill).
+        etag = entry.etag_base if release is None else f"{entry.etag_base}-{release['_rev']}"
+        if _not_modified(request, f'"{etag}-{payload_key}"'):
             return b""
         if payload_key not in entry.rendered:
             payload = model.json_api_payload(entry.project, entry.releases, version)
@@ -386,10 +397,59 @@ class WebFront:
         if body is None:
             request.setResponseCode(404)
             return not_found
-        request.setHeader("X-PyPI-Last-Serial", str(entry.project.get("last_serial")))
-        request.setHeader("Access-Control-Allow-Origin", "*")
-        request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
-        return body
+        return _json_api_headers(request, entry, body)
+
+    async def _own_info_on_the_spot(self, request, entry: CachedProject, release: dict
+                                    ) -> bytes:
+        """``/pypi/<p>/<v>/json`` for a release whose own metadata is not stored yet:
+        never another release's. Syncing, it is fetched from PyPI's per-version API now
+        (and stored); a replica answers 404 and says why."""
+        key, version = entry.project["_id"], release["version"]
+        if self.own_info is None:
+            return _json_message(request, 404, (
+                f"Not Found: this mirror has not stored the metadata of {key} {version} "
+                "yet (PyPI's project JSON carries the latest release's only; the syncing "
+                "daemon's backfill fetches the others, and replication brings them here)"))
+        try:
+            info, stored = await self.own_info.fill(key, version)
+        except (PyPIError, model.BadPayload) as error:
+            log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,
+                     version=version, error=error)
+            self.status.note_error(f"web {key} {version}: {error}", "pypi")
+            request.setHeader("Retry-After", "30")
+            return _json_message(request, 503, (
+                f"the metadata of {key} {version} is not stored yet, and PyPI's answer "
+                f"failed: {error}"))
+        if info is None:
+            return _json_message(request, 404, f"Not Found: PyPI does not know {key} "
+                                               f"{version} (any more)")
+        if stored:
+            self.status.backfill.on_demand += 1
+        releases = [model.with_own_info(release, info) if doc is release else doc
+                    for doc in entry.releases]
+        payload = model.json_api_payload(entry.project, releases, version)
+        if payload is None:
+            return _json_message(request, 404, "Not Found")
+        return _json_api_headers(request, entry, model.dump_json_api(payload))
+
+
+def _json_api_headers(request, entry: CachedProject, body: bytes) -> bytes:
+    request.setHeader("X-PyPI-Last-Serial", str(entry.project.get("last_serial")))
+    request.setHeader("Access-Control-Allow-Origin", "*")
+    request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
+    return body
+
+
+def _json_message(request, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    return json.dumps({"message": message}, ensure_ascii=False).encode("utf-8")
+
+
+def _release(entry: CachedProject, version: str | None) -> dict | None:
+    """The stored release document of ``version`` (None on the project route)."""
+    if version is None:
+        return None
+    return next((doc for doc in entry.releases if doc["version"] == version), None)
 
 
 def _index_items(page: list[tuple[str, list]], as_json: bool, first: bool) -> bytes:

@@ -33,6 +33,9 @@ class _StatusCollector:
              None if s.couch_ok is None else int(s.couch_ok)),
             ("pypioncouch_consecutive_failed_passes", "Sync passes failed in a row",
              s.consecutive_failures),
+            ("pypioncouch_backfill_missing_releases",
+             "Releases without their own metadata, at the backfill's last count",
+             s.backfill.missing),
         ]
         for name, text, value in gauges:
             family = GaugeMetricFamily(name, text)
@@ -45,6 +48,10 @@ class _StatusCollector:
             ("pypioncouch_projects_deleted", "Projects removed", s.projects_deleted),
             ("pypioncouch_documents_written", "Documents written", s.documents_written),
             ("pypioncouch_opml_written", "OPML attachments written", s.opml_written),
+            ("pypioncouch_backfill_filled", "Releases' own metadata stored by the backfill",
+             s.backfill.filled),
+            ("pypioncouch_backfill_on_demand",
+             "Releases' own metadata fetched by the web front on demand", s.backfill.on_demand),
             ("pypioncouch_cache_hits", "Web cache hits", self.cache.hits),
             ("pypioncouch_cache_misses", "Web cache misses", self.cache.misses),
         ]

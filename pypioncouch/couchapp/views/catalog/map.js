@@ -10,6 +10,8 @@ function (doc) {
       emit(['released'].concat(doc.upload_time, [id]),
            [doc.project, doc.name, doc.version, doc.yanked]);
     }
+    // Releases whose own metadata is not stored yet: the backfill's work list.
+    if (!doc.info) { emit(['needs-info', id], null); }
     return;
   }
   if (doc.type !== 'project') { return; }

@@ -1,0 +1,208 @@
+"""The backfill: every release's own metadata, from PyPI's per-version JSON API.
+
+PyPI's project answer (``/pypi/<p>/json``) carries the metadata of its latest release
+only. The sync stores it with that release (``info_source: "latest"``); a release the
+mirror never saw as the latest has its own metadata in one place alone,
+``/pypi/<p>/<v>/json``. This service asks PyPI for those, one release at a time, at
+most ``rate`` requests a second, and stores each answer in its release document
+(``info_source: "version"``).
+
+Its work list is the catalog view's ``needs-info`` facet (the releases stored without
+``info``), walked in key order. It is resumable by construction: what is filled
+leaves the list, so a restart starts over on what is left, with no checkpoint to keep.
+A pass ends at the end of the list; the next starts ``pause`` seconds later, for the
+releases published between two syncs (only the newest was the latest), and those that
+failed or that PyPI did not know.
+
+Writes go only into an existing release document, with the revision just read. On a
+conflict it is read again, and a release that got its ``info`` meanwhile (the sync's,
+as the latest) or is gone is left alone: the backfill never creates, resurrects or
+overwrites a document the sync wrote. The web front uses :class:`OwnInfo` too, to
+fetch a release's metadata on the spot while the backfill has not reached it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from pypioncouch import couchapp, model
+from pypioncouch.couch import Conflict, CouchError, Database
+from pypioncouch.pipeline import CoroutineService
+from pypioncouch.pypi import PyPI, PyPIError
+from pypioncouch.status import BackfillProgress
+
+log = Logger()
+
+DEFAULT_RATE = 5.0  # requests a second: ~18,000 an hour, PyPI's "spread them out"
+CONFLICT_ROUNDS = 3
+
+
+class Pacer:
+    """Spaces calls of :meth:`wait` at least ``1 / rate`` seconds apart (no bursts)."""
+
+    def __init__(self, rate: float, reactor):
+        if rate <= 0:
+            raise ValueError("the rate is a positive number of requests a second")
+        self.interval = 1.0 / rate
+        self.reactor = reactor
+        self._next: float | None = None
+
+    async def wait(self) -> None:
+        now = self.reactor.seconds()
+        at = now if self._next is None else max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await task.deferLater(self.reactor, at - now, lambda: None)
+
+
+class OwnInfo:
+    """Fetches a release's own ``info`` from PyPI's per-version JSON API and stores it
+    in the release's document."""
+
+    def __init__(self, db: Database, pypi: PyPI):
+        self.db = db
+        self.pypi = pypi
+
+    async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
+        """``(the release's own info, whether this call stored it)``. The info is None
+        when the release is not stored or PyPI does not know it (404). Raises
+        :class:`PyPIError`, :class:`model.BadPayload` or :class:`CouchError`."""
+        doc_id = model.release_id(key, version)
+        doc = await self._release(doc_id)
+        if doc is None or model.has_own_info(doc):
+            return (doc or {}).get("info"), False
+        payload = await self.pypi.release(key, version)
+        if payload is None:
+            return None, False
+        info = model.check_release_info(payload, key, version)
+        for _ in range(CONFLICT_ROUNDS):
+            try:
+                await self.db.put(model.with_own_info(doc, info))
+                return info, True
+            except Conflict:
+                doc = await self._release(doc_id)
+                if doc is None or model.has_own_info(doc):
+                    return (doc or {}).get("info", info), False
+        return info, False  # kept changing: the next pass tries again
+
+    async def _release(self, doc_id: str) -> dict | None:
+        doc = await self.db.get_or_none(doc_id)
+        return doc if doc is not None and doc.get("type") == model.RELEASE else None
+
+
+class Backfill(CoroutineService):
+    """Fills in the own metadata of every release stored without it (module doc)."""
+
+    name = "backfill"
+
+    def __init__(self, db: Database, pypi: PyPI, progress: BackfillProgress, *,
+                 rate: float = DEFAULT_RATE, pause: float = 600.0, page: int = 100,
+                 concurrency: int = 4, ready: Callable[[], bool] = lambda: True,
+                 reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.db = db
+        self.own = OwnInfo(db, pypi)
+        self.progress = progress
+        self.pacer = Pacer(rate, reactor)
+        self.pause = pause
+        self.page = page
+        self.concurrency = concurrency
+        self.ready = ready
+        self.poll = 5.0  # seconds between looks at ``ready``
+        self.reactor = reactor
+        progress.rate = rate
+
+    def stopService(self):
+        self.progress.state = "off"
+        return super().stopService()
+
+    async def run(self) -> None:
+        self.progress.state = "waiting"
+        while not self.ready():  # the first sync pass builds the view and the releases
+            await task.deferLater(self.reactor, self.poll, lambda: None)
+        while self.running:
+            try:
+                await self.run_pass()
+            except defer.CancelledError:
+                raise
+            except Exception as error:  # CouchDB away: try again after the pause
+                self._note_error(f"backfill pass: {error}")
+                log.error("backfill pass failed: {error}", error=error)
+            self.progress.state = "idle"
+            await task.deferLater(self.reactor, self.pause, lambda: None)
+
+    async def run_pass(self, limit: int | None = None) -> int:
+        """One walk over the releases without their own info (at most ``limit`` of
+        them). Returns how many this pass filled."""
+        progress = self.progress
+        progress.state = "running"
+        progress.missing = await couchapp.count(self.db, "needs-info", timeout=3600)
+        filled_before = progress.filled
+        after, seen = None, 0
+        while limit is None or seen < limit:
+            ids = await couchapp.releases_without_info(self.db, after, self.page)
+            page = ids if limit is None else ids[:limit - seen]
+            if not page:
+                break
+            await self._fill_page(page)
+            seen += len(page)
+            after = page[-1]
+            if len(ids) < self.page:
+                break
+        progress.missing = await couchapp.count(self.db, "needs-info")
+        if limit is None or seen < limit:
+            progress.passes += 1
+        progress.state = "idle"
+        return progress.filled - filled_before
+
+    async def _fill_page(self, ids: list[str]) -> None:
+        slots = defer.DeferredSemaphore(self.concurrency)
+        tasks: list[defer.Deferred] = []
+        try:
+            for doc_id in ids:
+                await self.pacer.wait()
+                await slots.acquire()
+                d = defer.ensureDeferred(self._fill_one(doc_id))
+                d.addBoth(_release_slot, slots)
+                tasks.append(d)
+            await defer.gatherResults(tasks)
+        except defer.CancelledError:
+            for d in tasks:
+                d.cancel()
+            raise
+
+    async def _fill_one(self, doc_id: str) -> None:
+        key, version = doc_id.split(":", 1)  # normalized names hold no colon
+        progress = self.progress
+        try:
+            info, stored = await self.own.fill(key, version)
+        except (PyPIError, model.BadPayload, CouchError) as error:
+            self._note_error(f"{key} {version}: {error}")
+            log.warn("backfill {key} {version}: {error}", key=key, version=version,
+                     error=error)
+            return
+        except defer.CancelledError:
+            raise
+        except Exception as error:  # a bug costs one release, not the pass
+            self._note_error(f"{key} {version}: unexpected {type(error).__name__}: {error}")
+            log.failure("backfill {key} {version}", key=key, version=version)
+            return
+        if info is None:
+            progress.not_found += 1
+        elif stored:
+            progress.filled += 1
+            if progress.missing:
+                progress.missing -= 1
+
+    def _note_error(self, message: str) -> None:
+        self.progress.errors += 1
+        self.progress.last_error = message
+
+
+def _release_slot(result, slots: defer.DeferredSemaphore):
+    slots.release()
+    return result

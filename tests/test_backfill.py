@@ -1,0 +1,281 @@
+"""Per-version JSON (``/pypi/<p>/<v>/json``): each release's own metadata, never
+another's. The oracle is the simulator's own per-version answer."""
+
+import json
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from pypioncouch import couchapp, model
+from pypioncouch.backfill import Backfill, Pacer
+from pypioncouch.pypi import PyPI
+from pypioncouch.status import BackfillProgress, SyncStatus
+from pypioncouch.sync import run_pass
+
+from .helpers import World, sleep, stored_project
+from .test_web import serve
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=120, seed=21)
+    yield world
+    world.close()
+
+
+@pytest.fixture
+def small_world(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=30, seed=21)
+    yield world
+    world.close()
+
+
+async def each(items, check, parallel=8):
+    """``await check(item)`` for every item, ``parallel`` at a time."""
+    slots = defer.DeferredSemaphore(parallel)
+    await defer.gatherResults([slots.run(lambda i=item: defer.ensureDeferred(check(i)))
+                               for item in items], consumeErrors=True)
+
+
+def releases_of(index):
+    """``[(key, version, is the latest)]`` of every release the simulator shows."""
+    found = []
+    for key, _ in index.listing():
+        project = index.get(key)
+        latest = index.latest(project)
+        for version in index.visible_releases(project):
+            found.append((key, version, version == latest.version))
+    return found
+
+
+async def oracle(world, key, version):
+    answer = await treq.get(f"{world.url}/pypi/{key}/{version}/json")
+    assert answer.code == 200
+    return await answer.content()
+
+
+async def ours(url, key, version):
+    answer = await treq.get(f"{url}/pypi/{key}/{version}/json")
+    return answer.code, await answer.content()
+
+
+def backfill_of(world, progress=None, **options):
+    pypi = PyPI(world.url, backoff=0.05)
+    return Backfill(world.db, pypi, progress or BackfillProgress(),
+                    **{"rate": 1000.0, **options})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mirror_says_why_it_has_no_answer_until_the_backfill_fills_it(world):
+    await run_pass(world.importer(), full=True)
+    releases = releases_of(world.index)
+    older = [(k, v) for k, v, latest in releases if not latest]
+    assert len(older) > 300  # the simulator's releases tell their metadata apart
+    _, port, url = serve(world.db, syncing=False)
+    try:
+        async def before(release):
+            key, version, latest = release
+            code, body = await ours(url, key, version)
+            if latest:  # stored when it was PyPI's latest
+                assert (code, body) == (200, await oracle(world, key, version)), (key, version)
+            else:
+                assert code == 404, (key, version, body[:300])
+                message = json.loads(body)["message"]
+                assert message.startswith(f"Not Found: this mirror has not stored the "
+                                          f"metadata of {key} {version} yet"), message
+
+        async def after(release):
+            key, version, _ = release
+            assert await ours(url, key, version) == (200, await oracle(world, key, version)), \
+                (key, version)
+
+        await each(releases, before)
+        backfill = backfill_of(world)
+        filled = await backfill.run_pass()
+        assert filled == len(older)
+        assert backfill.progress.missing == 0 and backfill.progress.passes == 1
+        await each(releases, after)
+    finally:
+        await port.stopListening()
+    _, stored = await stored_project(world.db, older[0][0])
+    by_version = {doc["version"]: doc for doc in stored}
+    assert by_version[older[0][1]]["info_source"] == "version"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_syncing_front_fetches_a_releases_own_metadata_on_the_spot(small_world):
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    older = [(k, v) for k, v, latest in releases_of(world.index) if not latest]
+    status = SyncStatus()
+    pypi = PyPI(world.url, backoff=0.05)
+    _, port, url = serve(world.db, status=status, pypi=pypi)
+    try:
+        for key, version in older[:60]:
+            assert await ours(url, key, version) == (200, await oracle(world, key, version)), \
+                (key, version)
+        assert status.backfill.on_demand == 60
+        asked = pypi.requests
+        for key, version in older[:60]:  # stored: PyPI is not asked again
+            assert await ours(url, key, version) == (200, await oracle(world, key, version))
+        assert pypi.requests == asked
+        _, stored = await stored_project(world.db, older[0][0])
+        doc = next(d for d in stored if d["version"] == older[0][1])
+        truth = json.loads(await oracle(world, *older[0]))["info"]
+        assert doc["info"] == truth and doc["info_source"] == "version"
+        # The backfill takes the rest, not those; /status shows how far it got.
+        assert await backfill_of(world, status.backfill).run_pass() == len(older) - 60
+        # A release PyPI removed meanwhile: PyPI's word, not another release's metadata.
+        key, version = older[-1]
+        gone = next((k, v) for k, v in reversed(older) if k != key or v != version)
+        await _forget_info(world.db, *gone)
+        world.index.remove_release(gone[0], gone[1])
+        code, body = await ours(url, *gone)
+        assert code == 404
+        assert json.loads(body)["message"] == \
+            f"Not Found: PyPI does not know {gone[0]} {gone[1]} (any more)"
+        data = await (await treq.get(f"{url}/status", headers={"Accept": "application/json"})
+                      ).json()
+        progress = data["backfill"]
+        assert (progress["state"], progress["missing"], progress["filled"],
+                progress["on_demand"], progress["passes"], progress["errors"]) == \
+            ("idle", 0, len(older) - 60, 60, 1, 0)
+        page = await (await treq.get(f"{url}/status")).text()
+        assert (f"backfill idle:\n  0 releases without their own metadata, "
+                f"{len(older) - 60} filled") in page
+        assert "60 fetched on demand" in page
+    finally:
+        await port.stopListening()
+    # PyPI does not answer: a clear 503, never a made-up answer.
+    await _forget_info(world.db, *older[0])
+    _, port, url = serve(world.db, pypi=PyPI("http://127.0.0.1:9/", retries=0))
+    try:
+        code, body = await ours(url, *older[0])
+        assert code == 503
+        message = json.loads(body)["message"]
+        assert message.startswith(f"the metadata of {older[0][0]} {older[0][1]} is not "
+                                  "stored yet, and PyPI's answer failed: "), message
+    finally:
+        await port.stopListening()
+
+
+async def _forget_info(db, key, version):
+    doc = await db.get(model.release_id(key, version))
+    for field in ("info", "info_source", "requires_dist"):
+        doc.pop(field, None)
+    await db.put(doc)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_backfill_resumes_where_it_stopped(small_world):
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    missing = await couchapp.count(world.db, "needs-info")
+    first = backfill_of(world, page=7)
+    assert await first.run_pass(limit=25) == 25
+    assert first.progress.missing == missing - 25 and first.progress.passes == 0
+    second = backfill_of(world, page=7)
+    assert await second.run_pass() == missing - 25 > 25
+    assert second.own.pypi.requests == missing - 25  # nothing filled is asked again
+    assert await couchapp.count(world.db, "needs-info") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_releases_published_together_and_later_changes_keep_their_own_metadata(
+        small_world):
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    key = model.normalize(world.index.dataset.name(12))
+    world.index.publish(key, "50.0", summary="fifty", requires_dist=["attrs"])
+    world.index.publish(key, "51.0", summary="fifty-one")
+    await run_pass(world.importer())
+    _, stored = await stored_project(world.db, key)
+    by_version = {doc["version"]: doc for doc in stored}
+    assert by_version["51.0"]["info_source"] == "latest"  # PyPI's latest when synced
+    assert "info" not in by_version["50.0"]  # never the latest while we looked
+    assert await backfill_of(world).run_pass() == 1
+    # A yank rewrites an older release's document: its own metadata stays, and the
+    # answer carries the yank.
+    older = next(v for v in world.index.get(key).releases if v not in ("50.0", "51.0"))
+    world.index.yank(key, older, "broken")
+    world.index.yank(key, "50.0")
+    await run_pass(world.importer())
+    _, port, url = serve(world.db, syncing=False)
+    try:
+        for version in (older, "50.0", "51.0"):
+            assert await ours(url, key, version) == (200, await oracle(world, key, version))
+    finally:
+        await port.stopListening()
+    _, stored = await stored_project(world.db, key)
+    by_version = {doc["version"]: doc for doc in stored}
+    assert by_version["50.0"]["info"]["summary"] == "fifty"
+    assert by_version["50.0"]["info_source"] == "version"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    status = SyncStatus()
+    backfill = backfill_of(world, status.backfill, pause=0.05,
+                           ready=lambda: status.our_serial is not None)
+    backfill.poll = 0.05
+    backfill.startService()
+    try:
+        await sleep(0.3)
+        assert status.backfill.state == "waiting" and backfill.own.pypi.requests == 0
+        status.note_serials(our_serial=world.index.last_serial)  # the first sync pass
+        for _ in range(600):
+            if status.backfill.passes >= 2:
+                break
+            await sleep(0.05)
+        assert status.backfill.passes >= 2 and status.backfill.missing == 0
+        assert status.backfill.filled > 0 and status.backfill.errors == 0
+    finally:
+        await backfill.stopService()
+    assert status.backfill.state == "off"
+
+
+def test_the_pacer_spaces_requests_by_the_rate():
+    clock = task.Clock()
+    pacer = Pacer(2.0, clock)
+    done = []
+    for _ in range(3):
+        defer.ensureDeferred(pacer.wait()).addCallback(lambda _: done.append(clock.seconds()))
+    assert done == [0.0]
+    clock.advance(0.5)
+    assert done == [0.0, 0.5]
+    clock.advance(0.4)
+    assert done == [0.0, 0.5]
+    clock.advance(0.1)
+    assert done == [0.0, 0.5, 1.0]
+
+
+def test_the_daemon_backfills_unless_told_not_to():
+    from pypioncouch.service import Options, makeService
+
+    def services(*args):
+        options = Options()
+        options.parseOptions(["--couch", "http://127.0.0.1:5984/", *args])
+        return {service.name for service in makeService(options)}
+
+    assert "backfill" in services()
+    assert "backfill" in services("--backfill-rate", "0.5")
+    assert "backfill" not in services("--no-backfill")
+    assert "backfill" not in services("--no-sync")
+    with pytest.raises(usage.UsageError, match="--backfill-rate must be"):
+        Options().parseOptions(["--couch", "http://127.0.0.1:5984/", "--backfill-rate", "0"])
+
+
+def test_another_releases_answer_is_never_taken_for_this_ones():
+    """PyPI matches versions canonically: asked for 1.0, it may answer 1.0.0's."""
+    answer = {"info": {"name": "Foo.Bar", "version": "1.0.0", "summary": "1.0.0's"}}
+    assert model.check_release_info(answer, "foo-bar", "1.0.0")["summary"] == "1.0.0's"
+    with pytest.raises(model.BadPayload, match="answered version '1.0.0'"):
+        model.check_release_info(answer, "foo-bar", "1.0")
+    with pytest.raises(model.BadPayload, match="PyPI answered 'Foo.Bar'"):
+        model.check_release_info(answer, "foo-baz", "1.0.0")
