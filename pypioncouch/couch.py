@@ -233,7 +233,7 @@ class CouchDB:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
         info = await self.request("GET", "")
         if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
-            raise BadResponse("the server answered, but it is not CouchDB", url=self.shown_url)
+            raise BadResponse("the server answered, but it is not CouchDB", url=self.display_url)
         return info
 
     async def all_dbs(self) -> list[str]:
