@@ -35,8 +35,37 @@ STYLE = (Path(__file__).parent / "static" / "style.css").read_bytes()
 JSON = "application/json"
 
 
-def wants_json(request) -> bool:
-    return simple.negotiate(request.getHeader("accept"), ("text/html", JSON)) == JSON
+PAGE_TYPES = ("text/html", JSON)
+
+
+class NotAcceptable(Exception):
+    """The client accepts none of the types a resource is offered as (RFC 9110: 406)."""
+
+    def __init__(self, offers: tuple[str, ...]):
+        super().__init__(", ".join(offers))
+        self.offers = offers
+
+
+def choose(request, offers: tuple[str, ...]) -> str:
+    """The type to answer in, by the request's ``Accept``; :class:`NotAcceptable` if none."""
+    request.setHeader("Vary", "Accept")
+    chosen = simple.negotiate(request.getHeader("accept"), offers)
+    if chosen is None:
+        raise NotAcceptable(offers)
+    return chosen
+
+
+def wants_json(request, strict: bool = True) -> bool:
+    """Whether a page goes out as JSON rather than HTML. Not ``strict`` (for error
+    pages, which go out whatever the client accepts): HTML unless JSON is preferred."""
+    if strict:
+        return choose(request, PAGE_TYPES) == JSON
+    return simple.negotiate(request.getHeader("accept"), PAGE_TYPES) == JSON
+
+
+def not_acceptable(request, error: NotAcceptable) -> bytes:
+    request.setHeader("Vary", "Accept")
+    return _plain(request, 406, "406 Not Acceptable: offered as " + ", ".join(error.offers))
 
 
 def observed(route: str):
@@ -47,6 +76,8 @@ def observed(route: str):
             started = time.perf_counter()
             try:
                 return await handler(self, request, *args, **kwargs)
+            except NotAcceptable as error:
+                return not_acceptable(request, error)
             except CouchError as error:
                 log.warn("{route}: CouchDB: {error}", route=route, error=error)
                 self.status.note_error(f"web {route}: {error}", "couchdb")
@@ -224,8 +255,9 @@ class WebFront:
     @app.route("/status", methods=["GET", "HEAD"])
     @observed("status")
     async def status_page(self, request):
+        as_json = wants_json(request)
         data = await self.status_data()
-        if wants_json(request):
+        if as_json:
             request.setHeader("Content-Type", JSON)
             return json.dumps(data).encode()
         request.setHeader("Content-Type", "text/html; charset=utf-8")
@@ -292,10 +324,9 @@ class WebFront:
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
-        chosen = simple.negotiate(request.getHeader("accept"))
+        chosen = choose(request, simple.OFFERS)
         serial = await couchapp.max_serial(self.db)
         request.setHeader("Content-Type", chosen)
-        request.setHeader("Vary", "Accept")
         request.setHeader("X-PyPI-Last-Serial", str(serial))
         # Streamed a page at a time: the index of 500,000 names is never in memory.
         as_json = chosen == simple.V1_JSON
@@ -326,8 +357,7 @@ class WebFront:
         key = model.normalize(name)
         if key != name:
             return _redirect(request, f"/simple/{key}/")
-        chosen = simple.negotiate(request.getHeader("accept"))
-        request.setHeader("Vary", "Accept")
+        chosen = choose(request, simple.OFFERS)
         entry = await self.project(key)
         if entry is None:
             return _plain(request, 404, "404 Not Found")

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
+from pypioncouch.web.app import NotAcceptable, not_acceptable
 from pypioncouch.web.refresh import Refreshed
 
 log = Logger()
@@ -186,13 +187,19 @@ class BrowsePages:
                                            name="classifier counts")
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
-        request.setResponseCode(status)
         request.setHeader("Vary", "Accept")
-        if self.front.wants_json(request):
+        # An error page goes out whatever the client accepts (no 406 for a 404).
+        as_json = self.front.wants_json(request, strict=status < 400)
+        request.setResponseCode(status)
+        if as_json:
             request.setHeader("Content-Type", "application/json")
             return json.dumps(data, ensure_ascii=False).encode("utf-8")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         return self.front.render(template, data=data, **extra)
+
+    @app.handle_errors(NotAcceptable)
+    def not_acceptable(self, request, failure):
+        return not_acceptable(request, failure.value)
 
     @app.handle_errors(BadQuery)
     def bad_query(self, request, failure):
