@@ -216,6 +216,8 @@ class CouchDB:
         try:
             status, content_type, content = await d
         except Exception as exc:
+            if isinstance(exc, defer.CancelledError) and not timed_out:
+                raise  # the caller gave up (a web client left): not CouchDB's doing
             if timed_out:
                 raise Timeout(f"CouchDB did not answer {method} within "
                               f"{timeout or self.timeout:g}s", url=shown) from None

@@ -27,6 +27,7 @@ from pypioncouch.web.cache import CachedProject, ProjectCache
 from pypioncouch.web.metrics import Metrics
 from pypioncouch.web.refresh import Refreshed
 from pypioncouch.web.replica import ReplicaLag
+from pypioncouch.web.streaming import PacedWriter, cut_short
 
 log = Logger()
 
@@ -81,6 +82,8 @@ def observed(route: str):
             except CouchError as error:
                 log.warn("{route}: CouchDB: {error}", route=route, error=error)
                 self.status.note_error(f"web {route}: {error}", "couchdb")
+                if request.startedWriting:  # a 200 is on its way: fail the transfer
+                    return await cut_short(request)
                 request.setResponseCode(503)
                 request.setHeader("Content-Type", "text/plain; charset=utf-8")
                 request.setHeader("Retry-After", "5")
@@ -328,18 +331,24 @@ class WebFront:
         serial = await couchapp.max_serial(self.db)
         request.setHeader("Content-Type", chosen)
         request.setHeader("X-PyPI-Last-Serial", str(serial))
-        # Streamed a page at a time: the index of 500,000 names is never in memory.
+        # Streamed a page at a time, at the pace the client reads: the index of 500,000
+        # names is never in memory. A CouchDB failure half-way cuts the connection.
         as_json = chosen == simple.V1_JSON
-        request.write(simple.index_json_head(serial) if as_json else simple.index_html_head())
-        first = True
-        page: list[tuple[str, list]] = []
-        async for key, value in self._index_rows():
-            if value[2] != "quarantined":
-                page.append((key, value))
-            if len(page) >= INDEX_PAGE:
-                request.write(_index_items(page, as_json, first))
-                first, page = False, []
-        request.write(_index_items(page, as_json, first))
+        writer = PacedWriter(request)
+        try:
+            await writer.write(simple.index_json_head(serial) if as_json
+                               else simple.index_html_head())
+            first = True
+            page: list[tuple[str, list]] = []
+            async for key, value in self._index_rows():
+                if value[2] != "quarantined":
+                    page.append((key, value))
+                if len(page) >= INDEX_PAGE:
+                    await writer.write(_index_items(page, as_json, first))
+                    first, page = False, []
+            await writer.write(_index_items(page, as_json, first))
+        finally:
+            writer.close()
         return simple.INDEX_JSON_TAIL if as_json else simple.INDEX_HTML_TAIL
 
     @app.route("/simple/<name>", methods=["GET", "HEAD"])
