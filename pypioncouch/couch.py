@@ -417,14 +417,15 @@ class Database:
 
     def follow(self, on_change: Callable[[dict], Any], *, since: Any = "now",
                include_docs: bool = False, heartbeat_ms: int = 10_000,
-               filter: str | None = None, **params) -> "ChangesStream":
+               filter: str | None = None, on_started: Callable[[], Any] | None = None,
+               **params) -> "ChangesStream":
         """Start a continuous ``_changes`` stream; see :class:`ChangesStream`."""
         params = _changes_params({
             "feed": "continuous", "since": since, "include_docs": include_docs,
             "heartbeat": heartbeat_ms, "filter": filter, **params})
         url = self.server.url + self.path + "_changes?" + encode_params(params)
         stream = ChangesStream(self, url, self.display_url + "/_changes", on_change,
-                               heartbeat_ms / 1000.0)
+                               heartbeat_ms / 1000.0, on_started)
         stream.start()
         return stream
 
@@ -459,14 +460,17 @@ class ChangesStream:
     arrives. ``last_seq`` is the seq of the last change delivered (opaque).
     ``done`` fires with ``last_seq`` when the stream ends by :meth:`stop` or by the
     server, and fails with :class:`CouchError` when the connection breaks or goes
-    silent for three heartbeats.
+    silent for three heartbeats. ``on_started()`` runs when CouchDB has accepted the
+    feed (its 200), before any change is delivered.
     """
 
-    def __init__(self, db: Database, url: str, shown_url: str, on_change, heartbeat: float):
+    def __init__(self, db: Database, url: str, shown_url: str, on_change, heartbeat: float,
+                 on_started: Callable[[], Any] | None = None):
         self.db = db
         self.url = url
         self.shown_url = shown_url
         self.on_change = on_change
+        self.on_started = on_started
         self.heartbeat = heartbeat
         self.last_seq: Any = None
         self.done: defer.Deferred = defer.Deferred()
@@ -490,6 +494,11 @@ class ChangesStream:
                 "the _changes feed was refused", url=self.shown_url, status=response.code)
             treq.content(response).addBoth(lambda _: self._failed(Failure(error)))
             return
+        if self.on_started is not None:
+            try:
+                self.on_started()
+            except Exception:
+                log.failure("a _changes consumer failed as the feed started")
         self._receiver = _LineReceiver(self)
         response.deliverBody(self._receiver)
 

@@ -17,7 +17,7 @@ from pypioncouch.sync import run_pass
 from pypioncouch.testing.couchserver import CouchServer
 from pypioncouch.web.app import WebFront
 
-from .helpers import World, sleep
+from .helpers import CouchProxy, World, sleep
 
 BIN = Path(sys.executable).parent
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -390,4 +390,43 @@ async def test_the_cache_serves_a_new_release_as_soon_as_it_is_stored(couch_serv
     finally:
         await follower.stopService()
         await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_while_the_cache_feed_connects_is_not_missed(couch_server, db_name):
+    # The feed's request reaches CouchDB late (held 2 s by a proxy). A page read and a
+    # release written meanwhile must not leave the old page in the cache for good.
+    world = World(couch_server.url, db_name, projects=6, seed=3)
+    await run_pass(world.importer(), full=True)
+    proxy = CouchProxy(couch_server.url, hold_changes=2.0)
+    front, port, url = serve(CouchDB(proxy.url).database(db_name), syncing=False)
+    follower = front.changes_follower()
+    follower.startService()
+    headers = {"Accept": V1_JSON}
+    try:
+        key, display = next((k, d) for k, d in world.index.listing()
+                            if world.index.latest(world.index.get(k)) is not None)
+        await sleep(0.2)
+        before = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+        world.index.publish(display, "99.0")
+        await run_pass(world.importer())
+        for _ in range(100):
+            if front.cache.live:
+                break
+            await sleep(0.05)
+        assert front.cache.live
+        for _ in range(40):  # the feed brings the write, or the page was never cached
+            after = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+            if "99.0" in after["versions"]:
+                break
+            await sleep(0.05)
+        assert after["versions"] == before["versions"] + ["99.0"]
+        hits = front.cache.hits
+        await treq.get(f"{url}/simple/{key}/", headers=headers)
+        assert front.cache.hits == hits + 1  # and the cache is in use
+    finally:
+        await follower.stopService()
+        await port.stopListening()
+        proxy.close()
         world.close()
