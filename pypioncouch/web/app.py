@@ -251,7 +251,7 @@ class WebFront:
             "write_rate": round(s.documents_written / uptime, 1) if uptime > 0 else 0.0,
             "pending": s.pending, "last_error": s.last_error,
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
-            "opml": {"seq": s.opml_seq, "written": s.opml_written},
+            "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "couchdb_up": couch_ok,
         }
 
