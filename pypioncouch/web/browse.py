@@ -33,6 +33,7 @@ PAGE = 50
 SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
 BAD_CURSOR = "after/before must be a key as this site's own links give it"
+MAX_CURSOR = 2000  # characters; keeps the URL of the CouchDB query it becomes modest
 
 
 class BadQuery(ValueError):
@@ -45,13 +46,22 @@ def _arg(request, name: str, default: str = "") -> str:
 
 
 def _key_arg(request, name: str) -> Any:
+    """A cursor from the URL: a view key as this site's links give it (a name, or a
+    flat list of strings and numbers, well under MAX_CURSOR characters)."""
     raw = _arg(request, name)
     if not raw:
         return None
+    if len(raw) > MAX_CURSOR:
+        raise BadQuery(BAD_CURSOR)
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise BadQuery(f"{name} must be a key as this site's own links give it") from None
+        key = json.loads(raw)
+    except (ValueError, RecursionError):  # (a few hundred "[" exhaust the parser)
+        raise BadQuery(BAD_CURSOR) from None
+    scalars = (str, int, float, bool, type(None))
+    if not isinstance(key, (str, list)) or \
+            (isinstance(key, list) and not all(isinstance(part, scalars) for part in key)):
+        raise BadQuery(BAD_CURSOR)
+    return key
 
 
 def select_versions(versions: list[str], specifier: str, prereleases: bool = False
