@@ -32,7 +32,7 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient
+from pypioncouch.http import LeanClient, quiet_pool
 from pypioncouch.urls import split_credentials
 
 log = Logger()
@@ -252,7 +252,7 @@ class CouchDB:
 
     def stream_agent(self) -> Agent:
         """An agent that does not ask for gzip (see the module docstring)."""
-        return Agent(self._reactor)
+        return Agent(self._reactor, pool=quiet_pool(self._reactor, persistent=False))
 
 
 def _transport_error(exc: Exception, url: str) -> CouchError:

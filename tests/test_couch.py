@@ -177,6 +177,35 @@ async def test_changes_stream_receives_a_change_written_after_it_started(couch, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_connections_leave_no_starting_factory_lines_in_the_log(couch, db_name):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        db = couch.database(db_name)
+        await db.ensure()
+        for attempt in range(2):  # (a feed reconnects: each connection logged twice)
+            changes = []
+            stream = db.follow(changes.append, since=0)
+            await db.put({"_id": f"doc-{attempt}"})
+            for _ in range(50):
+                if changes:
+                    break
+                await sleep(0.05)
+            await stream.stop()
+        await sleep(0.2)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert changes
+    assert [line for line in lines if "factory" in line.lower()] == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_replicate_copies_all_documents(couch, db_name):
     source = couch.database(db_name)
     await source.ensure()
