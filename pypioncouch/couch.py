@@ -216,8 +216,10 @@ class CouchDB:
         try:
             status, content_type, content = await d
         except Exception as exc:
-            if isinstance(exc, defer.CancelledError) and not timed_out:
-                raise  # the caller gave up (a web client left): not CouchDB's doing
+            if _cancelled(exc) and not timed_out:
+                # The caller gave up (a web client left): not CouchDB's doing, and
+                # not to be retried.
+                raise defer.CancelledError() from None
             if timed_out:
                 raise Timeout(f"CouchDB did not answer {method} within "
                               f"{timeout or self.timeout:g}s", url=shown) from None
@@ -253,6 +255,13 @@ class CouchDB:
     def stream_agent(self) -> Agent:
         """An agent that does not ask for gzip (see the module docstring)."""
         return Agent(self._reactor, pool=quiet_pool(self._reactor, persistent=False))
+
+
+def _cancelled(exc: Exception) -> bool:
+    """Whether ``exc`` is a cancellation (the agent wraps it when it cancels a request)."""
+    if isinstance(exc, ResponseFailed):
+        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
+    return isinstance(exc, defer.CancelledError)
 
 
 def _transport_error(exc: Exception, url: str) -> CouchError:

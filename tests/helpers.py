@@ -83,11 +83,11 @@ class CouchProxy:
     """A TCP proxy on loopback in front of a real CouchDB, for failures a real server
     does not make on cue. It records the request line of every request it forwards;
     after ``cut_after`` requests it cuts every connection and refuses new ones (CouchDB
-    "goes away"); it holds a continuous ``_changes`` request back ``hold_changes``
-    seconds (a slow feed connection)."""
+    "goes away"); it holds back each request that contains a key of ``hold`` for as
+    many seconds as the key says (``{b"feed=continuous": 2.0}``: a slow feed)."""
 
     def __init__(self, couch_url: str, cut_after: int | None = None,
-                 hold_changes: float = 0.0):
+                 hold: dict[bytes, float] | None = None):
         import re
         from urllib.parse import urlsplit
 
@@ -117,8 +117,10 @@ class CouchProxy:
                     proxy.cut()
                     return
                 proxy.requests += [line.strip() for line in lines]
-                if proxy.hold_changes and b"/_changes?" in data and b"continuous" in data:
-                    reactor.callLater(proxy.hold_changes, self._forward, data)
+                delay = max((seconds for part, seconds in proxy.hold.items()
+                             if part in data), default=0.0)
+                if delay:
+                    reactor.callLater(delay, self._forward, data)
                 else:
                     self._forward(data)
 
@@ -134,7 +136,7 @@ class CouchProxy:
             protocol = Server
 
         Server.clientProtocolFactory = ClientFactory
-        self.hold_changes = hold_changes
+        self.hold = hold or {}
         self._port = reactor.listenTCP(0, ServerFactory(target.hostname, target.port),
                                        interface="127.0.0.1")
         port = self._port.getHost().port

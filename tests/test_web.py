@@ -399,7 +399,7 @@ async def test_a_write_while_the_cache_feed_connects_is_not_missed(couch_server,
     # release written meanwhile must not leave the old page in the cache for good.
     world = World(couch_server.url, db_name, projects=6, seed=3)
     await run_pass(world.importer(), full=True)
-    proxy = CouchProxy(couch_server.url, hold_changes=2.0)
+    proxy = CouchProxy(couch_server.url, hold={b"feed=continuous": 2.0})
     front, port, url = serve(CouchDB(proxy.url).database(db_name), syncing=False)
     follower = front.changes_follower()
     follower.startService()

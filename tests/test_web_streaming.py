@@ -154,3 +154,26 @@ async def test_a_client_that_leaves_mid_index_stops_it_quietly(
         client.close()
         await port.stopListening()
         proxy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_while_a_page_is_read_is_no_couchdb_error(
+        couch_server, index_db, small_pages):
+    proxy = CouchProxy(couch_server.url, hold={b"skip=1": 1.0})  # pages after the first
+    db = CouchDB(proxy.url, timeout=5).database(index_db.name)
+    front, port, url = serve(db, syncing=False)
+    client = socket.socket()
+    try:
+        client.connect(("127.0.0.1", port.getHost().port))
+        client.sendall(b"GET /simple/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await sleep(0.3)
+        assert client.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        client.close()  # while the second page is being read from CouchDB
+        await sleep(2.5)
+        # That read is given up, not retried, and no page is read after it.
+        assert len(proxy.requests) == 3  # the serial, two pages
+        assert front.status.last_error is None
+    finally:
+        client.close()
+        await port.stopListening()
+        proxy.close()
