@@ -29,7 +29,6 @@ class PacedWriter:
     def __init__(self, request):
         self.request = request
         self.paused = False
-        self.pauses = 0  # how often the client made us wait
         self._resumed: Deferred | None = None
         request.registerProducer(self, True)
 
@@ -40,8 +39,6 @@ class PacedWriter:
             await self._resumed
 
     def pauseProducing(self) -> None:
-        if not self.paused:
-            self.pauses += 1
         self.paused = True
 
     def resumeProducing(self) -> None:
