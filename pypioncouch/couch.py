@@ -32,7 +32,7 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient
+from pypioncouch.http import LeanClient, quiet_pool
 from pypioncouch.urls import split_credentials
 
 log = Logger()
@@ -221,6 +221,10 @@ class CouchDB:
         try:
             status, content_type, content = await d
         except Exception as exc:
+            if _cancelled(exc) and not timed_out:
+                # The caller gave up (a web client left): not CouchDB's doing, and
+                # not to be retried.
+                raise defer.CancelledError() from None
             if timed_out:
                 raise Timeout(f"CouchDB did not answer {method} within "
                               f"{timeout or self.timeout:g}s", url=shown) from None
@@ -238,7 +242,7 @@ class CouchDB:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
         info = await self.request("GET", "")
         if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
-            raise BadResponse("the server answered, but it is not CouchDB", url=self.shown_url)
+            raise BadResponse("the server answered, but it is not CouchDB", url=self.display_url)
         return info
 
     async def is_admin(self) -> bool:
@@ -261,7 +265,14 @@ class CouchDB:
 
     def stream_agent(self) -> Agent:
         """An agent that does not ask for gzip (see the module docstring)."""
-        return Agent(self._reactor)
+        return Agent(self._reactor, pool=quiet_pool(self._reactor, persistent=False))
+
+
+def _cancelled(exc: Exception) -> bool:
+    """Whether ``exc`` is a cancellation (the agent wraps it when it cancels a request)."""
+    if isinstance(exc, ResponseFailed):
+        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
+    return isinstance(exc, defer.CancelledError)
 
 
 def _transport_error(exc: Exception, url: str) -> CouchError:
@@ -447,14 +458,15 @@ class Database:
 
     def follow(self, on_change: Callable[[dict], Any], *, since: Any = "now",
                include_docs: bool = False, heartbeat_ms: int = 10_000,
-               filter: str | None = None, **params) -> "ChangesStream":
+               filter: str | None = None, on_started: Callable[[], Any] | None = None,
+               **params) -> "ChangesStream":
         """Start a continuous ``_changes`` stream; see :class:`ChangesStream`."""
         params = _changes_params({
             "feed": "continuous", "since": since, "include_docs": include_docs,
             "heartbeat": heartbeat_ms, "filter": filter, **params})
         url = self.server.url + self.path + "_changes?" + encode_params(params)
         stream = ChangesStream(self, url, self.display_url + "/_changes", on_change,
-                               heartbeat_ms / 1000.0)
+                               heartbeat_ms / 1000.0, on_started)
         stream.start()
         return stream
 
@@ -489,14 +501,17 @@ class ChangesStream:
     arrives. ``last_seq`` is the seq of the last change delivered (opaque).
     ``done`` fires with ``last_seq`` when the stream ends by :meth:`stop` or by the
     server, and fails with :class:`CouchError` when the connection breaks or goes
-    silent for three heartbeats.
+    silent for three heartbeats. ``on_started()`` runs when CouchDB has accepted the
+    feed (its 200), before any change is delivered.
     """
 
-    def __init__(self, db: Database, url: str, shown_url: str, on_change, heartbeat: float):
+    def __init__(self, db: Database, url: str, shown_url: str, on_change, heartbeat: float,
+                 on_started: Callable[[], Any] | None = None):
         self.db = db
         self.url = url
         self.shown_url = shown_url
         self.on_change = on_change
+        self.on_started = on_started
         self.heartbeat = heartbeat
         self.last_seq: Any = None
         self.done: defer.Deferred = defer.Deferred()
@@ -520,6 +535,11 @@ class ChangesStream:
                 "the _changes feed was refused", url=self.shown_url, status=response.code)
             treq.content(response).addBoth(lambda _: self._failed(Failure(error)))
             return
+        if self.on_started is not None:
+            try:
+                self.on_started()
+            except Exception:
+                log.failure("a _changes consumer failed as the feed started")
         self._receiver = _LineReceiver(self)
         response.deliverBody(self._receiver)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import Logger
 
 from pypioncouch.couch import CouchError, Database
@@ -18,10 +18,15 @@ log = Logger()
 class ChangesFollower(CoroutineService):
     """Calls ``on_change(change)`` for every change after ``since``.
 
-    ``on_connected()`` runs each time the stream is (re)established, before changes
-    flow; ``on_disconnected()`` each time it breaks. ``since`` is where to start
-    (``"now"``, or a seq that came from CouchDB); afterwards the follower resumes from
-    the last seq it delivered.
+    ``on_connected()`` runs each time the stream is (re)established — CouchDB has
+    accepted it — before changes flow; ``on_disconnected()`` each time it breaks.
+    ``since`` is where to start (``"now"``, or a seq that came from CouchDB);
+    afterwards the follower resumes from the last seq it delivered.
+
+    ``"now"`` is resolved to the database's ``update_seq``, read before the feed is
+    requested: CouchDB's own ``since=now`` is the moment the feed's request arrives,
+    and a write before that would never be delivered (a cache going live meanwhile
+    would keep what that write replaced).
     """
 
     def __init__(self, db: Database, on_change: Callable[[dict], Any], *, since: Any = "now",
@@ -53,11 +58,12 @@ class ChangesFollower(CoroutineService):
         failures = 0
         while self.running:
             try:
-                await defer.maybeDeferred(self.on_connected)
+                if self.since == "now":
+                    self.since = (await self.db.info())["update_seq"]
                 self._stream = self.db.follow(self._deliver, since=self.since,
                                               include_docs=self.include_docs,
-                                              heartbeat_ms=self.heartbeat_ms)
-                self.live = True
+                                              heartbeat_ms=self.heartbeat_ms,
+                                              on_started=self._started)
                 await self._stream.done
                 failures = 0
             except CouchError as error:
@@ -72,6 +78,10 @@ class ChangesFollower(CoroutineService):
             if self.running:
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
                 await task.deferLater(self.reactor, delay, lambda: None)
+
+    def _started(self) -> None:
+        self.live = True
+        self.on_connected()
 
     def _deliver(self, change: dict) -> None:
         self.since = change["seq"]

@@ -19,6 +19,15 @@ class _QuietFactory(client._HTTP11ClientFactory):
     noisy = False  # no "Starting factory" log line for every pooled connection
 
 
+def quiet_pool(reactor, persistent: bool) -> client.HTTPConnectionPool:
+    """A connection pool whose connections log nothing at info level. (Every Agent,
+    even one without a pool of its own, has one: ``Agent(reactor)`` logs "Starting
+    factory" and "Stopping factory" for every connection it makes.)"""
+    pool = client.HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietFactory
+    return pool
+
+
 class LeanClient:
     """``await request(method, url, headers, data) -> (status, headers, body)``, the
     headers as ``{lower-case name: last value}``, the body read whole. ``gzip``
@@ -27,9 +36,8 @@ class LeanClient:
 
     def __init__(self, reactor, max_per_host: int, *, gzip: bool = False,
                  follow_redirects: bool = False):
-        pool = client.HTTPConnectionPool(reactor, persistent=True)
+        pool = quiet_pool(reactor, persistent=True)
         pool.maxPersistentPerHost = max_per_host
-        pool._factory = _QuietFactory
         agent = client.Agent(reactor, pool=pool)
         if follow_redirects:
             agent = client.RedirectAgent(agent)

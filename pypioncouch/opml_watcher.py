@@ -14,7 +14,9 @@ attachment current (on the principal node; mirrors get it by replication).
 - The sync carries the attachment's stub when it rewrites a project document, so the
   OPML survives; the change it makes brings the watcher back to refresh the content.
 - A broken feed reconnects with backoff from the last seq seen; the checkpoint only
-  moves past changes whose projects were regenerated.
+  moves past changes whose projects were regenerated. Writes that fail (CouchDB down,
+  or refusing them: a validate function, permissions) are retried with backoff up to
+  5 minutes, and the error shows on /status until a write succeeds.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ CHECKPOINT = "pypioncouch-opml"
 OPML_DIGEST = "opml_digest"
 
 
+class OpmlRefused(CouchError):
+    """CouchDB refused to store an ``opml.xml`` for another reason than a conflict."""
+
+
 def opml_digest(content: bytes) -> str:
     """The digest a project document records of the ``opml.xml`` written with it."""
     return "sha256-" + hashlib.sha256(content).hexdigest()
@@ -49,7 +55,8 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
     carrying the changed attachments inline. Returns ``(written keys, conflicted keys)``;
-    a conflict means the sync wrote meanwhile (its change brings the key back)."""
+    a conflict means the sync wrote meanwhile (its change brings the key back). Any
+    other refusal raises :class:`OpmlRefused`."""
     rows = (await db.all_docs(keys=list(keys), include_docs=True))["rows"]
     projects = [row["doc"] for row in rows
                 if row.get("doc") and row["doc"].get("type") == model.PROJECT]
@@ -75,6 +82,12 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     written = [r.id for r in results if r.ok]
     if status is not None:
         status.opml_written += len(written)
+    refused = [r for r in results if not r.ok and r.error != "conflict"]
+    if refused:  # not a race that another try wins: a validate function, permissions
+        first = refused[0]
+        raise OpmlRefused(f"CouchDB refused the opml.xml of {len(refused)} project(s), "
+                          f"{first.id} first: {first.error}: {first.reason}",
+                          url=db.display_url)
     return written, [r.id for r in results if not r.ok]
 
 
@@ -128,13 +141,16 @@ class OpmlWatcher(Service):
     name = "opml"
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
-                 debounce: float = 0.25, batch: int = 200, reactor=None):
+                 debounce: float = 0.25, batch: int = 200, max_backoff: float = 300.0,
+                 reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
         self.status = status or SyncStatus()
         self.debounce = debounce
         self.batch = batch
+        self.max_backoff = max_backoff
+        self.failures = 0  # flushes failed in a row
         self.reactor = reactor
         self.dirty: set[str] = set()
         self.seen_seq: Any = None
@@ -184,9 +200,10 @@ class OpmlWatcher(Service):
         self.seen_seq = change["seq"]
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, delay: float | None = None) -> None:
         if self._flushing is None and (self._flush_call is None or not self._flush_call.active()):
-            self._flush_call = self.reactor.callLater(self.debounce, self._flush)
+            self._flush_call = self.reactor.callLater(
+                self.debounce if delay is None else delay, self._flush)
 
     def _flush(self) -> None:
         self._flushing = defer.ensureDeferred(self._flush_now())
@@ -196,7 +213,14 @@ class OpmlWatcher(Service):
     def _flushed(self, _):
         self._flushing = None
         if self.dirty and self.running:
-            self._schedule()
+            self._schedule(self.retry_delay())
+
+    def retry_delay(self) -> float:
+        """After conflicts, the debounce; after failures, 1 s, 2 s, 4 s... up to
+        ``max_backoff``: an error that does not go away is not hammered."""
+        if not self.failures:
+            return self.debounce
+        return min(self.max_backoff, 2.0 ** (self.failures - 1))
 
     async def _flush_now(self) -> None:
         keys, seq = sorted(self.dirty), self.seen_seq
@@ -208,8 +232,23 @@ class OpmlWatcher(Service):
                 self.dirty.update(conflicted)  # the sync wrote meanwhile: once more
             await _save_checkpoint(self.db, seq)
             self.status.opml_seq = seq
-        except CouchError as error:
-            # Not lost: put them back and try again after the next debounce.
+        except Exception as error:
+            # Not lost: put them back, and try again later and later.
             self.dirty.update(keys)
-            self.status.note_error(f"OPML: {error}", "opml")
-            await task.deferLater(self.reactor, 1.0, lambda: None)
+            self.failures += 1
+            message = str(error) if isinstance(error, CouchError) else repr(error)
+            self.status.note_error(f"OPML: {message}", "opml")
+            self.status.opml_error = f"{message} (retry {self.failures} in " \
+                                     f"{self.retry_delay():g}s)"
+            if self.failures & (self.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th...
+                if isinstance(error, CouchError):
+                    log.warn("OPML watcher: {error}; retry {n} in {delay:g}s",
+                             error=message, n=self.failures, delay=self.retry_delay())
+                else:
+                    log.failure("OPML watcher failed; retry {n} in {delay:g}s",
+                                n=self.failures, delay=self.retry_delay())
+        else:
+            if self.failures:
+                log.info("OPML watcher: writing again after {n} failed tries",
+                         n=self.failures)
+            self.failures, self.status.opml_error = 0, None

@@ -14,6 +14,8 @@ from html import escape
 from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 API_VERSION = "1.4"
 HTML = "text/html"
@@ -27,32 +29,19 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def negotiate(accept: str | None, offers: tuple[str, ...] = OFFERS) -> str:
-    """The offer ``accept`` prefers (q-values; ties go to the earlier offer).
+def negotiate(accept: str | None, offers: tuple[str, ...] = OFFERS) -> str | None:
+    """The offer ``accept`` prefers, as RFC 9110 (section 12.5.1) has it, or None when it
+    accepts none of them (a 406).
 
-    No header, ``*/*`` or nothing acceptable all give the first offer, never a 406.
+    Each offer takes the q of the most specific media range that matches it; q=0 means
+    "not this"; the highest q wins, a tie goes to the offer named more specifically,
+    then to the earlier offer. No header (or one without a single valid media range)
+    accepts anything: the first offer. werkzeug parses the header.
     """
-    best, best_q = offers[0], 0.0
-    if not accept:
-        return best
-    ranges = []
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media, q = fields[0].lower(), 1.0
-        for param in fields[1:]:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        ranges.append((media, q))
-    for offer in offers:
-        kind = offer.split("/")[0]
-        q = max((q for media, q in ranges
-                 if media in (offer, "*/*", f"{kind}/*")), default=0.0)
-        if q > best_q:
-            best, best_q = offer, q
-    return best
+    ranges = parse_accept_header(accept, MIMEAccept)
+    if not any("/" in media for media, _ in ranges):
+        return offers[0]
+    return ranges.best_match(offers)
 
 
 def version_key(version: str):

@@ -51,6 +51,7 @@ class SyncStatus:
     warnings: list[str] = field(default_factory=list)
     opml_seq: object = None
     opml_written: int = 0
+    opml_error: str | None = None  # while the OPML watcher fails (and retries)
     couch_ok: bool | None = None
     couch_checked_at: float | None = None
     caught_up_at: float | None = None

@@ -94,3 +94,79 @@ def requires_command(command: str, package: str):
     return pytest.mark.skipif(shutil.which(command) is None and not os.environ.get("CI"),
                               reason=f"{command} comes with Debian's {package} "
                                      "(.ci/run installs it)")
+
+
+class CouchProxy:
+    """A TCP proxy on loopback in front of a real CouchDB, for failures a real server
+    does not make on cue. It records the request line of every request it forwards;
+    after ``cut_after`` requests it cuts every connection and refuses new ones (CouchDB
+    "goes away"); it holds back each request that contains a key of ``hold`` for as
+    many seconds as the key says (``{b"feed=continuous": 2.0}``: a slow feed)."""
+
+    def __init__(self, couch_url: str, cut_after: int | None = None,
+                 hold: dict[bytes, float] | None = None):
+        import re
+        from urllib.parse import urlsplit
+
+        from twisted.protocols import portforward
+
+        proxy = self
+        target = urlsplit(couch_url)
+        self.requests: list[bytes] = []
+        self.cut_after = cut_after
+        self.connections: set = set()
+        self.cut_off = False
+        request_line = re.compile(rb"^[A-Z]+ \S+ HTTP/1\.[01]\r$", re.M)
+
+        class Server(portforward.ProxyServer):
+            def connectionMade(self):
+                proxy.connections.add(self)
+                super().connectionMade()
+
+            def connectionLost(self, reason):
+                proxy.connections.discard(self)
+                super().connectionLost(reason)
+
+            def dataReceived(self, data):
+                lines = request_line.findall(data)
+                if proxy.cut_after is not None and \
+                        len(proxy.requests) + len(lines) > proxy.cut_after:
+                    proxy.cut()
+                    return
+                proxy.requests += [line.strip() for line in lines]
+                delay = max((seconds for part, seconds in proxy.hold.items()
+                             if part in data), default=0.0)
+                if delay:
+                    reactor.callLater(delay, self._forward, data)
+                else:
+                    self._forward(data)
+
+            def _forward(self, data):
+                if self.peer is not None and self.peer.transport is not None:
+                    self.peer.transport.write(data)
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            noisy = False
+
+        class ServerFactory(portforward.ProxyFactory):
+            noisy = False
+            protocol = Server
+
+        Server.clientProtocolFactory = ClientFactory
+        self.hold = hold or {}
+        self._port = reactor.listenTCP(0, ServerFactory(target.hostname, target.port),
+                                       interface="127.0.0.1")
+        port = self._port.getHost().port
+        self.url = couch_url.replace(f":{target.port}/", f":{port}/", 1)
+
+    def cut(self) -> None:
+        """Cut every connection now, and refuse new ones."""
+        self.cut_off = True
+        self._port.stopListening()
+        for server in list(self.connections):
+            server.transport.abortConnection()
+            if server.peer is not None and server.peer.transport is not None:
+                server.peer.transport.abortConnection()
+
+    def close(self):
+        return None if self.cut_off else self._port.stopListening()

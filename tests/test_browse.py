@@ -75,6 +75,16 @@ async def test_paging_forward_and_back_is_exact(site):
         bad = await treq.get(f"{url}/browse/?q=a&after={quote(json.dumps(cursor))}",
                              headers=JSON)
         assert bad.code == 400, (cursor, bad.code)
+    # Nor is a cursor nested too deep for a parser, or too long for a URL to CouchDB.
+    for raw in ("[" * 3000, "[" * 2000 + "]" * 2000, json.dumps(["name", "a" * 5000]),
+                json.dumps(["name", [["a"]]]), json.dumps(["name", {"a": 1}])):
+        for path in ("/browse/", "/browse/recent/", "/browse/author/x",
+                     "/browse/classifiers/?c=Programming%20Language%20%3A%3A%20Python&"):
+            sep = "&" if "?" in path else "?"
+            bad = await treq.get(f"{url}{path}{sep}after={quote(raw)}", headers=JSON)
+            assert bad.code == 400, (path, raw[:20], bad.code)
+            assert (await bad.json())["error"] == \
+                "after/before must be a key as this site's own links give it"
 
 
 @pytest_twisted.ensureDeferred

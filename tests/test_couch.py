@@ -1,5 +1,8 @@
 """The CouchDB client against a real pouchdb-server."""
 
+import os
+from pathlib import Path
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -174,6 +177,35 @@ async def test_changes_stream_receives_a_change_written_after_it_started(couch, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_connections_leave_no_starting_factory_lines_in_the_log(couch, db_name):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        db = couch.database(db_name)
+        await db.ensure()
+        for attempt in range(2):  # (a feed reconnects: each connection logged twice)
+            changes = []
+            stream = db.follow(changes.append, since=0)
+            await db.put({"_id": f"doc-{attempt}"})
+            for _ in range(50):
+                if changes:
+                    break
+                await sleep(0.05)
+            await stream.stop()
+        await sleep(0.2)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert changes
+    assert [line for line in lines if "factory" in line.lower()] == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_replicate_copies_all_documents(couch, db_name):
     source = couch.database(db_name)
     await source.ensure()
@@ -271,6 +303,41 @@ async def test_a_web_server_that_is_not_couchdb_is_named_as_such():
         with pytest.raises(NotFound) as missing:
             await couch.database("pypi").get("x")
         assert "HTML" in str(missing.value)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_server_that_is_not_couchdb_gets_one_line_not_a_traceback():
+    import sys
+
+    from twisted.internet import utils
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class SomeJsonApi(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.setHeader("Content-Type", "application/json")
+            return b'{"service": "something else", "version": "1.0"}'
+
+    site = Site(SomeJsonApi())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    url = f"http://u:pw@127.0.0.1:{port.getHost().port}/"
+    try:
+        with pytest.raises(BadResponse) as error:
+            await CouchDB(url).info()
+        assert str(error.value) == ("the server answered, but it is not CouchDB "
+                                    f"(http://u:***@127.0.0.1:{port.getHost().port}/)")
+        out, err, code = await utils.getProcessOutputAndValue(
+            str(Path(sys.executable).parent / "pypioncouch"),
+            ["--update", url, "--pypi", "http://127.0.0.1:9/"], env=dict(os.environ))
+        assert code == 1
+        assert err.decode().splitlines() == [
+            "pypioncouch: error: the server answered, but it is not CouchDB "
+            f"(http://u:***@127.0.0.1:{port.getHost().port}/)"]
     finally:
         await port.stopListening()
 

@@ -197,3 +197,44 @@ async def test_couchdb_restarting_mid_stream_loses_no_update(private_couch_serve
     finally:
         world.close()
         server.stop()
+
+
+REFUSE_ATTACHMENTS = """function (newDoc) {
+  if (newDoc._attachments && !newDoc._deleted) {
+    throw({forbidden: 'attachments are not accepted here'});
+  }
+}"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_write_backs_off_and_shows_on_status(couch_server, db_name):
+    import treq
+
+    from pypioncouch.status import SyncStatus
+
+    from .helpers import CouchProxy
+    from .test_web import serve
+
+    world = World(couch_server.url, db_name, projects=5, seed=17)
+    await run_pass(world.importer(), full=True)
+    await world.db.put({"_id": "_design/refuse", "validate_doc_update": REFUSE_ATTACHMENTS})
+    proxy = CouchProxy(couch_server.url)
+    status = SyncStatus()
+    watcher = OpmlWatcher(CouchDB(proxy.url).database(db_name), status, debounce=0.05)
+    front, port, url = serve(world.db, status=status, syncing=False)
+    watcher.startService()
+    try:
+        await sleep(2.5)
+        writes = [r for r in proxy.requests if b"/_bulk_docs" in r]
+        # Retried after 1 s, then 2 s, ...: not every debounce (0.05 s).
+        assert 1 <= len(writes) <= 3, len(writes)
+        data = await (await treq.get(f"{url}/status", headers={"Accept": "application/json"})
+                      ).json()
+        assert "attachments are not accepted here" in data["opml"]["error"]
+        page = await (await treq.get(f"{url}/status")).text()
+        assert "attachments are not accepted here" in page
+    finally:
+        await watcher.stopService()
+        await port.stopListening()
+        proxy.close()
+        world.close()

@@ -16,7 +16,7 @@ from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.web.app import WebFront
 
-from .helpers import World, sleep
+from .helpers import CouchProxy, World, sleep
 
 BIN = Path(sys.executable).parent
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -105,6 +105,66 @@ async def test_the_index_lists_every_project_in_both_formats(imported):
     assert [p["name"] for p in data["projects"]] == names
     assert all(f'/simple/{model.normalize(n)}/' in html for n in names)
     assert data["meta"]["_last-serial"] == world.index.last_serial
+
+
+V1_HTML = "application/vnd.pypi.simple.v1+html"
+UV_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
+             "text/html;q=0.01")
+FIREFOX = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+CHROME = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+          "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+# (who sends it, Accept, type of a Simple API answer, type of /status and /browse/);
+# None: 406. Offers (PEP 691): text/html, v1+html, v1+json; pages: text/html, JSON.
+NEGOTIATION = [
+    ("no header", None, "text/html", "text/html"),
+    ("pip", PIP_ACCEPT, V1_JSON, "text/html"),
+    ("uv", UV_ACCEPT, V1_JSON, "text/html"),
+    ("pip < 22.2", "text/html", "text/html", "text/html"),
+    ("Firefox", FIREFOX, "text/html", "text/html"),
+    ("Chrome", CHROME, "text/html", "text/html"),
+    ("curl", "*/*", "text/html", "text/html"),
+    ("HTTPie", "application/json, */*;q=0.5", "text/html", "application/json"),
+    ("PEP 691 HTML", V1_HTML, V1_HTML, None),
+    ("PEP 691 JSON", V1_JSON, V1_JSON, None),
+    ("q=0 text/html", "text/html;q=0, */*", V1_HTML, "application/json"),
+    ("q=0 v1+html", "application/vnd.pypi.simple.v1+html;q=0, */*", "text/html", "text/html"),
+    ("q=0 v1+json", "application/vnd.pypi.simple.v1+json;q=0, application/*", V1_HTML, "application/json"),
+    ("q=0 json", "application/json;q=0, */*", "text/html", "text/html"),
+    ("pip, json refused", "application/vnd.pypi.simple.v1+json;q=0, "
+     "application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01", V1_HTML, "text/html"),
+    ("uv, html refused", UV_ACCEPT.replace("text/html;q=0.01", "text/html;q=0"), V1_JSON, None),
+    ("all refused", "text/html;q=0, application/vnd.pypi.simple.v1+html;q=0, "
+     "application/vnd.pypi.simple.v1+json;q=0, application/json;q=0, */*", None, None),
+    ("only html, refused", "text/html;q=0", None, None),
+    ("specific beats wildcard", "*/*;q=0, application/vnd.pypi.simple.v1+json", V1_JSON, None),
+    ("specific q beats range q=0", "text/*;q=0, text/html;q=0.5", "text/html", "text/html"),
+    ("case-insensitive", "TEXT/HTML;Q=0, */*", V1_HTML, "application/json"),
+]
+
+
+@pytest.mark.parametrize("who, accept, simple_type, page_type", NEGOTIATION,
+                         ids=[row[0] for row in NEGOTIATION])
+@pytest_twisted.ensureDeferred
+async def test_content_negotiation_follows_rfc_9110(imported, who, accept, simple_type,
+                                                    page_type):
+    world, front, url = imported
+    key = model.normalize(world.index.dataset.name(2))
+    headers = {"Accept": accept} if accept else {}
+    for path, expected in (("simple/", simple_type), (f"simple/{key}/", simple_type),
+                           ("status", page_type), ("browse/", page_type)):
+        answer = await treq.get(f"{url}/{path}", headers=headers)
+        body = await answer.content()
+        assert answer.headers.getRawHeaders("vary") == ["Accept"], path
+        if expected is None:
+            offered = ("text/html, application/vnd.pypi.simple.v1+html, "
+                       "application/vnd.pypi.simple.v1+json") if path.startswith("simple") \
+                else "text/html, application/json"
+            assert (answer.code, body) == (
+                406, f"406 Not Acceptable: offered as {offered}\n".encode()), path
+        else:
+            assert answer.code == 200, path
+            assert answer.headers.getRawHeaders("content-type")[0].split(";")[0] == \
+                expected, path
 
 
 @pytest_twisted.ensureDeferred
@@ -339,4 +399,43 @@ async def test_the_cache_serves_a_new_release_as_soon_as_it_is_stored(couch_serv
     finally:
         await follower.stopService()
         await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_while_the_cache_feed_connects_is_not_missed(couch_server, db_name):
+    # The feed's request reaches CouchDB late (held 2 s by a proxy). A page read and a
+    # release written meanwhile must not leave the old page in the cache for good.
+    world = World(couch_server.url, db_name, projects=6, seed=3)
+    await run_pass(world.importer(), full=True)
+    proxy = CouchProxy(couch_server.url, hold={b"feed=continuous": 2.0})
+    front, port, url = serve(CouchDB(proxy.url).database(db_name), syncing=False)
+    follower = front.changes_follower()
+    follower.startService()
+    headers = {"Accept": V1_JSON}
+    try:
+        key, display = next((k, d) for k, d in world.index.listing()
+                            if world.index.latest(world.index.get(k)) is not None)
+        await sleep(0.2)
+        before = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+        world.index.publish(display, "99.0")
+        await run_pass(world.importer())
+        for _ in range(100):
+            if front.cache.live:
+                break
+            await sleep(0.05)
+        assert front.cache.live
+        for _ in range(40):  # the feed brings the write, or the page was never cached
+            after = await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+            if "99.0" in after["versions"]:
+                break
+            await sleep(0.05)
+        assert after["versions"] == before["versions"] + ["99.0"]
+        hits = front.cache.hits
+        await treq.get(f"{url}/simple/{key}/", headers=headers)
+        assert front.cache.hits == hits + 1  # and the cache is in use
+    finally:
+        await follower.stopService()
+        await port.stopListening()
+        proxy.close()
         world.close()

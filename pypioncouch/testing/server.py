@@ -480,7 +480,7 @@ class SimulatorResource(Resource):
     def _simple(self, request, path, parts):
         parts = [p for p in parts if p]
         accept = request.getHeader("accept")
-        chosen = simple.negotiate(accept)
+        chosen = simple.negotiate(accept) or simple.HTML  # Warehouse never answers 406
         request.setHeader("Vary", "Accept")
         if not parts:
             if not path.endswith("/"):

@@ -29,6 +29,7 @@ from pypioncouch.web.cache import CachedProject, ProjectCache
 from pypioncouch.web.metrics import Metrics
 from pypioncouch.web.refresh import Refreshed
 from pypioncouch.web.replica import ReplicaLag
+from pypioncouch.web.streaming import PacedWriter, cut_short
 
 log = Logger()
 
@@ -37,8 +38,37 @@ STYLE = (Path(__file__).parent / "static" / "style.css").read_bytes()
 JSON = "application/json"
 
 
-def wants_json(request) -> bool:
-    return simple.negotiate(request.getHeader("accept"), ("text/html", JSON)) == JSON
+PAGE_TYPES = ("text/html", JSON)
+
+
+class NotAcceptable(Exception):
+    """The client accepts none of the types a resource is offered as (RFC 9110: 406)."""
+
+    def __init__(self, offers: tuple[str, ...]):
+        super().__init__(", ".join(offers))
+        self.offers = offers
+
+
+def choose(request, offers: tuple[str, ...]) -> str:
+    """The type to answer in, by the request's ``Accept``; :class:`NotAcceptable` if none."""
+    request.setHeader("Vary", "Accept")
+    chosen = simple.negotiate(request.getHeader("accept"), offers)
+    if chosen is None:
+        raise NotAcceptable(offers)
+    return chosen
+
+
+def wants_json(request, strict: bool = True) -> bool:
+    """Whether a page goes out as JSON rather than HTML. Not ``strict`` (for error
+    pages, which go out whatever the client accepts): HTML unless JSON is preferred."""
+    if strict:
+        return choose(request, PAGE_TYPES) == JSON
+    return simple.negotiate(request.getHeader("accept"), PAGE_TYPES) == JSON
+
+
+def not_acceptable(request, error: NotAcceptable) -> bytes:
+    request.setHeader("Vary", "Accept")
+    return _plain(request, 406, "406 Not Acceptable: offered as " + ", ".join(error.offers))
 
 
 def observed(route: str):
@@ -49,9 +79,13 @@ def observed(route: str):
             started = time.perf_counter()
             try:
                 return await handler(self, request, *args, **kwargs)
+            except NotAcceptable as error:
+                return not_acceptable(request, error)
             except CouchError as error:
                 log.warn("{route}: CouchDB: {error}", route=route, error=error)
                 self.status.note_error(f"web {route}: {error}", "couchdb")
+                if request.startedWriting:  # a 200 is on its way: fail the transfer
+                    return await cut_short(request)
                 request.setResponseCode(503)
                 request.setHeader("Content-Type", "text/plain; charset=utf-8")
                 request.setHeader("Retry-After", "5")
@@ -225,7 +259,7 @@ class WebFront:
             "pending": s.pending, "last_error": s.last_error,
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
             "removals_held": s.removals_held,
-            "opml": {"seq": s.opml_seq, "written": s.opml_written},
+            "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "backfill": dataclasses.asdict(s.backfill),
             "couchdb_up": couch_ok,
         }
@@ -233,8 +267,9 @@ class WebFront:
     @app.route("/status", methods=["GET", "HEAD"])
     @observed("status")
     async def status_page(self, request):
+        as_json = wants_json(request)
         data = await self.status_data()
-        if wants_json(request):
+        if as_json:
             request.setHeader("Content-Type", JSON)
             return json.dumps(data).encode()
         request.setHeader("Content-Type", "text/html; charset=utf-8")
@@ -301,23 +336,28 @@ class WebFront:
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
-        chosen = simple.negotiate(request.getHeader("accept"))
+        chosen = choose(request, simple.OFFERS)
         serial = await couchapp.max_serial(self.db)
         request.setHeader("Content-Type", chosen)
-        request.setHeader("Vary", "Accept")
         request.setHeader("X-PyPI-Last-Serial", str(serial))
-        # Streamed a page at a time: the index of 500,000 names is never in memory.
+        # Streamed a page at a time, at the pace the client reads: the index of 500,000
+        # names is never in memory. A CouchDB failure half-way cuts the connection.
         as_json = chosen == simple.V1_JSON
-        request.write(simple.index_json_head(serial) if as_json else simple.index_html_head())
-        first = True
-        page: list[tuple[str, list]] = []
-        async for key, value in self._index_rows():
-            if value[2] != "quarantined":
-                page.append((key, value))
-            if len(page) >= INDEX_PAGE:
-                request.write(_index_items(page, as_json, first))
-                first, page = False, []
-        request.write(_index_items(page, as_json, first))
+        writer = PacedWriter(request)
+        try:
+            await writer.write(simple.index_json_head(serial) if as_json
+                               else simple.index_html_head())
+            first = True
+            page: list[tuple[str, list]] = []
+            async for key, value in self._index_rows():
+                if value[2] != "quarantined":
+                    page.append((key, value))
+                if len(page) >= INDEX_PAGE:
+                    await writer.write(_index_items(page, as_json, first))
+                    first, page = False, []
+            await writer.write(_index_items(page, as_json, first))
+        finally:
+            writer.close()
         return simple.INDEX_JSON_TAIL if as_json else simple.INDEX_HTML_TAIL
 
     @app.route("/simple/<name>", methods=["GET", "HEAD"])
@@ -335,8 +375,7 @@ class WebFront:
         key = model.normalize(name)
         if key != name:
             return _redirect(request, f"/simple/{key}/")
-        chosen = simple.negotiate(request.getHeader("accept"))
-        request.setHeader("Vary", "Accept")
+        chosen = choose(request, simple.OFFERS)
         entry = await self.project(key)
         if entry is None:
             return _plain(request, 404, "404 Not Found")

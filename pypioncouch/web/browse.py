@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
+from pypioncouch.web.app import NotAcceptable, not_acceptable
 from pypioncouch.web.refresh import Refreshed
 
 log = Logger()
@@ -32,6 +33,7 @@ PAGE = 50
 SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
 BAD_CURSOR = "after/before must be a key as this site's own links give it"
+MAX_CURSOR = 2000  # characters; keeps the URL of the CouchDB query it becomes modest
 
 
 class BadQuery(ValueError):
@@ -44,13 +46,22 @@ def _arg(request, name: str, default: str = "") -> str:
 
 
 def _key_arg(request, name: str) -> Any:
+    """A cursor from the URL: a view key as this site's links give it (a name, or a
+    flat list of strings and numbers, well under MAX_CURSOR characters)."""
     raw = _arg(request, name)
     if not raw:
         return None
+    if len(raw) > MAX_CURSOR:
+        raise BadQuery(BAD_CURSOR)
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise BadQuery(f"{name} must be a key as this site's own links give it") from None
+        key = json.loads(raw)
+    except (ValueError, RecursionError):  # (a few hundred "[" exhaust the parser)
+        raise BadQuery(BAD_CURSOR) from None
+    scalars = (str, int, float, bool, type(None))
+    if not isinstance(key, (str, list)) or \
+            (isinstance(key, list) and not all(isinstance(part, scalars) for part in key)):
+        raise BadQuery(BAD_CURSOR)
+    return key
 
 
 def select_versions(versions: list[str], specifier: str, prereleases: bool = False
@@ -186,13 +197,19 @@ class BrowsePages:
                                            name="classifier counts")
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
-        request.setResponseCode(status)
         request.setHeader("Vary", "Accept")
-        if self.front.wants_json(request):
+        # An error page goes out whatever the client accepts (no 406 for a 404).
+        as_json = self.front.wants_json(request, strict=status < 400)
+        request.setResponseCode(status)
+        if as_json:
             request.setHeader("Content-Type", "application/json")
             return json.dumps(data, ensure_ascii=False).encode("utf-8")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         return self.front.render(template, data=data, **extra)
+
+    @app.handle_errors(NotAcceptable)
+    def not_acceptable(self, request, failure):
+        return not_acceptable(request, failure.value)
 
     @app.handle_errors(BadQuery)
     def bad_query(self, request, failure):

@@ -1,8 +1,9 @@
 """Per-project cache of what the web front renders, kept exact by ``_changes``.
 
-A cached entry is used only while the changes follower is live: every change to a
-project's documents evicts its entry, and a broken feed empties the whole cache, so a
-hit never serves anything older than CouchDB's own state.
+A cached entry is used only while the changes follower is live — its feed accepted by
+CouchDB, from a seq read before (so a write made while it connected is delivered
+too): every change to a project's documents evicts its entry, and a broken feed
+empties the whole cache, so a hit never serves anything older than CouchDB's own state.
 """
 
 from __future__ import annotations
