@@ -268,8 +268,9 @@ class PyPI:
         except ValueError:
             raise Transient("malformed JSON", where) from None
 
-    async def simple_project(self, name: str) -> tuple[int | None, str] | None:
-        """``(serial, status)`` from ``/simple/<name>/`` (PEP 691), None if 404."""
+    async def simple_project(self, name: str) -> tuple[int | None, str, int] | None:
+        """``(serial, status, number of files)`` from ``/simple/<name>/`` (PEP 691),
+        None if 404."""
         path = f"simple/{normalize(name)}/"
 
         async def attempt():
@@ -282,7 +283,9 @@ class PyPI:
             if not isinstance(page, dict):
                 raise Transient("malformed Simple page", self.display_url + path)
             serial = _serial(headers, page.get("meta", {}).get("_last-serial"))
-            return serial, (page.get("project-status") or {}).get("status", "active")
+            files = page.get("files")
+            return (serial, (page.get("project-status") or {}).get("status", "active"),
+                    len(files) if isinstance(files, list) else 0)
 
         return await self._retrying(attempt)
 
@@ -320,14 +323,22 @@ class PyPI:
                 answer = ProjectAnswer(key, "project", payload, serial)
             else:
                 raise PyPIError(f"HTTP {status}", where)
-            fresh = (answer.kind == "gone" or min_serial is None or answer.serial is None
-                     or answer.serial >= min_serial)
+            # A 404 for a project the changelog says changed at ``min_serial`` is a
+            # CDN's cached "not found" of a project new since (a removal comes as its
+            # own changelog row, and is never asked about): stale too.
+            fresh = answer is not None and (min_serial is None or (
+                answer.kind != "gone" and (
+                    answer.serial is None or answer.serial >= min_serial)))
             if fresh:
                 return answer
             if stale_try < self.stale_retries:
                 await self.sleep(1.0 * (stale_try + 1))
-        raise StaleAnswer(f"stale: serial {answer.serial} < {min_serial} after "
-                          f"{self.stale_retries} retries", where)
+        if answer is None:
+            raise StaleAnswer("stale: the JSON API answers 404 while the Simple page lists "
+                              f"files, after {self.stale_retries} retries", where)
+        seen = "404" if answer.kind == "gone" else f"serial {answer.serial}"
+        raise StaleAnswer(f"stale: {seen} where the changelog has serial {min_serial}, "
+                          f"after {self.stale_retries} retries", where)
 
     async def release(self, name: str, version: str) -> dict | None:
         """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
@@ -349,11 +360,16 @@ class PyPI:
 
         return await self._retrying(attempt)
 
-    async def _project_without_json(self, name: str, key: str) -> ProjectAnswer:
+    async def _project_without_json(self, name: str, key: str) -> ProjectAnswer | None:
+        """What a 404 from the JSON API means: gone (the Simple page is 404 too), or a
+        project without releases (its Simple page lists no file). None when the Simple
+        page lists files: the 404 was a stale copy (a CDN's cached "not found")."""
         found = await self.simple_project(key)
         if found is None:
             return ProjectAnswer(key, "gone")
-        serial, status = found
+        serial, status, files = found
+        if files:
+            return None
         return ProjectAnswer(key, "empty", serial=serial, status=status,
                              payload={"name": name})
 
@@ -362,7 +378,11 @@ class PyPI:
         key = normalize(name)
         versions = await self.call("package_releases", name, True)
         if not versions:
-            return await self._project_without_json(name, key)
+            answer = await self._project_without_json(name, key)
+            if answer is None:
+                raise StaleAnswer("package_releases lists none while the Simple page lists "
+                                  "files", self.xmlrpc_url)
+            return answer
         # Without show_hidden: the JSON API's latest (not yanked, final preferred), not
         # simply the newest (the first of ``versions``), which may be a pre-release.
         latest = (await self.call("package_releases", name) or versions)[0]

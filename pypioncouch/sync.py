@@ -272,7 +272,10 @@ class XmlRpcImporter:
                 more = False
             for key, wanted in pending.items():
                 if key not in works:
-                    works[key] = Work(key, key, wanted)
+                    # The index has no removal rows: a pending project it no longer
+                    # lists may be gone, which only a 404 asked without a serial says.
+                    simple = self.status.changes_source == "simple"
+                    works[key] = Work(key, key, None if simple else wanted)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
             await self.save_checkpoint(new_serial, failures)
@@ -333,10 +336,14 @@ class XmlRpcImporter:
         A listing that lacks more stored projects than a pass may remove is not
         believed (cut short by a proxy, a broken CDN node, a bug upstream): nobody is
         asked, the removals are held (see :meth:`hold_removals`), and False is
-        returned."""
+        returned. False too when a project it lacks turns out to be alive (or cannot
+        be asked about): the listing is incomplete, and what else it hid (a project
+        new since the checkpoint, say) is unknown, so the checkpoint must not move
+        past it."""
         total = await couchapp.count(self.db, "name", timeout=3600)
         limit = removal_limit(total, self.max_removals)
         strays: list[Work] = []
+        hidden_by_pypi: set[str] = set()  # PyPI's index leaves quarantined projects out
         missing = 0
         async for row in couchapp.all_projects(self.db):
             if row["id"] in listed:
@@ -344,6 +351,8 @@ class XmlRpcImporter:
             missing += 1
             if missing <= limit or self.confirm_removals:  # bounded: at most the limit
                 strays.append(Work(row["id"], row["value"][0] or row["id"], None))
+                if row["value"][2] == "quarantined":
+                    hidden_by_pypi.add(row["id"])
         if missing > limit and not self.confirm_removals:
             self.hold_removals(summary, missing, (
                 f"the listing from {self.pypi.display_url} lacks {missing} of the "
@@ -351,10 +360,22 @@ class XmlRpcImporter:
                 "removed nothing and asked about none of them; this clears when the "
                 f"listing recovers, or {CONFIRM_HINT}"))
             return False
-        if strays:
-            log.info("{count} stored projects are not in PyPI's listing: asking about "
-                     "each by name", count=len(strays))
-            failures.update(await self.sync(strays, summary, removals))
+        if not strays:
+            return True
+        log.info("{count} stored projects are not in PyPI's listing: asking about "
+                 "each by name", count=len(strays))
+        already = len(removals)
+        failed = await self.sync(strays, summary, removals)
+        failures.update(failed)
+        gone = {work.key for work, _ in removals[already:]}
+        alive = [w.key for w in strays if w.key not in gone | hidden_by_pypi]
+        if alive:
+            reason = (f"the listing from {self.pypi.display_url} lacks {len(alive)} "
+                      f"projects PyPI still has (or did not answer for), {alive[0]} first: "
+                      "it is incomplete, so the checkpoint stays until a listing is whole")
+            log.warn("{reason}", reason=reason)
+            self.status.note_error(reason, "listing")
+            return False
         return True
 
     async def settle_removals(self, removals: list, summary: Summary,

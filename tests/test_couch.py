@@ -202,7 +202,9 @@ async def test_connections_leave_no_starting_factory_lines_in_the_log(couch, db_
     finally:
         globalLogPublisher.removeObserver(observe)
     assert changes
-    assert [line for line in lines if "factory" in line.lower()] == []
+    # Every connection made here logs "Starting" first; a "Stopping" alone is another
+    # test's idle connection that the server closed meanwhile (Apache CouchDB does).
+    assert [line for line in lines if "starting factory" in line.lower()] == []
 
 
 @pytest_twisted.ensureDeferred

@@ -221,3 +221,21 @@ async def test_a_quarantined_project_missing_from_the_index_is_kept_as_it_is(wor
         summary = await run_pass(w.importer(changes="simple"))
         assert (summary.deleted, summary.projects) == (0, 0), summary
     assert (await w.db.get(key))["_rev"] == before["_rev"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_that_hides_live_projects_does_not_move_the_checkpoint(world):
+    """A cut /simple/ index hides stored projects (asked about: alive) and, unseen, a
+    project new since the checkpoint: passing it would lose that project for good."""
+    w = world(projects=30, seed=41)
+    await run_pass(w.importer(), full=True)
+    before = (await w.db.get_local(CHECKPOINT))["serial"]
+    w.index.publish("zzz-hidden-new", "1.0")  # sorts last: outside the kept slice
+    w.resource.listing.configure(keep=0.5, start=0.0)
+    summary = await run_pass(w.importer(changes="simple"))
+    assert summary.deleted == 0 and await w.db.get_or_none("zzz-hidden-new") is None
+    assert (await w.db.get_local(CHECKPOINT))["serial"] == before
+    w.resource.listing.configure(keep=1.0)
+    await run_pass(w.importer(changes="simple"))
+    assert (await w.db.get("zzz-hidden-new"))["versions"] == ["1.0"]
+    await assert_matches_simulator(w.db, w.index)

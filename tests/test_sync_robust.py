@@ -157,6 +157,22 @@ async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_new_project_behind_a_stale_cdn_404_is_not_stored_empty_or_skipped(world):
+    """A CDN's cached 404 for a project new since: the changelog says it exists, its
+    Simple page lists its file. Neither "gone" nor "a project without releases"."""
+    w, _ = await imported_behind_a_stale_cdn(world, 600)
+    w.index.publish("Brand.New", "1.0")
+    summary = await run_pass(w.importer(stale_retries=1))
+    assert summary.pending == 1 and "stale" in summary.errors[0], summary
+    assert await w.db.get_or_none("brand-new") is None
+    assert "brand-new" in (await w.db.get_local(CHECKPOINT))["pending"]
+    w.index.stale_seconds = 0
+    w.index._stale.clear()
+    summary = await run_pass(w.importer())
+    assert summary.pending == 0 and (await w.db.get("brand-new"))["versions"] == ["1.0"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_xmlrpc_rate_limit_fault_is_waited_out(world):
     w = world(projects=5, seed=1, xmlrpc_rate_limit=2)
     w.resource.xmlrpc.rate_window = 2.0
