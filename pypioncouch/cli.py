@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "would remove more removes nothing")
     parser.add_argument("--confirm-removals", action="store_true",
                         help="remove what PyPI says is gone even past --max-removals")
+    parser.add_argument("--guard", action="store_true",
+                        help="also install the write guard _design/pypioncouch-guard "
+                             "(CouchDB then checks every document's shape; slower writes; "
+                             "for databases that take writes from elsewhere)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for one answer (default 30)")
     parser.add_argument("--continuous", action="store_true",
@@ -94,7 +98,8 @@ async def sync_command(reactor, args) -> int:
 
     importer = XmlRpcImporter(db, pypi, concurrency=args.concurrency, source=args.source,
                               changes=args.changes, max_removals=args.max_removals,
-                              confirm_removals=args.confirm_removals, progress=show)
+                              confirm_removals=args.confirm_removals, guard=args.guard,
+                              progress=show)
     try:
         summary = await run_pass(importer, full=bool(args.fullimport))
     finally:
@@ -168,6 +173,10 @@ async def push_design_command(reactor, args) -> int:
     await db.ensure()
     written = await couchapp.push(db)
     print(f"{couchapp.DESIGN_ID} {'written' if written else 'unchanged'} in {db.display_url}")
+    if args.guard:
+        written = await couchapp.push_guard(db)
+        print(f"{couchapp.GUARD_ID} {'written' if written else 'unchanged'} in "
+              f"{db.display_url}")
     return 0
 
 

@@ -286,6 +286,26 @@ def merged_digests(new_digests: list, old_digests: list | None) -> list[str | No
     return list(new_digests)
 
 
+def shape_problem(doc: dict) -> str | None:
+    """Why ``doc`` is not a project or release document as the views and the web front
+    rely on (None if it is): the rules of the optional write guard
+    (``couchapp/validate_doc_update.js``), checked by our writer before it writes."""
+    if doc.get("_deleted") or doc["_id"].startswith("_design/"):
+        return None
+    required = {PROJECT: ("name", "versions", "release_digests"),
+                RELEASE: ("project", "version", "files")}.get(doc.get("type"))
+    if required is None:
+        return "documents here are of type project or release"
+    missing = [name for name in required if name not in doc]
+    if missing:
+        return f"missing field {missing[0]}"
+    if doc["type"] == PROJECT and ":" in doc["_id"]:
+        return "a project id is a normalized name (no colon)"
+    if doc["type"] == RELEASE and doc["_id"] != release_id(doc["project"], doc["version"]):
+        return "a release id is <project>:<version>"
+    return None
+
+
 def keep_attachments(project: dict, stored: dict | None) -> None:
     """Carry the stored project's attachments (as stubs, so CouchDB keeps them) and the
     digest the OPML watcher recorded of them onto a rewritten ``project``."""

@@ -65,6 +65,9 @@ class Options(usage.Options):
          "--max-removals (start with it once, after checking /status)"],
         ["no-backfill", None, "do not fetch the metadata of older releases in the "
          "background (the web front still fetches one when asked for it)"],
+        ["guard", None, "also install the write guard _design/pypioncouch-guard, so "
+         "CouchDB checks every document's shape (slower writes; for databases that "
+         "take writes from elsewhere)"],
     ]
 
     def __init__(self):
@@ -186,7 +189,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
         importer = XmlRpcImporter(db, pypi, status=status, concurrency=options["concurrency"],
                                   source=options["source"], changes=options["changes"],
                                   max_removals=options["max-removals"],
-                                  confirm_removals=bool(options["confirm-removals"]))
+                                  confirm_removals=bool(options["confirm-removals"]),
+                                  guard=bool(options["guard"]))
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
         if not options["no-backfill"]:

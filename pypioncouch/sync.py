@@ -139,7 +139,7 @@ class XmlRpcImporter:
     def __init__(self, db: Database, pypi: PyPI, *, status: SyncStatus | None = None,
                  concurrency: int = 10, batch_size: int = 100, source: str = "json",
                  changes: str = "xmlrpc", max_removals: int | None = None,
-                 confirm_removals: bool = False,
+                 confirm_removals: bool = False, guard: bool = False,
                  progress: Callable[[SyncStatus], None] | None = None):
         if source not in ("json", "xmlrpc"):
             raise ValueError("source is 'json' or 'xmlrpc'")
@@ -157,6 +157,7 @@ class XmlRpcImporter:
         self.source = source
         self.max_removals = max_removals
         self.confirm_removals = confirm_removals
+        self.guard = guard
         self.progress = progress or (lambda status: None)
         self._checkpoint_rev: str | None = None
 
@@ -199,9 +200,12 @@ class XmlRpcImporter:
     # -- passes ------------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Create the database and install the design document if needed."""
+        """Create the database and install the design document (and, with ``guard``,
+        the write guard) if needed."""
         await self.db.ensure()
         await couchapp.push(self.db)
+        if self.guard:
+            await couchapp.push_guard(self.db)
 
     async def full_import(self) -> Summary:
         """Import every project PyPI lists, then set the checkpoint (resumable)."""
@@ -749,7 +753,13 @@ class XmlRpcImporter:
         rejected: dict[str, str] = {}
         superseded: dict[str, dict | None] = {}
         bases = bases or {}
-        pending = docs
+        pending = []
+        for doc in docs:  # what the optional guard would refuse, refused here for free
+            problem = model.shape_problem(doc)
+            if problem:
+                rejected[doc["_id"]] = f"forbidden: {problem}"
+            else:
+                pending.append(doc)
         for _ in range(CONFLICT_ROUNDS):
             if not pending:
                 break

@@ -128,6 +128,24 @@ def db_name():
 
 
 @pytest.fixture
+def world(couch_server, db_name):
+    """``world(projects=..., seed=..., **simulator options)``: a simulator, a fresh
+    database and an importer between them (tests/helpers.py), closed afterwards."""
+    from .helpers import World
+
+    worlds = []
+
+    def make(**options):
+        worlds.append(World(couch_server.url, db_name, read_url=couch_server.read_url,
+                            **options))
+        return worlds[-1]
+
+    yield make
+    for made in worlds:
+        made.close()
+
+
+@pytest.fixture
 def couch(couch_server):
     from pypioncouch.couch import CouchDB
 

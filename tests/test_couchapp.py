@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import pytest_twisted
 
 from pypioncouch import couchapp
@@ -45,10 +46,17 @@ async def test_a_changed_design_is_built_under_a_scratch_id_before_the_switch(co
 
 
 @pytest_twisted.ensureDeferred
-async def test_foreign_writes_out_of_shape_are_refused(couch, db_name):
+async def test_the_design_document_leaves_writes_unchecked_and_the_guard_checks_them(
+        couch, db_name):
+    """Without the guard CouchDB runs no JavaScript per write (the hot path); with it,
+    foreign writes out of shape are refused, each with its own ``forbidden``."""
     db = couch.database(db_name)
     await db.ensure()
     await couchapp.push(db)
+    assert "validate_doc_update" not in await db.get(couchapp.DESIGN_ID)
+    assert [r.error for r in await db.bulk_docs([{"_id": "y", "type": "other"}])] == [None]
+    assert await couchapp.push_guard(db) is True
+    assert await couchapp.push_guard(db) is False
     results = await db.bulk_docs([
         {"_id": "x", "type": "something else"},
         {"_id": "foo:1.0", "type": "release", "project": "bar", "version": "1.0", "files": []},
@@ -56,6 +64,42 @@ async def test_foreign_writes_out_of_shape_are_refused(couch, db_name):
         {"_id": "ok", "type": "project", "name": "OK", "versions": [], "release_digests": {}},
     ])
     assert [r.error for r in results] == ["forbidden", "forbidden", "forbidden", None]
+
+
+SHAPES = [  # (document, why the guard and our writer refuse it)
+    ({"_id": "x", "type": "something else"}, "documents here are of type project or release"),
+    ({"_id": "x"}, "documents here are of type project or release"),
+    ({"_id": "foo", "type": "project", "name": "foo"}, "missing field versions"),
+    ({"_id": "foo:1", "type": "project", "name": "F", "versions": [], "release_digests": {}},
+     "a project id is a normalized name (no colon)"),
+    ({"_id": "foo:1.0", "type": "release", "project": "bar", "version": "1.0", "files": []},
+     "a release id is <project>:<version>"),
+    ({"_id": "foo:1.1", "type": "release", "project": "foo", "version": "1.1"},
+     "missing field files"),
+    ({"_id": "ok", "type": "project", "name": "OK", "versions": [], "release_digests": {}},
+     None),
+    ({"_id": "ok:2", "type": "release", "project": "ok", "version": "2", "files": []}, None),
+    ({"_id": "gone", "_deleted": True}, None),
+]
+
+
+@pytest.mark.parametrize("doc, problem", SHAPES)
+def test_the_writer_checks_the_guards_rules(doc, problem):
+    from pypioncouch import model
+
+    assert model.shape_problem(doc) == problem
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_guard_and_the_writer_agree(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push_guard(db)
+    results = await db.bulk_docs([dict(doc, _id=f"{doc['_id']}-{i}" if ":" not in doc["_id"]
+                                       else doc["_id"]) for i, (doc, _) in enumerate(SHAPES)
+                                  if not doc.get("_deleted")])
+    refused = [r.reason for r in results]
+    assert refused == [p for doc, p in SHAPES if not doc.get("_deleted")]
 
 
 @pytest_twisted.ensureDeferred

@@ -8,21 +8,8 @@ import treq
 from pypioncouch import model
 from pypioncouch.sync import CHECKPOINT, run_pass
 
-from .helpers import World, assert_matches_simulator, stored_project
+from .helpers import assert_matches_simulator, stored_project
 from .test_web import serve
-
-
-@pytest.fixture
-def world(couch_server, db_name):
-    worlds = []
-
-    def make(**options):
-        worlds.append(World(couch_server.url, db_name, **options))
-        return worlds[-1]
-
-    yield make
-    for world in worlds:
-        world.close()
 
 
 async def project_ids(db):

@@ -17,22 +17,9 @@ from pypioncouch.sync import CHECKPOINT, run_pass
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.testing.server import FAULT_KINDS
 
-from .helpers import World, assert_matches_simulator, sleep, stored_json_api, stored_project
+from .helpers import assert_matches_simulator, sleep, stored_json_api, stored_project
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def world(couch_server, db_name):
-    worlds = []
-
-    def make(**options):
-        worlds.append(World(couch_server.url, db_name, **options))
-        return worlds[-1]
-
-    yield make
-    for world in worlds:
-        world.close()
 
 
 @pytest_twisted.ensureDeferred

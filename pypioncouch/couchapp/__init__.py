@@ -1,7 +1,14 @@
 """The design document ``_design/pypioncouch``, built from the files beside this module:
-``views/<name>/map.js`` (+ ``reduce.js``, a built-in such as ``_count``) and
-``validate_doc_update.js``. It replicates with the data, so every mirror can serve
-the browse pages from its own views.
+``views/<name>/map.js`` (+ ``reduce.js``, a built-in such as ``_count``). It
+replicates with the data, so every mirror can serve the browse pages from its own
+views.
+
+The write guard (``validate_doc_update.js``) lives in a design document of its own,
+``_design/pypioncouch-guard``, installed only on request (``--guard``): Apache
+CouchDB runs a JavaScript ``validate_doc_update`` for every document written, which
+made every write 2.7 times slower (bench/RESULTS.md), and our own writer checks the
+same rules in Python before it writes (:func:`pypioncouch.model.shape_problem`). The
+guard is for databases that take writes from elsewhere.
 
 One view, ``catalog``, answers every list (docs/schema.md): its keys start with a
 facet (``["name", project]``, ``["author", folded, project]``, ...). The helpers
@@ -28,6 +35,7 @@ log = Logger()
 NAME = "pypioncouch"
 DESIGN_ID = f"_design/{NAME}"
 SCRATCH_ID = f"_design/{NAME}-next"
+GUARD_ID = f"_design/{NAME}-guard"
 HERE = Path(__file__).parent
 VIEW = "catalog"
 LAST = {}  # collates after every string, number and list: the end of a key range
@@ -96,12 +104,26 @@ def design_document() -> dict:
         if (folder / "reduce.js").exists():
             view["reduce"] = (folder / "reduce.js").read_text().strip()
         views[folder.name] = view
-    return {
-        "_id": DESIGN_ID,
-        "language": "javascript",
-        "views": views,
-        "validate_doc_update": (HERE / "validate_doc_update.js").read_text().strip(),
-    }
+    return {"_id": DESIGN_ID, "language": "javascript", "views": views}
+
+
+def guard_document() -> dict:
+    """The optional write guard: the shape rules, enforced by CouchDB on every write."""
+    return {"_id": GUARD_ID, "language": "javascript",
+            "validate_doc_update": (HERE / "validate_doc_update.js").read_text().strip()}
+
+
+async def push_guard(db: Database) -> bool:
+    """Install or update the write guard. True if it was written."""
+    wanted = guard_document()
+    current = await db.get_or_none(GUARD_ID)
+    if current is not None and _same(current, wanted):
+        return False
+    if current is not None:
+        wanted["_rev"] = current["_rev"]
+    await _put_design(db, wanted)
+    log.info("write guard {id} written", id=GUARD_ID)
+    return True
 
 
 def _same(stored: dict, wanted: dict) -> bool:
@@ -122,15 +144,19 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
         await _build_under_scratch(db, wanted, build_timeout)
     if current is not None:
         wanted["_rev"] = current["_rev"]
-    try:
-        await db.put(wanted)
-    except Unauthorized as error:
-        raise Unauthorized(
-            f"CouchDB {db.server.user} may not write the design document {DESIGN_ID} of "
-            f"{db.name!r}: make it an admin of that database (its _security), or use a "
-            "server admin", url=error.url, status=error.status) from None
+    await _put_design(db, wanted)
     log.info("design document {id} written", id=DESIGN_ID)
     return True
+
+
+async def _put_design(db: Database, doc: dict) -> None:
+    try:
+        await db.put(doc)
+    except Unauthorized as error:
+        raise Unauthorized(
+            f"CouchDB {db.server.user} may not write the design document {doc['_id']} of "
+            f"{db.name!r}: make it an admin of that database (its _security), or use a "
+            "server admin", url=error.url, status=error.status) from None
 
 
 async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> None:
