@@ -17,14 +17,17 @@ def full_import(couch: CouchServer, projects: int, latency_ms: float, concurrenc
                 db: str, seed: int = 1) -> dict:
     with SimulatorProcess("--projects", str(projects), "--seed", str(seed),
                           "--latency-ms", str(latency_ms)) as sim:
-        seconds, peak_mb, out = peak_rss_of(
+        seconds, peak_mb, out, cpu = peak_rss_of(
             [str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
              "--db", db, "--concurrency", str(concurrency), "--quiet"])
     info = http_json(f"{couch.url}{db}")
     return {"projects": projects, "latency_ms": latency_ms, "concurrency": concurrency,
             "seconds": round(seconds, 2), "projects_per_s": round(projects / seconds, 1),
             "docs": info["doc_count"], "docs_per_s": round(info["doc_count"] / seconds, 1),
-            "peak_rss_mb": round(peak_mb, 1), "summary": out.strip()}
+            "peak_rss_mb": round(peak_mb, 1),
+            "importer_cpu_seconds": round(cpu, 2),
+            "importer_cpu_ms_per_project": round(1000 * cpu / projects, 2),
+            "summary": out.strip()}
 
 
 def raw_bulk_load(couch: CouchServer, source_db: str, target_db: str,

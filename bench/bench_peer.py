@@ -63,7 +63,8 @@ def run(projects: int = 1000, latency_ms: float = 20.0, workers: int = 10,
     result = {"projects": projects, "latency_ms": latency_ms, "workers": workers,
               "bound_seconds": round(projects / (workers / (latency_ms / 1000.0)), 2),
               "bandersnatch": peer, "pypioncouch": {k: ours[k] for k in (
-                  "seconds", "projects_per_s", "docs", "peak_rss_mb")},
+                  "seconds", "projects_per_s", "docs", "peak_rss_mb",
+                  "importer_cpu_ms_per_project")},
               "raw_bulk_docs_seconds": raw["seconds"]}
     if "seconds" in peer and "error" not in peer:
         result["time_ratio_to_bandersnatch"] = round(ours["seconds"] / peer["seconds"], 3)

@@ -66,8 +66,11 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return seconds, max(peak, before) // 1024, result.stdout
 
 
-def peak_rss_of(command: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS MB of this one command, stdout), via /usr/bin/time if present."""
+def peak_rss_of(command: list[str]) -> tuple[float, float, str, float]:
+    """(seconds, peak RSS MB of this one command, stdout, CPU seconds it used), the
+    peak via /usr/bin/time if present."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = usage.ru_utime + usage.ru_stime
     if Path("/usr/bin/time").exists():
         started = time.perf_counter()
         result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True,
@@ -75,10 +78,13 @@ def peak_rss_of(command: list[str]) -> tuple[float, float, str]:
         seconds = time.perf_counter() - started
         if result.returncode not in (0, 3):
             raise RuntimeError(result.stderr[-2000:])
-        peak_kb = int(result.stderr.strip().splitlines()[-1])
-        return seconds, peak_kb / 1024, result.stdout
-    seconds, peak, out = run_measured(command)
-    return seconds, float(peak), out
+        peak = int(result.stderr.strip().splitlines()[-1]) / 1024
+        out = result.stdout
+    else:
+        seconds, peak_int, out = run_measured(command)
+        peak = float(peak_int)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, peak, out, usage.ru_utime + usage.ru_stime - cpu_before
 
 
 @contextmanager
