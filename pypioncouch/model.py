@@ -306,15 +306,6 @@ def shape_problem(doc: dict) -> str | None:
     return None
 
 
-def keep_attachments(project: dict, stored: dict | None) -> None:
-    """Carry the stored project's attachments (as stubs, so CouchDB keeps them) and the
-    digest the OPML watcher recorded of them onto a rewritten ``project``."""
-    if stored and stored.get("_attachments"):
-        project["_attachments"] = stored["_attachments"]
-        if "opml_digest" in stored:
-            project["opml_digest"] = stored["opml_digest"]
-
-
 def empty_project_document(name: str, serial: int | None, status: str) -> dict:
     """A project PyPI knows but shows no release of: new with no upload yet, or
     quarantined (its JSON API answers 404, its Simple page 200 with no files)."""

@@ -29,16 +29,16 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from pypioncouch import couchapp, model
+from pypioncouch import couchapp
 from pypioncouch.couch import CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.opml import ATTACHMENT, CONTENT_TYPE, project_opml
 from pypioncouch.status import SyncStatus
+from pypioncouch.store import OPML_DIGEST, Store
 
 log = Logger()
 
 CHECKPOINT = "pypioncouch-opml"
-OPML_DIGEST = "opml_digest"
 
 
 class OpmlRefused(CouchError):
@@ -57,19 +57,10 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     carrying the changed attachments inline. Returns ``(written keys, conflicted keys)``;
     a conflict means the sync wrote meanwhile (its change brings the key back). Any
     other refusal raises :class:`OpmlRefused`."""
-    rows = (await db.all_docs(keys=list(keys), include_docs=True))["rows"]
-    projects = [row["doc"] for row in rows
-                if row.get("doc") and row["doc"].get("type") == model.PROJECT]
-    release_ids = [model.release_id(p["_id"], v) for p in projects for v in p.get("versions") or []]
-    releases: dict[str, list[dict]] = {}
-    if release_ids:
-        found = (await db.all_docs(keys=release_ids, include_docs=True))["rows"]
-        for row in found:
-            if row.get("doc"):
-                releases.setdefault(row["doc"]["project"], []).append(row["doc"])
+    projects = await Store(db).projects(list(keys))
     updates = []
-    for project in projects:
-        content = project_opml(project, releases.get(project["_id"], []))
+    for project, releases in projects:
+        content = project_opml(project, releases)
         digest = opml_digest(content)
         has_attachment = ATTACHMENT in (project.get("_attachments") or {})
         if has_attachment and project.get(OPML_DIGEST) == digest:

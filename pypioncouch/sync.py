@@ -32,35 +32,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from pypioncouch import couchapp, model
-from pypioncouch.couch import Conflict, Database
+from pypioncouch import couchapp, model, store
+from pypioncouch.checkpoint import Checkpoint
+from pypioncouch.couch import Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
     MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
+from pypioncouch.removals import CONFIRM_HINT, removal_limit, stale_listing
 from pypioncouch.status import SyncStatus
 
 log = Logger()
 
-CHECKPOINT = "pypioncouch-sync"
-CONFLICT_ROUNDS = 3
+CONFLICT_ROUNDS = store.CONFLICT_ROUNDS
 WRITERS = 2
-MIN_REMOVAL_LIMIT = 100  # a pass may always remove this many projects (or 1 % of them)
-CONFIRM_HINT = ("run one pass with --confirm-removals (Python: confirm_removals=True), "
-                "or raise --max-removals")
-
-
-def removal_limit(projects: int, max_removals: int | None = None) -> int:
-    """How many projects one pass may remove: ``max_removals`` when given, else 1 % of
-    the ``projects`` stored or 100, whichever is larger."""
-    if max_removals is not None:
-        return max_removals
-    return max(MIN_REMOVAL_LIMIT, projects // 100)
 
 
 class Work(NamedTuple):
@@ -120,6 +109,16 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     return works
 
 
+def pending_work(key: str, wanted, simple: bool) -> Work:
+    """The work a pending entry of the checkpoint stands for: the serial wanted, or
+    ``{"removed": serial}`` for a removal from the changelog held back. Following the
+    /simple/ index (no removal rows), a pending project it no longer lists may be
+    gone, which only a 404 asked without a serial says."""
+    if isinstance(wanted, dict):
+        return Work(key, key, wanted.get("removed"), removed=True)
+    return Work(key, key, None if simple else wanted)
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     chunk = []
     for item in items:
@@ -148,6 +147,7 @@ class XmlRpcImporter:
         if max_removals is not None and max_removals < 0:
             raise ValueError("max_removals is a number of projects (0 or more)")
         self.db = db
+        self.store = store.Store(db)
         self.pypi = pypi
         self.status = status or SyncStatus(pypi_url=pypi.display_url,
                                            couch_url=db.display_url, database=db.name)
@@ -159,43 +159,13 @@ class XmlRpcImporter:
         self.confirm_removals = confirm_removals
         self.guard = guard
         self.progress = progress or (lambda status: None)
-        self._checkpoint_rev: str | None = None
-
-    # -- checkpoint --------------------------------------------------------------------
+        self.checkpoint = Checkpoint(db, pypi.display_url, self.status)
 
     async def load_checkpoint(self) -> dict | None:
-        checkpoint = await self.db.get_local(CHECKPOINT)
-        if checkpoint is not None:
-            self._checkpoint_rev = checkpoint.get("_rev")
-            if checkpoint.get("pypi") not in (None, self.pypi.display_url):
-                log.warn("this database was synced from {old}, now from {new}: "
-                         "serials differ between indexes", old=checkpoint.get("pypi"),
-                         new=self.pypi.display_url)
-        return checkpoint
+        return await self.checkpoint.load()
 
     async def save_checkpoint(self, serial: int, pending: dict[str, int | None]) -> None:
-        if self._checkpoint_rev is None:
-            existing = await self.db.get_local(CHECKPOINT)
-            self._checkpoint_rev = existing.get("_rev") if existing else None
-        for _ in range(CONFLICT_ROUNDS):
-            doc = {"serial": serial, "pending": pending, "pypi": self.pypi.display_url,
-                   "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            if self._checkpoint_rev:
-                doc["_rev"] = self._checkpoint_rev
-            try:
-                self._checkpoint_rev = await self.db.put_local(CHECKPOINT, doc)
-                break
-            except Conflict:
-                # Another writer on this database saved meanwhile: never move its
-                # serial backwards, and keep what either of us has still to do.
-                theirs = await self.db.get_local(CHECKPOINT) or {}
-                self._checkpoint_rev = theirs.get("_rev")
-                serial = max(serial, theirs.get("serial") or serial)
-                pending = {**(theirs.get("pending") or {}), **pending}
-        else:
-            raise Conflict("the checkpoint kept changing under us (other writers)")
-        self.status.note_serials(our_serial=serial)
-        self.status.pending = len(pending)
+        await self.checkpoint.save(serial, pending)
 
     # -- passes ------------------------------------------------------------------------
 
@@ -274,12 +244,10 @@ class XmlRpcImporter:
                 works, new_serial = await self._simple_changes(
                     serial, summary, failures, removals)
                 more = False
+            simple = self.status.changes_source == "simple"
             for key, wanted in pending.items():
                 if key not in works:
-                    # The index has no removal rows: a pending project it no longer
-                    # lists may be gone, which only a 404 asked without a serial says.
-                    simple = self.status.changes_source == "simple"
-                    works[key] = Work(key, key, None if simple else wanted)
+                    works[key] = pending_work(key, wanted, simple)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
             await self.save_checkpoint(new_serial, failures)
@@ -322,12 +290,10 @@ class XmlRpcImporter:
                   summary: Summary) -> bool:
         """Whether a listing is older than the checkpoint (a stale copy): then nothing
         is written or removed from it."""
-        ours = (checkpoint or {}).get("serial")
-        if listed_serial is None or ours is None or listed_serial >= ours:
+        summary.stale = stale_listing(listed_serial, (checkpoint or {}).get("serial"),
+                                      self.pypi.display_url)
+        if summary.stale is None:
             return False
-        summary.stale = (f"the listing from {self.pypi.display_url} is older than our "
-                         f"checkpoint (serial {listed_serial} < {ours}): nothing written "
-                         "or removed from it")
         log.warn("{why}", why=summary.stale)
         self.status.note_error(summary.stale, "stale")
         return True
@@ -398,7 +364,9 @@ class XmlRpcImporter:
                 f"PyPI says {len(removals)} projects are gone, more than the {limit} one "
                 f"pass may remove: removed nothing, kept them pending; {CONFIRM_HINT}"))
             for work, _ in removals:
-                failures[work.key] = work.serial
+                # The changelog's word is kept as such (asked again, a CDN's stale copy
+                # could hide it); a 404 from PyPI is asked for again without a serial.
+                failures[work.key] = {"removed": work.serial} if work.removed else None
                 self._advance()
             return
         if wanted > limit:
@@ -450,12 +418,12 @@ class XmlRpcImporter:
 
         async def read():
             for chunk in _chunks(works, self.batch_size):
-                stored = await self._stored_projects([w.key for w in chunk])
+                stored = await self.store.project_documents([w.key for w in chunk])
                 for work in chunk:
                     old = stored.get(work.key)
                     if (old is not None and work.serial is not None
                             and (old.get("last_serial") or -1) >= work.serial
-                            and not _needs_repair(old)):
+                            and not store.needs_repair(old)):
                         summary.skipped += 1
                         self._advance()
                         continue
@@ -543,44 +511,22 @@ class XmlRpcImporter:
                 self.source = "json"
         return await self.pypi.project(work.name, work.serial)
 
-    async def _stored_projects(self, keys: list[str]) -> dict[str, dict]:
-        answer = await self.db.all_docs(keys=keys, include_docs=True)
-        return {row["key"]: row["doc"] for row in answer["rows"] if row.get("doc")}
-
-    async def _stored_states(self, ids: list[str]) -> dict[str, tuple[str, dict | None]]:
-        """``{id: (rev, document, or None for a tombstone)}`` of the stored ``ids``."""
-        if not ids:
-            return {}
-        rows = (await self.db.all_docs(keys=ids, include_docs=True))["rows"]
-        return {row["key"]: (row["value"]["rev"], row.get("doc")) for row in rows
-                if (row.get("value") or {}).get("rev")}
-
-    async def _tombstone_serial(self, docid: str, rev: str) -> int | None:
-        """The serial a removal was written at (None if it did not say)."""
-        tombstone = await self.db.get_or_none(docid, rev=rev)
-        return (tombstone or {}).get("last_serial")
-
-    async def _release_ids(self, key: str) -> list[str]:
-        start, end = model.release_id_range(key)
-        answer = await self.db.all_docs(startkey=start, endkey=end)
-        return [row["id"] for row in answer["rows"]]
-
     async def _plan(self, work: Work, old: dict | None, answer: ProjectAnswer
                     ) -> tuple[list[dict], int] | None:
         """``(documents to write, releases written)`` for one project, or None when
         the stored copy is newer than the answer. Raises :class:`model.BadPayload` for
         a malformed answer."""
         serial = work.serial if answer.kind == "gone" else answer.serial
-        if old is not None and _newer(old.get("last_serial"), serial):
+        if old is not None and store.newer(old.get("last_serial"), serial):
             return None
         if (answer.kind == "empty" and old is not None and not old.get("versions")
                 and old.get("last_serial") == serial and old.get("status") == answer.status):
             return None  # e.g. a quarantined project, asked about again: nothing new
         old_digests = (old or {}).get("release_digests") or {}
         if answer.kind == "gone":
-            deletions = [_tombstone(i, serial) for i in await self._release_ids(work.key)]
+            deletions = [store.tombstone(i, serial) for i in await self.store.release_ids(work.key)]
             if old is not None:
-                deletions.append({**_tombstone(work.key, serial), "_rev": old["_rev"]})
+                deletions.append({**store.tombstone(work.key, serial), "_rev": old["_rev"]})
             return deletions, 0
         if answer.kind == "empty":
             name = (old or {}).get("name") or work.name
@@ -598,13 +544,13 @@ class XmlRpcImporter:
             version: model.merged_digests(digests, old_digests.get(version))
             for version, digests in new_digests.items()}
         new_versions = {r["version"] for r in releases}
-        gone_ids = [model.release_id(work.key, v) for v in old_digests if v not in new_versions]
+        gone_ids = [store.release_id(work.key, v) for v in old_digests if v not in new_versions]
         if answer.kind == "empty" and old is not None:
-            gone_ids = await self._release_ids(work.key)
+            gone_ids = await self.store.release_ids(work.key)
         if old is not None:
             project["_rev"] = old["_rev"]
-            model.keep_attachments(project, old)
-        deletions = [_tombstone(i, answer.serial) for i in gone_ids]
+            store.keep_attachments(project, old)
+        deletions = [store.tombstone(i, answer.serial) for i in gone_ids]
         return changed + deletions + [project], len(changed)
 
     async def _write(self, batch: list, failures: dict, summary: Summary) -> None:
@@ -624,21 +570,21 @@ class XmlRpcImporter:
             lookup += _ids_to_check(work.key, planned[0], old)
         # What is stored now (or the tombstone of what was removed) may be newer than
         # these answers: another writer may have been faster.
-        states = await self._stored_states(lookup)
-        states.update(await self._stored_states(
+        states = await self.store.states(lookup)
+        states.update(await self.store.states(
             [d["_id"] for work, old, _, docs, _ in plans if old is None and work.key in states
              for d in docs if d["_id"] not in states]))
         ready = []
         for work, old, answer, plan_docs, releases in plans:
-            docs = await self._settle_revisions(plan_docs, states, old)
+            docs = await self.store.settle(plan_docs, states, old)
             if docs is None:
                 self._superseded(work, summary)
             else:
                 ready.append((work, old, answer, docs, releases))
         # Releases first, then the project documents of the projects whose releases
         # all landed: a stored project's last_serial always covers its releases.
-        rejected, superseded = await self._bulk_write(
-            [d for plan in ready for d in plan[3] if not _is_project_doc(d)])
+        rejected, superseded = await self.store.write(
+            [d for plan in ready for d in plan[3] if not store.is_project_doc(d)])
         landed = []
         for work, old, answer, plan_docs, releases in ready:
             ids = {d["_id"] for d in plan_docs}
@@ -650,8 +596,8 @@ class XmlRpcImporter:
                              failures, summary, "couchdb")
             else:
                 landed.append((work, old, answer, plan_docs, releases))
-        rejected, superseded = await self._bulk_write(
-            [d for plan in landed for d in plan[3] if _is_project_doc(d)],
+        rejected, superseded = await self.store.write(
+            [d for plan in landed for d in plan[3] if store.is_project_doc(d)],
             bases={plan[0].key: plan[1] for plan in landed})
         for work, old, answer, plan_docs, releases in landed:
             if work.key in superseded:
@@ -662,7 +608,7 @@ class XmlRpcImporter:
                              failures, summary, "couchdb")
                 continue
             if answer.kind == "gone":
-                removed = any(_is_project_doc(d) for d in plan_docs)
+                removed = any(store.is_project_doc(d) for d in plan_docs)
                 summary.deleted += removed
                 self.status.projects_deleted += removed
             else:
@@ -672,57 +618,19 @@ class XmlRpcImporter:
             self.status.documents_written += len(plan_docs)
             self._advance()
 
-    async def _settle_revisions(self, docs: list[dict], states: dict, old: dict | None
-                                ) -> list[dict] | None:
-        """``docs`` with the revisions they replace, or None if anything stored (or
-        removed) is newer than them. Removals of what is not stored are dropped."""
-        settled = []
-        for doc in docs:
-            state = states.get(doc["_id"])
-            if _is_project_doc(doc) and old is not None:
-                # Planned against ``old`` (its _rev is set): a write since then
-                # conflicts, unless what is stored now is newer.
-                if state is not None and state[1] is not None and _newer(
-                        state[1].get("last_serial"), doc.get("last_serial")):
-                    return None
-                if state is not None and state[1] is None and not doc.get("_deleted") and \
-                        _newer(await self._tombstone_serial(doc["_id"], state[0]),
-                               doc.get("last_serial")):
-                    return None
-                settled.append(doc)
-                continue
-            if state is None:
-                if not doc.get("_deleted"):
-                    settled.append(doc)
-                continue
-            rev, stored = state
-            if stored is None:  # a tombstone: the removal may be newer than our data
-                if doc.get("_deleted"):
-                    continue
-                if _newer(await self._tombstone_serial(doc["_id"], rev), doc["last_serial"]):
-                    return None
-                doc["_rev"] = rev
-            elif _newer(stored.get("last_serial"), doc.get("last_serial")):
-                return None
-            elif not _is_project_doc(doc):  # a new project over a live one: a conflict
-                doc["_rev"] = rev
-                _keep_info(doc, stored)
-            settled.append(doc)
-        return settled
-
     async def _repair(self, work: Work, docs: list[dict], rejected: dict, superseded: dict,
                       failures: dict, summary: Summary) -> None:
         """A newer copy was stored while this (older) one was being written. Releases of
         ours that landed anyway are not what the stored project describes: mark their
         digests unknown there (the next sync rewrites them) and fetch it again."""
-        ours = [d for d in docs if not _is_project_doc(d) and not d.get("_deleted")
+        ours = [d for d in docs if not store.is_project_doc(d) and not d.get("_deleted")
                 and d["_id"] not in rejected and d["_id"] not in superseded]
         for _ in range(CONFLICT_ROUNDS if ours else 0):
             current = await self.db.get_or_none(work.key)
             digests = (current or {}).get("release_digests") or {}
             orphans = [d for d in ours if d["version"] not in digests]
             if orphans:  # releases the newer copy does not have (or no project at all)
-                await self._bulk_write([_tombstone(d["_id"], d["last_serial"])
+                await self.store.write([store.tombstone(d["_id"], d["last_serial"])
                                         for d in orphans])
                 ours = [d for d in ours if d not in orphans]
             if current is None:
@@ -741,70 +649,6 @@ class XmlRpcImporter:
                 break
         self._superseded(work, summary)
 
-    async def _bulk_write(self, docs: list[dict], bases: dict | None = None
-                          ) -> tuple[dict[str, str], dict[str, dict | None]]:
-        """Write ``docs``, settling conflicts with the stored revision (we own these
-        documents; a conflict means an interrupted earlier write, the OPML watcher's
-        attachment, or another writer). A document never replaces a newer one.
-
-        ``bases`` gives, for project documents, the stored copy they were planned
-        against. Returns ``({id: reason} not written, {id: newer stored copy or None
-        for a newer removal} dropped as older)``."""
-        rejected: dict[str, str] = {}
-        superseded: dict[str, dict | None] = {}
-        bases = bases or {}
-        pending = []
-        for doc in docs:  # what the optional guard would refuse, refused here for free
-            problem = model.shape_problem(doc)
-            if problem:
-                rejected[doc["_id"]] = f"forbidden: {problem}"
-            else:
-                pending.append(doc)
-        for _ in range(CONFLICT_ROUNDS):
-            if not pending:
-                break
-            results = await self.db.bulk_docs(pending)
-            conflicted = []
-            for doc, result in zip(pending, results):
-                if result.ok:
-                    continue
-                if result.error == "conflict":
-                    conflicted.append(doc)
-                else:
-                    rejected[doc["_id"]] = f"{result.error}: {result.reason}"
-            pending = []
-            states = await self._stored_states([d["_id"] for d in conflicted])
-            for doc in conflicted:
-                rev, stored = states.get(doc["_id"], (None, None))
-                serial = doc.get("last_serial")
-                if stored is None:  # removed meanwhile (or never stored)
-                    if doc.get("_deleted"):
-                        continue  # already gone
-                    if rev and _newer(await self._tombstone_serial(doc["_id"], rev), serial):
-                        superseded[doc["_id"]] = None
-                        continue
-                elif _newer(stored.get("last_serial"), serial):
-                    superseded[doc["_id"]] = stored
-                    continue
-                elif (_is_project_doc(doc) and not doc.get("_deleted")
-                      and not _same_project(stored, bases.get(doc["_id"]))):
-                    # Another writer stored an older or equal copy meanwhile: its
-                    # releases may differ from what this plan assumed. Next pass.
-                    rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
-                    continue
-                if rev:
-                    doc["_rev"] = rev
-                else:
-                    doc.pop("_rev", None)
-                if stored is not None and not doc.get("_deleted"):
-                    if _is_project_doc(doc):
-                        model.keep_attachments(doc, stored)
-                    _keep_info(doc, stored)
-                pending.append(doc)
-        for doc in pending:
-            rejected[doc["_id"]] = "conflict"
-        return rejected, superseded
-
 
 def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
     """The documents of a plan whose stored state must be read before writing: the
@@ -812,42 +656,8 @@ def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
     releases of a project that was not stored are checked only if the project turns
     out to be stored (or removed) by now."""
     known = (old or {}).get("release_digests") or {}
-    return [key] + [d["_id"] for d in docs if not _is_project_doc(d)
+    return [key] + [d["_id"] for d in docs if not store.is_project_doc(d)
                     and (d.get("_deleted") or d.get("version") in known)]
-
-
-def _newer(stored_serial: int | None, serial: int | None) -> bool:
-    """Whether data stored at ``stored_serial`` is newer than data at ``serial``
-    (unknown serials compare as not newer: documents written before serials were)."""
-    return stored_serial is not None and serial is not None and stored_serial > serial
-
-
-def _tombstone(docid: str, serial: int | None) -> dict:
-    """A removal that says when it happened, so older data cannot bring it back."""
-    return {"_id": docid, "_deleted": True, "last_serial": serial}
-
-
-def _keep_info(doc: dict, stored: dict) -> None:
-    """A release written without ``info`` (no longer PyPI's latest) keeps its own
-    metadata stored earlier: as the latest, or by the backfill (even a moment ago)."""
-    if doc.get("type") == model.RELEASE and "info" not in doc:
-        doc.update(model.own_info_of(stored))
-
-
-def _same_project(stored: dict, base: dict | None) -> bool:
-    """Whether ``stored`` is the copy a plan was made against, but for attachments
-    (the OPML watcher's)."""
-    return base is not None and all(stored.get(k) == base.get(k) for k in (
-        "last_serial", "release_digests", "versions", "status"))
-
-
-def _needs_repair(project: dict) -> bool:
-    """Whether a concurrent writer left releases whose stored copy is unknown."""
-    return any(d is None for d in (project.get("release_digests") or {}).values())
-
-
-def _is_project_doc(doc: dict) -> bool:
-    return ":" not in doc["_id"]  # release ids are <project>:<version>
 
 
 async def run_pass(importer: XmlRpcImporter, full: bool = False) -> Summary:

@@ -5,6 +5,7 @@ from twisted.internet import reactor, task
 from pypioncouch import model
 from pypioncouch.couch import CouchDB
 from pypioncouch.pypi import PyPI
+from pypioncouch.store import Store
 from pypioncouch.sync import XmlRpcImporter
 from pypioncouch.testing.pypi import listen, make_simulator
 
@@ -15,10 +16,7 @@ def sleep(seconds):
 
 async def stored_project(db, key):
     """``(project doc, [release docs])`` as stored, or ``(None, [])``."""
-    project = await db.get_or_none(key)
-    start, end = model.release_id_range(key)
-    rows = (await db.all_docs(startkey=start, endkey=end, include_docs=True))["rows"]
-    return project, [row["doc"] for row in rows]
+    return await Store(db).project(key)
 
 
 async def stored_json_api(db, key, version=None):
@@ -40,9 +38,7 @@ async def assert_matches_simulator(db, index):
         else:
             project = await db.get(key)
             assert project["versions"] == [] and project["info"] is None, key
-    rows = (await db.all_docs())["rows"]
-    stored = {row["id"] for row in rows if ":" not in row["id"] and not row["id"].startswith("_")}
-    assert stored == truth
+    assert await Store(db).project_ids() == truth
 
 
 class World:

@@ -6,15 +6,16 @@ import pytest_twisted
 import treq
 
 from pypioncouch import model
-from pypioncouch.sync import CHECKPOINT, run_pass
+from pypioncouch.store import Store
+from pypioncouch.checkpoint import CHECKPOINT
+from pypioncouch.sync import run_pass
 
 from .helpers import assert_matches_simulator, stored_project
 from .test_web import serve
 
 
 async def project_ids(db):
-    rows = (await db.all_docs())["rows"]
-    return {r["id"] for r in rows if ":" not in r["id"] and not r["id"].startswith("_")}
+    return await Store(db).project_ids()
 
 
 async def health(url):
@@ -102,7 +103,7 @@ async def test_many_removals_wait_for_an_operator_to_confirm(world):
 
 
 def test_the_default_limit_is_a_hundred_or_one_percent():
-    from pypioncouch.sync import removal_limit
+    from pypioncouch.removals import removal_limit
 
     assert removal_limit(50, None) == 100
     assert removal_limit(10_000, None) == 100

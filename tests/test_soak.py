@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from pypioncouch.couch import CouchDB
-from pypioncouch.sync import CHECKPOINT
+from pypioncouch.checkpoint import CHECKPOINT
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.testing.server import FAULT_KINDS
 

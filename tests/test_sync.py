@@ -4,7 +4,8 @@ import pytest
 import pytest_twisted
 
 from pypioncouch import model
-from pypioncouch.sync import CHECKPOINT, run_pass
+from pypioncouch.checkpoint import CHECKPOINT
+from pypioncouch.sync import run_pass
 
 from .helpers import World, assert_matches_simulator, stored_project
 

@@ -13,7 +13,9 @@ import treq
 
 from pypioncouch import model
 from pypioncouch.couch import CouchDB
-from pypioncouch.sync import CHECKPOINT, run_pass
+from pypioncouch.store import Store
+from pypioncouch.checkpoint import CHECKPOINT
+from pypioncouch.sync import run_pass
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.testing.server import FAULT_KINDS
 
@@ -208,8 +210,7 @@ async def _matches(db, sim_url):
         body = await answer.content()
         if answer.code == 200:
             assert await stored_json_api(db, key) == body, key
-    rows = (await db.all_docs())["rows"]
-    stored = {r["id"] for r in rows if ":" not in r["id"] and not r["id"].startswith("_")}
+    stored = await Store(db).project_ids()
     assert stored - set(keys) == set(), "stored, not on PyPI"
     assert set(keys) - stored == set(), "on PyPI, not stored"
     return True
@@ -371,14 +372,14 @@ async def test_a_release_written_by_an_older_writer_is_repaired(world):
     newer = await w.importer().pypi.project(key)
     # The older writer gets as far as its releases, then the newer one stores all.
     slow = fed(w.importer(), key, older)
-    real_bulk = slow._bulk_write
+    real_bulk = slow.store.write
 
     async def bulk_write(docs, bases=None):
         if bases is not None:  # the project documents: the newer writer goes first
             await fed(w.importer(), key, newer).sync([Work(key, key, None)], Summary())
         return await real_bulk(docs, bases)
 
-    slow._bulk_write = bulk_write
+    slow.store.write = bulk_write
     summary = Summary()
     failures = await slow.sync([Work(key, key, None)], summary)
     assert summary.projects == 0 and key in failures

@@ -25,7 +25,9 @@ from pypioncouch.couch import CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
+from pypioncouch.store import Store
 from pypioncouch.web.cache import CachedProject, ProjectCache
+from pypioncouch.web.health import HealthPolicy
 from pypioncouch.web.metrics import Metrics
 from pypioncouch.web.refresh import Refreshed
 from pypioncouch.web.replica import ReplicaLag
@@ -128,10 +130,10 @@ class WebFront:
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
+        self.store = Store(db)
         self.status = status
         self.syncing = syncing
-        self.max_lag_seconds = max_lag_seconds
-        self.max_failed_passes = max_failed_passes
+        self.health = HealthPolicy(status, syncing, max_lag_seconds, max_failed_passes)
         self.reactor = reactor
         # A replica measures its lag against the database it replicates from.
         self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
@@ -147,7 +149,8 @@ class WebFront:
         self.stored_counts = Refreshed(self._count_stored, reactor, min_age=30.0,
                                        name="stored counts")
         from pypioncouch.web.browse import BrowsePages
-        self.browse_pages = BrowsePages(self)
+        self.browse_pages = BrowsePages(db, reactor=reactor, render=self.render,
+                                        read_project=self.project)
 
     wants_json = staticmethod(wants_json)
 
@@ -179,24 +182,8 @@ class WebFront:
         return ok
 
     def health_reasons(self, couch_ok: bool) -> list[str]:
-        s = self.status
-        reasons = [] if couch_ok else ["CouchDB is not answering"]
-        if not self.syncing:
-            return reasons
-        if s.consecutive_failures >= self.max_failed_passes:
-            reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
-                           f"{s.last_error}")
-        if s.removals_held:
-            reasons.append(s.removals_held)
-        if s.phase == "full import":
-            reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
-        elif s.our_serial is None:
-            reasons.append("not synced yet")
-        else:
-            lag_seconds = s.lag_seconds() or 0.0
-            if lag_seconds > self.max_lag_seconds:
-                reasons.append(f"{s.lag} serials ({lag_seconds:.0f}s) behind PyPI")
-        return reasons
+        """The sync's reasons to be unhealthy (see :class:`HealthPolicy`)."""
+        return self.health.reasons(couch_ok)
 
     async def serials(self) -> dict:
         """Our serial and the lag: behind PyPI when syncing, behind ``--upstream`` on a
@@ -207,18 +194,11 @@ class WebFront:
                     "lag_seconds": s.lag_seconds()}
         return dataclasses.asdict(await self.replica.check())
 
-    def replica_reasons(self, serials: dict) -> list[str]:
-        lag_seconds = serials.get("lag_seconds") or 0.0
-        if self.replica is None or lag_seconds <= self.max_lag_seconds:
-            return []
-        return [f"{serials['lag']} serials ({lag_seconds:.0f}s) behind the upstream "
-                f"{serials['upstream']}"]
-
     async def check(self) -> tuple[bool, dict, list[str]]:
         """``(CouchDB answers, serials and lag, reasons to be unhealthy)``."""
         couch_ok = await self.couch_ok()
         serials = await self.serials() if couch_ok else {}
-        return couch_ok, serials, self.health_reasons(couch_ok) + self.replica_reasons(serials)
+        return couch_ok, serials, self.health.reasons(couch_ok, serials)
 
     @app.route("/health", methods=["GET", "HEAD"])
     @observed("health")
@@ -313,15 +293,9 @@ class WebFront:
         if entry is not None:
             return entry
         ticket = self.cache.ticket()
-        project = await self.db.get_or_none(key)
-        if project is None or project.get("type") != model.PROJECT:
+        project, releases = await self.store.project(key)
+        if project is None:
             return None
-        releases = []
-        if project.get("versions"):
-            start, end = model.release_id_range(key)
-            rows = (await self.db.all_docs(startkey=start, endkey=end,
-                                           include_docs=True))["rows"]
-            releases = [row["doc"] for row in rows if row.get("doc")]
         entry = CachedProject(project, releases)
         self.cache.put(key, entry, ticket)
         return entry

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
-from pypioncouch.web.app import NotAcceptable, not_acceptable
+from pypioncouch.web.app import NotAcceptable, not_acceptable, wants_json
 from pypioncouch.web.refresh import Refreshed
 
 log = Logger()
@@ -186,26 +186,28 @@ def _query_pairs(request) -> list[tuple[str, str]]:
 
 
 class BrowsePages:
-    """The ``/browse/`` pages of a :class:`~pypioncouch.web.app.WebFront`."""
+    """The ``/browse/`` pages, from the catalog view of ``db``; project pages read
+    through the web front's cache (``read_project``)."""
 
     app = Klein()
 
-    def __init__(self, front):
-        self.front = front
-        self.db = front.db
-        self.classifier_counts = Refreshed(self._count_classifiers, front.reactor,
+    def __init__(self, db, *, reactor, render, read_project):
+        self.db = db
+        self.render = render  # (template, **context) -> bytes
+        self.read_project = read_project  # key -> CachedProject or None (cached reads)
+        self.classifier_counts = Refreshed(self._count_classifiers, reactor,
                                            name="classifier counts")
 
     def respond(self, request, template: str, data: dict, status: int = 200, **extra):
         request.setHeader("Vary", "Accept")
         # An error page goes out whatever the client accepts (no 406 for a 404).
-        as_json = self.front.wants_json(request, strict=status < 400)
+        as_json = wants_json(request, strict=status < 400)
         request.setResponseCode(status)
         if as_json:
             request.setHeader("Content-Type", "application/json")
             return json.dumps(data, ensure_ascii=False).encode("utf-8")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
-        return self.front.render(template, data=data, **extra)
+        return self.render(template, data=data, **extra)
 
     @app.handle_errors(NotAcceptable)
     def not_acceptable(self, request, failure):
@@ -359,7 +361,7 @@ class BrowsePages:
             request.setResponseCode(301)
             request.setHeader("Location", f"/browse/project/{key}")
             return b""
-        entry = await self.front.project(key)
+        entry = await self.read_project(key)
         if entry is None:
             return self.respond(request, "error.html",
                                 {"error": f"no project {name} here"}, 404)
@@ -390,7 +392,7 @@ class BrowsePages:
             except InvalidRequirement as error:
                 raise BadQuery(f"not a requirement such as twisted>=20,<23: {error}") from None
             key = model.normalize(requirement.name)
-            entry = await self.front.project(key)
+            entry = await self.read_project(key)
             if entry is None:
                 raise BadQuery(f"no project {requirement.name} here")
             by_version = {r["version"]: r for r in entry.releases}

@@ -1,0 +1,251 @@
+"""pypioncouch's documents in a CouchDB database: the one place that knows their layout
+and the rules of writing them (docs/schema.md).
+
+- A project is its project document (``_id`` = the normalized name) and one release
+  document per release (``<project>:<version>``): :func:`release_id`,
+  :func:`release_range`, :func:`is_project_id`; :meth:`Store.project` reads a project
+  and its releases, :meth:`Store.projects` many at once.
+- Writes never move backwards: a document replaces a stored one only when its
+  ``last_serial`` is at least the stored one's, and a removal leaves a tombstone that
+  says when it happened (:func:`tombstone`), so older data cannot bring it back
+  (:meth:`Store.settle`, :meth:`Store.write`).
+- A conflict is settled with the stored revision, carrying what others wrote into the
+  same document: the OPML watcher's attachment stubs and digest
+  (:func:`keep_attachments`), a release's own metadata stored by the backfill
+  (:func:`keep_info`).
+- Documents are checked against the shape rules before they are written
+  (:func:`pypioncouch.model.shape_problem`; the optional guard design document holds
+  the same rules for CouchDB).
+
+Whether a project may be removed at all (only on PyPI's word, and not too many in one
+pass) is the sync's policy (:mod:`pypioncouch.removals`); how it is removed is here.
+"""
+
+from __future__ import annotations
+
+from pypioncouch import model
+from pypioncouch.couch import Database
+
+CONFLICT_ROUNDS = 3
+OPML_DIGEST = "opml_digest"  # what the OPML watcher records of the opml.xml it wrote
+release_id = model.release_id
+release_range = model.release_id_range
+
+
+def is_project_id(docid: str) -> bool:
+    """Whether ``docid`` names a project document (not a release, design or local one)."""
+    return ":" not in docid and not docid.startswith("_")
+
+
+def is_project_doc(doc: dict) -> bool:
+    return ":" not in doc["_id"]  # release ids are <project>:<version>
+
+
+def newer(stored_serial: int | None, serial: int | None) -> bool:
+    """Whether data stored at ``stored_serial`` is newer than data at ``serial``
+    (unknown serials compare as not newer: documents written before serials were)."""
+    return stored_serial is not None and serial is not None and stored_serial > serial
+
+
+def tombstone(docid: str, serial: int | None) -> dict:
+    """A removal that says when it happened, so older data cannot bring it back."""
+    return {"_id": docid, "_deleted": True, "last_serial": serial}
+
+
+def keep_attachments(project: dict, stored: dict | None) -> None:
+    """Carry the stored project's attachments (as stubs, so CouchDB keeps them) and the
+    digest the OPML watcher recorded of them onto a rewritten ``project``."""
+    if stored and stored.get("_attachments"):
+        project["_attachments"] = stored["_attachments"]
+        if OPML_DIGEST in stored:
+            project[OPML_DIGEST] = stored[OPML_DIGEST]
+
+
+def keep_info(doc: dict, stored: dict) -> None:
+    """A release written without ``info`` (no longer PyPI's latest) keeps its own
+    metadata stored earlier: as the latest, or by the backfill (even a moment ago)."""
+    if doc.get("type") == model.RELEASE and "info" not in doc:
+        doc.update(model.own_info_of(stored))
+
+
+def same_project(stored: dict, base: dict | None) -> bool:
+    """Whether ``stored`` is the copy a plan was made against, but for attachments
+    (the OPML watcher's)."""
+    return base is not None and all(stored.get(k) == base.get(k) for k in (
+        "last_serial", "release_digests", "versions", "status"))
+
+
+def needs_repair(project: dict) -> bool:
+    """Whether a concurrent writer left releases whose stored copy is unknown."""
+    return any(d is None for d in (project.get("release_digests") or {}).values())
+
+
+class Store:
+    """The documents of one database (see the module docstring)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def project_documents(self, keys: list[str]) -> dict[str, dict]:
+        """``{key: project document}`` of the stored ones among ``keys``."""
+        if not keys:
+            return {}
+        answer = await self.db.all_docs(keys=keys, include_docs=True)
+        return {row["key"]: row["doc"] for row in answer["rows"]
+                if row.get("doc") and row["doc"].get("type") == model.PROJECT}
+
+    async def project(self, key: str) -> tuple[dict | None, list[dict]]:
+        """``(project document, its release documents in id order)``, or
+        ``(None, [])`` for a project not stored."""
+        project = await self.db.get_or_none(key)
+        if project is None or project.get("type") != model.PROJECT:
+            return None, []
+        start, end = release_range(key)
+        rows = (await self.db.all_docs(startkey=start, endkey=end, include_docs=True))["rows"]
+        return project, [row["doc"] for row in rows if row.get("doc")]
+
+    async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
+        """``[(project, releases)]`` of the stored ones among ``keys``, in two requests
+        (the release ids come from each project's ``versions``)."""
+        projects = list((await self.project_documents(keys)).values())
+        ids = [release_id(p["_id"], v) for p in projects for v in p.get("versions") or []]
+        releases: dict[str, list[dict]] = {}
+        if ids:
+            rows = (await self.db.all_docs(keys=ids, include_docs=True))["rows"]
+            for row in rows:
+                if row.get("doc"):
+                    releases.setdefault(row["doc"]["project"], []).append(row["doc"])
+        return [(p, releases.get(p["_id"], [])) for p in projects]
+
+    async def release_ids(self, key: str) -> list[str]:
+        """The ids of every release document stored for ``key`` (whatever ``versions``
+        says: an interrupted write may have left more)."""
+        start, end = release_range(key)
+        answer = await self.db.all_docs(startkey=start, endkey=end)
+        return [row["id"] for row in answer["rows"]]
+
+    async def project_ids(self) -> set[str]:
+        """Every stored project id (reads ``_all_docs`` whole: for tests and tools)."""
+        rows = (await self.db.all_docs())["rows"]
+        return {row["id"] for row in rows if is_project_id(row["id"])}
+
+    async def states(self, ids: list[str]) -> dict[str, tuple[str, dict | None]]:
+        """``{id: (rev, document, or None for a tombstone)}`` of the stored ``ids``."""
+        if not ids:
+            return {}
+        rows = (await self.db.all_docs(keys=ids, include_docs=True))["rows"]
+        return {row["key"]: (row["value"]["rev"], row.get("doc")) for row in rows
+                if (row.get("value") or {}).get("rev")}
+
+    async def tombstone_serial(self, docid: str, rev: str) -> int | None:
+        """The serial a removal was written at (None if it did not say)."""
+        found = await self.db.get_or_none(docid, rev=rev)
+        return (found or {}).get("last_serial")
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def settle(self, docs: list[dict], states: dict, old: dict | None
+                     ) -> list[dict] | None:
+        """``docs`` (one project's) with the revisions they replace, or None if anything
+        stored (or removed) is newer than them. Removals of what is not stored are
+        dropped. ``states`` come from :meth:`states`; ``old`` is the stored project the
+        documents were planned against."""
+        settled = []
+        for doc in docs:
+            state = states.get(doc["_id"])
+            if is_project_doc(doc) and old is not None:
+                # Planned against ``old`` (its _rev is set): a write since then
+                # conflicts, unless what is stored now is newer.
+                if state is not None and state[1] is not None and newer(
+                        state[1].get("last_serial"), doc.get("last_serial")):
+                    return None
+                if state is not None and state[1] is None and not doc.get("_deleted") and \
+                        newer(await self.tombstone_serial(doc["_id"], state[0]),
+                              doc.get("last_serial")):
+                    return None
+                settled.append(doc)
+                continue
+            if state is None:
+                if not doc.get("_deleted"):
+                    settled.append(doc)
+                continue
+            rev, stored = state
+            if stored is None:  # a tombstone: the removal may be newer than our data
+                if doc.get("_deleted"):
+                    continue
+                if newer(await self.tombstone_serial(doc["_id"], rev), doc["last_serial"]):
+                    return None
+                doc["_rev"] = rev
+            elif newer(stored.get("last_serial"), doc.get("last_serial")):
+                return None
+            elif not is_project_doc(doc):  # a new project over a live one: a conflict
+                doc["_rev"] = rev
+                keep_info(doc, stored)
+            settled.append(doc)
+        return settled
+
+    async def write(self, docs: list[dict], bases: dict | None = None
+                    ) -> tuple[dict[str, str], dict[str, dict | None]]:
+        """Write ``docs``, settling conflicts with the stored revision (we own these
+        documents; a conflict means an interrupted earlier write, the OPML watcher's
+        attachment, or another writer). A document never replaces a newer one.
+
+        ``bases`` gives, for project documents, the stored copy they were planned
+        against. Returns ``({id: reason} not written, {id: newer stored copy or None
+        for a newer removal} dropped as older)``."""
+        rejected: dict[str, str] = {}
+        superseded: dict[str, dict | None] = {}
+        bases = bases or {}
+        pending = []
+        for doc in docs:  # what the optional guard would refuse, refused here for free
+            problem = model.shape_problem(doc)
+            if problem:
+                rejected[doc["_id"]] = f"forbidden: {problem}"
+            else:
+                pending.append(doc)
+        for _ in range(CONFLICT_ROUNDS):
+            if not pending:
+                break
+            results = await self.db.bulk_docs(pending)
+            conflicted = []
+            for doc, result in zip(pending, results):
+                if result.ok:
+                    continue
+                if result.error == "conflict":
+                    conflicted.append(doc)
+                else:
+                    rejected[doc["_id"]] = f"{result.error}: {result.reason}"
+            pending = []
+            states = await self.states([d["_id"] for d in conflicted])
+            for doc in conflicted:
+                rev, stored = states.get(doc["_id"], (None, None))
+                serial = doc.get("last_serial")
+                if stored is None:  # removed meanwhile (or never stored)
+                    if doc.get("_deleted"):
+                        continue  # already gone
+                    if rev and newer(await self.tombstone_serial(doc["_id"], rev), serial):
+                        superseded[doc["_id"]] = None
+                        continue
+                elif newer(stored.get("last_serial"), serial):
+                    superseded[doc["_id"]] = stored
+                    continue
+                elif (is_project_doc(doc) and not doc.get("_deleted")
+                      and not same_project(stored, bases.get(doc["_id"]))):
+                    # Another writer stored an older or equal copy meanwhile: its
+                    # releases may differ from what this plan assumed. Next pass.
+                    rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
+                    continue
+                if rev:
+                    doc["_rev"] = rev
+                else:
+                    doc.pop("_rev", None)
+                if stored is not None and not doc.get("_deleted"):
+                    if is_project_doc(doc):
+                        keep_attachments(doc, stored)
+                    keep_info(doc, stored)
+                pending.append(doc)
+        for doc in pending:
+            rejected[doc["_id"]] = "conflict"
+        return rejected, superseded

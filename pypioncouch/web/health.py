@@ -1,0 +1,56 @@
+"""The health policy: when ``/health`` answers 503, and why. Pure: it reads the sync's
+status and a replica's serials, and says which reasons a person should see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pypioncouch.status import SyncStatus
+
+
+@dataclass
+class HealthPolicy:
+    """Unhealthy when CouchDB does not answer, or (syncing) after
+    ``max_failed_passes`` failed passes in a row, while removals are held back, until
+    the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
+    more than ``max_lag_seconds`` behind its upstream."""
+
+    status: SyncStatus
+    syncing: bool = True
+    max_lag_seconds: float = 600.0
+    max_failed_passes: int = 3
+
+    def reasons(self, couch_ok: bool, serials: dict | None = None) -> list[str]:
+        """Why the service is unhealthy (empty: healthy). ``serials``: a replica's
+        lag (:class:`pypioncouch.web.replica.ReplicaState` as a dict)."""
+        reasons = [] if couch_ok else ["CouchDB is not answering"]
+        if self.syncing:
+            reasons += self.sync_reasons()
+        elif serials:
+            reasons += self.replica_reasons(serials)
+        return reasons
+
+    def sync_reasons(self) -> list[str]:
+        s = self.status
+        reasons = []
+        if s.consecutive_failures >= self.max_failed_passes:
+            reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
+                           f"{s.last_error}")
+        if s.removals_held:
+            reasons.append(s.removals_held)
+        if s.phase == "full import":
+            reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
+        elif s.our_serial is None:
+            reasons.append("not synced yet")
+        else:
+            lag_seconds = s.lag_seconds() or 0.0
+            if lag_seconds > self.max_lag_seconds:
+                reasons.append(f"{s.lag} serials ({lag_seconds:.0f}s) behind PyPI")
+        return reasons
+
+    def replica_reasons(self, serials: dict) -> list[str]:
+        lag_seconds = serials.get("lag_seconds") or 0.0
+        if lag_seconds <= self.max_lag_seconds:
+            return []
+        return [f"{serials['lag']} serials ({lag_seconds:.0f}s) behind the upstream "
+                f"{serials['upstream']}"]

@@ -1,0 +1,32 @@
+"""The health policy on its own: literal states in, literal reasons out."""
+
+from pypioncouch.status import SyncStatus
+from pypioncouch.web.health import HealthPolicy
+
+UPSTREAM = "http://mirror:***@primary:5984/pypi"
+
+
+def test_a_replica_is_unhealthy_only_past_its_lag_budget():
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    assert policy.reasons(True, {"lag": 4, "lag_seconds": 10.0, "upstream": UPSTREAM}) == []
+    assert policy.reasons(True, {"lag": 4, "lag_seconds": 10.4, "upstream": UPSTREAM}) == [
+        "4 serials (10s) behind the upstream http://mirror:***@primary:5984/pypi"]
+    assert policy.reasons(False, {}) == ["CouchDB is not answering"]
+    assert policy.reasons(True, {}) == []  # no upstream: nothing to compare with
+
+
+def test_a_syncing_daemon_names_each_reason():
+    status = SyncStatus()
+    policy = HealthPolicy(status, syncing=True, max_failed_passes=2)
+    assert policy.reasons(True) == ["not synced yet"]
+    status.phase, status.import_done, status.import_total = "full import", 5, 9
+    assert policy.reasons(False) == ["CouchDB is not answering",
+                                     "full import in progress (5/9)"]
+    status.phase = "idle"
+    status.note_serials(pypi_serial=10, our_serial=10)
+    status.consecutive_failures = 2
+    status.note_error("PyPI refused the connection")
+    status.removals_held = "PyPI says 300 projects are gone, more than the 100 ..."
+    assert policy.reasons(True) == [
+        "the last 2 sync passes failed: PyPI refused the connection",
+        "PyPI says 300 projects are gone, more than the 100 ..."]
