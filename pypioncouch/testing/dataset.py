@@ -213,6 +213,7 @@ def older_metadata(metadata: dict, version: str) -> dict:
 
 
 POPULAR = range(8, 14)  # the first projects after the showcases: many depend on them
+FAVOURITE = 8  # ... and a third of the data set on this one (its dependents fill pages)
 UNPARSABLE = ["requests >= = 2", "not a requirement!", "foo (>=1.0", "bar; python_version >>> '3'"]
 
 
@@ -235,6 +236,8 @@ def requirements(dataset: "Dataset", index: int, name: str, base: list | None
     rng = random.Random(f"{dataset.seed}/requires/{index}")
     count = rng.choice([0, 0, 1, 1, 2, 3]) if dataset.size > 1 else 0
     found = list(base or [])
+    if index != FAVOURITE and dataset.size > FAVOURITE and rng.random() < 0.33:
+        found.append(_spelled(rng, dataset.name(FAVOURITE)) + rng.choice(["", ">=1"]))
     for _ in range(count):
         if rng.random() < 0.5 and dataset.size > POPULAR.start:
             target = rng.choice(POPULAR[:max(1, dataset.size - POPULAR.start)])
@@ -259,7 +262,7 @@ def advisory(ident: str, *, fixed_in: list[str], summary: str | None = None,
              details: str = "A flaw, found and reported.", aliases: list[str] | None = None,
              link: str | None = None, withdrawn: str | None = None) -> dict:
     """One entry of PyPI's ``vulnerabilities`` (OSV)."""
-    return {"aliases": aliases if aliases is not None else [f"CVE-{ident[-9:]}"],
+    return {"aliases": aliases if aliases is not None else [ident.replace("PYSEC", "CVE", 1)],
             "details": details, "fixed_in": fixed_in, "id": ident,
             "link": link or f"https://osv.dev/vulnerability/{ident}", "source": "osv",
             "summary": summary, "withdrawn": withdrawn}
@@ -440,6 +443,9 @@ class Dataset:
                          aliases=[f"CVE-{year}-{index + 3100}", f"GHSA-{index:04d}-abcd-efgh"]),
                 advisory(f"PYSEC-{year}-{index + 900}", fixed_in=["2.0"],
                          summary="Fixed in a release to come")]
+        elif index == FAVOURITE:  # what many require: who is exposed is a long list
+            releases[latest].vulnerabilities.append(advisory(
+                ident, fixed_in=[f"{latest}.post1"], summary="Denial of service"))
         elif case is None:
             roll = rng.random()
             if roll < 0.07:

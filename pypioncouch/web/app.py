@@ -26,6 +26,7 @@ from pypioncouch.follow import ChangesFollower
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
 from pypioncouch.web.cache import CachedProject, ProjectCache
+from pypioncouch.web.descriptions import DescriptionCache
 from pypioncouch.web.metrics import Metrics
 from pypioncouch.web.refresh import Refreshed
 from pypioncouch.web.replica import ReplicaLag
@@ -139,6 +140,7 @@ class WebFront:
         # (and stored) when we sync; a replica says it has none yet.
         self.own_info = OwnInfo(db, pypi) if syncing and pypi is not None else None
         self.cache = ProjectCache()
+        self.descriptions = DescriptionCache(reactor)
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
@@ -233,12 +235,17 @@ class WebFront:
 
     async def _count_stored(self) -> dict:
         info = await self.db.info()
+        unparsable = advised = None
         try:
             projects = await couchapp.count(self.db, "name")
+            # Requires-Dist entries that do not parse: skipped from the dependents.
+            unparsable = await couchapp.count(self.db, "unparsable-requirement")
+            advised = await couchapp.count(self.db, "advisory")
         except CouchError:  # no design document (yet): documents only
             projects = None
         releases = None if projects is None else info["doc_count"] - projects - 1
         return {"documents": info["doc_count"], "projects": projects, "releases": releases,
+                "requirements_unparsable": unparsable, "projects_with_advisories": advised,
                 "counted_at": time.time()}
 
     async def status_data(self) -> dict:
@@ -450,7 +457,7 @@ class WebFront:
                 "yet (PyPI's project JSON carries the latest release's only; the syncing "
                 "daemon's backfill fetches the others, and replication brings them here)"))
         try:
-            info, stored = await self.own_info.fill(key, version)
+            filled, stored = await self.own_info.fill(key, version)
         except (PyPIError, model.BadPayload) as error:
             log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,
                      version=version, error=error)
@@ -459,13 +466,12 @@ class WebFront:
             return _json_message(request, 503, (
                 f"the metadata of {key} {version} is not stored yet, and PyPI's answer "
                 f"failed: {error}"))
-        if info is None:
+        if filled is None:
             return _json_message(request, 404, f"Not Found: PyPI does not know {key} "
                                                f"{version} (any more)")
         if stored:
             self.status.backfill.on_demand += 1
-        releases = [model.with_own_info(release, info) if doc is release else doc
-                    for doc in entry.releases]
+        releases = [filled if doc is release else doc for doc in entry.releases]
         payload = model.json_api_payload(entry.project, releases, version)
         if payload is None:
             return _json_message(request, 404, "Not Found")
