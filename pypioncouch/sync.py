@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from pypioncouch import couchapp, model
+from pypioncouch import couchapp, model, upgrade
 from pypioncouch.couch import Conflict, Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
@@ -202,6 +202,7 @@ class XmlRpcImporter:
         """Create the database and install the design document if needed."""
         await self.db.ensure()
         await couchapp.push(self.db)
+        await upgrade.add_requirements(self.db)
 
     async def full_import(self) -> Summary:
         """Import every project PyPI lists, then set the checkpoint (resumable)."""

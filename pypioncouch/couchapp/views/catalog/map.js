@@ -32,6 +32,8 @@ function (doc) {
       }
     }
   }
+  // Stored by a version before "requires": pypioncouch.upgrade fills it in.
+  if (doc.info && doc.requires === undefined) { emit(['needs-requires', id], null); }
   for (i = 0; doc.requires_unparsable && i < doc.requires_unparsable.length; i++) {
     emit(['unparsable-requirement', id, i], doc.requires_unparsable[i]);
   }
