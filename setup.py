@@ -32,6 +32,7 @@ setup(
         "prometheus_client>=0.20",
         "Jinja2>=3.1",
         "Werkzeug>=2.3",  # RFC 9110 Accept parsing (klein brings it too)
+        "readme_renderer[md]>=44",  # descriptions rendered as PyPI renders them
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "listparser>=0.20", "uv", "playwright>=1.40"],

@@ -67,26 +67,30 @@ class OwnInfo:
         self.pypi = pypi
 
     async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
-        """``(the release's own info, whether this call stored it)``. The info is None
-        when the release is not stored or PyPI does not know it (404). Raises
-        :class:`PyPIError`, :class:`model.BadPayload` or :class:`CouchError`."""
+        """``(the release's document with its own info, whether this call stored
+        it)``. The document is None when the release is not stored or PyPI does not
+        know it (404). Raises :class:`PyPIError`, :class:`model.BadPayload` or
+        :class:`CouchError`."""
         doc_id = model.release_id(key, version)
         doc = await self._release(doc_id)
         if doc is None or model.has_own_info(doc):
-            return (doc or {}).get("info"), False
+            return doc, False
         payload = await self.pypi.release(key, version)
         if payload is None:
             return None, False
         info = model.check_release_info(payload, key, version)
+        vulnerabilities = model.release_vulnerabilities(payload)
+        own = model.with_own_info(doc, info, vulnerabilities)
         for _ in range(CONFLICT_ROUNDS):
             try:
-                await self.db.put(model.with_own_info(doc, info))
-                return info, True
+                await self.db.put(own)
+                return own, True
             except Conflict:
                 doc = await self._release(doc_id)
                 if doc is None or model.has_own_info(doc):
-                    return (doc or {}).get("info", info), False
-        return info, False  # kept changing: the next pass tries again
+                    return doc if doc is not None else own, False
+                own = model.with_own_info(doc, info, vulnerabilities)
+        return own, False  # kept changing: the next pass tries again
 
     async def _release(self, doc_id: str) -> dict | None:
         doc = await self.db.get_or_none(doc_id)
@@ -179,7 +183,7 @@ class Backfill(CoroutineService):
         key, version = doc_id.split(":", 1)  # normalized names hold no colon
         progress = self.progress
         try:
-            info, stored = await self.own.fill(key, version)
+            filled, stored = await self.own.fill(key, version)
         except (PyPIError, model.BadPayload, CouchError) as error:
             self._note_error(f"{key} {version}: {error}")
             log.warn("backfill {key} {version}: {error}", key=key, version=version,
@@ -191,7 +195,7 @@ class Backfill(CoroutineService):
             self._note_error(f"{key} {version}: unexpected {type(error).__name__}: {error}")
             log.failure("backfill {key} {version}", key=key, version=version)
             return
-        if info is None:
+        if filled is None:
             progress.not_found += 1
         elif stored:
             progress.filled += 1

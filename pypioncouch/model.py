@@ -28,6 +28,7 @@ import json
 import re
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
@@ -46,7 +47,7 @@ _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORE
 INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
 INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer
 # Keys of a release document that hold its own metadata (not its files).
-_OWN_INFO_KEYS = ("info", "info_source", "requires_dist")
+_OWN_INFO_KEYS = ("info", "info_source", "requires_dist", "vulnerabilities")
 
 
 class BadPayload(ValueError):
@@ -145,9 +146,11 @@ def _check_payload(payload: Any) -> None:
 
 
 def release_document(normalized: str, name: str, version: str, files: list[dict],
-                     info: dict | None, serial: int | None = None) -> dict:
+                     info: dict | None, serial: int | None = None,
+                     vulnerabilities: list | None = None) -> dict:
     """One release's document (without ``_rev``); ``serial`` is the project's serial
-    in the answer it comes from (a stored release is never replaced by older data)."""
+    in the answer it comes from (a stored release is never replaced by older data);
+    ``vulnerabilities`` those PyPI listed with ``info`` (they are the release's own)."""
     first = files[0] if files else {}
     uploaded = _earliest_upload(files)
     doc = {
@@ -170,6 +173,8 @@ def release_document(normalized: str, name: str, version: str, files: list[dict]
         doc["info"] = info
         doc["info_source"] = INFO_FROM_LATEST
         doc["requires_dist"] = list(info.get("requires_dist") or [])
+        if vulnerabilities is not None:
+            doc["vulnerabilities"] = vulnerabilities
     return doc
 
 
@@ -207,11 +212,21 @@ def check_release_info(payload: Any, normalized: str, version: str) -> dict:
     return info
 
 
-def with_own_info(release: dict, info: dict) -> dict:
-    """The release document with its own ``info`` from PyPI's per-version answer.
-    A release without files takes its yanked flags and Requires-Python from it."""
+def release_vulnerabilities(payload: dict) -> list | None:
+    """The ``vulnerabilities`` of a JSON API answer: the answered release's own (PyPI
+    lists those of the release in ``info``); None when the answer has none."""
+    found = payload.get("vulnerabilities")
+    return found if isinstance(found, list) else None
+
+
+def with_own_info(release: dict, info: dict, vulnerabilities: list | None = None) -> dict:
+    """The release document with its own ``info`` (and ``vulnerabilities``) from
+    PyPI's per-version answer. A release without files takes its yanked flags and
+    Requires-Python from it."""
     doc = dict(release, info=info, info_source=INFO_FROM_VERSION,
                requires_dist=list(info.get("requires_dist") or []))
+    if vulnerabilities is not None:
+        doc["vulnerabilities"] = vulnerabilities
     if not release.get("files"):
         doc.update(yanked=bool(info.get("yanked")), yanked_reason=info.get("yanked_reason"),
                    requires_python=info.get("requires_python"))
@@ -231,10 +246,13 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     releases: dict[str, list[dict]] = dict(payload.get("releases") or {})
     if latest not in releases:  # a version route answer, or PyPI hid it: keep what we have
         releases[latest] = list(payload.get("urls") or [])
+    latest_vulnerabilities = release_vulnerabilities(payload)
     release_docs = [release_document(normalized, name, version, files,
                                      info if version == latest else None,
-                                     payload.get("last_serial"))
+                                     payload.get("last_serial"),
+                                     latest_vulnerabilities if version == latest else None)
                     for version, files in releases.items()]
+    requires, unparsable = requirements_by_name(info.get("requires_dist"), normalized)
     versions = sorted(releases, key=version_sort_key)
     info_without_description = {k: v for k, v in info.items() if k != "description"}
     latest_doc = next(d for d in release_docs if d["version"] == latest)
@@ -252,6 +270,8 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
         "classifiers": list(info.get("classifiers") or []),
         "upload_time": latest_doc["upload_time"],
         "description_length": len(info.get("description") or ""),
+        "requires": requires,
+        "requires_unparsable": unparsable,
         "info": info_without_description,
         "pypi": {k: v for k, v in payload.items() if k not in _SPLIT_KEYS},
         "release_digests": {d["version"]: release_digests(d) for d in release_docs},
@@ -259,12 +279,40 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     return project, release_docs
 
 
+def requirements_by_name(requires_dist: Any, own: str) -> tuple[dict[str, list[str]],
+                                                               list[str]]:
+    """A release's ``requires_dist`` as ``({normalized name: [requirement as written,
+    ...]}, [requirements that do not parse])``; a project's requirement on itself
+    (``foo[extra]`` in foo's own extras) is not a dependency."""
+    required: dict[str, list[str]] = {}
+    unparsable: list[str] = []
+    for text in requires_dist if isinstance(requires_dist, list) else []:
+        try:
+            name = normalize(Requirement(text).name)
+        except (InvalidRequirement, TypeError, AttributeError):
+            unparsable.append(text if isinstance(text, str) else json.dumps(text))
+            continue
+        if name != own:
+            required.setdefault(name, []).append(text)
+    return required, unparsable
+
+
+def open_advisories(vulnerabilities: Any) -> list[dict]:
+    """The advisories of a release (PyPI's ``vulnerabilities``, OSV) not withdrawn."""
+    return [v for v in vulnerabilities if isinstance(v, dict) and not v.get("withdrawn")] \
+        if isinstance(vulnerabilities, list) else []
+
+
 def release_digests(doc: dict) -> list[str | None]:
     """``[digest of the files part, digest of info or None]`` of a release document."""
     # Not the serial: a release PyPI did not change is not rewritten for a new serial.
     files_part = {k: v for k, v in doc.items()
                   if k not in ("_id", "_rev", "last_serial") + _OWN_INFO_KEYS}
-    return [_digest(files_part), _digest(doc["info"]) if "info" in doc else None]
+    if "info" not in doc:
+        return [_digest(files_part), None]
+    # (advisories only when there are some: digests stored before them stay valid)
+    own = [doc["info"], doc["vulnerabilities"]] if doc.get("vulnerabilities") else doc["info"]
+    return [_digest(files_part), _digest(own)]
 
 
 def release_needs_write(new_digests: list, old_digests: list | None) -> bool:
@@ -315,7 +363,7 @@ def empty_project_document(name: str, serial: int | None, status: str) -> dict:
         "status": status, "last_serial": serial, "latest_version": None, "versions": [],
         **{field: None for field in _QUERY_FIELDS},
         "keywords": [], "classifiers": [], "upload_time": None, "description_length": 0,
-        "info": None, "pypi": {"last_serial": serial}, "release_digests": {},
+        "requires": {}, "requires_unparsable": [], "info": None, "pypi": {"last_serial": serial}, "release_digests": {},
     }
 
 
@@ -341,6 +389,9 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
         # Yanking changes a release's files, not the info stored when it was fetched.
         info.update(yanked=release["yanked"], yanked_reason=release["yanked_reason"])
     payload = dict(project.get("pypi") or {})
+    if chosen != project["latest_version"] and "vulnerabilities" in release:
+        # The project's are the latest release's; an older one's are its own.
+        payload["vulnerabilities"] = release["vulnerabilities"]
     payload["info"] = info
     payload["urls"] = release["files"]
     if version is None:

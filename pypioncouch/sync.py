@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from pypioncouch import couchapp, model, store
+from pypioncouch import couchapp, model, store, upgrade
 from pypioncouch.checkpoint import Checkpoint
 from pypioncouch.couch import Database
 from pypioncouch.pipeline import BoundedQueue, run_together
@@ -176,6 +176,7 @@ class XmlRpcImporter:
         await couchapp.push(self.db)
         if self.guard:
             await couchapp.push_guard(self.db)
+        await upgrade.add_requirements(self.db)
 
     async def full_import(self) -> Summary:
         """Import every project PyPI lists, then set the checkpoint (resumable)."""

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import shutil
 from collections import defaultdict
 from urllib.parse import quote
@@ -9,6 +10,7 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 import treq
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from twisted.internet import defer, threads
 
@@ -23,6 +25,21 @@ JSON = {"Accept": "application/json"}
 VERSIONS = ["0.9", "1.0", "1.0.1", "1.1rc1", "1.1", "1.2.dev3", "2.0a1", "2.0", "2.0.post1",
             "2.1", "3.0b2", "10.0"]
 
+# Descriptions as uploaders write them, hostile ones included; their Requires-Dist
+# name Spec.Test in spellings PEP 503 makes equal.
+READMES = {
+    "Readme.Markdown": ("text/markdown", "# Title\n\nSome *emphasis*, [a link](https://example.org/x), "
+                        "[bad](javascript:alert(1)), <a href=\"javascript:alert(2)\">raw</a>, "
+                        "<img src=x onerror=alert(3)>, <b onclick=\"alert(4)\">b</b>\n\n"
+                        "<script>alert(5)</script>\n",
+                        ["SPEC_test>=1.0; python_version >= '3.8'", "spec.test[extra]"]),
+    "Readme_Rst": ("text/x-rst", "Title\n=====\n\nA `link <javascript:alert(6)>`_ and **bold**.\n",
+                   ["Spec-Test (>=2.0)"]),
+    "readme-raw-rst": (None, "Title\n=====\n\n.. raw:: html\n\n   <script>alert(7)</script>\n",
+                       ["spec_test ; extra == 'docs'", "spec-test >= = 1", "readme-raw-rst[all]"]),
+    "Readme.Plain": ("text/plain", "<b>not bold</b>\nline two", []),
+}
+
 pytestmark = pytest.mark.cluster  # end to end: also on a 3-node cluster
 
 
@@ -31,10 +48,14 @@ def site(couch_server):
     world = World(couch_server.url, "browse-module", projects=120, seed=23,
                   read_url=couch_server.read_url)
     for version in VERSIONS:
-        world.index.publish("Spec.Test", version)
+        world.index.publish("Spec.Test", version, requires_dist=None)
+    for name, (content_type, text, requires) in READMES.items():
+        world.index.publish(name, "1.0", description=text, requires_dist=requires,
+                            description_content_type=content_type)
     pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
     pytest_twisted.blockon(defer.ensureDeferred(world.settled()))
     front, port, url = serve(world.read_db, syncing=False)
+    world.front = front
     browse.PAGE, saved = 25, browse.PAGE
     yield world, url
     browse.PAGE = saved
@@ -231,7 +252,7 @@ async def test_recent_releases_newest_first(site):
     assert second["releases"][0]["uploaded"] <= times[-1]
 
 
-def browse_in_chromium(url, key):
+def browse_in_chromium(url, key, advised):
     """Drive Debian's chromium through the pages; return what a person would see."""
     from playwright.sync_api import sync_playwright
 
@@ -269,6 +290,29 @@ def browse_in_chromium(url, key):
         seen["classifier_rows"] = page.locator("tbody tr").count()
         page.goto(f"{url}/status")
         seen["status"] = page.locator("h1").inner_text()
+        # From an advisory to who is exposed: one click.
+        page.goto(f"{url}/browse/")
+        with page.expect_navigation():
+            page.locator("header a", has_text="Advisories").click()
+        seen["advisories_title"] = page.locator("h1").inner_text()
+        row = page.locator("tbody tr", has=page.locator(f"a[href='/browse/project/{advised}']"))
+        seen["advised"] = row.locator("td:first-child a").inner_text()
+        with page.expect_navigation():
+            row.locator("a.dependents").click()
+        seen["dependents_url"] = page.url
+        seen["dependents_title"] = page.locator("h1").inner_text()
+        seen["warning"] = page.locator(".warning strong").first.inner_text()
+        seen["exposed"] = sorted(page.locator("tbody tr td:first-child a").all_inner_texts())
+        # A rendered description; and "required by" leads to the dependents.
+        page.goto(f"{url}/browse/project/readme-markdown")
+        seen["description_h1"] = page.locator("div.description h1").inner_text()
+        seen["description_links"] = page.locator("div.description a[href]").evaluate_all(
+            "links => links.map(a => a.getAttribute('href'))")
+        page.goto(f"{url}/browse/project/spec-test")
+        with page.expect_navigation():
+            page.locator("a.required-by").click()
+        seen["spec_dependents"] = sorted(
+            page.locator("tbody tr td:first-child a").all_inner_texts())
         browser.close()
     return seen
 
@@ -278,7 +322,11 @@ def browse_in_chromium(url, key):
 async def test_a_real_browser_follows_the_pages_and_runs_no_script_from_metadata(site):
     world, url = site
     key = model.normalize(world.index.dataset.name(0))
-    seen = await threads.deferToThread(browse_in_chromium, url, key)
+    answers = simulator_answers(world)
+    exposed, _ = dependents_oracle(answers)
+    advised = max(open_advisories_oracle(answers), key=lambda k: len(exposed.get(k, {})))
+    assert len(exposed[advised]) > browse.PAGE // 2
+    seen = await threads.deferToThread(browse_in_chromium, url, key, advised)
     assert seen["dialogs"] == [] and seen["errors"] == []
     assert seen["title"] == "All projects — pypioncouch"
     assert "q=" in seen["search_url"] and seen["search_hits"] >= 1
@@ -287,3 +335,197 @@ async def test_a_real_browser_follows_the_pages_and_runs_no_script_from_metadata
     assert seen["keyword_page"].startswith("Projects with keyword")
     assert seen["classifier_rows"] >= 1
     assert seen["status"] == "Status"
+    assert seen["advisories_title"] == "Projects with open advisories"
+    assert seen["advised"] == answers[advised]["info"]["name"]
+    assert seen["dependents_url"] == f"{url}/browse/dependents/{advised}"
+    assert seen["dependents_title"] == f"Projects that require {seen['advised']}"
+    assert "open advisor" in seen["warning"]
+    assert seen["exposed"] == sorted(answers[k]["info"]["name"]
+                                     for k in sorted(exposed[advised])[:browse.PAGE])
+    assert seen["description_h1"] == "Title"
+    assert all(link.startswith(("https://", "#")) for link in seen["description_links"])
+    assert seen["spec_dependents"] == ["Readme.Markdown", "Readme_Rst", "readme-raw-rst"]
+
+
+def pep503(name):
+    """The oracle's own normalization (PEP 503's rule, not the product's code)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def simulator_answers(world):
+    """``{key: the simulator's JSON API answer}`` of every project it serves."""
+    answers = {}
+    for key, _ in world.index.listing():
+        status, body, _ = world.index.json_api(key)
+        if status == 200:
+            answers[key] = json.loads(body)
+    return answers
+
+
+def dependents_oracle(answers):
+    """``({required: {dependent: [requirement, ...]}}, unparsable count)`` from the
+    simulator's answers: the latest release's Requires-Dist, a project's requirement
+    on itself left out."""
+    found, unparsable = defaultdict(dict), 0
+    for key, answer in answers.items():
+        for text in answer["info"]["requires_dist"] or []:
+            try:
+                required = pep503(Requirement(text).name)
+            except InvalidRequirement:
+                unparsable += 1
+                continue
+            if required != key:
+                found[required].setdefault(key, []).append(text)
+    return found, unparsable
+
+
+async def every_page(url, link):
+    """The rows of every page of a list, following ``next``."""
+    rows, pages = [], 0
+    while link:
+        data = await get_json(link)
+        rows += data["projects"]
+        pages += 1
+        link = url + data["next"] if data["next"] else None
+    return rows, pages, data
+
+
+@pytest_twisted.ensureDeferred
+async def test_dependents_are_exactly_the_projects_whose_latest_release_requires_it(site):
+    world, url = site
+    answers = simulator_answers(world)
+    expected, unparsable = dependents_oracle(answers)
+    assert expected["spec-test"] == {  # spelled four ways, one of them a self-extra
+        "readme-markdown": ["SPEC_test>=1.0; python_version >= '3.8'", "spec.test[extra]"],
+        "readme-rst": ["Spec-Test (>=2.0)"],
+        "readme-raw-rst": ["spec_test ; extra == 'docs'"]}
+    popular = max(expected, key=lambda k: len(expected[k]) if k in answers else 0)
+    assert len(expected[popular]) > browse.PAGE  # paged, more than one page
+    spelled_otherwise = [t for deps in expected.values() for texts in deps.values()
+                         for t in texts if not t.startswith(tuple(expected))]
+    assert len(spelled_otherwise) > 10  # non-normalized names count for the normalized
+    listed = {key for key, _ in world.index.listing()}
+    # Every project of the simulator (and names outside it, such as attrs).
+    for key in sorted(listed | set(expected)):
+        rows, pages, last = await every_page(url, f"{url}/browse/dependents/{key}")
+        got = {row["key"]: row["requirements"] for row in rows}
+        assert got == expected.get(key, {}), key
+        assert [row["key"] for row in rows] == sorted(got)
+        assert all(row["requirement"] == row["requirements"][0] and row["name"]
+                   for row in rows)
+        assert last["total"] == len(got) and last["stored"] == (key in listed)
+        if key == popular:
+            assert pages > 1
+    # The project page counts them and links to the list; a name as written redirects.
+    page = await get_json(f"{url}/browse/project/{popular}")
+    assert page["required_by"] == len(expected[popular])
+    html = await (await treq.get(f"{url}/browse/project/{popular}")).text()
+    assert (f'href="/browse/dependents/{popular}" class="required-by">required by '
+            f'{len(expected[popular])} projects</a>') in html
+    moved = await treq.get(f"{url}/browse/dependents/SPEC_Test?python=3.12",
+                           allow_redirects=False)
+    assert moved.code == 301
+    assert moved.headers.getRawHeaders("location") == ["/browse/dependents/spec-test?python=3.12"]
+    # Requirements that do not parse are left out, and counted on /status.
+    assert unparsable >= 2
+    status = await get_json(f"{url}/status")
+    assert status["stored"]["requirements_unparsable"] == unparsable
+
+
+def open_advisories_oracle(answers):
+    return {key: [{"id": v["id"], "aliases": v["aliases"], "fixed_in": v["fixed_in"]}
+                  for v in answer["vulnerabilities"] if not v["withdrawn"]]
+            for key, answer in answers.items()
+            if any(not v["withdrawn"] for v in answer["vulnerabilities"])}
+
+
+@pytest_twisted.ensureDeferred
+async def test_advisories_open_fixed_and_withdrawn(site):
+    world, url = site
+    answers = simulator_answers(world)
+    expected = open_advisories_oracle(answers)
+    dataset = world.index.dataset
+    hostile, withdrawn, fixed, several = (pep503(dataset.name(i)) for i in (0, 1, 2, 5))
+    assert {hostile, several} <= set(expected) and len(expected) > 5
+    browse.PAGE, saved = 4, browse.PAGE
+    try:
+        rows, pages, last = await every_page(url, f"{url}/browse/advisories/")
+    finally:
+        browse.PAGE = saved
+    got = {row["key"]: [{k: a[k] for k in ("id", "aliases", "fixed_in")}
+                        for a in row["advisories"]] for row in rows}
+    assert got == expected and pages > 1 and last["total"] == len(expected)
+    assert got[several] == [
+        {"id": "PYSEC-2025-105", "aliases": ["CVE-2025-3105", "GHSA-0005-abcd-efgh"],
+         "fixed_in": []},
+        {"id": "PYSEC-2025-905", "aliases": ["CVE-2025-905"], "fixed_in": ["2.0"]}]
+    # Withdrawn: not open, but listed as withdrawn on the project page.
+    assert withdrawn not in got
+    page = await get_json(f"{url}/browse/project/{withdrawn}")
+    assert page["advisories"]["open"] == []
+    assert [a["withdrawn"] for a in page["advisories"]["withdrawn"]] == ["2024-03-01T12:00:00Z"]
+    # Fixed in the latest release: the older releases had it, the latest has not.
+    assert fixed not in got
+    older = json.loads(world.index.json_api(fixed, "1.0.0")[1])
+    assert [v["fixed_in"] for v in older["vulnerabilities"]] == [["1.1.0.post1"]]
+    # Open: the project page lists them; its dependents page warns.
+    page = await get_json(f"{url}/browse/project/{several}")
+    assert [a["id"] for a in page["advisories"]["open"]] == ["PYSEC-2025-105", "PYSEC-2025-905"]
+    dependents = await get_json(f"{url}/browse/dependents/{several}")
+    assert [a["id"] for a in dependents["advisories"]] == ["PYSEC-2025-105", "PYSEC-2025-905"]
+    html = await (await treq.get(f"{url}/browse/dependents/{several}")).text()
+    assert "has 2 open advisories" in html
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostile_advisories_are_shown_as_text(site):
+    world, url = site
+    key = pep503(world.index.dataset.name(0))
+    for path in (f"/browse/project/{key}", f"/browse/dependents/{key}", "/browse/advisories/"):
+        answer = await treq.get(url + path)
+        html = await answer.text()
+        assert "PYSEC-2020-&lt;script&gt;alert(9)&lt;/script&gt;" in html, path
+        assert "<script>" not in html and "<svg" not in html and "<img src=x" not in html
+        assert 'href="javascript:' not in html
+        assert "script-src 'none'" in answer.headers.getRawHeaders("content-security-policy")[0]
+    data = await get_json(f"{url}/browse/project/{key}")
+    assert data["advisories"]["open"][0]["link"] is None  # a javascript: link is no link
+    assert data["advisories"]["open"][0]["summary"] == '<script>alert("pwned")</script>'
+
+
+@pytest_twisted.ensureDeferred
+async def test_descriptions_render_as_pypi_renders_them_once_and_inert(site):
+    world, url = site
+    front = world.front
+
+    async def description(key):
+        html = await (await treq.get(f"{url}/browse/project/{key}")).text()
+        start = html.index("<h2>Description</h2>")
+        return html[start:html.index("</main>")]
+
+    markdown = await description("readme-markdown")
+    assert '<div class="description project-description"><h1 id="user-content-title">Title' \
+        in markdown
+    assert "<em>emphasis</em>" in markdown
+    assert '<a href="https://example.org/x" rel="nofollow">a link</a>' in markdown
+    assert "&lt;script&gt;alert(5)&lt;/script&gt;" in markdown  # GFM's tag filter
+    for inert in ("javascript:", "onerror", "onclick", "<script"):
+        assert inert not in markdown, inert
+    rst = await description("readme-rst")
+    assert "<strong>bold</strong>" in rst and "<h1>Title" in rst and "javascript:" not in rst
+    # A raw HTML directive does not render on PyPI: shown as plain text, escaped.
+    raw = await description("readme-raw-rst")
+    assert ".. raw:: html" in raw and "&lt;script&gt;alert(7)&lt;/script&gt;" in raw
+    assert "<script" not in raw
+    plain = await description("readme-plain")
+    assert "&lt;b&gt;not bold&lt;/b&gt;<br>line two" in plain
+    data = await get_json(f"{url}/browse/project/readme-markdown")
+    assert data["description_rendered_as"] == "text/markdown"
+    assert data["description_html"].startswith('<h1 id="user-content-title">Title')
+    assert (await get_json(f"{url}/browse/project/readme-raw-rst"))[
+        "description_rendered_as"] == "text/plain"
+    # Rendered once per release, not per request.
+    before = front.browse_pages.descriptions.renders
+    for _ in range(3):
+        await description("readme-markdown")
+    assert front.browse_pages.descriptions.renders == before

@@ -13,6 +13,12 @@ Every data set carries what real PyPI carries, the ugly parts included:
 - ``requires_python`` with ``<`` and ``>``;
 - with ``heavy=True`` (the default from 1,000 projects): a project with 3,000
   releases and one with a 5 MB description;
+- Requires-Dist on other projects of the data set, spelled as people write them
+  (``Foo_Bar.baz>=1.0``, extras, markers, upper case), on projects outside it, on
+  the project itself (an extra), and now and then one that does not parse, so that
+  every project has dependents to find (``requirements``);
+- advisories (PyPI's ``vulnerabilities``, OSV) on some latest releases, on older
+  releases fixed in a later one, and withdrawn ones (``advisories``);
 - releases with metadata of their own: the release PyPI shows as the latest carries
   the project's metadata, every older one its own summary, description, description
   content type and Requires-Dist (``older_metadata``), as real projects change them
@@ -93,6 +99,7 @@ class SimRelease:
     yanked: bool = False
     yanked_reason: str | None = None
     quarantined: bool = False
+    vulnerabilities: list[dict] = field(default_factory=list)  # OSV, as PyPI lists them
 
     @property
     def requires_python(self) -> str | None:
@@ -205,6 +212,62 @@ def older_metadata(metadata: dict, version: str) -> dict:
     return meta
 
 
+POPULAR = range(8, 14)  # the first projects after the showcases: many depend on them
+FAVOURITE = 8  # ... and a third of the data set on this one (its dependents fill pages)
+UNPARSABLE = ["requests >= = 2", "not a requirement!", "foo (>=1.0", "bar; python_version >>> '3'"]
+
+
+def _spelled(rng: random.Random, name: str) -> str:
+    """A project name as someone may write it in Requires-Dist (PEP 503 equal)."""
+    style = rng.randrange(4)
+    if style == 0:
+        return name
+    if style == 1:
+        return name.upper()
+    if style == 2:
+        return re.sub(r"[-_.]+", lambda m: rng.choice(["_", ".", "-", "__", "-_."]), name)
+    return name.lower()
+
+
+def requirements(dataset: "Dataset", index: int, name: str, base: list | None
+                 ) -> list | None:
+    """Requires-Dist of project ``index``'s latest release: ``base`` (on projects
+    outside the data set) plus requirements on other projects of it."""
+    rng = random.Random(f"{dataset.seed}/requires/{index}")
+    count = rng.choice([0, 0, 1, 1, 2, 3]) if dataset.size > 1 else 0
+    found = list(base or [])
+    if index != FAVOURITE and dataset.size > FAVOURITE and rng.random() < 0.33:
+        found.append(_spelled(rng, dataset.name(FAVOURITE)) + rng.choice(["", ">=1"]))
+    for _ in range(count):
+        if rng.random() < 0.5 and dataset.size > POPULAR.start:
+            target = rng.choice(POPULAR[:max(1, dataset.size - POPULAR.start)])
+        else:
+            target = rng.randrange(dataset.size)
+        if target == index:
+            continue
+        spelled = _spelled(rng, dataset.name(target))
+        found.append(spelled + rng.choice(
+            ["", ">=1.0", " (>=0.5)", "[tls]>=2,<4", "~=1.2",
+             "; python_version >= '3.8'", "[extra]; sys_platform == 'linux'",
+             " >=1.0 ; extra == 'docs'"]))
+    roll = rng.random()
+    if roll < 0.06:
+        found.append(rng.choice(UNPARSABLE))
+    elif roll < 0.12:
+        found.append(f"{name}[all]; extra == 'full'")  # an extra on itself
+    return found if found or base is not None else base
+
+
+def advisory(ident: str, *, fixed_in: list[str], summary: str | None = None,
+             details: str = "A flaw, found and reported.", aliases: list[str] | None = None,
+             link: str | None = None, withdrawn: str | None = None) -> dict:
+    """One entry of PyPI's ``vulnerabilities`` (OSV)."""
+    return {"aliases": aliases if aliases is not None else [ident.replace("PYSEC", "CVE", 1)],
+            "details": details, "fixed_in": fixed_in, "id": ident,
+            "link": link or f"https://osv.dev/vulnerability/{ident}", "source": "osv",
+            "summary": summary, "withdrawn": withdrawn}
+
+
 def _is_prerelease(version: str) -> bool:
     try:
         return Version(version).is_prerelease
@@ -297,6 +360,7 @@ class Dataset:
         if case in ("many-releases", "huge-description") and not self.heavy:
             case = None
         metadata = _metadata(rng, name)
+        metadata["requires_dist"] = requirements(self, index, name, metadata["requires_dist"])
         count = rng.choice([1, 1, 1, 2, 3, 4, 5, 8, 13, 20])
         versions = _versions(rng, count)
         yanked = {v: rng.choice(YANK_REASONS) for v in versions if rng.random() < 0.05}
@@ -344,8 +408,53 @@ class Dataset:
             if version in yanked:
                 release.yanked, release.yanked_reason = True, yanked[version]
             releases[version] = release
+        self._advisories(index, case, releases, latest)
         owner = re.sub(r"[^a-z]", "", metadata["author"].lower().encode("ascii", "ignore").decode()
                        if metadata["author"] else "") or "owner"
         roles = [("Owner", owner)] + ([("Maintainer", "helper")] if rng.random() < 0.3 else [])
         return SimProject(name=name, releases=releases, last_serial=self.base_serial(index),
                           created=created, roles=roles)
+
+    def _advisories(self, index: int, case: str | None, releases: dict[str, SimRelease],
+                    latest: str | None) -> None:
+        """Advisories: open on the latest release, fixed in a later release, withdrawn."""
+        if not releases or latest is None:
+            return
+        rng = random.Random(f"{self.seed}/advisories/{index}")
+        year = 2020 + index % 6
+        ident = f"PYSEC-{year}-{index + 100}"
+        order = list(releases)  # upload order = version order here
+        if case == "hostile":
+            releases[latest].vulnerabilities.append(advisory(
+                f"PYSEC-{year}-<script>alert(9)</script>", fixed_in=[],
+                summary=HOSTILE[0], details=HOSTILE[1],
+                aliases=[HOSTILE[3], "CVE-2024-0001"], link=HOSTILE[2]))
+        elif case == "unicode":
+            releases[latest].vulnerabilities.append(advisory(
+                ident, fixed_in=[], summary="Not a flaw after all",
+                withdrawn="2024-03-01T12:00:00Z"))
+        elif case == "versions":
+            fixed = advisory(ident, fixed_in=[latest], summary="Fixed in the latest release")
+            for version in order[:order.index(latest)]:
+                releases[version].vulnerabilities.append(dict(fixed))
+        elif case == "requires-python":
+            releases[latest].vulnerabilities += [
+                advisory(ident, fixed_in=[], summary="Open, no fix yet",
+                         aliases=[f"CVE-{year}-{index + 3100}", f"GHSA-{index:04d}-abcd-efgh"]),
+                advisory(f"PYSEC-{year}-{index + 900}", fixed_in=["2.0"],
+                         summary="Fixed in a release to come")]
+        elif index == FAVOURITE:  # what many require: who is exposed is a long list
+            releases[latest].vulnerabilities.append(advisory(
+                ident, fixed_in=[f"{latest}.post1"], summary="Denial of service"))
+        elif case is None:
+            roll = rng.random()
+            if roll < 0.07:
+                releases[latest].vulnerabilities.append(advisory(
+                    ident, fixed_in=[rng.choice(["99.0", f"{latest}.post9"])],
+                    summary=rng.choice([None, "Remote code execution", rng.choice(UNICODE)])))
+            elif roll < 0.12 and len(order) > 1 and order[0] != latest:
+                releases[order[0]].vulnerabilities.append(advisory(
+                    ident, fixed_in=[order[1]], summary="Fixed in the next release"))
+            elif roll < 0.14:
+                releases[latest].vulnerabilities.append(advisory(
+                    ident, fixed_in=[], withdrawn="2023-11-05T08:00:00Z"))

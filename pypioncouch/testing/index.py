@@ -339,7 +339,7 @@ class PackageIndex:
             "info": self.info(project, release),
             "last_serial": project.last_serial,
             "urls": [self.file_entry(project, release, f) for f in release.files],
-            "vulnerabilities": [],
+            "vulnerabilities": [dict(v) for v in release.vulnerabilities],
             "ownership": {"roles": [{"role": r, "user": u} for r, u in project.roles],
                           "organization": project.organization},
         }

@@ -31,7 +31,7 @@ What it models (reference: ../shared/reference/pypi-api.md):
   (``--listing-keep``, ``POST /_control/listing``).
 
 What it does not model: uploads through the upload API, sdists, user accounts and
-organizations (roles are plain names), vulnerabilities (always ``[]``), PEP 740
+organizations (roles are plain names), vulnerability records added at run time, PEP 740
 provenance (always absent), archiving writes no journal row (as on PyPI), HTTP caching
 headers beyond ``Cache-Control`` and ``X-PyPI-Last-Serial``, and the 1-hour cache of
 ``list_packages_with_serial`` (answers are current unless the listing is frozen).

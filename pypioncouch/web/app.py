@@ -213,12 +213,17 @@ class WebFront:
 
     async def _count_stored(self) -> dict:
         info = await self.db.info()
+        unparsable = advised = None
         try:
             projects = await couchapp.count(self.db, "name")
+            # Requires-Dist entries that do not parse: skipped from the dependents.
+            unparsable = await couchapp.count(self.db, "unparsable-requirement")
+            advised = await couchapp.count(self.db, "advisory")
         except CouchError:  # no design document (yet): documents only
             projects = None
         releases = None if projects is None else info["doc_count"] - projects - 1
         return {"documents": info["doc_count"], "projects": projects, "releases": releases,
+                "requirements_unparsable": unparsable, "projects_with_advisories": advised,
                 "counted_at": time.time()}
 
     async def status_data(self) -> dict:
@@ -424,7 +429,7 @@ class WebFront:
                 "yet (PyPI's project JSON carries the latest release's only; the syncing "
                 "daemon's backfill fetches the others, and replication brings them here)"))
         try:
-            info, stored = await self.own_info.fill(key, version)
+            filled, stored = await self.own_info.fill(key, version)
         except (PyPIError, model.BadPayload) as error:
             log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,
                      version=version, error=error)
@@ -433,13 +438,12 @@ class WebFront:
             return _json_message(request, 503, (
                 f"the metadata of {key} {version} is not stored yet, and PyPI's answer "
                 f"failed: {error}"))
-        if info is None:
+        if filled is None:
             return _json_message(request, 404, f"Not Found: PyPI does not know {key} "
                                                f"{version} (any more)")
         if stored:
             self.status.backfill.on_demand += 1
-        releases = [model.with_own_info(release, info) if doc is release else doc
-                    for doc in entry.releases]
+        releases = [filled if doc is release else doc for doc in entry.releases]
         payload = model.json_api_payload(entry.project, releases, version)
         if payload is None:
             return _json_message(request, 404, "Not Found")

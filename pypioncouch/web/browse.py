@@ -2,7 +2,9 @@
 
 All projects (name search, Python-version filter), by classifier (a tree with counts;
 several combined; a parent selects its children), by version specifier, by author,
-maintainer or keyword, one page per project, recent releases. Lists page by key
+maintainer or keyword, one page per project (its description rendered as PyPI renders
+it), recent releases, the dependents of a project (who requires it), and the projects
+with open advisories. Lists page by key
 (``startkey``), never ``skip``-by-offset, so a far page costs what the first does.
 Every list also answers JSON (``Accept: application/json``) for scripts.
 Templates autoescape: every string from PyPI shows as text.
@@ -25,6 +27,7 @@ from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
 from pypioncouch.web.app import NotAcceptable, not_acceptable, wants_json
+from pypioncouch.web.descriptions import DescriptionCache
 from pypioncouch.web.refresh import Refreshed
 
 log = Logger()
@@ -195,6 +198,7 @@ class BrowsePages:
         self.db = db
         self.render = render  # (template, **context) -> bytes
         self.read_project = read_project  # key -> CachedProject or None (cached reads)
+        self.descriptions = DescriptionCache(reactor)  # rendered once per release
         self.classifier_counts = Refreshed(self._count_classifiers, reactor,
                                            name="classifier counts")
 
@@ -207,6 +211,10 @@ class BrowsePages:
             request.setHeader("Content-Type", "application/json")
             return json.dumps(data, ensure_ascii=False).encode("utf-8")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
+        # The pages run no script; nor may anything in PyPI's data (descriptions are
+        # sanitized already: this is the second lock).
+        request.setHeader("Content-Security-Policy",
+                          "script-src 'none'; object-src 'none'; base-uri 'none'")
         return self.render(template, data=data, **extra)
 
     @app.handle_errors(NotAcceptable)
@@ -232,11 +240,11 @@ class BrowsePages:
         return {row["id"]: row["value"] for row in rows if row.get("value")}
 
     async def _project_list(self, request, title: str, low: list, high: list,
-                            keep: Keep = keep_all, key_of: Callable = lambda key: key
-                            ) -> dict:
+                            keep: Keep = keep_all, key_of: Callable = lambda key: key,
+                            extra: Callable[[dict], dict] = lambda row: {}) -> dict:
         """A page of projects from the catalog rows between ``low`` and ``high`` that
         ``keep`` keeps, narrowed to ``?python=``; ``key_of`` turns a cursor from the
-        URL into a key of this range."""
+        URL into a key of this range; ``extra`` adds fields to a project from its row."""
         python = _arg(request, "python")
         if python:
             try:
@@ -262,7 +270,8 @@ class BrowsePages:
         page = await keyset_page(self.db, low=low, high=high, keep=keep_projects,
                                  after=None if after is None else key_of(after),
                                  before=None if before is None else key_of(before))
-        projects = [project_row(row["id"], values[row["id"]]) for row in page.rows]
+        projects = [{**project_row(row["id"], values[row["id"]]), **extra(row)}
+                    for row in page.rows]
         path = request.path.decode("utf-8", "replace")
         return {"title": title, "projects": projects, "python": python,
                 **_pager_links(path, _query_pairs(request), page)}
@@ -366,7 +375,47 @@ class BrowsePages:
             return self.respond(request, "error.html",
                                 {"error": f"no project {name} here"}, 404)
         data = project_page_data(entry.project, entry.releases)
+        data["required_by"] = await couchapp.count(self.db, "requires", key)
+        latest = _latest_release(entry.project, entry.releases)
+        if latest is not None and data["description"]:
+            html, how = await self.descriptions.rendered(latest)
+            data.update(description_html=html, description_rendered_as=how)
         return self.respond(request, "project.html", data)
+
+    # -- dependents, advisories ----------------------------------------------------------
+
+    @app.route("/dependents/<name>", methods=["GET", "HEAD"])
+    async def dependents(self, request, name):
+        if not model.is_valid_project_name(name):
+            return self.respond(request, "error.html", {"error": "no such project"}, 404)
+        key = model.normalize(name)
+        if key != name:
+            query = request.uri.decode("utf-8", "replace").partition("?")[2]
+            request.setResponseCode(301)
+            request.setHeader("Location", f"/browse/dependents/{key}"
+                                          + (f"?{query}" if query else ""))
+            return b""
+        entry = await self.read_project(key)
+        shown = entry.project.get("name") if entry is not None else key
+        low, high = couchapp.facet_range("requires", key)
+        data = await self._project_list(
+            request, f"Projects that require {shown}", low, high,
+            extra=lambda row: {"requirements": list(row["value"] or []),
+                               "requirement": (row["value"] or [None])[0]})
+        data.update(key=key, name=shown, stored=entry is not None,
+                    total=await couchapp.count(self.db, "requires", key),
+                    advisories=[] if entry is None else advisories_of(entry.project)["open"])
+        return self.respond(request, "dependents.html", data)
+
+    @app.route("/advisories/", methods=["GET", "HEAD"])
+    async def advisories(self, request):
+        low, high = couchapp.facet_range("advisory")
+        data = await self._project_list(
+            request, "Projects with open advisories", low, high,
+            extra=lambda row: {"advisories": [_advisory_row(a) for a in row["value"] or []],
+                               "dependents": f"/browse/dependents/{row['id']}"})
+        data["total"] = await couchapp.count(self.db, "advisory")
+        return self.respond(request, "advisories.html", data)
 
     @app.route("/project/<name>/opml.xml", methods=["GET", "HEAD"])
     async def project_opml(self, request, name):
@@ -461,6 +510,40 @@ def _release_data(release: dict) -> dict:
                       for f in release.get("files") or []]}
 
 
+def _safe_link(url: Any) -> str | None:
+    """A link from PyPI's data to show as a link: http(s) only."""
+    return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _advisory_row(advisory: dict) -> dict:
+    """An advisory as the pages show it (OSV fields, only the shapes expected)."""
+    advisory = advisory if isinstance(advisory, dict) else {}
+    return {"id": str(advisory.get("id") or ""), "aliases": _strings(advisory.get("aliases")),
+            "fixed_in": _strings(advisory.get("fixed_in")),
+            "link": _safe_link(advisory.get("link")), "summary": advisory.get("summary"),
+            "withdrawn": advisory.get("withdrawn")}
+
+
+def advisories_of(project: dict) -> dict[str, list[dict]]:
+    """The latest release's advisories (PyPI's ``vulnerabilities``): open and
+    withdrawn."""
+    found = (project.get("pypi") or {}).get("vulnerabilities") if project.get(
+        "latest_version") else None
+    found = [v for v in found if isinstance(v, dict)] if isinstance(found, list) else []
+    still_open = model.open_advisories(found)
+    return {"open": [_advisory_row(v) for v in still_open],
+            "withdrawn": [_advisory_row(v) for v in found if v not in still_open]}
+
+
+def _latest_release(project: dict, releases: list[dict]) -> dict | None:
+    latest = project.get("latest_version")
+    return next((r for r in releases if r["version"] == latest), None)
+
+
 def project_page_data(project: dict, releases: list[dict]) -> dict:
     """What the project page shows, from its documents (pure)."""
     by_version = {r["version"]: r for r in releases}
@@ -484,6 +567,10 @@ def project_page_data(project: dict, releases: list[dict]) -> dict:
         "classifiers": project.get("classifiers") or [],
         "last_serial": project.get("last_serial"),
         "releases": [_release_data(r) for r in ordered],
+        "requires": [{"key": name, "requirements": list(texts)}
+                     for name, texts in sorted((project.get("requires") or {}).items())],
+        "advisories": advisories_of(project),
         "links": {"opml": f"/browse/project/{key}/opml.xml", "simple": f"/simple/{key}/",
-                  "json": f"/pypi/{key}/json"},
+                  "json": f"/pypi/{key}/json", "dependents": f"/browse/dependents/{key}"},
+        "description_html": None, "description_rendered_as": "raw",
     }

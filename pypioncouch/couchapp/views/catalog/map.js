@@ -23,6 +23,30 @@ function (doc) {
     emit(['maintainer', doc.maintainer.toLowerCase(), id], doc.maintainer);
   }
   if (doc.latest_version) { emit(['python', doc.requires_python || '', id], null); }
+  // Dependents: the names the latest release requires, normalized by the sync
+  // (model.requirements_by_name, with packaging); the value is what it wrote.
+  if (doc.requires && typeof doc.requires === 'object') {
+    for (var required in doc.requires) {
+      if (doc.requires.hasOwnProperty(required)) {
+        emit(['requires', required, id], doc.requires[required]);
+      }
+    }
+  }
+  // Stored by a version before "requires": pypioncouch.upgrade fills it in.
+  if (doc.info && doc.requires === undefined) { emit(['needs-requires', id], null); }
+  for (i = 0; doc.requires_unparsable && i < doc.requires_unparsable.length; i++) {
+    emit(['unparsable-requirement', id, i], doc.requires_unparsable[i]);
+  }
+  // Open advisories (OSV, not withdrawn) of the latest release, as PyPI lists them.
+  var vulns = doc.pypi && doc.pypi.vulnerabilities, open = [];
+  for (i = 0; doc.latest_version && vulns && i < vulns.length; i++) {
+    var v = vulns[i];
+    if (v && typeof v === 'object' && !v.withdrawn) {
+      open.push({id: v.id, aliases: v.aliases || [], fixed_in: v.fixed_in || [],
+                 summary: v.summary || null, link: v.link || null});
+    }
+  }
+  if (open.length) { emit(['advisory', id], open); }
   var seen = {};
   for (i = 0; doc.keywords && i < doc.keywords.length; i++) {
     var word = doc.keywords[i].toLowerCase();
