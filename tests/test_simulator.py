@@ -206,6 +206,10 @@ async def test_simple_api_negotiates_like_warehouse(sim):
     data = await page.json()
     assert data["versions"] == ["1.0.0", "1.1.0a1", "1.1.0", "1.1.0.post1", "1.2.0"]
     assert {f["yanked"] for f in data["files"]} == {False, True, "broken build"}
+    assert list(data["files"][0]) == [  # PyPI's keys, in PyPI's order (reference §4.2)
+        "filename", "url", "hashes", "requires-python", "size", "upload-time", "yanked",
+        "core-metadata", "data-dist-info-metadata", "provenance"]
+    assert data["files"][0]["provenance"] is None
     html = await treq.get(f"{url}/simple/{key}/")
     assert html.headers.getRawHeaders("content-type") == ["text/html"]
     assert b'data-yanked="broken build"' in await html.content()
@@ -257,6 +261,30 @@ def test_the_simulator_runs_without_importing_the_product(tmp_path):
     assert "pypioncouch.testing.simple_pages" in ours  # (the log is read right)
     assert {m for m in ours if m.split(".")[:2] != ["pypioncouch", "testing"]} == \
         {"pypioncouch"}  # the package itself (its __init__ imports nothing)
+
+
+WAREHOUSE_NEGOTIATION = [
+    (None, "text/html"),
+    ("", "text/html"),
+    ("*/*", "text/html"),
+    ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+     "text/html; q=0.01", V1_JSON_LITERAL),
+    ("application/vnd.pypi.simple.v1+html", "application/vnd.pypi.simple.v1+html"),
+    ("application/json", "text/html"),  # nothing acceptable: HTML, never a 406
+    ("text/html;q=0", "text/html"),
+    ("text/html;q=0, */*", "application/vnd.pypi.simple.v1+html"),
+    ("application/*;q=0.5, text/html;q=0.4", "application/vnd.pypi.simple.v1+html"),
+    ("*/*;q=0.1, application/vnd.pypi.simple.v1+json;q=0.1", "text/html"),  # tie: first
+    ("*/*;q=0, application/vnd.pypi.simple.v1+json", V1_JSON_LITERAL),
+    ("not a media range", "text/html"),
+]
+
+
+@pytest.mark.parametrize("accept, chosen", WAREHOUSE_NEGOTIATION)
+def test_the_simulator_negotiates_as_warehouse_does(accept, chosen):
+    from pypioncouch.testing.simple_pages import choose_content_type
+
+    assert choose_content_type(accept) == chosen
 
 
 def test_the_same_seed_gives_the_same_data_set():
