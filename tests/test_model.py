@@ -41,9 +41,10 @@ INFO = {
     "yanked_reason": None,
 }
 OWNERSHIP = {"organization": None, "roles": [{"role": "Owner", "user": "zoe"}]}
-# /pypi/Foo_Bar/json: the latest is 1.0 (2.0rc1 is a yanked pre-release); 0.9 has no files.
+# /pypi/Foo_Bar/json: the latest is 1.0 (the others are pre-releases); 0.9 and 10.0.dev1
+# have no files; keys sorted as strings, as PyPI writes them.
 ANSWER = {"info": INFO, "last_serial": 1234, "ownership": OWNERSHIP,
-          "releases": {"0.9": [], "1.0": [FILE_10], "2.0rc1": [FILE_20]},
+          "releases": {"0.9": [], "1.0": [FILE_10], "10.0.dev1": [], "2.0rc1": [FILE_20]},
           "urls": [FILE_10], "vulnerabilities": []}
 
 
@@ -57,7 +58,7 @@ def test_a_project_answer_becomes_one_project_document():
     assert project == {
         "_id": "foo-bar", "type": "project", "schema": 1, "name": "Foo_Bar",
         "status": "active", "last_serial": 1234, "latest_version": "1.0",
-        "versions": ["0.9", "1.0", "2.0rc1"],
+        "versions": ["0.9", "1.0", "2.0rc1", "10.0.dev1"],
         "summary": "A <b>thing</b>", "author": "Zoë Núñez", "author_email": None,
         "maintainer": "", "maintainer_email": None, "license": None,
         "license_expression": "MIT", "home_page": "https://example.org/foo",
@@ -68,7 +69,7 @@ def test_a_project_answer_becomes_one_project_document():
         "info": {k: v for k, v in INFO.items() if k != "description"},
         "pypi": {"last_serial": 1234, "ownership": OWNERSHIP, "vulnerabilities": []},
     }
-    assert sorted(digests) == ["0.9", "1.0", "2.0rc1"]
+    assert sorted(digests) == ["0.9", "1.0", "10.0.dev1", "2.0rc1"]
     assert digests["0.9"][1] is None and digests["2.0rc1"][1] is None  # no info of their own
     assert digests["1.0"][1] is not None
 
@@ -85,6 +86,10 @@ def test_each_release_becomes_a_document_with_its_files_verbatim():
          "requires_python": ">=3.8", "upload_time": [2024, 1, 17, 16, 53, 12],
          "upload_time_iso_8601": "2024-01-17T16:53:12.779164Z", "last_serial": 1234,
          "info": INFO, "info_source": "latest", "requires_dist": ["attrs>=20"]},
+        {"_id": "foo-bar:10.0.dev1", "type": "release", "project": "foo-bar",
+         "name": "Foo_Bar", "version": "10.0.dev1", "files": [], "yanked": False,
+         "yanked_reason": None, "requires_python": None, "upload_time": None,
+         "upload_time_iso_8601": None, "last_serial": 1234},
         {"_id": "foo-bar:2.0rc1", "type": "release", "project": "foo-bar", "name": "Foo_Bar",
          "version": "2.0rc1", "files": [FILE_20], "yanked": True, "yanked_reason": "oops",
          "requires_python": None, "upload_time": [2024, 3, 1, 8, 0, 0],
@@ -103,7 +108,7 @@ def test_the_json_api_is_rebuilt_as_pypi_said_it():
         model.json_api_payload(project, releases, "2.0rc1")
     assert str(missing.value) == "the metadata of foo-bar 2.0rc1 is not stored yet"
     own = dict(INFO, version="2.0rc1", summary="Older", yanked=True, yanked_reason="oops")
-    releases[2] = model.with_own_info(releases[2], own)
+    releases[3] = model.with_own_info(releases[3], own)
     assert model.json_api_payload(project, releases, "2.0rc1")["info"] == own
 
 
