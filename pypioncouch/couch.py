@@ -32,7 +32,7 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient, quiet_pool
+from pypioncouch.http import LeanClient, is_cancellation, quiet_pool
 from pypioncouch.urls import split_credentials
 
 log = Logger()
@@ -221,7 +221,7 @@ class CouchDB:
         try:
             status, content_type, content = await d
         except Exception as exc:
-            if _cancelled(exc) and not timed_out:
+            if is_cancellation(exc) and not timed_out:
                 # The caller gave up (a web client left): not CouchDB's doing, and
                 # not to be retried.
                 raise defer.CancelledError() from None
@@ -266,13 +266,6 @@ class CouchDB:
     def stream_agent(self) -> Agent:
         """An agent that does not ask for gzip (see the module docstring)."""
         return Agent(self._reactor, pool=quiet_pool(self._reactor, persistent=False))
-
-
-def _cancelled(exc: Exception) -> bool:
-    """Whether ``exc`` is a cancellation (the agent wraps it when it cancels a request)."""
-    if isinstance(exc, ResponseFailed):
-        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
-    return isinstance(exc, defer.CancelledError)
 
 
 def _transport_error(exc: Exception, url: str) -> CouchError:

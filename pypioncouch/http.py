@@ -11,6 +11,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import treq
+from twisted.internet import defer
 from twisted.web import client
 from twisted.web.http_headers import Headers
 
@@ -59,6 +60,14 @@ class LeanClient:
 
     async def get(self, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         return await self.request("GET", url, headers)
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancelled request (the Agent wraps the cancellation in
+    ``ResponseFailed``/``ResponseNeverReceived`` when it cancels a request)."""
+    if isinstance(exc, client.ResponseFailed):
+        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
+    return isinstance(exc, defer.CancelledError)
 
 
 def _ascii(url: str) -> bytes:

@@ -33,7 +33,7 @@ from twisted.web import xmlrpc
 from twisted.web.error import Error as HTTPError
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient
+from pypioncouch.http import LeanClient, is_cancellation
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import redact
@@ -187,10 +187,12 @@ class PyPI:
                        connectTimeout=self.timeout, reactor=self._reactor)
         self.requests += 1
         d = proxy.callRemote(method, *args)
-        d.addTimeout(self.timeout, self._reactor)
+        d.addTimeout(self.timeout, self._reactor)  # (a timeout is a TimeoutError)
         where = f"{self.display_url}pypi {method}"
         try:
             return await d
+        except defer.CancelledError:
+            raise  # the caller gave up: not PyPI's doing, and not to be retried
         except xmlrpc.Fault as fault:
             raise classify_fault(fault, where) from None
         except (HTTPError, ValueError) as error:
@@ -200,7 +202,7 @@ class PyPI:
             if status >= 500 or status == 429:
                 raise Transient(f"HTTP {status} {reason}".rstrip(), where) from None
             raise PyPIError(f"HTTP {status} {reason}".rstrip(), where) from None
-        except (defer.TimeoutError, defer.CancelledError):
+        except defer.TimeoutError:
             raise Transient(f"no answer within {self.timeout:g}s", where) from None
         except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
             raise Transient(_unreachable(error), where) from None
@@ -238,15 +240,29 @@ class PyPI:
         async with self._limit:
             self.requests += 1
             d = defer.ensureDeferred(self._fetch(url, accept))
-            d.addTimeout(self.timeout, self._reactor)
+            timed_out = []
+
+            def on_timeout():
+                timed_out.append(True)
+                d.cancel()
+
+            timer = self._reactor.callLater(self.timeout, on_timeout)
             try:
                 status, headers, body = await d
-            except (defer.TimeoutError, defer.CancelledError):
-                raise Transient(f"no answer within {self.timeout:g}s", shown) from None
-            except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
-                raise Transient(_unreachable(error), shown) from None
-            except Exception as error:  # resets, truncated bodies
+            except Exception as error:
+                if timed_out:
+                    raise Transient(f"no answer within {self.timeout:g}s", shown) from None
+                if is_cancellation(error):
+                    # The caller gave up (a web client left): not PyPI's doing, and
+                    # not to be retried.
+                    raise defer.CancelledError() from None
+                if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
+                    raise Transient(_unreachable(error), shown) from None
+                # resets, truncated bodies
                 raise Transient(f"connection failed ({type(error).__name__})", shown) from None
+            finally:
+                if timer.active():
+                    timer.cancel()
         if status == 429:
             error = Transient("HTTP 429 Too Many Requests", shown)
             try:

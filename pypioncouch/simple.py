@@ -1,9 +1,12 @@
 """The PyPI Simple API, pure: PEP 503 HTML and PEP 691 JSON from file entries.
 
-Shared by the web front (which reads CouchDB) and the PyPI simulator, both of which
-hold PyPI JSON API file entries. Follows Warehouse (reference §4): PEP 592 yanked,
-PEP 700 versions/size/upload-time, PEP 658/714 ``core-metadata`` (never the
-``dist-info-metadata`` spelling that crashes pip 22.3-23.1), PEP 792 status.
+Used by the web front, which renders from the JSON API file entries it stored. (The
+PyPI simulator renders its own pages, apart from this module, so tests compare the two.)
+Follows Warehouse (reference §4): PEP 592 yanked,
+PEP 700 versions/size/upload-time, PEP 658/714 ``core-metadata`` (and Warehouse's
+``data-dist-info-metadata``, as PyPI writes it; never the ``dist-info-metadata``
+spelling that crashes pip 22.3-23.1), PEP 740 ``provenance`` (null when unknown, as
+PyPI keeps it), PEP 792 status.
 """
 
 from __future__ import annotations
@@ -73,26 +76,28 @@ def simple_files(releases: dict[str, list[dict]]) -> tuple[list[str], list[dict]
 
 
 def simple_file(entry: dict) -> dict:
-    """One PEP 691 file from one JSON API file entry."""
+    """One PEP 691 file from one JSON API file entry, with PyPI's keys in PyPI's order
+    (reference §4.2): an empty Requires-Python is null, the metadata hash also under
+    Warehouse's ``data-dist-info-metadata``, and ``provenance`` null when unknown."""
     digests = entry.get("digests") or {}
     hashes = {k: digests[k] for k in ("sha256",) if digests.get(k)}
     yanked = bool(entry.get("yanked"))
     if yanked and entry.get("yanked_reason"):
         yanked = entry["yanked_reason"]
     metadata = entry.get("core-metadata") or entry.get("data-dist-info-metadata") or False
-    file = {
+    metadata = metadata if isinstance(metadata, dict) else False
+    return {
         "filename": entry["filename"],
         "url": entry["url"],
         "hashes": hashes,
-        "requires-python": entry.get("requires_python"),
+        "requires-python": entry.get("requires_python") or None,
         "size": entry.get("size"),
         "upload-time": upload_time_z(entry),
         "yanked": yanked,
-        "core-metadata": metadata if isinstance(metadata, dict) else False,
+        "core-metadata": metadata,
+        "data-dist-info-metadata": metadata,
+        "provenance": entry.get("provenance"),
     }
-    if entry.get("provenance"):
-        file["provenance"] = entry["provenance"]
-    return file
 
 
 def project_json(name: str, versions: list[str], files: list[dict], serial: int | None,

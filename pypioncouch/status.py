@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -24,13 +25,14 @@ class BackfillProgress:
 
 @dataclass
 class SyncStatus:
-    """Live figures of one daemon. Times are POSIX seconds."""
+    """Live figures of one daemon. Times are POSIX seconds, read from ``clock`` (tests
+    give a fake one)."""
 
     pypi_url: str = ""
     couch_url: str = ""  # redacted
     database: str = ""
     syncing: bool = True
-    started: float = field(default_factory=time.time)
+    started: float | None = None  # (None: now, by ``clock``)
     phase: str = "starting"  # starting | full import | incremental | mirror | stopped
     changes_source: str = "xmlrpc"
     pypi_serial: int | None = None
@@ -58,9 +60,14 @@ class SyncStatus:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     removals_held: str | None = None  # why the last pass removed nothing (too many)
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
 
     def note_error(self, message: str, kind: str = "sync") -> None:
-        self.last_error, self.last_error_at = message, time.time()
+        self.last_error, self.last_error_at = message, self.clock()
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     def warn_once(self, message: str) -> None:
@@ -69,7 +76,7 @@ class SyncStatus:
 
     def note_serials(self, pypi_serial: int | None = None, our_serial: int | None = None
                      ) -> None:
-        now = time.time()
+        now = self.clock()
         if pypi_serial is not None:
             self.pypi_serial, self.pypi_serial_at = pypi_serial, now
         if our_serial is not None:
@@ -81,7 +88,7 @@ class SyncStatus:
         """How long we have been behind PyPI (0 when caught up)."""
         if self.lag is None:
             return None
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         if self.lag == 0:
             return 0.0
         return now - (self.caught_up_at or self.started)

@@ -1,6 +1,6 @@
 """Helpers shared by the sync, OPML and web tests."""
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 
 from pypioncouch import model
 from pypioncouch.couch import CouchDB
@@ -166,3 +166,46 @@ class CouchProxy:
 
     def close(self):
         return None if self.cut_off else self._port.stopListening()
+
+
+class ScriptedHTTP:
+    """An ``http=`` object for the CouchDB and PyPI clients that answers from a script,
+    in memory: each request takes the next answer, a ``(status, headers, body)`` tuple,
+    an exception to fail with, or ``HANG`` (no answer until cancelled, which then fails
+    as Twisted's Agent does). Records every request (and when, by ``clock``) and every
+    cancellation."""
+
+    HANG = object()
+
+    def __init__(self, *answers, clock=None):
+        self.answers = list(answers)
+        self.clock = clock
+        self.requests: list[tuple] = []
+        self.times: list[float] = []
+        self.cancelled = 0
+
+    def _cancel(self, d):
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        self.cancelled += 1
+        d.errback(Failure(ResponseNeverReceived([Failure(defer.CancelledError())])))
+
+    def request(self, method, url, headers, data=None):
+        self.requests.append((method, url, dict(headers), data))
+        if self.clock is not None:
+            self.times.append(self.clock.seconds())
+        assert self.answers, f"no answer scripted for request {len(self.requests)}: {url}"
+        answer = self.answers.pop(0)
+        if answer is self.HANG:
+            return defer.Deferred(self._cancel)
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+    def get(self, url, headers):
+        return self.request("GET", url, headers)
+
+    @property
+    def urls(self) -> list[str]:
+        return [request[1] for request in self.requests]

@@ -60,6 +60,48 @@ def test_a_real_opml_parser_reads_it():
     assert parsed.feeds[0].url == "https://pypi.org/rss/project/foo-bar/releases.xml"
 
 
+def test_hostile_strings_and_characters_xml_cannot_carry():
+    """Markup is escaped, control characters, non-characters and lone surrogates (which
+    XML 1.0 cannot carry at all) are dropped: the bytes, written out by hand."""
+    project = {"_id": "x-y", "name": 'X<"y">&',
+               "summary": "a\x00b\x1fc\ud800d\ufffee\t☃ ]]> 'q'",
+               "info": {"package_url": "https://pypi.example/project/x-y/"}}
+    releases = [
+        {"version": "0.1", "upload_time": None, "files": []},
+        {"version": "1.0", "upload_time": [2020, 1, 2, 3, 4, 5], "yanked": True,
+         "yanked_reason": '<script>alert("x")</script>\x0b',
+         "files": [{"filename": "x&y.whl", "url": "https://f/x?a=1&b=<2>", "size": 10,
+                    "digests": {"sha256": "ab"}}]},
+    ]
+    content = opml.project_opml(project, releases)
+    assert content == (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<opml version="2.0">\n'
+        '  <head>\n'
+        '    <title>X&lt;"y"&gt;&amp; releases</title>\n'
+        '    <dateCreated>Thu, 02 Jan 2020 03:04:05 GMT</dateCreated>\n'
+        '    <dateModified>Thu, 02 Jan 2020 03:04:05 GMT</dateModified>\n'
+        '    <docs>http://opml.org/spec2.opml</docs>\n'
+        '  </head>\n'
+        '  <body>\n'
+        '''    <outline type="rss" text='X&lt;"y"&gt;&amp; releases' '''
+        '''title='X&lt;"y"&gt;&amp; releases' '''
+        'xmlUrl="https://pypi.example/rss/project/x-y/releases.xml" '
+        'htmlUrl="https://pypi.example/project/x-y/" '
+        '''description="abcde&#9;☃ ]]&gt; 'q'"/>\n'''
+        '    <outline text="1.0" type="release" created="Thu, 02 Jan 2020 03:04:05 GMT" '
+        'htmlUrl="https://pypi.example/project/x-y/1.0/" yanked="true" '
+        '''yankedReason='&lt;script&gt;alert("x")&lt;/script&gt;'>\n'''
+        '      <outline text="x&amp;y.whl" type="link" url="https://f/x?a=1&amp;b=&lt;2&gt;" '
+        'size="10" sha256="ab"/>\n'
+        '    </outline>\n'
+        '    <outline text="0.1" type="release" htmlUrl="https://pypi.example/project/x-y/0.1/"/>\n'
+        '  </body>\n'
+        '</opml>\n').encode("utf-8")
+    root = ET.fromstring(content)  # and an XML parser reads back what was meant
+    assert root.find("body/outline").get("description") == "abcde\t☃ ]]> 'q'"
+
+
 @pytest.fixture
 def world(couch_server, db_name):
     world = World(couch_server.url, db_name, projects=25, seed=17,

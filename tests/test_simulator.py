@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pypioncouch.testing.index import PackageIndex
 from pypioncouch.testing.pypi import SimulatorProcess, listen, make_simulator
 
 VENV_BIN = Path(sys.executable).parent
+V1_JSON_LITERAL = "application/vnd.pypi.simple.v1+json"
 
 
 @pytest.fixture(scope="module")
@@ -204,11 +206,85 @@ async def test_simple_api_negotiates_like_warehouse(sim):
     data = await page.json()
     assert data["versions"] == ["1.0.0", "1.1.0a1", "1.1.0", "1.1.0.post1", "1.2.0"]
     assert {f["yanked"] for f in data["files"]} == {False, True, "broken build"}
+    assert list(data["files"][0]) == [  # PyPI's keys, in PyPI's order (reference §4.2)
+        "filename", "url", "hashes", "requires-python", "size", "upload-time", "yanked",
+        "core-metadata", "data-dist-info-metadata", "provenance"]
+    assert data["files"][0]["provenance"] is None
     html = await treq.get(f"{url}/simple/{key}/")
     assert html.headers.getRawHeaders("content-type") == ["text/html"]
     assert b'data-yanked="broken build"' in await html.content()
     redirect = await treq.get(f"{url}/simple/{key.upper()}", allow_redirects=False)
     assert redirect.headers.getRawHeaders("location") == [f"/simple/{key}/"]
+
+
+def test_the_simulator_runs_without_importing_the_product(tmp_path):
+    """The simulator is the oracle the mirror is checked against: it must not render or
+    order anything with the product's code. Run it as a process (``-X importtime`` logs
+    every module it imports, also the ones imported lazily), ask every kind of
+    question, and list the ``pypioncouch`` modules it loaded."""
+    log = tmp_path / "imports.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "pypioncouch.testing.pypi",
+             "--port", "0", "--projects", "10", "--seed", "3"],
+            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
+        try:
+            url = process.stdout.readline().split(" on ", 1)[1].split("/ ", 1)[0]
+            key = normalize(Dataset(10, 3).name(2))
+
+            def get(path, accept=None):
+                request = urllib.request.Request(url + path, headers={"Accept": accept}
+                                                 if accept else {})
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.read()
+            for accept in (None, V1_JSON_LITERAL):
+                get("/simple/", accept)
+                get(f"/simple/{key}/", accept)
+            data = json.loads(get(f"/pypi/{key}/json"))
+            get(f"/pypi/{key}/1.0.0/json")
+            get(data["urls"][0]["url"][len(url):])
+            get(data["urls"][0]["url"][len(url):] + ".metadata")
+            proxy = xmlrpc.client.ServerProxy(url + "/pypi", allow_none=True)
+            proxy.changelog_since_serial(0)
+            proxy.list_packages_with_serial()
+            proxy.browse(["Typing :: Typed"])
+            with pytest.raises(xmlrpc.client.Fault):
+                proxy.package_releases(key)
+            urllib.request.urlopen(urllib.request.Request(
+                url + "/_control/publish", data=b'{"name": "x", "version": "1"}'), timeout=30)
+        finally:
+            process.terminate()
+            process.wait(10)
+    imported = {line.rsplit("|", 1)[1].strip() for line in log.read_text().splitlines()
+                if line.startswith("import time:") and "|" in line}
+    ours = {m for m in imported if m.split(".")[0] == "pypioncouch"}
+    assert "pypioncouch.testing.simple_pages" in ours  # (the log is read right)
+    assert {m for m in ours if m.split(".")[:2] != ["pypioncouch", "testing"]} == \
+        {"pypioncouch"}  # the package itself (its __init__ imports nothing)
+
+
+WAREHOUSE_NEGOTIATION = [
+    (None, "text/html"),
+    ("", "text/html"),
+    ("*/*", "text/html"),
+    ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+     "text/html; q=0.01", V1_JSON_LITERAL),
+    ("application/vnd.pypi.simple.v1+html", "application/vnd.pypi.simple.v1+html"),
+    ("application/json", "text/html"),  # nothing acceptable: HTML, never a 406
+    ("text/html;q=0", "text/html"),
+    ("text/html;q=0, */*", "application/vnd.pypi.simple.v1+html"),
+    ("application/*;q=0.5, text/html;q=0.4", "application/vnd.pypi.simple.v1+html"),
+    ("*/*;q=0.1, application/vnd.pypi.simple.v1+json;q=0.1", "text/html"),  # tie: first
+    ("*/*;q=0, application/vnd.pypi.simple.v1+json", V1_JSON_LITERAL),
+    ("not a media range", "text/html"),
+]
+
+
+@pytest.mark.parametrize("accept, chosen", WAREHOUSE_NEGOTIATION)
+def test_the_simulator_negotiates_as_warehouse_does(accept, chosen):
+    from pypioncouch.testing.simple_pages import choose_content_type
+
+    assert choose_content_type(accept) == chosen
 
 
 def test_the_same_seed_gives_the_same_data_set():

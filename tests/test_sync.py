@@ -2,6 +2,7 @@
 
 import pytest
 import pytest_twisted
+from packaging.version import Version
 
 from pypioncouch import model
 from pypioncouch.checkpoint import CHECKPOINT
@@ -32,6 +33,8 @@ async def test_full_import_equals_the_simulator_document_by_document(world):
 
 @pytest_twisted.ensureDeferred
 async def test_documents_keep_the_normalized_forms(world):
+    for version in ("2.0", "10.0", "1.0rc1", "1.0", "1.0.post1", "1.0.dev1"):  # uploaded
+        world.index.publish("Order.Test", version)                         # out of order
     await run_pass(world.importer(), full=True)
     name = world.index.dataset.name(1)  # the unicode showcase
     key = model.normalize(name)
@@ -39,7 +42,9 @@ async def test_documents_keep_the_normalized_forms(world):
     assert project["name"] == name and project["_id"] == key
     assert project["keywords"] == ["données", "データ", "🐍"]
     assert all(len(r["upload_time"]) == 6 for r in releases if r["files"])
-    assert project["versions"] == sorted(project["versions"], key=model.version_sort_key)
+    assert project["versions"] == sorted(world.index.get(name).releases, key=Version)
+    scrambled, _ = await stored_project(world.read_db, "order-test")
+    assert scrambled["versions"] == ["1.0.dev1", "1.0rc1", "1.0", "1.0.post1", "2.0", "10.0"]
     assert "description" not in project["info"]
     latest = next(r for r in releases if r["version"] == project["latest_version"])
     assert latest["info"]["description"] is not None

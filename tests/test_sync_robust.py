@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 @pytest_twisted.ensureDeferred
 async def test_faults_of_every_kind_change_nothing(world):
     w = world(projects=80, seed=21)
-    w.resource.faults.__init__(0.10, FAULT_KINDS, seed=3, timeout_seconds=3)
+    w.resource.faults.__init__(0.20, FAULT_KINDS, seed=3, timeout_seconds=3)
     importer = w.importer(timeout=1.0, retries=8, backoff=0.02)
     summary = await run_pass(importer, full=True)
     for name in ("Faulty_One", "Faulty_Two"):
@@ -35,10 +35,13 @@ async def test_faults_of_every_kind_change_nothing(world):
     w.index.yank(model.normalize(w.index.dataset.name(30)),
                  list(w.index.get(w.index.dataset.name(30)).releases)[0], "x")
     summary2 = await run_pass(w.importer(timeout=1.0, retries=8, backoff=0.02))
+    # The faults were there (counted before the plan is reset below): ~20 expected at
+    # this rate, of most kinds (all nine with this seed; a few may be missing by chance).
+    injected = dict(w.resource.faults.injected)
+    assert sum(injected.values()) >= 10 and len(injected) >= 6, injected
     # a project may be left pending by bad luck; a pass without faults finishes it
     w.resource.faults.__init__(0.0)
     await run_pass(w.importer())
-    assert sum(w.resource.faults.injected.values()) == 0
     await assert_matches_simulator(w.db, w.index)
     assert summary.projects + summary2.projects >= 80
     assert importer.pypi.retried > 0

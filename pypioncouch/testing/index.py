@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from packaging.utils import canonicalize_version
 from packaging.version import InvalidVersion, Version
 
-from pypioncouch import simple
+from pypioncouch.testing import simple_pages
 from pypioncouch.testing.dataset import (
     Dataset, SimFile, SimProject, SimRelease, build_release, normalize, _metadata)
 from pypioncouch.testing.wheels import wheel_digests
@@ -291,8 +291,8 @@ class PackageIndex:
         releases = list(self.visible_releases(project).values())
         if not releases:
             return None
-        return min(releases, key=lambda r: (r.yanked, _is_prerelease(r.version),
-                                            _Desc(simple.version_key(r.version))))
+        return max(releases, key=lambda r: (not r.yanked, not _is_prerelease(r.version),
+                                            simple_pages.version_order(r.version)))
 
     def info(self, project: SimProject, release: SimRelease) -> dict:
         meta = release.metadata
@@ -358,6 +358,17 @@ class PackageIndex:
         matches = [r for v, r in releases.items() if canonicalize_version(v) == wanted]
         return matches[0] if len(matches) == 1 else None
 
+    def simple_file(self, project: SimProject, release: SimRelease, file: SimFile) -> dict:
+        """One file of the project's PEP 691 page, from the data (not the JSON API)."""
+        digests = self.digests(project, release, file)
+        uploaded = file.upload_time.astimezone(timezone.utc).replace(tzinfo=None)
+        return simple_pages.pep691_file(
+            filename=file.filename, url=self.file_url(digests, file.filename),
+            sha256=digests.sha256, requires_python=release.requires_python,
+            size=digests.size, upload_time=uploaded.isoformat() + "Z",
+            yanked=release.yanked, yanked_reason=release.yanked_reason,
+            metadata_sha256=digests.metadata_sha256)
+
     def simple_project(self, name: str) -> tuple[list[str], list[dict], int, str] | None:
         """``(versions, PEP 691 files, last serial, status)``, or None if unknown."""
         project = self.get(name)
@@ -365,10 +376,12 @@ class PackageIndex:
             return None
         if project.status == "quarantined":
             return [], [], project.last_serial, "quarantined"
-        releases = {v: [self.file_entry(project, r, f) for f in r.files]
-                    for v, r in self.visible_releases(project).items()}
-        versions, files = simple.simple_files(releases)
-        return versions, files, project.last_serial, project.status
+        order = simple_pages.version_order
+        with_files = sorted((r for r in self.visible_releases(project).values() if r.files),
+                            key=lambda r: order(r.version))
+        files = [self.simple_file(project, release, file) for release in with_files
+                 for file in sorted(release.files, key=lambda f: f.filename)]
+        return [r.version for r in with_files], files, project.last_serial, project.status
 
     def find_file(self, filename: str) -> tuple[bytes, str] | None:
         """The bytes of a distribution (or of its ``.metadata``) by file name."""
@@ -397,15 +410,3 @@ class PackageIndex:
                                    meta.get("summary"), file.tag), "application/octet-stream"
         return None
 
-
-class _Desc:
-    """Reverses the order of a sort key (newest first inside ``min``)."""
-
-    def __init__(self, key):
-        self.key = key
-
-    def __lt__(self, other):
-        return self.key > other.key
-
-    def __eq__(self, other):
-        return self.key == other.key

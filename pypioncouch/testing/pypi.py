@@ -17,7 +17,10 @@ What it models (reference: ../shared/reference/pypi-api.md):
   order, ``X-PyPI-Last-Serial``, 301 to the normalized name, 404 for unknown,
   release-less and quarantined projects; ``--stale-seconds`` serves the previous copy
   of a changed project for that long (a CDN's stale copy, with the older serial).
-- The Simple API (PEP 503 HTML / PEP 691 JSON by ``Accept``, 301s, 404s, quarantine).
+- The Simple API (PEP 503 HTML / PEP 691 JSON by ``Accept``, 301s, 404s, quarantine),
+  rendered by ``simple_pages.py``: the simulator imports nothing from ``pypioncouch``
+  outside ``pypioncouch.testing``, so the mirror's pages are compared with an
+  independent rendering.
 - Files: real tiny wheels and their PEP 658 ``.metadata`` files, deterministic, with
   right sizes and md5/sha256/blake2b_256 digests; pip and uv install them.
 - Data sets of any size, deterministic by ``--seed`` and generated lazily (see

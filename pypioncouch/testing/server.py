@@ -33,7 +33,7 @@ from twisted.web import xmlrpc
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pypioncouch import simple
+from pypioncouch.testing import simple_pages
 from pypioncouch.testing.index import CHANGELOG_LIMIT, IndexError_, PackageIndex, normalize
 
 log = Logger()
@@ -259,7 +259,7 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
             for version, release in project.releases.items():
                 if wanted <= set(release.metadata.get("classifiers") or []):
                     rows.append([project.name, version])
-        return sorted(rows, key=lambda r: (r[0], simple.version_key(r[1])))
+        return sorted(rows, key=lambda r: (r[0], simple_pages.version_order(r[1])))
 
     # -- disabled, or legacy -------------------------------------------------------
 
@@ -296,7 +296,7 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
         if project is None or not project.releases:
             return []
         if show_hidden:
-            return sorted(project.releases, key=simple.version_key, reverse=True)
+            return sorted(project.releases, key=simple_pages.version_order, reverse=True)
         latest = self.index.latest(project)
         return [latest.version] if latest else []
 
@@ -315,7 +315,8 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
             project_url=[f"{k}, {v}" for k, v in (info.get("project_urls") or {}).items()],
             requires=[], provides=[], provides_dist=[], obsoletes=[], obsoletes_dist=[],
             requires_external=[], requires_dist=info.get("requires_dist") or [],
-            _pypi_ordering=sorted(project.releases, key=simple.version_key).index(version),
+            _pypi_ordering=sorted(project.releases,
+                                  key=simple_pages.version_order).index(version),
             downloads={"last_day": -1, "last_month": -1, "last_week": -1},
             stable_version=None, bugtrack_url=None, cheesecake_code_kwalitee_id=None,
             cheesecake_documentation_id=None, cheesecake_installability_id=None)
@@ -479,8 +480,7 @@ class SimulatorResource(Resource):
 
     def _simple(self, request, path, parts):
         parts = [p for p in parts if p]
-        accept = request.getHeader("accept")
-        chosen = simple.negotiate(accept) or simple.HTML  # Warehouse never answers 406
+        chosen = simple_pages.choose_content_type(request.getHeader("accept"))
         request.setHeader("Vary", "Accept")
         if not parts:
             if not path.endswith("/"):
@@ -490,9 +490,9 @@ class SimulatorResource(Resource):
             request.setHeader("Content-Type", chosen)
             rows = [row for row in rows if (self.index.get(row[0]) is None
                                             or self.index.get(row[0]).status != "quarantined")]
-            if chosen == simple.V1_JSON:
-                return simple.index_json(((d, s) for _, d, s in rows), serial)
-            return simple.index_html([(k, d) for k, d, _ in rows])
+            if chosen == simple_pages.V1_JSON:
+                return simple_pages.index_json(rows, serial)
+            return simple_pages.index_html(rows)
         name = parts[0]
         key = normalize(name)
         if key != name or not path.endswith("/") or len(parts) > 1:
@@ -503,9 +503,9 @@ class SimulatorResource(Resource):
         versions, files, serial, status = found
         request.setHeader("X-PyPI-Last-Serial", str(serial))
         request.setHeader("Content-Type", chosen)
-        if chosen == simple.V1_JSON:
-            return simple.project_json(key, versions, files, serial, status)
-        return simple.project_html(key, files, serial, status)
+        if chosen == simple_pages.V1_JSON:
+            return simple_pages.detail_json(key, versions, files, serial, status)
+        return simple_pages.detail_html(key, files, serial, status)
 
     def _file(self, request, filename):
         found = self.index.find_file(filename)

@@ -230,7 +230,7 @@ class WebFront:
         s = self.status
         couch_ok, serials, reasons = await self.check()
         counts = await self.stored_counts.get() if couch_ok else {}
-        uptime = time.time() - s.started
+        uptime = s.clock() - s.started
         return {
             "version": __version__, "uptime_seconds": round(uptime), "syncing": self.syncing,
             "phase": s.phase, "healthy": not reasons, "health_reasons": reasons,

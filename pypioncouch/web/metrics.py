@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -28,7 +26,7 @@ class _StatusCollector:
             ("pypioncouch_import_total", "Projects in the current full import", s.import_total),
             ("pypioncouch_import_done", "Projects done in the current full import",
              s.import_done),
-            ("pypioncouch_uptime_seconds", "Seconds since start", time.time() - s.started),
+            ("pypioncouch_uptime_seconds", "Seconds since start", s.clock() - s.started),
             ("pypioncouch_couchdb_up", "1 when CouchDB answered the last check",
              None if s.couch_ok is None else int(s.couch_ok)),
             ("pypioncouch_consecutive_failed_passes", "Sync passes failed in a row",

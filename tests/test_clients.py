@@ -1,0 +1,327 @@
+"""The PyPI and CouchDB clients in memory: retries, backoff, timeouts and cancellation,
+with a scripted ``http=`` object and a fake clock (``task.Clock``). No sockets, no
+sleeps: time moves only when the test advances it, so every expected time is exact."""
+
+import random
+
+import pytest
+from twisted.internet import defer, task
+from twisted.internet import error as ierror
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
+
+from pypioncouch.couch import (
+    BadResponse, Conflict, CouchDB, NotFound, PreconditionFailed, Timeout, Unauthorized,
+    Unreachable)
+from pypioncouch.pypi import PyPI, PyPIError, StaleAnswer, Transient
+
+from .helpers import ScriptedHTTP
+
+HANG = ScriptedHTTP.HANG
+JSON_URL = "http://pypi.test/pypi/foo-bar/json"
+V1_JSON = "application/vnd.pypi.simple.v1+json"
+PROJECT = b'{"info": {"name": "Foo_Bar", "version": "1.0"}, "last_serial": 10, "releases": {}}'
+
+
+class Midpoint(random.Random):
+    """Jitter at its middle: a backoff of ``b`` waits exactly ``b`` seconds."""
+
+    def random(self):
+        return 0.5
+
+
+def ok(body=PROJECT, serial="10", content_type="application/json"):
+    return (200, {"content-type": content_type, "x-pypi-last-serial": serial}, body)
+
+
+def pypi_with(*answers, url="http://pypi.test/", **options):
+    clock = task.Clock()
+    http = ScriptedHTTP(*answers, clock=clock)
+    settings = dict(timeout=5.0, retries=3, backoff=1.0, rng=Midpoint())
+    settings.update(options)
+    return PyPI(url, http=http, reactor=clock, **settings), http, clock
+
+
+def started(coroutine):
+    """``(deferred, results)``: the coroutine running, and what it ends with."""
+    d = defer.ensureDeferred(coroutine)
+    results = []
+    d.addBoth(results.append)
+    return d, results
+
+
+def outcome(results):
+    """The value the coroutine returned, or the exception it raised."""
+    assert len(results) == 1, f"not finished: {results}"
+    result = results[0]
+    return result.value if isinstance(result, Failure) else result
+
+
+# -- PyPI ----------------------------------------------------------------------------
+
+
+def test_a_5xx_is_retried_with_doubling_backoff():
+    pypi, http, clock = pypi_with((503, {}, b""), (502, {}, b""), ok())
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.advance(0.999)
+    assert http.times == [0.0]
+    clock.pump([0.001, 1.999, 0.001])
+    assert http.times == [0.0, 1.0, 3.0]
+    answer = outcome(results)
+    assert (answer.kind, answer.serial, answer.payload["info"]["name"]) == ("project", 10, "Foo_Bar")
+    assert http.urls == [JSON_URL] * 3
+    assert pypi.retried == 2 and clock.getDelayedCalls() == []
+
+
+def test_a_429_waits_as_long_as_retry_after_says():
+    pypi, http, clock = pypi_with((429, {"retry-after": "7"}, b""), ok())
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.pump([6.999, 0.001])
+    assert http.times == [0.0, 7.0]
+    assert outcome(results).kind == "project"
+
+
+def test_after_the_last_retry_the_error_names_the_url_without_the_password():
+    pypi, http, clock = pypi_with(*[(500, {}, b"")] * 3, retries=2,
+                                  url="http://mirror:s3cret@pypi.test/")
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.pump([1.0, 2.0])
+    error = outcome(results)
+    assert isinstance(error, Transient)
+    assert str(error) == "HTTP 500 (http://mirror:***@pypi.test/pypi/foo-bar/json)"
+    assert http.times == [0.0, 1.0, 3.0]
+    assert http.requests[0][2] == {"Accept": "application/json",
+                                   "User-Agent": http.requests[0][2]["User-Agent"]}
+    assert http.requests[0][2]["User-Agent"].startswith("pypioncouch/")
+
+
+def test_a_request_without_an_answer_times_out_and_is_tried_again():
+    pypi, http, clock = pypi_with(HANG, ok())
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.advance(4.999)
+    assert (http.cancelled, results) == (0, [])
+    clock.advance(0.001)
+    assert http.cancelled == 1  # the request is given up, not left open
+    clock.advance(1.0)
+    assert http.times == [0.0, 6.0]
+    assert outcome(results).kind == "project"
+
+
+def test_no_answer_on_any_try_is_one_clear_error():
+    pypi, http, clock = pypi_with(HANG, HANG, retries=1)
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.pump([5.0, 1.0, 5.0])
+    error = outcome(results)
+    assert isinstance(error, Transient)
+    assert str(error) == f"no answer within 5s ({JSON_URL})"
+    assert http.cancelled == 2 and clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_request_is_cancelled_not_retried():
+    """A caller that gives up (a web client left while its page was fetched from
+    PyPI) cancels the request; it is not a transient failure to retry."""
+    pypi, http, clock = pypi_with(HANG, ok(), ok())
+    d, results = started(pypi.project("Foo_Bar"))
+    clock.advance(1.0)
+    d.cancel()
+    assert isinstance(outcome(results), defer.CancelledError)
+    assert http.cancelled == 1
+    clock.advance(60.0)
+    assert len(http.requests) == 1 and clock.getDelayedCalls() == []
+
+
+def test_a_cancel_while_waiting_to_retry_ends_the_wait():
+    pypi, http, clock = pypi_with((503, {}, b""), ok())
+    d, results = started(pypi.project("Foo_Bar"))
+    clock.advance(0.5)
+    d.cancel()
+    assert isinstance(outcome(results), defer.CancelledError)
+    clock.advance(60.0)
+    assert len(http.requests) == 1 and clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_xmlrpc_call_is_not_retried():
+    reactor = MemoryReactorClock()
+    pypi = PyPI("http://pypi.test/", http=ScriptedHTTP(), reactor=reactor, timeout=5.0,
+                retries=3, backoff=1.0, rng=Midpoint())
+    d, results = started(pypi.changelog_last_serial())
+    assert len(reactor.tcpClients) == 1  # connecting to pypi.test:80
+    d.cancel()
+    assert isinstance(outcome(results), defer.CancelledError)
+    reactor.advance(60.0)
+    assert len(reactor.tcpClients) == 1 and pypi.retried == 0
+
+
+def test_an_unanswered_xmlrpc_call_times_out_and_is_retried():
+    reactor = MemoryReactorClock()
+    pypi = PyPI("http://pypi.test/", http=ScriptedHTTP(), reactor=reactor, timeout=5.0,
+                retries=1, backoff=1.0, rng=Midpoint())
+    _, results = started(pypi.changelog_last_serial())
+    reactor.advance(5.0)
+    assert results == [] and pypi.retried == 1
+    reactor.advance(1.0)
+    assert len(reactor.tcpClients) == 2
+    reactor.advance(5.0)
+    error = outcome(results)
+    assert str(error) == "no answer within 5s (http://pypi.test/pypi changelog_last_serial)"
+
+
+def test_a_stale_copy_is_asked_again_then_reported():
+    pypi, http, clock = pypi_with(*[ok(serial="9")] * 4)
+    _, results = started(pypi.project("Foo_Bar", min_serial=10))
+    clock.pump([1.0, 2.0, 3.0])
+    error = outcome(results)
+    assert isinstance(error, StaleAnswer)
+    assert str(error) == f"stale: serial 9 < 10 after 3 retries ({JSON_URL})"
+    assert http.times == [0.0, 1.0, 3.0, 6.0]
+
+
+def test_a_fresh_copy_after_a_stale_one_is_taken():
+    pypi, http, clock = pypi_with(ok(serial="9"), ok(serial="11"))
+    _, results = started(pypi.project("Foo_Bar", min_serial=10))
+    clock.advance(1.0)
+    assert outcome(results).serial == 11
+
+
+def test_a_malformed_body_is_retried():
+    pypi, http, clock = pypi_with(ok(body=b'{"info": {"na'), ok())
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.advance(1.0)
+    assert outcome(results).kind == "project" and http.times == [0.0, 1.0]
+
+
+ABSENT = [
+    ("gone", (404, {}, b'{"message": "Not Found"}'), ("gone", None, "active")),
+    ("no release yet", (200, {"x-pypi-last-serial": "12"},
+                        b'{"meta": {"_last-serial": 12}, "project-status": {"status": "active"},'
+                        b' "files": []}'), ("empty", 12, "active")),
+    ("quarantined", (200, {}, b'{"meta": {"_last-serial": 13}, "project-status": '
+                              b'{"status": "quarantined"}, "files": []}'),
+     ("empty", 13, "quarantined")),
+]
+
+
+@pytest.mark.parametrize("case, simple_answer, expected", ABSENT,
+                         ids=[row[0] for row in ABSENT])
+def test_a_404_from_the_json_api_asks_the_simple_api(case, simple_answer, expected):
+    pypi, http, clock = pypi_with((404, {}, b'{"message": "Not Found"}'), simple_answer)
+    _, results = started(pypi.project("Foo_Bar"))
+    answer = outcome(results)
+    assert (answer.kind, answer.serial, answer.status) == expected
+    assert http.urls == [JSON_URL, "http://pypi.test/simple/foo-bar/"]
+    assert http.requests[1][2]["Accept"] == V1_JSON
+
+
+def test_an_answer_pypi_should_not_give_is_an_error_at_once():
+    pypi, http, clock = pypi_with((403, {}, b"Forbidden"))
+    _, results = started(pypi.project("Foo_Bar"))
+    error = outcome(results)
+    assert type(error) is PyPIError and str(error) == f"HTTP 403 ({JSON_URL})"
+    assert len(http.requests) == 1
+
+
+# -- CouchDB --------------------------------------------------------------------------
+
+
+def couch_with(*answers, url="http://admin:s3cret@127.0.0.1:5984/"):
+    clock = task.Clock()
+    http = ScriptedHTTP(*answers, clock=clock)
+    return CouchDB(url, http=http, reactor=clock, timeout=5.0).database("db"), http, clock
+
+
+def couch_json(status, body):
+    return (status, {"content-type": "application/json"}, body)
+
+
+LOST = ResponseNeverReceived([Failure(ierror.ConnectionLost())])
+DOC_URL = "http://admin:***@127.0.0.1:5984/db/x"
+
+
+def test_couchdb_that_does_not_answer_times_out_and_the_request_is_given_up():
+    db, http, clock = couch_with(HANG)
+    _, results = started(db.get("x"))
+    clock.advance(4.999)
+    assert results == []
+    clock.advance(0.001)
+    error = outcome(results)
+    assert isinstance(error, Timeout)
+    assert str(error) == f"CouchDB did not answer GET within 5s ({DOC_URL})"
+    assert http.cancelled == 1 and clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_couchdb_request_is_cancelled_not_retried():
+    db, http, clock = couch_with(HANG, couch_json(200, b"{}"))
+    d, results = started(db.get("x"))
+    d.cancel()
+    assert isinstance(outcome(results), defer.CancelledError)
+    assert len(http.requests) == 1 and http.cancelled == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_read_on_a_connection_closed_under_it_is_tried_once_more():
+    db, http, clock = couch_with(LOST, couch_json(200, b'{"_id": "x"}'))
+    _, results = started(db.get("x"))
+    assert outcome(results) == {"_id": "x"} and len(http.requests) == 2
+
+
+def test_a_connection_lost_twice_or_during_a_write_is_an_error():
+    db, http, clock = couch_with(LOST, LOST)
+    _, results = started(db.get("x"))
+    error = outcome(results)
+    assert type(error) is Unreachable
+    assert str(error) == f"no answer from CouchDB (ResponseNeverReceived) ({DOC_URL})"
+    db, http, clock = couch_with(LOST)
+    _, results = started(db.put({"_id": "x"}))
+    assert type(outcome(results)) is Unreachable and len(http.requests) == 1
+
+
+def test_a_refused_connection_says_so():
+    db, http, clock = couch_with(ierror.ConnectionRefusedError())
+    _, results = started(db.get("x"))
+    assert str(outcome(results)) == f"CouchDB refused the connection: is it running? ({DOC_URL})"
+
+
+STATUSES = [
+    (404, b'{"error":"not_found","reason":"missing"}', NotFound,
+     f"GET failed: not_found: missing (404 from {DOC_URL})"),
+    (409, b'{"error":"conflict","reason":"Document update conflict."}', Conflict,
+     f"GET failed: conflict: Document update conflict. (409 from {DOC_URL})"),
+    (412, b'{"error":"file_exists"}', PreconditionFailed,
+     f"GET failed: file_exists (412 from {DOC_URL})"),
+    (401, b'{"error":"unauthorized","reason":"Name or password is incorrect."}',
+     Unauthorized,
+     f"GET failed: unauthorized: Name or password is incorrect. (401 from {DOC_URL})"),
+    (403, b'{"error":"forbidden"}', Unauthorized, f"GET failed: forbidden (403 from {DOC_URL})"),
+    (500, b'{"error":"unknown_error"}', BadResponse,
+     f"GET failed: unknown_error (500 from {DOC_URL})"),
+]
+
+
+@pytest.mark.parametrize("status, body, kind, message", STATUSES,
+                         ids=[str(row[0]) for row in STATUSES])
+def test_couchdb_errors_are_typed_and_one_line(status, body, kind, message):
+    db, http, clock = couch_with(couch_json(status, body))
+    _, results = started(db.get("x"))
+    error = outcome(results)
+    assert type(error) is kind and str(error) == message and "s3cret" not in message
+
+
+def test_an_html_page_is_not_taken_for_couchdb():
+    db, http, clock = couch_with((200, {"content-type": "text/html"}, b"<html>hi</html>"))
+    _, results = started(db.get("x"))
+    error = outcome(results)
+    assert type(error) is BadResponse
+    assert str(error) == ("GET answered text/html that is not JSON: is this CouchDB? "
+                          f"(200 from {DOC_URL})")
+
+
+def test_requests_carry_basic_auth_and_json_bodies_say_so():
+    db, http, clock = couch_with(couch_json(201, b'{"ok":true,"id":"x","rev":"1-a"}'))
+    _, results = started(db.put({"_id": "x", "summary": "☃"}))
+    assert outcome(results) == "1-a"
+    method, url, headers, data = http.requests[0]
+    assert (method, url) == ("PUT", "http://127.0.0.1:5984/db/x")
+    assert headers["Authorization"] == "Basic YWRtaW46czNjcmV0"  # admin:s3cret
+    assert headers["Content-Type"] == "application/json"
+    assert data == b'{"_id":"x","summary":"\\u2603"}'

@@ -1,0 +1,217 @@
+"""PyPI payloads -> CouchDB documents and back (pypioncouch/model.py), table-tested.
+
+The JSON API answers here are small literals shaped as the reference (pypi-api.md §3)
+says PyPI writes them; every expected value is a literal too.
+"""
+
+import copy
+import json
+
+import pytest
+
+from pypioncouch import model
+
+FILE_10 = {
+    "comment_text": None, "core-metadata": {"sha256": "b" * 64},
+    "digests": {"blake2b_256": "c" * 64, "md5": "d" * 32, "sha256": "a" * 64},
+    "downloads": -1, "filename": "foo_bar-1.0-py3-none-any.whl", "has_sig": False,
+    "md5_digest": "d" * 32, "packagetype": "bdist_wheel", "python_version": "py3",
+    "requires_python": ">=3.8", "size": 1234, "upload_time": "2024-01-17T16:53:12",
+    "upload_time_iso_8601": "2024-01-17T16:53:12.779164Z",
+    "url": "https://files.example/packages/aa/bb/cc/foo_bar-1.0-py3-none-any.whl",
+    "yanked": False, "yanked_reason": None,
+}
+FILE_20 = dict(FILE_10, filename="foo_bar-2.0rc1-py3-none-any.whl", requires_python=None,
+               upload_time="2024-03-01T08:00:00", upload_time_iso_8601="2024-03-01T08:00:00Z",
+               url="https://files.example/packages/ee/ff/gg/foo_bar-2.0rc1-py3-none-any.whl",
+               yanked=True, yanked_reason="oops")
+INFO = {
+    "author": "Zoë Núñez", "author_email": None, "bugtrack_url": None,
+    "classifiers": ["Framework :: Twisted", "Typing :: Typed"],
+    "description": "# Foo\n\nLong <script>text</script>", "description_content_type": "text/markdown",
+    "docs_url": None, "download_url": None,
+    "downloads": {"last_day": -1, "last_month": -1, "last_week": -1}, "dynamic": None,
+    "home_page": "https://example.org/foo", "keywords": "web, json,, Web ", "license": None,
+    "license_expression": "MIT", "license_files": None, "maintainer": "",
+    "maintainer_email": None, "name": "Foo_Bar", "package_url": "https://pypi.example/project/foo-bar/",
+    "platform": None, "project_url": "https://pypi.example/project/foo-bar/",
+    "project_urls": {"Homepage": "https://example.org/foo"}, "provides_extra": None,
+    "release_url": "https://pypi.example/project/foo-bar/1.0/", "requires_dist": ["attrs>=20"],
+    "requires_python": ">=3.8", "summary": "A <b>thing</b>", "version": "1.0", "yanked": False,
+    "yanked_reason": None,
+}
+OWNERSHIP = {"organization": None, "roles": [{"role": "Owner", "user": "zoe"}]}
+# /pypi/Foo_Bar/json: the latest is 1.0 (the others are pre-releases); 0.9 and 10.0.dev1
+# have no files; keys sorted as strings, as PyPI writes them.
+ANSWER = {"info": INFO, "last_serial": 1234, "ownership": OWNERSHIP,
+          "releases": {"0.9": [], "1.0": [FILE_10], "10.0.dev1": [], "2.0rc1": [FILE_20]},
+          "urls": [FILE_10], "vulnerabilities": []}
+
+
+def documents():
+    return model.project_documents(copy.deepcopy(ANSWER))
+
+
+def test_a_project_answer_becomes_one_project_document():
+    project, _ = documents()
+    digests = project.pop("release_digests")
+    assert project == {
+        "_id": "foo-bar", "type": "project", "schema": 1, "name": "Foo_Bar",
+        "status": "active", "last_serial": 1234, "latest_version": "1.0",
+        "versions": ["0.9", "1.0", "2.0rc1", "10.0.dev1"],
+        "summary": "A <b>thing</b>", "author": "Zoë Núñez", "author_email": None,
+        "maintainer": "", "maintainer_email": None, "license": None,
+        "license_expression": "MIT", "home_page": "https://example.org/foo",
+        "download_url": None, "project_urls": {"Homepage": "https://example.org/foo"},
+        "requires_python": ">=3.8", "keywords": ["web", "json"],
+        "classifiers": ["Framework :: Twisted", "Typing :: Typed"],
+        "upload_time": [2024, 1, 17, 16, 53, 12], "description_length": 33,
+        "info": {k: v for k, v in INFO.items() if k != "description"},
+        "pypi": {"last_serial": 1234, "ownership": OWNERSHIP, "vulnerabilities": []},
+    }
+    assert sorted(digests) == ["0.9", "1.0", "10.0.dev1", "2.0rc1"]
+    assert digests["0.9"][1] is None and digests["2.0rc1"][1] is None  # no info of their own
+    assert digests["1.0"][1] is not None
+
+
+def test_each_release_becomes_a_document_with_its_files_verbatim():
+    _, releases = documents()
+    assert releases == [
+        {"_id": "foo-bar:0.9", "type": "release", "project": "foo-bar", "name": "Foo_Bar",
+         "version": "0.9", "files": [], "yanked": False, "yanked_reason": None,
+         "requires_python": None, "upload_time": None, "upload_time_iso_8601": None,
+         "last_serial": 1234},
+        {"_id": "foo-bar:1.0", "type": "release", "project": "foo-bar", "name": "Foo_Bar",
+         "version": "1.0", "files": [FILE_10], "yanked": False, "yanked_reason": None,
+         "requires_python": ">=3.8", "upload_time": [2024, 1, 17, 16, 53, 12],
+         "upload_time_iso_8601": "2024-01-17T16:53:12.779164Z", "last_serial": 1234,
+         "info": INFO, "info_source": "latest", "requires_dist": ["attrs>=20"]},
+        {"_id": "foo-bar:10.0.dev1", "type": "release", "project": "foo-bar",
+         "name": "Foo_Bar", "version": "10.0.dev1", "files": [], "yanked": False,
+         "yanked_reason": None, "requires_python": None, "upload_time": None,
+         "upload_time_iso_8601": None, "last_serial": 1234},
+        {"_id": "foo-bar:2.0rc1", "type": "release", "project": "foo-bar", "name": "Foo_Bar",
+         "version": "2.0rc1", "files": [FILE_20], "yanked": True, "yanked_reason": "oops",
+         "requires_python": None, "upload_time": [2024, 3, 1, 8, 0, 0],
+         "upload_time_iso_8601": "2024-03-01T08:00:00Z", "last_serial": 1234},
+    ]
+
+
+def test_the_json_api_is_rebuilt_as_pypi_said_it():
+    project, releases = documents()
+    assert model.json_api_payload(project, releases) == ANSWER
+    assert model.json_api_payload(project, releases, "1.0") == {
+        "info": INFO, "last_serial": 1234, "ownership": OWNERSHIP, "urls": [FILE_10],
+        "vulnerabilities": []}
+    assert model.json_api_payload(project, releases, "3.0") is None
+    with pytest.raises(model.MissingInfo) as missing:  # never another release's info
+        model.json_api_payload(project, releases, "2.0rc1")
+    assert str(missing.value) == "the metadata of foo-bar 2.0rc1 is not stored yet"
+    own = dict(INFO, version="2.0rc1", summary="Older", yanked=True, yanked_reason="oops")
+    releases[3] = model.with_own_info(releases[3], own)
+    assert model.json_api_payload(project, releases, "2.0rc1")["info"] == own
+
+
+def test_a_yank_after_the_info_was_stored_shows_in_the_info():
+    project, releases = documents()
+    releases[1]["files"] = [dict(FILE_10, yanked=True, yanked_reason="bad")]
+    releases[1].update(yanked=True, yanked_reason="bad")
+    info = model.json_api_payload(project, releases)["info"]
+    assert (info["yanked"], info["yanked_reason"]) == (True, "bad")
+
+
+def test_quarantined_and_release_less_projects_have_no_json_api_answer():
+    project, releases = documents()
+    assert model.json_api_payload(dict(project, status="quarantined"), releases) is None
+    empty = model.empty_project_document("Foo_Bar", 99, "active")
+    assert model.json_api_payload(empty, []) is None
+
+
+def test_the_json_api_bytes_are_compact_sorted_and_keep_unicode():
+    assert model.dump_json_api({"b": None, "a": ["Zoë", ""], "c": {"z": 1, "y": {}}}) == \
+        '{"a":["Zoë",""],"b":null,"c":{"y":{},"z":1}}\n'.encode()
+
+
+BAD = [
+    ("not an object", [], "the JSON API answer is not an object"),
+    ("no info", {"releases": {}}, "the JSON API answer has no info.name"),
+    ("no version", {"info": {"name": "x"}}, "the JSON API answer has no info.version"),
+    ("releases not lists", {"info": {"name": "x", "version": "1"}, "releases": {"1": {}}},
+     "the JSON API answer's releases are not lists of files"),
+    ("serial not an int", {"info": {"name": "x", "version": "1"}, "last_serial": "7"},
+     "the JSON API answer's last_serial is not an integer"),
+]
+
+
+@pytest.mark.parametrize("case, payload, message", BAD, ids=[row[0] for row in BAD])
+def test_a_malformed_answer_is_refused_with_one_line(case, payload, message):
+    with pytest.raises(model.BadPayload) as error:
+        model.project_documents(payload)
+    assert str(error.value) == message
+
+
+KEYWORDS = [
+    (None, []),
+    ("", []),
+    ("   ", []),
+    ("web json", ["web", "json"]),
+    ("web  json\tcli\n", ["web", "json", "cli"]),
+    ("web, json", ["web", "json"]),
+    ("web,json,", ["web", "json"]),
+    ("Web, web, WEB", ["Web"]),
+    ("machine learning, data  science", ["machine learning", "data science"]),
+    ("données, データ, 🐍", ["données", "データ", "🐍"]),
+    ("<b>bold</b>, a&b", ["<b>bold</b>", "a&b"]),
+    (["already", "a list", ""], ["already", "a list"]),
+]
+
+
+@pytest.mark.parametrize("value, words", KEYWORDS)
+def test_keywords_split_on_commas_else_on_spaces(value, words):
+    assert model.split_keywords(value) == words
+
+
+UPLOAD_TIMES = [
+    ("2015-06-14T14:38:05.875222Z", [2015, 6, 14, 14, 38, 5]),
+    ("2015-06-14T14:38:05Z", [2015, 6, 14, 14, 38, 5]),
+    ("2015-06-14T14:38:05", [2015, 6, 14, 14, 38, 5]),
+    ("2015-06-14 14:38:05", [2015, 6, 14, 14, 38, 5]),
+    ("2024-01-01T00:00:00", [2024, 1, 1, 0, 0, 0]),
+    ("", None),
+    (None, None),
+    ("yesterday", None),
+]
+
+
+@pytest.mark.parametrize("value, parts", UPLOAD_TIMES)
+def test_upload_time_as_a_list_of_ints(value, parts):
+    assert model.upload_time_list(value) == parts
+
+
+def test_versions_sort_in_pep_440_order_unparsable_first():
+    shuffled = ["1.0.post1", "10.0", "1.0", "not a version", "1.0rc1", "1!0.1", "1.0.dev3",
+                "2.0a1", "0.9", "1.0a2", "1.0.0.1", "1.0+local"]
+    assert sorted(shuffled, key=model.version_sort_key) == [
+        "not a version", "0.9", "1.0.dev3", "1.0a2", "1.0rc1", "1.0", "1.0+local",
+        "1.0.post1", "1.0.0.1", "2.0a1", "10.0", "1!0.1"]
+
+
+NAMES = [("Foo_Bar.baz", True), ("x", True), ("a-", False), ("-a", False), ("", False),
+         ("a b", False), ("zoë", False), ("A.B_C-D", True), ("_design", False)]
+
+
+@pytest.mark.parametrize("name, valid", NAMES)
+def test_names_pypi_could_hold(name, valid):
+    assert model.is_valid_project_name(name) is valid
+
+
+def test_a_release_is_rewritten_only_when_it_changed():
+    _, releases = documents()
+    same = model.release_digests(copy.deepcopy(releases[1]))
+    assert model.release_digests(releases[1]) == same
+    assert not model.release_needs_write(same, same)
+    newer = dict(releases[1], last_serial=9999)  # a new serial alone changes nothing
+    assert not model.release_needs_write(model.release_digests(newer), same)
+    yanked = dict(releases[1], files=[dict(FILE_10, yanked=True)])
+    assert model.release_needs_write(model.release_digests(yanked), same)
+    assert json.dumps(same)  # digests are plain JSON, stored in the project document

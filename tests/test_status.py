@@ -1,0 +1,152 @@
+"""Lag, health and uptime with an injected clock: literal times, no waiting.
+
+``SyncStatus(clock=...)`` reads the time from the test; the web front's ``/health`` is
+asked in memory (klein's resource through ``treq.testing.StubTreq``), its CouchDB a
+scripted ``http=`` object.
+"""
+
+from treq.testing import StubTreq
+from twisted.internet import task
+
+from pypioncouch.couch import CouchDB
+from pypioncouch.status import SyncStatus
+from pypioncouch.web.app import WebFront
+
+from .helpers import ScriptedHTTP
+
+
+class FakeTime:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lag_is_unknown_until_both_serials_are_known():
+    status = SyncStatus(clock=FakeTime(1000.0))
+    assert (status.started, status.lag, status.lag_seconds()) == (1000.0, None, None)
+    status.note_serials(pypi_serial=100)
+    assert (status.lag, status.lag_seconds()) == (None, None)
+
+
+def test_lag_counts_from_the_moment_we_were_last_caught_up():
+    now = FakeTime(1000.0)
+    status = SyncStatus(clock=now)
+    now.now = 1010.0
+    status.note_serials(pypi_serial=100, our_serial=100)
+    assert (status.lag, status.lag_seconds(), status.caught_up_at) == (0, 0.0, 1010.0)
+    now.now = 1500.0
+    status.note_serials(pypi_serial=120)
+    assert (status.lag, status.pypi_serial_at, status.our_serial_at) == (20, 1500.0, 1010.0)
+    now.now = 1700.0
+    assert status.lag_seconds() == 690.0
+    status.note_serials(our_serial=115)  # closer, not caught up: still counting
+    assert (status.lag, status.lag_seconds()) == (5, 690.0)
+    now.now = 1701.0
+    status.note_serials(our_serial=120)
+    assert (status.lag, status.lag_seconds(), status.caught_up_at) == (0, 0.0, 1701.0)
+
+
+def test_never_caught_up_counts_from_the_start():
+    now = FakeTime(500.0)
+    status = SyncStatus(clock=now)
+    now.now = 600.0
+    status.note_serials(pypi_serial=10, our_serial=5)
+    now.now = 800.0
+    assert status.lag_seconds() == 300.0
+
+
+def test_errors_are_stamped_and_counted_by_kind():
+    now = FakeTime(42.0)
+    status = SyncStatus(clock=now)
+    status.note_error("PyPI refused the connection", "pypi")
+    now.now = 43.5
+    status.note_error("HTTP 503", "pypi")
+    status.note_error("CouchDB did not answer", "couch")
+    assert (status.last_error, status.last_error_at) == ("CouchDB did not answer", 43.5)
+    assert status.errors_by_kind == {"pypi": 2, "couch": 1}
+
+
+def front_with(status, couch_answers, **options):
+    """A web front in memory: ``(StubTreq, reactor clock, scripted CouchDB)``."""
+    clock = task.Clock()
+    clock.advance(1000.0)  # (the CouchDB check is cached for a second of reactor time)
+    http = ScriptedHTTP(*couch_answers, clock=clock)
+    db = CouchDB("http://127.0.0.1:5984/", http=http, reactor=clock).database("pypi")
+    front = WebFront(db, status, reactor=clock, **options)
+    return StubTreq(front.resource()), clock, http, front
+
+
+def health(stub, clock):
+    clock.advance(2.0)  # a fresh CouchDB check for every request
+    d = stub.get("http://front.test/health")
+    stub.flush()
+    results = []
+    d.addBoth(results.append)
+    response = results[0]
+    d = stub.json_content(response)
+    body = []
+    d.addBoth(body.append)
+    return response.code, body[0]
+
+
+COUCH_UP = (200, {"content-type": "application/json"}, b'{"db_name":"pypi","doc_count":3}')
+COUCH_DOWN = (500, {"content-type": "application/json"}, b'{"error":"unknown_error"}')
+
+
+def test_health_follows_the_lag_to_the_second():
+    now = FakeTime(1000.0)
+    status = SyncStatus(clock=now)
+    stub, clock, http, _ = front_with(status, [COUCH_UP] * 6, max_lag_seconds=600.0)
+    assert health(stub, clock) == (503, {
+        "status": "unhealthy", "reasons": ["not synced yet"], "syncing": True,
+        "phase": "starting", "pypi_serial": None, "serial": None, "lag": None,
+        "lag_seconds": None})
+    status.phase = "incremental"
+    status.note_serials(pypi_serial=100, our_serial=100)
+    assert health(stub, clock) == (200, {
+        "status": "ok", "reasons": [], "syncing": True, "phase": "incremental",
+        "pypi_serial": 100, "serial": 100, "lag": 0, "lag_seconds": 0.0})
+    now.now = 1300.0
+    status.note_serials(pypi_serial=120)
+    now.now = 1600.0  # 600 s behind: at the limit, still healthy
+    assert health(stub, clock)[0] == 200
+    now.now = 1601.0
+    assert health(stub, clock) == (503, {
+        "status": "unhealthy", "reasons": ["20 serials (601s) behind PyPI"], "syncing": True,
+        "phase": "incremental", "pypi_serial": 120, "serial": 100, "lag": 20,
+        "lag_seconds": 601.0})
+    status.note_serials(our_serial=120)
+    assert health(stub, clock)[0] == 200
+    assert http.urls == ["http://127.0.0.1:5984/pypi/"] * 5
+
+
+def test_health_says_when_couchdb_or_the_passes_fail():
+    status = SyncStatus(clock=FakeTime(1000.0), phase="incremental")
+    status.note_serials(pypi_serial=100, our_serial=100)
+    stub, clock, http, _ = front_with(status, [COUCH_DOWN, COUCH_UP])
+    code, body = health(stub, clock)
+    assert (code, body["reasons"]) == (503, ["CouchDB is not answering"])
+    status.consecutive_failures = 3
+    status.note_error("PyPI refused the connection (https://pypi.org/pypi)")
+    code, body = health(stub, clock)
+    assert (code, body["reasons"]) == (503, [
+        "the last 3 sync passes failed: PyPI refused the connection (https://pypi.org/pypi)"])
+
+
+def test_uptime_is_read_from_the_status_clock():
+    now = FakeTime(1000.0)
+    status = SyncStatus(clock=now)
+    _, _, _, front = front_with(status, [])
+    now.now = 1250.0
+    lines = front.metrics.exposition().decode().splitlines()
+    assert "pypioncouch_uptime_seconds 250.0" in lines
+
+
+def test_a_full_import_is_not_healthy_yet():
+    status = SyncStatus(clock=FakeTime(0.0), phase="full import", import_done=3,
+                        import_total=40)
+    stub, clock, http, _ = front_with(status, [COUCH_UP])
+    code, body = health(stub, clock)
+    assert (code, body["reasons"]) == (503, ["full import in progress (3/40)"])
