@@ -74,14 +74,20 @@ def projects(world):
     return [world.index.get(key) for key, _ in world.index.listing()]
 
 
-async def every_page(url, rows="projects"):
-    """The rows of every page of a list, following its "next" links."""
-    base, link, found = url.split("/browse/")[0], url, []
+async def walk_pages(link):
+    """``(rows of every page of a list, pages, the last page)``, following "next"."""
+    base, rows, pages = link.split("/browse/")[0], [], 0
     while link:
         data = await get_json(link)
-        found += data[rows]
+        rows += data["projects"]
+        pages += 1
         link = base + data["next"] if data["next"] else None
-    return found
+    return rows, pages, data
+
+
+async def every_page(url):
+    """The rows of every page of a list."""
+    return (await walk_pages(url))[0]
 
 
 def keywords_of(text):
@@ -410,17 +416,6 @@ def dependents_oracle(answers):
     return found, unparsable
 
 
-async def every_page(url, link):
-    """The rows of every page of a list, following ``next``."""
-    rows, pages = [], 0
-    while link:
-        data = await get_json(link)
-        rows += data["projects"]
-        pages += 1
-        link = url + data["next"] if data["next"] else None
-    return rows, pages, data
-
-
 @pytest_twisted.ensureDeferred
 async def test_dependents_are_exactly_the_projects_whose_latest_release_requires_it(site):
     world, url = site
@@ -438,7 +433,7 @@ async def test_dependents_are_exactly_the_projects_whose_latest_release_requires
     listed = {key for key, _ in world.index.listing()}
     # Every project of the simulator (and names outside it, such as attrs).
     for key in sorted(listed | set(expected)):
-        rows, pages, last = await every_page(url, f"{url}/browse/dependents/{key}")
+        rows, pages, last = await walk_pages(f"{url}/browse/dependents/{key}")
         got = {row["key"]: row["requirements"] for row in rows}
         assert got == expected.get(key, {}), key
         assert [row["key"] for row in rows] == sorted(got)
@@ -480,7 +475,7 @@ async def test_advisories_open_fixed_and_withdrawn(site):
     assert {hostile, several} <= set(expected) and len(expected) > 5
     browse.PAGE, saved = 4, browse.PAGE
     try:
-        rows, pages, last = await every_page(url, f"{url}/browse/advisories/")
+        rows, pages, last = await walk_pages(f"{url}/browse/advisories/")
     finally:
         browse.PAGE = saved
     got = {row["key"]: [{k: a[k] for k in ("id", "aliases", "fixed_in")}

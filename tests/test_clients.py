@@ -173,7 +173,8 @@ def test_a_stale_copy_is_asked_again_then_reported():
     clock.pump([1.0, 2.0, 3.0])
     error = outcome(results)
     assert isinstance(error, StaleAnswer)
-    assert str(error) == f"stale: serial 9 < 10 after 3 retries ({JSON_URL})"
+    assert str(error) == ("stale: serial 9 where the changelog has serial 10, after 3 retries "
+                          f"({JSON_URL})")
     assert http.times == [0.0, 1.0, 3.0, 6.0]
 
 

@@ -68,6 +68,7 @@ def test_a_project_answer_becomes_one_project_document():
         "upload_time": [2024, 1, 17, 16, 53, 12], "description_length": 33,
         "info": {k: v for k, v in INFO.items() if k != "description"},
         "pypi": {"last_serial": 1234, "ownership": OWNERSHIP, "vulnerabilities": []},
+        "requires": {"attrs": ["attrs>=20"]}, "requires_unparsable": [],
     }
     assert sorted(digests) == ["0.9", "1.0", "10.0.dev1", "2.0rc1"]
     assert digests["0.9"][1] is None and digests["2.0rc1"][1] is None  # no info of their own
@@ -85,7 +86,8 @@ def test_each_release_becomes_a_document_with_its_files_verbatim():
          "version": "1.0", "files": [FILE_10], "yanked": False, "yanked_reason": None,
          "requires_python": ">=3.8", "upload_time": [2024, 1, 17, 16, 53, 12],
          "upload_time_iso_8601": "2024-01-17T16:53:12.779164Z", "last_serial": 1234,
-         "info": INFO, "info_source": "latest", "requires_dist": ["attrs>=20"]},
+         "info": INFO, "info_source": "latest", "requires_dist": ["attrs>=20"],
+         "vulnerabilities": []},
         {"_id": "foo-bar:10.0.dev1", "type": "release", "project": "foo-bar",
          "name": "Foo_Bar", "version": "10.0.dev1", "files": [], "yanked": False,
          "yanked_reason": None, "requires_python": None, "upload_time": None,
