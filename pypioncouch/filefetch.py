@@ -210,12 +210,6 @@ class Fetcher:
         defer.ensureDeferred(self._run(download))
         return download
 
-    async def fetch(self, wanted: Wanted) -> None:
-        """Store ``wanted`` (a no-op when it is stored); raises :class:`FetchError`."""
-        if self.store.lookup(wanted.key) is not None and self.store.has(wanted):
-            return
-        await self.download(wanted).finished()
-
     async def _run(self, download: Download) -> None:
         url = download.wanted.url
         try:

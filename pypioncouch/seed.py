@@ -212,34 +212,31 @@ class Seeder:
                 queue.append((dependency, name))
 
     async def fetch(self, plan: Plan) -> SeedSummary:
-        """Fetch what the plan names and is not stored right; mark all of it seeded."""
+        """Fetch what the plan names and is not stored right. All of it is marked seeded
+        first, so the disk budget never evicts a file of the seed to make room for
+        another."""
         wanted = list(plan.files.values())
         summary = SeedSummary(files=len(wanted), releases=len(plan.releases))
+        self.store.mark_seeded(plan.files)
         pending = iter(wanted)
-        kept: list[str] = []
 
         async def worker():
             for item in pending:
                 if self.store.has(item):
                     self.store.lookup(item.key)
                     summary.present += 1
-                    kept.append(item.key)
                 else:
                     download = self.fetcher.download(item)
                     try:
                         await download.finished()
                         summary.fetched += 1
                         summary.fetched_bytes += download.written
-                        kept.append(item.key)
                     except FetchError as error:
                         summary.failed.append(str(error))
-                if len(kept) % 100 == 0 and kept:
-                    self.store.mark_seeded(kept)
                 if self.progress is not None:
                     self.progress(summary.present + summary.fetched + len(summary.failed),
                                   summary.files)
 
         await defer.gatherResults([defer.ensureDeferred(worker())
                                    for _ in range(max(1, self.concurrency))])
-        self.store.mark_seeded(kept)
         return summary

@@ -164,6 +164,8 @@ async def test_pip_and_uv_install_with_dependencies_then_again_with_pypi_gone(
         assert figures["upstream_errors"] == 0 and figures["hits"] >= 12
         assert figures["bytes"] == sum(p.stat().st_size for p in
                                        (tmp_path / "files").glob("*/*"))
+        page = await (await treq.get(f"{url}/status")).text()
+        assert f"6 files, {figures['bytes']:,} bytes in <code>{tmp_path}/files</code>" in page
         metrics = await (await treq.get(f"{url}/metrics")).text()
         assert "pypioncouch_files_fetched_total 6.0" in metrics
         assert f"pypioncouch_files_stored_bytes {float(figures['bytes'])}" in metrics
@@ -328,3 +330,59 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
                            env=dict(os.environ))
     assert code == 2 and "--fetch-files needs --files DIR" in said
+
+
+def put(store, key, size):
+    with store.open_incoming() as handle:
+        handle.write(b"x" * size)
+    store.commit(handle.name, key)
+
+
+def stored(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*"))
+
+
+def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_path):
+    store = FileStore(tmp_path, max_bytes=350)
+    for name in "abc":
+        put(store, f"{name}/{name}-1.whl", 100)
+    store.lookup("a/a-1.whl")  # a is used: b is now the least recently used
+    put(store, "d/d-1.whl", 100)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "d/d-1.whl"]
+    store.mark_seeded(["c/c-1.whl", "a/a-1.whl"])
+    put(store, "e/e-1.whl", 100)  # c and a are seeded: d goes
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "e/e-1.whl"]
+    assert (store.summary()["evicted"], store.summary()["bytes"]) == (2, 300)
+    # A restart knows the same files, recency and seeds (mtimes and seeded.json).
+    again = FileStore(tmp_path, max_bytes=250)
+    assert (again.count, again.bytes, again.seeded) == (3, 300, {"a/a-1.whl", "c/c-1.whl"})
+    put(again, "f/f-1.whl", 100)  # e then f itself: only seeded files are left
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]
+    again.mark_seeded(["g/g-1.whl"])  # (as --fetch-files does: seeded, then fetched)
+    put(again, "g/g-1.whl", 100)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "g/g-1.whl"]
+    assert again.summary()["warning"] == ("the files stored (300 bytes) exceed the budget "
+                                          "(250 bytes): seeded files are never evicted")
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):
+    from twisted.python import usage
+
+    from pypioncouch.service import Options, makeService
+
+    base = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1"]
+    monkeypatch.setenv("PYPIONCOUCH_FILES", str(tmp_path / "files"))
+    options = Options()
+    options.parseOptions(base + ["--files-max-gb", "0.5", "--no-sync"])
+    assert (options["files"], options["files-max-gb"]) == (str(tmp_path / "files"), 0.5)
+    makeService(options)
+    assert (tmp_path / "files" / ".incoming").is_dir()
+    monkeypatch.delenv("PYPIONCOUCH_FILES")
+    with pytest.raises(usage.UsageError, match="--files-max-gb goes with --files DIR"):
+        Options().parseOptions(base + ["--files-max-gb", "1"])
+    with pytest.raises(usage.UsageError, match="--files-max-gb must be a positive"):
+        Options().parseOptions(base + ["--files", str(tmp_path), "--files-max-gb", "0"])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(usage.UsageError, match=f"--files {tmp_path}/a-file: "):
+        Options().parseOptions(base + ["--files", str(tmp_path / "a-file")])

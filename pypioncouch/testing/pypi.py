@@ -19,7 +19,8 @@ What it models (reference: ../shared/reference/pypi-api.md):
   of a changed project for that long (a CDN's stale copy, with the older serial).
 - The Simple API (PEP 503 HTML / PEP 691 JSON by ``Accept``, 301s, 404s, quarantine).
 - Files: real tiny wheels and their PEP 658 ``.metadata`` files, deterministic, with
-  right sizes and md5/sha256/blake2b_256 digests; pip and uv install them.
+  right sizes and md5/sha256/blake2b_256 digests; pip and uv install them (with their
+  dependencies, for releases published with ``requires_dist=``).
 - Data sets of any size, deterministic by ``--seed`` and generated lazily (see
   ``dataset.py`` for the hard cases they hold).
 - Mutations (from Python: :class:`~pypioncouch.testing.index.PackageIndex`; over HTTP:
@@ -28,7 +29,8 @@ What it models (reference: ../shared/reference/pypi-api.md):
 - Faults with a rate and a seed: 500/502/503, 429 with ``Retry-After``, timeouts,
   connection resets, XML-RPC Faults, truncated and malformed bodies; fixed latency;
   listings (``list_packages_with_serial``, ``/simple/``) cut short or frozen stale
-  (``--listing-keep``, ``POST /_control/listing``).
+  (``--listing-keep``, ``POST /_control/listing``); files served with wrong bytes or
+  held half-way (``POST /_control/files`` with ``corrupt``, ``hold``).
 
 What it does not model: uploads through the upload API, sdists, user accounts and
 organizations (roles are plain names), vulnerabilities (always ``[]``), PEP 740

@@ -121,6 +121,8 @@ async def _follow(download: Download, handle, writer: PacedWriter) -> bool:
         readable = download.readable
         if position < readable:
             data = handle.read(min(CHUNK, readable - position))
+            if not data:  # (cannot happen: every append is flushed) never spin
+                return False
             position += len(data)
             await writer.write(data)
         elif download.state == STORED:
