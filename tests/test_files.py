@@ -219,7 +219,7 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
         others = [http.get(address) for _ in range(4)]
         head = http.head(address)
         ranged = http.get(address, headers={"Range": "bytes=10-19"})
-        await sleep(0.3)
+        await until(lambda: store.stats.misses == 7)  # all seven asked, none answered
         assert world.resource.files.hits[APP_WHEEL] == 1
         assert not (tmp_path / "files" / "files-app" / APP_WHEEL).exists()
         world.resource.control("files", {"hold": False})
@@ -236,7 +236,7 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
             [f"bytes 10-19/{len(expected)}"]
         assert world.resource.files.hits[APP_WHEEL] == 1
         figures = await status_of(url)
-        assert (figures["fetched"], figures["misses"]) == (1, 7)
+        assert (figures["fetched"], figures["misses"], figures["hits"]) == (1, 7, 0)
     finally:
         world.resource.control("files", {"hold": False})
         await port.stopListening()
@@ -379,6 +379,10 @@ def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):
     makeService(options)
     assert (tmp_path / "files" / ".incoming").is_dir()
     monkeypatch.delenv("PYPIONCOUCH_FILES")
+    options = Options()
+    options.parseOptions(base + ["--files", str(tmp_path / "synced")])
+    makeService(options)  # syncing: with a fetcher
+    assert (tmp_path / "synced" / ".incoming").is_dir()
     with pytest.raises(usage.UsageError, match="--files-max-gb goes with --files DIR"):
         Options().parseOptions(base + ["--files-max-gb", "1"])
     with pytest.raises(usage.UsageError, match="--files-max-gb must be a positive"):
