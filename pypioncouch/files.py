@@ -171,7 +171,11 @@ class FileStore:
         self.max_bytes = max_bytes
         self.stats = FileStats()
         self.incoming = self.root / INCOMING
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.incoming.mkdir(exist_ok=True)
+        except OSError:  # a read-only folder: a mirror can still serve it
+            pass
         self._lru: OrderedDict[str, int] = OrderedDict()  # key -> size, oldest first
         self.bytes = 0
         self._seeded = _Seeded()
@@ -184,6 +188,8 @@ class FileStore:
 
     def _clean_incoming(self) -> None:
         now = time.time()
+        if not self.incoming.is_dir():
+            return
         for entry in os.scandir(self.incoming):
             try:
                 if now - entry.stat().st_mtime > STALE_INCOMING:
@@ -251,10 +257,13 @@ class FileStore:
         path = self.root / key
         try:
             size = path.stat().st_size
-            os.utime(path)
         except OSError:
             self._forget(key)
             return None
+        try:
+            os.utime(path)  # recency for the budget, kept across restarts
+        except OSError:  # a read-only folder: served all the same
+            pass
         if key not in self._lru:  # stored by another process (--fetch-files)
             self.bytes += size
         else:

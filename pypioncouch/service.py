@@ -115,7 +115,9 @@ class Options(usage.Options):
                 os.makedirs(self["files"], exist_ok=True)
             except OSError as error:
                 raise usage.UsageError(f"--files {self['files']}: {error.strerror}") from None
-            if not os.access(self["files"], os.W_OK | os.X_OK):
+            # A mirror that neither fetches nor evicts may serve a read-only folder.
+            writes = not self["no-sync"] or self["files-max-gb"] is not None
+            if writes and not os.access(self["files"], os.W_OK | os.X_OK):
                 raise usage.UsageError(f"--files {self['files']}: not writable by this user")
         if self["interval"] <= 0:
             raise usage.UsageError("--interval must be a positive number of seconds")

@@ -305,6 +305,7 @@ async def test_seeded_files_install_from_an_air_gapped_mirror(world, couch_serve
         # What it lacks, it says it lacks.
         lacking = await treq.get(f"{url}/files/files-lib/files_lib-1.0-py3-none-any.whl")
         assert lacking.code == 404
+        assert lacking.headers.getRawHeaders("cache-control") == ["no-store"]
         assert (await lacking.text()).startswith(
             "404 Not Found: this mirror does not fetch from upstream (--no-sync) and has "
             "not stored files_lib-1.0-py3-none-any.whl")

@@ -72,10 +72,17 @@ class FilePages:
         self.store.stats.misses += 1
         if self.fetcher is None:
             self.store.stats.not_stored += 1
-            return _plain(request, 404, (
+            return _unavailable(request, 404, (
                 f"404 Not Found: this mirror does not fetch from upstream (--no-sync) and "
                 f"has not stored {filename}; seed it with pypioncouch --fetch-files"))
-        download = self.fetcher.download(wanted)
+        try:
+            download = self.fetcher.download(wanted)
+        except OSError as error:  # no temp file: the folder is full or read-only
+            self.store.stats.note_error(f"{filename}: cannot write to {self.store.root}: "
+                                        f"{error.strerror}")
+            request.setHeader("Retry-After", "60")
+            return _unavailable(request, 503, f"503 Service Unavailable: cannot store {filename} "
+                                        f"({error.strerror})")
         if request.method == b"HEAD" or request.getHeader("range"):
             return await self._when_stored(request, download)
         return await self._stream(request, download)
@@ -156,9 +163,15 @@ def _static(path) -> File:
     return resource
 
 
-def _bad_gateway(request, message: str) -> bytes:
+def _unavailable(request, code: int, text: str) -> bytes:
+    """An answer that may change soon (not the file's immutable caching)."""
     request.setHeader("Cache-Control", "no-store")
-    return _plain(request, 502, f"502 Bad Gateway: {message}")
+    request.responseHeaders.removeHeader(b"ETag")
+    return _plain(request, code, text)
+
+
+def _bad_gateway(request, message: str) -> bytes:
+    return _unavailable(request, 502, f"502 Bad Gateway: {message}")
 
 
 class FilesCollector:
