@@ -81,8 +81,8 @@ class FilePages:
             self.store.stats.note_error(f"{filename}: cannot write to {self.store.root}: "
                                         f"{error.strerror}")
             request.setHeader("Retry-After", "60")
-            return _unavailable(request, 503, f"503 Service Unavailable: cannot store {filename} "
-                                        f"({error.strerror})")
+            return _unavailable(request, 503, f"503 Service Unavailable: cannot store "
+                                              f"{filename} ({error.strerror})")
         if request.method == b"HEAD" or request.getHeader("range"):
             return await self._when_stored(request, download)
         return await self._stream(request, download)
