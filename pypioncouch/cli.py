@@ -3,6 +3,8 @@
     pypioncouch --fullimport http://localhost:5984/
     pypioncouch --update http://admin:pw@localhost:5984/ [--pypi URL] [--db pypi]
     pypioncouch --replicate http://a:5984/pypi http://b:5984/pypi [--continuous]
+    pypioncouch --fetch-files http://localhost:5984/ twisted 'treq>=24' [-r reqs.txt] \
+        --files /srv/pypi-files [--with-deps] [--files-max-gb 500]
 
 Exit status 0 on success; otherwise non-zero with a one-line cause on stderr.
 """
@@ -41,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regenerate every project's opml.xml in one pass")
     action.add_argument("--push-design", metavar="URL",
                         help="install or update the design document _design/pypioncouch")
+    action.add_argument("--fetch-files", metavar="URL",
+                        help="seed the release file store (--files DIR) with the files of "
+                             "the projects named (PROJECT, PROJECT==VERSION, any "
+                             "requirement), as the mirror's database at URL describes "
+                             "them; files already stored right are skipped")
+    parser.add_argument("requirements", nargs="*", metavar="PROJECT[==VERSION]",
+                        help="with --fetch-files: what to fetch (the newest release a "
+                             "requirement allows, all its files)")
+    parser.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
+                        help="with --fetch-files: requirements from a pip requirements file")
+    parser.add_argument("--files", metavar="DIR",
+                        help="with --fetch-files: the release file store (the daemon's --files)")
+    parser.add_argument("--with-deps", action="store_true",
+                        help="with --fetch-files: also fetch the dependencies (the mirror's "
+                             "Requires-Dist, markers as for this Python), recursively")
+    parser.add_argument("--files-max-gb", type=_gigabytes, default=None, metavar="GB",
+                        help="with --fetch-files: the store's disk budget; files not seeded "
+                             "are evicted, least recently used first, to make room")
     parser.add_argument("--pypi", default=PYPI_URL, help=f"the index (default {PYPI_URL})")
     parser.add_argument("--db", default="pypi", help="database name (default pypi)")
     parser.add_argument("--concurrency", type=int, default=10,
@@ -77,6 +97,16 @@ def _count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of projects")
+    return value
+
+
+def _gigabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of gigabytes")
     return value
 
 
@@ -180,8 +210,59 @@ async def push_design_command(reactor, args) -> int:
     return 0
 
 
+async def fetch_files_command(reactor, args) -> int:
+    from pathlib import Path
+
+    from pypioncouch.filefetch import Fetcher
+    from pypioncouch.files import FileStore
+    from pypioncouch.seed import Seeder, parse_requirement, read_requirements
+
+    requirements = [parse_requirement(text) for text in args.requirements]
+    for path in args.requirement:
+        requirements += read_requirements(path)
+    db = CouchDB(args.fetch_files, reactor=reactor).database(args.db)
+    await db.info()
+    try:
+        store = FileStore(Path(args.files), max_bytes=None if args.files_max_gb is None
+                          else int(args.files_max_gb * 1e9))
+    except OSError as error:
+        raise ValueError(f"--files {args.files}: {error.strerror}") from None
+    fetcher = Fetcher(store, reactor, concurrency=args.concurrency, timeout=args.timeout)
+    progress = None if args.quiet else Progress(unit="files")
+    seeder = Seeder(db, store, fetcher, with_deps=args.with_deps,
+                    concurrency=args.concurrency,
+                    progress=progress.update if progress else None)
+    plan = await seeder.plan(requirements)
+    for warning in plan.warnings:
+        print(f"pypioncouch: warning: {warning}", file=sys.stderr)
+    try:
+        summary = await seeder.fetch(plan)
+    finally:
+        if progress is not None:
+            progress.close()
+    for failure in summary.failed:
+        print(f"pypioncouch: failed: {failure}", file=sys.stderr)
+    print(f"{summary}; in {store.root}")
+    return 3 if summary.failed else 0
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    if args.fetch_files:
+        if not args.files:
+            parser.error("--fetch-files needs --files DIR (where the files go)")
+        if not args.requirements and not args.requirement:
+            parser.error("--fetch-files needs projects to fetch (PROJECT[==VERSION]... "
+                         "or -r FILE)")
+    elif args.requirements or args.requirement or args.files or args.with_deps or \
+            args.files_max_gb is not None:
+        parser.error("projects, -r, --files, --with-deps and --files-max-gb go with "
+                     "--fetch-files")
+
+
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     _log_warnings_to_stderr()
 
     async def run(reactor):
@@ -192,6 +273,8 @@ def main(argv=None) -> None:
                 code = await opml_command(reactor, args)
             elif args.push_design:
                 code = await push_design_command(reactor, args)
+            elif args.fetch_files:
+                code = await fetch_files_command(reactor, args)
             else:
                 code = await sync_command(reactor, args)
         except (CouchError, PyPIError, BadURL, ValueError) as error:

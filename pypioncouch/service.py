@@ -2,7 +2,8 @@
 
 One reactor runs the sync (full import, then the changelog every ``--interval``),
 the backfill of older releases' own metadata (``--backfill-rate``, ``--no-backfill``),
-the web front on ``--listen``, and the ``_changes`` followers. Every option can also
+the web front on ``--listen`` (with ``--files DIR``, release files too), and the
+``_changes`` followers. Every option can also
 come from the environment as ``PYPIONCOUCH_<OPTION>`` (``PYPIONCOUCH_COUCH``, ...), so a
 systemd unit keeps the CouchDB password out of the command line.
 """
@@ -21,6 +22,8 @@ from twisted.web.server import Site
 from pypioncouch import __version__
 from pypioncouch.backfill import DEFAULT_RATE, Backfill
 from pypioncouch.couch import CouchDB
+from pypioncouch.filefetch import Fetcher
+from pypioncouch.files import FileStore
 from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
@@ -34,8 +37,9 @@ log = Logger()
 class Options(usage.Options):
     synopsis = "--couch URL [options]"
     longdesc = ("Keep a CouchDB copy of PyPI's metadata current and serve it: health, "
-                "status, metrics, a Simple API and the JSON API. Options may also be "
-                "given as PYPIONCOUCH_<OPTION> environment variables.")
+                "status, metrics, a Simple API and the JSON API; with --files DIR, the "
+                "release files too (pip and uv then install with PyPI away). Options may "
+                "also be given as PYPIONCOUCH_<OPTION> environment variables.")
     optParameters = [
         ["couch", None, None, "CouchDB server URL; may carry user:password@"],
         ["db", None, "pypi", "database name"],
@@ -58,6 +62,14 @@ class Options(usage.Options):
          "report the lag behind it"],
         ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
          "PyPI's per-version JSON API, to fetch the metadata of older releases", float],
+        ["files", None, None, "serve release files from this folder: the Simple API points "
+         "at /files/..., a file missing there is fetched once from upstream, checked "
+         "against its sha256 and kept (with --no-sync nothing is fetched: the mirror "
+         "serves what the folder holds, 404 for the rest; fill it with pypioncouch "
+         "--fetch-files). A folder, not CouchDB: PyPI's files are tens of TB"],
+        ["files-max-gb", None, None, "with --files: the disk budget in GB (10^9 bytes); "
+         "past it, the least recently used files not seeded with --fetch-files are "
+         "deleted", float],
     ]
     optFlags = [
         ["no-sync", None, "serve a replica: do not talk to PyPI"],
@@ -96,6 +108,20 @@ class Options(usage.Options):
                 split_database_url(self["upstream"], self["db"])
             except BadURL as error:
                 raise usage.UsageError(f"--upstream: {error}") from None
+        if self["files-max-gb"] is not None:
+            if not self["files"]:
+                raise usage.UsageError("--files-max-gb goes with --files DIR")
+            if self["files-max-gb"] <= 0:
+                raise usage.UsageError("--files-max-gb must be a positive number of GB")
+        if self["files"]:
+            try:
+                os.makedirs(self["files"], exist_ok=True)
+            except OSError as error:
+                raise usage.UsageError(f"--files {self['files']}: {error.strerror}") from None
+            # A mirror that neither fetches nor evicts may serve a read-only folder.
+            writes = not self["no-sync"] or self["files-max-gb"] is not None
+            if writes and not os.access(self["files"], os.W_OK | os.X_OK):
+                raise usage.UsageError(f"--files {self['files']}: not writable by this user")
         if self["interval"] <= 0:
             raise usage.UsageError("--interval must be a positive number of seconds")
         if not 0 < self["backfill-rate"] <= 100:
@@ -207,8 +233,21 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # a few connections, a short timeout, one retry.
     front_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4, retries=1,
                       timeout=min(10.0, options["timeout"])) if syncing else None
+    files = fetcher = None
+    if options["files"]:
+        budget = options["files-max-gb"]
+        files = FileStore(options["files"],
+                          max_bytes=None if budget is None else int(budget * 1e9))
+        if syncing:  # a --no-sync mirror is air-gapped: it never fetches files
+            fetcher = Fetcher(files, reactor, concurrency=options["concurrency"],
+                              timeout=options["timeout"],
+                              on_error=lambda message: status.note_error(message, "files"))
+        log.info("release files in {dir} ({bytes:,} bytes in {count} files){fetching}",
+                 dir=files.root, bytes=files.bytes, count=files.count,
+                 fetching=", fetched from upstream when missing" if syncing else "")
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
-                     upstream=upstream, pypi=front_pypi, reactor=reactor)
+                     upstream=upstream, pypi=front_pypi, files=files, fetcher=fetcher,
+                     reactor=reactor)
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False

@@ -100,6 +100,9 @@ class SimRelease:
     yanked_reason: str | None = None
     quarantined: bool = False
     vulnerabilities: list[dict] = field(default_factory=list)  # OSV, as PyPI lists them
+    # The Requires-Dist its wheels declare (see wheels.py): set by ``publish`` when
+    # given ``requires_dist=``, so installs with dependencies resolve in the simulator.
+    wheel_requires_dist: tuple[str, ...] = ()
 
     @property
     def requires_python(self) -> str | None:

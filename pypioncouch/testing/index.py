@@ -159,6 +159,8 @@ class PackageIndex:
         base.update(metadata)
         now = datetime.fromtimestamp(self.clock(), timezone.utc).replace(microsecond=0)
         release = build_release(version, base, now, files, project.name, self._rng)
+        if "requires_dist" in metadata:
+            release.wheel_requires_dist = tuple(metadata["requires_dist"] or ())
         project.releases[version] = release
         serial = self._write_journal(project, version, "new release")
         for file in release.files:
@@ -281,7 +283,8 @@ class PackageIndex:
     @staticmethod
     def digests(project: SimProject, release: SimRelease, file: SimFile):
         return wheel_digests(project.name, release.version, release.requires_python,
-                             release.metadata.get("summary"), file.tag)
+                             release.metadata.get("summary"), file.tag,
+                             release.wheel_requires_dist)
 
     def visible_releases(self, project: SimProject) -> dict[str, SimRelease]:
         return {v: r for v, r in project.releases.items() if not r.quarantined}
@@ -404,9 +407,11 @@ class PackageIndex:
                 meta = release.metadata
                 if want_metadata:
                     return core_metadata(project.name, release.version,
-                                         release.requires_python, meta.get("summary")), \
+                                         release.requires_python, meta.get("summary"),
+                                         release.wheel_requires_dist), \
                         "application/octet-stream"
                 return build_wheel(project.name, release.version, release.requires_python,
-                                   meta.get("summary"), file.tag), "application/octet-stream"
+                                   meta.get("summary"), file.tag,
+                                   release.wheel_requires_dist), "application/octet-stream"
         return None
 

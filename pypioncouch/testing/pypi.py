@@ -22,7 +22,8 @@ What it models (reference: ../shared/reference/pypi-api.md):
   outside ``pypioncouch.testing``, so the mirror's pages are compared with an
   independent rendering.
 - Files: real tiny wheels and their PEP 658 ``.metadata`` files, deterministic, with
-  right sizes and md5/sha256/blake2b_256 digests; pip and uv install them.
+  right sizes and md5/sha256/blake2b_256 digests; pip and uv install them (with their
+  dependencies, for releases published with ``requires_dist=``).
 - Data sets of any size, deterministic by ``--seed`` and generated lazily (see
   ``dataset.py`` for the hard cases they hold).
 - Mutations (from Python: :class:`~pypioncouch.testing.index.PackageIndex`; over HTTP:
@@ -31,7 +32,8 @@ What it models (reference: ../shared/reference/pypi-api.md):
 - Faults with a rate and a seed: 500/502/503, 429 with ``Retry-After``, timeouts,
   connection resets, XML-RPC Faults, truncated and malformed bodies; fixed latency;
   listings (``list_packages_with_serial``, ``/simple/``) cut short or frozen stale
-  (``--listing-keep``, ``POST /_control/listing``).
+  (``--listing-keep``, ``POST /_control/listing``); files served with wrong bytes or
+  held half-way (``POST /_control/files`` with ``corrupt``, ``hold``).
 
 What it does not model: uploads through the upload API, sdists, user accounts and
 organizations (roles are plain names), vulnerability records added at run time, PEP 740

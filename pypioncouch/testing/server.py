@@ -14,7 +14,8 @@ Routes (as on pypi.org, reference §1, §3, §4):
   ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
   ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
-  see :class:`ListingFault`).
+  see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``: files served
+  with wrong bytes, or held half-way, see :class:`FileFaults`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,62 @@ class ListingFault:
 
     def state(self) -> dict:
         return {"keep": self.keep, "start": self.start, "frozen": self.snapshot is not None}
+
+
+class FileFaults:
+    """What can go wrong with release files (``/packages/...``), on cue:
+
+    - ``corrupt``: file names (``"*"``: every file) served with one byte changed, same
+      length: bytes that do not match the sha256 the JSON and Simple APIs give;
+    - ``hold``: each file answer sends its headers and the first half of its bytes,
+      then waits until ``hold`` is set to false (a slow upstream, for tests of
+      streaming and of concurrent requests).
+
+    ``hits`` counts the requests for each file name (``.metadata`` files included).
+    """
+
+    def __init__(self):
+        self.corrupt: set[str] = set()
+        self.hold = False
+        self.held: list[tuple[object, bytes]] = []  # (request, the rest of its body)
+        self.hits: Counter = Counter()
+
+    def configure(self, corrupt=None, hold=None) -> None:
+        if corrupt is not None:
+            if isinstance(corrupt, bool):
+                corrupt = ["*"] if corrupt else []
+            if not isinstance(corrupt, list) or not all(isinstance(n, str) for n in corrupt):
+                raise ValueError("corrupt is a list of file names, or true/false")
+            self.corrupt = set(corrupt)
+        if hold is not None:
+            self.hold = bool(hold)
+            if not self.hold:
+                self.release()
+
+    def serve(self, request, filename: str, content: bytes):
+        """The body to answer with now (or NOT_DONE_YET while held)."""
+        self.hits[filename] += 1
+        if "*" in self.corrupt or filename in self.corrupt:
+            middle = len(content) // 2
+            content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
+        if not self.hold:
+            return content
+        request.setHeader("Content-Length", str(len(content)))
+        half = len(content) // 2
+        request.write(content[:half])
+        self.held.append((request, content[half:]))
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for request, rest in held:
+            if not request.finished and request.channel is not None:
+                request.write(rest)
+                request.finish()
+
+    def state(self) -> dict:
+        return {"corrupt": sorted(self.corrupt), "hold": self.hold, "held": len(self.held),
+                "hits": dict(self.hits)}
 
 
 def _live_listing(index: PackageIndex) -> list[tuple[str, str, int]]:
@@ -365,6 +422,7 @@ class SimulatorResource(Resource):
                                  rate_limit_per_hour=xmlrpc_rate_limit,
                                  clock=self.reactor.seconds, listing=self.listing)
         self.hits: Counter = Counter()
+        self.files = FileFaults()
         self._churn: task.LoopingCall | None = None
 
     def start_churn(self, seconds: float, seed: int = 0) -> None:
@@ -513,7 +571,7 @@ class SimulatorResource(Resource):
             return self._plain(request, 404, "404 Not Found")
         content, content_type = found
         request.setHeader("Content-Type", content_type)
-        return content
+        return self.files.serve(request, filename, content)
 
     def _control(self, request, operation):
         request.setHeader("Content-Type", "application/json")
@@ -529,7 +587,7 @@ class SimulatorResource(Resource):
             request.setResponseCode(404)
             result = {"error": f"no control operation {escape(operation)!r}",
                       "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state",
-                                                        "xmlrpc", "churn", "listing"]}
+                                                        "xmlrpc", "churn", "listing", "files"]}
         return json.dumps(result).encode()
 
     def control(self, operation: str, args: dict) -> dict:
@@ -538,7 +596,7 @@ class SimulatorResource(Resource):
             return {"last_serial": self.index.last_serial, "projects": len(self.index.listing()),
                     "faults_injected": dict(self.faults.injected),
                     "requests": self.faults.requests, "xmlrpc_calls": dict(self.xmlrpc.calls),
-                    "listing": self.listing.state()}
+                    "listing": self.listing.state(), "files": self.files.state()}
         if operation == "faults":
             self.faults = FaultPlan(args.get("rate", 0.0), args.get("kinds", FAULT_KINDS),
                                     args.get("seed", 0), args.get("timeout_seconds", 20.0))
@@ -561,6 +619,9 @@ class SimulatorResource(Resource):
             if "frozen" in args:
                 self.listing.freeze(self.index if args["frozen"] else None)
             return {"ok": True, **self.listing.state()}
+        if operation == "files":
+            self.files.configure(args.get("corrupt"), args.get("hold"))
+            return {"ok": True, **self.files.state()}
         if operation == "latency":
             self.latency_ms = float(args.get("ms", 0))
             return {"ok": True}

@@ -1,7 +1,9 @@
 """Real, tiny, deterministic distributions for the simulator: pip and uv install them.
 
 A wheel holds ``<module>/__init__.py`` and a ``.dist-info`` whose ``METADATA`` names the
-project, version and Requires-Python; the same inputs always give the same bytes (fixed
+project, version, Requires-Python and the Requires-Dist it is given (the simulator gives
+those of releases published with ``requires_dist=``: the generated data sets' random
+requirements name projects the simulator does not have, so their wheels declare none); the same inputs always give the same bytes (fixed
 zip timestamps), so digests computed for a listing match the file served later.
 """
 
@@ -28,13 +30,14 @@ def wheel_filename(name: str, version: str, tag: str = "py3-none-any") -> str:
 
 
 def core_metadata(name: str, version: str, requires_python: str | None,
-                  summary: str | None = None) -> bytes:
+                  summary: str | None = None, requires_dist: tuple[str, ...] = ()) -> bytes:
     """The METADATA file (PEP 566/643), also served as the PEP 658 ``.metadata`` file."""
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     if summary:
         lines.append("Summary: " + " ".join(summary.split()))
     if requires_python:
         lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in requires_dist]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -44,13 +47,15 @@ def _record_line(path: str, data: bytes) -> str:
 
 
 def build_wheel(name: str, version: str, requires_python: str | None = None,
-                summary: str | None = None, tag: str = "py3-none-any") -> bytes:
+                summary: str | None = None, tag: str = "py3-none-any",
+                requires_dist: tuple[str, ...] = ()) -> bytes:
     """The bytes of a valid pure-Python wheel."""
     module = wheel_name_part(name)
     dist_info = f"{module}-{version}.dist-info"
     files = [
         (f"{module}/__init__.py", f"__version__ = {version!r}\n".encode()),
-        (f"{dist_info}/METADATA", core_metadata(name, version, requires_python, summary)),
+        (f"{dist_info}/METADATA", core_metadata(name, version, requires_python, summary,
+                                                requires_dist)),
         (f"{dist_info}/WHEEL", (f"Wheel-Version: 1.0\nGenerator: pypioncouch-simulator\n"
                                 f"Root-Is-Purelib: true\nTag: {tag}\n").encode()),
     ]
@@ -74,10 +79,11 @@ class Digests:
 
 @lru_cache(maxsize=200_000)
 def wheel_digests(name: str, version: str, requires_python: str | None,
-                  summary: str | None, tag: str = "py3-none-any") -> Digests:
+                  summary: str | None, tag: str = "py3-none-any",
+                  requires_dist: tuple[str, ...] = ()) -> Digests:
     """Size and digests of :func:`build_wheel` for these inputs (cached)."""
-    data = build_wheel(name, version, requires_python, summary, tag)
-    metadata = core_metadata(name, version, requires_python, summary)
+    data = build_wheel(name, version, requires_python, summary, tag, requires_dist)
+    metadata = core_metadata(name, version, requires_python, summary, requires_dist)
     return Digests(len(data), hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest(),
                    hashlib.blake2b(data, digest_size=32).hexdigest(),
                    hashlib.sha256(metadata).hexdigest())

@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import OwnInfo
 from pypioncouch.couch import CouchError, Database
+from pypioncouch.filefetch import Fetcher
+from pypioncouch.files import FileStore, local_simple_files
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
@@ -126,7 +128,9 @@ class WebFront:
 
     def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
-                 upstream: Database | None = None, pypi: PyPI | None = None, reactor=None):
+                 upstream: Database | None = None, pypi: PyPI | None = None,
+                 files: FileStore | None = None, fetcher: Fetcher | None = None,
+                 reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -151,6 +155,13 @@ class WebFront:
         from pypioncouch.web.browse import BrowsePages
         self.browse_pages = BrowsePages(db, reactor=reactor, render=self.render,
                                         read_project=self.project)
+        # Release files (--files): the Simple API points at /files/, served from the
+        # store, fetched from upstream by ``fetcher`` (None: serve what is stored).
+        self.file_pages = None
+        if files is not None:
+            from pypioncouch.web.files import FilePages
+            self.file_pages = FilePages(files, fetcher, status=status, metrics=self.metrics,
+                                         read_project=self.project)
 
     wants_json = staticmethod(wants_json)
 
@@ -246,6 +257,7 @@ class WebFront:
             "removals_held": s.removals_held,
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "backfill": dataclasses.asdict(s.backfill),
+            "files": self.file_pages.summary() if self.file_pages else None,
             "couchdb_up": couch_ok,
         }
 
@@ -275,6 +287,13 @@ class WebFront:
     @app.route("/browse/", branch=True)
     def browse(self, request):
         return self.browse_pages.app.resource()
+
+    @app.route("/files/", branch=True)
+    def files(self, request):
+        if self.file_pages is None:
+            return _plain(request, 404, "404 Not Found: this daemon serves no release "
+                                        "files (see --files)")
+        return self.file_pages.app.resource()
 
     @app.route("/")
     def home(self, request):
@@ -365,7 +384,8 @@ class WebFront:
         if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
             return b""
         if variant not in entry.rendered:
-            entry.rendered[variant] = render_simple(entry, variant)
+            entry.rendered[variant] = render_simple(entry, variant,
+                                                    local_files=self.file_pages is not None)
         return entry.rendered[variant]
 
     # -- JSON API ----------------------------------------------------------------------
@@ -487,13 +507,16 @@ def _find_version(versions: list[str], wanted: str) -> str:
     return matches[0] if len(matches) == 1 else ""
 
 
-def render_simple(entry: CachedProject, variant: str) -> bytes:
-    """A project's Simple page from its stored documents."""
+def render_simple(entry: CachedProject, variant: str, local_files: bool = False) -> bytes:
+    """A project's Simple page from its stored documents; ``local_files``: with file
+    URLs pointing at this daemon's ``/files/``."""
     project = entry.project
     status = project.get("status") or "active"
     releases = {} if status == "quarantined" else {
         doc["version"]: doc["files"] for doc in entry.releases}
     versions, files = simple.simple_files(releases)
+    if local_files:
+        files = local_simple_files(project["_id"], files)
     serial = project.get("last_serial")
     if variant == "json":
         return simple.project_json(project["_id"], versions, files, serial, status)

@@ -1,0 +1,265 @@
+"""Fetching release files from upstream into the store, once, while others read along.
+
+A :class:`Download` writes the upstream body to a temp file as it arrives, hashing it
+on the way; once the body is complete and its sha256 is the one the release document
+gives, the temp file is renamed into place (:meth:`FileStore.commit`), else deleted.
+Any number of readers follow the temp file as it grows (:meth:`Download.read_at`),
+each at its own pace, so memory holds one chunk per reader, never a file. Readers are
+never handed the last byte before the digest matched: a client can never receive a
+complete body of wrong bytes under a 200.
+
+:class:`Fetcher` keeps one download per file: concurrent requests for one file
+share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web import client
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from pypioncouch import __version__
+from pypioncouch.files import FileStore, Wanted
+from pypioncouch.http import _ascii, quiet_pool
+from pypioncouch.urls import redact
+
+log = Logger()
+
+CONNECTING, RECEIVING, STORED, FAILED = "connecting", "receiving", "stored", "failed"
+USER_AGENT = f"pypioncouch/{__version__} (release files)"
+
+
+class FetchError(Exception):
+    """A file could not be fetched whole and right; the message says why, in a line."""
+
+
+class Download:
+    """One file on its way from upstream into the store."""
+
+    def __init__(self, wanted: Wanted, store: FileStore):
+        self.wanted = wanted
+        self.store = store
+        self.state = CONNECTING
+        self.error: str | None = None
+        self.length: int | None = None  # the upstream's Content-Length, when it gives one
+        self.written = 0
+        self._handle = store.open_incoming()
+        self.temp_path = self._handle.name
+        self._digest = hashlib.sha256()
+        self._waiters: list[defer.Deferred] = []
+
+    # -- for readers ------------------------------------------------------------------
+
+    def changed(self) -> defer.Deferred:
+        """Fires at the next change: more bytes, headers in, stored or failed."""
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    async def started(self) -> None:
+        """Returns once upstream answered 200 (or the download is over)."""
+        while self.state == CONNECTING:
+            await self.changed()
+
+    async def finished(self) -> None:
+        """Returns once the download is stored; raises :class:`FetchError` if it failed."""
+        while self.state in (CONNECTING, RECEIVING):
+            await self.changed()
+        if self.state == FAILED:
+            raise FetchError(self.error)
+
+    @property
+    def readable(self) -> int:
+        """How many bytes readers may have: all once verified, all but one before."""
+        return self.written if self.state == STORED else max(0, self.written - 1)
+
+    def open_for_reading(self):
+        """A handle on the bytes: the temp file while it grows (a handle opened on it
+        stays readable after the rename), the stored file once stored."""
+        return open(self.store.path(self.wanted.key) if self.state == STORED
+                    else self.temp_path, "rb")
+
+    # -- for the fetcher ------------------------------------------------------------
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # (a reader that left cancelled its own)
+                waiter.callback(None)
+
+    def _headers_in(self, length: int | None) -> None:
+        self.length, self.state = length, RECEIVING
+        self._notify()
+
+    def _append(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._handle.flush()  # readers read the file, not our buffer
+        self._digest.update(data)
+        self.written += len(data)
+        self._notify()
+
+    def _complete(self) -> None:
+        """Check the whole body; store it or refuse it."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        got = self._digest.hexdigest()
+        if got != self.wanted.sha256:
+            self.store.stats.digest_mismatches += 1
+            raise FetchError(f"{self.wanted.filename}: refused, its sha256 is {got}, the "
+                             f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})")
+        self.store.commit(self.temp_path, self.wanted.key)
+        self.state = STORED
+        self._notify()
+
+    def _fail(self, message: str) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self.store.discard(self.temp_path)
+        self.state, self.error = FAILED, message
+        self.store.stats.note_error(message)
+        self._notify()
+
+
+class _ToDownload(Protocol):
+    """Delivers a response body into a :class:`Download`; gives up after ``idle``
+    seconds without a byte."""
+
+    def __init__(self, download: Download, done: defer.Deferred, reactor, idle: float):
+        self.download = download
+        self.done = done
+        self.reactor = reactor
+        self.idle = idle
+        self.problem: str | None = None
+        self._timer = None
+
+    def connectionMade(self) -> None:
+        self._timer = self.reactor.callLater(self.idle, self._stalled)
+
+    def _stalled(self) -> None:
+        self.problem = f"no data for {self.idle:g} s"
+        self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.problem:
+            return
+        try:
+            self.download._append(data)
+        except OSError as error:  # disk full, ...
+            self.problem = f"cannot write to {self.download.store.root}: {error.strerror}"
+            self.transport.stopProducing()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.idle)
+
+    def connectionLost(self, reason) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.problem is None and reason.check(client.ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(FetchError(self.problem or _reason(reason.value)))
+
+
+def _reason(error: BaseException) -> str:
+    """One line for a transport error (Twisted wraps the cause in a list of reasons)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        error = reasons[0].value
+    return str(error) or type(error).__name__
+
+
+class Fetcher:
+    """Fetches files into a store, one download per file however many ask for it, at
+    most ``concurrency`` at a time. ``timeout``: seconds to wait for an answer, and
+    for each next byte of it."""
+
+    def __init__(self, store: FileStore, reactor=None, *, concurrency: int = 8,
+                 timeout: float = 60.0, agent=None, on_error: Callable[[str], None] = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.store = store
+        self.reactor = reactor
+        self.timeout = timeout
+        self.on_error = on_error
+        if agent is None:
+            pool = quiet_pool(reactor, persistent=True)
+            pool.maxPersistentPerHost = concurrency
+            agent = client.RedirectAgent(client.Agent(reactor, pool=pool,
+                                                      connectTimeout=timeout))
+        self.agent = agent
+        self.slots = defer.DeferredSemaphore(concurrency)
+        self.in_flight: dict[str, Download] = {}
+
+    def download(self, wanted: Wanted) -> Download:
+        """The download of ``wanted``: the one in flight, or a new one."""
+        key = wanted.key
+        running = self.in_flight.get(key)
+        if running is not None:
+            return running
+        download = Download(wanted, self.store)
+        self.in_flight[key] = download
+        defer.ensureDeferred(self._run(download))
+        return download
+
+    async def _run(self, download: Download) -> None:
+        url = download.wanted.url
+        try:
+            await self.slots.acquire()
+            try:
+                await self._get(download)
+            finally:
+                self.slots.release()
+        except FetchError as error:
+            self._failed(download, str(error))
+        except Exception as error:  # a bug must not leave readers waiting for ever
+            log.failure("fetching {url}", url=redact(url))
+            self._failed(download, f"{download.wanted.filename}: {error}")
+        finally:
+            self.in_flight.pop(download.wanted.key, None)
+
+    def _failed(self, download: Download, message: str) -> None:
+        log.warn("release file: {message}", message=message)
+        download._fail(message)
+        if self.on_error is not None:
+            self.on_error(message)
+
+    async def _get(self, download: Download) -> None:
+        url = download.wanted.url
+        shown = redact(url)
+        request = self.agent.request(b"GET", _ascii(url), Headers({
+            b"User-Agent": [USER_AGENT.encode()], b"Accept-Encoding": [b"identity"]}))
+        request.addTimeout(self.timeout, self.reactor)
+        try:
+            response = await request
+        except defer.TimeoutError:
+            raise FetchError(f"{download.wanted.filename}: no answer from {shown} in "
+                             f"{self.timeout:g} s") from None
+        except Exception as error:
+            raise FetchError(f"{download.wanted.filename}: {shown}: "
+                             f"{_reason(error)}") from None
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            raise FetchError(f"{download.wanted.filename}: {shown} answered {response.code}")
+        length = None if response.length is UNKNOWN_LENGTH else response.length
+        download._headers_in(length)
+        done = defer.Deferred()
+        response.deliverBody(_ToDownload(download, done, self.reactor, self.timeout))
+        try:
+            await done
+        except FetchError as error:
+            raise FetchError(f"{download.wanted.filename}: {shown}: {error}") from None
+        download._complete()
+
+
+class _Discard(Protocol):
+    def connectionLost(self, reason) -> None:
+        pass

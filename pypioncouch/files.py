@@ -1,0 +1,370 @@
+"""Release files on local disk: where they live, how they get there whole, and what
+is evicted when the disk budget is spent.
+
+A folder, not CouchDB: PyPI's files are tens of terabytes. As attachments they would
+travel with every replication, be copied again on each compaction, and go through
+CouchDB's HTTP layer for every download; as plain files the kernel serves them,
+`sendfile`-style tools (rsync, a CDN, nginx) can too, and a disk budget is a matter
+of deleting files. What they cost there: replication does not carry them (each mirror
+fills its own folder, from upstream or with ``pypioncouch --fetch-files``), and a
+folder is one machine's: several web fronts share it over a network file system.
+
+Layout, under ``DIR``::
+
+    DIR/<normalized project>/<filename>             a release file, verified
+    DIR/<normalized project>/<filename>.metadata    its PEP 658 metadata file
+    DIR/.incoming/                                  downloads in progress (temp files)
+    DIR/seeded.json                                 files seeded explicitly: never evicted
+
+A file appears under its name only once its sha256 matched (temp file, fsync, rename),
+so whatever is there is whole and right. Recency for the LRU budget is the file's
+mtime, touched on every hit, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import quote
+
+from twisted.logger import Logger
+
+log = Logger()
+
+INCOMING = ".incoming"
+MANIFEST = "seeded.json"
+METADATA_SUFFIX = ".metadata"
+_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]*$")
+_PROJECT = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+STALE_INCOMING = 3600.0  # seconds: a temp file older than this is a crash's leftover
+
+
+class BadFileName(ValueError):
+    """A project or file name that cannot name a file in the store."""
+
+
+def is_safe_filename(filename: str) -> bool:
+    """A release file's name that is one plain path segment (no ``/``, no leading dot)."""
+    return len(filename) <= 240 and bool(_FILENAME.match(filename)) and ".." not in filename
+
+
+def relative_path(project: str, filename: str) -> str:
+    """``<project>/<filename>``: the store's key of a file (``project`` normalized)."""
+    if not _PROJECT.match(project) or not is_safe_filename(filename):
+        raise BadFileName(f"not a stored file's name: {project!r}/{filename!r}")
+    return f"{project}/{filename}"
+
+
+def local_url(project: str, filename: str) -> str:
+    """The URL a Simple page (``/simple/<project>/``) gives for a file served here:
+    relative, so it holds behind a proxy that mounts the daemon under a prefix."""
+    return f"../../files/{project}/{quote(filename, safe='')}"
+
+
+def local_simple_files(project: str, files: list[dict]) -> list[dict]:
+    """PEP 691 file entries pointing at this daemon (``/files/...``) instead of
+    upstream. Files without a sha256 cannot be checked, so they keep their upstream
+    URL."""
+    return [dict(f, url=local_url(project, f["filename"]))
+            if f.get("hashes", {}).get("sha256") and is_safe_filename(f["filename"]) else f
+            for f in files]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One file to have: where it comes from and what its bytes must hash to."""
+
+    project: str  # normalized
+    filename: str  # as served (``<dist filename>.metadata`` for a metadata file)
+    url: str  # upstream
+    sha256: str
+    size: int | None = None
+
+    @property
+    def key(self) -> str:
+        return relative_path(self.project, self.filename)
+
+
+def metadata_sha256(entry: dict) -> str | None:
+    """The sha256 of a file entry's PEP 658 metadata file, if it has one."""
+    for name in ("core-metadata", "data-dist-info-metadata"):
+        value = entry.get(name)
+        if isinstance(value, dict) and value.get("sha256"):
+            return value["sha256"]
+    return None
+
+
+def wanted_files(project: str, entry: dict) -> list[Wanted]:
+    """A JSON API file entry as the files to store: the file, and its metadata file
+    when it has one. Entries without a sha256 give nothing (they cannot be checked)."""
+    sha256 = (entry.get("digests") or {}).get("sha256")
+    filename, url = entry.get("filename"), entry.get("url")
+    if not sha256 or not filename or not url or not is_safe_filename(filename):
+        return []
+    found = [Wanted(project, filename, url, sha256, entry.get("size"))]
+    meta = metadata_sha256(entry)
+    if meta:
+        found.append(Wanted(project, filename + METADATA_SUFFIX, url + METADATA_SUFFIX, meta))
+    return found
+
+
+def find_wanted(project: str, releases: Iterable[dict], filename: str) -> Wanted | None:
+    """The file (or metadata file) ``filename`` among a project's release documents."""
+    base = filename[:-len(METADATA_SUFFIX)] if filename.endswith(METADATA_SUFFIX) else filename
+    for release in releases:
+        for entry in release.get("files") or ():
+            if entry.get("filename") == base:
+                return next((w for w in wanted_files(project, entry)
+                             if w.filename == filename), None)
+    return None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FileStats:
+    """Counters of the store and its downloads, for /status and /metrics."""
+
+    hits: int = 0  # answered from disk
+    misses: int = 0  # not on disk when asked
+    fetched: int = 0  # files stored from upstream
+    fetched_bytes: int = 0
+    upstream_errors: int = 0  # failed fetches (status, connection, timeout, digest)
+    digest_mismatches: int = 0  # of which: bytes that did not match the sha256
+    not_stored: int = 0  # asked for on a mirror that does not fetch (404)
+    evicted: int = 0
+    evicted_bytes: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def note_error(self, message: str) -> None:
+        self.upstream_errors += 1
+        self.last_error, self.last_error_at = message, time.time()
+
+
+@dataclass
+class _Seeded:
+    keys: set[str] = field(default_factory=set)
+    mtime: float | None = None
+
+
+class FileStore:
+    """The folder of release files. ``max_bytes`` (None: no limit) is the budget:
+    past it, the least recently used files that were not seeded are deleted."""
+
+    def __init__(self, root: Path | str, max_bytes: int | None = None):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.stats = FileStats()
+        self.incoming = self.root / INCOMING
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.incoming.mkdir(exist_ok=True)
+        except OSError:  # a read-only folder: a mirror can still serve it
+            pass
+        self._lru: OrderedDict[str, int] = OrderedDict()  # key -> size, oldest first
+        self.bytes = 0
+        self._seeded = _Seeded()
+        self.warning: str | None = None  # why the budget cannot be kept
+        self._clean_incoming()
+        self._scan()
+        self._load_seeded()
+
+    # -- the index ----------------------------------------------------------------
+
+    def _clean_incoming(self) -> None:
+        now = time.time()
+        if not self.incoming.is_dir():
+            return
+        for entry in os.scandir(self.incoming):
+            try:
+                if now - entry.stat().st_mtime > STALE_INCOMING:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+
+    def _scan(self) -> None:
+        """Index what is on disk, oldest use first (one pass at start)."""
+        found = []
+        for project in os.scandir(self.root):
+            if not project.is_dir() or project.name.startswith("."):
+                continue
+            for entry in os.scandir(project.path):
+                if entry.is_file() and is_safe_filename(entry.name):
+                    info = entry.stat()
+                    found.append((info.st_mtime, f"{project.name}/{entry.name}", info.st_size))
+        for _, key, size in sorted(found):
+            self._lru[key] = size
+            self.bytes += size
+
+    def _load_seeded(self) -> None:
+        path = self.root / MANIFEST
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            self._seeded = _Seeded()
+            return
+        if mtime == self._seeded.mtime:
+            return
+        try:
+            keys = json.loads(path.read_text("utf-8")).get("seeded", [])
+        except (OSError, ValueError, AttributeError) as error:
+            log.warn("{path}: unreadable ({error}); no file counts as seeded", path=path,
+                     error=error)
+            keys = []
+        self._seeded = _Seeded({k for k in keys if isinstance(k, str)}, mtime)
+
+    @property
+    def seeded(self) -> set[str]:
+        """The keys seeded explicitly (re-read when another process changed them)."""
+        self._load_seeded()
+        return self._seeded.keys
+
+    def mark_seeded(self, keys: Iterable[str]) -> None:
+        """Add ``keys`` to the manifest of seeded files (atomically replaced)."""
+        self._seeded.mtime = None
+        merged = sorted(self.seeded | set(keys))
+        self._write_atomically(self.root / MANIFEST,
+                               json.dumps({"seeded": merged}, indent=0).encode())
+        self._seeded = _Seeded(set(merged), (self.root / MANIFEST).stat().st_mtime)
+
+    # -- reading ------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Files stored (as far as this process knows)."""
+        return len(self._lru)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> Path | None:
+        """The stored file of ``key``, marked as just used; None if not stored."""
+        path = self.root / key
+        try:
+            size = path.stat().st_size
+        except OSError:
+            self._forget(key)
+            return None
+        try:
+            os.utime(path)  # recency for the budget, kept across restarts
+        except OSError:  # a read-only folder: served all the same
+            pass
+        if key not in self._lru:  # stored by another process (--fetch-files)
+            self.bytes += size
+        else:
+            self.bytes += size - self._lru[key]
+        self._lru[key] = size
+        self._lru.move_to_end(key)
+        return path
+
+    def has(self, wanted: Wanted) -> bool:
+        """Whether ``wanted`` is stored with the right digest (read and hashed)."""
+        path = self.root / wanted.key
+        try:
+            return file_sha256(path) == wanted.sha256
+        except OSError:
+            return False
+
+    def _forget(self, key: str) -> None:
+        size = self._lru.pop(key, None)
+        if size is not None:
+            self.bytes -= size
+
+    # -- writing ------------------------------------------------------------------
+
+    def open_incoming(self):
+        """A new temp file (binary, for writing) in the store's file system."""
+        return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="part-", delete=False)
+
+    def commit(self, temp_path: str, key: str) -> Path:
+        """Move a complete, verified temp file to ``key``; returns its path."""
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp_path, target)
+        _fsync_dir(target.parent)
+        size = target.stat().st_size
+        self._forget(key)
+        self._lru[key] = size
+        self.bytes += size
+        self.stats.fetched += 1
+        self.stats.fetched_bytes += size
+        self.keep_budget(keep=key)
+        return target
+
+    @staticmethod
+    def discard(temp_path: str) -> None:
+        try:
+            os.unlink(temp_path)
+        except FileNotFoundError:
+            pass
+
+    def keep_budget(self, keep: str | None = None) -> None:
+        """Delete least recently used files that were not seeded until the store is
+        within its budget (``keep``: the file just stored, deleted last of all)."""
+        if self.max_bytes is None or self.bytes <= self.max_bytes:
+            return
+        seeded = self.seeded
+        for key in [k for k in self._lru if k not in seeded and k != keep] + (
+                [keep] if keep and keep not in seeded else []):
+            if self.bytes <= self.max_bytes:
+                break
+            size = self._lru.get(key, 0)
+            try:
+                os.unlink(self.root / key)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.warn("cannot evict {key}: {error}", key=key, error=error)
+                continue
+            self._forget(key)
+            self.stats.evicted += 1
+            self.stats.evicted_bytes += size
+        if self.bytes > self.max_bytes:
+            self.warning = (f"the files stored ({self.bytes:,} bytes) exceed the budget "
+                            f"({self.max_bytes:,} bytes): seeded files are never evicted")
+            log.warn("{warning}", warning=self.warning)
+        else:
+            self.warning = None
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        with self.open_incoming() as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, target)
+        _fsync_dir(target.parent)
+
+    def summary(self) -> dict:
+        """What /status shows."""
+        return {"dir": str(self.root), "files": self.count, "bytes": self.bytes,
+                "max_bytes": self.max_bytes, "seeded": len(self.seeded),
+                "warning": self.warning, **asdict(self.stats)}
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (where the system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,218 @@
+"""``/files/<project>/<filename>``: release files (and their PEP 658 ``.metadata``
+files) from the local store, fetched once from upstream when missing.
+
+A stored file is served by twisted.web's static ``File`` (HEAD, Range,
+If-Modified-Since). A missing one is fetched (one download however many ask) and
+streamed to the client as it arrives, read back from the temp file at the client's
+pace; a HEAD or Range request for it waits until it is stored, then is answered from
+disk. Without a fetcher (a ``--no-sync`` mirror: air-gapped), a missing file is a 404
+that says so.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from klein import Klein
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.web.static import File
+
+from pypioncouch import model
+from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
+from pypioncouch.files import FileStore, Wanted, find_wanted, is_safe_filename
+from pypioncouch.web.app import _plain, _redirect, observed
+from pypioncouch.web.streaming import PacedWriter, cut_short
+
+CHUNK = 64 * 1024
+CACHE_CONTROL = "max-age=31536000, immutable"  # a file's bytes never change on PyPI
+INDEX_KEY = "files:index"  # the per-project filename index, kept with the cached entry
+
+
+class FilePages:
+    """The klein app under ``/files/``; ``fetcher`` None: serve only what is stored."""
+
+    app = Klein()
+
+    def __init__(self, store: FileStore, fetcher: Fetcher | None, *, status, metrics,
+                 read_project):
+        self.store = store
+        self.fetcher = fetcher
+        self.status = status  # (for @observed)
+        self.metrics = metrics
+        self.read_project = read_project  # key -> CachedProject or None (cached reads)
+        metrics.registry.register(FilesCollector(self))
+
+    def summary(self) -> dict:
+        return {**self.store.summary(), "fetches_upstream": self.fetcher is not None,
+                "fetching": len(self.fetcher.in_flight) if self.fetcher else 0}
+
+    @app.route("/<project>/<filename>", methods=["GET", "HEAD"])
+    @observed("files")
+    async def release_file(self, request, project, filename):
+        if not model.is_valid_project_name(project) or not is_safe_filename(filename):
+            return _plain(request, 404, "404 Not Found")
+        key = model.normalize(project)
+        if key != project:
+            return _redirect(request, f"/files/{key}/{quote(filename, safe='')}")
+        entry = await self.read_project(key)
+        if entry is None or entry.project.get("status") == "quarantined":
+            return _plain(request, 404, "404 Not Found")
+        wanted = _find(entry, key, filename)
+        if wanted is None:
+            return _plain(request, 404, f"404 Not Found: {key} has no file {filename}")
+        etag = f'"{wanted.sha256}"'
+        request.setHeader("ETag", etag)
+        request.setHeader("Cache-Control", CACHE_CONTROL)
+        if etag in [tag.strip() for tag in (request.getHeader("if-none-match") or "").split(",")]:
+            request.setResponseCode(304)
+            return b""
+        path = self.store.lookup(wanted.key)
+        if path is not None:
+            self.store.stats.hits += 1
+            return _static(path)
+        self.store.stats.misses += 1
+        if self.fetcher is None:
+            self.store.stats.not_stored += 1
+            return _unavailable(request, 404, (
+                f"404 Not Found: this mirror does not fetch from upstream (--no-sync) and "
+                f"has not stored {filename}; seed it with pypioncouch --fetch-files"))
+        try:
+            download = self.fetcher.download(wanted)
+        except OSError as error:  # no temp file: the folder is full or read-only
+            self.store.stats.note_error(f"{filename}: cannot write to {self.store.root}: "
+                                        f"{error.strerror}")
+            request.setHeader("Retry-After", "60")
+            return _unavailable(request, 503, f"503 Service Unavailable: cannot store "
+                                              f"{filename} ({error.strerror})")
+        if request.method == b"HEAD" or request.getHeader("range"):
+            return await self._when_stored(request, download)
+        return await self._stream(request, download)
+
+    async def _when_stored(self, request, download: Download):
+        try:
+            await download.finished()
+        except FetchError as error:
+            return _bad_gateway(request, str(error))
+        path = self.store.lookup(download.wanted.key)
+        if path is None:  # evicted at once: a budget smaller than the file
+            return _bad_gateway(request, f"{download.wanted.filename}: fetched, but the "
+                                         "disk budget left no room to keep it")
+        return _static(path)
+
+    async def _stream(self, request, download: Download):
+        """The body as it arrives, at the client's pace; a failure half-way (or bytes
+        that do not match the digest) cuts the connection before the last byte."""
+        await download.started()
+        if download.state == FAILED:
+            return _bad_gateway(request, download.error)
+        try:
+            handle = download.open_for_reading()
+        except OSError:  # stored and evicted in between (a tiny budget)
+            return _bad_gateway(request, f"{download.wanted.filename}: not kept, try again")
+        request.setHeader("Content-Type", "application/octet-stream")
+        if download.length is not None:
+            request.setHeader("Content-Length", str(download.length))
+        writer = PacedWriter(request)
+        try:
+            whole = await _follow(download, handle, writer)
+        finally:
+            handle.close()
+            writer.close()
+        return b"" if whole else await cut_short(request)
+
+
+async def _follow(download: Download, handle, writer: PacedWriter) -> bool:
+    """Copy the download's bytes to ``writer`` as they become readable; False when
+    the download failed."""
+    position = 0
+    while True:
+        readable = download.readable
+        if position < readable:
+            data = handle.read(min(CHUNK, readable - position))
+            if not data:  # (cannot happen: every append is flushed) never spin
+                return False
+            position += len(data)
+            await writer.write(data)
+        elif download.state == STORED:
+            return True
+        elif download.state == FAILED:
+            return False
+        else:
+            await download.changed()
+
+
+def _find(entry, key: str, filename: str) -> Wanted | None:
+    """The file ``filename`` of a cached project, through an index of its file names
+    built once per cached entry (a project may have thousands of releases)."""
+    index = entry.rendered.get(INDEX_KEY)
+    if index is None:
+        index = {}
+        for release in entry.releases:
+            for file in release.get("files") or ():
+                if isinstance(file, dict) and isinstance(file.get("filename"), str):
+                    index[file["filename"]] = release
+        entry.rendered[INDEX_KEY] = index
+    base = filename.removesuffix(".metadata")
+    release = index.get(base)
+    return None if release is None else find_wanted(key, [release], filename)
+
+
+def _static(path) -> File:
+    resource = File(str(path), defaultType="application/octet-stream")
+    # No guessing from the name: a .tar.gz must not go out as Content-Encoding: gzip.
+    resource.contentTypes, resource.contentEncodings = {}, {}
+    return resource
+
+
+def _unavailable(request, code: int, text: str) -> bytes:
+    """An answer that may change soon (not the file's immutable caching)."""
+    request.setHeader("Cache-Control", "no-store")
+    request.responseHeaders.removeHeader(b"ETag")
+    return _plain(request, code, text)
+
+
+def _bad_gateway(request, message: str) -> bytes:
+    return _unavailable(request, 502, f"502 Bad Gateway: {message}")
+
+
+class FilesCollector:
+    """The store's figures for /metrics, read at scrape time."""
+
+    def __init__(self, pages: FilePages):
+        self.pages = pages
+
+    def collect(self):
+        store = self.pages.store
+        s = store.stats
+        gauges = [
+            ("pypioncouch_files_stored_bytes", "Bytes of release files stored", store.bytes),
+            ("pypioncouch_files_stored", "Release files stored", store.count),
+            ("pypioncouch_files_budget_bytes", "The disk budget for release files",
+             store.max_bytes),
+            ("pypioncouch_files_fetching", "Release files being fetched now",
+             self.pages.summary()["fetching"]),
+        ]
+        for name, text, value in gauges:
+            family = GaugeMetricFamily(name, text)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
+        counters = [
+            ("pypioncouch_files_hits", "Release file requests answered from disk", s.hits),
+            ("pypioncouch_files_misses", "Release file requests for files not stored",
+             s.misses),
+            ("pypioncouch_files_fetched", "Release files stored from upstream", s.fetched),
+            ("pypioncouch_files_fetched_bytes", "Bytes stored from upstream", s.fetched_bytes),
+            ("pypioncouch_files_upstream_errors", "Failed fetches of release files",
+             s.upstream_errors),
+            ("pypioncouch_files_digest_mismatches",
+             "Fetched release files refused: sha256 mismatch", s.digest_mismatches),
+            ("pypioncouch_files_not_stored", "Requests for files a mirror that does not "
+             "fetch lacks (404)", s.not_stored),
+            ("pypioncouch_files_evicted", "Release files evicted to keep the budget",
+             s.evicted),
+        ]
+        for name, text, value in counters:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family

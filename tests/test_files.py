@@ -1,0 +1,393 @@
+"""Release files (``--files DIR``): pull-through from upstream, checked against their
+sha256, seeded with ``pypioncouch --fetch-files``, installed with PyPI away."""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor, utils
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.server import Site
+
+from pypioncouch.filefetch import Fetcher
+from pypioncouch.files import FileStore
+from pypioncouch.status import SyncStatus
+from pypioncouch.sync import run_pass
+from pypioncouch.testing.server import FaultPlan
+from pypioncouch.web.app import WebFront
+
+from .helpers import World, sleep
+
+BIN = Path(sys.executable).parent
+JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
+# files-app 1.0 needs files-lib (1.1 is newest), which needs files-util>=2.
+INSTALLED = {"files_app-1.0.dist-info", "files_lib-1.1.dist-info", "files_util-2.0.dist-info"}
+APP_WHEEL = "files_app-1.0-py3-none-any.whl"
+
+
+
+
+class RawClient:
+    """Requests with Twisted's plain Agent: headers as sent (treq always asks for gzip,
+    and its decoder adds an empty Content-Encoding to answers that have none)."""
+
+    def __init__(self):
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+    def request(self, method, url, headers=None):
+        return self.agent.request(method, url.encode(), Headers(
+            {k.encode(): [v.encode()] for k, v in (headers or {}).items()}))
+
+    def get(self, url, headers=None, unbuffered=True):
+        return self.request(b"GET", url, headers)
+
+    def head(self, url, headers=None):
+        return self.request(b"HEAD", url, headers)
+
+
+http = RawClient()
+
+
+def header(response, name):
+    values = response.headers.getRawHeaders(name.encode())
+    return None if values is None else [v.decode() for v in values]
+
+
+def publish_family(index) -> None:
+    """Projects whose wheels require one another (Requires-Dist in their METADATA)."""
+    for name, version, needs in (
+            ("files-util", "1.0", []), ("files-util", "2.0", []),
+            ("files-lib", "1.0", []), ("files-lib", "1.1", ["files-util>=2"]),
+            ("Files_App", "1.0", ["files-lib>=1.0", "files-never; python_version < '3'",
+                                  "files-extra; extra == 'fast'"])):
+        index.publish(name, version, requires_dist=needs, requires_python=None,
+                      summary=f"{name} for the release files tests")
+
+
+@pytest.fixture
+def world(couch_server, db_name):
+    world = World(couch_server.url, db_name, projects=6, seed=21)
+    publish_family(world.index)
+    pytest_twisted.blockon(defer.ensureDeferred(run_pass(world.importer(), full=True)))
+    yield world
+    world.close()
+
+
+def serve(db, store, fetcher, syncing=True):
+    front = WebFront(db, SyncStatus(syncing=syncing), syncing=syncing, files=store,
+                     fetcher=fetcher)
+    site = Site(front.resource())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return front, port, f"http://127.0.0.1:{port.getHost().port}"
+
+
+def stop_pypi(world) -> None:
+    """PyPI goes away: no new connections, and any kept-alive one answers 500."""
+    world.close()
+    world.resource.faults = FaultPlan(1.0, ["500"])
+
+
+async def run(command, *args, env=None):
+    out, err, code = await utils.getProcessOutputAndValue(
+        command, list(args), env=env if env is not None else {})
+    return code, out.decode() + err.decode()
+
+
+async def pip_install(url, target, *names):
+    code, said = await run(sys.executable, "-m", "pip", "install", "--no-cache-dir",
+                           "--disable-pip-version-check", "--target", str(target),
+                           "--index-url", f"{url}/simple/", *names)
+    assert code == 0, said[-2000:]
+    return {p.name for p in Path(target).iterdir() if p.name.endswith(".dist-info")}
+
+
+async def uv_install(url, target, *names):
+    code, said = await run(str(BIN / "uv"), "pip", "install", "--no-cache", "--python",
+                           sys.executable, "--target", str(target), "--index-url",
+                           f"{url}/simple/", *names, env={"UV_NO_CACHE": "1"})
+    assert code == 0, said[-2000:]
+    return {p.name for p in Path(target).iterdir() if p.name.endswith(".dist-info")}
+
+
+async def status_of(url) -> dict:
+    answer = await treq.get(f"{url}/status", headers={"Accept": "application/json"})
+    return (await answer.json())["files"]
+
+
+async def until(condition, seconds=10.0):
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await sleep(0.02)
+    raise AssertionError("the condition did not come true in time")
+
+
+def upstream_bytes(world, filename):
+    return world.index.find_file(filename)[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pip_and_uv_install_with_dependencies_then_again_with_pypi_gone(
+        world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    try:
+        page = await (await treq.get(f"{url}/simple/files-app/")).text()
+        sha = hashlib.sha256(upstream_bytes(world, APP_WHEEL)).hexdigest()
+        assert f'href="../../files/files-app/{APP_WHEEL}#sha256={sha}"' in page
+        data = await (await treq.get(f"{url}/simple/files-app/",
+                                     headers={"Accept": JSON_ACCEPT})).json()
+        assert data["files"][0]["url"] == f"../../files/files-app/{APP_WHEEL}"
+        assert data["files"][0]["hashes"] == {"sha256": sha}
+
+        assert await pip_install(url, tmp_path / "pip1", "files-app") == INSTALLED
+        assert await uv_install(url, tmp_path / "uv1", "files-app") == INSTALLED
+        stored = {p.name for p in (tmp_path / "files" / "files-util").iterdir()}
+        assert stored == {"files_util-2.0-py3-none-any.whl",
+                          "files_util-2.0-py3-none-any.whl.metadata"}
+        fetched = sum(world.resource.files.hits.values())
+        assert fetched == 6  # three wheels and their metadata files, each fetched once
+
+        stop_pypi(world)
+        assert await pip_install(url, tmp_path / "pip2", "files-app") == INSTALLED
+        assert await uv_install(url, tmp_path / "uv2", "files-app") == INSTALLED
+        assert sum(world.resource.files.hits.values()) == fetched
+        figures = await status_of(url)
+        assert figures["files"] == 6 and figures["fetched"] == 6
+        assert figures["upstream_errors"] == 0 and figures["hits"] >= 12
+        assert figures["bytes"] == sum(p.stat().st_size for p in
+                                       (tmp_path / "files").glob("*/*"))
+        page = await (await treq.get(f"{url}/status")).text()
+        assert f"6 files, {figures['bytes']:,} bytes in <code>{tmp_path}/files</code>" in page
+        metrics = await (await treq.get(f"{url}/metrics")).text()
+        assert "pypioncouch_files_fetched_total 6.0" in metrics
+        assert f"pypioncouch_files_stored_bytes {float(figures['bytes'])}" in metrics
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    try:
+        world.resource.control("files", {"corrupt": [APP_WHEEL]})
+        address = f"{url}/files/files-app/{APP_WHEEL}"
+        with pytest.raises(Exception):  # the transfer fails before the last byte
+            await treq.content(await http.get(address))
+        head = await http.head(address)
+        assert head.code == 502
+        assert not (tmp_path / "files" / "files-app").exists()
+        assert list((tmp_path / "files" / ".incoming").iterdir()) == []
+        figures = await status_of(url)
+        assert (figures["digest_mismatches"], figures["upstream_errors"], figures["files"]) \
+            == (2, 2, 0)
+        assert figures["last_error"].startswith(f"{APP_WHEEL}: refused, its sha256 is ")
+        # Upstream mended: the right bytes are served and kept.
+        world.resource.control("files", {"corrupt": []})
+        answer = await treq.get(address)
+        assert await answer.content() == upstream_bytes(world, APP_WHEEL)
+        assert (tmp_path / "files" / "files-app" / APP_WHEEL).read_bytes() == \
+            upstream_bytes(world, APP_WHEEL)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    expected = upstream_bytes(world, APP_WHEEL)
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        world.resource.control("files", {"hold": True})  # upstream sends half, then waits
+        first = await http.get(address, unbuffered=True)
+        assert first.code == 200
+        assert first.length == len(expected)  # (Twisted's client keeps Content-Length there)
+        chunks = []
+        done = treq.collect(first, chunks.append)
+        await until(lambda: chunks)
+        # The client has bytes while upstream is still sending (never the last one).
+        assert 0 < sum(map(len, chunks)) < len(expected) and not done.called
+        others = [http.get(address) for _ in range(4)]
+        head = http.head(address)
+        ranged = http.get(address, headers={"Range": "bytes=10-19"})
+        await until(lambda: store.stats.misses == 7)  # all seven asked, none answered
+        assert world.resource.files.hits[APP_WHEEL] == 1
+        assert not (tmp_path / "files" / "files-app" / APP_WHEEL).exists()
+        world.resource.control("files", {"hold": False})
+        await done
+        assert b"".join(chunks) == expected
+        for answer in others:
+            assert await treq.content(await answer) == expected
+        head = await head
+        assert (head.code, await treq.content(head)) == (200, b"")
+        assert header(head, "content-length") == [str(len(expected))]
+        ranged = await ranged
+        assert ranged.code == 206 and await treq.content(ranged) == expected[10:20]
+        assert header(ranged, "content-range") == \
+            [f"bytes 10-19/{len(expected)}"]
+        assert world.resource.files.hits[APP_WHEEL] == 1
+        figures = await status_of(url)
+        assert (figures["fetched"], figures["misses"], figures["hits"]) == (1, 7, 0)
+    finally:
+        world.resource.control("files", {"hold": False})
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_file_answers_head_range_and_conditional_requests(world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    expected = upstream_bytes(world, APP_WHEEL)
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        assert await (await treq.get(address)).content() == expected
+        stop_pypi(world)
+        head = await http.head(address)
+        assert (head.code, await treq.content(head)) == (200, b"")
+        assert header(head, "content-length") == [str(len(expected))]
+        assert header(head, "accept-ranges") == ["bytes"]
+        assert header(head, "content-encoding") is None
+        ranged = await treq.get(address, headers={"Range": "bytes=-5"})
+        assert ranged.code == 206 and await ranged.content() == expected[-5:]
+        etag = header(head, "etag")[0]
+        assert etag == f'"{hashlib.sha256(expected).hexdigest()}"'
+        again = await treq.get(address, headers={"If-None-Match": etag})
+        assert again.code == 304
+        metadata = await treq.get(address + ".metadata")  # fetched before PyPI went
+        assert metadata.code == 502  # ... it was not: PyPI is gone, and says so
+        assert b"502 Bad Gateway: " in await metadata.content()
+        for path in (f"files-app/nope-1.0-py3-none-any.whl", "no-such-project/x-1.whl",
+                     "files-app/..%2Fseeded.json", "files-app/.incoming"):
+            assert (await treq.get(f"{url}/files/{path}")).code == 404, path
+        moved = await treq.get(f"{url}/files/Files_App/{APP_WHEEL}", allow_redirects=False)
+        assert moved.code == 301
+        assert moved.headers.getRawHeaders("location") == [f"/files/files-app/{APP_WHEEL}"]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_seeded_files_install_from_an_air_gapped_mirror(world, couch_server, db_name,
+                                                              tmp_path):
+    files = tmp_path / "files"
+    command = [str(BIN / "pypioncouch"), "--fetch-files", couch_server.url, "--db", db_name,
+               "files-app", "--with-deps", "--files", str(files), "--quiet"]
+    code, said = await run(command[0], *command[1:], env=dict(os.environ))
+    assert code == 0, said
+    assert "6 files of 3 releases: 6 fetched" in said
+    manifest = json.loads((files / "seeded.json").read_text())
+    assert sorted(manifest["seeded"]) == sorted(
+        f"{project}/{wheel}{suffix}" for project, wheel in (
+            ("files-app", APP_WHEEL), ("files-lib", "files_lib-1.1-py3-none-any.whl"),
+            ("files-util", "files_util-2.0-py3-none-any.whl"))
+        for suffix in ("", ".metadata"))
+    # Resumable: what is stored right is not fetched again; what is wrong is.
+    (files / "files-lib" / "files_lib-1.1-py3-none-any.whl").write_bytes(b"damaged")
+    code, said = await run(command[0], *command[1:], env=dict(os.environ))
+    assert code == 0, said
+    assert "6 files of 3 releases: 1 fetched" in said and "5 already stored" in said
+
+    stop_pypi(world)
+    store = FileStore(files)
+    front, port, url = serve(world.db, store, None, syncing=False)
+    try:
+        assert await pip_install(url, tmp_path / "pip", "files-app") == INSTALLED
+        assert await uv_install(url, tmp_path / "uv", "files-app") == INSTALLED
+        # What it lacks, it says it lacks.
+        lacking = await treq.get(f"{url}/files/files-lib/files_lib-1.0-py3-none-any.whl")
+        assert lacking.code == 404
+        assert lacking.headers.getRawHeaders("cache-control") == ["no-store"]
+        assert (await lacking.text()).startswith(
+            "404 Not Found: this mirror does not fetch from upstream (--no-sync) and has "
+            "not stored files_lib-1.0-py3-none-any.whl")
+        figures = await status_of(url)
+        assert figures["fetches_upstream"] is False and figures["not_stored"] == 1
+        assert figures["seeded"] == 6
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_name, tmp_path):
+    base = [str(BIN / "pypioncouch"), "--fetch-files", couch_server.url, "--db", db_name,
+            "--files", str(tmp_path / "files"), "--quiet"]
+    code, said = await run(base[0], *base[1:], "no-such-project", env=dict(os.environ))
+    assert code == 1 and "has no project 'no-such-project'" in said, said
+    code, said = await run(base[0], *base[1:], "files-lib>5", env=dict(os.environ))
+    assert code == 1 and "no release of files-lib with files matches 'files-lib>5'" in said
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# pinned\nfiles-lib==1.0  # the old one\n--index-url x\n")
+    code, said = await run(base[0], *base[1:], "-r", str(requirements), env=dict(os.environ))
+    assert code == 0 and "2 files of 1 releases: 2 fetched" in said, said
+    code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
+                           env=dict(os.environ))
+    assert code == 2 and "--fetch-files needs --files DIR" in said
+
+
+def put(store, key, size):
+    with store.open_incoming() as handle:
+        handle.write(b"x" * size)
+    store.commit(handle.name, key)
+
+
+def stored(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*"))
+
+
+def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_path):
+    store = FileStore(tmp_path, max_bytes=350)
+    for name in "abc":
+        put(store, f"{name}/{name}-1.whl", 100)
+    store.lookup("a/a-1.whl")  # a is used: b is now the least recently used
+    put(store, "d/d-1.whl", 100)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "d/d-1.whl"]
+    store.mark_seeded(["c/c-1.whl", "a/a-1.whl"])
+    put(store, "e/e-1.whl", 100)  # c and a are seeded: d goes
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "e/e-1.whl"]
+    assert (store.summary()["evicted"], store.summary()["bytes"]) == (2, 300)
+    # A restart knows the same files, recency and seeds (mtimes and seeded.json).
+    again = FileStore(tmp_path, max_bytes=250)
+    assert (again.count, again.bytes, again.seeded) == (3, 300, {"a/a-1.whl", "c/c-1.whl"})
+    put(again, "f/f-1.whl", 100)  # e then f itself: only seeded files are left
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]
+    again.mark_seeded(["g/g-1.whl"])  # (as --fetch-files does: seeded, then fetched)
+    put(again, "g/g-1.whl", 100)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl", "g/g-1.whl"]
+    assert again.summary()["warning"] == ("the files stored (300 bytes) exceed the budget "
+                                          "(250 bytes): seeded files are never evicted")
+    assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):
+    from twisted.python import usage
+
+    from pypioncouch.service import Options, makeService
+
+    base = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1"]
+    monkeypatch.setenv("PYPIONCOUCH_FILES", str(tmp_path / "files"))
+    options = Options()
+    options.parseOptions(base + ["--files-max-gb", "0.5", "--no-sync"])
+    assert (options["files"], options["files-max-gb"]) == (str(tmp_path / "files"), 0.5)
+    makeService(options)
+    assert (tmp_path / "files" / ".incoming").is_dir()
+    monkeypatch.delenv("PYPIONCOUCH_FILES")
+    options = Options()
+    options.parseOptions(base + ["--files", str(tmp_path / "synced")])
+    makeService(options)  # syncing: with a fetcher
+    assert (tmp_path / "synced" / ".incoming").is_dir()
+    with pytest.raises(usage.UsageError, match="--files-max-gb goes with --files DIR"):
+        Options().parseOptions(base + ["--files-max-gb", "1"])
+    with pytest.raises(usage.UsageError, match="--files-max-gb must be a positive"):
+        Options().parseOptions(base + ["--files", str(tmp_path), "--files-max-gb", "0"])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(usage.UsageError, match=f"--files {tmp_path}/a-file: "):
+        Options().parseOptions(base + ["--files", str(tmp_path / "a-file")])
