@@ -265,7 +265,7 @@ async def test_a_stored_file_answers_head_range_and_conditional_requests(world, 
         metadata = await treq.get(address + ".metadata")  # fetched before PyPI went
         assert metadata.code == 502  # ... it was not: PyPI is gone, and says so
         assert b"502 Bad Gateway: " in await metadata.content()
-        for path in (f"files-app/nope-1.0-py3-none-any.whl", "no-such-project/x-1.whl",
+        for path in ("files-app/nope-1.0-py3-none-any.whl", "no-such-project/x-1.whl",
                      "files-app/..%2Fseeded.json", "files-app/.incoming"):
             assert (await treq.get(f"{url}/files/{path}")).code == 404, path
         moved = await treq.get(f"{url}/files/Files_App/{APP_WHEEL}", allow_redirects=False)
