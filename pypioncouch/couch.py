@@ -174,6 +174,10 @@ class CouchDB:
         """Who we are to CouchDB, as error messages name it."""
         return f"user {self._auth[0]!r}" if self._auth else "an anonymous client"
 
+    def close(self):
+        """Close the pooled connections (the daemon does on stop)."""
+        return self._http.close()
+
     def database(self, name: str) -> "Database":
         return Database(self, name)
 

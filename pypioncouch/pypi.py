@@ -158,6 +158,10 @@ class PyPI:
     def __repr__(self) -> str:
         return f"<PyPI {self.display_url}>"
 
+    def close(self):
+        """Close the pooled connections (the daemon does on stop)."""
+        return self._http.close()
+
     def sleep(self, seconds: float) -> defer.Deferred:
         return task.deferLater(self._reactor, seconds, lambda: None)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 from twisted.python import usage
@@ -29,7 +29,7 @@ from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
-from pypioncouch.urls import BadURL, split_credentials, split_database_url
+from pypioncouch.urls import BadURL, redact, split_credentials, split_database_url
 
 log = Logger()
 
@@ -196,6 +196,19 @@ class SyncService(CoroutineService):
             await task.deferLater(self.reactor, wait, lambda: None)
 
 
+class ClosesConnections(Service):
+    """Closes the HTTP clients' pooled connections when the daemon stops."""
+
+    name = "connections"
+
+    def __init__(self, clients: list):
+        self.clients = clients
+
+    def stopService(self):
+        super().stopService()
+        return defer.gatherResults([defer.maybeDeferred(c.close) for c in self.clients])
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -204,14 +217,17 @@ def makeService(options: Options, reactor=None) -> MultiService:
     couch = CouchDB(options["couch"], reactor=reactor)
     db = couch.database(options["db"])
     syncing = not options["no-sync"]
-    status = SyncStatus(pypi_url=PyPI(options["pypi"], reactor=reactor).display_url
-                        if syncing else "", couch_url=couch.display_url,
-                        database=db.name, syncing=syncing,
+    pypi_url = redact(options["pypi"].rstrip("/") + "/")
+    status = SyncStatus(pypi_url=pypi_url if syncing else "",
+                        couch_url=couch.display_url, database=db.name, syncing=syncing,
                         phase="starting" if syncing else "mirror")
     top = MultiService()
+    clients: list = [couch]  # their pooled connections close when the daemon stops
+    ClosesConnections(clients).setServiceParent(top)  # first in, so stopped last
     if syncing:
         pypi = PyPI(options["pypi"], reactor=reactor, concurrency=options["concurrency"],
                     timeout=options["timeout"])
+        clients.append(pypi)
         importer = XmlRpcImporter(db, pypi, status=status, concurrency=options["concurrency"],
                                   source=options["source"], changes=options["changes"],
                                   max_removals=options["max-removals"],
@@ -222,6 +238,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         if not options["no-backfill"]:
             backfill_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4,
                                  timeout=options["timeout"])
+            clients.append(backfill_pypi)
             Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
                      ready=lambda: status.our_serial is not None,
                      reactor=reactor).setServiceParent(top)
@@ -229,10 +246,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if options["upstream"]:
         server, name = split_database_url(options["upstream"], options["db"])
         upstream = CouchDB(server, reactor=reactor).database(name)
+        clients.append(upstream.server)
     # The web front asks PyPI for a release's own metadata while a client waits:
     # a few connections, a short timeout, one retry.
     front_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4, retries=1,
                       timeout=min(10.0, options["timeout"])) if syncing else None
+    if front_pypi is not None:
+        clients.append(front_pypi)
     files = fetcher = None
     if options["files"]:
         budget = options["files-max-gb"]

@@ -326,3 +326,24 @@ def test_requests_carry_basic_auth_and_json_bodies_say_so():
     assert headers["Authorization"] == "Basic YWRtaW46czNjcmV0"  # admin:s3cret
     assert headers["Content-Type"] == "application/json"
     assert data == b'{"_id":"x","summary":"\\u2603"}'
+
+
+def test_the_daemon_closes_every_pooled_connection_when_it_stops():
+    from twisted.internet import reactor
+
+    from pypioncouch.service import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--couch", "http://admin:pw@127.0.0.1:9/", "--pypi",
+                          "http://127.0.0.1:9/", "--upstream", "http://127.0.0.1:9/pypi",
+                          "--no-sync"])
+    top = makeService(options, reactor)
+    closer = top.getServiceNamed("connections")
+    closed = []
+    for client in closer.clients:
+        client.close = lambda client=client: closed.append(client)
+    assert len(closer.clients) == 2  # CouchDB, and the upstream of this replica
+    closer.privilegedStartService()
+    closer.startService()
+    closer.stopService()
+    assert closed == closer.clients
