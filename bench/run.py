@@ -6,6 +6,7 @@
     python -m bench.run web     [--projects 2000] [--seconds 10]
     python -m bench.run browse  [--projects 100000]
     python -m bench.run peer    [--projects 1000] [--latency-ms 20] [--concurrency 10]
+    python -m bench.run http    (the lean HTTP client against treq's, GETs of one doc)
 
 Each runs on pouchdb-server and on Apache CouchDB 3.5 (../shared/couchdb), one after
 the other, unless ``--server pouchdb`` or ``--server apache`` picks one. Figures, not
@@ -21,7 +22,7 @@ import sys
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse",
-                                           "peer"))
+                                           "peer", "http"))
     parser.add_argument("--projects", type=int)
     parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--concurrency", type=int, default=10)
@@ -55,6 +56,9 @@ def one(args, kind: str) -> dict:
     elif args.what == "web":
         from bench import bench_web
         result = bench_web.run(args.projects or 2000, args.seconds, kind)
+    elif args.what == "http":
+        from bench import bench_http
+        result = bench_http.run(kind)
     elif args.what == "peer":
         from bench import bench_peer
         latency = 20.0 if args.latency_ms is None else args.latency_ms
