@@ -17,11 +17,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from klein import Klein
 from packaging.utils import canonicalize_version
 from packaging.version import InvalidVersion
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import OwnInfo
-from pypioncouch.couch import CouchError, Database
+from pypioncouch.couch import CouchError, Database, NotFound, doc_path
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
@@ -124,7 +126,8 @@ class WebFront:
 
     def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
-                 upstream: Database | None = None, pypi: PyPI | None = None, reactor=None):
+                 upstream: Database | None = None, pypi: PyPI | None = None,
+                 cache_bytes: int | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -138,7 +141,10 @@ class WebFront:
         # A release's own metadata not stored yet is fetched from PyPI on the spot
         # (and stored) when we sync; a replica says it has none yet.
         self.own_info = OwnInfo(db, pypi) if syncing and pypi is not None else None
-        self.cache = ProjectCache()
+        self.cache = ProjectCache() if cache_bytes is None else ProjectCache(cache_bytes)
+        # Misses on one project while it is being read share that read: a crawler's 32
+        # connections on a 3,000-release project hold one copy of it, not 32.
+        self._reading: dict[str, tuple[int, list[defer.Deferred]]] = {}
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
@@ -261,8 +267,13 @@ class WebFront:
             "removals_held": s.removals_held,
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "backfill": dataclasses.asdict(s.backfill),
-            "couchdb_up": couch_ok,
+            "couchdb_up": couch_ok, "cache": self.cache_figures(),
         }
+
+    def cache_figures(self) -> dict:
+        c = self.cache
+        return {"bytes": c.bytes, "max_bytes": c.max_bytes, "entries": len(c),
+                "hits": c.hits, "misses": c.misses, "evictions": c.evictions}
 
     @app.route("/status", methods=["GET", "HEAD"])
     @observed("status")
@@ -312,17 +323,49 @@ class WebFront:
         entry = self.cache.get(key)
         if entry is not None:
             return entry
-        ticket = self.cache.ticket()
-        project = await self.db.get_or_none(key)
-        if project is None or project.get("type") != model.PROJECT:
+        reading = self._reading.get(key)
+        if reading is None or not self.cache.unchanged(key, reading[0]):
+            # None yet, or one that began before a change of this project: a new read.
+            reading = (self.cache.ticket(), [])
+            self._reading[key] = reading
+            waiters = reading[1]
+            waiter = defer.Deferred()
+            waiters.append(waiter)
+            defer.ensureDeferred(self._read_project(key, reading[0])).addBoth(
+                self._share_read, key, reading)
+        else:
+            waiter = defer.Deferred()
+            reading[1].append(waiter)
+        # A client that leaves cancels its own wait, not the read the others wait for.
+        return await waiter
+
+    def _share_read(self, result, key: str, reading: tuple) -> None:
+        if self._reading.get(key) is reading:
+            del self._reading[key]
+        for waiter in reading[1]:
+            if waiter.called:  # cancelled: its client left
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read_project(self, key: str, ticket: int) -> CachedProject | None:
+        try:
+            project, size = await self.db.get_sized(doc_path(key))
+        except NotFound:
+            return None
+        if project.get("type") != model.PROJECT:
             return None
         releases = []
         if project.get("versions"):
             start, end = model.release_id_range(key)
-            rows = (await self.db.all_docs(startkey=start, endkey=end,
-                                           include_docs=True))["rows"]
-            releases = [row["doc"] for row in rows if row.get("doc")]
-        entry = CachedProject(project, releases)
+            answer, more = await self.db.get_sized("_all_docs", startkey=start, endkey=end,
+                                                   include_docs=True)
+            releases = [row["doc"] for row in answer["rows"] if row.get("doc")]
+            size += more
+            del answer
+        entry = CachedProject(project, releases, json_bytes=size)
         self.cache.put(key, entry, ticket)
         return entry
 
@@ -385,9 +428,7 @@ class WebFront:
         variant = "json" if chosen == simple.V1_JSON else "html"
         if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
             return b""
-        if variant not in entry.rendered:
-            entry.rendered[variant] = render_simple(entry, variant)
-        return entry.rendered[variant]
+        return self.cache.rendered(entry, variant, lambda: render_simple(entry, variant))
 
     # -- JSON API ----------------------------------------------------------------------
 
@@ -428,11 +469,8 @@ class WebFront:
         etag = entry.etag_base if release is None else f"{entry.etag_base}-{release['_rev']}"
         if _not_modified(request, f'"{etag}-{payload_key}"'):
             return b""
-        if payload_key not in entry.rendered:
-            payload = model.json_api_payload(entry.project, entry.releases, version)
-            entry.rendered[payload_key] = None if payload is None else \
-                model.dump_json_api(payload)
-        body = entry.rendered[payload_key]
+        body = self.cache.rendered(entry, payload_key,
+                                   lambda: _json_api_body(entry, version))
         if body is None:
             request.setResponseCode(404)
             return not_found
@@ -470,6 +508,11 @@ class WebFront:
         if payload is None:
             return _json_message(request, 404, "Not Found")
         return _json_api_headers(request, entry, model.dump_json_api(payload))
+
+
+def _json_api_body(entry: CachedProject, version: str | None) -> bytes | None:
+    payload = model.json_api_payload(entry.project, entry.releases, version)
+    return None if payload is None else model.dump_json_api(payload)
 
 
 def _json_api_headers(request, entry: CachedProject, body: bytes) -> bytes:
