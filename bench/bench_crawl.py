@@ -4,9 +4,9 @@ and PEP 691 JSON), the JSON API, the browse page — and the JSON of every versi
 the heaviest projects included (the simulator's 3,000-release project and the one with
 a 5 MB description in every release, once the backfill stored each release's own).
 
-The database is filled by the syncing daemon itself (full import, then the backfill of
-every older release's own metadata at up to 100 requests a second), which is then
-stopped; a fresh ``--no-sync`` front serves the crawl, so its RSS is the web front's.
+The database is filled by a full import, then every older release's own metadata is
+stored as the backfill would; a fresh ``--no-sync`` front serves the crawl, so its RSS
+is the web front's alone.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import re
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import SimulatorProcess, couch_server, daemon, http_json
+from bench.common import BIN, SimulatorProcess, couch_server, daemon, http_json
+from pypioncouch import model
+from pypioncouch.testing.dataset import Dataset
+from pypioncouch.testing.index import PackageIndex
 
 CONNECTIONS = 32
 JSON_ACCEPT = "application/vnd.pypi.simple.v1+json"
@@ -36,24 +38,37 @@ def rss_mb(pid: int) -> dict:
     return {"rss_mb": round(found["VmRSS"], 1), "peak_rss_mb": round(found["VmHWM"], 1)}
 
 
-def wait_for_backfill(front: str, timeout: float = 3600) -> dict:
-    """Wait until the syncing daemon imported everything and the backfill has nothing
-    left to fill; returns its /status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(front + "/status",
-                                             headers={"Accept": "application/json"})
-            with urllib.request.urlopen(request, timeout=60) as answer:
-                status = json.load(answer)
-        except OSError:
-            status = {}
-        backfill = status.get("backfill") or {}
-        if status.get("serial") is not None and backfill.get("missing") == 0 \
-                and backfill.get("passes", 0) >= 1:
-            return status
-        time.sleep(2)
-    raise RuntimeError("the backfill did not finish in time")
+def fill_own_info(couch_url: str, sim_url: str, projects: int) -> int:
+    """Store every older release's own metadata, as the daemon's backfill would (it
+    asks the simulator for each, ~0.15 s apiece for the 3,000-release project: too slow
+    for a bench); built here from the same deterministic data set. Returns how many."""
+    index = PackageIndex(Dataset(projects, seed=3), base_url=sim_url)
+    base = f"{couch_url}pypi/"
+    after, filled = None, 0
+    sims: dict = {}
+    while True:
+        params = {"include_docs": "true", "limit": 100, "startkey": json.dumps(
+            after if after is not None else "")}
+        if after is not None:
+            params["skip"] = 1
+        rows = http_json(base + "_all_docs?" + urllib.parse.urlencode(params))["rows"]
+        if not rows:
+            return filled
+        after = rows[-1]["id"]
+        batch = []
+        for row in rows:
+            doc = row.get("doc") or {}
+            if doc.get("type") != model.RELEASE or model.has_own_info(doc):
+                continue
+            key = row["id"].split(":", 1)[0]
+            if key not in sims:
+                sims.clear()  # one project at a time: the generated one is kept
+                sims[key] = index.get(key)
+            release = sims[key].releases[doc["version"]]
+            batch.append(model.with_own_info(doc, index.info(sims[key], release)))
+        if batch:
+            answer = http_json(base + "_bulk_docs", "POST", {"docs": batch})
+            filled += sum(1 for result in answer if result.get("ok"))
 
 
 def crawl_paths(couch_url: str) -> list[tuple[str, str]]:
@@ -118,10 +133,10 @@ def run(projects: int = 1000, kind: str = "pouchdb", cache_mb: float | None = No
     with couch_server(kind) as couch, \
             SimulatorProcess("--projects", str(projects), "--seed", "3") as sim:
         started = time.perf_counter()
-        with daemon(couch.url, "--pypi", sim.url, "--interval", "5",
-                    "--backfill-rate", "100") as (syncing, _):
-            status = wait_for_backfill(syncing)
-        filled = time.perf_counter() - started
+        subprocess.run([str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi",
+                        sim.url, "--quiet"], check=True, capture_output=True)
+        filled = fill_own_info(couch.url, sim.url, projects)
+        prepared = time.perf_counter() - started
         paths = crawl_paths(couch.url)
         with daemon(couch.url, "--no-sync", *extra) as (front, process):
             before = rss_mb(process.pid)
@@ -129,8 +144,7 @@ def run(projects: int = 1000, kind: str = "pouchdb", cache_mb: float | None = No
             after = rss_mb(process.pid)
             cache = cache_figures(front)
         return {"projects": projects, "cache_mb": cache_mb if extra else "default",
-                "import_and_backfill_s": round(filled, 1),
-                "releases_filled": status["backfill"]["filled"],
+                "import_and_fill_s": round(prepared, 1), "releases_filled": filled,
                 "crawl": figures, "front_rss_before_crawl_mb": before["rss_mb"],
                 "front_rss_after_crawl_mb": after["rss_mb"],
                 "front_peak_rss_mb": after["peak_rss_mb"], "cache": cache}

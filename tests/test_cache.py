@@ -115,3 +115,23 @@ def test_rendering_into_an_entry_can_push_out_others():
     loose = sized("c", 1000)  # not held (refused, or evicted): nothing is counted
     assert cache.rendered(loose, "html", lambda: b"w" * 100) == b"w" * 100
     assert cache.bytes == 6124
+
+
+def test_the_daemon_takes_its_cache_size_in_megabytes(monkeypatch):
+    import pytest
+    from twisted.python import usage
+
+    from pypioncouch.service import Options, makeService
+
+    def front(*args):
+        options = Options()
+        options.parseOptions(["--couch", "http://127.0.0.1:5984/", "--no-sync", *args])
+        web = next(s for s in makeService(options) if hasattr(s, "factory"))
+        return web.factory.resource._app._instance  # the WebFront behind the site
+
+    assert front().cache.max_bytes == 67_108_864  # 64 MB
+    assert front("--cache-mb", "1.5").cache.max_bytes == 1_572_864
+    monkeypatch.setenv("PYPIONCOUCH_CACHE_MB", "0")
+    assert front().cache.max_bytes == 0
+    with pytest.raises(usage.UsageError, match="--cache-mb must be a number of megabytes"):
+        front("--cache-mb", "-1")
