@@ -121,9 +121,11 @@ def crawl(front: str, paths: list[tuple[str, str]]) -> dict:
 
 def cache_figures(front: str) -> dict:
     """The cache's gauges on /metrics (absent before issue 11)."""
-    with http.client.HTTPConnection(*urllib.parse.urlsplit(front).netloc.split(":")) as c:
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
+    host, port = urllib.parse.urlsplit(front).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
     return {name: float(value) for name, value in re.findall(
         r"^(pypioncouch_cache_\w+?)(?:_total)? ([\d.e+]+)$", text, re.M)}
 

@@ -479,6 +479,16 @@ async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch
         assert f"pypioncouch_cache_bytes {float(cache['bytes'])}\n" in metrics
         page = await (await treq.get(f"{url}/status")).text()
         assert "Web cache</th><td>1 projects," in page
+        # A client that leaves while the read runs does not fail the others' answers.
+        other = next(k for k, _ in world.index.listing()
+                     if k != key and world.index.latest(world.index.get(k)) is not None)
+        leaving = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
+        staying = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
+        await sleep(0.2)
+        leaving.cancel()
+        leaving.addErrback(lambda _: None)  # (its own answer never comes)
+        assert (await staying).code == 200
+        assert len([line for line in proxy.requests if b"_all_docs?" in line]) == 2
     finally:
         await follower.stopService()
         await port.stopListening()

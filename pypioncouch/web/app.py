@@ -324,19 +324,15 @@ class WebFront:
         if entry is not None:
             return entry
         reading = self._reading.get(key)
-        if reading is None or not self.cache.unchanged(key, reading[0]):
-            # None yet, or one that began before a change of this project: a new read.
+        start = reading is None or not self.cache.unchanged(key, reading[0])
+        if start:  # none yet, or one that began before a change of this project
             reading = (self.cache.ticket(), [])
             self._reading[key] = reading
-            waiters = reading[1]
-            waiter = defer.Deferred()
-            waiters.append(waiter)
+        waiter = defer.Deferred()  # a client that leaves cancels its wait, not the read
+        reading[1].append(waiter)
+        if start:
             defer.ensureDeferred(self._read_project(key, reading[0])).addBoth(
                 self._share_read, key, reading)
-        else:
-            waiter = defer.Deferred()
-            reading[1].append(waiter)
-        # A client that leaves cancels its own wait, not the read the others wait for.
         return await waiter
 
     def _share_read(self, result, key: str, reading: tuple) -> None:
