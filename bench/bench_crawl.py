@@ -74,10 +74,13 @@ def fill_own_info(couch_url: str, sim_url: str, projects: int) -> int:
 def crawl_paths(couch_url: str) -> list[tuple[str, str]]:
     """``(path, Accept)`` of every page of every project: project by project (in a
     random order), each project's pages then the JSON of each of its versions."""
-    rows = http_json(f"{couch_url}pypi/_all_docs?include_docs=true&"
-                     + urllib.parse.urlencode({"endkey": '"_"'}))["rows"]
-    projects = [row["doc"] for row in rows if row.get("doc") and ":" not in row["id"]
-                and row["doc"].get("type") == "project"]
+    keys = [row["id"] for row in http_json(
+        f"{couch_url}pypi/_design/pypioncouch/_view/catalog?reduce=false&"
+        + urllib.parse.urlencode({"startkey": '["name"]', "endkey": '["name",{}]'})
+    )["rows"]]
+    rows = http_json(f"{couch_url}pypi/_all_docs?include_docs=true", "POST",
+                     {"keys": keys})["rows"]
+    projects = [row["doc"] for row in rows if row.get("doc")]
     random.Random(1).shuffle(projects)
     paths = []
     for project in projects:
@@ -143,6 +146,8 @@ def run(projects: int = 1000, kind: str = "pouchdb", cache_mb: float | None = No
         with daemon(couch.url, "--no-sync", *extra) as (front, process):
             before = rss_mb(process.pid)
             figures = crawl(front, paths)
+            figures["projects_crawled"] = len({p.split("/")[2] for p, _ in paths
+                                               if p.startswith("/simple/")})
             after = rss_mb(process.pid)
             cache = cache_figures(front)
         return {"projects": projects, "cache_mb": cache_mb if extra else "default",
