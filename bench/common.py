@@ -8,6 +8,7 @@ import resource
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,24 +91,34 @@ def peak_rss_of(command: list[str]) -> tuple[float, float, str, float]:
 @contextmanager
 def mirror_front(couch_url: str):
     """The daemon serving ``couch_url`` with ``--no-sync``; yields its base URL."""
+    with daemon(couch_url, "--no-sync") as (front, _):
+        yield front
+
+
+@contextmanager
+def daemon(couch_url: str, *options: str):
+    """The daemon on ``couch_url`` with ``options``, listening on a free port; yields
+    ``(its base URL, its process)`` once /health answers (whatever it says)."""
     from pypioncouch.testing.couchserver import free_port
 
     port = free_port()
-    daemon = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
-                               "pypioncouch", "--couch", couch_url, "--no-sync", "--listen",
-                               f"tcp:{port}:interface=127.0.0.1"])
+    process = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "--logfile=/dev/null",
+                                "pypioncouch", "--couch", couch_url, *options, "--listen",
+                                f"tcp:{port}:interface=127.0.0.1"])
     front = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
             try:
                 urllib.request.urlopen(front + "/health", timeout=1)
                 break
+            except urllib.error.HTTPError:
+                break  # a 503 is an answer
             except OSError:
                 time.sleep(0.2)
-        yield front
+        yield front, process
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(15)
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -120,4 +131,4 @@ def percentile(values: list[float], p: float) -> float:
 
 __all__ = ["CouchServer", "SimulatorProcess", "couch_server", "auth_header", "SERVERS",
            "http_json", "run_measured", "peak_rss_of",
-           "percentile", "BIN", "mirror_front"]
+           "percentile", "BIN", "mirror_front", "daemon"]

@@ -7,6 +7,7 @@
     python -m bench.run browse  [--projects 100000]
     python -m bench.run peer    [--projects 1000] [--latency-ms 20] [--concurrency 10]
     python -m bench.run http    (the lean HTTP client against treq's, GETs of one doc)
+    python -m bench.run crawl   [--projects 1000] [--cache-mb 64]
 
 Each runs on pouchdb-server and on Apache CouchDB 3.5 (../shared/couchdb), one after
 the other, unless ``--server pouchdb`` or ``--server apache`` picks one. Figures, not
@@ -22,12 +23,14 @@ import sys
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse",
-                                           "peer", "http"))
+                                           "peer", "http", "crawl"))
     parser.add_argument("--projects", type=int)
     parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--cache-mb", type=float,
+                        help="crawl: the front's --cache-mb (default: the daemon's)")
     parser.add_argument("--no-ceilings", action="store_true",
                         help="browse: skip the raw ingest and empty-view runs")
     parser.add_argument("--server", choices=("pouchdb", "apache", "both"), default="both",
@@ -63,6 +66,9 @@ def one(args, kind: str) -> dict:
         from bench import bench_peer
         latency = 20.0 if args.latency_ms is None else args.latency_ms
         result = bench_peer.run(args.projects or 1000, latency, args.concurrency, kind)
+    elif args.what == "crawl":
+        from bench import bench_crawl
+        result = bench_crawl.run(args.projects or 1000, kind, args.cache_mb)
     else:
         from bench import bench_browse
         result = bench_browse.run(args.projects or 100_000, args.seconds,

@@ -384,6 +384,17 @@ class Database:
         except NotFound:
             return None
 
+    async def get_sized(self, path: str, **params) -> tuple[Any, int]:
+        """GET a JSON resource of this database (a document, ``_all_docs``, ...):
+        ``(the parsed answer, the bytes of JSON read)``, for a cache that counts what
+        it holds. Raises :class:`NotFound` and the like as :meth:`get` does."""
+        content, _ = await self._request("GET", path, params=params, raw=True)
+        try:
+            return json.loads(content), len(content)
+        except ValueError:
+            raise BadResponse("GET answered something that is not JSON: is this CouchDB?",
+                              url=self.display_url + "/" + path) from None
+
     async def put(self, doc: dict) -> str:
         """Write ``doc`` (its ``_rev`` if an update); returns the new revision."""
         result = await self._request("PUT", doc_path(doc["_id"]), body=doc)

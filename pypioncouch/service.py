@@ -30,6 +30,7 @@ from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
 from pypioncouch.urls import BadURL, redact, split_credentials, split_database_url
+from pypioncouch.web.cache import DEFAULT_MB as DEFAULT_CACHE_MB, MB
 
 log = Logger()
 
@@ -60,6 +61,8 @@ class Options(usage.Options):
         ["upstream", None, None, "with --no-sync: the CouchDB database URL this replica "
          "replicates from (e.g. https://user:pass@primary:5984/pypi); /health and /status "
          "report the lag behind it"],
+        ["cache-mb", None, DEFAULT_CACHE_MB, "megabytes of memory the web front's cache "
+         "of projects and rendered pages may hold (estimated; 0: no cache)", float],
         ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
          "PyPI's per-version JSON API, to fetch the metadata of older releases", float],
         ["files", None, None, "serve release files from this folder: the Simple API points "
@@ -127,6 +130,8 @@ class Options(usage.Options):
         if not 0 < self["backfill-rate"] <= 100:
             raise usage.UsageError("--backfill-rate must be a number of requests a second "
                                    "above 0, at most 100")
+        if not 0 <= self["cache-mb"] <= 1024 * 1024:
+            raise usage.UsageError("--cache-mb must be a number of megabytes, 0 or more")
         if not 1 <= self["concurrency"] <= 100:
             raise usage.UsageError("--concurrency must be between 1 and 100")
         if self["max-removals"] is not None and self["max-removals"] < 0:
@@ -267,7 +272,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                  fetching=", fetched from upstream when missing" if syncing else "")
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
                      upstream=upstream, pypi=front_pypi, files=files, fetcher=fetcher,
-                     reactor=reactor)
+                     cache_bytes=int(options["cache-mb"] * MB), reactor=reactor)
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False

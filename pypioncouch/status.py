@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+MAX_WARNINGS = 20  # distinct warnings kept; errors keep only the last one and counts
+
 
 @dataclass
 class BackfillProgress:
@@ -71,8 +73,10 @@ class SyncStatus:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     def warn_once(self, message: str) -> None:
+        """Show ``message`` on /status until restart (the latest ``MAX_WARNINGS``)."""
         if message not in self.warnings:
             self.warnings.append(message)
+            del self.warnings[:-MAX_WARNINGS]
 
     def note_serials(self, pypi_serial: int | None = None, our_serial: int | None = None
                      ) -> None:

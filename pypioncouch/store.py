@@ -24,7 +24,7 @@ pass) is the sync's policy (:mod:`pypioncouch.removals`); how it is removed is h
 from __future__ import annotations
 
 from pypioncouch import model
-from pypioncouch.couch import Database
+from pypioncouch.couch import Database, NotFound, doc_path
 
 CONFLICT_ROUNDS = 3
 OPML_DIGEST = "opml_digest"  # what the OPML watcher records of the opml.xml it wrote
@@ -99,12 +99,21 @@ class Store:
     async def project(self, key: str) -> tuple[dict | None, list[dict]]:
         """``(project document, its release documents in id order)``, or
         ``(None, [])`` for a project not stored."""
-        project = await self.db.get_or_none(key)
-        if project is None or project.get("type") != model.PROJECT:
-            return None, []
+        project, releases, _ = await self.project_sized(key)
+        return project, releases
+
+    async def project_sized(self, key: str) -> tuple[dict | None, list[dict], int]:
+        """:meth:`project` and the bytes of JSON read for it (a cache counts them)."""
+        try:
+            project, size = await self.db.get_sized(doc_path(key))
+        except NotFound:
+            return None, [], 0
+        if project.get("type") != model.PROJECT:
+            return None, [], 0
         start, end = release_range(key)
-        rows = (await self.db.all_docs(startkey=start, endkey=end, include_docs=True))["rows"]
-        return project, [row["doc"] for row in rows if row.get("doc")]
+        answer, more = await self.db.get_sized("_all_docs", startkey=start, endkey=end,
+                                               include_docs=True)
+        return project, [row["doc"] for row in answer["rows"] if row.get("doc")], size + more
 
     async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests

@@ -11,7 +11,9 @@ Rules (reference §5, DESIGN.md "Quality bars"):
 - The checkpoint (``_local/pypioncouch-sync``: serial + pending projects) is written
   only after every write it covers is acknowledged. A project that could not be
   fetched or written (stale CDN copy, bad payload, errors after retries) is kept in
-  ``pending`` and retried on the next pass: nothing acknowledged is lost.
+  ``pending`` and retried on the next pass: nothing acknowledged is lost. ``pending``
+  holds at most ``max_pending`` projects (see :class:`Pending`): a pass with more
+  failures leaves the checkpoint where it was.
 - Work flows through bounded queues: CouchDB reads in batches, ``concurrency``
   fetchers, one writer doing ``_bulk_docs`` in batches; memory stays bounded.
 - *Removals* happen only on PyPI's word about that project: a ``remove project``
@@ -49,6 +51,8 @@ from pypioncouch.status import SyncStatus
 log = Logger()
 
 CONFLICT_ROUNDS = store.CONFLICT_ROUNDS
+MAX_PENDING = 10_000  # projects the checkpoint keeps to retry (~300 KB of JSON)
+MAX_ERRORS = 100  # error messages a Summary keeps (the rest are counted)
 WRITERS = 2
 
 
@@ -59,6 +63,47 @@ class Work(NamedTuple):
     name: str  # as PyPI spelled it
     serial: int | None
     removed: bool = False  # the changelog says PyPI removed it (at ``serial``)
+
+
+class Pending(dict):
+    """Projects to retry on the next pass, ``{normalized name: serial}``, at most
+    ``limit`` of them; a failure past the limit is only counted in ``overflow``.
+
+    When PyPI fails for many projects (an outage during a full import of 700,000),
+    keeping every one would grow without bound, in memory and in the checkpoint
+    document (CouchDB refuses documents over 8 MB: the checkpoint could no longer be
+    saved at all). Yet none may be lost. So a pass whose failures overflow does not
+    move the checkpoint: its serial and its pending list stay as they were, and the
+    next pass finds every project of this one again (from the changelog since that
+    serial, or from the listing: with no checkpoint yet, the next pass is a full
+    import again). What this pass wrote is not redone: a project stored at the serial
+    asked for is skipped for a CouchDB read. Storing the overflow compactly (ranges,
+    attachments) would let the checkpoint move on, but costs a format to keep
+    correct for a case where PyPI itself is failing; waiting it out is simpler.
+    """
+
+    def __init__(self, limit: int = MAX_PENDING, items=()):
+        super().__init__()
+        self.limit = limit
+        self.overflow = 0  # failures not kept (a project failing twice counts twice)
+        self.update(items)
+
+    def __setitem__(self, key: str, serial: int | None) -> None:
+        if key in self or len(self) < self.limit:
+            super().__setitem__(key, serial)
+        else:
+            self.overflow += 1
+
+    def update(self, other=(), **more) -> None:
+        items = other.items() if hasattr(other, "items") else other
+        for key, serial in [*items, *more.items()]:
+            self[key] = serial
+        self.overflow += getattr(other, "overflow", 0)
+
+    @property
+    def failed(self) -> int:
+        """Projects that failed (as far as counted)."""
+        return len(self) + self.overflow
 
 
 @dataclass
@@ -75,7 +120,9 @@ class Summary:
     held: int = 0  # removals held back: more than a pass may remove
     held_reason: str | None = None
     stale: str | None = None  # why the listing was ignored (older than the checkpoint)
-    errors: list[str] = field(default_factory=list)
+    overflow: str | None = None  # why the checkpoint did not move (too many failures)
+    errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS
+    more_errors: int = 0  # errors past those
     duration: float = 0.0
 
     def __str__(self) -> str:
@@ -89,7 +136,15 @@ class Summary:
             text += f"; {self.held_reason}"
         if self.stale:
             text += f"; {self.stale}"
+        if self.overflow:
+            text += f"; {self.overflow}"
         return text
+
+    def note_error(self, message: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(message)
+        else:
+            self.more_errors += 1
 
 
 def group_changelog(rows: list[list]) -> dict[str, Work]:
@@ -139,6 +194,7 @@ class XmlRpcImporter:
                  concurrency: int = 10, batch_size: int = 100, source: str = "json",
                  changes: str = "xmlrpc", max_removals: int | None = None,
                  confirm_removals: bool = False, guard: bool = False,
+                 max_pending: int = MAX_PENDING,
                  progress: Callable[[SyncStatus], None] | None = None):
         if source not in ("json", "xmlrpc"):
             raise ValueError("source is 'json' or 'xmlrpc'")
@@ -158,6 +214,7 @@ class XmlRpcImporter:
         self.max_removals = max_removals
         self.confirm_removals = confirm_removals
         self.guard = guard
+        self.max_pending = max_pending
         self.progress = progress or (lambda status: None)
         self.checkpoint = Checkpoint(db, pypi.display_url, self.status)
 
@@ -211,6 +268,10 @@ class XmlRpcImporter:
             trusted = await self.sweep(listed, summary, failures, removals)
         await self.settle_removals(removals, summary, failures)
         failures.update({k: s for k, s in pending.items() if k not in listed})
+        if failures.overflow:
+            # Not all failures are kept: the checkpoint (or its absence) stays.
+            self._overflowed(summary, failures, (checkpoint or {}).get("serial"))
+            return self._finish(summary, (checkpoint or {}).get("serial"), failures, started)
         if trusted:
             await self.save_checkpoint(baseline, failures)
             return self._finish(summary, baseline, failures, started)
@@ -233,7 +294,7 @@ class XmlRpcImporter:
         pending: dict = dict(checkpoint.get("pending") or {})
         while True:
             removals: list = []
-            failures: dict = {}
+            failures = Pending(self.max_pending)
             if self.status.changes_source == "xmlrpc":
                 try:
                     rows, new_serial, more = await self._changelog_page(serial)
@@ -251,6 +312,12 @@ class XmlRpcImporter:
                     works[key] = pending_work(key, wanted, simple)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
+            if failures.overflow:
+                # Not all failures are kept: the checkpoint stays, and the next pass
+                # reads the changelog (or the index) from the same serial again.
+                self._overflowed(summary, failures, serial)
+                pending = failures
+                break
             await self.save_checkpoint(new_serial, failures)
             serial, pending = new_serial, failures
             if not more:
@@ -390,11 +457,21 @@ class XmlRpcImporter:
         self.status.warn_once(message)
         self.status.changes_source = "simple"
 
+    def _overflowed(self, summary: Summary, failures: Pending, serial: int | None) -> None:
+        summary.overflow = (
+            f"{failures.failed} projects failed, more than the {failures.limit} the "
+            "checkpoint keeps to retry: it stays " + (
+                f"at serial {serial}" if serial is not None else "unwritten") +
+            ", and the next pass asks for all of them again")
+        log.warn("{why}", why=summary.overflow)
+        self.status.note_error(summary.overflow, "overflow")
+        self.status.pending = failures.failed
+
     def _finish(self, summary: Summary, serial, pending: dict, started: float) -> Summary:
         if not summary.stale:  # a pass that judged a listing, or PyPI's answers
             self.status.removals_held = summary.held_reason
         summary.serial = serial
-        summary.pending = len(pending)
+        summary.pending = len(pending) + getattr(pending, "overflow", 0)
         summary.duration = time.monotonic() - started
         self.status.last_pass_at = time.time()
         self.status.phase = "idle"
@@ -403,14 +480,14 @@ class XmlRpcImporter:
     # -- the pipeline ----------------------------------------------------------------
 
     async def sync(self, works: Iterable[Work], summary: Summary,
-                   removals: list | None = None) -> dict[str, int | None]:
+                   removals: list | None = None) -> Pending:
         """Bring every project of ``works`` up to date. Returns the ones that failed
         (``{normalized name: serial}``), to be retried on the next pass.
 
         Stored projects PyPI says are gone are appended to ``removals`` as
         ``(work, stored project)``, for :meth:`settle_removals` to remove once the
         whole pass is known (without ``removals``, they are settled here)."""
-        failures: dict[str, int | None] = {}
+        failures = Pending(self.max_pending)
         settle_here = removals is None
         removals = [] if removals is None else removals
         to_fetch = BoundedQueue(self.concurrency * 2)
@@ -490,7 +567,7 @@ class XmlRpcImporter:
                 kind: str) -> None:
         log.warn("{name}: {cause}; will retry", name=work.key, cause=cause)
         failures[work.key] = work.serial
-        summary.errors.append(f"{work.key}: {cause}")
+        summary.note_error(f"{work.key}: {cause}")
         self.status.note_error(f"{work.key}: {cause}", kind)
         self._advance()
 

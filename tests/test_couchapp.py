@@ -57,6 +57,7 @@ async def test_the_design_document_leaves_writes_unchecked_and_the_guard_checks_
     assert [r.error for r in await db.bulk_docs([{"_id": "y", "type": "other"}])] == [None]
     assert await couchapp.push_guard(db) is True
     assert await couchapp.push_guard(db) is False
+    await guard_in_force(db)
     results = await db.bulk_docs([
         {"_id": "x", "type": "something else"},
         {"_id": "foo:1.0", "type": "release", "project": "bar", "version": "1.0", "files": []},
@@ -83,6 +84,19 @@ SHAPES = [  # (document, why the guard and our writer refuse it)
 ]
 
 
+async def guard_in_force(db, seconds=10.0):
+    """Apache CouchDB loads a new validate function into each shard a moment after the
+    design document is written: until a probe is refused, writes may pass unchecked."""
+    from twisted.internet import reactor, task
+
+    for attempt in range(int(seconds / 0.1)):
+        probe = {"_id": f"probe-{attempt}", "type": "not a project"}
+        if (await db.bulk_docs([probe]))[0].error == "forbidden":
+            return
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"the guard was not in force after {seconds:g}s")
+
+
 @pytest.mark.parametrize("doc, problem", SHAPES)
 def test_the_writer_checks_the_guards_rules(doc, problem):
     from pypioncouch import model
@@ -95,6 +109,7 @@ async def test_the_guard_and_the_writer_agree(couch, db_name):
     db = couch.database(db_name)
     await db.ensure()
     await couchapp.push_guard(db)
+    await guard_in_force(db)
     results = await db.bulk_docs([dict(doc, _id=f"{doc['_id']}-{i}" if ":" not in doc["_id"]
                                        else doc["_id"]) for i, (doc, _) in enumerate(SHAPES)
                                   if not doc.get("_deleted")])

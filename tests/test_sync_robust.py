@@ -390,3 +390,77 @@ async def test_a_release_written_by_an_older_writer_is_repaired(world):
     assert project["release_digests"]["1.0"] is None  # the older "1.0" is marked
     await run_pass(w.importer())  # the next pass fetches it again
     await assert_current(w, key, "0.9")
+
+
+def served_stale(w, keys, version):
+    """Publish ``version`` of each of ``keys``; PyPI's JSON API serves the copies of
+    before for ten minutes (every one of them fails as stale). Returns the serials."""
+    w.index.stale_seconds = 600
+    return [w.index.publish(key, version) for key in keys]
+
+
+async def all_have(w, keys, version):
+    return all([version in (await w.db.get(key))["versions"] for key in keys])
+
+
+def heal(w):
+    w.index.stale_seconds = 0
+    w.index._stale.clear()
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_failures_than_pending_holds_keep_the_checkpoint_and_lose_none(world):
+    w = world(projects=20, seed=3)
+    keys = [model.normalize(w.index.dataset.name(i)) for i in range(8, 16)]
+    served_stale(w, keys, "8.0")  # before the first import
+    summary = await run_pass(w.importer(max_pending=5, stale_retries=0), full=True)
+    assert summary.pending == 8 and summary.serial is None
+    assert "8 projects failed, more than the 5 the checkpoint keeps to retry: it stays " \
+           "unwritten" in str(summary)
+    assert await w.db.get_local(CHECKPOINT) is None  # the next pass imports again
+    heal(w)
+    summary = await run_pass(w.importer(max_pending=5))
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    assert summary.pending == 0 and checkpoint["pending"] == {}
+    assert await all_have(w, keys, "8.0")
+    serial = checkpoint["serial"]
+
+    serials = served_stale(w, keys, "9.0")  # an update pass, over a checkpoint
+    summary = await run_pass(w.importer(max_pending=5, stale_retries=0))
+    assert summary.pending == 8 and summary.serial == serial
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    assert (checkpoint["serial"], checkpoint["pending"]) == (serial, {})
+    heal(w)
+    summary = await run_pass(w.importer(max_pending=5))
+    assert summary.pending == 0 and summary.serial == serials[-1]
+    assert await all_have(w, keys, "9.0")
+
+    serials = served_stale(w, keys[:5], "10.0")  # as many as it keeps: it moves on
+    summary = await run_pass(w.importer(max_pending=5, stale_retries=0))
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    assert checkpoint["serial"] == serials[-1]
+    assert sorted(checkpoint["pending"]) == sorted(keys[:5])
+    heal(w)
+    await run_pass(w.importer(max_pending=5))
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_keeps_the_first_hundred_error_messages_and_counts_the_rest(world):
+    w = world(projects=130, seed=3)
+    keys = [model.normalize(name) for name in w.index.dataset.names()[10:130]]
+    served_stale(w, keys, "8.0")
+    summary = await run_pass(w.importer(stale_retries=0), full=True)
+    assert summary.pending == 120
+    assert (len(summary.errors), summary.more_errors) == (100, 20)
+    assert all("stale" in error for error in summary.errors)
+
+
+def test_status_keeps_the_latest_twenty_warnings():
+    from pypioncouch.status import SyncStatus
+
+    status = SyncStatus()
+    for n in range(30):
+        status.warn_once(f"warning {n}")
+        status.warn_once(f"warning {n}")  # once
+    assert status.warnings == [f"warning {n}" for n in range(10, 30)]

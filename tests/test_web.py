@@ -439,3 +439,58 @@ async def test_a_write_while_the_cache_feed_connects_is_not_missed(couch_server,
         await port.stopListening()
         proxy.close()
         world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch_server,
+                                                                        db_name):
+    # Ten clients ask for one project at once while its releases are slow to read
+    # (held 0.5 s by a proxy): CouchDB is read once, not ten times (ten copies).
+    world = World(couch_server.url, db_name, projects=6, seed=3)
+    await run_pass(world.importer(), full=True)
+    proxy = CouchProxy(couch_server.url, hold={b"_all_docs?": 0.5})
+    front, port, url = serve(CouchDB(proxy.url).database(db_name), syncing=False,
+                             cache_bytes=5_000_000)
+    follower = front.changes_follower()
+    follower.startService()
+    try:
+        for _ in range(100):
+            if front.cache.live:
+                break
+            await sleep(0.05)
+        key = next(k for k, _ in world.index.listing()
+                   if world.index.latest(world.index.get(k)) is not None)
+        answers = await defer.gatherResults([
+            treq.get(f"{url}/simple/{key}/", headers={"Accept": V1_JSON})
+            for _ in range(10)])
+        assert [a.code for a in answers] == [200] * 10
+        bodies = [await a.content() for a in answers]
+        assert len(set(bodies)) == 1
+        reads = [line for line in proxy.requests if b"_all_docs?" in line]
+        assert len(reads) == 1
+        status = await (await treq.get(f"{url}/status",
+                                       headers={"Accept": "application/json"})).json()
+        cache = status["cache"]
+        assert (cache["entries"], cache["max_bytes"]) == (1, 5_000_000)
+        assert 0 < cache["bytes"] < 5_000_000
+        metrics = (await (await treq.get(f"{url}/metrics")).content()).decode()
+        assert "pypioncouch_cache_entries 1.0\n" in metrics
+        assert "pypioncouch_cache_max_bytes 5e+06\n" in metrics
+        assert f"pypioncouch_cache_bytes {float(cache['bytes'])}\n" in metrics
+        page = await (await treq.get(f"{url}/status")).text()
+        assert "Web cache</th><td>1 projects," in page
+        # A client that leaves while the read runs does not fail the others' answers.
+        other = next(k for k, _ in world.index.listing()
+                     if k != key and world.index.latest(world.index.get(k)) is not None)
+        leaving = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
+        staying = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
+        await sleep(0.2)
+        leaving.cancel()
+        leaving.addErrback(lambda _: None)  # (its own answer never comes)
+        assert (await staying).code == 200
+        assert len([line for line in proxy.requests if b"_all_docs?" in line]) == 2
+    finally:
+        await follower.stopService()
+        await port.stopListening()
+        proxy.close()
+        world.close()

@@ -17,7 +17,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from klein import Klein
 from packaging.utils import canonicalize_version
 from packaging.version import InvalidVersion
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import OwnInfo
@@ -130,7 +132,7 @@ class WebFront:
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
                  upstream: Database | None = None, pypi: PyPI | None = None,
                  files: FileStore | None = None, fetcher: Fetcher | None = None,
-                 reactor=None):
+                 cache_bytes: int | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -144,7 +146,10 @@ class WebFront:
         # A release's own metadata not stored yet is fetched from PyPI on the spot
         # (and stored) when we sync; a replica says it has none yet.
         self.own_info = OwnInfo(db, pypi) if syncing and pypi is not None else None
-        self.cache = ProjectCache()
+        self.cache = ProjectCache() if cache_bytes is None else ProjectCache(cache_bytes)
+        # Misses on one project while it is being read share that read: a crawler's 32
+        # connections on a 3,000-release project hold one copy of it, not 32.
+        self._reading: dict[str, tuple[int, list[defer.Deferred]]] = {}
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
@@ -258,8 +263,13 @@ class WebFront:
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "backfill": dataclasses.asdict(s.backfill),
             "files": self.file_pages.summary() if self.file_pages else None,
-            "couchdb_up": couch_ok,
+            "couchdb_up": couch_ok, "cache": self.cache_figures(),
         }
+
+    def cache_figures(self) -> dict:
+        c = self.cache
+        return {"bytes": c.bytes, "max_bytes": c.max_bytes, "entries": len(c),
+                "hits": c.hits, "misses": c.misses, "evictions": c.evictions}
 
     @app.route("/status", methods=["GET", "HEAD"])
     @observed("status")
@@ -316,11 +326,34 @@ class WebFront:
         entry = self.cache.get(key)
         if entry is not None:
             return entry
-        ticket = self.cache.ticket()
-        project, releases = await self.store.project(key)
+        reading = self._reading.get(key)
+        start = reading is None or not self.cache.unchanged(key, reading[0])
+        if start:  # none yet, or one that began before a change of this project
+            reading = (self.cache.ticket(), [])
+            self._reading[key] = reading
+        waiter = defer.Deferred()  # a client that leaves cancels its wait, not the read
+        reading[1].append(waiter)
+        if start:
+            defer.ensureDeferred(self._read_project(key, reading[0])).addBoth(
+                self._share_read, key, reading)
+        return await waiter
+
+    def _share_read(self, result, key: str, reading: tuple) -> None:
+        if self._reading.get(key) is reading:
+            del self._reading[key]
+        for waiter in reading[1]:
+            if waiter.called:  # cancelled: its client left
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read_project(self, key: str, ticket: int) -> CachedProject | None:
+        project, releases, size = await self.store.project_sized(key)
         if project is None:
             return None
-        entry = CachedProject(project, releases)
+        entry = CachedProject(project, releases, json_bytes=size)
         self.cache.put(key, entry, ticket)
         return entry
 
@@ -383,10 +416,8 @@ class WebFront:
         variant = "json" if chosen == simple.V1_JSON else "html"
         if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
             return b""
-        if variant not in entry.rendered:
-            entry.rendered[variant] = render_simple(entry, variant,
-                                                    local_files=self.file_pages is not None)
-        return entry.rendered[variant]
+        return self.cache.rendered(entry, variant, lambda: render_simple(
+            entry, variant, local_files=self.file_pages is not None))
 
     # -- JSON API ----------------------------------------------------------------------
 
@@ -427,11 +458,8 @@ class WebFront:
         etag = entry.etag_base if release is None else f"{entry.etag_base}-{release['_rev']}"
         if _not_modified(request, f'"{etag}-{payload_key}"'):
             return b""
-        if payload_key not in entry.rendered:
-            payload = model.json_api_payload(entry.project, entry.releases, version)
-            entry.rendered[payload_key] = None if payload is None else \
-                model.dump_json_api(payload)
-        body = entry.rendered[payload_key]
+        body = self.cache.rendered(entry, payload_key,
+                                   lambda: _json_api_body(entry, version))
         if body is None:
             request.setResponseCode(404)
             return not_found
@@ -468,6 +496,11 @@ class WebFront:
         if payload is None:
             return _json_message(request, 404, "Not Found")
         return _json_api_headers(request, entry, model.dump_json_api(payload))
+
+
+def _json_api_body(entry: CachedProject, version: str | None) -> bytes | None:
+    payload = model.json_api_payload(entry.project, entry.releases, version)
+    return None if payload is None else model.dump_json_api(payload)
 
 
 def _json_api_headers(request, entry: CachedProject, body: bytes) -> bytes:

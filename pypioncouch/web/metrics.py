@@ -34,6 +34,10 @@ class _StatusCollector:
             ("pypioncouch_backfill_missing_releases",
              "Releases without their own metadata, at the backfill's last count",
              s.backfill.missing),
+            ("pypioncouch_cache_bytes", "Web cache: estimated bytes held", self.cache.bytes),
+            ("pypioncouch_cache_max_bytes", "Web cache: the bound (--cache-mb)",
+             self.cache.max_bytes),
+            ("pypioncouch_cache_entries", "Web cache: projects held", len(self.cache)),
         ]
         for name, text, value in gauges:
             family = GaugeMetricFamily(name, text)
@@ -52,6 +56,8 @@ class _StatusCollector:
              "Releases' own metadata fetched by the web front on demand", s.backfill.on_demand),
             ("pypioncouch_cache_hits", "Web cache hits", self.cache.hits),
             ("pypioncouch_cache_misses", "Web cache misses", self.cache.misses),
+            ("pypioncouch_cache_evictions", "Web cache entries dropped for room",
+             self.cache.evictions),
         ]
         for name, text, value in counters:
             family = CounterMetricFamily(name, text)
