@@ -14,13 +14,13 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from klein import Klein
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.web.static import File
 
 from pypioncouch import model
 from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
 from pypioncouch.files import FileStore, Wanted, find_wanted, is_safe_filename
 from pypioncouch.web.app import _plain, _redirect, observed
+from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
 
 CHUNK = 64 * 1024
@@ -192,11 +192,6 @@ class FilesCollector:
             ("pypioncouch_files_fetching", "Release files being fetched now",
              self.pages.summary()["fetching"]),
         ]
-        for name, text, value in gauges:
-            family = GaugeMetricFamily(name, text)
-            if value is not None:
-                family.add_metric([], value)
-            yield family
         counters = [
             ("pypioncouch_files_hits", "Release file requests answered from disk", s.hits),
             ("pypioncouch_files_misses", "Release file requests for files not stored",
@@ -212,7 +207,4 @@ class FilesCollector:
             ("pypioncouch_files_evicted", "Release files evicted to keep the budget",
              s.evicted),
         ]
-        for name, text, value in counters:
-            family = CounterMetricFamily(name, text)
-            family.add_metric([], value)
-            yield family
+        yield from families(gauges, counters)

@@ -8,6 +8,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pypioncouch.status import SyncStatus
 
 
+def families(gauges: list[tuple], counters: list[tuple]):
+    """Prometheus metric families of ``(name, help, value)`` gauges (None: no sample)
+    and counters, for collectors that read live figures at scrape time."""
+    for name, text, value in gauges:
+        family = GaugeMetricFamily(name, text)
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+    for name, text, value in counters:
+        family = CounterMetricFamily(name, text)
+        family.add_metric([], value)
+        yield family
+
+
 class _StatusCollector:
     """Reads the live figures at scrape time."""
 
@@ -39,11 +53,6 @@ class _StatusCollector:
              self.cache.max_bytes),
             ("pypioncouch_cache_entries", "Web cache: projects held", len(self.cache)),
         ]
-        for name, text, value in gauges:
-            family = GaugeMetricFamily(name, text)
-            if value is not None:
-                family.add_metric([], value)
-            yield family
         counters = [
             ("pypioncouch_projects_written", "Project documents written",
              s.projects_written),
@@ -59,10 +68,7 @@ class _StatusCollector:
             ("pypioncouch_cache_evictions", "Web cache entries dropped for room",
              self.cache.evictions),
         ]
-        for name, text, value in counters:
-            family = CounterMetricFamily(name, text)
-            family.add_metric([], value)
-            yield family
+        yield from families(gauges, counters)
         errors = CounterMetricFamily("pypioncouch_errors", "Errors by kind", labels=["kind"])
         for kind, count in sorted(s.errors_by_kind.items()):
             errors.add_metric([kind], count)
