@@ -190,14 +190,19 @@ class Fetcher:
         self.reactor = reactor
         self.timeout = timeout
         self.on_error = on_error
+        self._pool = None
         if agent is None:
-            pool = quiet_pool(reactor, persistent=True)
-            pool.maxPersistentPerHost = concurrency
-            agent = client.RedirectAgent(client.Agent(reactor, pool=pool,
+            self._pool = quiet_pool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = concurrency
+            agent = client.RedirectAgent(client.Agent(reactor, pool=self._pool,
                                                       connectTimeout=timeout))
         self.agent = agent
         self.slots = defer.DeferredSemaphore(concurrency)
         self.in_flight: dict[str, Download] = {}
+
+    def close(self):
+        """Close the pooled connections (the daemon does on stop)."""
+        return self._pool.closeCachedConnections() if self._pool else None
 
     def download(self, wanted: Wanted) -> Download:
         """The download of ``wanted``: the one in flight, or a new one."""

@@ -267,6 +267,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
             fetcher = Fetcher(files, reactor, concurrency=options["concurrency"],
                               timeout=options["timeout"],
                               on_error=lambda message: status.note_error(message, "files"))
+            clients.append(fetcher)
         log.info("release files in {dir} ({bytes:,} bytes in {count} files){fetching}",
                  dir=files.root, bytes=files.bytes, count=files.count,
                  fetching=", fetched from upstream when missing" if syncing else "")
