@@ -36,6 +36,8 @@ class Checkpoint:
         checkpoint = await self.db.get_local(CHECKPOINT)
         if checkpoint is not None:
             self._rev = checkpoint.get("_rev")
+            # Known as synced from the start (health, the backfill), not after a pass.
+            self.status.note_serials(our_serial=checkpoint.get("serial"))
             if checkpoint.get("pypi") not in (None, self.pypi_url):
                 log.warn("this database was synced from {old}, now from {new}: "
                          "serials differ between indexes", old=checkpoint.get("pypi"),

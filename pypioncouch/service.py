@@ -85,12 +85,18 @@ class Options(usage.Options):
          "take writes from elsewhere)"],
     ]
 
+    environment_error: str | None = None  # a PYPIONCOUCH_* value that does not parse
+
     def __init__(self):
         super().__init__()
         for name, _, default, _, *coerce in self.optParameters:
-            value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"))
+            variable = "PYPIONCOUCH_" + name.upper().replace("-", "_")
+            value = os.environ.get(variable)
             if value is not None:
-                self[name] = coerce[0](value) if coerce else value
+                try:
+                    self[name] = coerce[0](value) if coerce else value
+                except ValueError:  # said by postOptions, as a usage error
+                    self.environment_error = f"{variable}={value!r} is not a number"
         for name, *_ in self.optFlags:
             value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"), "")
             if value.lower() in ("1", "true", "yes"):
@@ -104,6 +110,11 @@ class Options(usage.Options):
                 split_credentials(self[option])
             except BadURL as error:
                 raise usage.UsageError(f"--{option}: {error}") from None
+        if self.environment_error:
+            raise usage.UsageError(self.environment_error)
+        if self["guard"] and self["no-sync"]:
+            raise usage.UsageError("--guard is for the daemon that writes: a --no-sync "
+                                   "replica receives the guard by replication")
         if self["upstream"]:
             if not self["no-sync"]:
                 raise usage.UsageError("--upstream is for a replica: use it with --no-sync")

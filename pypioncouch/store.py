@@ -135,6 +135,17 @@ class Store:
         answer = await self.db.all_docs(startkey=start, endkey=end)
         return [row["id"] for row in answer["rows"]]
 
+    async def has_documents(self) -> bool:
+        """Whether any project or release is stored (design documents do not count)."""
+        before = await self.db.all_docs(endkey="_", limit=1)  # ids sort by code point
+        after = await self.db.all_docs(startkey="_\ufff0", limit=1)
+        return bool(before["rows"] or after["rows"])
+
+    async def design_count(self) -> int:
+        """How many design documents the database holds (the view, the optional guard)."""
+        return len((await self.db.all_docs(startkey="_design/",
+                                           endkey="_design/\ufff0"))["rows"])
+
     async def project_ids(self) -> set[str]:
         """Every stored project id (reads ``_all_docs`` whole: for tests and tools)."""
         rows = (await self.db.all_docs())["rows"]
@@ -189,7 +200,7 @@ class Store:
                 doc["_rev"] = rev
             elif newer(stored.get("last_serial"), doc.get("last_serial")):
                 return None
-            elif not is_project_doc(doc):  # a new project over a live one: a conflict
+            elif not is_project_doc(doc):  # a release stored by an earlier plan: replace it
                 doc["_rev"] = rev
                 keep_info(doc, stored)
             settled.append(doc)
@@ -240,10 +251,12 @@ class Store:
                 elif newer(stored.get("last_serial"), serial):
                     superseded[doc["_id"]] = stored
                     continue
-                elif (is_project_doc(doc) and not doc.get("_deleted")
-                      and not same_project(stored, bases.get(doc["_id"]))):
-                    # Another writer stored an older or equal copy meanwhile: its
-                    # releases may differ from what this plan assumed. Next pass.
+                elif (is_project_doc(doc)
+                      and not same_project(stored, bases.get(doc["_id"]))) or (
+                        doc.get("_deleted") and serial is None):
+                    # Another writer stored a copy meanwhile: its releases may differ
+                    # from what this plan assumed, and a removal without a serial (a
+                    # 404 from PyPI) cannot tell whether it is newer. Next pass.
                     rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
                     continue
                 if rev:

@@ -1,33 +1,22 @@
-"""The sync engine: full import, incremental update, checkpoints.
+"""The sync engine: full import and incremental passes through a bounded pipeline.
 
-Rules (reference §5, DESIGN.md "Quality bars"):
-
-- *Full import*: note PyPI's serial S0 **before** listing the projects, import every
-  project, then set the checkpoint to S0. A project whose stored ``last_serial`` is
-  already at the listed serial is skipped, so an interrupted import resumes where it
-  stopped and a re-run costs CouchDB reads, not PyPI requests.
+- *Full import*: note PyPI's serial S0 **before** listing the projects (reference
+  pypi-api.md), import every project, then set the checkpoint to S0. A project whose
+  stored ``last_serial`` is already at the listed serial is skipped, so an interrupted
+  import resumes where it stopped and a re-run costs CouchDB reads, not PyPI requests.
 - *Incremental*: ``changelog_since_serial(cursor)``, coalesced per project (highest
-  serial), refetched and written; pages past the 50,000-row cap until caught up.
-- The checkpoint (``_local/pypioncouch-sync``: serial + pending projects) is written
-  only after every write it covers is acknowledged. A project that could not be
-  fetched or written (stale CDN copy, bad payload, errors after retries) is kept in
-  ``pending`` and retried on the next pass: nothing acknowledged is lost. ``pending``
-  holds at most ``max_pending`` projects (see :class:`Pending`): a pass with more
-  failures leaves the checkpoint where it was.
+  serial), refetched and written; pages past the 50,000-row cap until caught up. Or,
+  with ``changes="simple"``, the projects whose ``/simple/`` serial moved.
 - Work flows through bounded queues: CouchDB reads in batches, ``concurrency``
-  fetchers, one writer doing ``_bulk_docs`` in batches; memory stays bounded.
-- *Removals* happen only on PyPI's word about that project: a ``remove project``
-  changelog row, or 404 from both its JSON API and its Simple page when asked by
-  name. A stored project missing from a listing is asked about by name, never
-  removed for its absence. A pass that would remove more than :func:`removal_limit`
-  projects removes nothing, says why (log, /status, /health) and holds until the
-  listing recovers or an operator confirms (``confirm_removals``).
-- A listing older than the checkpoint (a stale CDN copy) is ignored: nothing is
-  written or removed from it, and the checkpoint never moves backwards.
-- *Writes never move backwards*: a stored project or release (or the tombstone of a
-  removed one) is replaced only by data whose serial is at least its own, so two
-  syncing daemons on one database, or a stale answer arriving late, cannot put old
-  data over new.
+  fetchers, two writers doing ``_bulk_docs`` in batches (one prepares while CouchDB
+  takes the other's); memory stays bounded, and so does ``pending`` (:class:`Pending`).
+- A project that could not be fetched or written (stale CDN copy, bad payload, errors
+  after retries) stays pending for the next pass: nothing acknowledged is lost.
+
+The rules live beside it: :mod:`pypioncouch.checkpoint` (saved only after the writes
+it covers, never backwards), :mod:`pypioncouch.removals` (removals only on PyPI's
+word, and not too many in one pass; stale listings), :mod:`pypioncouch.store` (the
+document layout; writes never move backwards).
 """
 
 from __future__ import annotations
@@ -243,6 +232,9 @@ class XmlRpcImporter:
         checkpoint = await self.load_checkpoint()
         if self.status.changes_source == "simple":
             baseline, listing = await self.pypi.simple_index()
+            if baseline is None:  # no serial header: the newest project's serial
+                baseline = max((v for v in listing.values() if isinstance(v, int)),
+                               default=None)
         else:
             baseline = await self.pypi.changelog_last_serial()  # before listing: §5
             listing = await self.pypi.list_packages_with_serial()
@@ -255,7 +247,7 @@ class XmlRpcImporter:
                         if model.is_valid_project_name(name)), key=lambda w: w.key)
         del listing
         self.status.import_total, self.status.import_done = len(works), 0
-        had_documents = (await self.db.info())["doc_count"] > 1  # more than the design doc
+        had_documents = await self.store.has_documents()
         removals: list = []
         failures = await self.sync(works, summary, removals)
         listed = {w.key for w in works}
@@ -267,7 +259,10 @@ class XmlRpcImporter:
         if had_documents:
             trusted = await self.sweep(listed, summary, failures, removals)
         await self.settle_removals(removals, summary, failures)
-        failures.update({k: s for k, s in pending.items() if k not in listed})
+        # Pending before this import and not listed: asked by name next pass (their old
+        # serial could make PyPI's 404 for a removed one look stale for ever).
+        failures.update({k: s if isinstance(s, dict) else None
+                         for k, s in pending.items() if k not in listed})
         if failures.overflow:
             # Not all failures are kept: the checkpoint (or its absence) stays.
             self._overflowed(summary, failures, (checkpoint or {}).get("serial"))

@@ -54,6 +54,15 @@ def test_bad_options_get_one_clear_line():
     assert "--couch: not an http(s) URL" in result.stdout + result.stderr
 
 
+def test_a_bad_number_in_the_environment_gets_one_clear_line():
+    result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", "--couch",
+                             "http://127.0.0.1:9/"], capture_output=True, text=True, cwd="/",
+                            env={**os.environ, "PYPIONCOUCH_INTERVAL": "soon"})
+    assert result.returncode != 0
+    assert "PYPIONCOUCH_INTERVAL='soon' is not a number" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @requires_command("systemd-analyze", "systemd")
 def test_the_systemd_unit_verifies(tmp_path):
     unit = (REPO / "etc" / "pypioncouch.service").read_text()

@@ -153,3 +153,17 @@ async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
     assert victim in (await world.db.get_local(CHECKPOINT))["pending"]
     await run_pass(world.importer())  # the next pass retries it
     await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_daemon_knows_its_serial_from_the_checkpoint(couch, db_name):
+    """/health and the backfill need not wait for a first pass after a restart."""
+    from pypioncouch.checkpoint import Checkpoint
+    from pypioncouch.status import SyncStatus
+
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.put_local(CHECKPOINT, {"serial": 4242, "pending": {}})
+    status = SyncStatus()
+    await Checkpoint(db, "http://pypi.test/", status).load()
+    assert status.our_serial == 4242

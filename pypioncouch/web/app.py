@@ -168,8 +168,6 @@ class WebFront:
             self.file_pages = FilePages(files, fetcher, status=status, metrics=self.metrics,
                                          read_project=self.project)
 
-    wants_json = staticmethod(wants_json)
-
     def resource(self):
         return self.app.resource()
 
@@ -237,7 +235,8 @@ class WebFront:
             advised = await couchapp.count(self.db, "advisory")
         except CouchError:  # no design document (yet): documents only
             projects = None
-        releases = None if projects is None else info["doc_count"] - projects - 1
+        releases = None if projects is None else (
+            info["doc_count"] - projects - await self.store.design_count())
         return {"documents": info["doc_count"], "projects": projects, "releases": releases,
                 "requirements_unparsable": unparsable, "projects_with_advisories": advised,
                 "counted_at": time.time()}
