@@ -251,12 +251,15 @@ class Store:
                 elif newer(stored.get("last_serial"), serial):
                     superseded[doc["_id"]] = stored
                     continue
-                elif (is_project_doc(doc)
-                      and not same_project(stored, bases.get(doc["_id"]))) or (
-                        doc.get("_deleted") and serial is None):
-                    # Another writer stored a copy meanwhile: its releases may differ
-                    # from what this plan assumed, and a removal without a serial (a
-                    # 404 from PyPI) cannot tell whether it is newer. Next pass.
+                elif doc.get("_deleted") and serial is None:
+                    # A removal without a serial (PyPI's 404) cannot tell whether the
+                    # copy written meanwhile is newer: asked again next pass.
+                    rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
+                    continue
+                elif (is_project_doc(doc) and not doc.get("_deleted")
+                      and not same_project(stored, bases.get(doc["_id"]))):
+                    # Another writer stored an older or equal copy meanwhile: its
+                    # releases may differ from what this plan assumed. Next pass.
                     rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
                     continue
                 if rev:

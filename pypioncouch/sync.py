@@ -561,7 +561,8 @@ class XmlRpcImporter:
     def _failed(self, work: Work, cause: str, failures: dict, summary: Summary,
                 kind: str) -> None:
         log.warn("{name}: {cause}; will retry", name=work.key, cause=cause)
-        failures[work.key] = work.serial
+        # A removal the changelog announced stays one (see :func:`pending_work`).
+        failures[work.key] = {"removed": work.serial} if work.removed else work.serial
         summary.note_error(f"{work.key}: {cause}")
         self.status.note_error(f"{work.key}: {cause}", kind)
         self._advance()

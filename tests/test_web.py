@@ -441,6 +441,12 @@ async def test_a_write_while_the_cache_feed_connects_is_not_missed(couch_server,
         world.close()
 
 
+def release_reads(proxy):
+    """The reads of a project's release documents that went through ``proxy``."""
+    return [line for line in proxy.requests
+            if b"_all_docs?" in line and b"include_docs=true" in line]
+
+
 @pytest_twisted.ensureDeferred
 async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch_server,
                                                                         db_name):
@@ -466,7 +472,7 @@ async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch
         assert [a.code for a in answers] == [200] * 10
         bodies = [await a.content() for a in answers]
         assert len(set(bodies)) == 1
-        reads = [line for line in proxy.requests if b"_all_docs?" in line]
+        reads = release_reads(proxy)
         assert len(reads) == 1
         status = await (await treq.get(f"{url}/status",
                                        headers={"Accept": "application/json"})).json()
@@ -488,7 +494,7 @@ async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch
         leaving.cancel()
         leaving.addErrback(lambda _: None)  # (its own answer never comes)
         assert (await staying).code == 200
-        assert len([line for line in proxy.requests if b"_all_docs?" in line]) == 2
+        assert len(release_reads(proxy)) == 2
     finally:
         await follower.stopService()
         await port.stopListening()
