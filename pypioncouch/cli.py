@@ -90,24 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of projects")
-    return value
+def _number(kind, allowed, what: str):
+    """An argparse type: ``kind`` of the text when ``allowed``, else one line saying
+    what was wanted."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not allowed(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
 
 
-def _gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of gigabytes")
-    return value
+_count = _number(int, lambda n: n >= 0, "a number of projects")
+_gigabytes = _number(float, lambda gb: gb > 0, "a positive number of gigabytes")
 
 
 def _log_warnings_to_stderr() -> None:
