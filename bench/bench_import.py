@@ -6,28 +6,48 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
+from pathlib import Path
 
 from bench.common import (
     BIN, couch_server, CouchServer, http_json, peak_rss_of, SimulatorProcess)
 
 
 def full_import(couch: CouchServer, projects: int, latency_ms: float, concurrency: int,
-                db: str, seed: int = 1) -> dict:
+                db: str, seed: int = 1, ceiling: bool = False) -> dict:
+    """``pypioncouch --fullimport`` from a simulated PyPI whose answers are rendered
+    ahead of time (``--prerender``: its CPU is not the figure), traced; with
+    ``ceiling``, first the fetch ceiling on the same simulator (bench/fetch_only.py)."""
     with SimulatorProcess("--projects", str(projects), "--seed", str(seed),
-                          "--latency-ms", str(latency_ms)) as sim:
+                          "--latency-ms", str(latency_ms), "--prerender") as sim, \
+            tempfile.TemporaryDirectory() as folder:
+        fetch_only = None
+        if ceiling:
+            fetch_only = json.loads(subprocess.run(
+                [sys.executable, "-m", "bench.fetch_only", sim.url, str(concurrency)],
+                capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        trace_file = Path(folder, "trace.json")
         seconds, peak_mb, out, cpu = peak_rss_of(
             [str(BIN / "pypioncouch"), "--fullimport", couch.url, "--pypi", sim.url,
-             "--db", db, "--concurrency", str(concurrency), "--quiet"])
+             "--db", db, "--concurrency", str(concurrency), "--quiet",
+             "--trace", str(trace_file)])
+        trace = json.loads(trace_file.read_text())
     info = http_json(f"{couch.url}{db}")
-    return {"projects": projects, "latency_ms": latency_ms, "concurrency": concurrency,
-            "seconds": round(seconds, 2), "projects_per_s": round(projects / seconds, 1),
-            "docs": info["doc_count"], "docs_per_s": round(info["doc_count"] / seconds, 1),
-            "peak_rss_mb": round(peak_mb, 1),
-            "importer_cpu_seconds": round(cpu, 2),
-            "importer_cpu_ms_per_project": round(1000 * cpu / projects, 2),
-            "summary": out.strip()}
+    result = {"projects": projects, "latency_ms": latency_ms, "concurrency": concurrency,
+              "seconds": round(seconds, 2), "projects_per_s": round(projects / seconds, 1),
+              "docs": info["doc_count"], "docs_per_s": round(info["doc_count"] / seconds, 1),
+              "peak_rss_mb": round(peak_mb, 1),
+              "importer_cpu_seconds": round(cpu, 2),
+              "importer_cpu_ms_per_project": round(1000 * cpu / projects, 2),
+              "summary": out.strip(),
+              "trace": {k: trace[k] for k in ("seconds", "marks", "stages", "busy_parts")},
+              "fetch_median_s": trace["steps"].get("fetching -> fetched", {}).get("median")}
+    if fetch_only is not None:
+        result["fetch_ceiling"] = fetch_only
+        result["ratio_to_fetch_ceiling"] = round(fetch_only["seconds"] / seconds, 3)
+    return result
 
 
 def raw_bulk_load(couch: CouchServer, source_db: str, target_db: str,
@@ -37,8 +57,6 @@ def raw_bulk_load(couch: CouchServer, source_db: str, target_db: str,
     guard, if it has one), so both loads pay the same per-write costs. Documents are
     read ahead, a batch at a time, into files (100,000 projects do not fit one
     answer); only the writes are timed."""
-    import tempfile
-
     http_json(f"{couch.url}{target_db}", "PUT")
     if with_design:
         from pypioncouch import couchapp
@@ -85,7 +103,7 @@ def run(projects: int = 20_000, latency_ms: float = 50.0, concurrency: int = 10,
         kind: str = "pouchdb") -> dict:
     results = {}
     with couch_server(kind) as couch:
-        slow = full_import(couch, projects, latency_ms, concurrency, "latency")
+        slow = full_import(couch, projects, latency_ms, concurrency, "latency", ceiling=True)
         bound = concurrency / (latency_ms / 1000.0)
         slow["bound_projects_per_s"] = bound
         slow["ratio_to_bound"] = round(slow["projects_per_s"] / bound, 3)

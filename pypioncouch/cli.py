@@ -25,6 +25,7 @@ from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.sync import XmlRpcImporter, run_pass
+from pypioncouch.trace import Trace
 from pypioncouch.urls import BadURL, split_database_url
 
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for one answer (default 30)")
     parser.add_argument("--continuous", action="store_true",
                         help="with --replicate: keep replicating until interrupted")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="with --fullimport/--update: write where the pass spent its "
+                             "time to FILE (JSON: each stage busy, starved, blocked; the "
+                             "way of a sample of projects, with timestamps)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--version", action="version", version=f"pypioncouch {__version__}")
     return parser
@@ -124,19 +129,35 @@ async def sync_command(reactor, args) -> int:
         if progress is not None and status.import_total:
             progress.update(status.import_done, status.import_total)
 
+    trace = Trace() if args.trace else None
     importer = XmlRpcImporter(db, pypi, concurrency=args.concurrency, source=args.source,
                               changes=args.changes, max_removals=args.max_removals,
                               confirm_removals=args.confirm_removals, guard=args.guard,
-                              progress=show)
+                              trace=trace, progress=show)
     try:
         summary = await run_pass(importer, full=bool(args.fullimport))
     finally:
         if progress is not None:
             progress.close()
+        if trace is not None:
+            _write_trace(args.trace, trace)
     print(summary)
     if summary.held:  # removals held back: an operator has to look (the reason is above)
         return 4
     return 0 if not (summary.pending or summary.stale) else 3
+
+
+def _write_trace(path: str, trace: Trace) -> None:
+    import json
+
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(trace.report(), out, indent=1)
+    except OSError as error:
+        print(f"pypioncouch: warning: --trace {path}: {error.strerror}", file=sys.stderr)
+        return
+    print(f"pypioncouch: {trace.summary_line()}; the whole trace is in {path}",
+          file=sys.stderr)
 
 
 async def replicate_command(reactor, args) -> int:
@@ -251,6 +272,8 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
         if not args.requirements and not args.requirement:
             parser.error("--fetch-files needs projects to fetch (PROJECT[==VERSION]... "
                          "or -r FILE)")
+    elif args.trace and not (args.fullimport or args.update):
+        parser.error("--trace goes with --fullimport or --update")
     elif args.requirements or args.requirement or args.files or args.with_deps or \
             args.files_max_gb is not None:
         parser.error("projects, -r, --files, --with-deps and --files-max-gb go with "

@@ -36,6 +36,7 @@ from pypioncouch.pypi import (
     MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
 from pypioncouch.removals import CONFIRM_HINT, removal_limit, stale_listing
 from pypioncouch.status import SyncStatus
+from pypioncouch.trace import OFF, Trace
 
 log = Logger()
 
@@ -183,7 +184,8 @@ class XmlRpcImporter:
                  concurrency: int = 10, batch_size: int = 100, source: str = "json",
                  changes: str = "xmlrpc", max_removals: int | None = None,
                  confirm_removals: bool = False, guard: bool = False,
-                 max_pending: int = MAX_PENDING,
+                 max_pending: int = MAX_PENDING, writers: int = WRITERS,
+                 trace: Trace | None = None,
                  progress: Callable[[SyncStatus], None] | None = None):
         if source not in ("json", "xmlrpc"):
             raise ValueError("source is 'json' or 'xmlrpc'")
@@ -204,6 +206,8 @@ class XmlRpcImporter:
         self.confirm_removals = confirm_removals
         self.guard = guard
         self.max_pending = max_pending
+        self.writers = writers
+        self.trace = trace or OFF
         self.progress = progress or (lambda status: None)
         self.checkpoint = Checkpoint(db, pypi.display_url, self.status)
 
@@ -238,6 +242,7 @@ class XmlRpcImporter:
         else:
             baseline = await self.pypi.changelog_last_serial()  # before listing: §5
             listing = await self.pypi.list_packages_with_serial()
+        self.trace.mark("listed")
         pending = dict((checkpoint or {}).get("pending") or {})
         if self._is_stale(baseline, checkpoint, summary):
             return self._finish(summary, checkpoint["serial"], pending, started)
@@ -269,6 +274,7 @@ class XmlRpcImporter:
             return self._finish(summary, (checkpoint or {}).get("serial"), failures, started)
         if trusted:
             await self.save_checkpoint(baseline, failures)
+            self.trace.mark("checkpoint saved")
             return self._finish(summary, baseline, failures, started)
         # The listing hid projects: the ones it hid may have changed unseen, so the
         # checkpoint does not move (with none yet, the next pass imports again).
@@ -489,29 +495,60 @@ class XmlRpcImporter:
         to_write = BoundedQueue(self.batch_size * 2)
         fetchers = self.concurrency
 
+        def read_ahead(chunks):
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            keys = [w.key for w in chunk]
+            return chunk, defer.ensureDeferred(self.store.project_documents(keys))
+
         async def read():
-            for chunk in _chunks(works, self.batch_size):
-                stored = await self.store.project_documents([w.key for w in chunk])
-                for work in chunk:
-                    old = stored.get(work.key)
-                    if (old is not None and work.serial is not None
-                            and (old.get("last_serial") or -1) >= work.serial
-                            and not store.needs_repair(old)):
-                        summary.skipped += 1
-                        self._advance()
-                        continue
-                    await to_fetch.put((work, old))
+            # The next chunk's stored copies are read while this one's are being
+            # fetched: the fetchers never wait for CouchDB to answer a read.
+            chunks = _chunks(works, self.batch_size)
+            ahead = read_ahead(chunks)
+            try:
+                while ahead is not None:
+                    chunk, reading = ahead
+                    with trace.timed("read"):
+                        stored = await reading
+                    ahead = read_ahead(chunks)
+                    await feed(chunk, stored)
+            finally:  # cancelled, or a read failed: the read ahead is not wanted
+                if ahead is not None:
+                    ahead[1].addErrback(lambda failure: None)
+                    ahead[1].cancel()
             for _ in range(fetchers):
                 await to_fetch.put(None)
 
+        async def feed(chunk, stored):
+            for work in chunk:
+                trace.begin(work.key)
+                trace.event(work.key, "read")
+                old = stored.get(work.key)
+                if (old is not None and work.serial is not None
+                        and (old.get("last_serial") or -1) >= work.serial
+                        and not store.needs_repair(old)):
+                    summary.skipped += 1
+                    self._advance()
+                    continue
+                with trace.timed("read", "blocked"):
+                    await to_fetch.put((work, old))
+
         async def fetch():
-            while (item := await to_fetch.get()) is not None:
+            while True:
+                with trace.timed("fetch", "starved"):
+                    item = await to_fetch.get()
+                if item is None:
+                    break
                 work, old = item
+                trace.event(work.key, "fetching")
                 try:
                     if work.removed:  # the changelog's word: no need to ask
                         answer = ProjectAnswer(work.key, "gone", serial=work.serial)
                     else:
-                        answer = await self._ask_pypi(work)
+                        with trace.timed("fetch"):
+                            answer = await self._ask_pypi(work)
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
@@ -528,28 +565,36 @@ class XmlRpcImporter:
                     removals.append((work, {k: old.get(k) for k in ("_id", "_rev",
                                                                     "last_serial")}))
                     continue
-                await to_write.put((work, old, answer))
+                trace.event(work.key, "fetched")
+                with trace.timed("fetch", "blocked"):
+                    await to_write.put((work, old, answer))
+                trace.event(work.key, "queued")
 
         async def fetch_all():
             await run_together(*(fetch() for _ in range(fetchers)))
-            for _ in range(WRITERS):
+            for _ in range(self.writers):
                 await to_write.put(None)
 
         async def write():
-            # Two writers: one prepares its batch while CouchDB takes the other's.
+            # Several writers: while CouchDB takes one's batch, the next is prepared
+            # and sent; a batch takes what is ready, never waiting for a slow project.
             done = False
             while not done:
                 batch = []
                 while len(batch) < self.batch_size and (not batch or len(to_write)):
-                    item = await to_write.get()
+                    with trace.timed("write", "starved"):
+                        item = await to_write.get()
                     if item is None:
                         done = True
                         break
+                    trace.event(item[0].key, "writing")
                     batch.append(item)
                 if batch:
-                    await self._write(batch, failures, summary)
+                    with trace.timed("write"):
+                        await self._write(batch, failures, summary)
 
-        await run_together(read(), fetch_all(), *(write() for _ in range(WRITERS)))
+        trace = self.trace
+        await run_together(read(), fetch_all(), *(write() for _ in range(self.writers)))
         if settle_here:
             await self.settle_removals(removals, summary, failures)
         return failures
@@ -632,7 +677,8 @@ class XmlRpcImporter:
         lookup: list[str] = []
         for work, old, answer in batch:
             try:
-                planned = await self._plan(work, old, answer)
+                with self.trace.part("write: shape documents"):
+                    planned = await self._plan(work, old, answer)
             except model.BadPayload as error:
                 self._failed(work, f"malformed answer from PyPI: {error}", failures, summary,
                              "payload")
@@ -644,10 +690,12 @@ class XmlRpcImporter:
             lookup += _ids_to_check(work.key, planned[0], old)
         # What is stored now (or the tombstone of what was removed) may be newer than
         # these answers: another writer may have been faster.
-        states = await self.store.states(lookup)
-        states.update(await self.store.states(
-            [d["_id"] for work, old, _, docs, _ in plans if old is None and work.key in states
-             for d in docs if d["_id"] not in states]))
+        with self.trace.part("write: read stored states"):
+            states = await self.store.states(lookup)
+            states.update(await self.store.states(
+                [d["_id"] for work, old, _, docs, _ in plans
+                 if old is None and work.key in states
+                 for d in docs if d["_id"] not in states]))
         ready = []
         for work, old, answer, plan_docs, releases in plans:
             docs = await self.store.settle(plan_docs, states, old)
@@ -657,8 +705,9 @@ class XmlRpcImporter:
                 ready.append((work, old, answer, docs, releases))
         # Releases first, then the project documents of the projects whose releases
         # all landed: a stored project's last_serial always covers its releases.
-        rejected, superseded = await self.store.write(
-            [d for plan in ready for d in plan[3] if not store.is_project_doc(d)])
+        with self.trace.part("write: releases"):
+            rejected, superseded = await self.store.write(
+                [d for plan in ready for d in plan[3] if not store.is_project_doc(d)])
         landed = []
         for work, old, answer, plan_docs, releases in ready:
             ids = {d["_id"] for d in plan_docs}
@@ -669,10 +718,12 @@ class XmlRpcImporter:
                 self._failed(work, f"CouchDB refused a document: {problems[0]}",
                              failures, summary, "couchdb")
             else:
+                self.trace.event(work.key, "releases")
                 landed.append((work, old, answer, plan_docs, releases))
-        rejected, superseded = await self.store.write(
-            [d for plan in landed for d in plan[3] if store.is_project_doc(d)],
-            bases={plan[0].key: plan[1] for plan in landed})
+        with self.trace.part("write: projects"):
+            rejected, superseded = await self.store.write(
+                [d for plan in landed for d in plan[3] if store.is_project_doc(d)],
+                bases={plan[0].key: plan[1] for plan in landed})
         for work, old, answer, plan_docs, releases in landed:
             if work.key in superseded:
                 await self._repair(work, plan_docs, rejected, superseded, failures, summary)
@@ -690,6 +741,7 @@ class XmlRpcImporter:
                 summary.releases += releases
                 self.status.projects_written += 1
             self.status.documents_written += len(plan_docs)
+            self.trace.event(work.key, "written")
             self._advance()
 
     async def _repair(self, work: Work, docs: list[dict], rejected: dict, superseded: dict,

@@ -434,3 +434,39 @@ def test_each_release_answers_with_its_own_metadata():
     assert older["info"]["requires_dist"][-1] == "packaging>=1.0.0"
     assert older["info"]["description"].endswith("Release notes of 1.0.0.")
     assert older["info"]["classifiers"] == project["info"]["classifiers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prerendered_simulator_answers_as_a_rendering_one(sim):
+    """``--prerender`` (the benchmarks' cheap PyPI) serves the same bytes and headers,
+    and a change is served at once, not the answer rendered before it."""
+    plain, plain_url = sim
+    resource = make_simulator(30, seed=3, prerender=True)
+    port, url = listen(resource)
+    try:
+        assert len(resource.rendered.answers) == 3 * len(resource.index.listing())
+        keys = [key for key, _ in resource.index.listing()]
+        paths = [f"/pypi/{k}/json" for k in keys] + [f"/simple/{k}/" for k in keys] + [
+            "/pypi/no-such-thing/json", f"/pypi/{keys[0].upper()}/json"]
+        for path in paths:
+            for accept in (V1_JSON, "text/html"):
+                ours = await treq.get(url + path, headers={"Accept": accept},
+                                      allow_redirects=False)
+                theirs = await treq.get(plain_url + path, headers={"Accept": accept},
+                                        allow_redirects=False)
+                assert ours.code == theirs.code, path
+                assert (await ours.content()).replace(url.encode(), b"URL") == \
+                    (await theirs.content()).replace(plain_url.encode(), b"URL"), path
+                for header in ("content-type", "x-pypi-last-serial", "location"):
+                    assert ours.headers.getRawHeaders(header) == \
+                        theirs.headers.getRawHeaders(header), (path, header)
+        key = keys[0]
+        resource.index.publish(key, "99.0")  # from Python: no control request
+        data = await (await treq.get(f"{url}/pypi/{key}/json")).json()
+        assert data["info"]["version"] == "99.0"
+        resource.control("archive", {"name": key})  # no journal row, a new answer
+        page = await (await treq.get(f"{url}/simple/{key}/",
+                                     headers={"Accept": V1_JSON})).json()
+        assert page["project-status"]["status"] == "archived"
+    finally:
+        await port.stopListening()

@@ -70,13 +70,13 @@ def make_simulator(projects: int = 100, seed: int = 0, *, heavy: bool | None = N
                    fault_kinds=FAULT_KINDS, fault_seed: int = 0, legacy_xmlrpc: bool = False,
                    stale_seconds: float = 0.0, xmlrpc_rate_limit: int | None = None,
                    listing_keep: float = 1.0, listing_start: float = 0.0,
-                   reactor=None) -> SimulatorResource:
+                   prerender: bool = False, reactor=None) -> SimulatorResource:
     index = PackageIndex(Dataset(projects, seed, heavy), stale_seconds=stale_seconds)
     return SimulatorResource(index, faults=FaultPlan(fault_rate, fault_kinds, fault_seed),
                              latency_ms=latency_ms, legacy_xmlrpc=legacy_xmlrpc,
                              xmlrpc_rate_limit=xmlrpc_rate_limit,
                              listing=ListingFault(listing_keep, listing_start),
-                             reactor=reactor)
+                             prerender=prerender, reactor=reactor)
 
 
 def listen(resource: SimulatorResource, port: int = 0, interface: str = "127.0.0.1",
@@ -89,6 +89,7 @@ def listen(resource: SimulatorResource, port: int = 0, interface: str = "127.0.0
     listening = reactor.listenTCP(port, site, interface=interface)
     url = f"http://{interface}:{listening.getHost().port}"
     resource.index.base_url = url
+    resource.render_ahead()
     return listening, url
 
 
@@ -159,6 +160,9 @@ def main(argv=None) -> None:
                              "list_packages_with_serial and /simple/ (a listing cut short)")
     parser.add_argument("--listing-start", type=float, default=0.0,
                         help="with --listing-keep: where the kept part starts (a fraction)")
+    parser.add_argument("--prerender", action="store_true",
+                        help="render every project's JSON API and Simple answers at start "
+                             "and serve them as bytes (a cheap PyPI for benchmarks)")
     parser.add_argument("--churn", type=float, default=0.0,
                         help="make a random change every this many seconds")
     args = parser.parse_args(argv)
@@ -173,7 +177,8 @@ def main(argv=None) -> None:
         fault_rate=args.fault_rate, fault_kinds=args.fault_kinds.split(","),
         fault_seed=args.fault_seed, legacy_xmlrpc=args.legacy_xmlrpc,
         stale_seconds=args.stale_seconds, xmlrpc_rate_limit=args.xmlrpc_rate_limit,
-        listing_keep=args.listing_keep, listing_start=args.listing_start)
+        listing_keep=args.listing_keep, listing_start=args.listing_start,
+        prerender=args.prerender)
     _, url = listen(resource, args.port, args.interface)
     if args.churn > 0:
         resource.start_churn(args.churn, args.seed)

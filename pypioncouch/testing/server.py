@@ -411,7 +411,7 @@ class SimulatorResource(Resource):
     def __init__(self, index: PackageIndex, *, faults: FaultPlan | None = None,
                  latency_ms: float = 0.0, legacy_xmlrpc: bool = False,
                  xmlrpc_rate_limit: int | None = None, listing: ListingFault | None = None,
-                 reactor=None):
+                 prerender: bool = False, reactor=None):
         super().__init__()
         self.index = index
         self.faults = faults or FaultPlan()
@@ -424,6 +424,15 @@ class SimulatorResource(Resource):
         self.hits: Counter = Counter()
         self.files = FileFaults()
         self._churn: task.LoopingCall | None = None
+        # With ``prerender``, JSON API and Simple answers are rendered once and then
+        # served as bytes (a PyPI that costs its client's benchmark little CPU).
+        # (:meth:`render_ahead`, once the index knows its URL).
+        self.rendered: RenderedAnswers | None = RenderedAnswers(index) if prerender else None
+
+    def render_ahead(self) -> None:
+        if self.rendered is not None:
+            self.rendered.clear()
+            self.rendered.fill(self._dispatch_rendering)
 
     def start_churn(self, seconds: float, seed: int = 0) -> None:
         """Make a random change every ``seconds`` (the demo's PyPI that keeps moving)."""
@@ -499,6 +508,11 @@ class SimulatorResource(Resource):
             request.finish()
 
     def _dispatch(self, request, path):
+        if self.rendered is not None and request.method == b"GET":
+            return self.rendered.serve(request, path, self._dispatch_rendering)
+        return self._dispatch_rendering(request, path)
+
+    def _dispatch_rendering(self, request, path):
         if path in ("/pypi", "/pypi/", "/RPC2") and request.method == b"POST":
             return self.xmlrpc.render(request)
         parts = path.strip("/").split("/")
@@ -592,6 +606,8 @@ class SimulatorResource(Resource):
 
     def control(self, operation: str, args: dict) -> dict:
         """Run a control operation (also used from Python through the HTTP endpoint)."""
+        if self.rendered is not None and operation != "state":
+            self.rendered.clear()  # a mutation, or a listing fault, changes answers
         if operation == "state":
             return {"last_serial": self.index.last_serial, "projects": len(self.index.listing()),
                     "faults_injected": dict(self.faults.injected),
@@ -632,6 +648,80 @@ class SimulatorResource(Resource):
             raise KeyError(operation)
         serial = getattr(self.index, operation)(**args)
         return {"serial": serial if serial is not None else self.index.last_serial}
+
+
+class _Capture:
+    """Just enough of a request to render an answer ahead of time."""
+
+    method = b"GET"
+
+    def __init__(self, accept: str | None):
+        self.accept = accept
+        self.code = 200
+        self.headers: dict[bytes, bytes] = {}
+
+    def getHeader(self, name):
+        return self.accept if name.lower() == "accept" else None
+
+    def setHeader(self, name, value):
+        self.headers[name.encode() if isinstance(name, str) else name] = \
+            value.encode() if isinstance(value, str) else value
+
+    def setResponseCode(self, code):
+        self.code = code
+
+
+class RenderedAnswers:
+    """JSON API and Simple answers rendered once, served as bytes until the index
+    changes (any mutation or control operation clears them; so does a new serial).
+    Not for stale copies (``stale_seconds``): those change with time alone."""
+
+    ACCEPTS = (simple_pages.V1_JSON, "text/html")
+
+    def __init__(self, index: PackageIndex):
+        self.index = index
+        self.answers: dict[tuple[str, str], tuple[int, dict, bytes]] = {}
+        self.serial = index.last_serial
+
+    def clear(self) -> None:
+        self.answers.clear()
+        self.serial = self.index.last_serial
+
+    def fill(self, render) -> None:
+        """Render every project's ``/pypi/<p>/json`` and ``/simple/<p>/`` (both types)."""
+        for key, _ in self.index.listing():
+            for path, accepts in ((f"/pypi/{key}/json", (None,)),
+                                  (f"/simple/{key}/", self.ACCEPTS)):
+                for accept in accepts:
+                    self._render(path, accept, render)
+
+    def _key(self, path: str, accept: str | None) -> tuple[str, str] | None:
+        if path.startswith("/pypi/"):
+            return path, ""
+        if path.startswith("/simple/") and path != "/simple/":
+            return path, simple_pages.choose_content_type(accept)
+        return None  # files (faults apply), XML-RPC, the index (listing faults)
+
+    def _render(self, path, accept, render):
+        capture = _Capture(accept)
+        body = render(capture, path)
+        answer = (capture.code, capture.headers, body)
+        self.answers[self._key(path, accept)] = answer
+        return answer
+
+    def serve(self, request, path, render):
+        if self.index.last_serial != self.serial or self.index.stale_seconds:
+            self.clear()
+        key = self._key(path, request.getHeader("accept"))
+        if key is None or self.index.stale_seconds:
+            return render(request, path)
+        answer = self.answers.get(key) or self._render(path, request.getHeader("accept"),
+                                                       render)
+        code, headers, body = answer
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
 
 
 def churn(index: PackageIndex, rng: random.Random) -> None:
