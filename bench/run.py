@@ -8,6 +8,7 @@
     python -m bench.run peer    [--projects 1000] [--latency-ms 20] [--concurrency 10]
     python -m bench.run http    (the lean HTTP client against treq's, GETs of one doc)
     python -m bench.run crawl   [--projects 1000] [--cache-mb 64]
+    python -m bench.run scale   [--projects 700000] [--stored 100000]
 
 Each runs on pouchdb-server and on Apache CouchDB 3.5 (../shared/couchdb), one after
 the other, unless ``--server pouchdb`` or ``--server apache`` picks one. Figures, not
@@ -23,11 +24,13 @@ import sys
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse",
-                                           "peer", "http", "crawl"))
+                                           "peer", "http", "crawl", "scale"))
     parser.add_argument("--projects", type=int)
     parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--stored", type=int, default=100_000,
+                        help="scale: projects already current in CouchDB")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cache-mb", type=float,
                         help="crawl: the front's --cache-mb (default: the daemon's)")
@@ -69,6 +72,9 @@ def one(args, kind: str) -> dict:
     elif args.what == "crawl":
         from bench import bench_crawl
         result = bench_crawl.run(args.projects or 1000, kind, args.cache_mb)
+    elif args.what == "scale":
+        from bench import bench_scale
+        result = bench_scale.run(args.projects or 700_000, args.stored, kind=kind)
     else:
         from bench import bench_browse
         result = bench_browse.run(args.projects or 100_000, args.seconds,

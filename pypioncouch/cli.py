@@ -12,6 +12,7 @@ Exit status 0 on success; otherwise non-zero with a one-line cause on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from twisted.internet import defer, task
@@ -134,22 +135,32 @@ async def sync_command(reactor, args) -> int:
                               changes=args.changes, max_removals=args.max_removals,
                               confirm_removals=args.confirm_removals, guard=args.guard,
                               trace=trace, progress=show)
+    trace_written: list[bool] = []
+
+    def write_trace(interrupted: bool = False) -> None:
+        if trace is not None and not trace_written:
+            trace_written.append(True)
+            _write_trace(args.trace, trace, interrupted)
+
+    # An interrupted pass (Ctrl-C, SIGTERM) writes its trace on the way out.
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", write_trace, True)
     try:
         summary = await run_pass(importer, full=bool(args.fullimport))
     finally:
         if progress is not None:
             progress.close()
-        if trace is not None:
-            _write_trace(args.trace, trace)
+        if not trace_written:
+            reactor.removeSystemEventTrigger(trigger)
+            write_trace()
     print(summary)
     if summary.held:  # removals held back: an operator has to look (the reason is above)
         return 4
     return 0 if not (summary.pending or summary.stale) else 3
 
 
-def _write_trace(path: str, trace: Trace) -> None:
-    import json
-
+def _write_trace(path: str, trace: Trace, interrupted: bool = False) -> None:
+    if interrupted:
+        trace.mark("interrupted")
     try:
         with open(path, "w", encoding="utf-8") as out:
             json.dump(trace.report(), out, indent=1)
@@ -286,7 +297,10 @@ def main(argv=None) -> None:
     check_arguments(parser, args)
     _log_warnings_to_stderr()
 
+    finished: list[bool] = []
+
     async def run(reactor):
+        reactor.addSystemEventTrigger("before", "shutdown", say_interrupted, finished)
         try:
             if args.replicate:
                 code = await replicate_command(reactor, args)
@@ -301,7 +315,22 @@ def main(argv=None) -> None:
         except (CouchError, PyPIError, BadURL, ValueError) as error:
             print(f"pypioncouch: error: {error}", file=sys.stderr)
             code = 1
+        finished.append(True)
         if code:
             raise SystemExit(code)
 
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as leaving:
+        if not finished and not leaving.code:
+            raise SystemExit(INTERRUPTED) from None  # stopped by a signal: not a success
+        raise
+
+
+INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
+
+
+def say_interrupted(finished: list) -> None:
+    if not finished:
+        print("pypioncouch: interrupted; what was written is kept, and the same command "
+              "goes on from there", file=sys.stderr)

@@ -251,10 +251,13 @@ class XmlRpcImporter:
                         for name, serial in listing.items()
                         if model.is_valid_project_name(name)), key=lambda w: w.key)
         del listing
+        self.trace.mark("works ready")
         self.status.import_total, self.status.import_done = len(works), 0
         had_documents = await self.store.has_documents()
         removals: list = []
-        failures = await self.sync(works, summary, removals)
+        # Into a database that held no project, there is no stored copy to read first
+        # (a copy written meanwhile by another writer is still found when writing).
+        failures = await self.sync(works, summary, removals, stored=had_documents)
         listed = {w.key for w in works}
         del works
         # A stored project the listing lacks may have been removed, e.g. between an
@@ -481,13 +484,15 @@ class XmlRpcImporter:
     # -- the pipeline ----------------------------------------------------------------
 
     async def sync(self, works: Iterable[Work], summary: Summary,
-                   removals: list | None = None) -> Pending:
+                   removals: list | None = None, stored: bool = True) -> Pending:
         """Bring every project of ``works`` up to date. Returns the ones that failed
         (``{normalized name: serial}``), to be retried on the next pass.
 
         Stored projects PyPI says are gone are appended to ``removals`` as
         ``(work, stored project)``, for :meth:`settle_removals` to remove once the
-        whole pass is known (without ``removals``, they are settled here)."""
+        whole pass is known (without ``removals``, they are settled here). With
+        ``stored`` false (the database held no project when the pass began), the
+        stored copies are not read."""
         failures = Pending(self.max_pending)
         settle_here = removals is None
         removals = [] if removals is None else removals
@@ -499,6 +504,8 @@ class XmlRpcImporter:
             chunk = next(chunks, None)
             if chunk is None:
                 return None
+            if not stored:
+                return chunk, defer.succeed({})
             keys = [w.key for w in chunk]
             return chunk, defer.ensureDeferred(self.store.project_documents(keys))
 
@@ -532,6 +539,7 @@ class XmlRpcImporter:
                     summary.skipped += 1
                     self._advance()
                     continue
+                trace.mark("first fetch")
                 with trace.timed("read", "blocked"):
                     await to_fetch.put((work, old))
 
@@ -566,6 +574,7 @@ class XmlRpcImporter:
                                                                     "last_serial")}))
                     continue
                 trace.event(work.key, "fetched")
+                trace.mark("first answer")
                 with trace.timed("fetch", "blocked"):
                     await to_write.put((work, old, answer))
                 trace.event(work.key, "queued")
@@ -742,6 +751,7 @@ class XmlRpcImporter:
                 self.status.projects_written += 1
             self.status.documents_written += len(plan_docs)
             self.trace.event(work.key, "written")
+            self.trace.mark("first project written")
             self._advance()
 
     async def _repair(self, work: Work, docs: list[dict], rejected: dict, superseded: dict,

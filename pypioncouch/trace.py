@@ -44,6 +44,7 @@ class Trace:
         self.marks: dict[str, float] = {}  # pass-wide moments: listed, checkpoint, ...
         self.ways: dict[str, dict[str, float]] = {}
         self._seen = 0
+        self._slots: list[str] = []  # the sampled keys, for replacing one at random
         self._rng = random.Random(seed)
 
     def now(self) -> float:
@@ -73,10 +74,17 @@ class Trace:
     def begin(self, key: str) -> None:
         """``key`` enters the pipeline: keep its way if it falls in the sample."""
         self._seen += 1
-        if len(self.ways) < self.sample:
+        if key in self.ways:  # asked again in the same pass (a sweep): a new way
             self.ways[key] = {}
-        elif self._rng.randrange(self._seen) < self.sample:
-            del self.ways[self._rng.choice(list(self.ways))]
+            return
+        if len(self._slots) < self.sample:
+            self._slots.append(key)
+            self.ways[key] = {}
+            return
+        slot = self._rng.randrange(self._seen)
+        if slot < self.sample:  # replaces a random one: every project equally likely
+            del self.ways[self._slots[slot]]
+            self._slots[slot] = key
             self.ways[key] = {}
 
     def event(self, key: str, event: str) -> None:

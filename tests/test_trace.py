@@ -96,3 +96,64 @@ def test_trace_goes_with_an_import():
                              "--trace", "x.json"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "--trace goes with --fullimport or --update" in result.stderr
+
+
+def test_a_project_asked_about_twice_is_one_way():
+    trace = Trace(sample=2, clock=Clock())
+    for key in ("a", "b", "a", "c", "d", "a", "e"):
+        trace.begin(key)
+    assert len(trace.ways) == 2 and trace.report()["projects_seen"] == 7
+
+
+def _interrupted_then_resumed(couch_url, db_name, trace_file):
+    import signal
+    import time
+
+    with SimulatorProcess("--projects", "400", "--seed", "5", "--latency-ms", "20") as sim:
+        command = [str(BIN / "pypioncouch"), "--fullimport", couch_url, "--pypi", sim.url,
+                   "--db", db_name, "--concurrency", "4", "--quiet"]
+        process = subprocess.Popen([*command, "--trace", str(trace_file)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not trace_file.exists():
+            # stopped once some projects are written (the trace is not written before)
+            time.sleep(0.1)
+            if _written(couch_url, db_name) > 50:
+                break
+        process.send_signal(signal.SIGINT)
+        out, errors = process.communicate(timeout=60)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return process.returncode, out, errors, again
+
+
+def _written(couch_url, db_name):
+    import urllib.request
+
+    from pypioncouch.urls import split_credentials
+    from base64 import b64encode
+
+    url, auth = split_credentials(f"{couch_url}{db_name}")
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization",
+                           "Basic " + b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)["doc_count"]
+    except OSError:
+        return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_interrupted_import_says_so_keeps_its_trace_and_resumes(
+        couch_server, db_name, tmp_path):
+    trace_file = tmp_path / "trace.json"
+    code, out, errors, again = await threads.deferToThread(
+        _interrupted_then_resumed, couch_server.url, db_name, trace_file)
+    assert code == 130 and out == ""  # not a success, and no summary of a pass not done
+    assert "pypioncouch: interrupted" in errors and "Traceback" not in errors
+    report = json.loads(trace_file.read_text())
+    assert "interrupted" in report["marks"] and report["ways_written"] > 0
+    assert again.returncode == 0, again.stderr
+    up_to_date = int(again.stdout.split(" removed, ")[1].split(" up to date")[0])
+    assert up_to_date >= report["ways_written"]  # what was written is not fetched again
