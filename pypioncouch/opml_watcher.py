@@ -132,14 +132,15 @@ class OpmlWatcher(Service):
     name = "opml"
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
-                 debounce: float = 0.25, batch: int = 200, max_backoff: float = 300.0,
-                 reactor=None):
+                 debounce: float = 0.25, batch: int = 50, in_flight: int = 3,
+                 max_backoff: float = 300.0, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
         self.status = status or SyncStatus()
         self.debounce = debounce
         self.batch = batch
+        self.in_flight = in_flight
         self.max_backoff = max_backoff
         self.failures = 0  # flushes failed in a row
         self.reactor = reactor
@@ -213,14 +214,30 @@ class OpmlWatcher(Service):
             return self.debounce
         return min(self.max_backoff, 2.0 ** (self.failures - 1))
 
+    async def _regenerate_batches(self, batches: list[list[str]]) -> None:
+        """Regenerate ``batches``, ``in_flight`` at a time; every one is waited for,
+        then the first failure (if any) is raised."""
+        limit = defer.DeferredSemaphore(self.in_flight)
+
+        async def one(batch):
+            _, conflicted = await regenerate_many(self.db, batch, self.status)
+            self.dirty.update(conflicted)  # the sync wrote meanwhile: once more
+
+        results = await defer.DeferredList(
+            [limit.run(lambda b=batch: defer.ensureDeferred(one(b))) for batch in batches],
+            consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                result.raiseException()
+
     async def _flush_now(self) -> None:
         keys, seq = sorted(self.dirty), self.seen_seq
         self.dirty = set()
         try:
-            for start in range(0, len(keys), self.batch):
-                _, conflicted = await regenerate_many(self.db, keys[start:start + self.batch],
-                                                      self.status)
-                self.dirty.update(conflicted)  # the sync wrote meanwhile: once more
+            # Small batches, a few at a time: the first projects of a burst are current
+            # while CouchDB still reads the next ones.
+            await self._regenerate_batches([keys[start:start + self.batch]
+                                            for start in range(0, len(keys), self.batch)])
             await _save_checkpoint(self.db, seq)
             self.status.opml_seq = seq
         except Exception as error:

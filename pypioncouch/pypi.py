@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import xmlrpc.client as xmlrpc_client
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
@@ -147,6 +148,7 @@ class PyPI:
         self._http = http if http is not None else LeanClient(
             reactor, max(2, concurrency), gzip=True, follow_redirects=True)
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
+        self._stream_http = LeanClient(reactor, 1)  # the listing (see _listing_once)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -160,7 +162,8 @@ class PyPI:
 
     def close(self):
         """Close the pooled connections (the daemon does on stop)."""
-        return self._http.close()
+        return defer.gatherResults([defer.maybeDeferred(self._http.close),
+                                    self._stream_http.close()])
 
     def sleep(self, seconds: float) -> defer.Deferred:
         return task.deferLater(self._reactor, seconds, lambda: None)
@@ -213,6 +216,42 @@ class PyPI:
         except Exception as error:  # resets, truncated or malformed XML
             raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
+    async def _listing_once(self) -> Any:
+        """``list_packages_with_serial``, its XML parsed as it arrives: at PyPI's size
+        (700,000 projects, ~57 MB of XML) the answer is never held whole, and the
+        parsing overlaps the transfer."""
+        where = f"{self.display_url}pypi list_packages_with_serial"
+        parser, unmarshaller = xmlrpc_client.getparser(use_builtin_types=True)
+        request = xmlrpc_client.dumps((), "list_packages_with_serial").encode("utf-8")
+        self.requests += 1
+        d = defer.ensureDeferred(self._stream_http.stream(
+            "POST", self.xmlrpc_url, {"Content-Type": "text/xml", "User-Agent": USER_AGENT},
+            request, parser.feed))
+        d.addTimeout(self.timeout, self._reactor)
+        try:
+            status, headers, _ = await d
+            if status == 200:
+                parser.close()
+                return unmarshaller.close()[0]
+        except defer.CancelledError:
+            raise
+        except xmlrpc_client.Fault as fault:
+            raise classify_fault(fault, where) from None
+        except defer.TimeoutError:
+            raise Transient(f"no answer within {self.timeout:g}s", where) from None
+        except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
+            raise Transient(_unreachable(error), where) from None
+        except Exception as error:  # resets, truncated or malformed XML
+            raise Transient(f"bad answer ({type(error).__name__})", where) from None
+        if status >= 500 or status == 429:
+            error = Transient(f"HTTP {status}", where)
+            try:
+                error.retry_after = float(headers.get("retry-after", ""))
+            except ValueError:
+                pass
+            raise error
+        raise PyPIError(f"HTTP {status}", where)
+
     async def changelog_last_serial(self) -> int:
         serial = await self.call("changelog_last_serial")
         if serial is None:
@@ -229,7 +268,7 @@ class PyPI:
         return rows
 
     async def list_packages_with_serial(self) -> dict[str, int]:
-        listing = await self.call("list_packages_with_serial")
+        listing = await self._retrying(self._listing_once)
         if not isinstance(listing, dict):
             raise PyPIError("list_packages_with_serial did not answer a struct",
                             self.xmlrpc_url)

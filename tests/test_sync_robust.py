@@ -290,6 +290,34 @@ async def test_an_http_error_from_the_xmlrpc_endpoint_is_named():
             await pypi.changelog_last_serial()
         assert str(error.value).startswith("HTTP 426 Upgrade Required (http://127.0.0.1:")
         assert "\n" not in str(error.value)
+        with pytest.raises(PyPIError) as error:
+            await pypi.list_packages_with_serial()
+        assert str(error.value).startswith("HTTP 426 (http://127.0.0.1:")
+        assert "list_packages_with_serial" in str(error.value)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listing_is_read_whole_through_faults_mid_answer():
+    """The listing is parsed as it arrives: an answer cut off, malformed, a Fault or a
+    5xx is retried, and only a whole listing is returned."""
+    from twisted.internet import reactor
+
+    from pypioncouch.pypi import PyPI
+    from pypioncouch.testing.pypi import listen, make_simulator
+
+    resource = make_simulator(60, seed=4)
+    port, url = listen(resource)
+    try:
+        expected = {display: resource.index.last_serial_of(key)
+                    for key, display in resource.index.listing()}
+        for kind in ("truncated", "malformed", "xmlrpc-fault", "503", "reset"):
+            resource.control("faults", {"rate": 0.6, "kinds": [kind], "seed": 3})
+            pypi = PyPI(url + "/", reactor=reactor, retries=12, backoff=0.001)
+            assert await pypi.list_packages_with_serial() == expected, kind
+            assert resource.faults.injected[kind] > 0
+            await pypi.close()
     finally:
         await port.stopListening()
 

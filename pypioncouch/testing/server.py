@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import random
 import re
-import xmlrpc.client
+import xmlrpc.client as xmlrpc_client
 from collections import Counter, deque
 from html import escape
 
@@ -490,7 +490,7 @@ class SimulatorResource(Resource):
             request.transport.abortConnection()
         elif kind == "xmlrpc-fault" and is_rpc:
             request.setHeader("Content-Type", "text/xml")
-            request.write(xmlrpc.client.dumps(xmlrpc.Fault(-32500, "application error"),
+            request.write(xmlrpc_client.dumps(xmlrpc.Fault(-32500, "application error"),
                                               methodresponse=True).encode())
             request.finish()
         elif kind == "truncated":
