@@ -1,0 +1,70 @@
+"""PyPI's listing of every project, at PyPI's size: parsed as it arrives into columns
+(pypi.Listing), walked in key order without a Work per project held (sync.WorkList)."""
+
+import xmlrpc.client
+
+import pytest
+
+from pypioncouch.pypi import Listing, _ListingUnmarshaller
+from pypioncouch.sync import Work, WorkList
+
+
+def parse(xml: str, chunk: int = 7):
+    unmarshaller = _ListingUnmarshaller()
+    parser = xmlrpc.client.ExpatParser(unmarshaller)
+    data = xml.encode()
+    for at in range(0, len(data), chunk):  # as it arrives, in small pieces
+        parser.feed(data[at:at + chunk])
+    parser.close()
+    return unmarshaller.listing()
+
+
+ANSWER = """<?xml version='1.0'?>
+<methodResponse><params><param><value><struct>
+<member><name>Twisted</name><value><int>12</int></value></member>
+<member><name>zope.interface</name><value><i4>7</i4></value></member>
+<member><name>Caf&#233;_Menu</name><value><int>30</int></value></member>
+</struct></value></param></params></methodResponse>"""
+
+
+def test_the_listing_is_parsed_into_columns_as_it_arrives():
+    listing = parse(ANSWER)
+    assert isinstance(listing, Listing)
+    assert listing.names == ["Twisted", "zope.interface", "Café_Menu"]
+    assert list(listing.serials) == [12, 7, 30]
+    assert dict(listing.items()) == {"Twisted": 12, "zope.interface": 7, "Café_Menu": 30}
+    assert listing["zope.interface"] == 7 and len(listing) == 3
+    assert listing == {"Twisted": 12, "zope.interface": 7, "Café_Menu": 30}
+
+
+def test_an_empty_listing_and_a_fault():
+    empty = ("<?xml version='1.0'?><methodResponse><params><param><value><struct>"
+             "</struct></value></param></params></methodResponse>")
+    assert len(parse(empty)) == 0
+    fault = xmlrpc.client.dumps(xmlrpc.client.Fault(-32500, "RuntimeError: busy"),
+                                methodresponse=True)
+    with pytest.raises(xmlrpc.client.Fault) as raised:
+        parse(fault)
+    assert raised.value.faultCode == -32500 and raised.value.faultString == "RuntimeError: busy"
+
+
+def test_a_listing_entry_that_is_not_a_serial_is_refused():
+    bad = ANSWER.replace("<int>12</int>", "<string>12</string>")
+    with pytest.raises(xmlrpc.client.ResponseError):
+        parse(bad)
+
+
+def test_works_come_in_key_order_with_pypis_spelling():
+    works = WorkList({"Zope.Interface": 3, "requests": 7, "Foo_Bar": 5, "not a name!": 9,
+                      "foo-baz": 1})
+    assert list(works) == [Work("foo-bar", "Foo_Bar", 5), Work("foo-baz", "foo-baz", 1),
+                           Work("requests", "requests", 7),
+                           Work("zope-interface", "Zope.Interface", 3)]
+    assert len(works) == 4
+    assert "foo-bar" in works and "zope-interface" in works
+    assert "Foo_Bar" not in works and "not-a-name" not in works and "zzz" not in works
+
+
+def test_a_simple_index_without_serials_gives_works_without_them():
+    works = WorkList({"b": None, "a": 4})
+    assert list(works) == [Work("a", "a", 4), Work("b", "b", None)]
