@@ -35,7 +35,7 @@ from pypioncouch.checkpoint import Checkpoint
 from pypioncouch.couch import Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
-    MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
+    Listing, MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
 from pypioncouch.removals import CONFIRM_HINT, removal_limit, stale_listing
 from pypioncouch.status import SyncStatus
 from pypioncouch.trace import OFF, Trace
@@ -149,22 +149,22 @@ class WorkList:
     NO_SERIAL = -1
 
     def __init__(self, listing):
-        keys: list[str] = []
-        names: list[str] = []
-        serials = array("q")
-        for name, serial in listing.items():
-            if not model.is_valid_project_name(name):
-                continue
-            key = model.normalize(name)
+        if isinstance(listing, Listing):  # its columns, not copies of them
+            names, serials = listing.names, listing.serials
+        else:
+            names = list(listing)
+            serials = array("q", (s if isinstance(s, int) else self.NO_SERIAL
+                                  for s in listing.values()))
+        keys: list[str | None] = []
+        for name in names:
+            key = model.normalize(name) if model.is_valid_project_name(name) else None
             keys.append(name if key == name else key)  # one string when they agree
-            names.append(name)
-            serials.append(serial if isinstance(serial, int) else self.NO_SERIAL)
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        self.keys = [keys[i] for i in order]
+        order = sorted((i for i, key in enumerate(keys) if key is not None),
+                       key=keys.__getitem__)
+        self.keys: list[str] = [keys[i] for i in order]
         del keys
         self.names = [None if names[i] is key else names[i]
                       for i, key in zip(order, self.keys)]
-        del names
         self.serials = array("q", (serials[i] for i in order))
 
     def __len__(self) -> int:
