@@ -273,12 +273,16 @@ class PyPI:
             if status >= 500 or status == 429:
                 raise Transient(f"HTTP {status} {reason}".rstrip(), where) from None
             raise PyPIError(f"HTTP {status} {reason}".rstrip(), where) from None
-        except defer.TimeoutError:
-            raise Transient(f"no answer within {self.timeout:g}s", where) from None
-        except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
-            raise Transient(_unreachable(error), where) from None
-        except Exception as error:  # resets, truncated or malformed XML
-            raise Transient(f"bad answer ({type(error).__name__})", where) from None
+        except Exception as error:
+            raise self._call_failed(error, where) from None
+
+    def _call_failed(self, error: Exception, where: str) -> Transient:
+        """An XML-RPC call that got no usable answer: worth trying again."""
+        if isinstance(error, defer.TimeoutError):
+            return Transient(f"no answer within {self.timeout:g}s", where)
+        if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
+            return Transient(_unreachable(error), where)
+        return Transient(f"bad answer ({type(error).__name__})", where)  # resets, bad XML
 
     async def _listing_once(self) -> Any:
         """``list_packages_with_serial``, its XML parsed as it arrives: at PyPI's size
@@ -302,12 +306,8 @@ class PyPI:
             raise
         except xmlrpc_client.Fault as fault:
             raise classify_fault(fault, where) from None
-        except defer.TimeoutError:
-            raise Transient(f"no answer within {self.timeout:g}s", where) from None
-        except (ierror.ConnectionRefusedError, ierror.DNSLookupError) as error:
-            raise Transient(_unreachable(error), where) from None
-        except Exception as error:  # resets, truncated or malformed XML
-            raise Transient(f"bad answer ({type(error).__name__})", where) from None
+        except Exception as error:
+            raise self._call_failed(error, where) from None
         if status >= 500 or status == 429:
             error = Transient(f"HTTP {status}", where)
             try:
