@@ -557,9 +557,9 @@ class XmlRpcImporter:
                 while ahead is not None:
                     chunk, reading = ahead
                     with trace.timed("read"):
-                        stored = await reading
+                        copies = await reading
                     ahead = read_ahead(chunks)
-                    await feed(chunk, stored)
+                    await feed(chunk, copies)
             finally:  # cancelled, or a read failed: the read ahead is not wanted
                 if ahead is not None:
                     ahead[1].addErrback(lambda failure: None)
@@ -567,11 +567,11 @@ class XmlRpcImporter:
             for _ in range(fetchers):
                 await to_fetch.put(None)
 
-        async def feed(chunk, stored):
+        async def feed(chunk, copies):
             for work in chunk:
                 trace.begin(work.key)
                 trace.event(work.key, "read")
-                old = stored.get(work.key)
+                old = copies.get(work.key)
                 if (old is not None and work.serial is not None
                         and (old.get("last_serial") or -1) >= work.serial
                         and not store.needs_repair(old)):
@@ -624,8 +624,9 @@ class XmlRpcImporter:
                 await to_write.put(None)
 
         async def write():
-            # Several writers: while CouchDB takes one's batch, the next is prepared
-            # and sent; a batch takes what is ready, never waiting for a slow project.
+            # Two writers: while CouchDB takes one's batch, the other prepares and sends
+            # the next (more were measured: no gain, bench/RESULTS.md); a batch takes
+            # what is ready, never waiting for a slow project.
             done = False
             while not done:
                 batch = []
