@@ -25,7 +25,7 @@ import time
 from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Container, Iterable, Iterator, NamedTuple
+from typing import Callable, Container, Iterable, Iterator, Mapping, NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -270,20 +270,26 @@ class XmlRpcImporter:
             await couchapp.push_guard(self.db)
         await upgrade.add_requirements(self.db)
 
-    async def full_import(self) -> Summary:
-        """Import every project PyPI lists, then set the checkpoint (resumable)."""
-        started = time.monotonic()
-        summary = Summary(kind="full import")
-        self.status.phase = "full import"
-        checkpoint = await self.load_checkpoint()
+    async def fetch_listing(self) -> tuple[int | None, Mapping[str, int | None]]:
+        """``(PyPI's serial, {name: serial} of every project it lists)``, the serial
+        asked for first (reference §5)."""
         if self.status.changes_source == "simple":
             baseline, listing = await self.pypi.simple_index()
             if baseline is None:  # no serial header: the newest project's serial
                 baseline = max((v for v in listing.values() if isinstance(v, int)),
                                default=None)
-        else:
-            baseline = await self.pypi.changelog_last_serial()  # before listing: §5
-            listing = await self.pypi.list_packages_with_serial()
+            return baseline, listing
+        baseline = await self.pypi.changelog_last_serial()  # before listing: §5
+        return baseline, await self.pypi.list_packages_with_serial()
+
+    async def full_import(self, listing: defer.Deferred | None = None) -> Summary:
+        """Import every project PyPI lists, then set the checkpoint (resumable).
+        ``listing`` is :meth:`fetch_listing` already under way, if it is."""
+        started = time.monotonic()
+        summary = Summary(kind="full import")
+        self.status.phase = "full import"
+        checkpoint = await self.load_checkpoint()
+        baseline, listing = await (listing if listing is not None else self.fetch_listing())
         self.trace.mark("listed")
         pending = dict((checkpoint or {}).get("pending") or {})
         if self._is_stale(baseline, checkpoint, summary):
@@ -839,5 +845,16 @@ def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
 async def run_pass(importer: XmlRpcImporter, full: bool = False) -> Summary:
     """Check CouchDB, prepare the database and run one pass (the command, the API)."""
     await importer.db.server.info()
-    await importer.prepare()
-    return await (importer.full_import() if full else importer.update())
+    if not full:
+        await importer.prepare()
+        return await importer.update()
+    # PyPI's listing is asked for while the database is prepared: each can take
+    # seconds (a listing of 700,000 projects; a design document's views to build).
+    listing = defer.ensureDeferred(importer.fetch_listing())
+    try:
+        await importer.prepare()
+    except BaseException:
+        listing.addErrback(lambda failure: None)
+        listing.cancel()
+        raise
+    return await importer.full_import(listing)
