@@ -135,21 +135,21 @@ async def sync_command(reactor, args) -> int:
                               changes=args.changes, max_removals=args.max_removals,
                               confirm_removals=args.confirm_removals, guard=args.guard,
                               trace=trace, progress=show)
-    trace_written: list[bool] = []
+    written: list[bool] = []
 
     def write_trace(interrupted: bool = False) -> None:
-        if trace is not None and not trace_written:
-            trace_written.append(True)
+        if not written:
+            written.append(True)
             _write_trace(args.trace, trace, interrupted)
 
-    # An interrupted pass (Ctrl-C, SIGTERM) writes its trace on the way out.
-    trigger = reactor.addSystemEventTrigger("before", "shutdown", write_trace, True)
+    if trace is not None:  # an interrupted pass (Ctrl-C, SIGTERM) writes it on the way out
+        trigger = reactor.addSystemEventTrigger("before", "shutdown", write_trace, True)
     try:
         summary = await run_pass(importer, full=bool(args.fullimport))
     finally:
         if progress is not None:
             progress.close()
-        if not trace_written:
+        if trace is not None and not written:
             reactor.removeSystemEventTrigger(trigger)
             write_trace()
     print(summary)

@@ -710,11 +710,11 @@ class RenderedAnswers:
         return answer
 
     def serve(self, request, path, render):
-        if self.index.last_serial != self.serial or self.index.stale_seconds:
-            self.clear()
         key = self._key(path, request.getHeader("accept"))
-        if key is None or self.index.stale_seconds:
+        if key is None or self.index.stale_seconds:  # stale copies change with time
             return render(request, path)
+        if self.index.last_serial != self.serial:
+            self.clear()
         answer = self.answers.get(key) or self._render(path, request.getHeader("accept"),
                                                        render)
         code, headers, body = answer
