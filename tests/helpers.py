@@ -55,13 +55,17 @@ class World:
         self.read_db = CouchDB(read_url or couch_url, timeout=30).database(db_name)
 
     async def settled(self, seconds: float = 30.0) -> None:
-        """Wait until the node read through holds what was written (a cluster copies
-        writes to every node a moment after it acknowledges them)."""
+        """Wait until the node read through holds what was written: every document at
+        the revision written, and the views over them (a cluster copies writes to the
+        other nodes a moment after it acknowledges them)."""
         from pypioncouch import couchapp
 
+        async def revisions(db):
+            rows = (await db.all_docs())["rows"]
+            return {row["id"]: row["value"]["rev"] for row in rows}
+
         for _ in range(int(seconds / 0.2)):
-            written = (await self.db.info())["doc_count"]
-            if (await self.read_db.info())["doc_count"] == written and \
+            if await revisions(self.read_db) == await revisions(self.db) and \
                     await couchapp.count(self.read_db, "name") == \
                     await couchapp.count(self.db, "name"):
                 return

@@ -26,6 +26,7 @@ async def test_full_import_equals_the_simulator_document_by_document(world):
     summary = await run_pass(world.importer(), full=True)
     assert summary.projects == 60 and summary.pending == 0, summary
     assert summary.serial == world.index.last_serial
+    await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
     checkpoint = await world.db.get_local(CHECKPOINT)
     assert checkpoint["serial"] == world.index.last_serial and checkpoint["pending"] == {}
@@ -38,6 +39,7 @@ async def test_documents_keep_the_normalized_forms(world):
     await run_pass(world.importer(), full=True)
     name = world.index.dataset.name(1)  # the unicode showcase
     key = model.normalize(name)
+    await world.settled()
     project, releases = await stored_project(world.read_db, key)
     assert project["name"] == name and project["_id"] == key
     assert project["keywords"] == ["données", "データ", "🐍"]
@@ -85,6 +87,7 @@ async def test_every_changelog_action_converges_to_the_truth(world):
     summary = await run_pass(world.importer())
     assert summary.pending == 0, summary.errors
     assert summary.deleted == 1
+    await world.settled()
     await assert_matches_simulator(world.read_db, index)
     quarantined = await world.db.get(keys[6])
     assert quarantined["status"] == "quarantined" and quarantined["versions"] == []
@@ -97,10 +100,12 @@ async def test_every_changelog_action_converges_to_the_truth(world):
 async def test_unchanged_releases_are_not_rewritten(world):
     await run_pass(world.importer(), full=True)
     key = model.normalize(world.index.dataset.name(2))
+    await world.settled()
     _, before = await stored_project(world.read_db, key)
     world.index.yank(key, "1.0.0", "oops")
     summary = await run_pass(world.importer())
     assert summary.releases == 1
+    await world.settled()
     _, after = await stored_project(world.read_db, key)
     revs = {d["version"]: d["_rev"] for d in before}
     changed = [d["version"] for d in after if d["_rev"] != revs[d["version"]]]
@@ -113,6 +118,7 @@ async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
     key = model.normalize(world.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
     world.index.publish(key, "2.0", summary="the new one")
     await run_pass(world.importer())
+    await world.settled()
     _, releases = await stored_project(world.read_db, key)
     by_version = {d["version"]: d for d in releases}
     assert by_version["2.0"]["info"]["summary"] == "the new one"
@@ -132,6 +138,7 @@ async def test_a_full_import_removes_what_pypi_no_longer_lists(world):
     summary = await run_pass(world.importer(), full=True)
     assert summary.deleted == 1
     assert await world.db.get_or_none(gone) is None
+    await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
 
 
@@ -152,6 +159,7 @@ async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
     assert "unexpected KeyError" in summary.errors[0]
     assert victim in (await world.db.get_local(CHECKPOINT))["pending"]
     await run_pass(world.importer())  # the next pass retries it
+    await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
 
 
