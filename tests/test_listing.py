@@ -68,3 +68,10 @@ def test_works_come_in_key_order_with_pypis_spelling():
 def test_a_simple_index_without_serials_gives_works_without_them():
     works = WorkList({"b": None, "a": 4})
     assert list(works) == [Work("a", "a", 4), Work("b", "b", None)]
+
+
+def test_short_keys_and_shared_prefixes_keep_the_key_order():
+    works = WorkList({"ab": 1, "a": 2, "A-B": 3, "a0": 4, "b": 5, "aa": 6, "a.a": 7,
+                      "Ab-C": 8})
+    assert [w.key for w in works] == ["a", "a-a", "a-b", "a0", "aa", "ab", "ab-c", "b"]
+    assert [w.serial for w in works] == [2, 7, 3, 4, 6, 1, 8, 5]

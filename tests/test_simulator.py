@@ -437,6 +437,41 @@ def test_each_release_answers_with_its_own_metadata():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_kept_listing_is_the_rendered_one_until_something_changes(sim):
+    """``--keep-answers`` renders the XML-RPC listing once (57 MB at PyPI's size) and
+    serves those bytes again, until a change: then the new listing."""
+    plain, plain_url = sim
+    resource = make_simulator(30, seed=3, keep_answers=True)
+    port, url = listen(resource)
+    listing_call = xmlrpc.client.dumps((), "list_packages_with_serial").encode()
+
+    async def call(base, body=listing_call):
+        answer = await treq.post(base + "/pypi", body, headers={"Content-Type": "text/xml"})
+        return answer.headers.getRawHeaders("content-type"), await answer.content()
+
+    try:
+        assert resource.rendered.answers == {}  # nothing rendered ahead
+        first = await call(url)
+        assert first == await call(plain_url)
+        assert first == await call(url)
+        assert resource.xmlrpc.calls["list_packages_with_serial"] == 2
+        key = resource.index.listing()[0][0]
+        resource.index.publish(key, "99.0")  # from Python: no control request
+        plain.index.publish(key, "99.0")
+        (listing,), _ = xmlrpc.client.loads((await call(url))[1])
+        assert listing[resource.index.get(key).name] == resource.index.last_serial
+        assert await call(url) == await call(plain_url)
+        resource.control("listing", {"keep": "0.5"})  # cut short: the cut one
+        (listing,), _ = xmlrpc.client.loads((await call(url))[1])
+        assert len(listing) == 15
+        serial_call = xmlrpc.client.dumps((), "changelog_last_serial").encode()
+        (serial,), _ = xmlrpc.client.loads((await call(url, serial_call))[1])
+        assert serial == resource.index.last_serial  # other calls are answered as ever
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_prerendered_simulator_answers_as_a_rendering_one(sim):
     """``--prerender`` (the benchmarks' cheap PyPI) serves the same bytes and headers,
     and a change is served at once, not the answer rendered before it."""

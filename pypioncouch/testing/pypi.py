@@ -70,13 +70,15 @@ def make_simulator(projects: int = 100, seed: int = 0, *, heavy: bool | None = N
                    fault_kinds=FAULT_KINDS, fault_seed: int = 0, legacy_xmlrpc: bool = False,
                    stale_seconds: float = 0.0, xmlrpc_rate_limit: int | None = None,
                    listing_keep: float = 1.0, listing_start: float = 0.0,
-                   prerender: bool = False, reactor=None) -> SimulatorResource:
+                   prerender: bool = False, keep_answers: bool = False,
+                   reactor=None) -> SimulatorResource:
     index = PackageIndex(Dataset(projects, seed, heavy), stale_seconds=stale_seconds)
     return SimulatorResource(index, faults=FaultPlan(fault_rate, fault_kinds, fault_seed),
                              latency_ms=latency_ms, legacy_xmlrpc=legacy_xmlrpc,
                              xmlrpc_rate_limit=xmlrpc_rate_limit,
                              listing=ListingFault(listing_keep, listing_start),
-                             prerender=prerender, reactor=reactor)
+                             prerender=prerender, keep_answers=keep_answers,
+                             reactor=reactor)
 
 
 def listen(resource: SimulatorResource, port: int = 0, interface: str = "127.0.0.1",
@@ -162,7 +164,12 @@ def main(argv=None) -> None:
                         help="with --listing-keep: where the kept part starts (a fraction)")
     parser.add_argument("--prerender", action="store_true",
                         help="render every project's JSON API and Simple answers at start "
-                             "and serve them as bytes (a cheap PyPI for benchmarks)")
+                             "and serve them as bytes (a cheap PyPI for benchmarks); "
+                             "implies --keep-answers")
+    parser.add_argument("--keep-answers", action="store_true",
+                        help="serve each JSON API, Simple and XML-RPC listing answer "
+                             "rendered once, as bytes, until something changes (a cheap "
+                             "PyPI at any size)")
     parser.add_argument("--churn", type=float, default=0.0,
                         help="make a random change every this many seconds")
     args = parser.parse_args(argv)
@@ -178,7 +185,7 @@ def main(argv=None) -> None:
         fault_seed=args.fault_seed, legacy_xmlrpc=args.legacy_xmlrpc,
         stale_seconds=args.stale_seconds, xmlrpc_rate_limit=args.xmlrpc_rate_limit,
         listing_keep=args.listing_keep, listing_start=args.listing_start,
-        prerender=args.prerender)
+        prerender=args.prerender, keep_answers=args.keep_answers)
     _, url = listen(resource, args.port, args.interface)
     if args.churn > 0:
         resource.start_churn(args.churn, args.seed)

@@ -20,6 +20,7 @@ Routes (as on pypi.org, reference §1, §3, §4):
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -27,8 +28,9 @@ import xmlrpc.client as xmlrpc_client
 from collections import Counter, deque
 from html import escape
 
+from twisted.internet import defer, task
 from twisted.internet import reactor as default_reactor
-from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 from twisted.web import xmlrpc
 from twisted.web.resource import Resource
@@ -41,6 +43,7 @@ log = Logger()
 
 FAULT_KINDS = ("500", "502", "503", "429", "timeout", "reset", "xmlrpc-fault",
                "truncated", "malformed")
+XMLRPC_PATHS = ("/pypi", "/pypi/", "/RPC2")
 MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
              "remove_release", "remove_project", "quarantine", "clear_quarantine",
              "archive", "add_role", "remove_role")
@@ -411,7 +414,7 @@ class SimulatorResource(Resource):
     def __init__(self, index: PackageIndex, *, faults: FaultPlan | None = None,
                  latency_ms: float = 0.0, legacy_xmlrpc: bool = False,
                  xmlrpc_rate_limit: int | None = None, listing: ListingFault | None = None,
-                 prerender: bool = False, reactor=None):
+                 prerender: bool = False, keep_answers: bool = False, reactor=None):
         super().__init__()
         self.index = index
         self.faults = faults or FaultPlan()
@@ -424,13 +427,16 @@ class SimulatorResource(Resource):
         self.hits: Counter = Counter()
         self.files = FileFaults()
         self._churn: task.LoopingCall | None = None
-        # With ``prerender``, JSON API and Simple answers are rendered once and then
-        # served as bytes (a PyPI that costs its client's benchmark little CPU).
+        # With ``keep_answers``, JSON API, Simple and listing answers are rendered once
+        # and then served as bytes (a PyPI that costs its client's benchmark little
+        # CPU); ``prerender`` also renders every project's ahead of time
         # (:meth:`render_ahead`, once the index knows its URL).
-        self.rendered: RenderedAnswers | None = RenderedAnswers(index) if prerender else None
+        self.prerender = prerender
+        self.rendered: RenderedAnswers | None = \
+            RenderedAnswers(index) if prerender or keep_answers else None
 
     def render_ahead(self) -> None:
-        if self.rendered is not None:
+        if self.rendered is not None and self.prerender:
             self.rendered.clear()
             self.rendered.fill(self._dispatch_rendering)
 
@@ -510,10 +516,16 @@ class SimulatorResource(Resource):
     def _dispatch(self, request, path):
         if self.rendered is not None and request.method == b"GET":
             return self.rendered.serve(request, path, self._dispatch_rendering)
+        if self.rendered is not None and path in XMLRPC_PATHS and \
+                self.xmlrpc.rate_limit is None:  # with a limit, every call must count
+            body = self.rendered.serve_listing(request, path, self._dispatch_rendering,
+                                               self.xmlrpc.calls)
+            if body is not None:
+                return body
         return self._dispatch_rendering(request, path)
 
     def _dispatch_rendering(self, request, path):
-        if path in ("/pypi", "/pypi/", "/RPC2") and request.method == b"POST":
+        if path in XMLRPC_PATHS and request.method == b"POST":
             return self.xmlrpc.render(request)
         parts = path.strip("/").split("/")
         if parts[0] == "pypi" and len(parts) in (3, 4) and parts[-1] == "json":
@@ -671,10 +683,36 @@ class _Capture:
         self.code = code
 
 
+class _CallCapture(_Capture):
+    """Just enough of a request to render an XML-RPC answer ahead of time (Twisted's
+    XML-RPC resource answers a method that returns at once before it returns)."""
+
+    method = b"POST"
+
+    def __init__(self, body: bytes):
+        super().__init__(None)
+        self.content = io.BytesIO(body)
+        self.written: list[bytes] = []
+        self.finished = False
+
+    def getClientAddress(self):
+        return IPv4Address("TCP", "127.0.0.1", 0)
+
+    def notifyFinish(self):
+        return defer.Deferred()
+
+    def write(self, data):
+        self.written.append(data)
+
+    def finish(self):
+        self.finished = True
+
+
 class RenderedAnswers:
-    """JSON API and Simple answers rendered once, served as bytes until the index
-    changes (any mutation or control operation clears them; so does a new serial).
-    Not for stale copies (``stale_seconds``): those change with time alone."""
+    """JSON API and Simple answers, and the XML-RPC listing, rendered once and served
+    as bytes until the index changes (any mutation or control operation clears them;
+    so does a new serial). Not for stale copies (``stale_seconds``): those change with
+    time alone."""
 
     ACCEPTS = (simple_pages.V1_JSON, "text/html")
 
@@ -717,6 +755,37 @@ class RenderedAnswers:
             self.clear()
         answer = self.answers.get(key) or self._render(path, request.getHeader("accept"),
                                                        render)
+        return self._send(request, answer)
+
+    def serve_listing(self, request, path, render, calls: Counter) -> bytes | None:
+        """The answer to an XML-RPC ``list_packages_with_serial`` call as bytes, rendered
+        when first asked (at PyPI's size, 57 MB that take seconds to render) and
+        counted in ``calls`` when served again; None for any other call."""
+        body = request.content.read()
+        request.content.seek(0)
+        try:
+            params, method = xmlrpc_client.loads(body)
+        except Exception:
+            return None
+        if method != "list_packages_with_serial" or params:
+            return None
+        if self.index.last_serial != self.serial:
+            self.clear()
+        key = ("xmlrpc", method)
+        answer = self.answers.get(key)
+        if answer is not None:
+            calls[method] += 1
+        else:
+            capture = _CallCapture(body)
+            render(capture, path)
+            if not capture.finished:
+                return None
+            answer = self.answers[key] = (capture.code, capture.headers,
+                                          b"".join(capture.written))
+        return self._send(request, answer)
+
+    @staticmethod
+    def _send(request, answer) -> bytes:
         code, headers, body = answer
         request.setResponseCode(code)
         for name, value in headers.items():
