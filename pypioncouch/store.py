@@ -23,6 +23,8 @@ pass) is the sync's policy (:mod:`pypioncouch.removals`); how it is removed is h
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from pypioncouch import model
 from pypioncouch.couch import Database, NotFound, doc_path
 
@@ -103,17 +105,36 @@ class Store:
         return project, releases
 
     async def project_sized(self, key: str) -> tuple[dict | None, list[dict], int]:
-        """:meth:`project` and the bytes of JSON read for it (a cache counts them)."""
-        try:
-            project, size = await self.db.get_sized(doc_path(key))
-        except NotFound:
-            return None, [], 0
+        """:meth:`project` and the bytes of JSON read for it (a cache counts them).
+
+        The project and its releases are read at once (a web front's miss waits one
+        round trip, not two). A project's releases are written before it, so a release
+        its ``versions`` name but the read lacks was written meanwhile: the releases
+        are read again, after the project, as the writer's order guarantees."""
+        project_read = defer.ensureDeferred(self.db.get_sized(doc_path(key)))
+        releases_read = defer.ensureDeferred(self._releases_sized(key))
+        (read_project, project), (read_releases, releases) = await defer.DeferredList(
+            [project_read, releases_read], consumeErrors=True)
+        if not read_project:
+            if project.check(NotFound):
+                return None, [], 0
+            project.raiseException()
+        project, size = project
         if project.get("type") != model.PROJECT:
             return None, [], 0
+        if not read_releases:
+            releases.raiseException()
+        releases, more = releases
+        found = {doc["version"] for doc in releases}
+        if any(version not in found for version in project.get("versions") or []):
+            releases, more = await self._releases_sized(key)
+        return project, releases, size + more
+
+    async def _releases_sized(self, key: str) -> tuple[list[dict], int]:
         start, end = release_range(key)
-        answer, more = await self.db.get_sized("_all_docs", startkey=start, endkey=end,
+        answer, size = await self.db.get_sized("_all_docs", startkey=start, endkey=end,
                                                include_docs=True)
-        return project, [row["doc"] for row in answer["rows"] if row.get("doc")], size + more
+        return [row["doc"] for row in answer["rows"] if row.get("doc")], size
 
     async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests

@@ -2,6 +2,7 @@
 with a scripted ``http=`` object and a fake clock (``task.Clock``). No sockets, no
 sleeps: time moves only when the test advances it, so every expected time is exact."""
 
+import json
 import random
 
 import pytest
@@ -15,6 +16,7 @@ from pypioncouch.couch import (
     BadResponse, Conflict, CouchDB, NotFound, PreconditionFailed, Timeout, Unauthorized,
     Unreachable)
 from pypioncouch.pypi import PyPI, PyPIError, StaleAnswer, Transient
+from pypioncouch.store import Store
 
 from .helpers import ScriptedHTTP
 
@@ -347,3 +349,29 @@ def test_the_daemon_closes_every_pooled_connection_when_it_stops():
     closer.startService()
     closer.stopService()
     assert closed == closer.clients
+
+
+def _rows(*versions):
+    rows = [{"id": f"p:{v}", "doc": {"_id": f"p:{v}", "type": "release", "project": "p",
+                                     "version": v}} for v in versions]
+    return couch_json(200, json.dumps({"rows": rows}).encode())
+
+
+def test_a_project_read_with_its_releases_at_once_never_lacks_a_named_release():
+    """The project and its release range are asked for together; a range read before
+    a new release landed (its project names it) is read again, not served short."""
+    project = couch_json(200, b'{"_id": "p", "type": "project", "versions": ["1.0", "2.0"]}')
+    db, http, clock = couch_with(project, _rows("1.0"), _rows("1.0", "2.0"))
+    _, results = started(Store(db).project("p"))
+    stored, releases = outcome(results)
+    assert stored["versions"] == ["1.0", "2.0"]
+    assert [r["version"] for r in releases] == ["1.0", "2.0"]
+    assert [url.split("/db/")[1].split("?")[0] for url in http.urls] == \
+        ["p", "_all_docs", "_all_docs"]
+    db, http, clock = couch_with(project, _rows("1.0", "2.0"))
+    _, results = started(Store(db).project("p"))
+    assert len(outcome(results)[1]) == 2 and len(http.requests) == 2  # one round trip
+    missing = couch_json(404, b'{"error":"not_found","reason":"missing"}')
+    db, http, clock = couch_with(missing, _rows())
+    _, results = started(Store(db).project("p"))
+    assert outcome(results) == (None, [])
