@@ -22,10 +22,20 @@ from bench.common import (
     BIN, SimulatorProcess, auth_header, couch_server, http_json, mirror_front)
 from pypioncouch.testing.couchserver import free_port
 
+# Each wrk thread starts at its own place in the list: two threads walking it in step
+# would ask for every path twice at once, and the front answers such twins with one
+# read (a cold figure would count half its misses).
 LUA = """
 paths = {}
 for line in io.lines("%s") do paths[#paths + 1] = line end
-counter = 0
+threads = 0
+setup = function(thread)
+  thread:set("offset", threads)
+  threads = threads + 1
+end
+init = function(args)
+  counter = math.floor(offset * #paths / %d)
+end
 request = function()
   counter = counter + 1
   return wrk.format("GET", paths[(counter %% #paths) + 1], {["Accept"] = "%s"%s})
@@ -42,8 +52,10 @@ def wrk(base: str, paths: list[str], seconds: float, accept: str = "*/*",
         listing.write_text("\n".join(paths) + "\n")
         script = Path(folder, "paths.lua")
         extra = f', ["Authorization"] = "{authorization}"' if authorization else ""
-        script.write_text(LUA % (listing, accept, extra))
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+        threads = min(2, connections)
+        script.write_text(LUA % (listing, threads, accept, extra))
+        out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
+                              "--latency",
                               "-s", str(script), base], capture_output=True, text=True,
                              check=True).stdout
     answered = int(re.search(r"(\d+) requests in", out).group(1))
@@ -89,7 +101,9 @@ def run(projects: int = 2000, seconds: float = 10.0,
                                            ("simple_html", "/simple/{}/", "text/html"),
                                            ("json_api", "/pypi/{}/json", "*/*")):
                 result[f"{name}_warm"] = wrk(front, [template.format(hot)], seconds, accept)
-                with mirror_front(couch.url) as fresh:  # an empty cache: every read misses
+                # No cache: every read misses (with one, the run's later rounds through
+                # the projects would be warm reads).
+                with mirror_front(couch.url, "--cache-mb", "0") as fresh:
                     result[f"{name}_cold"] = wrk(fresh, [template.format(k) for k in keys],
                                                  seconds, accept)
             result.update(pypiserver_figures(couch.url, keys, hot, seconds))

@@ -89,9 +89,10 @@ def peak_rss_of(command: list[str]) -> tuple[float, float, str, float]:
 
 
 @contextmanager
-def mirror_front(couch_url: str):
-    """The daemon serving ``couch_url`` with ``--no-sync``; yields its base URL."""
-    with daemon(couch_url, "--no-sync") as (front, _):
+def mirror_front(couch_url: str, *options: str):
+    """The daemon serving ``couch_url`` with ``--no-sync`` (and ``options``); yields its
+    base URL."""
+    with daemon(couch_url, "--no-sync", *options) as (front, _):
         yield front
 
 
