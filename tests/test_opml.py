@@ -8,7 +8,7 @@ import pytest_twisted
 
 from pypioncouch import model, opml
 from pypioncouch.couch import CouchDB
-from pypioncouch.opml_watcher import CHECKPOINT, OpmlWatcher, regenerate_all
+from pypioncouch.opml_watcher import CHECKPOINT, Backlog, OpmlWatcher, regenerate_all
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import HOSTILE
 
@@ -52,6 +52,42 @@ def test_opml_is_valid_xml_for_hostile_strings_and_lists_releases_newest_first()
 def test_opml_is_deterministic():
     assert opml.project_opml(*sample()) == opml.project_opml(*sample())
     assert opml.project_opml(*sample()) != opml.project_opml(*sample(summary="other"))
+
+
+def test_the_backlog_hands_out_the_oldest_changes_first_and_none_twice_at_once():
+    backlog = Backlog("s0")
+    backlog.changed("b", "s1", now=1.0)
+    backlog.changed("a", "s2", now=1.1)
+    backlog.changed("b", "s3", now=1.2)  # b again: it keeps its place
+    backlog.changed(None, "s4", now=1.3)  # a design document: no project
+    assert backlog.take(10, changed_before=1.05) == ["b"]  # a changed too recently
+    backlog.changed("b", "s5", now=1.4)  # while its batch runs
+    assert backlog.take(10, changed_before=2.0) == ["a"]  # b waits for its batch
+    backlog.finished(["b"])
+    assert backlog.take(1, changed_before=2.0) == ["b"]
+    assert backlog.take(1, changed_before=2.0) == [] and len(backlog) == 0
+
+
+def test_the_checkpoint_never_passes_a_change_whose_project_is_not_done():
+    backlog = Backlog("s0")
+    for key, seq in [("a", "s1"), ("b", "s2"), ("c", "s3"), (None, "s4")]:
+        backlog.changed(key, seq, now=0.0)
+    first, second = backlog.take(1, 1.0), backlog.take(2, 1.0)
+    assert (first, second) == (["a"], ["b", "c"])
+    backlog.finished(second)
+    assert backlog.safe_seq == "s0"  # a (s1) is still being written
+    backlog.failed(first)
+    backlog.changed("d", "s5", now=5.0)
+    assert backlog.take(5, 1.0) == ["a"]  # first in line again, at once
+    backlog.finished(["a"], again=["a"])  # a conflict: once more
+    assert backlog.safe_seq == "s0"
+    assert backlog.take(5, 1.0) == ["a"]
+    backlog.changed("a", "s6", now=6.0)  # while it is written
+    backlog.finished(["a"])
+    assert backlog.safe_seq == "s4"  # d (s5) and a's new change (s6) are not done
+    assert backlog.take(5, 10.0) == ["d", "a"]
+    backlog.finished(["d", "a"])
+    assert backlog.safe_seq == "s6"
 
 
 def test_a_real_opml_parser_reads_it():
