@@ -59,35 +59,47 @@ def test_the_backlog_hands_out_the_oldest_changes_first_and_none_twice_at_once()
     backlog.changed("b", "s1", now=1.0)
     backlog.changed("a", "s2", now=1.1)
     backlog.changed("b", "s3", now=1.2)  # b again: it keeps its place
-    backlog.changed(None, "s4", now=1.3)  # a design document: no project
-    assert backlog.take(10, changed_before=1.05) == ["b"]  # a changed too recently
+    assert backlog.take(10) == []  # the open epoch is not due
+    assert backlog.close(now=1.2, debounce=0.25) == pytest.approx(0.05)  # not yet
+    assert backlog.close(now=1.25, debounce=0.25) is None
+    backlog.changed("c", "s4", now=1.3)  # a new epoch
+    assert backlog.take(1) == ["b"]
     backlog.changed("b", "s5", now=1.4)  # while its batch runs
-    assert backlog.take(10, changed_before=2.0) == ["a"]  # b waits for its batch
+    assert backlog.close(now=2.0, debounce=0.25) is None
+    assert backlog.take(10) == ["a", "c"]  # b waits for its batch
     backlog.finished(["b"])
-    assert backlog.take(1, changed_before=2.0) == ["b"]
-    assert backlog.take(1, changed_before=2.0) == [] and len(backlog) == 0
+    assert backlog.take(10) == ["b"] and len(backlog) == 0
 
 
 def test_the_checkpoint_never_passes_a_change_whose_project_is_not_done():
     backlog = Backlog("s0")
     for key, seq in [("a", "s1"), ("b", "s2"), ("c", "s3"), (None, "s4")]:
         backlog.changed(key, seq, now=0.0)
-    first, second = backlog.take(1, 1.0), backlog.take(2, 1.0)
+    backlog.close(now=1.0, debounce=0.25)  # epoch 0 ends at s4
+    first, second = backlog.take(1), backlog.take(2)
     assert (first, second) == (["a"], ["b", "c"])
     backlog.finished(second)
     assert backlog.safe_seq == "s0"  # a (s1) is still being written
     backlog.failed(first)
     backlog.changed("d", "s5", now=5.0)
-    assert backlog.take(5, 1.0) == ["a"]  # first in line again, at once
+    backlog.close(now=6.0, debounce=0.25)  # epoch 1 ends at s5
+    assert backlog.take(1) == ["a"]  # first in line again
     backlog.finished(["a"], again=["a"])  # a conflict: once more
     assert backlog.safe_seq == "s0"
-    assert backlog.take(5, 1.0) == ["a"]
-    backlog.changed("a", "s6", now=6.0)  # while it is written
+    assert backlog.take(1) == ["a"]
+    backlog.changed("a", "s6", now=7.0)  # while it is written: epoch 2
     backlog.finished(["a"])
-    assert backlog.safe_seq == "s4"  # d (s5) and a's new change (s6) are not done
-    assert backlog.take(5, 10.0) == ["d", "a"]
-    backlog.finished(["d", "a"])
-    assert backlog.safe_seq == "s6"
+    assert backlog.safe_seq == "s4"  # d (s5) is not done
+    backlog.changed(None, "s7", now=7.5)  # a design document
+    backlog.close(now=8.0, debounce=0.25)  # epoch 2 ends at s7
+    assert backlog.take(5) == ["d", "a"]
+    backlog.finished(["d"])
+    assert backlog.safe_seq == "s5"  # a's newer change (s6) is not done
+    backlog.finished(["a"])
+    assert backlog.safe_seq == "s7"
+    backlog.changed(None, "s8", now=9.0)  # no project: passed once its epoch closes
+    backlog.close(now=9.0, debounce=0.0)
+    assert backlog.safe_seq == "s8"
 
 
 def test_a_real_opml_parser_reads_it():
