@@ -230,17 +230,23 @@ class Backlog:
             self.oldest += 1
 
 
+# (projects a batch, batches in flight), measured at a burst of 1,000 changed projects
+# (bench/RESULTS.md): Apache CouchDB answers requests in parallel, so smaller batches,
+# more at once (p99 1.6 s); pouchdb-server answers in one thread, where every request
+# costs, so fewer, bigger ones (p99 2.4 s, against 2.8-3.4 s with 25 x 6).
+BATCH_SHAPES = {"apache": (25, 6), "pouchdb": (50, 3)}
+
+
 class OpmlWatcher(Service):
     """Regenerates the ``opml.xml`` of changed projects, oldest change first, in batches
     of ``batch`` with ``in_flight`` at a time: a batch starts as soon as one ends, so
     changes that arrive during a burst do not wait for the whole burst to be written.
-    25 x 6 was measured best for a burst of 1,000 on Apache CouchDB (bench/RESULTS.md;
-    pouchdb-server, one thread, gains nothing past 3 in flight)."""
+    Unless given, both follow the server (:data:`BATCH_SHAPES`)."""
 
     name = "opml"
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
-                 debounce: float = 0.25, batch: int = 25, in_flight: int = 6,
+                 debounce: float = 0.25, batch: int | None = None, in_flight: int | None = None,
                  max_backoff: float = 300.0, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
@@ -272,6 +278,12 @@ class OpmlWatcher(Service):
         while self.running and checkpoint is None:
             try:
                 await self.db.ensure()
+                if self.batch is None or self.in_flight is None:
+                    welcome = await self.db.server.info()
+                    batch, in_flight = BATCH_SHAPES[
+                        "pouchdb" if "express-pouchdb" in welcome else "apache"]
+                    self.batch, self.in_flight = self.batch or batch, \
+                        self.in_flight or in_flight
                 checkpoint = await self.db.get_local(CHECKPOINT) or {"seq": 0}
             except CouchError as error:
                 log.warn("OPML watcher waits for CouchDB: {error}", error=error)

@@ -185,6 +185,9 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
             return "opml.xml" in (doc.get("_attachments") or {})
 
         assert await wait_for(has_opml)
+        # Batches shaped for the server (one thread, or answering in parallel).
+        one_thread = "express-pouchdb" in await world.couch.info()  # pouchdb-server
+        assert (watcher.batch, watcher.in_flight) == ((50, 3) if one_thread else (25, 6))
         world.index.publish(key, "42.0")
         await run_pass(world.importer())
 
