@@ -147,6 +147,7 @@ class Backlog:
 
     def __init__(self, seq: Any = 0):
         self.due: dict[str, int] = {}  # key -> the epoch of its oldest change not done
+        self.again: dict[str, int] = {}  # the same, put back: first in line
         self.running: dict[str, int] = {}  # the same, for keys in a batch in flight
         self.held: dict[int, int] = {}  # epoch -> how many keys of it are due or running
         self.ends: dict[int, Any] = {}  # closed epoch -> the last seq it took
@@ -156,14 +157,14 @@ class Backlog:
         self.last_seq = self.safe_seq = seq  # safe: every change up to it is done
 
     def __len__(self) -> int:
-        return len(self.due)
+        return len(self.again) + len(self.due)
 
     def changed(self, key: str | None, seq: Any, now: float) -> None:
         """A change (of ``key``'s documents, or of no project: a design document)."""
         self.last_seq = seq
         if self.opened_at is None:
             self.opened_at = now
-        if key is not None and key not in self.due:
+        if key is not None and key not in self.due and key not in self.again:
             self.due[key] = self.epoch
             self.held[self.epoch] = self.held.get(self.epoch, 0) + 1
 
@@ -184,16 +185,15 @@ class Backlog:
         flight (two writes of one project would conflict). They run until
         :meth:`finished` or :meth:`failed`."""
         taken = []
-        for key, epoch in self.due.items():
-            if epoch == self.epoch:
-                break  # the open epoch, and after it nothing older but keys put back
-            if key not in self.running:
-                taken.append(key)
-                if len(taken) >= size:
-                    break
-        for key in taken:
-            self.running[key] = self.due.pop(key)
-        return taken
+        for line in (self.again, self.due):
+            for key, epoch in line.items():
+                if len(taken) >= size or epoch == self.epoch:
+                    break  # the open epoch: all after it are in it too
+                if key not in self.running:
+                    taken.append((line, key))
+        for line, key in taken:
+            self.running[key] = line.pop(key)
+        return [key for _, key in taken]
 
     def finished(self, keys: list[str], again: list[str] = ()) -> None:
         """A batch is written; ``again`` conflicted (the sync wrote meanwhile) and is
@@ -217,7 +217,7 @@ class Backlog:
         newer = self.due.pop(key, None)
         if newer is not None:  # changed again meanwhile: held once, by the older epoch
             self._release(newer)
-        self.due = {key: epoch, **self.due}
+        self.again[key] = epoch
 
     def _release(self, epoch: int) -> None:
         self.held[epoch] -= 1
