@@ -394,8 +394,8 @@ class OpmlWatcher(Service):
     async def _save(self) -> None:
         self._save_queued = False
         seq = self.backlog.safe_seq
-        if seq == self.saved_seq:
-            return
+        if self.saved_seq is None or seq == self.saved_seq:
+            return  # not started (the checkpoint not read yet), or nothing new
         try:
             await _save_checkpoint(self.db, seq)
         except Exception as error:  # the next batch's save tries again

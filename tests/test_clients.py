@@ -375,3 +375,4 @@ def test_a_project_read_with_its_releases_at_once_never_lacks_a_named_release():
     db, http, clock = couch_with(missing, _rows())
     _, results = started(Store(db).project("p"))
     assert outcome(results) == (None, [])
+

@@ -102,6 +102,19 @@ def test_the_checkpoint_never_passes_a_change_whose_project_is_not_done():
     assert backlog.safe_seq == "s8"
 
 
+def test_an_opml_watcher_stopped_before_it_read_its_checkpoint_writes_none():
+    """Stopped while CouchDB has not answered yet, the watcher must not write a
+    checkpoint of its own (it would send the next start back to the beginning)."""
+    from .test_clients import HANG, couch_with, outcome, started
+
+    db, http, clock = couch_with(HANG)
+    watcher = OpmlWatcher(db, reactor=clock)
+    watcher.startService()
+    _, results = started(watcher.stopService())
+    outcome(results)
+    assert [method for method, *_ in http.requests] == ["HEAD"] and http.cancelled == 1
+
+
 def test_a_real_opml_parser_reads_it():
     parsed = listparser.parse(opml.project_opml(*sample()).decode("utf-8"))
     assert not parsed.bozo, parsed.bozo_exception
