@@ -125,7 +125,7 @@ class Store:
         if not read_releases:
             releases.raiseException()
         releases, more = releases
-        found = {doc["version"] for doc in releases}
+        found = {doc.get("version") for doc in releases}
         if any(version not in found for version in project.get("versions") or []):
             releases, more = await self._releases_sized(key)
         return project, releases, size + more
