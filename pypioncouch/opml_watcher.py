@@ -345,11 +345,9 @@ class OpmlWatcher(Service):
             batch.addBoth(lambda _, b=batch: self.batches.discard(b))
 
     def retry_delay(self) -> float:
-        """After conflicts, the debounce; after failures, 1 s, 2 s, 4 s... up to
-        ``max_backoff``: an error that does not go away is not hammered."""
-        if not self.failures:
-            return self.debounce
-        return min(self.max_backoff, 2.0 ** (self.failures - 1))
+        """The pause after ``failures`` failed batches in a row: 1 s, 2 s, 4 s... up to
+        ``max_backoff`` (an error that does not go away is not hammered)."""
+        return min(self.max_backoff, 2.0 ** max(0, self.failures - 1))
 
     async def _regenerate(self, keys: list[str]) -> None:
         try:
