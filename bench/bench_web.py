@@ -1,5 +1,6 @@
 """Web front benchmark (issue 6): req/s and p99 of /simple/<p>/ and /pypi/<p>/json
-with 32 connections, warm (one project) and cold (many projects), against a direct
+with 32 connections, warm (one project, cached) and cold (every project in turn, from
+a front without a cache: every read a miss), against a direct
 CouchDB GET of the same documents in the same run, and against pypiserver (with
 waitress) serving a directory holding the same projects' files. Uses wrk (Debian's
 package)."""
