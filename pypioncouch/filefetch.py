@@ -28,7 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pypioncouch import __version__
 from pypioncouch.files import FileStore, Wanted
-from pypioncouch.http import _ascii, quiet_pool
+from pypioncouch.http import _ascii, quiet_pool, reusing_agent
 from pypioncouch.urls import redact
 
 log = Logger()
@@ -194,8 +194,7 @@ class Fetcher:
         if agent is None:
             self._pool = quiet_pool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = concurrency
-            agent = client.RedirectAgent(client.Agent(reactor, pool=self._pool,
-                                                      connectTimeout=timeout))
+            agent = client.RedirectAgent(reusing_agent(reactor, self._pool, timeout))
         self.agent = agent
         self.slots = defer.DeferredSemaphore(concurrency)
         self.in_flight: dict[str, Download] = {}

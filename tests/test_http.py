@@ -1,0 +1,108 @@
+"""The HTTP plumbing on real loopback servers: one endpoint per origin, reused by every
+request, and HTTPS still checking certificates through it."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, ssl
+from twisted.web import resource, server
+from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseNeverReceived
+
+from pypioncouch import http
+from pypioncouch.http import LeanClient
+
+
+class Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello " + request.path
+
+
+@pytest.fixture
+def listen():
+    ports = []
+
+    def start(tls=None):
+        site = server.Site(Hello())
+        site.noisy = False
+        port = (reactor.listenSSL(0, site, tls, interface="127.0.0.1") if tls
+                else reactor.listenTCP(0, site, interface="127.0.0.1"))
+        ports.append(port)
+        return port.getHost().port
+
+    yield start
+    for port in ports:
+        port.stopListening()
+
+
+@pytest.fixture(scope="module")
+def certificate():
+    """``(root, server options)``: a certificate for ``localhost`` signed by a root of
+    its own (made with ``cryptography``: Twisted's helpers cannot name a subjectAltName,
+    which hostname checks read)."""
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.now(timezone.utc)
+    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    root = (x509.CertificateBuilder().subject_name(name("pypioncouch test root"))
+            .issuer_name(name("pypioncouch test root")).public_key(root_key.public_key())
+            .serial_number(1).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name("localhost"))
+            .issuer_name(root.subject).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(root_key, hashes.SHA256()))
+    options = ssl.CertificateOptions(privateKey=key, certificate=leaf)
+    return ssl.Certificate.loadPEM(root.public_bytes(Encoding.PEM)), options
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_to_one_origin_build_one_endpoint(listen, monkeypatch):
+    built = []
+    real = http.HostnameEndpoint
+    monkeypatch.setattr(http, "HostnameEndpoint",
+                        lambda *args, **kw: built.append(args[1:3]) or real(*args, **kw))
+    first, second = listen(), listen()
+    lean = LeanClient(reactor, 4)
+    try:
+        for number in range(5):
+            status, _, body = await lean.get(f"http://127.0.0.1:{first}/p{number}", {})
+            assert (status, body) == (200, f"hello /p{number}".encode())
+        status, _, body = await lean.get(f"http://127.0.0.1:{second}/other", {})
+        assert (status, body) == (200, b"hello /other")
+    finally:
+        await lean.close()
+    assert built == [("127.0.0.1", first), ("127.0.0.1", second)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_answers_only_a_server_whose_certificate_is_trusted(listen, certificate):
+    root, options = certificate
+    port = listen(options)
+    trusting = LeanClient(reactor, 2, tls=BrowserLikePolicyForHTTPS(trustRoot=root))
+    doubting = LeanClient(reactor, 2)  # the platform's roots: ours is not among them
+    try:
+        status, _, body = await trusting.get(f"https://localhost:{port}/tls", {})
+        assert (status, body) == (200, b"hello /tls")
+        with pytest.raises(ResponseNeverReceived) as refused:
+            await doubting.get(f"https://localhost:{port}/tls", {})
+        assert "certificate verify failed" in str(refused.value.reasons[0].value)
+        with pytest.raises(ResponseNeverReceived):  # the certificate names localhost
+            await trusting.get(f"https://127.0.0.1:{port}/tls", {})
+    finally:
+        await trusting.close()
+        await doubting.close()
