@@ -1,9 +1,10 @@
 """Our PyPI client: the changelog and serials over XML-RPC, per-project metadata from
 the JSON API (reference: ../shared/reference/pypi-api.md).
 
-- XML-RPC goes through ``twisted.web.xmlrpc.Proxy`` (with our User-Agent);
-  ``changelog_since_serial``, ``changelog_last_serial`` and
-  ``list_packages_with_serial`` are the methods PyPI still supports.
+- XML-RPC is a POST on a kept-alive connection of our own HTTP client (the standard
+  library's ``xmlrpc.client`` writes and reads the XML); ``changelog_since_serial``,
+  ``changelog_last_serial`` and ``list_packages_with_serial`` are the methods PyPI
+  still supports.
 - A project costs one JSON API request (``/pypi/<name>/json``); only when that
   answers 404 does a second one (``/simple/<name>/``, PEP 691 JSON) tell a project
   with no release (or quarantined) from one that is gone. A release's own metadata,
@@ -24,6 +25,7 @@ import random
 import re
 import xmlrpc.client as xmlrpc_client
 from array import array
+from http import HTTPStatus
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -32,8 +34,6 @@ from urllib.parse import quote
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
 from twisted.logger import Logger
-from twisted.web import xmlrpc
-from twisted.web.error import Error as HTTPError
 
 from pypioncouch import __version__
 from pypioncouch.http import LeanClient, is_cancellation
@@ -44,6 +44,7 @@ from pypioncouch.urls import redact
 log = Logger()
 
 USER_AGENT = f"pypioncouch/{__version__} (+https://github.com/pypioncouch/pypioncouch)"
+RPC_HEADERS = {"Content-Type": "text/xml", "User-Agent": USER_AGENT}
 PYPI_URL = "https://pypi.org/"
 
 
@@ -87,7 +88,7 @@ _GONE_MARKERS = ("no longer supports", "has been deprecated", "has been removed"
                  "API has been removed")
 
 
-def classify_fault(fault: xmlrpc.Fault, url: str) -> PyPIError:
+def classify_fault(fault: xmlrpc_client.Fault, url: str) -> PyPIError:
     code, text = fault.faultCode, str(fault.faultString)
     if code == -32601 or (code == -32500 and any(m in text for m in _GONE_MARKERS)):
         return MethodGone(code, text, url)
@@ -179,30 +180,16 @@ class _ListingUnmarshaller(xmlrpc_client.Unmarshaller):
         return Listing(self.names, self.serials)
 
 
-class _QueryProtocol(xmlrpc.QueryProtocol):
-    def sendHeader(self, name, value):
-        if name.lower() == b"user-agent":
-            value = USER_AGENT.encode("ascii")
-        super().sendHeader(name, value)
-
-
-class _QueryFactory(xmlrpc.QueryFactory):
-    protocol = _QueryProtocol
-    noisy = False
-
-
-class _Proxy(xmlrpc.Proxy):
-    queryFactory = _QueryFactory
-
-
 class PyPI:
     """PyPI (or anything that speaks its APIs) at ``url``. ``http`` answers
-    ``await http.get(url, headers) -> (status, headers, body)`` (a :class:`LeanClient`
-    unless a test gives another)."""
+    ``await http.get(url, headers) -> (status, headers, body)``, ``rpc_http`` the
+    XML-RPC POSTs (``request`` and ``stream``): :class:`LeanClient` unless a test gives
+    others. XML-RPC follows no redirect: a moved endpoint is an error that says where."""
 
-    def __init__(self, url: str = PYPI_URL, *, http=None, reactor=None, concurrency: int = 10,
-                 timeout: float = 30.0, retries: int = 5, backoff: float = 0.5,
-                 stale_retries: int = 3, rng: random.Random | None = None):
+    def __init__(self, url: str = PYPI_URL, *, http=None, rpc_http=None, reactor=None,
+                 concurrency: int = 10, timeout: float = 30.0, retries: int = 5,
+                 backoff: float = 0.5, stale_retries: int = 3,
+                 rng: random.Random | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.url = url if url.endswith("/") else url + "/"
@@ -212,7 +199,7 @@ class PyPI:
         self._http = http if http is not None else LeanClient(
             reactor, max(2, concurrency), gzip=True, follow_redirects=True)
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
-        self._stream_http = LeanClient(reactor, 1)  # the listing (see _listing_once)
+        self._rpc_http = rpc_http if rpc_http is not None else LeanClient(reactor, 1)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -227,7 +214,7 @@ class PyPI:
     def close(self):
         """Close the pooled connections (the daemon does on stop)."""
         return defer.gatherResults([defer.maybeDeferred(self._http.close),
-                                    self._stream_http.close()])
+                                    defer.maybeDeferred(self._rpc_http.close)])
 
     def sleep(self, seconds: float) -> defer.Deferred:
         return task.deferLater(self._reactor, seconds, lambda: None)
@@ -254,35 +241,57 @@ class PyPI:
         return await self._retrying(lambda: self._call_once(method, *args))
 
     async def _call_once(self, method: str, *args) -> Any:
-        proxy = _Proxy(self.xmlrpc_url.encode("ascii"), allowNone=True,
-                       connectTimeout=self.timeout, reactor=self._reactor)
-        self.requests += 1
-        d = proxy.callRemote(method, *args)
-        d.addTimeout(self.timeout, self._reactor)  # (a timeout is a TimeoutError)
         where = f"{self.display_url}pypi {method}"
+        request = xmlrpc_client.dumps(args, method, allow_none=True).encode("utf-8")
+        self.requests += 1
+        status, headers, body = await self._within_timeout(
+            lambda: self._rpc_http.request("POST", self.xmlrpc_url, RPC_HEADERS, request),
+            where)
+        if status != 200:
+            raise _status_error(status, headers, where)
         try:
-            return await d
-        except defer.CancelledError:
-            raise  # the caller gave up: not PyPI's doing, and not to be retried
-        except xmlrpc.Fault as fault:
+            return xmlrpc_client.loads(body)[0][0]
+        except xmlrpc_client.Fault as fault:
             raise classify_fault(fault, where) from None
-        except (HTTPError, ValueError) as error:
-            status, reason = _http_status(error)
-            if status is None:
-                raise Transient(f"bad answer ({type(error).__name__})", where) from None
-            if status >= 500 or status == 429:
-                raise Transient(f"HTTP {status} {reason}".rstrip(), where) from None
-            raise PyPIError(f"HTTP {status} {reason}".rstrip(), where) from None
-        except Exception as error:
-            raise self._call_failed(error, where) from None
+        except Exception as error:  # not XML, or no value in it
+            raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
     def _call_failed(self, error: Exception, where: str) -> Transient:
-        """An XML-RPC call that got no usable answer: worth trying again."""
+        """A request that got no usable answer: worth trying again."""
         if isinstance(error, defer.TimeoutError):
             return Transient(f"no answer within {self.timeout:g}s", where)
         if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
             return Transient(_unreachable(error), where)
         return Transient(f"bad answer ({type(error).__name__})", where)  # resets, bad XML
+
+    async def _within_timeout(self, send: Callable[[], Awaitable[tuple]], where: str
+                              ) -> tuple[int, dict[str, str], bytes]:
+        """``send()``'s answer, given up after the timeout (:class:`Transient`, as is
+        no answer at all); a caller's cancel stays a cancel, not to be retried."""
+        d = defer.ensureDeferred(send())
+        timed_out = []
+
+        def on_timeout():
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(self.timeout, on_timeout)
+        try:
+            return await d
+        except Exception as error:
+            if timed_out:
+                raise Transient(f"no answer within {self.timeout:g}s", where) from None
+            if is_cancellation(error):
+                # The caller gave up (a web client left): not PyPI's doing, and
+                # not to be retried.
+                raise defer.CancelledError() from None
+            if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
+                raise Transient(_unreachable(error), where) from None
+            # resets, truncated bodies
+            raise Transient(f"connection failed ({type(error).__name__})", where) from None
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _listing_once(self) -> Any:
         """``list_packages_with_serial``, its XML parsed as it arrives: at PyPI's size
@@ -293,9 +302,8 @@ class PyPI:
         parser = xmlrpc_client.ExpatParser(unmarshaller)
         request = xmlrpc_client.dumps((), "list_packages_with_serial").encode("utf-8")
         self.requests += 1
-        d = defer.ensureDeferred(self._stream_http.stream(
-            "POST", self.xmlrpc_url, {"Content-Type": "text/xml", "User-Agent": USER_AGENT},
-            request, parser.feed))
+        d = defer.ensureDeferred(self._rpc_http.stream(
+            "POST", self.xmlrpc_url, RPC_HEADERS, request, parser.feed))
         d.addTimeout(self.timeout, self._reactor)
         try:
             status, headers, _ = await d
@@ -308,14 +316,7 @@ class PyPI:
             raise classify_fault(fault, where) from None
         except Exception as error:
             raise self._call_failed(error, where) from None
-        if status >= 500 or status == 429:
-            error = Transient(f"HTTP {status}", where)
-            try:
-                error.retry_after = float(headers.get("retry-after", ""))
-            except ValueError:
-                pass
-            raise error
-        raise PyPIError(f"HTTP {status}", where)
+        raise _status_error(status, headers, where)
 
     async def changelog_last_serial(self) -> int:
         serial = await self.call("changelog_last_serial")
@@ -347,39 +348,10 @@ class PyPI:
         shown = self.display_url + path
         async with self._limit:
             self.requests += 1
-            d = defer.ensureDeferred(self._fetch(url, accept))
-            timed_out = []
-
-            def on_timeout():
-                timed_out.append(True)
-                d.cancel()
-
-            timer = self._reactor.callLater(self.timeout, on_timeout)
-            try:
-                status, headers, body = await d
-            except Exception as error:
-                if timed_out:
-                    raise Transient(f"no answer within {self.timeout:g}s", shown) from None
-                if is_cancellation(error):
-                    # The caller gave up (a web client left): not PyPI's doing, and
-                    # not to be retried.
-                    raise defer.CancelledError() from None
-                if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
-                    raise Transient(_unreachable(error), shown) from None
-                # resets, truncated bodies
-                raise Transient(f"connection failed ({type(error).__name__})", shown) from None
-            finally:
-                if timer.active():
-                    timer.cancel()
-        if status == 429:
-            error = Transient("HTTP 429 Too Many Requests", shown)
-            try:
-                error.retry_after = float(headers.get("retry-after", ""))
-            except ValueError:
-                pass
-            raise error
-        if status >= 500:
-            raise Transient(f"HTTP {status}", shown)
+            status, headers, body = await self._within_timeout(
+                lambda: self._fetch(url, accept), shown)
+        if status == 429 or status >= 500:
+            raise _status_error(status, headers, shown)
         return status, headers, body
 
     async def _fetch(self, url: str, accept: str):
@@ -402,7 +374,7 @@ class PyPI:
             if status == 404:
                 return None
             if status != 200:
-                raise PyPIError(f"HTTP {status}", self.display_url + path)
+                raise PyPIError(status_line(status), self.display_url + path)
             page = self._parse_json(body, self.display_url + path)
             if not isinstance(page, dict):
                 raise Transient("malformed Simple page", self.display_url + path)
@@ -418,7 +390,7 @@ class PyPI:
         async def attempt():
             status, headers, body = await self._get("simple/", V1_JSON)
             if status != 200:
-                raise PyPIError(f"HTTP {status}", self.display_url + "simple/")
+                raise PyPIError(status_line(status), self.display_url + "simple/")
             page = self._parse_json(body, self.display_url + "simple/")
             if not isinstance(page, dict) or not isinstance(page.get("projects"), list):
                 raise Transient("malformed Simple index", self.display_url + "simple/")
@@ -446,7 +418,7 @@ class PyPI:
                                  if isinstance(payload, dict) else None)
                 answer = ProjectAnswer(key, "project", payload, serial)
             else:
-                raise PyPIError(f"HTTP {status}", where)
+                raise PyPIError(status_line(status), where)
             # A 404 for a project the changelog says changed at ``min_serial`` is a
             # CDN's cached "not found" of a project new since (a removal comes as its
             # own changelog row, and is never asked about): stale too.
@@ -476,7 +448,7 @@ class PyPI:
             if status == 404:
                 return None
             if status != 200:
-                raise PyPIError(f"HTTP {status}", where)
+                raise PyPIError(status_line(status), where)
             payload = self._parse_json(body, where)
             if not isinstance(payload, dict):
                 raise Transient("malformed JSON API answer", where)
@@ -532,20 +504,28 @@ def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
         return None
 
 
-def _http_status(error: Exception) -> tuple[int | None, str]:
-    """``(status, reason)`` of an HTTP failure from the XML-RPC Proxy, which reports a
-    non-200 answer as ``ValueError(b"503", b"Service Unavailable")``."""
-    if isinstance(error, HTTPError):
-        status = error.status
-        reason = error.message or b""
-    elif len(error.args) == 2 and all(isinstance(a, bytes) for a in error.args):
-        status, reason = error.args
-    else:
-        return None, ""
+def status_line(status: int) -> str:
+    """``HTTP 426 Upgrade Required``: the status with its standard reason phrase."""
     try:
-        return int(status), reason.decode("latin-1")
-    except (TypeError, ValueError):
-        return None, ""
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:  # a status HTTP does not define
+        return f"HTTP {status}"
+
+
+def _status_error(status: int, headers: dict[str, str], where: str) -> PyPIError:
+    """An answer that is not the one asked for: 429 and 5xx are worth trying again
+    (after ``Retry-After``, when given); a redirect says where to."""
+    text = status_line(status)
+    if 300 <= status < 400 and headers.get("location"):
+        text += f", to {redact(headers['location'])}"
+    if status != 429 and status < 500:
+        return PyPIError(text, where)
+    error = Transient(text, where)
+    try:
+        error.retry_after = float(headers.get("retry-after", ""))
+    except ValueError:
+        pass
+    return error
 
 
 def _unreachable(error: Exception) -> str:

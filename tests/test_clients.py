@@ -4,11 +4,11 @@ sleeps: time moves only when the test advances it, so every expected time is exa
 
 import json
 import random
+import xmlrpc.client as xmlrpc_client
 
 import pytest
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
@@ -91,7 +91,8 @@ def test_after_the_last_retry_the_error_names_the_url_without_the_password():
     clock.pump([1.0, 2.0])
     error = outcome(results)
     assert isinstance(error, Transient)
-    assert str(error) == "HTTP 500 (http://mirror:***@pypi.test/pypi/foo-bar/json)"
+    assert str(error) == ("HTTP 500 Internal Server Error "
+                          "(http://mirror:***@pypi.test/pypi/foo-bar/json)")
     assert http.times == [0.0, 1.0, 3.0]
     assert http.requests[0][2] == {"Accept": "application/json",
                                    "User-Agent": http.requests[0][2]["User-Agent"]}
@@ -143,30 +144,79 @@ def test_a_cancel_while_waiting_to_retry_ends_the_wait():
     assert len(http.requests) == 1 and clock.getDelayedCalls() == []
 
 
+def rpc_with(*answers, **options):
+    """A PyPI whose XML-RPC calls take ``answers`` in turn (its JSON API answers none)."""
+    clock = task.Clock()
+    rpc = ScriptedHTTP(*answers, clock=clock)
+    settings = dict(timeout=5.0, retries=3, backoff=1.0, rng=Midpoint())
+    settings.update(options)
+    return PyPI("http://pypi.test/", http=ScriptedHTTP(), rpc_http=rpc, reactor=clock,
+                **settings), rpc, clock
+
+
+def rpc_answer(*values, fault=None):
+    body = xmlrpc_client.dumps(fault or tuple(values), methodresponse=True)
+    return (200, {"content-type": "text/xml"}, body.encode())
+
+
+def test_an_xmlrpc_call_is_one_post_of_the_call_as_xml():
+    pypi, rpc, clock = rpc_with(rpc_answer([["foo", "1.0", 1700000000, "new release", 12]]))
+    _, results = started(pypi.changelog_since_serial(11))
+    assert outcome(results) == [["foo", "1.0", 1700000000, "new release", 12]]
+    method, url, headers, body = rpc.requests[0]
+    assert (method, url, headers["Content-Type"]) == ("POST", "http://pypi.test/pypi",
+                                                      "text/xml")
+    assert headers["User-Agent"].startswith("pypioncouch/")
+    assert xmlrpc_client.loads(body) == ((11,), "changelog_since_serial")
+
+
 def test_a_cancelled_xmlrpc_call_is_not_retried():
-    reactor = MemoryReactorClock()
-    pypi = PyPI("http://pypi.test/", http=ScriptedHTTP(), reactor=reactor, timeout=5.0,
-                retries=3, backoff=1.0, rng=Midpoint())
+    pypi, rpc, clock = rpc_with(HANG)
     d, results = started(pypi.changelog_last_serial())
-    assert len(reactor.tcpClients) == 1  # connecting to pypi.test:80
     d.cancel()
     assert isinstance(outcome(results), defer.CancelledError)
-    reactor.advance(60.0)
-    assert len(reactor.tcpClients) == 1 and pypi.retried == 0
+    clock.advance(60.0)
+    assert len(rpc.requests) == 1 and rpc.cancelled == 1 and pypi.retried == 0
+    assert clock.getDelayedCalls() == []
 
 
 def test_an_unanswered_xmlrpc_call_times_out_and_is_retried():
-    reactor = MemoryReactorClock()
-    pypi = PyPI("http://pypi.test/", http=ScriptedHTTP(), reactor=reactor, timeout=5.0,
-                retries=1, backoff=1.0, rng=Midpoint())
+    pypi, rpc, clock = rpc_with(HANG, HANG, retries=1)
     _, results = started(pypi.changelog_last_serial())
-    reactor.advance(5.0)
-    assert results == [] and pypi.retried == 1
-    reactor.advance(1.0)
-    assert len(reactor.tcpClients) == 2
-    reactor.advance(5.0)
+    clock.advance(5.0)
+    assert results == [] and pypi.retried == 1 and rpc.cancelled == 1
+    clock.advance(1.0)
+    assert len(rpc.requests) == 2
+    clock.advance(5.0)
     error = outcome(results)
     assert str(error) == "no answer within 5s (http://pypi.test/pypi changelog_last_serial)"
+
+
+def test_an_xmlrpc_503_waits_as_long_as_retry_after_says_then_a_fault_is_named():
+    pypi, rpc, clock = rpc_with((503, {"retry-after": "7"}, b"busy"),
+                                rpc_answer(fault=xmlrpc_client.Fault(1, "no such serial")))
+    _, results = started(pypi.changelog_last_serial())
+    clock.advance(7.0)
+    error = outcome(results)
+    assert rpc.times == [0.0, 7.0]
+    assert str(error) == ("XML-RPC Fault 1: no such serial "
+                          "(http://pypi.test/pypi changelog_last_serial)")
+
+
+def test_an_xmlrpc_endpoint_that_moved_says_where_to_and_is_not_followed():
+    pypi, rpc, clock = rpc_with((301, {"location": "https://pypi.test/pypi"}, b""))
+    _, results = started(pypi.changelog_last_serial())
+    error = outcome(results)
+    assert type(error) is PyPIError and len(rpc.requests) == 1
+    assert str(error) == ("HTTP 301 Moved Permanently, to https://pypi.test/pypi "
+                          "(http://pypi.test/pypi changelog_last_serial)")
+
+
+def test_an_xmlrpc_answer_that_is_not_xml_is_retried():
+    pypi, rpc, clock = rpc_with((200, {}, b"<html>oops"), rpc_answer(42))
+    _, results = started(pypi.changelog_last_serial())
+    clock.advance(1.0)
+    assert outcome(results) == 42 and rpc.times == [0.0, 1.0]
 
 
 def test_a_stale_copy_is_asked_again_then_reported():
@@ -220,7 +270,7 @@ def test_an_answer_pypi_should_not_give_is_an_error_at_once():
     pypi, http, clock = pypi_with((403, {}, b"Forbidden"))
     _, results = started(pypi.project("Foo_Bar"))
     error = outcome(results)
-    assert type(error) is PyPIError and str(error) == f"HTTP 403 ({JSON_URL})"
+    assert type(error) is PyPIError and str(error) == f"HTTP 403 Forbidden ({JSON_URL})"
     assert len(http.requests) == 1
 
 

@@ -292,7 +292,7 @@ async def test_an_http_error_from_the_xmlrpc_endpoint_is_named():
         assert "\n" not in str(error.value)
         with pytest.raises(PyPIError) as error:
             await pypi.list_packages_with_serial()
-        assert str(error.value).startswith("HTTP 426 (http://127.0.0.1:")
+        assert str(error.value).startswith("HTTP 426 Upgrade Required (http://127.0.0.1:")
         assert "list_packages_with_serial" in str(error.value)
     finally:
         await port.stopListening()
