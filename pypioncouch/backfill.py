@@ -18,7 +18,9 @@ Writes go only into an existing release document, with the revision just read. O
 conflict it is read again, and a release that got its ``info`` meanwhile (the sync's,
 as the latest) or is gone is left alone: the backfill never creates, resurrects or
 overwrites a document the sync wrote. The web front uses :class:`OwnInfo` too, to
-fetch a release's metadata on the spot while the backfill has not reached it.
+fetch a release's metadata on the spot while the backfill has not reached it; both
+share one :class:`Pacer`, so PyPI sees at most ``rate`` per-version requests a second
+from the daemon, however many clients the front serves.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ DEFAULT_RATE = 5.0  # requests a second: ~18,000 an hour, PyPI's "spread them ou
 CONFLICT_ROUNDS = 3
 
 
+class Busy(Exception):
+    """The pacer's next free turn is further away than the caller may wait."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the next turn is {seconds:.1f}s away")
+        self.seconds = seconds
+
+
 class Pacer:
     """Spaces calls of :meth:`wait` at least ``1 / rate`` seconds apart (no bursts)."""
 
@@ -50,9 +60,13 @@ class Pacer:
         self.reactor = reactor
         self._next: float | None = None
 
-    async def wait(self) -> None:
+    async def wait(self, max_wait: float | None = None) -> None:
+        """Wait for the next turn; raise :class:`Busy` (taking no turn) if it is more
+        than ``max_wait`` seconds away."""
         now = self.reactor.seconds()
         at = now if self._next is None else max(now, self._next)
+        if max_wait is not None and at - now > max_wait:
+            raise Busy(at - now)
         self._next = at + self.interval
         if at > now:
             await task.deferLater(self.reactor, at - now, lambda: None)
@@ -60,21 +74,27 @@ class Pacer:
 
 class OwnInfo:
     """Fetches a release's own ``info`` from PyPI's per-version JSON API and stores it
-    in the release's document."""
+    in the release's document. Each request to PyPI waits its turn of ``pacer`` (at
+    most ``max_wait`` seconds: :class:`Busy` past that)."""
 
-    def __init__(self, db: Database, pypi: PyPI):
+    def __init__(self, db: Database, pypi: PyPI, pacer: Pacer | None = None,
+                 max_wait: float | None = None):
         self.db = db
         self.pypi = pypi
+        self.pacer = pacer
+        self.max_wait = max_wait
 
     async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
         """``(the release's document with its own info, whether this call stored
         it)``. The document is None when the release is not stored or PyPI does not
-        know it (404). Raises :class:`PyPIError`, :class:`model.BadPayload` or
-        :class:`CouchError`."""
+        know it (404). Raises :class:`PyPIError`, :class:`model.BadPayload`,
+        :class:`CouchError` or :class:`Busy`."""
         doc_id = model.release_id(key, version)
         doc = await self._release(doc_id)
         if doc is None or model.has_own_info(doc):
             return doc, False
+        if self.pacer is not None:
+            await self.pacer.wait(self.max_wait)
         payload = await self.pypi.release(key, version)
         if payload is None:
             return None, False
@@ -103,15 +123,15 @@ class Backfill(CoroutineService):
     name = "backfill"
 
     def __init__(self, db: Database, pypi: PyPI, progress: BackfillProgress, *,
-                 rate: float = DEFAULT_RATE, pause: float = 600.0, page: int = 100,
-                 concurrency: int = 4, ready: Callable[[], bool] = lambda: True,
-                 reactor=None):
+                 rate: float = DEFAULT_RATE, pacer: Pacer | None = None, pause: float = 600.0,
+                 page: int = 100, concurrency: int = 4,
+                 ready: Callable[[], bool] = lambda: True, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
-        self.own = OwnInfo(db, pypi)
+        self.pacer = pacer or Pacer(rate, reactor)  # the daemon shares it with the front
+        self.own = OwnInfo(db, pypi, self.pacer)
         self.progress = progress
-        self.pacer = Pacer(rate, reactor)
         self.pause = pause
         self.page = page
         self.concurrency = concurrency
@@ -167,8 +187,7 @@ class Backfill(CoroutineService):
         slots = defer.DeferredSemaphore(self.concurrency)
         tasks: list[defer.Deferred] = []
         try:
-            for doc_id in ids:
-                await self.pacer.wait()
+            for doc_id in ids:  # (a fill that asks PyPI waits for the pacer)
                 await slots.acquire()
                 d = defer.ensureDeferred(self._fill_one(doc_id))
                 d.addBoth(_release_slot, slots)

@@ -20,7 +20,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from pypioncouch import __version__
-from pypioncouch.backfill import DEFAULT_RATE, Backfill
+from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer
 from pypioncouch.couch import CouchDB
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore
@@ -64,7 +64,8 @@ class Options(usage.Options):
         ["cache-mb", None, DEFAULT_CACHE_MB, "megabytes of memory the web front's cache "
          "of projects and rendered pages may hold (estimated; 0: no cache)", float],
         ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
-         "PyPI's per-version JSON API, to fetch the metadata of older releases", float],
+         "PyPI's per-version JSON API, to fetch the metadata of older releases (in the "
+         "background and, on the spot, for the web front: one budget)", float],
         ["files", None, None, "serve release files from this folder: the Simple API points "
          "at /files/..., a file missing there is fetched once from upstream, checked "
          "against its sha256 and kept (with --no-sync nothing is fetched: the mirror "
@@ -240,6 +241,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     top = MultiService()
     clients: list = [couch]  # their pooled connections close when the daemon stops
     ClosesConnections(clients).setServiceParent(top)  # first in, so stopped last
+    # PyPI's per-version API is asked by the backfill and by the web front on the spot,
+    # in turns of one pacer: --backfill-rate is the daemon's rate, not each one's.
+    per_version = Pacer(options["backfill-rate"], reactor)
     if syncing:
         pypi = PyPI(options["pypi"], reactor=reactor, concurrency=options["concurrency"],
                     timeout=options["timeout"])
@@ -256,7 +260,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                  timeout=options["timeout"])
             clients.append(backfill_pypi)
             Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
-                     ready=lambda: status.our_serial is not None,
+                     pacer=per_version, ready=lambda: status.our_serial is not None,
                      reactor=reactor).setServiceParent(top)
     upstream = None
     if options["upstream"]:
@@ -284,7 +288,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
                  fetching=", fetched from upstream when missing" if syncing else "")
     front = WebFront(db, status, syncing=syncing, max_lag_seconds=options["max-lag"],
                      upstream=upstream, pypi=front_pypi, files=files, fetcher=fetcher,
-                     cache_bytes=int(options["cache-mb"] * MB), reactor=reactor)
+                     cache_bytes=int(options["cache-mb"] * MB), pacer=per_version,
+                     reactor=reactor)
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False

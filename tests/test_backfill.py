@@ -10,7 +10,7 @@ from twisted.internet import defer, task
 from twisted.python import usage
 
 from pypioncouch import couchapp, model
-from pypioncouch.backfill import Backfill, Pacer
+from pypioncouch.backfill import Backfill, Busy, Pacer
 from pypioncouch.pypi import PyPI
 from pypioncouch.status import BackfillProgress, SyncStatus
 from pypioncouch.sync import run_pass
@@ -253,6 +253,59 @@ def test_the_pacer_spaces_requests_by_the_rate():
     assert done == [0.0, 0.5]
     clock.advance(0.1)
     assert done == [0.0, 0.5, 1.0]
+
+
+def test_a_turn_too_far_away_is_refused_and_not_taken():
+    clock = task.Clock()
+    pacer = Pacer(2.0, clock)  # a turn every 0.5 s
+    for _ in range(3):
+        defer.ensureDeferred(pacer.wait(max_wait=1.0))  # turns at 0.0, 0.5, 1.0
+    refused = []
+    defer.ensureDeferred(pacer.wait(max_wait=1.0)).addErrback(refused.append)
+    assert refused[0].check(Busy) and refused[0].value.seconds == 1.5
+    clock.advance(0.5)  # one turn past: the next is 1.0 s away again, and may be taken
+    taken = []
+    defer.ensureDeferred(pacer.wait(max_wait=1.0)).addCallback(
+        lambda _: taken.append(clock.seconds()))
+    clock.advance(1.0)
+    assert taken == [1.5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_front_asks_pypi_on_the_spot_in_turns_and_says_when_to_come_back(
+        small_world):
+    """--backfill-rate bounds what PyPI sees from the daemon: clients asking for many
+    releases at once wait their turn a few seconds, then are told when to come back."""
+    from twisted.internet import reactor
+
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    older = [(k, v) for k, v, latest in releases_of(world.index) if not latest][:8]
+    pypi = PyPI(world.url, backoff=0.05)
+    # A turn a second; a client waits 2.2 s at most: the turns at 0, 1 and 2 s are
+    # taken (by requests arriving within 0.8 s of the first), the rest refused.
+    pacer = Pacer(1.0, reactor)
+    _, port, url = serve(world.db, pypi=pypi, pacer=pacer, on_the_spot_wait=2.2)
+    try:
+        answers = await defer.gatherResults([
+            defer.ensureDeferred(treq.get(f"{url}/pypi/{k}/{v}/json")) for k, v in older])
+        codes = [a.code for a in answers]
+        assert codes.count(200) == 3 and codes.count(503) == 5, codes
+        assert pypi.requests == 3
+        refused = next(i for i, a in enumerate(answers) if a.code == 503)
+        assert answers[refused].headers.getRawHeaders("Retry-After") == ["3"]
+        key, version = older[refused]
+        message = (await answers[refused].json())["message"]
+        assert message == (f"the metadata of {key} {version} is not stored yet, and this "
+                           "mirror asks PyPI for such metadata at a pace of 1 a second "
+                           "(--backfill-rate): try again in 3s")
+        for answer in answers:
+            if answer.code == 200:
+                await answer.content()
+        assert await ours(url, key, version) == (200, await oracle(world, key, version))
+        assert pypi.requests == 4
+    finally:
+        await port.stopListening()
 
 
 def test_the_daemon_backfills_unless_told_not_to():

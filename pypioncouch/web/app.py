@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pypioncouch import __version__, couchapp, model, simple
-from pypioncouch.backfill import OwnInfo
+from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import CouchError, Database
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, local_simple_files
@@ -40,6 +41,7 @@ from pypioncouch.web.streaming import PacedWriter, cut_short
 log = Logger()
 
 INDEX_PAGE = 5000
+ON_THE_SPOT_WAIT = 5.0  # seconds a client may wait for its turn to ask PyPI (see OwnInfo)
 STYLE = (Path(__file__).parent / "static" / "style.css").read_bytes()
 JSON = "application/json"
 
@@ -132,7 +134,8 @@ class WebFront:
                  max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
                  upstream: Database | None = None, pypi: PyPI | None = None,
                  files: FileStore | None = None, fetcher: Fetcher | None = None,
-                 cache_bytes: int | None = None, reactor=None):
+                 cache_bytes: int | None = None, pacer: Pacer | None = None,
+                 on_the_spot_wait: float = ON_THE_SPOT_WAIT, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -144,8 +147,11 @@ class WebFront:
         # A replica measures its lag against the database it replicates from.
         self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
         # A release's own metadata not stored yet is fetched from PyPI on the spot
-        # (and stored) when we sync; a replica says it has none yet.
-        self.own_info = OwnInfo(db, pypi) if syncing and pypi is not None else None
+        # (and stored) when we sync, in turn with the backfill (``pacer``, shared): a
+        # client waits its turn a few seconds at most, then is told when to come back.
+        # A replica says it has none yet.
+        self.own_info = OwnInfo(db, pypi, pacer, on_the_spot_wait) \
+            if syncing and pypi is not None else None
         self.cache = ProjectCache() if cache_bytes is None else ProjectCache(cache_bytes)
         # Misses on one project while it is being read share that read: a crawler's 32
         # connections on a 3,000-release project hold one copy of it, not 32.
@@ -477,6 +483,14 @@ class WebFront:
                 "daemon's backfill fetches the others, and replication brings them here)"))
         try:
             filled, stored = await self.own_info.fill(key, version)
+        except Busy as busy:
+            wait = max(1, math.ceil(busy.seconds))
+            request.setHeader("Retry-After", str(wait))
+            rate = 1.0 / self.own_info.pacer.interval
+            return _json_message(request, 503, (
+                f"the metadata of {key} {version} is not stored yet, and this mirror asks "
+                f"PyPI for such metadata at a pace of {rate:g} a second (--backfill-rate): "
+                f"try again in {wait}s"))
         except (PyPIError, model.BadPayload) as error:
             log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,
                      version=version, error=error)
