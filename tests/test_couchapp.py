@@ -19,6 +19,24 @@ async def test_push_is_idempotent(couch, db_name):
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_pushes_at_once_install_one_design_and_neither_fails(couch, db_name):
+    """A daemon and an import started together on a new database both install the
+    design document and the guard: the one that comes second finds them installed."""
+    from twisted.internet import defer
+
+    db = couch.database(db_name)
+    await db.ensure()
+    for push in (couchapp.push, couchapp.push_guard):
+        written = await defer.gatherResults([defer.ensureDeferred(push(db)),
+                                             defer.ensureDeferred(push(db))])
+        assert sorted(written) == [False, True]
+    stored = await db.get(couchapp.DESIGN_ID)
+    assert stored["views"] == couchapp.design_document()["views"]
+    assert stored["_rev"].startswith("1-")
+    assert (await db.get(couchapp.GUARD_ID))["_rev"].startswith("1-")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_changed_design_is_built_under_a_scratch_id_before_the_switch(couch, db_name):
     db = couch.database(db_name)
     await db.ensure()

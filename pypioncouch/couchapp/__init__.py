@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator
 
 from twisted.logger import Logger
 
-from pypioncouch.couch import Database, NotFound, Unauthorized
+from pypioncouch.couch import Conflict, Database, NotFound, Unauthorized
 
 log = Logger()
 
@@ -119,9 +119,8 @@ async def push_guard(db: Database) -> bool:
     current = await db.get_or_none(GUARD_ID)
     if current is not None and _same(current, wanted):
         return False
-    if current is not None:
-        wanted["_rev"] = current["_rev"]
-    await _put_design(db, wanted)
+    if not await _install(db, wanted, current):
+        return False
     log.info("write guard {id} written", id=GUARD_ID)
     return True
 
@@ -142,11 +141,30 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
         return False
     if current is not None and (await db.info()).get("doc_count", 0) > scratch_above:
         await _build_under_scratch(db, wanted, build_timeout)
-    if current is not None:
-        wanted["_rev"] = current["_rev"]
-    await _put_design(db, wanted)
+    if not await _install(db, wanted, current):
+        return False
     log.info("design document {id} written", id=DESIGN_ID)
     return True
+
+
+async def _install(db: Database, wanted: dict, current: dict | None) -> bool:
+    """Write ``wanted`` over ``current`` (the stored copy, or None). False if another
+    writer installed the same meanwhile: a daemon and an import started together on
+    a new database both write it, and the second meets a conflict, not an error."""
+    for _ in range(3):
+        doc = dict(wanted)
+        if current is not None:
+            doc["_rev"] = current["_rev"]
+        try:
+            await _put_design(db, doc)
+            return True
+        except Conflict:
+            current = await db.get_or_none(wanted["_id"])
+            if current is not None and _same(current, wanted):
+                return False
+    raise Conflict(f"{wanted['_id']} kept changing while it was written: is another "
+                   "pypioncouch, of another version, writing it at the same time?",
+                   url=db.display_url)
 
 
 async def _put_design(db: Database, doc: dict) -> None:
