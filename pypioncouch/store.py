@@ -162,14 +162,6 @@ class Store:
         after = await self.db.all_docs(startkey="_\ufff0", limit=1)
         return bool(before["rows"] or after["rows"])
 
-    async def never_written(self) -> bool:
-        """Whether no project or release was ever written here, not even one removed
-        since (a removal leaves a tombstone, which ``_changes`` lists): only design
-        documents. ``_all_docs`` does not show tombstones."""
-        answer = await self.db.changes(limit=8)
-        results = answer.get("results") or []
-        return len(results) < 8 and all(r["id"].startswith("_design/") for r in results)
-
     async def design_count(self) -> int:
         """How many design documents the database holds (the view, the optional guard)."""
         return len((await self.db.all_docs(startkey="_design/",

@@ -318,13 +318,8 @@ class XmlRpcImporter:
         had_documents = await self.store.has_documents()
         removals: list = []
         # Into a database that held no project, there is no stored copy to read first
-        # (a copy written meanwhile by another writer is still found when writing);
-        # into one that never held any (no tombstone either), nothing to check before
-        # writing: what another writer stores meanwhile comes back as a conflict, and
-        # the conflict is settled by the same rules.
-        fresh = not had_documents and await self.store.never_written()
-        failures = await self.sync(works, summary, removals, stored=had_documents,
-                                   fresh=fresh)
+        # (a copy written meanwhile by another writer is still found when writing).
+        failures = await self.sync(works, summary, removals, stored=had_documents)
         listed = works  # what the listing named (by key)
         # A stored project the listing lacks may have been removed, e.g. between an
         # interrupted import and this one: ask PyPI about it by name (reference §5).
@@ -550,8 +545,7 @@ class XmlRpcImporter:
     # -- the pipeline ----------------------------------------------------------------
 
     async def sync(self, works: Iterable[Work], summary: Summary,
-                   removals: list | None = None, stored: bool = True,
-                   fresh: bool = False) -> Pending:
+                   removals: list | None = None, stored: bool = True) -> Pending:
         """Bring every project of ``works`` up to date. Returns the ones that failed
         (``{normalized name: serial}``), to be retried on the next pass.
 
@@ -559,8 +553,7 @@ class XmlRpcImporter:
         ``(work, stored project)``, for :meth:`settle_removals` to remove once the
         whole pass is known (without ``removals``, they are settled here). With
         ``stored`` false (the database held no project when the pass began), the
-        stored copies are not read; with ``fresh`` (it never held one, not even a
-        removed one), nor their states before writing (:meth:`_write`)."""
+        stored copies are not read."""
         failures = Pending(self.max_pending)
         settle_here = removals is None
         removals = [] if removals is None else removals
@@ -669,7 +662,7 @@ class XmlRpcImporter:
                     batch.append(item)
                 if batch:
                     with trace.timed("write"):
-                        await self._write(batch, failures, summary, check=not fresh)
+                        await self._write(batch, failures, summary)
 
         trace = self.trace
         await run_together(read(), fetch_all(), *(write() for _ in range(self.writers)))
@@ -750,8 +743,7 @@ class XmlRpcImporter:
         deletions = [store.tombstone(i, answer.serial) for i in gone_ids]
         return changed + deletions + [project], len(changed)
 
-    async def _write(self, batch: list, failures: dict, summary: Summary,
-                     check: bool = True) -> None:
+    async def _write(self, batch: list, failures: dict, summary: Summary) -> None:
         plans = []
         lookup: list[str] = []
         for work, old, answer in batch:
@@ -768,12 +760,9 @@ class XmlRpcImporter:
             plans.append((work, old, answer, *planned))
             lookup += _ids_to_check(work.key, planned[0], old)
         # What is stored now (or the tombstone of what was removed) may be newer than
-        # these answers: another writer may have been faster. (Not ``check``ed: a
-        # write that meets such a copy conflicts, and Store.write settles it.)
-        states: dict = {}
+        # these answers: another writer may have been faster.
         with self.trace.part("write: read stored states"):
-            if check:
-                states = await self.store.states(lookup)
+            states = await self.store.states(lookup)
             states.update(await self.store.states(
                 [d["_id"] for work, old, _, docs, _ in plans
                  if old is None and work.key in states
