@@ -13,6 +13,7 @@ from io import BytesIO
 
 import treq
 from twisted.internet import defer, protocol
+from twisted.internet import error as ierror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.web import client
 from twisted.web.error import SchemeNotSupported
@@ -132,11 +133,13 @@ class LeanClient:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is a cancelled request (the Agent wraps the cancellation in
-    ``ResponseFailed``/``ResponseNeverReceived`` when it cancels a request)."""
-    if isinstance(exc, client.ResponseFailed):
-        return any(reason.check(defer.CancelledError) for reason in exc.reasons)
-    return isinstance(exc, defer.CancelledError)
+    """Whether ``exc`` is a cancelled request: cancelled while connecting
+    (``ConnectingCancelledError``), or wrapped by the Agent (``ResponseFailed``,
+    ``ResponseNeverReceived``, ``RequestTransmissionFailed``, ... carry ``reasons``)."""
+    if isinstance(exc, (defer.CancelledError, ierror.ConnectingCancelledError)):
+        return True
+    reasons = getattr(exc, "reasons", None) if isinstance(exc, Exception) else None
+    return bool(reasons) and any(is_cancellation(reason.value) for reason in reasons)
 
 
 def _ascii(url: str) -> bytes:

@@ -9,6 +9,7 @@ import xmlrpc.client as xmlrpc_client
 import pytest
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
@@ -178,6 +179,23 @@ def test_a_cancelled_xmlrpc_call_is_not_retried():
     clock.advance(60.0)
     assert len(rpc.requests) == 1 and rpc.cancelled == 1 and pypi.retried == 0
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("call", ["changelog_last_serial", "project"])
+def test_a_request_cancelled_while_connecting_is_cancelled_not_retried(call):
+    """Our own HTTP client, on a reactor where connections never complete: a caller
+    who gives up while the connection is being made gets a cancel, and nothing more
+    is tried."""
+    reactor = MemoryReactorClock()
+    pypi = PyPI("http://127.0.0.1:9/", reactor=reactor, timeout=5.0, retries=3,
+                backoff=1.0, rng=Midpoint())
+    d, results = started(pypi.changelog_last_serial() if call == "changelog_last_serial"
+                         else pypi.project("foo"))
+    assert len(reactor.tcpClients) == 1
+    d.cancel()
+    assert isinstance(outcome(results), defer.CancelledError)
+    reactor.advance(60.0)
+    assert len(reactor.tcpClients) == 1 and pypi.retried == 0
 
 
 def test_an_unanswered_xmlrpc_call_times_out_and_is_retried():
