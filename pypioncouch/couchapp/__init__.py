@@ -150,21 +150,21 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
 async def _install(db: Database, wanted: dict, current: dict | None) -> bool:
     """Write ``wanted`` over ``current`` (the stored copy, or None). False if another
     writer installed the same meanwhile: a daemon and an import started together on
-    a new database both write it, and the second meets a conflict, not an error."""
-    for _ in range(3):
-        doc = dict(wanted)
-        if current is not None:
-            doc["_rev"] = current["_rev"]
-        try:
-            await _put_design(db, doc)
-            return True
-        except Conflict:
-            current = await db.get_or_none(wanted["_id"])
-            if current is not None and _same(current, wanted):
-                return False
-    raise Conflict(f"{wanted['_id']} kept changing while it was written: is another "
-                   "pypioncouch, of another version, writing it at the same time?",
-                   url=db.display_url)
+    a new database both write it, and the second meets a conflict, not an error. A
+    different copy written meanwhile is not overwritten: that is another version."""
+    doc = dict(wanted)
+    if current is not None:
+        doc["_rev"] = current["_rev"]
+    try:
+        await _put_design(db, doc)
+        return True
+    except Conflict:
+        current = await db.get_or_none(wanted["_id"])
+        if current is not None and _same(current, wanted):
+            return False
+        raise Conflict(f"{wanted['_id']} was changed by another writer while this one "
+                       "installed its own: is a pypioncouch of another version running on "
+                       "this database?", url=db.display_url) from None
 
 
 async def _put_design(db: Database, doc: dict) -> None:
