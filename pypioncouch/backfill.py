@@ -60,9 +60,9 @@ class Pacer:
         self.reactor = reactor
         self._next: float | None = None
 
-    async def wait(self, max_wait: float | None = None) -> None:
+    async def wait(self, max_wait: float | None = None) -> float:
         """Wait for the next turn; raise :class:`Busy` (taking no turn) if it is more
-        than ``max_wait`` seconds away."""
+        than ``max_wait`` seconds away. Returns the seconds waited."""
         now = self.reactor.seconds()
         at = now if self._next is None else max(now, self._next)
         if max_wait is not None and at - now > max_wait:
@@ -70,6 +70,7 @@ class Pacer:
         self._next = at + self.interval
         if at > now:
             await task.deferLater(self.reactor, at - now, lambda: None)
+        return at - now
 
 
 class OwnInfo:
@@ -93,8 +94,10 @@ class OwnInfo:
         doc = await self._release(doc_id)
         if doc is None or model.has_own_info(doc):
             return doc, False
-        if self.pacer is not None:
-            await self.pacer.wait(self.max_wait)
+        if self.pacer is not None and await self.pacer.wait(self.max_wait):
+            doc = await self._release(doc_id)  # filled while we waited (the backfill)?
+            if doc is None or model.has_own_info(doc):
+                return doc, False
         payload = await self.pypi.release(key, version)
         if payload is None:
             return None, False

@@ -17,7 +17,6 @@ for real"):
 from __future__ import annotations
 
 import json
-from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
@@ -33,7 +32,7 @@ from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
 from pypioncouch.http import LeanClient, is_cancellation, quiet_pool
-from pypioncouch.urls import split_credentials
+from pypioncouch.urls import basic_auth, split_credentials
 
 log = Logger()
 
@@ -105,10 +104,6 @@ class BulkResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _basic_auth_header(auth: tuple[str, str]) -> bytes:
-    return b"Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode("utf-8"))
 
 
 def encode_params(params: dict[str, Any]) -> str:
@@ -189,7 +184,7 @@ class CouchDB:
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._auth is not None:
-            headers["Authorization"] = _basic_auth_header(self._auth).decode("ascii")
+            headers["Authorization"] = basic_auth(self._auth)
         if extra:
             headers.update(extra)
         return headers

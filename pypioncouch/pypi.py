@@ -21,6 +21,7 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import xmlrpc.client as xmlrpc_client
@@ -39,12 +40,13 @@ from pypioncouch import __version__
 from pypioncouch.http import LeanClient, is_cancellation
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
-from pypioncouch.urls import redact
+from pypioncouch.urls import basic_auth, redact, split_credentials
 
 log = Logger()
 
 USER_AGENT = f"pypioncouch/{__version__} (+https://github.com/pypioncouch/pypioncouch)"
 RPC_HEADERS = {"Content-Type": "text/xml", "User-Agent": USER_AGENT}
+MAX_RETRY_AFTER = 300.0  # seconds: a server asking for longer is asked again then
 PYPI_URL = "https://pypi.org/"
 
 
@@ -192,8 +194,12 @@ class PyPI:
                  rng: random.Random | None = None):
         if reactor is None:
             from twisted.internet import reactor
-        self.url = url if url.endswith("/") else url + "/"
-        self.display_url = redact(self.url)
+        url = url if url.endswith("/") else url + "/"
+        self.display_url = redact(url)
+        # user:password@ in the URL (a private index) is sent as Basic auth, never
+        # in the request line.
+        self.url, auth = split_credentials(url)
+        self._auth = {} if auth is None else {"Authorization": basic_auth(auth)}
         self.xmlrpc_url = self.url + "pypi"
         self._reactor = reactor
         self._http = http if http is not None else LeanClient(
@@ -245,7 +251,8 @@ class PyPI:
         request = xmlrpc_client.dumps(args, method, allow_none=True).encode("utf-8")
         self.requests += 1
         status, headers, body = await self._within_timeout(
-            lambda: self._rpc_http.request("POST", self.xmlrpc_url, RPC_HEADERS, request),
+            lambda: self._rpc_http.request("POST", self.xmlrpc_url,
+                                           {**RPC_HEADERS, **self._auth}, request),
             where)
         if status != 200:
             raise _status_error(status, headers, where)
@@ -303,7 +310,7 @@ class PyPI:
         request = xmlrpc_client.dumps((), "list_packages_with_serial").encode("utf-8")
         self.requests += 1
         d = defer.ensureDeferred(self._rpc_http.stream(
-            "POST", self.xmlrpc_url, RPC_HEADERS, request, parser.feed))
+            "POST", self.xmlrpc_url, {**RPC_HEADERS, **self._auth}, request, parser.feed))
         d.addTimeout(self.timeout, self._reactor)
         try:
             status, headers, _ = await d
@@ -355,7 +362,8 @@ class PyPI:
         return status, headers, body
 
     async def _fetch(self, url: str, accept: str):
-        return await self._http.get(url, {"Accept": accept, "User-Agent": USER_AGENT})
+        return await self._http.get(url, {"Accept": accept, "User-Agent": USER_AGENT,
+                                          **self._auth})
 
     @staticmethod
     def _parse_json(body: bytes, where: str) -> Any:
@@ -521,11 +529,18 @@ def _status_error(status: int, headers: dict[str, str], where: str) -> PyPIError
     if status != 429 and status < 500:
         return PyPIError(text, where)
     error = Transient(text, where)
-    try:
-        error.retry_after = float(headers.get("retry-after", ""))
-    except ValueError:
-        pass
+    error.retry_after = _retry_after(headers.get("retry-after"))
     return error
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, when it is a sane number of them (at most
+    :data:`MAX_RETRY_AFTER`); None (our own backoff) for a date, garbage, or less."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None
+    return min(seconds, MAX_RETRY_AFTER) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _unreachable(error: Exception) -> str:

@@ -4,11 +4,17 @@ Passwords must never reach a log line, a page or an error message; everything th
 prints a URL prints ``redact(url)``.
 """
 
+from base64 import b64encode
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 
 class BadURL(ValueError):
     """A URL that cannot name an HTTP server."""
+
+
+def basic_auth(auth: tuple[str, str]) -> str:
+    """The ``Authorization`` header value for ``(user, password)``."""
+    return "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode("utf-8")).decode("ascii")
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

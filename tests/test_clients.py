@@ -85,6 +85,18 @@ def test_a_429_waits_as_long_as_retry_after_says():
     assert outcome(results).kind == "project"
 
 
+@pytest.mark.parametrize("value, waited", [("-5", 1.0), ("nan", 1.0), ("inf", 1.0),
+                                           ("Wed, 21 Oct 2026 07:28:00 GMT", 1.0),
+                                           ("86400", 300.0), ("2.5", 2.5)])
+def test_a_retry_after_that_makes_no_sense_is_not_obeyed(value, waited):
+    pypi, http, clock = pypi_with((503, {"retry-after": value}, b""), ok())
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.advance(waited - 0.001)
+    assert results == []
+    clock.advance(0.001)
+    assert outcome(results).kind == "project" and http.times == [0.0, waited]
+
+
 def test_after_the_last_retry_the_error_names_the_url_without_the_password():
     pypi, http, clock = pypi_with(*[(500, {}, b"")] * 3, retries=2,
                                   url="http://mirror:s3cret@pypi.test/")
@@ -95,9 +107,25 @@ def test_after_the_last_retry_the_error_names_the_url_without_the_password():
     assert str(error) == ("HTTP 500 Internal Server Error "
                           "(http://mirror:***@pypi.test/pypi/foo-bar/json)")
     assert http.times == [0.0, 1.0, 3.0]
+    # The credentials go as Basic auth (a private index), never in the request line.
+    assert http.urls[0] == "http://pypi.test/pypi/foo-bar/json"
     assert http.requests[0][2] == {"Accept": "application/json",
-                                   "User-Agent": http.requests[0][2]["User-Agent"]}
+                                   "User-Agent": http.requests[0][2]["User-Agent"],
+                                   "Authorization": "Basic bWlycm9yOnMzY3JldA=="}
     assert http.requests[0][2]["User-Agent"].startswith("pypioncouch/")
+
+
+def test_xmlrpc_calls_to_a_private_index_carry_its_credentials():
+    clock = task.Clock()
+    rpc = ScriptedHTTP(rpc_answer(7), clock=clock)
+    pypi = PyPI("https://bob:pa%40ss@index.test/root/", http=ScriptedHTTP(), rpc_http=rpc,
+                reactor=clock)
+    _, results = started(pypi.changelog_last_serial())
+    assert outcome(results) == 7
+    method, url, headers, _ = rpc.requests[0]
+    assert url == "https://index.test/root/pypi"
+    assert headers["Authorization"] == "Basic Ym9iOnBhQHNz"  # bob:pa@ss
+    assert pypi.display_url == "https://bob:***@index.test/root/"
 
 
 def test_a_request_without_an_answer_times_out_and_is_tried_again():
@@ -303,6 +331,24 @@ def couch_with(*answers, url="http://admin:s3cret@127.0.0.1:5984/"):
 
 def couch_json(status, body):
     return (status, {"content-type": "application/json"}, body)
+
+
+def test_a_design_document_another_version_wrote_meanwhile_is_not_overwritten():
+    from pypioncouch import couchapp
+
+    wanted = couchapp.design_document()
+    theirs = {**wanted, "_rev": "2-b", "views": {"other": {"map": "function(d){}"}}}
+    db, http, clock = couch_with(
+        couch_json(404, b'{"error": "not_found", "reason": "missing"}'),
+        couch_json(409, b'{"error": "conflict", "reason": "Document update conflict."}'),
+        couch_json(200, json.dumps(theirs).encode()))
+    _, results = started(couchapp.push(db))
+    error = outcome(results)
+    assert isinstance(error, Conflict)
+    assert str(error).startswith("_design/pypioncouch was changed by another writer while "
+                                 "this one installed its own: is a pypioncouch of another "
+                                 "version running on this database?")
+    assert [r[0] for r in http.requests] == ["GET", "PUT", "GET"]
 
 
 LOST = ResponseNeverReceived([Failure(ierror.ConnectionLost())])
