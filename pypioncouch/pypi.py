@@ -26,9 +26,9 @@ import random
 import re
 import xmlrpc.client as xmlrpc_client
 from array import array
-from http import HTTPStatus
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
@@ -263,14 +263,6 @@ class PyPI:
         except Exception as error:  # not XML, or no value in it
             raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
-    def _call_failed(self, error: Exception, where: str) -> Transient:
-        """A request that got no usable answer: worth trying again."""
-        if isinstance(error, defer.TimeoutError):
-            return Transient(f"no answer within {self.timeout:g}s", where)
-        if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
-            return Transient(_unreachable(error), where)
-        return Transient(f"bad answer ({type(error).__name__})", where)  # resets, bad XML
-
     async def _within_timeout(self, send: Callable[[], Awaitable[tuple]], where: str
                               ) -> tuple[int, dict[str, str], bytes]:
         """``send()``'s answer, given up after the timeout (:class:`Transient`, as is
@@ -285,6 +277,8 @@ class PyPI:
         timer = self._reactor.callLater(self.timeout, on_timeout)
         try:
             return await d
+        except PyPIError:
+            raise  # (the listing's parser: a bad answer)
         except Exception as error:
             if timed_out:
                 raise Transient(f"no answer within {self.timeout:g}s", where) from None
@@ -309,21 +303,26 @@ class PyPI:
         parser = xmlrpc_client.ExpatParser(unmarshaller)
         request = xmlrpc_client.dumps((), "list_packages_with_serial").encode("utf-8")
         self.requests += 1
-        d = defer.ensureDeferred(self._rpc_http.stream(
-            "POST", self.xmlrpc_url, {**RPC_HEADERS, **self._auth}, request, parser.feed))
-        d.addTimeout(self.timeout, self._reactor)
+
+        def parse(chunk: bytes) -> None:
+            try:
+                parser.feed(chunk)
+            except Exception as error:  # not XML, or not a listing (a Fault shows at close)
+                raise Transient(f"bad answer ({type(error).__name__})", where) from None
+
+        status, headers, _ = await self._within_timeout(
+            lambda: self._rpc_http.stream("POST", self.xmlrpc_url,
+                                          {**RPC_HEADERS, **self._auth}, request, parse),
+            where)
+        if status != 200:
+            raise _status_error(status, headers, where)
         try:
-            status, headers, _ = await d
-            if status == 200:
-                parser.close()
-                return unmarshaller.listing()
-        except defer.CancelledError:
-            raise
+            parser.close()
+            return unmarshaller.listing()
         except xmlrpc_client.Fault as fault:
             raise classify_fault(fault, where) from None
-        except Exception as error:
-            raise self._call_failed(error, where) from None
-        raise _status_error(status, headers, where)
+        except Exception as error:  # not XML, or cut short
+            raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
     async def changelog_last_serial(self) -> int:
         serial = await self.call("changelog_last_serial")

@@ -209,7 +209,8 @@ def test_a_cancelled_xmlrpc_call_is_not_retried():
     assert clock.getDelayedCalls() == []
 
 
-@pytest.mark.parametrize("call", ["changelog_last_serial", "project"])
+@pytest.mark.parametrize("call", ["changelog_last_serial", "project",
+                                  "list_packages_with_serial"])
 def test_a_request_cancelled_while_connecting_is_cancelled_not_retried(call):
     """Our own HTTP client, on a reactor where connections never complete: a caller
     who gives up while the connection is being made gets a cancel, and nothing more
@@ -217,8 +218,8 @@ def test_a_request_cancelled_while_connecting_is_cancelled_not_retried(call):
     reactor = MemoryReactorClock()
     pypi = PyPI("http://127.0.0.1:9/", reactor=reactor, timeout=5.0, retries=3,
                 backoff=1.0, rng=Midpoint())
-    d, results = started(pypi.changelog_last_serial() if call == "changelog_last_serial"
-                         else pypi.project("foo"))
+    d, results = started(pypi.project("foo") if call == "project"
+                         else getattr(pypi, call)())
     assert len(reactor.tcpClients) == 1
     d.cancel()
     assert isinstance(outcome(results), defer.CancelledError)
