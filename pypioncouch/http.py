@@ -15,6 +15,7 @@ import treq
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -139,7 +140,8 @@ def is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, (defer.CancelledError, ierror.ConnectingCancelledError)):
         return True
     reasons = getattr(exc, "reasons", None) if isinstance(exc, Exception) else None
-    return bool(reasons) and any(is_cancellation(reason.value) for reason in reasons)
+    return isinstance(reasons, list) and any(
+        isinstance(reason, Failure) and is_cancellation(reason.value) for reason in reasons)
 
 
 def _ascii(url: str) -> bytes:

@@ -46,7 +46,6 @@ log = Logger()
 
 USER_AGENT = f"pypioncouch/{__version__} (+https://github.com/pypioncouch/pypioncouch)"
 RPC_HEADERS = {"Content-Type": "text/xml", "User-Agent": USER_AGENT}
-MAX_RETRY_AFTER = 300.0  # seconds: a server asking for longer is asked again then
 PYPI_URL = "https://pypi.org/"
 
 
@@ -191,7 +190,7 @@ class PyPI:
     def __init__(self, url: str = PYPI_URL, *, http=None, rpc_http=None, reactor=None,
                  concurrency: int = 10, timeout: float = 30.0, retries: int = 5,
                  backoff: float = 0.5, stale_retries: int = 3,
-                 rng: random.Random | None = None):
+                 max_retry_after: float = 300.0, rng: random.Random | None = None):
         if reactor is None:
             from twisted.internet import reactor
         url = url if url.endswith("/") else url + "/"
@@ -210,6 +209,9 @@ class PyPI:
         self.retries = retries
         self.backoff = backoff
         self.stale_retries = stale_retries
+        # A server asking to come back later than this is not waited for: the error
+        # (with its retry_after) goes to the caller, e.g. a web client waiting.
+        self.max_retry_after = max_retry_after
         self._rng = rng or random.Random()
         self.requests = 0
         self.retried = 0
@@ -231,7 +233,7 @@ class PyPI:
             try:
                 return await attempt()
             except Transient as error:
-                if number == self.retries:
+                if number == self.retries or (error.retry_after or 0) > self.max_retry_after:
                     raise
                 self.retried += 1
                 delay = error.retry_after
@@ -533,13 +535,13 @@ def _status_error(status: int, headers: dict[str, str], where: str) -> PyPIError
 
 
 def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds, when it is a sane number of them (at most
-    :data:`MAX_RETRY_AFTER`); None (our own backoff) for a date, garbage, or less."""
+    """``Retry-After`` in seconds, when it is a sane number of them (a day at most);
+    None (our own backoff) for a date, garbage, or less."""
     try:
         seconds = float(value or "")
     except ValueError:
         return None
-    return min(seconds, MAX_RETRY_AFTER) if math.isfinite(seconds) and seconds >= 0 else None
+    return min(seconds, 86400.0) if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _unreachable(error: Exception) -> str:

@@ -229,7 +229,7 @@ class ClosesConnections(Service):
 def makeService(options: Options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    from pypioncouch.web.app import WebFront
+    from pypioncouch.web.app import ON_THE_SPOT_WAIT, WebFront
 
     couch = CouchDB(options["couch"], reactor=reactor)
     db = couch.database(options["db"])
@@ -268,9 +268,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
         upstream = CouchDB(server, reactor=reactor).database(name)
         clients.append(upstream.server)
     # The web front asks PyPI for a release's own metadata while a client waits:
-    # a few connections, a short timeout, one retry.
+    # a few connections, a short timeout, one retry, and no long Retry-After wait.
     front_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4, retries=1,
-                      timeout=min(10.0, options["timeout"])) if syncing else None
+                      timeout=min(10.0, options["timeout"]),
+                      max_retry_after=ON_THE_SPOT_WAIT) if syncing else None
     if front_pypi is not None:
         clients.append(front_pypi)
     files = fetcher = None

@@ -210,6 +210,18 @@ class ScriptedHTTP:
     def get(self, url, headers):
         return self.request("GET", url, headers)
 
+    def stream(self, method, url, headers, data, sink):
+        """As the client streams: a 200 answer's body goes to ``sink`` (whose error
+        fails the request), ``b""`` is returned for it."""
+        def deliver(answer):
+            status, found, body = answer
+            if status != 200:
+                return answer
+            sink(body)
+            return status, found, b""
+
+        return self.request(method, url, headers, data).addCallback(deliver)
+
     @property
     def urls(self) -> list[str]:
         return [request[1] for request in self.requests]

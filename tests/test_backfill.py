@@ -160,6 +160,30 @@ async def test_a_syncing_front_fetches_a_releases_own_metadata_on_the_spot(small
                                   "stored yet, and PyPI's answer failed: "), message
     finally:
         await port.stopListening()
+    # PyPI asks to come back later than a client would wait: the client is told when.
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class SlowDown(Resource):
+        isLeaf = True
+
+        def render(self, request):
+            request.setResponseCode(429)
+            request.setHeader("Retry-After", "120")
+            return b"slow down"
+
+    busy = reactor.listenTCP(0, Site(SlowDown()), interface="127.0.0.1")
+    pypi = PyPI(f"http://127.0.0.1:{busy.getHost().port}/", retries=1, max_retry_after=5.0)
+    _, port, url = serve(world.db, pypi=pypi)
+    try:
+        answer = await treq.get(f"{url}/pypi/{older[0][0]}/{older[0][1]}/json")
+        assert answer.code == 503 and answer.headers.getRawHeaders("Retry-After") == ["120"]
+        assert "HTTP 429 Too Many Requests" in (await answer.json())["message"]
+        assert pypi.requests == 1  # not asked again after two minutes
+    finally:
+        await port.stopListening()
+        await busy.stopListening()
 
 
 async def _forget_info(db, key, version):

@@ -87,7 +87,7 @@ def test_a_429_waits_as_long_as_retry_after_says():
 
 @pytest.mark.parametrize("value, waited", [("-5", 1.0), ("nan", 1.0), ("inf", 1.0),
                                            ("Wed, 21 Oct 2026 07:28:00 GMT", 1.0),
-                                           ("86400", 300.0), ("2.5", 2.5)])
+                                           ("2.5", 2.5)])
 def test_a_retry_after_that_makes_no_sense_is_not_obeyed(value, waited):
     pypi, http, clock = pypi_with((503, {"retry-after": value}, b""), ok())
     _, results = started(pypi.project("Foo_Bar"))
@@ -95,6 +95,17 @@ def test_a_retry_after_that_makes_no_sense_is_not_obeyed(value, waited):
     assert results == []
     clock.advance(0.001)
     assert outcome(results).kind == "project" and http.times == [0.0, waited]
+
+
+def test_a_retry_after_longer_than_the_caller_waits_is_its_error_at_once():
+    """The web front's client waits a few seconds at most: PyPI's "come back in two
+    minutes" goes to the front (which passes it on), not into a sleep."""
+    pypi, http, clock = pypi_with((429, {"retry-after": "120"}, b""), ok(),
+                                  max_retry_after=5.0)
+    _, results = started(pypi.project("Foo_Bar"))
+    error = outcome(results)
+    assert isinstance(error, Transient) and error.retry_after == 120.0
+    assert str(error) == f"HTTP 429 Too Many Requests ({JSON_URL})" and http.times == [0.0]
 
 
 def test_after_the_last_retry_the_error_names_the_url_without_the_password():
@@ -257,6 +268,16 @@ def test_an_xmlrpc_endpoint_that_moved_says_where_to_and_is_not_followed():
     assert type(error) is PyPIError and len(rpc.requests) == 1
     assert str(error) == ("HTTP 301 Moved Permanently, to https://pypi.test/pypi "
                           "(http://pypi.test/pypi changelog_last_serial)")
+
+
+def test_a_listing_that_is_not_xml_is_retried_then_read_as_it_arrives():
+    listing = xmlrpc_client.dumps(({"Foo.Bar": 5, "baz": 7},), methodresponse=True)
+    pypi, rpc, clock = rpc_with((200, {}, b"<<< not xml"), (200, {}, listing.encode()))
+    _, results = started(pypi.list_packages_with_serial())
+    assert results == [] and pypi.retried == 1
+    clock.advance(1.0)
+    assert dict(outcome(results).items()) == {"Foo.Bar": 5, "baz": 7}
+    assert xmlrpc_client.loads(rpc.requests[1][3]) == ((), "list_packages_with_serial")
 
 
 def test_an_xmlrpc_answer_that_is_not_xml_is_retried():

@@ -152,19 +152,22 @@ async def _install(db: Database, wanted: dict, current: dict | None) -> bool:
     writer installed the same meanwhile: a daemon and an import started together on
     a new database both write it, and the second meets a conflict, not an error. A
     different copy written meanwhile is not overwritten: that is another version."""
-    doc = dict(wanted)
-    if current is not None:
-        doc["_rev"] = current["_rev"]
-    try:
-        await _put_design(db, doc)
-        return True
-    except Conflict:
-        current = await db.get_or_none(wanted["_id"])
-        if current is not None and _same(current, wanted):
-            return False
-        raise Conflict(f"{wanted['_id']} was changed by another writer while this one "
-                       "installed its own: is a pypioncouch of another version running on "
-                       "this database?", url=db.display_url) from None
+    for _ in range(2):  # once more if the stored copy was deleted meanwhile
+        doc = dict(wanted)
+        if current is not None:
+            doc["_rev"] = current["_rev"]
+        try:
+            await _put_design(db, doc)
+            return True
+        except Conflict:
+            current = await db.get_or_none(wanted["_id"])
+            if current is not None and _same(current, wanted):
+                return False
+            if current is not None:
+                break
+    raise Conflict(f"{wanted['_id']} was changed by another writer while this one "
+                   "installed its own: is a pypioncouch of another version running on "
+                   "this database?", url=db.display_url)
 
 
 async def _put_design(db: Database, doc: dict) -> None:

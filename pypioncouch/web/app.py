@@ -495,7 +495,8 @@ class WebFront:
             log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,
                      version=version, error=error)
             self.status.note_error(f"web {key} {version}: {error}", "pypi")
-            request.setHeader("Retry-After", "30")
+            later = getattr(error, "retry_after", None)  # PyPI's own word, if it said
+            request.setHeader("Retry-After", str(max(1, math.ceil(later or 30))))
             return _json_message(request, 503, (
                 f"the metadata of {key} {version} is not stored yet, and PyPI's answer "
                 f"failed: {error}"))
