@@ -75,8 +75,8 @@ class Pacer:
 
 class OwnInfo:
     """Fetches a release's own ``info`` from PyPI's per-version JSON API and stores it
-    in the release's document. Each request to PyPI waits its turn of ``pacer`` (at
-    most ``max_wait`` seconds: :class:`Busy` past that)."""
+    in the release's document. Each request to PyPI, a retry too, waits its turn of
+    ``pacer`` (at most ``max_wait`` seconds: :class:`Busy` past that)."""
 
     def __init__(self, db: Database, pypi: PyPI, pacer: Pacer | None = None,
                  max_wait: float | None = None):
@@ -98,7 +98,8 @@ class OwnInfo:
             doc = await self._release(doc_id)  # filled while we waited (the backfill)?
             if doc is None or model.has_own_info(doc):
                 return doc, False
-        payload = await self.pypi.release(key, version)
+        pace = None if self.pacer is None else (lambda: self.pacer.wait(self.max_wait))
+        payload = await self.pypi.release(key, version, before_retry=pace)
         if payload is None:
             return None, False
         info = model.check_release_info(payload, key, version)

@@ -227,8 +227,10 @@ class PyPI:
     def sleep(self, seconds: float) -> defer.Deferred:
         return task.deferLater(self._reactor, seconds, lambda: None)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``attempt`` until it does not raise :class:`Transient`, with backoff."""
+    async def _retrying(self, attempt: Callable[[], Awaitable[Any]],
+                        before_retry: Callable[[], Awaitable[Any]] | None = None) -> Any:
+        """Run ``attempt`` until it does not raise :class:`Transient`, with backoff
+        (then ``before_retry``, if given)."""
         for number in range(self.retries + 1):
             try:
                 return await attempt()
@@ -241,6 +243,8 @@ class PyPI:
                     delay = min(30.0, self.backoff * 2 ** number) * (0.5 + self._rng.random())
                 log.debug("retrying in {delay:.1f}s: {error}", delay=delay, error=error)
                 await self.sleep(delay)
+                if before_retry is not None:
+                    await before_retry()
 
     # -- XML-RPC ---------------------------------------------------------------------
 
@@ -445,10 +449,13 @@ class PyPI:
         raise StaleAnswer(f"stale: {seen} where the changelog has serial {min_serial}, "
                           f"after {self.stale_retries} retries", where)
 
-    async def release(self, name: str, version: str) -> dict | None:
+    async def release(self, name: str, version: str,
+                      before_retry: Callable[[], Awaitable[Any]] | None = None
+                      ) -> dict | None:
         """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
         only place a release that is not the latest shows its own metadata. None when
-        PyPI does not know the release (404)."""
+        PyPI does not know the release (404). ``before_retry`` is awaited before each
+        attempt after the first (a pace every request keeps)."""
         path = f"pypi/{normalize(name)}/{quote(version, safe='!+')}/json"
         where = self.display_url + path
 
@@ -463,7 +470,7 @@ class PyPI:
                 raise Transient("malformed JSON API answer", where)
             return payload
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, before_retry)
 
     async def _project_without_json(self, name: str, key: str) -> ProjectAnswer | None:
         """What a 404 from the JSON API means: gone (the Simple page is 404 too), or a

@@ -108,6 +108,24 @@ def test_a_retry_after_longer_than_the_caller_waits_is_its_error_at_once():
     assert str(error) == f"HTTP 429 Too Many Requests ({JSON_URL})" and http.times == [0.0]
 
 
+def test_each_retry_of_a_paced_request_waits_its_turn_too():
+    """The backfill's pace (--backfill-rate) holds for retries: a retry asks PyPI only
+    once ``before_retry`` lets it."""
+    release = b'{"info": {"name": "Foo_Bar", "version": "1.0"}, "urls": []}'
+    pypi, http, clock = pypi_with((503, {}, b""), ok(body=release))
+    turns = []
+
+    def turn():
+        turns.append(clock.seconds())
+        return task.deferLater(clock, 2.0, lambda: None)  # the next turn is 2 s away
+
+    _, results = started(pypi.release("Foo_Bar", "1.0", before_retry=turn))
+    clock.advance(1.0)  # the backoff
+    assert turns == [1.0] and http.times == [0.0]
+    clock.advance(2.0)
+    assert http.times == [0.0, 3.0] and outcome(results)["info"]["version"] == "1.0"
+
+
 def test_after_the_last_retry_the_error_names_the_url_without_the_password():
     pypi, http, clock = pypi_with(*[(500, {}, b"")] * 3, retries=2,
                                   url="http://mirror:s3cret@pypi.test/")
