@@ -235,7 +235,8 @@ class Store:
 
         ``bases`` gives, for project documents, the stored copy they were planned
         against. Returns ``({id: reason} not written, {id: newer stored copy or None
-        for a newer removal} dropped as older)``."""
+        for a newer removal} dropped as older)``; each document written carries its new
+        ``_rev``."""
         rejected: dict[str, str] = {}
         superseded: dict[str, dict | None] = {}
         bases = bases or {}
@@ -253,6 +254,8 @@ class Store:
             conflicted = []
             for doc, result in zip(pending, results):
                 if result.ok:
+                    if result.rev:
+                        doc["_rev"] = result.rev
                     continue
                 if result.error == "conflict":
                     conflicted.append(doc)

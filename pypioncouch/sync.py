@@ -774,6 +774,13 @@ class XmlRpcImporter:
                 self._superseded(work, summary)
             else:
                 ready.append((work, old, answer, docs, releases))
+        # A stored release about to change is first marked unknown in its project's
+        # record: a pass cut short after the releases, before their project, leaves a
+        # project whose record would otherwise say the old release is stored, and a
+        # change PyPI reverts later (an unyank after a yank) would never be written.
+        bases = {plan[0].key: plan[1] for plan in ready}
+        with self.trace.part("write: mark changed releases"):
+            ready = await self._mark_changed(ready, bases, failures, summary)
         # Releases first, then the project documents of the projects whose releases
         # all landed: a stored project's last_serial always covers its releases.
         with self.trace.part("write: releases"):
@@ -794,7 +801,7 @@ class XmlRpcImporter:
         with self.trace.part("write: projects"):
             rejected, superseded = await self.store.write(
                 [d for plan in landed for d in plan[3] if store.is_project_doc(d)],
-                bases={plan[0].key: plan[1] for plan in landed})
+                bases={plan[0].key: bases[plan[0].key] for plan in landed})
         for work, old, answer, plan_docs, releases in landed:
             if work.key in superseded:
                 await self._repair(work, plan_docs, rejected, superseded, failures, summary)
@@ -815,6 +822,45 @@ class XmlRpcImporter:
             self.trace.event(work.key, "written")
             self.trace.mark("first project written")
             self._advance()
+
+    async def _mark_changed(self, ready: list, bases: dict, failures: dict,
+                            summary: Summary) -> list:
+        """Write, for each stored project whose stored releases ``ready`` changes, its
+        stored document with those releases' digests unknown (``None``), so that
+        :func:`store.needs_repair` holds until the new project document lands. Returns
+        the plans to go on with; ``bases`` and the plans' project ``_rev`` follow the
+        marked copies. A plan whose mark is refused waits for the next pass."""
+        marks = {}
+        for work, old, _, docs, _ in ready:
+            recorded = (old or {}).get("release_digests") or {}
+            changed = {d["version"] for d in docs if not store.is_project_doc(d)
+                       and not d.get("_deleted") and recorded.get(d["version"]) is not None}
+            if changed:
+                marks[work.key] = {**old, "release_digests": {
+                    v: None if v in changed else digests for v, digests in recorded.items()}}
+        if not marks:
+            return ready
+        rejected, superseded = await self.store.write(list(marks.values()),
+                                                      bases=dict(bases))
+        going = []
+        for plan in ready:
+            work, _, _, docs, _ = plan
+            mark = marks.get(work.key)
+            if mark is None:
+                going.append(plan)
+            elif work.key in superseded:
+                self._superseded(work, summary)
+            elif work.key in rejected:
+                self._failed(work, f"CouchDB refused a document: {rejected[work.key]}",
+                             failures, summary, "couchdb")
+            else:
+                bases[work.key] = mark
+                for doc in docs:
+                    if store.is_project_doc(doc):
+                        doc["_rev"] = mark["_rev"]
+                        store.keep_attachments(doc, mark)
+                going.append(plan)
+        return going
 
     async def _repair(self, work: Work, docs: list[dict], rejected: dict, superseded: dict,
                       failures: dict, summary: Summary) -> None:

@@ -213,3 +213,35 @@ async def test_a_restarted_daemon_knows_its_serial_from_the_checkpoint(couch, db
     status = SyncStatus()
     await Checkpoint(db, "http://pypi.test/", status).load()
     assert status.our_serial == 4242
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world):
+    """A pass killed between a project's releases and its project document leaves a
+    release newer than what the project records of it. If PyPI then reverts that change
+    (unyanks what it yanked), the release must still be rewritten."""
+    class Killed(Exception):
+        pass
+
+    await run_pass(world.importer(), full=True)
+    key, version = next((k, v) for k, _ in world.index.listing()
+                        for v in list(world.index.get(k).releases)[:1])
+    world.index.yank(key, version, "cut short")
+    # The pass is cut short (killed) after the releases, before their project.
+    importer = world.importer()
+    write = importer.store.write
+
+    async def cut_short(docs, bases=None):
+        if any(d["_id"] == key and None not in d["release_digests"].values() for d in docs):
+            raise Killed()
+        return await write(docs, bases)
+
+    importer.store.write = cut_short
+    with pytest.raises(Killed):
+        await run_pass(importer)
+    project, releases = await stored_project(world.db, key)
+    assert next(r for r in releases if r["version"] == version)["yanked"]  # landed
+    world.index.unyank(key, version)
+    await run_pass(world.importer())
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
