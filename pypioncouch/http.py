@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from io import BytesIO
 
-import treq
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -109,7 +109,9 @@ class LeanClient:
             method.encode("ascii"), _ascii(url),
             Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}),
             body)
-        content = await treq.content(response)
+        chunks: list[bytes] = []
+        await read_body(response, chunks.append)
+        content = b"".join(chunks)
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
         return response.code, found, content
@@ -128,9 +130,49 @@ class LeanClient:
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
         if response.code != 200:
-            return response.code, found, await treq.content(response)
-        await treq.collect(response, sink)
+            chunks: list[bytes] = []
+            await read_body(response, chunks.append)
+            return response.code, found, b"".join(chunks)
+        await read_body(response, sink)
         return response.code, found, b""
+
+
+def read_body(response, sink) -> defer.Deferred:
+    """Hand ``response``'s body to ``sink`` chunk by chunk; fires when it has all come.
+    Cancelling (a timeout, a caller that left) closes the connection: treq's
+    ``collect`` cannot be cancelled, and a body stalled halfway held its connection
+    open, fed or not, for as long as the server kept it."""
+    body = _Body(sink)
+    response.deliverBody(body)
+    return body.done
+
+
+class _Body(protocol.Protocol):
+    def __init__(self, sink):
+        self._sink = sink
+        self.done = defer.Deferred(self._stop)
+
+    def _stop(self, _done) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # the connection is closed, not reused
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        try:
+            self._sink(data)
+        except BaseException:
+            failure = Failure()
+            self._stop(None)
+            self.done.errback(failure)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(client.ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
 
 
 def is_cancellation(exc: BaseException) -> bool:

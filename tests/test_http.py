@@ -16,6 +16,12 @@ from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseNeverReceived
 
 from pypioncouch import http
 from pypioncouch.http import LeanClient
+from pypioncouch.pypi import PyPI, Transient
+from pypioncouch.testing.pypi import listen as listen_simulator
+from pypioncouch.testing.pypi import make_simulator
+from pypioncouch.testing.server import FaultPlan
+
+from .helpers import sleep
 
 
 class Hello(resource.Resource):
@@ -106,3 +112,28 @@ async def test_https_answers_only_a_server_whose_certificate_is_trusted(listen, 
     finally:
         await trusting.close()
         await doubting.close()
+
+
+@pytest.mark.parametrize("ask", [
+    pytest.param(lambda pypi: pypi.project("cli-yaml-0"), id="json"),
+    pytest.param(lambda pypi: pypi.changelog_last_serial(), id="xmlrpc"),
+    pytest.param(lambda pypi: pypi.list_packages_with_serial(), id="listing"),
+])
+@pytest_twisted.ensureDeferred
+async def test_an_answer_that_stalls_halfway_is_given_up_and_its_connection_closed(ask):
+    simulator = make_simulator(3, 1)
+    simulator.faults = FaultPlan(1.0, ["stalled"], timeout_seconds=60)
+    port, url = listen_simulator(simulator)
+    pypi = PyPI(url, reactor=reactor, timeout=0.5, retries=0)
+    try:
+        with pytest.raises(Transient, match=r"no answer within 0\.5s"):
+            await ask(pypi)
+        assert simulator.faults.injected == {"stalled": 1}
+        for _ in range(50):  # closed now, not when the simulator drops it in a minute
+            if simulator.faults.dropped:
+                break
+            await sleep(0.1)
+        assert simulator.faults.dropped == 1
+    finally:
+        await pypi.close()
+        await port.stopListening()

@@ -42,7 +42,7 @@ from pypioncouch.testing.index import CHANGELOG_LIMIT, IndexError_, PackageIndex
 log = Logger()
 
 FAULT_KINDS = ("500", "502", "503", "429", "timeout", "reset", "xmlrpc-fault",
-               "truncated", "malformed")
+               "truncated", "stalled", "malformed")
 XMLRPC_PATHS = ("/pypi", "/pypi/", "/RPC2")
 MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
              "remove_release", "remove_project", "quarantine", "clear_quarantine",
@@ -97,6 +97,7 @@ class FaultPlan:
         self._rng = random.Random(seed)
         self.injected: Counter = Counter()
         self.requests = 0
+        self.dropped = 0  # "timeout" and "stalled" answers the client gave up on
 
     def draw(self) -> str | None:
         self.requests += 1
@@ -490,8 +491,21 @@ class SimulatorResource(Resource):
             request.write(b"429 Too Many Requests")
             request.finish()
         elif kind == "timeout":
-            self.reactor.callLater(self.faults.timeout_seconds,
-                                   lambda: request.finished or request.transport.abortConnection())
+            self._hold(request)
+        elif kind == "stalled":  # half an answer, then nothing: a stuck CDN node
+            if is_rpc:  # (XML-RPC answers on its own: the start of an answer instead)
+                body = b"<?xml version='1.0'?><methodResponse><params><param><value>"
+                request.setHeader("Content-Type", "text/xml")
+                request.setHeader("Content-Length", "4096")
+                request.write(body)
+            else:
+                body = self._dispatch(request, path)
+                if body is NOT_DONE_YET:  # (a file held by FileFaults: cut it instead)
+                    request.transport.abortConnection()
+                    return
+                request.setHeader("Content-Length", str(len(body)))
+                request.write(body[: len(body) // 2])
+            self._hold(request)
         elif kind == "reset":
             request.transport.abortConnection()
         elif kind == "xmlrpc-fault" and is_rpc:
@@ -512,6 +526,14 @@ class SimulatorResource(Resource):
             request.write(b"<?xml version='1.0'?><methodResponse><params>" if is_rpc
                           else b'{"info": {"name": ')
             request.finish()
+
+    def _hold(self, request) -> None:
+        """Keep ``request`` unanswered for the plan's ``timeout_seconds``, then drop it;
+        a client that drops it first is counted (``faults.dropped``)."""
+        request.notifyFinish().addErrback(lambda _: setattr(
+            self.faults, "dropped", self.faults.dropped + 1))
+        self.reactor.callLater(self.faults.timeout_seconds,
+                               lambda: request.finished or request.transport.abortConnection())
 
     def _dispatch(self, request, path):
         if self.rendered is not None and request.method == b"GET":
