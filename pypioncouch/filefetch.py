@@ -28,8 +28,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pypioncouch import __version__
 from pypioncouch.files import FileStore, Wanted
-from pypioncouch.http import _ascii, quiet_pool, reusing_agent
-from pypioncouch.urls import redact
+from pypioncouch.http import _ascii, quiet_pool, reusing_agent, status_line
+from pypioncouch.urls import basic_auth, redact, same_origin, split_credentials
 
 log = Logger()
 
@@ -180,13 +180,18 @@ def _reason(error: BaseException) -> str:
 class Fetcher:
     """Fetches files into a store, one download per file however many ask for it, at
     most ``concurrency`` at a time. ``timeout``: seconds to wait for an answer, and
-    for each next byte of it."""
+    for each next byte of it. ``upstream``: the index's URL; if it carries
+    credentials (a private index), they go with every file request to its origin,
+    and to no other."""
 
     def __init__(self, store: FileStore, reactor=None, *, concurrency: int = 8,
-                 timeout: float = 60.0, agent=None, on_error: Callable[[str], None] = None):
+                 timeout: float = 60.0, agent=None, on_error: Callable[[str], None] = None,
+                 upstream: str | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.store = store
+        self._upstream, auth = split_credentials(upstream) if upstream else (None, None)
+        self._auth = None if auth is None else basic_auth(auth).encode("latin-1")
         self.reactor = reactor
         self.timeout = timeout
         self.on_error = on_error
@@ -239,8 +244,12 @@ class Fetcher:
     async def _get(self, download: Download) -> None:
         url = download.wanted.url
         shown = redact(url)
-        request = self.agent.request(b"GET", _ascii(url), Headers({
-            b"User-Agent": [USER_AGENT.encode()], b"Accept-Encoding": [b"identity"]}))
+        headers = Headers({b"User-Agent": [USER_AGENT.encode()],
+                           b"Accept-Encoding": [b"identity"]})
+        if self._auth is not None and same_origin(url, self._upstream):
+            headers.setRawHeaders(b"Authorization", [self._auth])  # (dropped on redirects
+            # to another origin by Twisted's RedirectAgent)
+        request = self.agent.request(b"GET", _ascii(url), headers)
         request.addTimeout(self.timeout, self.reactor)
         try:
             response = await request
@@ -252,7 +261,8 @@ class Fetcher:
                              f"{_reason(error)}") from None
         if response.code != 200:
             response.deliverBody(_Discard())
-            raise FetchError(f"{download.wanted.filename}: {shown} answered {response.code}")
+            raise FetchError(f"{download.wanted.filename}: {shown} answered "
+                             f"{status_line(response.code)}")
         length = None if response.length is UNKNOWN_LENGTH else response.length
         download._headers_in(length)
         done = defer.Deferred()

@@ -9,6 +9,7 @@ given here are already quoted, so they are plain ASCII.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from io import BytesIO
 
 from twisted.internet import defer, protocol
@@ -184,6 +185,14 @@ def is_cancellation(exc: BaseException) -> bool:
     reasons = getattr(exc, "reasons", None) if isinstance(exc, Exception) else None
     return isinstance(reasons, list) and any(
         isinstance(reason, Failure) and is_cancellation(reason.value) for reason in reasons)
+
+
+def status_line(status: int) -> str:
+    """``HTTP 426 Upgrade Required``: the status with its standard reason phrase."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:  # a status HTTP does not define
+        return f"HTTP {status}"
 
 
 def _ascii(url: str) -> bytes:

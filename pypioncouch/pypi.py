@@ -28,7 +28,6 @@ import xmlrpc.client as xmlrpc_client
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
@@ -37,7 +36,7 @@ from twisted.internet import error as ierror
 from twisted.logger import Logger
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient, is_cancellation
+from pypioncouch.http import LeanClient, is_cancellation, status_line
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import basic_auth, redact, split_credentials
@@ -518,14 +517,6 @@ def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
             body_serial if isinstance(body_serial, int) else None)
     except ValueError:
         return None
-
-
-def status_line(status: int) -> str:
-    """``HTTP 426 Upgrade Required``: the status with its standard reason phrase."""
-    try:
-        return f"HTTP {status} {HTTPStatus(status).phrase}"
-    except ValueError:  # a status HTTP does not define
-        return f"HTTP {status}"
 
 
 def _status_error(status: int, headers: dict[str, str], where: str) -> PyPIError:

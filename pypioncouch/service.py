@@ -281,7 +281,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                           max_bytes=None if budget is None else int(budget * 1e9))
         if syncing:  # a --no-sync mirror is air-gapped: it never fetches files
             fetcher = Fetcher(files, reactor, concurrency=options["concurrency"],
-                              timeout=options["timeout"],
+                              timeout=options["timeout"], upstream=options["pypi"],
                               on_error=lambda message: status.note_error(message, "files"))
             clients.append(fetcher)
         log.info("release files in {dir} ({bytes:,} bytes in {count} files){fetching}",

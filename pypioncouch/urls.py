@@ -29,6 +29,8 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         port = parts.port
     except ValueError:
         raise BadURL(f"bad port in URL: {redact(url)!r}") from None
+    if parts.query or parts.fragment:  # paths are added to it: "?..." cannot be kept
+        raise BadURL(f"a base URL cannot take a query or fragment: {redact(url)!r}")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     netloc = host if port is None else f"{host}:{port}"
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
@@ -37,6 +39,21 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     if parts.username is not None:
         auth = (unquote(parts.username), unquote(parts.password or ""))
     return clean, auth
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether two URLs name the same scheme, host and port (credentials for one may
+    go to the other)."""
+    def origin(address):
+        parts = urlsplit(address)
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:
+            return None
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+    mine = origin(url)
+    return mine is not None and mine == origin(other)
 
 
 def redact(url: str) -> str:

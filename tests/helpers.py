@@ -72,10 +72,11 @@ class World:
             await sleep(0.2)
         raise AssertionError(f"{self.read_db!r} did not catch up within {seconds:g}s")
 
-    def importer(self, **options):
+    def importer(self, url=None, **options):
+        """An importer from this simulator (at ``url``, credentials and all, if given)."""
         pypi_options = {k: options.pop(k) for k in ("timeout", "retries", "backoff",
                                                       "stale_retries") if k in options}
-        pypi = PyPI(self.url, concurrency=options.get("concurrency", 8),
+        pypi = PyPI(url or self.url, concurrency=options.get("concurrency", 8),
                     **{"backoff": 0.05, **pypi_options})
         return XmlRpcImporter(self.db, pypi, **options)
 

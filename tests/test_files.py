@@ -201,6 +201,31 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_private_index_gets_its_credentials_with_each_file_request_no_one_else_does(
+        world, tmp_path):
+    host = world.url.split("//")[1]
+    world.resource.control("auth", {"user": "mirror", "password": "pässwörd"})
+    store = FileStore(tmp_path / "files")
+    own = Fetcher(store, upstream=f"http://mirror:p%C3%A4ssw%C3%B6rd@{host}/simple")
+    elsewhere = Fetcher(store, upstream="http://mirror:p%C3%A4ssw%C3%B6rd@127.0.0.1:9/")
+    _, with_elsewhere, elsewhere_url = serve(world.db, store, elsewhere)
+    _, with_own, own_url = serve(world.db, store, own)
+    address = f"/files/files-app/{APP_WHEEL}"
+    try:
+        refused = await http.get(elsewhere_url + address)
+        said = (await treq.content(refused)).decode()
+        assert refused.code == 502 and said.endswith("answered HTTP 401 Unauthorized\n"), said
+        assert "pässwörd" not in said and "p%C3%A4ssw%C3%B6rd" not in said
+        answer = await http.get(own_url + address)
+        assert answer.code == 200
+        assert await treq.content(answer) == upstream_bytes(world, APP_WHEEL)
+        assert world.resource.unauthorized == 1  # the request meant for another host
+    finally:
+        await with_elsewhere.stopListening()
+        await with_own.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp_path):
     store = FileStore(tmp_path / "files")
     front, port, url = serve(world.db, store, Fetcher(store))

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from pypioncouch import model
 from pypioncouch import store as store_module
 from pypioncouch.checkpoint import CHECKPOINT
+from pypioncouch.pypi import PyPIError
 from pypioncouch.store import Store
 from pypioncouch.sync import run_pass
 
@@ -244,4 +245,17 @@ async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world)
     world.index.unyank(key, version)
     await run_pass(world.importer())
     await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_index_is_mirrored_with_the_credentials_in_its_url(world):
+    world.resource.control("auth", {"user": "mirror", "password": "s3cret:/@"})
+    with pytest.raises(PyPIError, match="HTTP 401 Unauthorized") as refused:
+        await run_pass(world.importer(retries=0), full=True)
+    assert "s3cret" not in str(refused.value)
+    host = world.url.split("//")[1]
+    summary = await run_pass(world.importer(url=f"http://mirror:s3cret%3A%2F%40@{host}/"),
+                             full=True)
+    assert summary.pending == 0, summary.errors
     await assert_matches_simulator(world.read_db, world.index)

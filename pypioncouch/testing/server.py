@@ -15,11 +15,14 @@ Routes (as on pypi.org, reference §1, §3, §4):
   ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
   see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``: files served
-  with wrong bytes, or held half-way, see :class:`FileFaults`).
+  with wrong bytes, or held half-way, see :class:`FileFaults`), ``/_control/auth``
+  (``user``, ``password``: a private index that answers 401 without them; ``{}``
+  opens it again).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -427,6 +430,10 @@ class SimulatorResource(Resource):
                                  clock=self.reactor.seconds, listing=self.listing)
         self.hits: Counter = Counter()
         self.files = FileFaults()
+        # A private index: with ``/_control/auth`` set, every request (but control
+        # ones) needs Basic auth with these credentials, else 401.
+        self.credentials: bytes | None = None
+        self.unauthorized = 0
         self._churn: task.LoopingCall | None = None
         # With ``keep_answers``, JSON API, Simple and listing answers are rendered once
         # and then served as bytes (a PyPI that costs its client's benchmark little
@@ -457,6 +464,11 @@ class SimulatorResource(Resource):
         path = request.path.decode("utf-8", "replace")
         if path.startswith("/_control/"):
             return self._control(request, path[len("/_control/"):])
+        if self.credentials is not None and \
+                request.getHeader("authorization") != "Basic " + self.credentials.decode():
+            self.unauthorized += 1
+            request.setHeader("WWW-Authenticate", 'Basic realm="simulated private index"')
+            return self._plain(request, 401, "401 Unauthorized")
         self.hits[path.split("/")[1] if "/" in path else path] += 1
         fault = self.faults.draw()
         delay = self.latency_ms / 1000.0
@@ -635,7 +647,8 @@ class SimulatorResource(Resource):
             request.setResponseCode(404)
             result = {"error": f"no control operation {escape(operation)!r}",
                       "operations": list(MUTATIONS) + ["faults", "latency", "stale", "state",
-                                                        "xmlrpc", "churn", "listing", "files"]}
+                                                        "xmlrpc", "churn", "listing", "files",
+                                                        "auth"]}
         return json.dumps(result).encode()
 
     def control(self, operation: str, args: dict) -> dict:
@@ -672,6 +685,10 @@ class SimulatorResource(Resource):
         if operation == "files":
             self.files.configure(args.get("corrupt"), args.get("hold"))
             return {"ok": True, **self.files.state()}
+        if operation == "auth":
+            self.credentials = None if not args else base64.b64encode(
+                f"{args['user']}:{args['password']}".encode())
+            return {"ok": True}
         if operation == "latency":
             self.latency_ms = float(args.get("ms", 0))
             return {"ok": True}

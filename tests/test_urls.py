@@ -1,0 +1,48 @@
+"""URLs given on the command line: credentials split off, origins compared, passwords
+never shown."""
+
+import pytest
+
+from pypioncouch.urls import BadURL, redact, same_origin, split_credentials
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("https://pypi.org", ("https://pypi.org/", None)),
+    ("http://u:p%40ss@127.0.0.1:5984/db", ("http://127.0.0.1:5984/db/", ("u", "p@ss"))),
+    ("https://token@private.example/", ("https://private.example/", ("token", ""))),
+    ("http://[::1]:8080/", ("http://[::1]:8080/", None)),
+])
+def test_credentials_are_split_off_a_base_url(url, expected):
+    assert split_credentials(url) == expected
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://pypi.org/", "not an http(s) URL with a host: 'ftp://pypi.org/'"),
+    ("http://u:secret@host:99999/", "bad port in URL: 'http://u:***@host:99999/'"),
+    ("https://u:secret@pypi.example/?token=abc",
+     "a base URL cannot take a query or fragment: 'https://u:***@pypi.example/?token=abc'"),
+    ("https://pypi.example/#simple",
+     "a base URL cannot take a query or fragment: 'https://pypi.example/#simple'"),
+])
+def test_a_base_url_that_cannot_be_used_is_one_line_without_its_password(url, message):
+    with pytest.raises(BadURL) as refused:
+        split_credentials(url)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("url, other, same", [
+    ("https://private.example/packages/a.whl", "https://u:p@private.example/simple/", True),
+    ("https://private.example:443/a.whl", "https://PRIVATE.example/", True),
+    ("http://private.example/a.whl", "https://private.example/", False),
+    ("https://files.example/a.whl", "https://private.example/", False),
+    ("https://private.example:8443/a.whl", "https://private.example/", False),
+    ("https://private.example.evil/a.whl", "https://private.example/", False),
+])
+def test_credentials_go_to_their_own_origin_only(url, other, same):
+    assert same_origin(url, other) is same
+
+
+def test_redact_hides_only_the_password():
+    assert redact("https://mirror:s3cret@private.example/simple/?q=1") == \
+        "https://mirror:***@private.example/simple/?q=1"
+    assert redact("https://private.example/") == "https://private.example/"
