@@ -257,7 +257,8 @@ async def fetch_files_command(reactor, args) -> int:
                           else int(args.files_max_gb * 1e9))
     except OSError as error:
         raise ValueError(f"--files {args.files}: {error.strerror}") from None
-    fetcher = Fetcher(store, reactor, concurrency=args.concurrency, timeout=args.timeout)
+    fetcher = Fetcher(store, reactor, concurrency=args.concurrency, timeout=args.timeout,
+                      upstream=args.pypi)  # (a private index: its credentials)
     progress = None if args.quiet else Progress(unit="files")
     seeder = Seeder(db, store, fetcher, with_deps=args.with_deps,
                     concurrency=args.concurrency,

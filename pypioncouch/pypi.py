@@ -192,11 +192,10 @@ class PyPI:
                  max_retry_after: float = 300.0, rng: random.Random | None = None):
         if reactor is None:
             from twisted.internet import reactor
-        url = url if url.endswith("/") else url + "/"
-        self.display_url = redact(url)
         # user:password@ in the URL (a private index) is sent as Basic auth, never
         # in the request line.
         self.url, auth = split_credentials(url)
+        self.display_url = redact(url if url.endswith("/") else url + "/")
         self._auth = {} if auth is None else {"Authorization": basic_auth(auth)}
         self.xmlrpc_url = self.url + "pypi"
         self._reactor = reactor
