@@ -78,6 +78,27 @@ def local_simple_files(project: str, files: list[dict]) -> list[dict]:
             for f in files]
 
 
+def held_releases(releases: dict[str, list[dict]], held: frozenset[str]
+                   ) -> dict[str, list[dict]]:
+    """``releases`` (version -> JSON API file entries) cut to the files in ``held`` (the
+    names stored for the project), for a mirror that cannot fetch the rest: a file
+    listed but missing fails an install that would have taken an older version. A
+    file whose metadata file is not held loses its metadata hash (pip would fetch it)."""
+    no_metadata = {"core-metadata": False, "data-dist-info-metadata": False}
+    return {version: [entry if entry["filename"] + METADATA_SUFFIX in held
+                      else dict(entry, **no_metadata)
+                      for entry in entries
+                      if entry.get("filename") in held
+                      and (entry.get("digests") or {}).get("sha256")]
+            for version, entries in releases.items()}
+
+
+def holdings_tag(held: frozenset[str]) -> str:
+    """A short digest of a project's stored file names: pages rendered from them (and
+    their ETags) change when a file comes or goes."""
+    return hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Wanted:
     """One file to have: where it comes from and what its bytes must hash to."""
@@ -271,6 +292,16 @@ class FileStore:
         self._lru[key] = size
         self._lru.move_to_end(key)
         return path
+
+    def held(self, project: str) -> frozenset[str]:
+        """The names of the files stored for ``project`` (normalized), read from disk:
+        files another process or rsync put there count as soon as they are there."""
+        try:
+            with os.scandir(self.root / project) as entries:
+                return frozenset(entry.name for entry in entries
+                                 if is_safe_filename(entry.name) and entry.is_file())
+        except OSError:  # nothing stored for it (or not a project's name)
+            return frozenset()
 
     def has(self, wanted: Wanted) -> bool:
         """Whether ``wanted`` is stored with the right digest (read and hashed)."""

@@ -342,6 +342,55 @@ async def test_seeded_files_install_from_an_air_gapped_mirror(world, couch_serve
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_air_gapped_mirror_lists_only_the_files_it_holds(world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    _, syncing_port, syncing = serve(world.db, store, Fetcher(store))  # fills the folder
+    _, gapped_port, gapped = serve(world.db, store, None, syncing=False)
+    old_lib, new_lib = "files_lib-1.0-py3-none-any.whl", "files_lib-1.1-py3-none-any.whl"
+    util = "files_util-2.0-py3-none-any.whl"
+
+    async def fill(project, filename):
+        answer = await http.get(f"{syncing}/files/{project}/{filename}")
+        assert answer.code == 200
+        await treq.content(answer)
+
+    async def page(project, headers=None):
+        answer = await http.get(f"{gapped}/simple/{project}/",
+                                {"Accept": JSON_ACCEPT, **(headers or {})})
+        body = await treq.content(answer)
+        return answer.code, header(answer, "etag"), body and json.loads(body)
+
+    try:
+        for project, filename in (("files-lib", old_lib), ("files-util", util),
+                                  ("files-util", util + ".metadata")):
+            await fill(project, filename)
+        _, etag, lib = await page("files-lib")
+        assert [f["filename"] for f in lib["files"]] == [old_lib]
+        assert lib["versions"] == ["1.0"]
+        assert lib["files"][0]["url"] == f"../../files/files-lib/{old_lib}"
+        assert lib["files"][0]["core-metadata"] is False  # its .metadata is not held
+        _, _, utils = await page("files-util")
+        assert [f["filename"] for f in utils["files"]] == [util]
+        assert utils["files"][0]["core-metadata"] == {
+            "sha256": hashlib.sha256(upstream_bytes(world, util + ".metadata")).hexdigest()}
+        html = await treq.content(await http.get(f"{gapped}/simple/files-lib/"))
+        assert old_lib.encode() in html and new_lib.encode() not in html
+        assert b"data-core-metadata" not in html
+        # pip takes the newest release the mirror holds instead of failing on 1.1.
+        assert await pip_install(gapped, tmp_path / "pip", "files-lib") == \
+            {"files_lib-1.0.dist-info"}
+        # A file that arrives is listed at once; the page's old ETag no longer holds.
+        await fill("files-lib", new_lib)
+        code, new_etag, lib = await page("files-lib", {"If-None-Match": etag[0]})
+        assert code == 200 and new_etag != etag
+        assert [f["filename"] for f in lib["files"]] == [old_lib, new_lib]
+        assert (await page("files-lib", {"If-None-Match": new_etag[0]}))[0] == 304
+    finally:
+        await syncing_port.stopListening()
+        await gapped_port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_name, tmp_path):
     base = [str(BIN / "pypioncouch"), "--fetch-files", couch_server.url, "--db", db_name,
             "--files", str(tmp_path / "files"), "--quiet"]

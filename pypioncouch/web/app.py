@@ -26,7 +26,7 @@ from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import CouchError, Database
 from pypioncouch.filefetch import Fetcher
-from pypioncouch.files import FileStore, local_simple_files
+from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import SyncStatus
@@ -419,10 +419,17 @@ class WebFront:
         request.setHeader("Content-Type", chosen)
         request.setHeader("X-PyPI-Last-Serial", str(serial))
         variant = "json" if chosen == simple.V1_JSON else "html"
+        held = None
+        if self.file_pages is not None and self.file_pages.fetcher is None:
+            # A mirror that cannot fetch lists what it holds (a cached page or an ETag
+            # holds only while that stays the same).
+            held = self.file_pages.store.held(key)
+            variant += "-" + holdings_tag(held)
         if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
             return b""
         return self.cache.rendered(entry, variant, lambda: render_simple(
-            entry, variant, local_files=self.file_pages is not None))
+            entry, variant.startswith("json"), local_files=self.file_pages is not None,
+            held=held))
 
     # -- JSON API ----------------------------------------------------------------------
 
@@ -554,18 +561,21 @@ def _find_version(versions: list[str], wanted: str) -> str:
     return matches[0] if len(matches) == 1 else ""
 
 
-def render_simple(entry: CachedProject, variant: str, local_files: bool = False) -> bytes:
+def render_simple(entry: CachedProject, as_json: bool, local_files: bool = False,
+                  held: frozenset[str] | None = None) -> bytes:
     """A project's Simple page from its stored documents; ``local_files``: with file
-    URLs pointing at this daemon's ``/files/``."""
+    URLs pointing at this daemon's ``/files/``; ``held``: listing only these files."""
     project = entry.project
     status = project.get("status") or "active"
     releases = {} if status == "quarantined" else {
         doc["version"]: doc["files"] for doc in entry.releases}
+    if held is not None:
+        releases = held_releases(releases, held)
     versions, files = simple.simple_files(releases)
     if local_files:
         files = local_simple_files(project["_id"], files)
     serial = project.get("last_serial")
-    if variant == "json":
+    if as_json:
         return simple.project_json(project["_id"], versions, files, serial, status)
     return simple.project_html(project["_id"], files, serial, status)
 

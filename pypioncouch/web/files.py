@@ -5,8 +5,8 @@ A stored file is served by twisted.web's static ``File`` (HEAD, Range,
 If-Modified-Since). A missing one is fetched (one download however many ask) and
 streamed to the client as it arrives, read back from the temp file at the client's
 pace; a HEAD or Range request for it waits until it is stored, then is answered from
-disk. Without a fetcher (a ``--no-sync`` mirror: air-gapped), a missing file is a 404
-that says so.
+disk. Without a fetcher (a ``--no-sync`` mirror: air-gapped), Simple pages list only
+the stored files (``app.py``), and a missing file is a 404 that says so.
 """
 
 from __future__ import annotations
