@@ -315,6 +315,15 @@ def release_digests(doc: dict) -> list[str | None]:
     return [_digest(files_part), _digest(own)]
 
 
+def with_releases_unknown(project: dict, versions: set[str]) -> dict:
+    """``project`` with the digests of ``versions`` unknown (None): whatever is stored
+    for those releases is written again by the next sync."""
+    recorded = project.get("release_digests") or {}
+    return {**project, "release_digests": {
+        version: None if version in versions else digests
+        for version, digests in recorded.items()}}
+
+
 def release_needs_write(new_digests: list, old_digests: list | None) -> bool:
     """Whether a release differs from its stored copy, by their digests
     (``release_digests`` of the new document, and the project document's record;

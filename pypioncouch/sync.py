@@ -836,8 +836,7 @@ class XmlRpcImporter:
             changed = {d["version"] for d in docs if not store.is_project_doc(d)
                        and not d.get("_deleted") and recorded.get(d["version"]) is not None}
             if changed:
-                marks[work.key] = {**old, "release_digests": {
-                    v: None if v in changed else digests for v, digests in recorded.items()}}
+                marks[work.key] = model.with_releases_unknown(old, changed)
         if not marks:
             return ready
         rejected, superseded = await self.store.write(list(marks.values()),
@@ -883,8 +882,7 @@ class XmlRpcImporter:
                       and digests[d["version"]] != model.release_digests(d)}
             if not marked:
                 break
-            current["release_digests"] = {v: None if v in marked else digest
-                                          for v, digest in digests.items()}
+            current = model.with_releases_unknown(current, marked)
             results = await self.db.bulk_docs([current])
             if results[0].ok:
                 log.warn("{name}: a newer copy was stored meanwhile; {count} releases "
