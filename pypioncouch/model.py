@@ -77,6 +77,11 @@ def release_id(normalized: str, version: str) -> str:
     return f"{normalized}:{version}"
 
 
+def release_version(release_id: str) -> str:
+    """The version a release document's id names (``<normalized>:<version>``)."""
+    return release_id.partition(":")[2]
+
+
 def release_id_range(normalized: str) -> tuple[str, str]:
     """``(startkey, endkey)`` of a project's release documents in ``_all_docs``."""
     return f"{normalized}:", f"{normalized}:\ufff0"

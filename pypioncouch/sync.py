@@ -825,16 +825,19 @@ class XmlRpcImporter:
 
     async def _mark_changed(self, ready: list, bases: dict, failures: dict,
                             summary: Summary) -> list:
-        """Write, for each stored project whose stored releases ``ready`` changes, its
-        stored document with those releases' digests unknown (``None``), so that
-        :func:`store.needs_repair` holds until the new project document lands. Returns
-        the plans to go on with; ``bases`` and the plans' project ``_rev`` follow the
-        marked copies. A plan whose mark is refused waits for the next pass."""
+        """Write, for each stored project whose stored releases ``ready`` changes or
+        removes, its stored document with those releases' digests unknown (``None``),
+        so that :func:`store.needs_repair` holds until the new project document lands
+        (a removal cut short and then undone by PyPI, a quarantine cleared, must write
+        the releases again). Returns the plans to go on with; ``bases`` and the plans'
+        project ``_rev`` follow the marked copies. A plan whose mark is refused waits
+        for the next pass."""
         marks = {}
         for work, old, _, docs, _ in ready:
             recorded = (old or {}).get("release_digests") or {}
-            changed = {d["version"] for d in docs if not store.is_project_doc(d)
-                       and not d.get("_deleted") and recorded.get(d["version"]) is not None}
+            changed = {version for d in docs if not store.is_project_doc(d)
+                       for version in [model.release_version(d["_id"])]
+                       if recorded.get(version) is not None}
             if changed:
                 marks[work.key] = model.with_releases_unknown(old, changed)
         if not marks:

@@ -216,18 +216,26 @@ async def test_a_restarted_daemon_knows_its_serial_from_the_checkpoint(couch, db
     assert status.our_serial == 4242
 
 
+@pytest.mark.parametrize("change, revert", [
+    (lambda index, key, version: index.yank(key, version, "cut short"),
+     lambda index, key, version: index.unyank(key, version)),
+    # (every release removed, then the same releases back)
+    (lambda index, key, version: index.quarantine(key),
+     lambda index, key, version: index.clear_quarantine(key)),
+], ids=["yank", "quarantine"])
 @pytest_twisted.ensureDeferred
-async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world):
-    """A pass killed between a project's releases and its project document leaves a
-    release newer than what the project records of it. If PyPI then reverts that change
-    (unyanks what it yanked), the release must still be rewritten."""
+async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world, change,
+                                                                          revert):
+    """A pass killed between a project's releases and its project document leaves
+    releases other than what the project records of them (rewritten, or removed). If
+    PyPI then reverts that change, those releases must still be written again."""
     class Killed(Exception):
         pass
 
     await run_pass(world.importer(), full=True)
     key, version = next((k, v) for k, _ in world.index.listing()
                         for v in list(world.index.get(k).releases)[:1])
-    world.index.yank(key, version, "cut short")
+    change(world.index, key, version)
     # The pass is cut short (killed) after the releases, before their project.
     importer = world.importer()
     write = importer.store.write
@@ -241,8 +249,8 @@ async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world)
     with pytest.raises(Killed):
         await run_pass(importer)
     project, releases = await stored_project(world.db, key)
-    assert next(r for r in releases if r["version"] == version)["yanked"]  # landed
-    world.index.unyank(key, version)
+    assert not any(r["version"] == version and not r["yanked"] for r in releases)  # landed
+    revert(world.index, key, version)
     await run_pass(world.importer())
     await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
