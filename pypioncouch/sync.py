@@ -212,14 +212,15 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     return works
 
 
-def pending_work(key: str, wanted, simple: bool) -> Work:
+def pending_work(key: str, wanted, unlisted: bool = False) -> Work:
     """The work a pending entry of the checkpoint stands for: the serial wanted, or
-    ``{"removed": serial}`` for a removal from the changelog held back. Following the
-    /simple/ index (no removal rows), a pending project it no longer lists may be
-    gone, which only a 404 asked without a serial says."""
+    ``{"removed": serial}`` for a removal from the changelog held back. A pending
+    project the /simple/ index no longer lists (``unlisted``: the index has no
+    removal rows) may be gone, which only a 404 asked without a serial says; any other
+    is asked with its serial, so that a stale copy is not taken for it."""
     if isinstance(wanted, dict):
         return Work(key, key, wanted.get("removed"), removed=True)
-    return Work(key, key, None if simple else wanted)
+    return Work(key, key, None if unlisted else wanted)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -366,15 +367,15 @@ class XmlRpcImporter:
                 except MethodGone as gone:
                     self._fall_back_to_simple(gone)
                     continue
-                works = group_changelog(rows)
+                works, listed = group_changelog(rows), None
             else:
-                works, new_serial = await self._simple_changes(
+                works, new_serial, listed = await self._simple_changes(
                     serial, summary, failures, removals)
                 more = False
-            simple = self.status.changes_source == "simple"
             for key, wanted in pending.items():
                 if key not in works:
-                    works[key] = pending_work(key, wanted, simple)
+                    works[key] = pending_work(
+                        key, wanted, unlisted=listed is not None and key not in listed)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
             if failures.overflow:
@@ -402,10 +403,12 @@ class XmlRpcImporter:
         return rows, rows[-1][4], rows[-1][4] < last
 
     async def _simple_changes(self, serial: int, summary: Summary, failures: dict,
-                              removals: list) -> tuple[dict[str, Work], int]:
+                              removals: list) -> tuple[dict[str, Work], int, set | None]:
+        """``(work, the serial to go on from, the keys the index lists)``; nothing, the
+        same serial and None from a stale index."""
         current, index = await self.pypi.simple_index()
         if self._is_stale(current, {"serial": serial}, summary):
-            return {}, serial
+            return {}, serial, None
         self.status.note_serials(pypi_serial=current)
         works = {}
         for name, last in index.items():
@@ -416,8 +419,8 @@ class XmlRpcImporter:
         del index
         # The index has no removal rows: ask about the stored projects it lacks.
         if not await self.sweep(listed, summary, failures, removals):
-            return works, serial  # what it hid may have changed: do not move past it
-        return works, max(serial, current or serial)
+            return works, serial, listed  # what it hid may have changed: stay before it
+        return works, max(serial, current or serial), listed
 
     def _is_stale(self, listed_serial: int | None, checkpoint: dict | None,
                   summary: Summary) -> bool:

@@ -149,6 +149,23 @@ async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_following_the_simple_index_a_stale_copy_stays_pending_until_fresh(world):
+    """Past the pass that saw the change, the index no longer names the project (its
+    serial is behind the checkpoint): only the pending entry remembers it, and it must
+    keep refusing the stale copy."""
+    w, key = await imported_behind_a_stale_cdn(world, 600)
+    serial = w.index.publish(key, "8.0")
+    for _ in range(2):
+        summary = await run_pass(w.importer(changes="simple", stale_retries=1))
+        assert summary.pending == 1 and "stale" in summary.errors[0], summary
+        assert (await w.db.get_local(CHECKPOINT))["pending"] == {key: serial}
+    w.index.stale_seconds = 0
+    w.index._stale.clear()
+    summary = await run_pass(w.importer(changes="simple"))
+    assert summary.pending == 0 and "8.0" in (await w.db.get(key))["versions"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_project_behind_a_stale_cdn_404_is_not_stored_empty_or_skipped(world):
     """A CDN's cached 404 for a project new since: the changelog says it exists, its
     Simple page lists its file. Neither "gone" nor "a project without releases"."""
