@@ -212,6 +212,20 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     return works
 
 
+def replay_from(baseline: int | None, listing: Mapping[str, int | None]) -> int | None:
+    """Where a full import leaves the checkpoint: ``baseline`` (PyPI's serial, read
+    before listing), or the listing's newest serial if that is older. PyPI keeps the
+    XML-RPC listing cached for up to an hour: a listing older than ``baseline`` says
+    nothing of the changes in between, which the next pass then reads from the
+    changelog (more replay, never a change skipped)."""
+    serials = listing.serials if isinstance(listing, Listing) else [
+        s for s in listing.values() if isinstance(s, int)]
+    newest = max(serials, default=None)
+    if baseline is None or newest is None:
+        return baseline
+    return min(baseline, newest)
+
+
 def pending_work(key: str, wanted, unlisted: bool = False) -> Work:
     """The work a pending entry of the checkpoint stands for: the serial wanted, or
     ``{"removed": serial}`` for a removal from the changelog held back. A pending
@@ -312,6 +326,7 @@ class XmlRpcImporter:
         if self._is_stale(baseline, checkpoint, summary):
             return self._finish(summary, checkpoint["serial"], pending, started)
         self.status.note_serials(pypi_serial=baseline)
+        cursor = replay_from(baseline, listing)
         works = WorkList(listing)
         del listing
         self.trace.mark("works ready")
@@ -338,9 +353,9 @@ class XmlRpcImporter:
             self._overflowed(summary, failures, (checkpoint or {}).get("serial"))
             return self._finish(summary, (checkpoint or {}).get("serial"), failures, started)
         if trusted:
-            await self.save_checkpoint(baseline, failures)
+            await self.save_checkpoint(cursor, failures)
             self.trace.mark("checkpoint saved")
-            return self._finish(summary, baseline, failures, started)
+            return self._finish(summary, cursor, failures, started)
         # The listing hid projects: the ones it hid may have changed unseen, so the
         # checkpoint does not move (with none yet, the next pass imports again).
         if checkpoint is not None:

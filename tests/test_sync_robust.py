@@ -149,6 +149,25 @@ async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_full_import_from_a_cached_listing_loses_no_change_made_since(world):
+    """PyPI keeps the XML-RPC listing for up to an hour (reference §5): a change made
+    after the copy it serves is not in it, though the serial read before listing is
+    newer. The next pass must still bring it."""
+    w = world(projects=20, seed=12)
+    await run_pass(w.importer(), full=True)
+    w.resource.listing.freeze(w.index)  # the cached copy
+    changed = model.normalize(w.index.dataset.name(3))
+    w.index.publish(changed, "9.0")
+    w.index.publish("Created.Since", "1.0")
+    summary = await run_pass(w.importer(), full=True)  # (a --fullimport run again)
+    assert summary.projects == 0, summary  # the listing showed nothing new
+    w.resource.listing.freeze(None)
+    await run_pass(w.importer())
+    assert "9.0" in (await w.db.get(changed))["versions"]
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_following_the_simple_index_a_stale_copy_stays_pending_until_fresh(world):
     """Past the pass that saw the change, the index no longer names the project (its
     serial is behind the checkpoint): only the pending entry remembers it, and it must
