@@ -869,7 +869,10 @@ class XmlRpcImporter:
             if mark is None:
                 going.append(plan)
             elif work.key in superseded:
-                self._superseded(work, summary)
+                # Newer than the copy the mark repeats, not necessarily than our answer:
+                # planned against a copy that is gone, the plan is made again next pass.
+                self._failed(work, "another writer stored it meanwhile", failures, summary,
+                             "couchdb")
             elif work.key in rejected:
                 self._failed(work, f"CouchDB refused a document: {rejected[work.key]}",
                              failures, summary, "couchdb")
@@ -894,8 +897,10 @@ class XmlRpcImporter:
             digests = (current or {}).get("release_digests") or {}
             orphans = [d for d in ours if d["version"] not in digests]
             if orphans:  # releases the newer copy does not have (or no project at all)
-                await self.store.write([store.tombstone(d["_id"], d["last_serial"])
-                                        for d in orphans])
+                refused, _ = await self.store.write(
+                    [store.tombstone(d["_id"], d["last_serial"]) for d in orphans])
+                if refused:  # left stored: the next pass plans against them again
+                    failures[work.key] = work.serial
                 ours = [d for d in ours if d not in orphans]
             if current is None:
                 break
@@ -910,6 +915,9 @@ class XmlRpcImporter:
                          "will be fetched again", name=work.key, count=len(marked))
                 failures[work.key] = current.get("last_serial")
                 break
+        else:
+            if ours:  # the newer copy kept changing: marked nothing, so ask again
+                failures[work.key] = work.serial
         self._superseded(work, summary)
 
 

@@ -257,6 +257,32 @@ async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world,
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_copy_another_writer_stores_while_ours_is_planned_does_not_drop_ours(world):
+    """Another writer stores the project (at a serial between the copy we read and our
+    answer's) just before our pass writes: ours is planned again, not dropped."""
+    await run_pass(world.importer(), full=True)
+    key, version = next((k, v) for k, _ in world.index.listing()
+                        for v in list(world.index.get(k).releases)[:1])
+    world.index.yank(key, version, "planned against a copy that changed")
+    importer = world.importer()
+    write = importer.store.write
+
+    async def another_writer_first(docs, bases=None):
+        if any(d["_id"] == key and None in d["release_digests"].values() for d in docs):
+            stored = await world.db.get(key)
+            await world.db.put({**stored, "last_serial": stored["last_serial"] + 1})
+        return await write(docs, bases)
+
+    importer.store.write = another_writer_first
+    summary = await run_pass(importer)
+    assert (await world.db.get_local(CHECKPOINT))["pending"] == {
+        key: world.index.last_serial}, summary
+    await run_pass(world.importer())
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_private_index_is_mirrored_with_the_credentials_in_its_url(world):
     world.resource.control("auth", {"user": "mirror", "password": "s3cret:/@"})
     with pytest.raises(PyPIError, match="HTTP 401 Unauthorized") as refused:
