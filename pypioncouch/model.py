@@ -132,6 +132,13 @@ def _earliest_upload(files: list[dict]) -> str | None:
     return min(times) if times else None
 
 
+def _is_file_entry(entry: Any) -> bool:
+    """Whether ``entry`` has what every page made from it needs of a file."""
+    return (isinstance(entry, dict) and isinstance(entry.get("filename"), str)
+            and isinstance(entry.get("url"), str)
+            and isinstance(entry.get("digests", {}), dict))
+
+
 def _check_payload(payload: Any) -> None:
     if not isinstance(payload, dict):
         raise BadPayload("the JSON API answer is not an object")
@@ -140,12 +147,16 @@ def _check_payload(payload: Any) -> None:
         raise BadPayload("the JSON API answer has no info.name")
     if not isinstance(info.get("version"), str):
         raise BadPayload("the JSON API answer has no info.version")
-    releases = payload.get("releases", {})
+    # (without ``releases``, every stored release but the latest would look removed)
+    if "releases" not in payload:
+        raise BadPayload("the JSON API answer has no releases")
+    releases = payload["releases"]
     if not isinstance(releases, dict) or not all(
-            isinstance(files, list) and all(isinstance(f, dict) and "filename" in f
-                                            for f in files)
+            isinstance(files, list) and all(_is_file_entry(f) for f in files)
             for files in releases.values()):
         raise BadPayload("the JSON API answer's releases are not lists of files")
+    if not all(_is_file_entry(f) for f in payload.get("urls") or []):
+        raise BadPayload("the JSON API answer's urls are not files")
     if not isinstance(payload.get("last_serial", 0), int):
         raise BadPayload("the JSON API answer's last_serial is not an integer")
 
@@ -249,7 +260,7 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     normalized = normalize(name)
     latest = info["version"]
     releases: dict[str, list[dict]] = dict(payload.get("releases") or {})
-    if latest not in releases:  # a version route answer, or PyPI hid it: keep what we have
+    if latest not in releases:  # PyPI hid it: keep what we have
         releases[latest] = list(payload.get("urls") or [])
     latest_vulnerabilities = release_vulnerabilities(payload)
     release_docs = [release_document(normalized, name, version, files,

@@ -140,7 +140,19 @@ BAD = [
     ("no version", {"info": {"name": "x"}}, "the JSON API answer has no info.version"),
     ("releases not lists", {"info": {"name": "x", "version": "1"}, "releases": {"1": {}}},
      "the JSON API answer's releases are not lists of files"),
-    ("serial not an int", {"info": {"name": "x", "version": "1"}, "last_serial": "7"},
+    ("no releases", {"info": {"name": "x", "version": "1"}, "urls": []},
+     "the JSON API answer has no releases"),
+    ("a file without url", {"info": {"name": "x", "version": "1"},
+                            "releases": {"1": [{"filename": "x-1.tar.gz"}]}},
+     "the JSON API answer's releases are not lists of files"),
+    ("digests not an object", {"info": {"name": "x", "version": "1"}, "releases": {"1": [
+        {"filename": "x-1.tar.gz", "url": "https://x/x-1.tar.gz", "digests": "ab"}]}},
+     "the JSON API answer's releases are not lists of files"),
+    ("urls not files", {"info": {"name": "x", "version": "1"}, "releases": {},
+                        "urls": [{"filename": 7}]},
+     "the JSON API answer's urls are not files"),
+    ("serial not an int", {"info": {"name": "x", "version": "1"}, "releases": {},
+                           "last_serial": "7"},
      "the JSON API answer's last_serial is not an integer"),
 ]
 
