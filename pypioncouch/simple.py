@@ -33,18 +33,35 @@ def normalize(name: str) -> str:
 
 
 def negotiate(accept: str | None, offers: tuple[str, ...] = OFFERS) -> str | None:
-    """The offer ``accept`` prefers, as RFC 9110 (section 12.5.1) has it, or None when it
-    accepts none of them (a 406).
+    """The offer ``accept`` prefers as Warehouse picks it (reference §4, WebOb's
+    ``acceptable_offers``), or None when it accepts none of them.
 
     Each offer takes the q of the most specific media range that matches it; q=0 means
-    "not this"; the highest q wins, a tie goes to the offer named more specifically,
-    then to the earlier offer. No header (or one without a single valid media range)
-    accepts anything: the first offer. werkzeug parses the header.
+    "not this"; the highest q wins, a tie goes to the earlier offer. No header (or one
+    without a single valid media range) accepts anything: the first offer. werkzeug
+    parses the header.
     """
-    ranges = parse_accept_header(accept, MIMEAccept)
+    ranges = [(media.split(";")[0].strip().lower(), q)
+              for media, q in parse_accept_header(accept, MIMEAccept)]
     if not any("/" in media for media, _ in ranges):
         return offers[0]
-    return ranges.best_match(offers)
+    best, best_q = None, 0.0
+    for offer in offers:  # (a later offer must beat an earlier one to win)
+        q = _quality(offer, ranges)
+        if q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
+    kind = offer.split("/")[0]
+    found = None  # (specificity, q)
+    for media, q in ranges:
+        specificity = (2 if media == offer else 1 if media == f"{kind}/*"
+                       else 0 if media == "*/*" else None)
+        if specificity is not None and (found is None or specificity > found[0]):
+            found = (specificity, q)
+    return 0.0 if found is None else found[1]
 
 
 def version_key(version: str):

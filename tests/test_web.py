@@ -114,7 +114,8 @@ FIREFOX = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 CHROME = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
           "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
 # (who sends it, Accept, type of a Simple API answer, type of /status and /browse/);
-# None: 406. Offers (PEP 691): text/html, v1+html, v1+json; pages: text/html, JSON.
+# None: 406 (the Simple API never answers 406: PyPI gives text/html, reference §4).
+# Offers (PEP 691): text/html, v1+html, v1+json; pages: text/html, JSON.
 NEGOTIATION = [
     ("no header", None, "text/html", "text/html"),
     ("pip", PIP_ACCEPT, V1_JSON, "text/html"),
@@ -134,8 +135,13 @@ NEGOTIATION = [
      "application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01", V1_HTML, "text/html"),
     ("uv, html refused", UV_ACCEPT.replace("text/html;q=0.01", "text/html;q=0"), V1_JSON, None),
     ("all refused", "text/html;q=0, application/vnd.pypi.simple.v1+html;q=0, "
-     "application/vnd.pypi.simple.v1+json;q=0, application/json;q=0, */*", None, None),
-    ("only html, refused", "text/html;q=0", None, None),
+     "application/vnd.pypi.simple.v1+json;q=0, application/json;q=0, */*", "text/html", None),
+    ("only html, refused", "text/html;q=0", "text/html", None),
+    ("plain JSON", "application/json", "text/html", "application/json"),
+    ("PEP 691 latest", "application/vnd.pypi.simple.latest+json", "text/html", None),
+    ("a tie: the earlier offer", "text/*, application/vnd.pypi.simple.v1+json", "text/html",
+     "text/html"),
+    ("a tie of ranges", "application/*, text/*;q=1", "text/html", "text/html"),
     ("specific beats wildcard", "*/*;q=0, application/vnd.pypi.simple.v1+json", V1_JSON, None),
     ("specific q beats range q=0", "text/*;q=0, text/html;q=0.5", "text/html", "text/html"),
     ("case-insensitive", "TEXT/HTML;Q=0, */*", V1_HTML, "application/json"),
@@ -145,7 +151,7 @@ NEGOTIATION = [
 @pytest.mark.parametrize("who, accept, simple_type, page_type", NEGOTIATION,
                          ids=[row[0] for row in NEGOTIATION])
 @pytest_twisted.ensureDeferred
-async def test_content_negotiation_follows_rfc_9110(imported, who, accept, simple_type,
+async def test_content_negotiation_is_warehouses(imported, who, accept, simple_type,
                                                     page_type):
     world, front, url = imported
     key = model.normalize(world.index.dataset.name(2))

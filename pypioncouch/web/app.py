@@ -57,10 +57,11 @@ class NotAcceptable(Exception):
         self.offers = offers
 
 
-def choose(request, offers: tuple[str, ...]) -> str:
-    """The type to answer in, by the request's ``Accept``; :class:`NotAcceptable` if none."""
+def choose(request, offers: tuple[str, ...], fallback: str | None = None) -> str:
+    """The type to answer in, by the request's ``Accept``; if it accepts none,
+    ``fallback`` or :class:`NotAcceptable`."""
     request.setHeader("Vary", "Accept")
-    chosen = simple.negotiate(request.getHeader("accept"), offers)
+    chosen = simple.negotiate(request.getHeader("accept"), offers) or fallback
     if chosen is None:
         raise NotAcceptable(offers)
     return chosen
@@ -372,7 +373,7 @@ class WebFront:
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
-        chosen = choose(request, simple.OFFERS)
+        chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
         serial = await couchapp.max_serial(self.db)
         request.setHeader("Content-Type", chosen)
         request.setHeader("X-PyPI-Last-Serial", str(serial))
@@ -411,7 +412,7 @@ class WebFront:
         key = model.normalize(name)
         if key != name:
             return _redirect(request, f"/simple/{key}/")
-        chosen = choose(request, simple.OFFERS)
+        chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
         entry = await self.project(key)
         if entry is None:
             return _plain(request, 404, "404 Not Found")
