@@ -20,7 +20,7 @@ def test_a_change_during_the_read_keeps_the_entry_out():
     cache.put("foo", entry(), ticket)
     assert cache.get("foo") is None
     cache.put("foo", entry("2-b"), cache.ticket())  # read again after the change
-    assert cache.get("foo").etag_base == "2-b"
+    assert cache.get("foo").project["_rev"] == "2-b"
 
 
 def test_changes_to_other_projects_do_not_matter():

@@ -184,6 +184,39 @@ async def test_etag_gives_304(imported):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_replica_whose_releases_land_after_their_project_serves_no_stale_page(world):
+    """CouchDB's replicator keeps no order: a project's new revision can land before
+    its releases' (a yank), or before a removed release's tombstone."""
+    w = world(projects=12, seed=11)
+    await run_pass(w.importer(), full=True)
+    key = model.normalize(w.index.dataset.name(5))
+    project = await w.db.get(key)
+    kept, dropped = project["versions"][-1], project["versions"][0]
+    assert kept != dropped
+    front, port, url = serve(w.db, syncing=False)
+    try:
+        # The project lands first (its new serial, and a release it no longer names).
+        await w.db.put({**project, "last_serial": project["last_serial"] + 1,
+                        "versions": project["versions"][1:]})
+        first = await treq.get(f"{url}/simple/{key}/", headers={"Accept": V1_JSON})
+        page = await first.json()
+        assert dropped not in page["versions"]
+        assert not any(f"-{dropped}" in f["filename"] for f in page["files"])
+        etag = first.headers.getRawHeaders("etag")[0]
+        # Then the release it changed (a yank).
+        release = await w.db.get(f"{key}:{kept}")
+        await w.db.put({**release, "yanked": True, "yanked_reason": "late", "files": [
+            dict(f, yanked=True, yanked_reason="late") for f in release["files"]]})
+        again = await treq.get(f"{url}/simple/{key}/",
+                               headers={"Accept": V1_JSON, "If-None-Match": etag})
+        assert again.code == 200
+        files = [f for f in (await again.json())["files"] if f"-{kept}" in f["filename"]]
+        assert files and all(f["yanked"] == "late" for f in files)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

@@ -467,9 +467,9 @@ class WebFront:
         release = _release(entry, version)
         if model.lacks_own_info(entry.project, release, version):
             return await self._own_info_on_the_spot(request, entry, release)
-        # A release's document changes apart from its project's (the backfill).
-        etag = entry.etag_base if release is None else f"{entry.etag_base}-{release['_rev']}"
-        if _not_modified(request, f'"{etag}-{payload_key}"'):
+        # (etag_base covers the releases: one changes apart from its project, by the
+        # backfill, or by a replication that brings it after its project)
+        if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
             return b""
         body = self.cache.rendered(entry, payload_key,
                                    lambda: _json_api_body(entry, version))
@@ -568,8 +568,10 @@ def render_simple(entry: CachedProject, as_json: bool, local_files: bool = False
     URLs pointing at this daemon's ``/files/``; ``held``: listing only these files."""
     project = entry.project
     status = project.get("status") or "active"
+    listed = set(project.get("versions") or [])  # (a removal's tombstone may lag on a
+    # replica: a release the project no longer names is not listed)
     releases = {} if status == "quarantined" else {
-        doc["version"]: doc["files"] for doc in entry.releases}
+        doc["version"]: doc["files"] for doc in entry.releases if doc["version"] in listed}
     if held is not None:
         releases = held_releases(releases, held)
     versions, files = simple.simple_files(releases)

@@ -16,8 +16,10 @@ on one entry).
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 MB = 1024 * 1024
@@ -41,9 +43,14 @@ class CachedProject:
     rendered: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
     rendered_bytes: int = 0
 
-    @property
+    @cached_property
     def etag_base(self) -> str:
-        return self.project["_rev"]
+        """The revisions of every document an answer is made from, digested. Not the
+        project's alone: on a replica a release can land after its project (the
+        replicator keeps no order), and a page made before it must not stay valid."""
+        revisions = sorted(f"{doc['_id']}@{doc.get('_rev')}" for doc in self.releases)
+        digest = hashlib.sha256("\n".join([self.project["_rev"], *revisions]).encode())
+        return digest.hexdigest()[:32]
 
     @property
     def size(self) -> int:
