@@ -84,6 +84,9 @@ async def test_json_api_equals_the_simulators(imported):
     upper = await treq.get(f"{url}/pypi/{key.upper()}/json", allow_redirects=False)
     assert upper.code == 301
     assert upper.headers.getRawHeaders("location") == [f"/pypi/{key}/json"]
+    for path, location in (("simple", "/simple/"), (f"simple/{key}", f"/simple/{key}/")):
+        bare = await treq.get(f"{url}/{path}", allow_redirects=False)
+        assert (bare.code, bare.headers.getRawHeaders("location")) == (301, [location])
 
 
 @pytest_twisted.ensureDeferred

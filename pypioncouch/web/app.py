@@ -370,6 +370,11 @@ class WebFront:
         async for row in couchapp.all_projects(self.db, batch=INDEX_PAGE, timeout=None):
             yield row["id"], row["value"]
 
+    @app.route("/simple", methods=["GET", "HEAD"])
+    @observed("simple_redirect")
+    async def simple_index_no_slash(self, request):
+        return _redirect(request, "/simple/")  # (PyPI: a 301; werkzeug's would be a 308)
+
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
