@@ -464,16 +464,15 @@ class XmlRpcImporter:
         total = await couchapp.count(self.db, "name", timeout=3600)
         limit = removal_limit(total, self.max_removals)
         strays: list[Work] = []
-        hidden_by_pypi: set[str] = set()  # PyPI's index leaves quarantined projects out
         missing = 0
         async for row in couchapp.all_projects(self.db):
-            if row["id"] in listed:
+            # PyPI's index leaves quarantined projects out: not missing (a cleared
+            # quarantine comes with a new serial; their removal shows nothing more).
+            if row["id"] in listed or row["value"][2] == "quarantined":
                 continue
             missing += 1
             if missing <= limit or self.confirm_removals:  # bounded: at most the limit
                 strays.append(Work(row["id"], row["value"][0] or row["id"], None))
-                if row["value"][2] == "quarantined":
-                    hidden_by_pypi.add(row["id"])
         if missing > limit and not self.confirm_removals:
             self.hold_removals(summary, missing, (
                 f"the listing from {self.pypi.display_url} lacks {missing} of the "
@@ -489,7 +488,7 @@ class XmlRpcImporter:
         failed = await self.sync(strays, summary, removals)
         failures.update(failed)
         gone = {work.key for work, _ in removals[already:]}
-        alive = [w.key for w in strays if w.key not in gone | hidden_by_pypi]
+        alive = [w.key for w in strays if w.key not in gone]
         if alive:
             reason = (f"the listing from {self.pypi.display_url} lacks {len(alive)} "
                       f"projects PyPI still has (or did not answer for), {alive[0]} first: "
