@@ -414,9 +414,10 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
         # Yanking changes a release's files, not the info stored when it was fetched.
         info.update(yanked=release["yanked"], yanked_reason=release["yanked_reason"])
     payload = dict(project.get("pypi") or {})
-    if chosen != project["latest_version"] and "vulnerabilities" in release:
-        # The project's are the latest release's; an older one's are its own.
-        payload["vulnerabilities"] = release["vulnerabilities"]
+    if chosen != project["latest_version"] and "vulnerabilities" in payload:
+        # The project's are the latest release's; an older one's are its own (none
+        # known: none, never the latest's).
+        payload["vulnerabilities"] = release.get("vulnerabilities") or []
     payload["info"] = info
     payload["urls"] = release["files"]
     if version is None:

@@ -114,6 +114,20 @@ def test_the_json_api_is_rebuilt_as_pypi_said_it():
     assert model.json_api_payload(project, releases, "2.0rc1")["info"] == own
 
 
+def test_an_older_release_never_shows_the_latest_releases_advisories():
+    project, releases = documents()
+    advisory = {"id": "PYSEC-2024-1", "source": "osv", "link": "https://osv.dev/PYSEC-2024-1",
+                "aliases": [], "details": "x", "summary": None, "fixed_in": ["1.1"],
+                "withdrawn": None}
+    project["pypi"]["vulnerabilities"] = [advisory]
+    own = dict(INFO, version="2.0rc1", yanked=True, yanked_reason="oops")
+    releases[3] = model.with_own_info(releases[3], own)  # an answer without advisories
+    assert model.json_api_payload(project, releases, "2.0rc1")["vulnerabilities"] == []
+    assert model.json_api_payload(project, releases, "1.0")["vulnerabilities"] == [advisory]
+    releases[3] = model.with_own_info(releases[3], own, [advisory])
+    assert model.json_api_payload(project, releases, "2.0rc1")["vulnerabilities"] == [advisory]
+
+
 def test_a_yank_after_the_info_was_stored_shows_in_the_info():
     project, releases = documents()
     releases[1]["files"] = [dict(FILE_10, yanked=True, yanked_reason="bad")]
