@@ -164,3 +164,21 @@ async def test_the_catalog_view_counts_projects_per_facet(couch, db_name):
     low, high = couchapp.facet_range("released")
     rows = await couchapp.query(db, startkey=low, endkey=high, reduce=False)
     assert rows[0]["value"] == ["a", "A", "1.0", None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_paging_through_every_project_skips_none_when_one_goes_meanwhile(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push(db)
+    keys = ["a", "b", "c", "d", "e"]
+    results = await db.bulk_docs([{"_id": key, "type": "project", "name": key.upper(),
+                                   "versions": [], "release_digests": {}, "last_serial": 1}
+                                  for key in keys])
+    revs = dict(zip(keys, (r.rev for r in results)))
+    seen = []
+    async for row in couchapp.all_projects(db, batch=2):
+        seen.append(row["id"])
+        if row["id"] == "b":  # the last of the first page, removed before the next
+            await db.delete("b", revs["b"])
+    assert seen == keys

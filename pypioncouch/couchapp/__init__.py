@@ -54,17 +54,21 @@ async def query(db: Database, **params) -> list[dict]:
 async def all_projects(db: Database, batch: int = 5000,
                        timeout: float = 3600) -> AsyncIterator[dict]:
     """Every ``["name", project]`` row, by name, ``batch`` rows per request. The first
-    request may build the index over the whole database: it gets a long timeout."""
+    request may build the index over the whole database: it gets a long timeout.
+    A page goes on from the last key seen, that row dropped if it is still there (not
+    ``skip=1``: with that row removed meanwhile, the next project would be skipped)."""
     low, high = facet_range("name")
-    startkey, skip = low, 0
+    startkey, last = low, None
     while True:
-        rows = (await db.view(NAME, VIEW, startkey=startkey, endkey=high, limit=batch,
-                              skip=skip, reduce=False, timeout=timeout))["rows"]
+        limit = batch if last is None else batch + 1  # (the last row seen, again)
+        rows = (await db.view(NAME, VIEW, startkey=startkey, endkey=high, limit=limit,
+                              reduce=False, timeout=timeout))["rows"]
         for row in rows:
-            yield row
-        if len(rows) < batch:
+            if row["key"] != last:
+                yield row
+        if len(rows) < limit:
             return
-        startkey, skip = rows[-1]["key"], 1
+        startkey = last = rows[-1]["key"]
 
 
 async def count(db: Database, facet: str, *prefix: Any, timeout: float | None = None
