@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
 from pypioncouch.model import version_sort_key
@@ -46,9 +46,12 @@ def _index_host(project: dict) -> str:
     """``https://pypi.org`` from the project's own URLs (the simulator's host in tests)."""
     info = project.get("info") or {}
     for url in (info.get("package_url"), info.get("project_url")):
-        if url:
-            parts = urlsplit(url)
-            if parts.scheme and parts.netloc:
+        if isinstance(url, str):
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # "http://[x": not a URL
+                continue
+            if parts.scheme in ("http", "https") and parts.netloc:
                 return f"{parts.scheme}://{parts.netloc}"
     return "https://pypi.org"
 
@@ -81,7 +84,8 @@ def project_opml(project: dict, releases: list[dict]) -> bytes:
         when = rfc822(release.get("upload_time"))
         if when:
             attributes.append(f"created={_attr(when)}")
-        attributes.append(f"htmlUrl={_attr(f'{host}/project/{key}/{version}/')}")
+        page = f"{host}/project/{key}/{quote(version, safe='+!')}/"
+        attributes.append(f"htmlUrl={_attr(page)}")
         if release.get("yanked"):
             attributes.append('yanked="true"')
             if release.get("yanked_reason"):

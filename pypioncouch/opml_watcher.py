@@ -64,7 +64,14 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     projects = await Store(db).projects(list(keys))
     updates = []
     for project, releases in projects:
-        content = project_opml(project, releases)
+        try:
+            content = project_opml(project, releases)
+        except Exception as error:  # a bug meeting odd data: not to hold back the others
+            log.failure("OPML of {key} cannot be made; left as it is", key=project["_id"])
+            if status is not None:
+                status.note_error(f"the OPML of {project['_id']} cannot be made: "
+                                  f"{type(error).__name__}", "opml")
+            continue
         digest = opml_digest(content)
         has_attachment = ATTACHMENT in (project.get("_attachments") or {})
         if has_attachment and project.get(OPML_DIGEST) == digest:

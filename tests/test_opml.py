@@ -121,6 +121,14 @@ def test_a_real_opml_parser_reads_it():
     assert parsed.feeds[0].url == "https://pypi.org/rss/project/foo-bar/releases.xml"
 
 
+@pytest.mark.parametrize("package_url", ["http://[x", "javascript:alert(1)//x", 7, None])
+def test_an_index_url_that_is_not_a_web_address_links_to_pypi(package_url):
+    project = {"_id": "x-y", "name": "X-Y", "info": {"package_url": package_url}}
+    content = opml.project_opml(project, [{"version": "1.0 beta#2", "files": []}]).decode()
+    assert 'xmlUrl="https://pypi.org/rss/project/x-y/releases.xml"' in content
+    assert 'htmlUrl="https://pypi.org/project/x-y/1.0%20beta%232/"' in content
+
+
 def test_hostile_strings_and_characters_xml_cannot_carry():
     """Markup is escaped, control characters, non-characters and lone surrogates (which
     XML 1.0 cannot carry at all) are dropped: the bytes, written out by hand."""
@@ -277,6 +285,41 @@ async def test_a_removed_project_leaves_no_opml(world):
     rows = (await world.db.all_docs(keys=[key]))["rows"]
     assert rows[0]["value"]["deleted"] is True
     assert await regenerate_all(world.db) == 0  # nothing stale to rewrite either
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_whose_opml_cannot_be_made_holds_back_no_other(world, monkeypatch):
+    from pypioncouch import opml_watcher
+
+    await run_pass(world.importer(), full=True)
+    broken = model.normalize(world.index.dataset.name(4))
+    real = opml_watcher.project_opml
+
+    def render(project, releases):
+        if project["_id"] == broken:
+            raise ValueError("a bug meeting odd data")
+        return real(project, releases)
+
+    monkeypatch.setattr(opml_watcher, "project_opml", render)
+    watcher = OpmlWatcher(world.db, debounce=0.05, batch=200)
+    watcher.startService()
+    try:
+        assert await wait_for(lambda: _all_but_have_opml(world, broken))
+        assert "opml.xml" not in ((await world.db.get(broken)).get("_attachments") or {})
+        assert watcher.status.last_error.startswith(f"the OPML of {broken} cannot be made")
+        assert await wait_for(lambda: _checkpoint_saved(world))
+    finally:
+        await watcher.stopService()
+
+
+async def _all_but_have_opml(world, broken):
+    rows = (await world.db.all_docs(include_docs=True))["rows"]
+    return all("opml.xml" in (r["doc"].get("_attachments") or {}) for r in rows
+               if r["doc"].get("type") == "project" and r["id"] != broken)
+
+
+async def _checkpoint_saved(world):
+    return ((await world.db.get_local(CHECKPOINT)) or {}).get("seq") is not None
 
 
 @pytest_twisted.ensureDeferred
