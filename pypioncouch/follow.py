@@ -67,7 +67,9 @@ class ChangesFollower(CoroutineService):
                 await self._stream.done
                 failures = 0
             except CouchError as error:
-                failures += 1
+                # (a feed that had been live starts its backoff over: a continuous feed
+                # never ends well, and a restart an hour ago must not slow this one)
+                failures = 1 if self.live else failures + 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)

@@ -1,0 +1,73 @@
+"""The _changes follower's reconnections, on a clock: a feed that worked and broke is
+reconnected at once (not after the backoff of earlier outages); one that never comes
+up backs off."""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from pypioncouch.couch import Unreachable
+from pypioncouch.follow import ChangesFollower
+
+
+class Stream:
+    def __init__(self, on_started):
+        self.on_started = on_started
+        self.done = defer.Deferred()
+
+    def stop(self):
+        pass
+
+
+class Database:
+    """Hands out streams the test drives: started (CouchDB accepted the feed) or not,
+    then broken."""
+
+    def __init__(self):
+        self.streams = []
+
+    async def info(self):
+        return {"update_seq": "7-opaque"}
+
+    def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
+        self.streams.append(Stream(on_started))
+        return self.streams[-1]
+
+
+def broken(stream, live):
+    if live:
+        stream.on_started()
+    stream.done.errback(Unreachable("CouchDB went away"))
+
+
+def test_a_feed_that_was_live_is_reconnected_within_a_second_however_often_it_breaks():
+    clock, db = Clock(), Database()
+    follower = ChangesFollower(db, lambda change: None, reactor=clock)
+    follower.startService()
+    try:
+        for number in range(1, 8):
+            assert len(db.streams) == number
+            broken(db.streams[-1], live=True)
+            assert not follower.live
+            clock.advance(1.0)
+        assert len(db.streams) == 8
+    finally:
+        follower.stopService()
+
+
+def test_a_feed_that_never_comes_up_backs_off_up_to_the_limit():
+    clock, db = Clock(), Database()
+    follower = ChangesFollower(db, lambda change: None, reactor=clock, max_backoff=30.0)
+    follower.startService()
+    try:
+        waited = []
+        for _ in range(8):
+            streams = len(db.streams)
+            broken(db.streams[-1], live=False)
+            seconds = 0.0
+            while len(db.streams) == streams:
+                clock.advance(0.5)
+                seconds += 0.5
+            waited.append(seconds)
+        assert waited == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    finally:
+        follower.stopService()
