@@ -23,6 +23,11 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     The URL must be http(s) with a host; a path is kept and ends with ``/``.
     """
     parts = urlsplit(url.strip())
+    if ":" in _userinfo(url) and "@" not in parts.netloc:
+        # "user:pa/ss@host": the parser ends the host at the "/" (a request would go
+        # to host "user", port "pa"): say so, without the password
+        raise BadURL(f"the password in {redact(url)!r} holds a '/', '?' or '#': "
+                     "percent-encode it (%2F, %3F, %23)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadURL(f"not an http(s) URL with a host: {redact(url)!r}")
     try:
@@ -57,19 +62,21 @@ def same_origin(url: str, other: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (the user name is kept)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None and "@" not in parts.netloc:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(
-            (parts.scheme, f"{quote(unquote(user), safe='')}:***@{host}", parts.path,
-             parts.query, parts.fragment)
-        )
-    except ValueError:
-        return "<unparseable URL>"
+    """``url`` with any password replaced by ``***`` (the user name is kept). Read as
+    text, not parsed: a password holding a '/', '?' or '#' would end a parser's host
+    part early and be shown whole."""
+    scheme, found, rest = url.partition("://")
+    userinfo = _userinfo(url)
+    if not found or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{rest.rpartition('@')[2]}"
+
+
+def _userinfo(url: str) -> str:
+    """What stands between ``://`` and the last ``@`` ("" without them)."""
+    rest = url.partition("://")[2]
+    return rest.rpartition("@")[0]
 
 
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:

@@ -52,6 +52,11 @@ def test_bad_options_get_one_clear_line():
                             capture_output=True, text=True, cwd="/")
     assert result.returncode != 0
     assert "--couch: not an http(s) URL" in result.stdout + result.stderr
+    result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", "--couch",
+                             "http://admin:pa#ss9@127.0.0.1:5984/"],
+                            capture_output=True, text=True, cwd="/")
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "percent-encode it" in said and "ss9" not in said
 
 
 def test_a_bad_number_in_the_environment_gets_one_clear_line():

@@ -23,6 +23,12 @@ def test_credentials_are_split_off_a_base_url(url, expected):
      "a base URL cannot take a query or fragment: 'https://u:***@pypi.example/?token=abc'"),
     ("https://pypi.example/#simple",
      "a base URL cannot take a query or fragment: 'https://pypi.example/#simple'"),
+    ("http://admin:12/34@127.0.0.1:5984/",
+     "the password in 'http://admin:***@127.0.0.1:5984/' holds a '/', '?' or '#': "
+     "percent-encode it (%2F, %3F, %23)"),
+    ("http://admin:pa#ss9@127.0.0.1:5984/",
+     "the password in 'http://admin:***@127.0.0.1:5984/' holds a '/', '?' or '#': "
+     "percent-encode it (%2F, %3F, %23)"),
 ])
 def test_a_base_url_that_cannot_be_used_is_one_line_without_its_password(url, message):
     with pytest.raises(BadURL) as refused:
@@ -42,7 +48,14 @@ def test_credentials_go_to_their_own_origin_only(url, other, same):
     assert same_origin(url, other) is same
 
 
-def test_redact_hides_only_the_password():
-    assert redact("https://mirror:s3cret@private.example/simple/?q=1") == \
-        "https://mirror:***@private.example/simple/?q=1"
-    assert redact("https://private.example/") == "https://private.example/"
+@pytest.mark.parametrize("url, shown", [
+    ("https://mirror:s3cret@private.example/simple/?q=1",
+     "https://mirror:***@private.example/simple/?q=1"),
+    ("https://private.example/", "https://private.example/"),
+    ("https://token@private.example/", "https://token@private.example/"),
+    ("http://admin:pa/ss?w#rd@127.0.0.1:5984/", "http://admin:***@127.0.0.1:5984/"),
+    ("http://admin:p@ss:w@127.0.0.1:5984/db", "http://admin:***@127.0.0.1:5984/db"),
+    ("http://admin:p%40ss@[::1]:5984/", "http://admin:***@[::1]:5984/"),
+])
+def test_redact_hides_the_password_whatever_it_holds(url, shown):
+    assert redact(url) == shown
