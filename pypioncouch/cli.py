@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from twisted.internet import defer, task
@@ -27,7 +28,7 @@ from pypioncouch.progress import Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.sync import XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
-from pypioncouch.urls import BadURL, split_database_url
+from pypioncouch.urls import BadURL, check_database_name, split_database_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --fetch-files: the store's disk budget; files not seeded "
                              "are evicted, least recently used first, to make room")
     parser.add_argument("--pypi", default=PYPI_URL, help=f"the index (default {PYPI_URL})")
-    parser.add_argument("--db", default="pypi", help="database name (default pypi)")
-    parser.add_argument("--concurrency", type=int, default=10,
-                        help="parallel requests to PyPI (default 10)")
+    parser.add_argument("--db", type=_database, default="pypi",
+                        help="database name (default pypi)")
+    parser.add_argument("--concurrency", type=_workers, default=10,
+                        help="parallel requests to PyPI (default 10, at most 100)")
     parser.add_argument("--source", choices=("json", "xmlrpc"), default="json",
                         help="per-project metadata from the JSON API (default) or the "
                              "pre-2024 XML-RPC methods")
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also install the write guard _design/pypioncouch-guard "
                              "(CouchDB then checks every document's shape; slower writes; "
                              "for databases that take writes from elsewhere)")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=_seconds, default=30.0,
                         help="seconds to wait for one answer (default 30)")
     parser.add_argument("--continuous", action="store_true",
                         help="with --replicate: keep replicating until interrupted")
@@ -111,7 +113,17 @@ def _number(kind, allowed, what: str):
 
 
 _count = _number(int, lambda n: n >= 0, "a number of projects")
-_gigabytes = _number(float, lambda gb: gb > 0, "a positive number of gigabytes")
+_gigabytes = _number(float, lambda gb: math.isfinite(gb) and gb > 0,
+                     "a positive number of gigabytes")
+_seconds = _number(float, lambda s: math.isfinite(s) and s > 0, "a positive number of seconds")
+_workers = _number(int, lambda n: 1 <= n <= 100, "a number from 1 to 100")
+
+
+def _database(text: str) -> str:
+    try:
+        return check_database_name(text)
+    except BadURL as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _log_warnings_to_stderr() -> None:

@@ -10,6 +10,7 @@ systemd unit keeps the CouchDB password out of the command line.
 
 from __future__ import annotations
 
+import math
 import os
 
 from twisted.application.internet import StreamServerEndpointService
@@ -29,7 +30,8 @@ from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter
-from pypioncouch.urls import BadURL, redact, split_credentials, split_database_url
+from pypioncouch.urls import (BadURL, check_database_name, redact, split_credentials,
+                              split_database_url)
 from pypioncouch.web.cache import DEFAULT_MB as DEFAULT_CACHE_MB, MB
 
 log = Logger()
@@ -99,9 +101,14 @@ class Options(usage.Options):
                 except ValueError:  # said by postOptions, as a usage error
                     self.environment_error = f"{variable}={value!r} is not a number"
         for name, *_ in self.optFlags:
-            value = os.environ.get("PYPIONCOUCH_" + name.upper().replace("-", "_"), "")
-            if value.lower() in ("1", "true", "yes"):
+            variable = "PYPIONCOUCH_" + name.upper().replace("-", "_")
+            value = os.environ.get(variable, "")
+            if value.strip().lower() in ("1", "true", "yes"):
                 self[name] = True
+            elif value.strip().lower() not in ("", "0", "false", "no"):
+                # (systemd keeps "1  # a comment" whole: a flag must not be dropped)
+                self.environment_error = (f"{variable}={value!r} is neither 1/true/yes "
+                                          "nor 0/false/no")
 
     def postOptions(self) -> None:
         if not self["couch"]:
@@ -126,7 +133,7 @@ class Options(usage.Options):
         if self["files-max-gb"] is not None:
             if not self["files"]:
                 raise usage.UsageError("--files-max-gb goes with --files DIR")
-            if self["files-max-gb"] <= 0:
+            if not (math.isfinite(self["files-max-gb"]) and self["files-max-gb"] > 0):
                 raise usage.UsageError("--files-max-gb must be a positive number of GB")
         if self["files"]:
             try:
@@ -137,8 +144,9 @@ class Options(usage.Options):
             writes = not self["no-sync"] or self["files-max-gb"] is not None
             if writes and not os.access(self["files"], os.W_OK | os.X_OK):
                 raise usage.UsageError(f"--files {self['files']}: not writable by this user")
-        if self["interval"] <= 0:
-            raise usage.UsageError("--interval must be a positive number of seconds")
+        for name in ("interval", "timeout", "max-lag"):
+            if not (math.isfinite(self[name]) and self[name] > 0):
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if not 0 < self["backfill-rate"] <= 100:
             raise usage.UsageError("--backfill-rate must be a number of requests a second "
                                    "above 0, at most 100")
@@ -152,8 +160,10 @@ class Options(usage.Options):
             raise usage.UsageError("--changes is xmlrpc or simple")
         if self["source"] not in ("json", "xmlrpc"):
             raise usage.UsageError("--source is json or xmlrpc")
-        if not self["db"] or self["db"].startswith("_"):
-            raise usage.UsageError("--db must be a database name (not starting with _)")
+        try:
+            check_database_name(self["db"])
+        except BadURL as error:
+            raise usage.UsageError(f"--db: {error}") from None
         try:
             from twisted.internet import reactor
             endpoints.serverFromString(reactor, self["listen"])

@@ -4,12 +4,25 @@ Passwords must never reach a log line, a page or an error message; everything th
 prints a URL prints ``redact(url)``.
 """
 
+import re
 from base64 import b64encode
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 class BadURL(ValueError):
     """A URL that cannot name an HTTP server."""
+
+
+_DATABASE_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")  # CouchDB's own rule
+
+
+def check_database_name(name: str) -> str:
+    """``name`` if CouchDB takes it for a database of ours (not a system database
+    such as ``_users``), else :class:`BadURL` saying what it takes."""
+    if not _DATABASE_NAME.match(name or "") or len(name) > 238:
+        raise BadURL(f"{name!r} is not a database name: a lower-case letter, then "
+                     "lower-case letters, digits and _ $ ( ) + - /")
+    return name
 
 
 def basic_auth(auth: tuple[str, str]) -> str:
@@ -87,4 +100,4 @@ def split_database_url(url: str, default_db: str) -> tuple[str, str]:
         raise BadURL(f"not a database URL (one path segment, the database): {redact(url)}")
     server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
     split_credentials(server)  # says what is wrong with a bad URL
-    return server, segments[0] if segments else default_db
+    return server, check_database_name(segments[0] if segments else default_db)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import requires_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +83,68 @@ def test_the_systemd_unit_verifies(tmp_path):
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if "pypioncouch" in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+BASE = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1"]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--interval", "nan"], {}, "--interval must be a positive number of seconds"),
+    (["--interval", "inf"], {}, "--interval must be a positive number of seconds"),
+    (["--timeout", "-1"], {}, "--timeout must be a positive number of seconds"),
+    (["--max-lag", "-5"], {}, "--max-lag must be a positive number of seconds"),
+    ([], {"PYPIONCOUCH_MAX_LAG": "nan"}, "--max-lag must be a positive number of seconds"),
+    (["--files", "/tmp", "--files-max-gb", "nan"], {}, "--files-max-gb must be a positive"),
+    (["--db", "_users"], {}, "--db: '_users' is not a database name"),
+    (["--db", "PyPI"], {}, "--db: 'PyPI' is not a database name"),
+    # systemd's EnvironmentFile keeps a trailing comment in the value
+    ([], {"PYPIONCOUCH_NO_SYNC": "1  # serve a replica"},
+     "PYPIONCOUCH_NO_SYNC='1  # serve a replica' is neither 1/true/yes nor 0/false/no"),
+])
+def test_daemon_values_that_make_no_sense_are_refused_in_one_line(args, env, message,
+                                                                 monkeypatch):
+    from twisted.python import usage
+
+    from pypioncouch.service import Options
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(BASE + args)
+    assert str(refused.value).startswith(message), refused.value
+
+
+def test_daemon_flags_from_the_environment():
+    from pypioncouch.service import Options
+
+    for value, expected in (("1", True), ("yes", True), (" TRUE ", True), ("0", False),
+                            ("no", False), ("", False)):
+        os.environ["PYPIONCOUCH_NO_SYNC"] = value
+        try:
+            options = Options()
+            options.parseOptions(BASE)
+        finally:
+            del os.environ["PYPIONCOUCH_NO_SYNC"]
+        assert bool(options["no-sync"]) is expected, value
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--concurrency", "0"], "argument --concurrency: '0' is not a number from 1 to 100"),
+    (["--timeout", "nan"], "argument --timeout: 'nan' is not a positive number of seconds"),
+    (["--db", "_users"], "argument --db: '_users' is not a database name"),
+])
+def test_command_line_values_that_make_no_sense_are_refused_in_one_line(args, message):
+    result = subprocess.run([str(BIN / "pypioncouch"), "--update", "http://127.0.0.1:9/",
+                             *args], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_shipped_environment_file_sets_what_it_says():
+    """Each line is NAME=VALUE or a comment of its own: systemd takes no comment after
+    a value (a flag would be dropped)."""
+    for line in (REPO / "etc" / "pypioncouch.env").read_text().splitlines():
+        setting = line.lstrip("# ").strip()
+        if line.startswith("#") and not setting.startswith("PYPIONCOUCH_"):
+            continue  # a comment
+        assert "#" not in setting and " " not in setting, line
