@@ -130,6 +130,17 @@ def doc_path(docid: str) -> str:
     return quote(docid, safe="")
 
 
+def refusal(user: str, database: str, status: int | None) -> str:
+    """What a 401 or 403 from ``database`` means, for a person: 401 is who we are (no
+    or wrong credentials), 403 what that user may do."""
+    if status == 401:
+        return (f"CouchDB does not accept {user}: wrong user name or password"
+                if user != "an anonymous client" else
+                "CouchDB asks who we are: give user:password@ in the CouchDB URL")
+    return (f"CouchDB {user} may not read the database {database!r}: "
+            "make it an admin of that database (its _security)")
+
+
 def _error_for_status(status: int) -> type[CouchError]:
     return {404: NotFound, 409: Conflict, 412: PreconditionFailed, 401: Unauthorized,
             403: Unauthorized}.get(status, BadResponse)
@@ -353,10 +364,8 @@ class Database:
             if await self.exists():
                 return False
         except Unauthorized as error:
-            raise Unauthorized(
-                f"CouchDB {self.server.user} may not read the database {self.name!r}: "
-                "make it an admin of that database (its _security)",
-                url=error.url, status=error.status) from None
+            raise Unauthorized(refusal(self.server.user, self.name, error.status),
+                               url=error.url, status=error.status) from None
         cannot_create = Unauthorized(
             f"CouchDB {self.server.user} may not create the database {self.name!r}: "
             "create it as a server admin and make this user its admin (_security), "

@@ -57,6 +57,7 @@ class SyncStatus:
     opml_written: int = 0
     opml_error: str | None = None  # while the OPML watcher fails (and retries)
     couch_ok: bool | None = None
+    couch_problem: str | None = None  # why CouchDB refuses us, when it answers that way
     couch_checked_at: float | None = None
     caught_up_at: float | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)

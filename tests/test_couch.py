@@ -226,6 +226,8 @@ async def test_wrong_password_is_a_typed_error_without_the_password(couch_server
     message = str(error.value)
     assert "not-the-Pa55word" not in message and "not-the-Pa55word" not in repr(wrong)
     assert "401" in message and "***" in message
+    assert message.startswith(
+        f"CouchDB does not accept user '{ADMIN[0]}': wrong user name or password")
 
 
 @pytest_twisted.ensureDeferred

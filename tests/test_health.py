@@ -30,3 +30,20 @@ def test_a_syncing_daemon_names_each_reason():
     assert policy.reasons(True) == [
         "the last 2 sync passes failed: PyPI refused the connection",
         "PyPI says 300 projects are gone, more than the 100 ..."]
+
+
+def test_a_replica_that_cannot_read_its_upstream_says_so_past_its_lag_budget():
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    unknown = {"lag": None, "lag_seconds": 12.0, "upstream": UPSTREAM,
+               "upstream_error": "CouchDB refused the connection: is it running?"}
+    assert policy.reasons(True, unknown) == [
+        "no word from the upstream http://mirror:***@primary:5984/pypi for 12s: "
+        "CouchDB refused the connection: is it running?"]
+    assert policy.reasons(True, dict(unknown, lag_seconds=9.0)) == []
+
+
+def test_couchdb_refusing_our_credentials_is_not_called_silence():
+    status = SyncStatus()
+    policy = HealthPolicy(status, syncing=False)
+    status.couch_problem = "CouchDB does not accept user 'admin': wrong user name or password"
+    assert policy.reasons(False, {}) == [status.couch_problem]

@@ -390,13 +390,35 @@ async def test_a_replica_reports_its_lag_behind_the_upstream(couch, db_name):
         await port.stopListening()
     # An upstream that does not answer is reported (without its password), not fatal.
     gone = CouchDB("http://admin:s3cret@127.0.0.1:9/").database("pypi")
-    front, port, url = serve(replica, syncing=False, upstream=gone)
+    front, port, url = serve(replica, syncing=False, upstream=gone, max_lag_seconds=0.2)
+    front.replica.every = 0.0
     try:
         code, body = await health(url)
         assert code == 200 and body["serial"] == 9 and body["lag"] is None
         assert "127.0.0.1:9" in body["upstream_error"] and "s3cret" not in body["upstream_error"]
         page = await (await treq.get(f"{url}/status")).text()
         assert "admin:***@127.0.0.1:9/pypi" in page and "s3cret" not in page
+        await sleep(0.4)  # unknown for longer than the lag budget: unhealthy
+        code, body = await health(url)
+        assert code == 503 and body["reasons"][0].startswith(
+            "no word from the upstream http://admin:***@127.0.0.1:9/pypi for "), body
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_says_couchdb_refuses_our_password_not_that_it_is_silent(couch_server,
+                                                                             db_name):
+    from .conftest import ADMIN
+
+    wrong = couch_server.url.replace(f":{ADMIN[1]}@", ":not-the-password@")
+    assert wrong != couch_server.url
+    front, port, url = serve(CouchDB(wrong).database(db_name), syncing=False)
+    try:
+        answer = await treq.get(f"{url}/health")
+        body = await answer.json()
+        assert answer.code == 503 and body["reasons"] == [
+            f"CouchDB does not accept user '{ADMIN[0]}': wrong user name or password"]
     finally:
         await port.stopListening()
 

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
-from pypioncouch.couch import CouchError, Database
+from pypioncouch.couch import CouchError, Database, Unauthorized, refusal
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -195,9 +195,13 @@ class WebFront:
             return ok
         try:
             await self.db.info()
-            ok = True
-        except CouchError:
+            ok, self.status.couch_problem = True, None
+        except Unauthorized as error:  # it answers, but not to us
             ok = False
+            self.status.couch_problem = refusal(self.db.server.user, self.db.name,
+                                                error.status)
+        except CouchError:
+            ok, self.status.couch_problem = False, None
         self._couch_check = (now, ok)
         self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
         return ok

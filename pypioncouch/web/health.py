@@ -23,7 +23,7 @@ class HealthPolicy:
     def reasons(self, couch_ok: bool, serials: dict | None = None) -> list[str]:
         """Why the service is unhealthy (empty: healthy). ``serials``: a replica's
         lag (:class:`pypioncouch.web.replica.ReplicaState` as a dict)."""
-        reasons = [] if couch_ok else ["CouchDB is not answering"]
+        reasons = [] if couch_ok else [self.status.couch_problem or "CouchDB is not answering"]
         if self.syncing:
             reasons += self.sync_reasons()
         elif serials:
@@ -52,5 +52,8 @@ class HealthPolicy:
         lag_seconds = serials.get("lag_seconds") or 0.0
         if lag_seconds <= self.max_lag_seconds:
             return []
+        if serials.get("lag") is None:  # the upstream could not be read for that long
+            return [f"no word from the upstream {serials['upstream']} for "
+                    f"{lag_seconds:.0f}s: {serials.get('upstream_error')}"]
         return [f"{serials['lag']} serials ({lag_seconds:.0f}s) behind the upstream "
                 f"{serials['upstream']}"]

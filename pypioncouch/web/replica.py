@@ -51,10 +51,15 @@ class ReplicaLag:
                 state.upstream_serial = await couchapp.max_serial(self.upstream)
             except CouchError as error:
                 state.upstream_error = str(error)  # one line, URL redacted
+        if self._caught_up_at is None:
+            self._caught_up_at = now  # behind (or unknown) when first seen: from here
         if state.upstream_serial is not None and state.serial is not None:
             state.lag = max(0, state.upstream_serial - state.serial)
-            if state.lag == 0 or self._caught_up_at is None:
-                self._caught_up_at = now  # behind when first seen: count from here
+            if state.lag == 0:
+                self._caught_up_at = now
+            state.lag_seconds = round(now - self._caught_up_at, 1)
+        elif self.upstream is not None and state.upstream_error is not None:
+            # Unknown: the time since this replica was last known to be current.
             state.lag_seconds = round(now - self._caught_up_at, 1)
         self.state = state
         return state
