@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import os
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -236,6 +237,23 @@ class ClosesConnections(Service):
         return defer.gatherResults([defer.maybeDeferred(c.close) for c in self.clients])
 
 
+class WebListener(MultiService):
+    """The web front's listening port: if ``--listen`` cannot be had (in use, not
+    allowed), the daemon stops with one line. (A plain StreamServerEndpointService
+    logs a traceback and the daemon goes on syncing with no web front.)"""
+
+    def __init__(self, listen: str):
+        super().__init__()
+        self.listen = listen
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # strports' service listens here, or raises
+        except CannotListenError as error:
+            cause = getattr(error.socketError, "strerror", None) or error.socketError
+            raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -304,8 +322,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     front.changes_follower().setServiceParent(top)
     site = Site(front.resource())
     site.noisy = False
-    web = StreamServerEndpointService(endpoints.serverFromString(reactor, options["listen"]),
-                                      site)
+    web = WebListener(options["listen"])
+    strports.service(options["listen"], site, reactor=reactor).setServiceParent(web)
     web.setServiceParent(top)
     log.info("pypioncouch {version}: CouchDB {couch}, database {db}, web on {listen}",
              version=__version__, couch=couch.display_url, db=db.name,

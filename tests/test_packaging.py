@@ -148,3 +148,20 @@ def test_the_shipped_environment_file_sets_what_it_says():
         if line.startswith("#") and not setting.startswith("PYPIONCOUCH_"):
             continue  # a comment
         assert "#" not in setting and " " not in setting, line
+
+
+def test_a_listen_address_in_use_stops_the_daemon_in_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "pypioncouch", "--couch",
+             "http://127.0.0.1:9/", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True, text=True, cwd="/", timeout=60)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in said
+    assert f"pypioncouch: --listen tcp:{port}:interface=127.0.0.1: Address already in use" \
+        in said
