@@ -207,6 +207,8 @@ class SyncService(CoroutineService):
                 summary = await self.importer.update()
                 if summary.projects or summary.deleted or summary.pending:
                     log.info("{summary}", summary=str(summary))
+                self.status.note_pass(bool(summary.projects or summary.deleted),
+                                      summary.pending)
                 self.status.consecutive_failures = 0
                 self.status.last_pass_ok = True
                 wait = max(0.0, self.interval - (self.reactor.seconds() - started))

@@ -62,6 +62,7 @@ class SyncStatus:
     caught_up_at: float | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     removals_held: str | None = None  # why the last pass removed nothing (too many)
+    stuck_since: float | None = None  # since when passes have written nothing, all failing
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
@@ -88,6 +89,15 @@ class SyncStatus:
             self.our_serial, self.our_serial_at = our_serial, now
         if self.lag == 0:
             self.caught_up_at = now
+
+    def note_pass(self, wrote: bool, pending: int) -> None:
+        """A pass ended: it wrote something (or had nothing left to do), or every
+        project it had to do failed. The checkpoint moves on with the failures kept
+        pending, so the lag alone would not show a sync that writes nothing."""
+        if wrote or not pending:
+            self.stuck_since = None
+        elif self.stuck_since is None:
+            self.stuck_since = self.clock()
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """How long we have been behind PyPI (0 when caught up)."""

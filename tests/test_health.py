@@ -47,3 +47,27 @@ def test_couchdb_refusing_our_credentials_is_not_called_silence():
     policy = HealthPolicy(status, syncing=False)
     status.couch_problem = "CouchDB does not accept user 'admin': wrong user name or password"
     assert policy.reasons(False, {}) == [status.couch_problem]
+
+
+def test_passes_that_write_nothing_but_failures_are_unhealthy_past_the_lag_budget():
+    """Each pass keeps its failures pending and moves the checkpoint on: the lag stays 0
+    while PyPI fails every project (a 503 for each JSON answer, say)."""
+    now = [1000.0]
+    status = SyncStatus(clock=lambda: now[0])
+    policy = HealthPolicy(status, syncing=True, max_lag_seconds=600.0)
+    status.phase = "idle"
+    status.note_serials(pypi_serial=50, our_serial=50)
+    status.pending = 3
+    status.note_error("numpy: HTTP 503 Service Unavailable", "pypi")
+    status.note_pass(wrote=False, pending=3)
+    now[0] += 600.0
+    status.note_pass(wrote=False, pending=3)
+    assert policy.reasons(True) == []
+    now[0] += 1.0
+    assert policy.reasons(True) == [
+        "no project written for 601s, 3 failing: numpy: HTTP 503 Service Unavailable"]
+    status.note_pass(wrote=True, pending=1)  # some got through: not stuck
+    assert policy.reasons(True) == []
+    status.note_pass(wrote=False, pending=0)  # nothing to do is not stuck either
+    now[0] += 700.0
+    assert policy.reasons(True) == []

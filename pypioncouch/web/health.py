@@ -11,9 +11,10 @@ from pypioncouch.status import SyncStatus
 @dataclass
 class HealthPolicy:
     """Unhealthy when CouchDB does not answer, or (syncing) after
-    ``max_failed_passes`` failed passes in a row, while removals are held back, until
+    ``max_failed_passes`` failed passes in a row, while removals are held back, when
+    passes have written nothing but failures for more than ``max_lag_seconds``, until
     the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
-    more than ``max_lag_seconds`` behind its upstream."""
+    more than ``max_lag_seconds`` behind its upstream (or unable to read it)."""
 
     status: SyncStatus
     syncing: bool = True
@@ -38,6 +39,10 @@ class HealthPolicy:
                            f"{s.last_error}")
         if s.removals_held:
             reasons.append(s.removals_held)
+        stuck = None if s.stuck_since is None else s.clock() - s.stuck_since
+        if stuck is not None and stuck > self.max_lag_seconds:
+            reasons.append(f"no project written for {stuck:.0f}s, {s.pending} failing: "
+                           f"{s.last_error}")
         if s.phase == "full import":
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
         elif s.our_serial is None:
