@@ -121,12 +121,13 @@ def test_the_daemon_takes_its_cache_size_in_megabytes(monkeypatch):
     import pytest
     from twisted.python import usage
 
-    from pypioncouch.service import Options, makeService
+    from pypioncouch.service import Options, WebListener, makeService
 
     def front(*args):
         options = Options()
         options.parseOptions(["--couch", "http://127.0.0.1:5984/", "--no-sync", *args])
-        web = next(s for s in makeService(options) if hasattr(s, "factory"))
+        listener = next(s for s in makeService(options) if isinstance(s, WebListener))
+        web = next(iter(listener))
         return web.factory.resource._app._instance  # the WebFront behind the site
 
     assert front().cache.max_bytes == 67_108_864  # 64 MB
