@@ -218,7 +218,9 @@ class Store:
                     continue
                 if newer(await self.tombstone_serial(doc["_id"], rev), doc["last_serial"]):
                     return None
-                doc["_rev"] = rev
+                # Written again without a revision: Apache CouchDB refuses the
+                # tombstone's as a parent ("conflict"), pouchdb-server takes either.
+                doc.pop("_rev", None)
             elif newer(stored.get("last_serial"), doc.get("last_serial")):
                 return None
             elif not is_project_doc(doc):  # a release stored by an earlier plan: replace it
@@ -286,9 +288,9 @@ class Store:
                     # releases may differ from what this plan assumed. Next pass.
                     rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
                     continue
-                if rev:
+                if rev and stored is not None:
                     doc["_rev"] = rev
-                else:
+                else:  # (never stored, or removed: see settle)
                     doc.pop("_rev", None)
                 if stored is not None and not doc.get("_deleted"):
                     if is_project_doc(doc):

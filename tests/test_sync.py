@@ -216,6 +216,26 @@ async def test_a_restarted_daemon_knows_its_serial_from_the_checkpoint(couch, db
     assert status.our_serial == 4242
 
 
+@pytest_twisted.ensureDeferred
+async def test_what_was_removed_in_one_pass_comes_back_in_a_later_one(world):
+    """Written again over the tombstones of its removal: a quarantine cleared, a
+    project removed and published anew (Apache CouchDB refuses a tombstone's revision
+    as the parent of the new one)."""
+    await run_pass(world.importer(), full=True)
+    quarantined, removed = (model.normalize(world.index.dataset.name(n)) for n in (7, 8))
+    world.index.quarantine(quarantined)
+    world.index.remove_project(removed)
+    await run_pass(world.importer())
+    assert (await world.db.get(quarantined))["versions"] == []
+    assert await world.db.get_or_none(removed) is None
+    world.index.clear_quarantine(quarantined)
+    world.index.publish(removed, "7.0")
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+
+
 @pytest.mark.parametrize("change, revert", [
     (lambda index, key, version: index.yank(key, version, "cut short"),
      lambda index, key, version: index.unyank(key, version)),
