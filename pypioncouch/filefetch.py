@@ -151,6 +151,13 @@ class _ToDownload(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.problem:
             return
+        expected = self.download.wanted.size
+        if isinstance(expected, int) and self.download.written + len(data) > expected:
+            # More than the release says the file holds: wrong whatever follows (an
+            # endless body would fill the disk, streamed to every reader).
+            self.problem = f"more than the {expected:,} bytes the release says"
+            self.transport.stopProducing()
+            return
         try:
             self.download._append(data)
         except OSError as error:  # disk full, ...

@@ -181,6 +181,11 @@ class FileStats:
 class _Seeded:
     keys: set[str] = field(default_factory=set)
     mtime: float | None = None
+    problem: str | None = None  # why the manifest cannot be read (keys: the last good)
+
+
+class UnreadableManifest(ValueError):
+    """``seeded.json`` is there but cannot be read: not to be written over."""
 
 
 class FileStore:
@@ -243,10 +248,16 @@ class FileStore:
             return
         try:
             keys = json.loads(path.read_text("utf-8")).get("seeded", [])
+            if not isinstance(keys, list):
+                raise ValueError("its 'seeded' is not a list")
         except (OSError, ValueError, AttributeError) as error:
-            log.warn("{path}: unreadable ({error}); no file counts as seeded", path=path,
-                     error=error)
-            keys = []
+            # (an edit with a typo: the files stay seeded, and nothing is evicted if
+            # which ones is not known yet)
+            problem = f"{path} cannot be read ({error}): fix it; until then nothing " \
+                      "is evicted and --fetch-files does not write it"
+            log.warn("{problem}", problem=problem)
+            self._seeded = _Seeded(self._seeded.keys, mtime, problem)
+            return
         self._seeded = _Seeded({k for k in keys if isinstance(k, str)}, mtime)
 
     @property
@@ -258,7 +269,10 @@ class FileStore:
     def mark_seeded(self, keys: Iterable[str]) -> None:
         """Add ``keys`` to the manifest of seeded files (atomically replaced)."""
         self._seeded.mtime = None
-        merged = sorted(self.seeded | set(keys))
+        seeded = self.seeded
+        if self._seeded.problem:
+            raise UnreadableManifest(self._seeded.problem)
+        merged = sorted(seeded | set(keys))
         self._write_atomically(self.root / MANIFEST,
                                json.dumps({"seeded": merged}, indent=0).encode())
         self._seeded = _Seeded(set(merged), (self.root / MANIFEST).stat().st_mtime)
@@ -350,6 +364,9 @@ class FileStore:
         if self.max_bytes is None or self.bytes <= self.max_bytes:
             return
         seeded = self.seeded
+        if self._seeded.problem:
+            self.warning = self._seeded.problem
+            return
         for key in [k for k in self._lru if k not in seeded and k != keep] + (
                 [keep] if keep and keep not in seeded else []):
             if self.bytes <= self.max_bytes:

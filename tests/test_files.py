@@ -201,6 +201,45 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_page_with_links_to_files_is_not_revalidated_by_a_daemon_without(world,
+                                                                                 tmp_path):
+    store = FileStore(tmp_path / "files")
+    _, with_files, with_url = serve(world.db, store, Fetcher(store))
+    _, without_files, without_url = serve(world.db, None, None)
+    try:
+        first = await http.get(f"{with_url}/simple/files-app/")
+        assert b"../../files/files-app/" in await treq.content(first)
+        etag = header(first, "etag")[0]
+        again = await http.get(f"{without_url}/simple/files-app/", {"If-None-Match": etag})
+        assert again.code == 200
+        assert b"../../files/" not in await treq.content(again)
+    finally:
+        await with_files.stopListening()
+        await without_files.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_longer_than_the_release_says_is_cut_and_not_kept(world, tmp_path):
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    try:
+        world.resource.control("files", {"padded": [APP_WHEEL]})
+        size = len(upstream_bytes(world, APP_WHEEL))
+        with pytest.raises(Exception):  # the transfer fails before its end
+            await treq.content(await http.get(f"{url}/files/files-app/{APP_WHEEL}"))
+        figures = await status_of(url)
+        said = figures["last_error"]
+        assert said.startswith(f"{APP_WHEEL}: {world.url}/packages/") and said.endswith(
+            f": more than the {size:,} bytes the release says"), said
+        assert figures["files"] == 0
+        assert not (tmp_path / "files" / "files-app").exists()
+        assert list((tmp_path / "files" / ".incoming").iterdir()) == []
+    finally:
+        world.resource.control("files", {"padded": []})
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_private_index_gets_its_credentials_with_each_file_request_no_one_else_does(
         world, tmp_path):
     host = world.url.split("//")[1]
@@ -439,6 +478,28 @@ def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_p
     assert again.summary()["warning"] == ("the files stored (300 bytes) exceed the budget "
                                           "(250 bytes): seeded files are never evicted")
     assert list((tmp_path / ".incoming").iterdir()) == []
+
+
+def test_a_manifest_edited_with_a_typo_keeps_its_seeds_and_is_not_written_over(tmp_path):
+    from pypioncouch.files import UnreadableManifest
+
+    store = FileStore(tmp_path, max_bytes=150)
+    put(store, "a/a-1.whl", 100)
+    store.mark_seeded(["a/a-1.whl"])
+    manifest = tmp_path / "seeded.json"
+    manifest.write_text('{"seeded": ["a/a-1.whl",]}')  # an edit: a trailing comma
+    for running in (store, FileStore(tmp_path, max_bytes=150)):  # read again, or at start
+        put(running, "b/b-1.whl", 100)  # over the budget: which files are seeded?
+        assert stored(tmp_path) == ["a/a-1.whl", "b/b-1.whl"]  # none evicted
+        assert running.summary()["warning"].startswith(
+            f"{manifest} cannot be read (Expecting value: line 1 column 25 (char 24)): "
+            "fix it; until then nothing is evicted")
+        with pytest.raises(UnreadableManifest):
+            running.mark_seeded(["b/b-1.whl"])
+        assert manifest.read_text() == '{"seeded": ["a/a-1.whl",]}'
+    manifest.write_text('{"seeded": ["a/a-1.whl"]}')  # mended
+    put(store, "c/c-1.whl", 10)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]  # b, unseeded and older, goes
 
 
 def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):

@@ -161,18 +161,25 @@ class FileFaults:
       length: bytes that do not match the sha256 the JSON and Simple APIs give;
     - ``hold``: each file answer sends its headers and the first half of its bytes,
       then waits until ``hold`` is set to false (a slow upstream, for tests of
-      streaming and of concurrent requests).
+      streaming and of concurrent requests);
+    - ``padded``: file names served with a megabyte of zeros after their bytes (a
+      body longer than the size the JSON API gives, as a broken proxy may send).
 
     ``hits`` counts the requests for each file name (``.metadata`` files included).
     """
 
     def __init__(self):
         self.corrupt: set[str] = set()
+        self.padded: set[str] = set()
         self.hold = False
         self.held: list[tuple[object, bytes]] = []  # (request, the rest of its body)
         self.hits: Counter = Counter()
 
-    def configure(self, corrupt=None, hold=None) -> None:
+    def configure(self, corrupt=None, hold=None, padded=None) -> None:
+        if padded is not None:
+            if not isinstance(padded, list) or not all(isinstance(n, str) for n in padded):
+                raise ValueError("padded is a list of file names")
+            self.padded = set(padded)
         if corrupt is not None:
             if isinstance(corrupt, bool):
                 corrupt = ["*"] if corrupt else []
@@ -190,6 +197,8 @@ class FileFaults:
         if "*" in self.corrupt or filename in self.corrupt:
             middle = len(content) // 2
             content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
+        if filename in self.padded:
+            content += bytes(1 << 20)
         if not self.hold:
             return content
         request.setHeader("Content-Length", str(len(content)))
@@ -683,7 +692,7 @@ class SimulatorResource(Resource):
                 self.listing.freeze(self.index if args["frozen"] else None)
             return {"ok": True, **self.listing.state()}
         if operation == "files":
-            self.files.configure(args.get("corrupt"), args.get("hold"))
+            self.files.configure(args.get("corrupt"), args.get("hold"), args.get("padded"))
             return {"ok": True, **self.files.state()}
         if operation == "auth":
             self.credentials = None if not args else base64.b64encode(

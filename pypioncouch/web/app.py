@@ -430,6 +430,8 @@ class WebFront:
         request.setHeader("X-PyPI-Last-Serial", str(serial))
         variant = "json" if chosen == simple.V1_JSON else "html"
         held = None
+        if self.file_pages is not None:
+            variant += "-files"  # (links to /files/: not the page a daemon without has)
         if self.file_pages is not None and self.file_pages.fetcher is None:
             # A mirror that cannot fetch lists what it holds (a cached page or an ETag
             # holds only while that stays the same).

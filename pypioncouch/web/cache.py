@@ -42,6 +42,7 @@ class CachedProject:
     json_bytes: int = 0  # the JSON read from CouchDB for these documents
     rendered: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
     rendered_bytes: int = 0
+    file_index: dict | None = None  # file name -> release (the /files/ route's lookups)
 
     @cached_property
     def etag_base(self) -> str:

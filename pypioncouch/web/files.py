@@ -25,7 +25,6 @@ from pypioncouch.web.streaming import PacedWriter, cut_short
 
 CHUNK = 64 * 1024
 CACHE_CONTROL = "max-age=31536000, immutable"  # a file's bytes never change on PyPI
-INDEX_KEY = "files:index"  # the per-project filename index, kept with the cached entry
 
 
 class FilePages:
@@ -144,14 +143,14 @@ async def _follow(download: Download, handle, writer: PacedWriter) -> bool:
 def _find(entry, key: str, filename: str) -> Wanted | None:
     """The file ``filename`` of a cached project, through an index of its file names
     built once per cached entry (a project may have thousands of releases)."""
-    index = entry.rendered.get(INDEX_KEY)
+    index = entry.file_index
     if index is None:
         index = {}
         for release in entry.releases:
             for file in release.get("files") or ():
                 if isinstance(file, dict) and isinstance(file.get("filename"), str):
                     index[file["filename"]] = release
-        entry.rendered[INDEX_KEY] = index
+        entry.file_index = index  # (not a rendered answer: those are counted, evicted)
     base = filename.removesuffix(".metadata")
     release = index.get(base)
     return None if release is None else find_wanted(key, [release], filename)
