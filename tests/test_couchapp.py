@@ -182,3 +182,24 @@ async def test_paging_through_every_project_skips_none_when_one_goes_meanwhile(c
         if row["id"] == "b":  # the last of the first page, removed before the next
             await db.delete("b", revs["b"])
     assert seen == keys
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_fields_and_keywords_named_like_object_members_are_indexed(couch, db_name):
+    """Fields as another index may send them (a number for an author, a null among the
+    classifiers) cost the project none of its rows; "constructor" is a keyword like any
+    other (JavaScript objects have a member of that name)."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push(db)
+    await db.bulk_docs([{
+        "_id": "odd", "type": "project", "name": "Odd", "versions": [],
+        "release_digests": {}, "last_serial": 3, "author": 5, "maintainer": ["x"],
+        "keywords": ["constructor", "__proto__", 7, "Web"],
+        "classifiers": [None, "constructor :: x", "__proto__"]}])
+    rows = await couchapp.query(db, reduce=False)
+    assert sorted(tuple(row["key"]) for row in rows) == [
+        ("classifier", "__proto__", "odd"), ("classifier", "constructor", "odd"),
+        ("classifier", "constructor :: x", "odd"),
+        ("keyword", "__proto__", "odd"), ("keyword", "constructor", "odd"),
+        ("keyword", "web", "odd"), ("name", "odd"), ("serial", 3, "odd")]

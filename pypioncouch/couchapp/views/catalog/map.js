@@ -18,8 +18,12 @@ function (doc) {
   emit(['name', id], [doc.name, doc.last_serial, doc.status, doc.summary,
                       doc.latest_version, doc.requires_python]);
   if (typeof doc.last_serial === 'number') { emit(['serial', doc.last_serial, id], null); }
-  if (doc.author) { emit(['author', doc.author.toLowerCase(), id], doc.author); }
-  if (doc.maintainer) {
+  // (Fields are PyPI's as sent: from another index, anything may come. A map that
+  // throws loses the whole document on Apache CouchDB, its name row included.)
+  if (typeof doc.author === 'string' && doc.author) {
+    emit(['author', doc.author.toLowerCase(), id], doc.author);
+  }
+  if (typeof doc.maintainer === 'string' && doc.maintainer) {
     emit(['maintainer', doc.maintainer.toLowerCase(), id], doc.maintainer);
   }
   if (doc.latest_version) { emit(['python', doc.requires_python || '', id], null); }
@@ -47,19 +51,27 @@ function (doc) {
     }
   }
   if (open.length) { emit(['advisory', id], open); }
+  // (seen's keys are prefixed: a plain object already "has" constructor, __proto__)
   var seen = {};
-  for (i = 0; doc.keywords && i < doc.keywords.length; i++) {
-    var word = doc.keywords[i].toLowerCase();
-    if (!seen[word]) { seen[word] = true; emit(['keyword', word, id], null); }
+  var keywords = Array.isArray(doc.keywords) ? doc.keywords : [];
+  for (i = 0; i < keywords.length; i++) {
+    if (typeof keywords[i] !== 'string') { continue; }
+    var word = keywords[i].toLowerCase();
+    if (!seen['~' + word]) { seen['~' + word] = true; emit(['keyword', word, id], null); }
   }
   // Every prefix of every classifier, once: a parent ("License") selects its
   // children as PyPI does, in name order, and its _count is a count of projects.
   seen = {};
-  for (i = 0; doc.classifiers && i < doc.classifiers.length; i++) {
-    var parts = doc.classifiers[i].split(' :: ');
+  var classifiers = Array.isArray(doc.classifiers) ? doc.classifiers : [];
+  for (i = 0; i < classifiers.length; i++) {
+    if (typeof classifiers[i] !== 'string') { continue; }
+    var parts = classifiers[i].split(' :: ');
     for (var depth = 1; depth <= parts.length; depth++) {
       var prefix = parts.slice(0, depth).join(' :: ');
-      if (!seen[prefix]) { seen[prefix] = true; emit(['classifier', prefix, id], null); }
+      if (!seen['~' + prefix]) {
+        seen['~' + prefix] = true;
+        emit(['classifier', prefix, id], null);
+      }
     }
   }
 }
