@@ -203,6 +203,10 @@ class FileStore:
         except OSError:  # a read-only folder: a mirror can still serve it
             pass
         self._lru: OrderedDict[str, int] = OrderedDict()  # key -> size, oldest first
+        # Files this process has seen match their sha256 (it wrote them, or read them
+        # whole): one found on disk otherwise (copied in, cut short, rotten) is read
+        # once before it is first served.
+        self._verified: set[str] = set()
         self.bytes = 0
         self._seeded = _Seeded()
         self.warning: str | None = None  # why the budget cannot be kept
@@ -321,11 +325,31 @@ class FileStore:
         """Whether ``wanted`` is stored with the right digest (read and hashed)."""
         path = self.root / wanted.key
         try:
-            return file_sha256(path) == wanted.sha256
+            right = file_sha256(path) == wanted.sha256
         except OSError:
             return False
+        if right:
+            self._verified.add(wanted.key)
+        return right
+
+    def is_verified(self, key: str) -> bool:
+        return key in self._verified
+
+    def verified(self, key: str) -> None:
+        self._verified.add(key)
+
+    def remove_damaged(self, key: str, why: str) -> None:
+        """Delete a stored file whose bytes are not the release's (never served)."""
+        try:
+            os.unlink(self.root / key)
+        except FileNotFoundError:
+            pass
+        self._forget(key)
+        self.stats.note_error(f"{key}: {why}: removed")
+        log.warn("{key}: {why}: removed", key=key, why=why)
 
     def _forget(self, key: str) -> None:
+        self._verified.discard(key)
         size = self._lru.pop(key, None)
         if size is not None:
             self.bytes -= size
@@ -344,6 +368,7 @@ class FileStore:
         _fsync_dir(target.parent)
         size = target.stat().st_size
         self._forget(key)
+        self._verified.add(key)  # (its digest was checked on the way in)
         self._lru[key] = size
         self.bytes += size
         self.stats.fetched += 1

@@ -201,6 +201,36 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_copy_in_the_folder_that_is_not_the_releases_is_never_served(world, tmp_path):
+    """A file put there by hand (a copy cut short) is read once before it is served."""
+    expected = upstream_bytes(world, APP_WHEEL)
+    damaged = tmp_path / "files" / "files-app" / APP_WHEEL
+    damaged.parent.mkdir(parents=True)
+    right = tmp_path / "files" / "files-lib" / "files_lib-1.1-py3-none-any.whl"
+    right.parent.mkdir()
+    right.write_bytes(upstream_bytes(world, right.name))
+    for fetcher in (None, True):  # an air-gapped mirror, then one that fetches
+        damaged.write_bytes(expected[:len(expected) // 2])
+        store = FileStore(tmp_path / "files")  # (a daemon starting on that folder)
+        _, port, url = serve(world.db, store, fetcher and Fetcher(store),
+                             syncing=bool(fetcher))
+        try:
+            answer = await http.get(f"{url}/files/files-app/{APP_WHEEL}")
+            body = await treq.content(answer)
+            if fetcher:  # fetched again, and kept right
+                assert (answer.code, body) == (200, expected)
+                assert damaged.read_bytes() == expected
+            else:
+                assert answer.code == 404 and not damaged.exists()
+            assert (await status_of(url))["last_error"] == (
+                f"files-app/{APP_WHEEL}: does not match its sha256: removed")
+            kept = await http.get(f"{url}/files/files-lib/{right.name}")
+            assert await treq.content(kept) == right.read_bytes()
+        finally:
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_page_with_links_to_files_is_not_revalidated_by_a_daemon_without(world,
                                                                                  tmp_path):
     store = FileStore(tmp_path / "files")

@@ -14,11 +14,12 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from klein import Klein
+from twisted.internet import threads
 from twisted.web.static import File
 
 from pypioncouch import model
 from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
-from pypioncouch.files import FileStore, Wanted, find_wanted, is_safe_filename
+from pypioncouch.files import FileStore, Wanted, file_sha256, find_wanted, is_safe_filename
 from pypioncouch.web.app import _plain, _redirect, observed
 from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
@@ -66,6 +67,18 @@ class FilePages:
             request.setResponseCode(304)
             return b""
         path = self.store.lookup(wanted.key)
+        if path is not None and not self.store.is_verified(wanted.key):
+            # Found on disk, not written by this process: its bytes are read once (in
+            # a thread: a file may be large) before they are served as the release's.
+            try:
+                right = await threads.deferToThread(file_sha256, path) == wanted.sha256
+            except OSError:
+                right = False
+            if right:
+                self.store.verified(wanted.key)
+            else:
+                self.store.remove_damaged(wanted.key, "does not match its sha256")
+                path = None
         if path is not None:
             self.store.stats.hits += 1
             return _static(path)
