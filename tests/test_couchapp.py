@@ -203,3 +203,34 @@ async def test_odd_fields_and_keywords_named_like_object_members_are_indexed(cou
         ("classifier", "constructor :: x", "odd"),
         ("keyword", "__proto__", "odd"), ("keyword", "constructor", "odd"),
         ("keyword", "web", "odd"), ("name", "odd"), ("serial", 3, "odd")]
+
+
+def test_a_change_to_the_views_comes_with_a_new_generation():
+    """Change a view, and this fails: raise couchapp.GENERATION, then the digest here."""
+    import hashlib
+    import json
+
+    views = json.dumps(couchapp.design_document()["views"], sort_keys=True).encode()
+    assert (couchapp.GENERATION, hashlib.sha256(views).hexdigest()[:16]) == \
+        (2, "ebe104ec57a724db")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_design_document_of_a_newer_version_is_never_replaced(couch, db_name):
+    db = couch.database(db_name)
+    await db.ensure()
+    older = {**couchapp.design_document(), "views": {"old": {"map": "function (d) {}"}}}
+    del older["pypioncouch"]  # written before generations were counted
+    await db.put(older)
+    assert await couchapp.push(db) is True  # an older one is replaced
+    newer = await db.get(couchapp.DESIGN_ID)
+    newer.update(views={"new": {"map": "function (d) {}"}},
+                 pypioncouch={"generation": couchapp.GENERATION + 1})
+    await db.put(newer)
+    with pytest.raises(couchapp.NewerDesign) as refused:
+        await couchapp.push(db)
+    assert str(refused.value).startswith(
+        f"{db_name!r} holds the design document of a newer pypioncouch (generation "
+        f"{couchapp.GENERATION + 1}, this one has {couchapp.GENERATION}): upgrade this "
+        "pypioncouch")
+    assert "new" in (await db.get(couchapp.DESIGN_ID))["views"]

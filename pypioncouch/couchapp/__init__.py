@@ -38,6 +38,10 @@ SCRATCH_ID = f"_design/{NAME}-next"
 GUARD_ID = f"_design/{NAME}-guard"
 HERE = Path(__file__).parent
 VIEW = "catalog"
+# One more whenever the views change (tests/test_couchapp.py keeps count): a
+# pypioncouch never replaces the design document of a newer one, whose views an older
+# --update or daemon would otherwise silently take away.
+GENERATION = 2
 LAST = {}  # collates after every string, number and list: the end of a key range
 
 
@@ -108,7 +112,19 @@ def design_document() -> dict:
         if (folder / "reduce.js").exists():
             view["reduce"] = (folder / "reduce.js").read_text().strip()
         views[folder.name] = view
-    return {"_id": DESIGN_ID, "language": "javascript", "views": views}
+    return {"_id": DESIGN_ID, "language": "javascript", "views": views,
+            "pypioncouch": {"generation": GENERATION}}
+
+
+class NewerDesign(Conflict):
+    """The database holds the design document of a newer pypioncouch."""
+
+
+def generation(design: dict | None) -> int:
+    """The generation a stored design document says it is (0: from before they were
+    counted)."""
+    found = ((design or {}).get("pypioncouch") or {}).get("generation")
+    return found if isinstance(found, int) else 0
 
 
 def guard_document() -> dict:
@@ -143,6 +159,11 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
     current = await db.get_or_none(DESIGN_ID)
     if current is not None and _same(current, wanted):
         return False
+    if generation(current) > generation(wanted):
+        raise NewerDesign(f"{db.name!r} holds the design document of a newer pypioncouch "
+                          f"(generation {generation(current)}, this one has "
+                          f"{generation(wanted)}): upgrade this pypioncouch",
+                          url=db.display_url)
     if current is not None and (await db.info()).get("doc_count", 0) > scratch_above:
         await _build_under_scratch(db, wanted, build_timeout)
     if not await _install(db, wanted, current):
