@@ -181,6 +181,32 @@ async def test_by_author_maintainer_and_keyword(site):
 
 
 @pytest_twisted.ensureDeferred
+async def test_links_to_an_author_maintainer_or_keyword_of_any_text_lead_to_its_list(
+        couch_server, db_name):
+    """Text a path would lose ("//", "..", a newline, a leading "/") goes in the query."""
+    import html
+
+    world = World(couch_server.url, db_name, projects=3, seed=2,
+                  read_url=couch_server.read_url)
+    world.index.publish("Odd.Names", "1.0", author="Ann//Bo\nCo", maintainer="..",
+                        keywords="/lead,a&b=c #d,tail/")
+    await run_pass(world.importer(), full=True)
+    await world.settled()
+    front, port, url = serve(world.read_db, syncing=False)
+    try:
+        page = await (await treq.get(f"{url}/browse/project/odd-names")).text()
+        links = [html.unescape(link) for link in
+                 re.findall(r'href="(/browse/(?:author|maintainer|keyword)/[^"]*)"', page)]
+        assert len(links) == 5, links
+        for link in links:
+            found = await every_page(url + link)
+            assert [p["key"] for p in found] == ["odd-names"], link
+    finally:
+        await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_classifiers_counts_combinations_and_parents(site):
     world, url = site
     per_classifier = defaultdict(set)

@@ -172,6 +172,13 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
                 prev=rows[0]["key"] if rows and after is not None else None)
 
 
+def _named(request, in_path: str | None) -> str:
+    """The author, maintainer or keyword a list is of: from the path, or ``?name=``."""
+    if in_path is not None:
+        return in_path
+    return (request.args.get(b"name") or [b""])[0].decode("utf-8", "replace")
+
+
 def _pager_links(path: str, params: list[tuple[str, str]], page: Page) -> dict:
     """Links to the next and previous pages: the same query, another cursor."""
     def link(name, key):
@@ -289,17 +296,25 @@ class BrowsePages:
         data["q"] = query
         return self.respond(request, "projects.html", data)
 
+    # The pages link ``/browse/author/?name=...``: any text survives a query string,
+    # where a path loses "//", ".", "..", a newline. (The path form stays for old links.)
+    @app.route("/author/", methods=["GET", "HEAD"])
     @app.route("/author/<path:name>", methods=["GET", "HEAD"])
-    async def by_author(self, request, name):
+    async def by_author(self, request, name=None):
+        name = _named(request, name)
         return await self._by_facet(request, "author", name, f"Projects by author “{name}”")
 
+    @app.route("/maintainer/", methods=["GET", "HEAD"])
     @app.route("/maintainer/<path:name>", methods=["GET", "HEAD"])
-    async def by_maintainer(self, request, name):
+    async def by_maintainer(self, request, name=None):
+        name = _named(request, name)
         return await self._by_facet(request, "maintainer", name,
                                     f"Projects by maintainer “{name}”")
 
+    @app.route("/keyword/", methods=["GET", "HEAD"])
     @app.route("/keyword/<path:word>", methods=["GET", "HEAD"])
-    async def by_keyword(self, request, word):
+    async def by_keyword(self, request, word=None):
+        word = _named(request, word)
         return await self._by_facet(request, "keyword", word,
                                     f"Projects with keyword “{word}”")
 
