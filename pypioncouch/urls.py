@@ -36,8 +36,8 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     The URL must be http(s) with a host; a path is kept and ends with ``/``.
     """
     parts = urlsplit(url.strip())
-    if ":" in _userinfo(url) and "@" not in parts.netloc:
-        # "user:pa/ss@host": the parser ends the host at the "/" (a request would go
+    if _password_cut_short(url.strip(), parts.netloc):
+        # "user:pa/ss@host": a parser ends the host part at the "/" (a request would go
         # to host "user", port "pa"): say so, without the password
         raise BadURL(f"the password in {redact(url)!r} holds a '/', '?' or '#': "
                      "percent-encode it (%2F, %3F, %23)")
@@ -74,22 +74,32 @@ def same_origin(url: str, other: str) -> bool:
     return mine is not None and mine == origin(other)
 
 
+def _password_cut_short(url: str, netloc: str) -> bool:
+    """Whether an "@" just past the parser's host part (in the first path segment, or
+    the query or fragment before any "/") ends a ``user:password`` whose password
+    holds a '/', '?' or '#'. (An "@" further on is a path's, as some indexes have.)"""
+    if "@" in netloc or ":" not in netloc:
+        return False
+    rest = url.partition("://")[2][len(netloc):]
+    near = rest[:1] + rest[1:].split("/", 1)[0]
+    return "@" in near
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (the user name is kept). Read as
-    text, not parsed: a password holding a '/', '?' or '#' would end a parser's host
-    part early and be shown whole."""
+    """``url`` with any password replaced by ``***`` (the user name is kept). A
+    password holding a '/', '?' or '#' ends a parser's host part early and would be
+    shown whole: when the host part has no "@" but the rest of the URL does, all
+    before the last "@" is taken as the credentials (a path with an "@" and a port
+    before it is then shown shortened: never a password)."""
     scheme, found, rest = url.partition("://")
-    userinfo = _userinfo(url)
-    if not found or ":" not in userinfo:
+    if not found:
+        return url
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo, at, _ = (authority if "@" in authority else rest).rpartition("@")
+    if not at or ":" not in userinfo:
         return url
     user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{rest.rpartition('@')[2]}"
-
-
-def _userinfo(url: str) -> str:
-    """What stands between ``://`` and the last ``@`` ("" without them)."""
-    rest = url.partition("://")[2]
-    return rest.rpartition("@")[0]
+    return f"{scheme}://{user}:***@{rest[len(userinfo) + 1:]}"
 
 
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:

@@ -11,6 +11,11 @@ from pypioncouch.urls import BadURL, redact, same_origin, split_credentials
     ("http://u:p%40ss@127.0.0.1:5984/db", ("http://127.0.0.1:5984/db/", ("u", "p@ss"))),
     ("https://token@private.example/", ("https://private.example/", ("token", ""))),
     ("http://[::1]:8080/", ("http://[::1]:8080/", None)),
+    # An "@" of the path, as some private indexes have (feed@view)
+    ("https://build:PAT@pkgs.example.com/org/_packaging/feed@Local/pypi/simple/",
+     ("https://pkgs.example.com/org/_packaging/feed@Local/pypi/simple/", ("build", "PAT"))),
+    ("https://pkgs.example.com:8443/_packaging/feed@Local/pypi/simple/",
+     ("https://pkgs.example.com:8443/_packaging/feed@Local/pypi/simple/", None)),
 ])
 def test_credentials_are_split_off_a_base_url(url, expected):
     assert split_credentials(url) == expected
@@ -56,6 +61,9 @@ def test_credentials_go_to_their_own_origin_only(url, other, same):
     ("http://admin:pa/ss?w#rd@127.0.0.1:5984/", "http://admin:***@127.0.0.1:5984/"),
     ("http://admin:p@ss:w@127.0.0.1:5984/db", "http://admin:***@127.0.0.1:5984/db"),
     ("http://admin:p%40ss@[::1]:5984/", "http://admin:***@[::1]:5984/"),
+    ("https://build:PAT@pkgs.example.com/org/_packaging/feed@Local/pypi/simple/",
+     "https://build:***@pkgs.example.com/org/_packaging/feed@Local/pypi/simple/"),
+    ("http://admin:12/34/56@127.0.0.1:5984/", "http://admin:***@127.0.0.1:5984/"),
 ])
 def test_redact_hides_the_password_whatever_it_holds(url, shown):
     assert redact(url) == shown
