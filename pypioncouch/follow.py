@@ -14,6 +14,8 @@ from pypioncouch.pipeline import CoroutineService
 
 log = Logger()
 
+LIVE_LONG_ENOUGH = 10.0  # seconds a feed must have lasted for its backoff to start over
+
 
 class ChangesFollower(CoroutineService):
     """Calls ``on_change(change)`` for every change after ``since``.
@@ -47,6 +49,7 @@ class ChangesFollower(CoroutineService):
         self.reactor = reactor
         self.name = name
         self.live = False
+        self._live_since = 0.0
         self._stream = None
 
     def stopService(self):
@@ -67,9 +70,12 @@ class ChangesFollower(CoroutineService):
                 await self._stream.done
                 failures = 0
             except CouchError as error:
-                # (a feed that had been live starts its backoff over: a continuous feed
-                # never ends well, and a restart an hour ago must not slow this one)
-                failures = 1 if self.live else failures + 1
+                # A feed live for a while starts its backoff over: a continuous feed
+                # never ends well, and a restart an hour ago must not slow this one.
+                # (One dropped as soon as accepted, a proxy's say, backs off further.)
+                lasted = self.live and self.reactor.seconds() - self._live_since >= \
+                    LIVE_LONG_ENOUGH
+                failures = 1 if lasted else failures + 1
                 if failures in (1, 10) or failures % 100 == 0:
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)
@@ -82,7 +88,7 @@ class ChangesFollower(CoroutineService):
                 await task.deferLater(self.reactor, delay, lambda: None)
 
     def _started(self) -> None:
-        self.live = True
+        self.live, self._live_since = True, self.reactor.seconds()
         self.on_connected()
 
     def _deliver(self, change: dict) -> None:

@@ -46,10 +46,31 @@ def test_a_feed_that_was_live_is_reconnected_within_a_second_however_often_it_br
     try:
         for number in range(1, 8):
             assert len(db.streams) == number
-            broken(db.streams[-1], live=True)
+            db.streams[-1].on_started()
+            clock.advance(60.0)  # changes flow for a minute
+            broken(db.streams[-1], live=False)
             assert not follower.live
             clock.advance(1.0)
         assert len(db.streams) == 8
+    finally:
+        follower.stopService()
+
+
+def test_a_feed_dropped_as_soon_as_accepted_backs_off():
+    clock, db = Clock(), Database()
+    follower = ChangesFollower(db, lambda change: None, reactor=clock, max_backoff=30.0)
+    follower.startService()
+    try:
+        waited = []
+        for _ in range(6):
+            streams = len(db.streams)
+            broken(db.streams[-1], live=True)
+            seconds = 0.0
+            while len(db.streams) == streams:
+                clock.advance(0.5)
+                seconds += 0.5
+            waited.append(seconds)
+        assert waited == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
     finally:
         follower.stopService()
 
