@@ -207,6 +207,7 @@ class FileStore:
         # whole): one found on disk otherwise (copied in, cut short, rotten) is read
         # once before it is first served.
         self._verified: set[str] = set()
+        self._damaged: dict[str, int] = {}  # key -> mtime: wrong, and not removable
         self.bytes = 0
         self._seeded = _Seeded()
         self.warning: str | None = None  # why the budget cannot be kept
@@ -339,14 +340,35 @@ class FileStore:
         self._verified.add(key)
 
     def remove_damaged(self, key: str, why: str) -> None:
-        """Delete a stored file whose bytes are not the release's (never served)."""
+        """Delete a stored file whose bytes are not the release's (never served). In a
+        read-only folder it stays, known as damaged until it changes on disk."""
+        done = "removed"
         try:
             os.unlink(self.root / key)
         except FileNotFoundError:
             pass
+        except OSError as error:
+            done = f"cannot be removed ({error.strerror}): not served"
+            try:
+                self._damaged[key] = os.stat(self.root / key).st_mtime_ns
+            except OSError:
+                pass
         self._forget(key)
-        self.stats.note_error(f"{key}: {why}: removed")
-        log.warn("{key}: {why}: removed", key=key, why=why)
+        self.stats.note_error(f"{key}: {why}: {done}")
+        log.warn("{key}: {why}: {done}", key=key, why=why, done=done)
+
+    def is_damaged(self, key: str) -> bool:
+        """A file known not to match its digest (and not changed since)."""
+        seen = self._damaged.get(key)
+        if seen is None:
+            return False
+        try:
+            if os.stat(self.root / key).st_mtime_ns == seen:
+                return True
+        except OSError:
+            pass
+        del self._damaged[key]
+        return False
 
     def _forget(self, key: str) -> None:
         self._verified.discard(key)
@@ -426,7 +448,7 @@ class FileStore:
         """What /status shows."""
         return {"dir": str(self.root), "files": self.count, "bytes": self.bytes,
                 "max_bytes": self.max_bytes, "seeded": len(self.seeded),
-                "warning": self.warning, **asdict(self.stats)}
+                "warning": self._seeded.problem or self.warning, **asdict(self.stats)}
 
 
 def _fsync_dir(path: Path) -> None:

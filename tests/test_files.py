@@ -527,9 +527,30 @@ def test_a_manifest_edited_with_a_typo_keeps_its_seeds_and_is_not_written_over(t
         with pytest.raises(UnreadableManifest):
             running.mark_seeded(["b/b-1.whl"])
         assert manifest.read_text() == '{"seeded": ["a/a-1.whl",]}'
+    unbounded = FileStore(tmp_path)  # /status says so without a budget too
+    assert unbounded.summary()["warning"].startswith(f"{manifest} cannot be read")
     manifest.write_text('{"seeded": ["a/a-1.whl"]}')  # mended
     put(store, "c/c-1.whl", 10)
     assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]  # b, unseeded and older, goes
+
+
+def test_a_damaged_file_a_read_only_folder_keeps_is_not_served_until_it_changes(
+        tmp_path, monkeypatch):
+    import errno
+
+    from pypioncouch import files
+
+    store = FileStore(tmp_path)
+    put(store, "a/a-1.whl", 10)
+    # (as root, permissions cannot make the folder read-only: unlink says it is)
+    monkeypatch.setattr(files.os, "unlink", lambda path: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))
+    store.remove_damaged("a/a-1.whl", "does not match its sha256")
+    assert store.is_damaged("a/a-1.whl")
+    assert store.summary()["last_error"] == ("a/a-1.whl: does not match its sha256: cannot "
+                                             "be removed (Read-only file system): not served")
+    os.utime(tmp_path / "a" / "a-1.whl", ns=(1, 1))  # replaced (rsync): read again
+    assert not store.is_damaged("a/a-1.whl")
 
 
 def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):

@@ -66,7 +66,7 @@ class FilePages:
         if etag in [tag.strip() for tag in (request.getHeader("if-none-match") or "").split(",")]:
             request.setResponseCode(304)
             return b""
-        path = self.store.lookup(wanted.key)
+        path = None if self.store.is_damaged(wanted.key) else self.store.lookup(wanted.key)
         if path is not None and not self.store.is_verified(wanted.key):
             # Found on disk, not written by this process: its bytes are read once (in
             # a thread: a file may be large) before they are served as the release's.
