@@ -208,7 +208,7 @@ class SyncService(CoroutineService):
                 if summary.projects or summary.deleted or summary.pending:
                     log.info("{summary}", summary=str(summary))
                 self.status.note_pass(bool(summary.projects or summary.deleted),
-                                      summary.pending)
+                                      summary.pending, summary.changed)
                 self.status.consecutive_failures = 0
                 self.status.last_pass_ok = True
                 wait = max(0.0, self.interval - (self.reactor.seconds() - started))
@@ -252,8 +252,17 @@ class WebListener(MultiService):
         try:
             super().privilegedStartService()  # strports' service listens here, or raises
         except CannotListenError as error:
-            cause = getattr(error.socketError, "strerror", None) or error.socketError
-            raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
+            self._cannot_listen(error)
+
+    def startService(self) -> None:
+        try:
+            super().startService()  # (``twist`` listens here: no privileged start)
+        except CannotListenError as error:
+            self._cannot_listen(error)
+
+    def _cannot_listen(self, error: CannotListenError) -> None:
+        cause = getattr(error.socketError, "strerror", None) or error.socketError
+        raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
 
 
 def makeService(options: Options, reactor=None) -> MultiService:

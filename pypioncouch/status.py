@@ -90,11 +90,13 @@ class SyncStatus:
         if self.lag == 0:
             self.caught_up_at = now
 
-    def note_pass(self, wrote: bool, pending: int) -> None:
-        """A pass ended: it wrote something (or had nothing left to do), or every
-        project it had to do failed. The checkpoint moves on with the failures kept
-        pending, so the lag alone would not show a sync that writes nothing."""
-        if wrote or not pending:
+    def note_pass(self, wrote: bool, pending: int, changed: int) -> None:
+        """A pass ended: it wrote something, had nothing left to do, or had only old
+        failures to try again (a project PyPI always answers badly is not a stuck
+        sync); or PyPI named ``changed`` projects and it wrote none of them. The
+        checkpoint moves on with failures kept pending, so the lag alone would not
+        show a sync that writes nothing."""
+        if wrote or not pending or not changed:
             self.stuck_since = None
         elif self.stuck_since is None:
             self.stuck_since = self.clock()

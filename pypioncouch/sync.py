@@ -109,6 +109,7 @@ class Summary:
     skipped: int = 0  # already up to date
     serial: int | None = None  # the checkpoint after the pass
     pending: int = 0  # projects left for the next pass
+    changed: int = 0  # projects PyPI named as changed (the changelog, the index), new work
     held: int = 0  # removals held back: more than a pass may remove
     held_reason: str | None = None
     stale: str | None = None  # why the listing was ignored (older than the checkpoint)
@@ -387,6 +388,7 @@ class XmlRpcImporter:
                 works, new_serial, listed = await self._simple_changes(
                     serial, summary, failures, removals)
                 more = False
+            summary.changed += len(works)  # (before the pending ones join them)
             for key, wanted in pending.items():
                 if key not in works:
                     works[key] = pending_work(
@@ -648,6 +650,10 @@ class XmlRpcImporter:
                     continue
                 if answer.kind == "gone" and old is not None:
                     # Counted before any is removed; only what a removal needs is kept.
+                    # (So no mark: a removal cut short between the release tombstones
+                    # and the project's, then undone by PyPI with the same digests,
+                    # would leave releases unwritten. PyPI never brings a removed
+                    # project back as it was.)
                     removals.append((work, {k: old.get(k) for k in ("_id", "_rev",
                                                                     "last_serial")}))
                     continue
@@ -845,8 +851,9 @@ class XmlRpcImporter:
         """Write, for each stored project whose stored releases ``ready`` changes or
         removes, its stored document with those releases' digests unknown (``None``),
         so that :func:`store.needs_repair` holds until the new project document lands
-        (a removal cut short and then undone by PyPI, a quarantine cleared, must write
-        the releases again). Returns the plans to go on with; ``bases`` and the plans'
+        (releases removed from a project by a pass cut short, then back on PyPI — a
+        quarantine cleared — must be written again). (A whole project's removal keeps
+        no digests to mark: see the note at ``removals.append``.) Returns the plans to go on with; ``bases`` and the plans'
         project ``_rev`` follow the marked copies. A plan whose mark is refused waits
         for the next pass."""
         marks = {}

@@ -150,7 +150,8 @@ def test_the_shipped_environment_file_sets_what_it_says():
         assert "#" not in setting and " " not in setting, line
 
 
-def test_a_listen_address_in_use_stops_the_daemon_in_one_line():
+@pytest.mark.parametrize("runner", [["twistd", "-n", "--pidfile="], ["twist"]])
+def test_a_listen_address_in_use_stops_the_daemon_in_one_line(runner):
     import socket
 
     with socket.socket() as taken:
@@ -158,7 +159,7 @@ def test_a_listen_address_in_use_stops_the_daemon_in_one_line():
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "pypioncouch", "--couch",
+            [str(BIN / runner[0]), *runner[1:], "pypioncouch", "--couch",
              "http://127.0.0.1:9/", "--listen", f"tcp:{port}:interface=127.0.0.1"],
             capture_output=True, text=True, cwd="/", timeout=60)
     said = result.stdout + result.stderr
