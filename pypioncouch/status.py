@@ -62,7 +62,7 @@ class SyncStatus:
     caught_up_at: float | None = None
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     removals_held: str | None = None  # why the last pass removed nothing (too many)
-    stuck_since: float | None = None  # since when passes have written nothing, all failing
+    stuck_since: float | None = None  # since when PyPI's changes have all failed to write
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 

@@ -12,7 +12,7 @@ from pypioncouch.status import SyncStatus
 class HealthPolicy:
     """Unhealthy when CouchDB does not answer, or (syncing) after
     ``max_failed_passes`` failed passes in a row, while removals are held back, when
-    passes have written nothing but failures for more than ``max_lag_seconds``, until
+    PyPI named changes that no pass could write for more than ``max_lag_seconds``, until
     the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
     more than ``max_lag_seconds`` behind its upstream (or unable to read it)."""
 
