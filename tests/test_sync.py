@@ -12,7 +12,7 @@ from pypioncouch.pypi import PyPIError
 from pypioncouch.store import Store
 from pypioncouch.sync import run_pass
 
-from .helpers import World, assert_matches_simulator, stored_project
+from .helpers import World, assert_matches_simulator, sleep, stored_project
 
 pytestmark = pytest.mark.cluster  # end to end: also on a 3-node cluster
 
@@ -268,8 +268,13 @@ async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world,
     importer.store.write = cut_short
     with pytest.raises(Killed):
         await run_pass(importer)
-    project, releases = await stored_project(world.db, key)
-    assert not any(r["version"] == version and not r["yanked"] for r in releases)  # landed
+    # The change landed (a cluster's reads may answer from a copy a moment behind).
+    for _ in range(100):
+        _, releases = await stored_project(world.read_db, key)
+        if not any(r["version"] == version and not r["yanked"] for r in releases):
+            break
+        await sleep(0.1)
+    assert not any(r["version"] == version and not r["yanked"] for r in releases)
     revert(world.index, key, version)
     await run_pass(world.importer())
     await world.settled()
