@@ -32,6 +32,7 @@ from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
 from pypioncouch.http import LeanClient, is_cancellation, quiet_pool
+from pypioncouch import jsonio
 from pypioncouch.urls import basic_auth, split_credentials
 
 log = Logger()
@@ -223,7 +224,7 @@ class CouchDB:
         shown = self.display_url + path + query
         extra = dict(headers or {})
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            data = jsonio.dumps(body)
             extra["Content-Type"] = "application/json"
         timed_out = []
         d = defer.ensureDeferred(self._send(method, url, data, self._headers(extra)))
@@ -305,7 +306,7 @@ def _interpret(method, url, status, content_type, content, raw):
     parsed = None
     if "json" in content_type or content[:1] in (b"{", b"["):
         try:
-            parsed = json.loads(content)
+            parsed = jsonio.loads(content)
         except ValueError:
             parsed = None
     if 200 <= status < 300:
@@ -399,7 +400,7 @@ class Database:
         it holds. Raises :class:`NotFound` and the like as :meth:`get` does."""
         content, _ = await self._request("GET", path, params=params, raw=True)
         try:
-            return json.loads(content), len(content)
+            return jsonio.loads(content), len(content)
         except ValueError:
             raise BadResponse("GET answered something that is not JSON: is this CouchDB?",
                               url=self.display_url + "/" + path) from None
@@ -575,7 +576,7 @@ class ChangesStream:
         if self._stopped:
             return
         try:
-            change = json.loads(line)
+            change = jsonio.loads(line)
         except ValueError:
             self._finish(Failure(BadResponse("the _changes feed sent a line that is not JSON",
                                              url=self.shown_url)))

@@ -32,6 +32,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from pypioncouch import jsonio
+
 PROJECT = "project"
 RELEASE = "release"
 SCHEMA_VERSION = 1
@@ -122,8 +124,7 @@ def split_keywords(value: Any) -> list[str]:
 
 
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(jsonio.dumps_sorted(value)).hexdigest()[:16]
 
 
 def _earliest_upload(files: list[dict]) -> str | None:
@@ -428,5 +429,4 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
 
 def dump_json_api(payload: dict) -> bytes:
     """Bytes as PyPI's JSON API writes them: compact, keys sorted, trailing newline."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return (text + "\n").encode("utf-8")
+    return jsonio.dumps_sorted(payload) + b"\n"

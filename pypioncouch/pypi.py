@@ -20,7 +20,6 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -35,7 +34,7 @@ from twisted.internet import defer, task
 from twisted.internet import error as ierror
 from twisted.logger import Logger
 
-from pypioncouch import __version__
+from pypioncouch import __version__, jsonio
 from pypioncouch.http import LeanClient, is_cancellation, status_line
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
@@ -371,7 +370,7 @@ class PyPI:
     @staticmethod
     def _parse_json(body: bytes, where: str) -> Any:
         try:
-            return json.loads(body)
+            return jsonio.loads(body)
         except ValueError:
             raise Transient("malformed JSON", where) from None
 

@@ -17,6 +17,8 @@ from html import escape
 from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
+
+from pypioncouch import jsonio
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
@@ -123,7 +125,7 @@ def project_json(name: str, versions: list[str], files: list[dict], serial: int 
     page = {"meta": {"_last-serial": serial, "api-version": API_VERSION},
             "name": normalize(name), "project-status": {"status": status},
             "versions": versions, "files": files}
-    return json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return jsonio.dumps(page)
 
 
 def _anchor(file: dict) -> str:
@@ -186,11 +188,11 @@ def index_json_head(serial: int | None) -> bytes:
 def index_json_items(projects: Iterable[tuple[str, int | None]], first: bool) -> bytes:
     """Items of the PEP 691 index: ``projects`` yields ``(display, last_serial)``;
     ``first`` says whether nothing was written before them (no leading comma)."""
-    items = [json.dumps({"_last-serial": serial, "name": display}, separators=(",", ":"),
-                        ensure_ascii=False) for display, serial in projects]
+    items = [jsonio.dumps({"_last-serial": serial, "name": display})
+             for display, serial in projects]
     if not items:
         return b""
-    return (("" if first else ",") + ",".join(items)).encode("utf-8")
+    return (b"" if first else b",") + b",".join(items)
 
 
 INDEX_JSON_TAIL = b"]}"

@@ -75,6 +75,17 @@ def test_a_project_answer_becomes_one_project_document():
     assert digests["1.0"][1] is not None
 
 
+def test_release_digests_are_those_the_stored_documents_carry():
+    # Taken by pypioncouch before its JSON went through orjson: an upgrade must find
+    # every stored release unchanged, not rewrite all of PyPI once.
+    project, _ = documents()
+    assert project["release_digests"] == {
+        "0.9": ["95c9519c617b573d", None],
+        "1.0": ["d74900b2904fce15", "0a719304bd5d528e"],
+        "10.0.dev1": ["58a0ea35654c6db3", None],
+        "2.0rc1": ["324d560943803bf6", None]}
+
+
 def test_each_release_becomes_a_document_with_its_files_verbatim():
     _, releases = documents()
     assert releases == [

@@ -1,0 +1,43 @@
+"""JSON on the hot paths (PyPI's answers, CouchDB's documents, release digests, pages).
+
+orjson does the work: the standard library's encoder and decoder were a third of the
+importer's CPU. Where orjson refuses what the standard library takes (integers past 64
+bits, lone surrogates; ``NaN`` or a byte order mark in what is read), the standard
+library answers as it always did. One difference is meant: a ``NaN`` read from a PyPI
+answer is written to CouchDB as ``null`` (CouchDB refused the whole batch holding it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+def loads(data: bytes | str) -> Any:
+    """Parsed JSON; raises ``ValueError`` (``json.JSONDecodeError``) if it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes, for a request body."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def dumps_sorted(value: Any) -> bytes:
+    """Compact JSON with keys sorted, non-ASCII as UTF-8: what PyPI's JSON API writes,
+    and what a digest is taken of (the same bytes as ``json.dumps(sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``, but for the spelling of a few floats
+    such as ``1e-05``, which PyPI's metadata does not carry)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8")
