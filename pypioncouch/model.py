@@ -23,6 +23,7 @@ JSON and Simple APIs are re-served from CouchDB alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -296,6 +297,17 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     return project, release_docs
 
 
+@functools.lru_cache(maxsize=16384)
+def _required_name(text: str) -> str | None:
+    """The normalized name a requirement string names, None if it does not parse.
+    (Kept: the same few thousand strings recur across PyPI, and parsing one is the
+    costliest step of shaping a project.)"""
+    try:
+        return normalize(Requirement(text).name)
+    except InvalidRequirement:
+        return None
+
+
 def requirements_by_name(requires_dist: Any, own: str) -> tuple[dict[str, list[str]],
                                                                list[str]]:
     """A release's ``requires_dist`` as ``({normalized name: [requirement as written,
@@ -304,9 +316,8 @@ def requirements_by_name(requires_dist: Any, own: str) -> tuple[dict[str, list[s
     required: dict[str, list[str]] = {}
     unparsable: list[str] = []
     for text in requires_dist if isinstance(requires_dist, list) else []:
-        try:
-            name = normalize(Requirement(text).name)
-        except (InvalidRequirement, TypeError, AttributeError):
+        name = _required_name(text) if isinstance(text, str) else None
+        if name is None:
             unparsable.append(text if isinstance(text, str) else json.dumps(text))
             continue
         if name != own:

@@ -254,3 +254,12 @@ def test_a_release_is_rewritten_only_when_it_changed():
     yanked = dict(releases[1], files=[dict(FILE_10, yanked=True)])
     assert model.release_needs_write(model.release_digests(yanked), same)
     assert json.dumps(same)  # digests are plain JSON, stored in the project document
+
+
+def test_requirements_group_by_project_and_keep_what_does_not_parse():
+    requires_dist = ["attrs>=20", "not a requirement!!", 5, "Foo-Bar[x]; extra == 'x'",
+                     "ATTRS<30 ; python_version < '3.9'", None, "not a requirement!!"]
+    for _ in range(2):  # the second time from what was kept of the first
+        assert model.requirements_by_name(requires_dist, "foo-bar") == (
+            {"attrs": ["attrs>=20", "ATTRS<30 ; python_version < '3.9'"]},
+            ["not a requirement!!", "5", "null", "not a requirement!!"])
