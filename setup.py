@@ -29,7 +29,7 @@ setup(
         "treq>=24.9",
         "klein>=24.8",
         "packaging>=24",
-        "orjson>=3.9",  # JSON on the hot paths (pypioncouch.jsonio)
+        "orjson>=3.11.7",  # JSON on the hot paths (pypioncouch.jsonio)
         "prometheus_client>=0.20",
         "Jinja2>=3.1",
         "Werkzeug>=2.3",  # RFC 9110 Accept parsing (klein brings it too)

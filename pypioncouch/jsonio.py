@@ -1,10 +1,13 @@
 """JSON on the hot paths (PyPI's answers, CouchDB's documents, release digests, pages).
 
 orjson does the work: the standard library's encoder and decoder were a third of the
-importer's CPU. Where orjson refuses what the standard library takes (integers past 64
-bits, lone surrogates; ``NaN`` or a byte order mark in what is read), the standard
-library answers as it always did. One difference is meant: a ``NaN`` read from a PyPI
-answer is written to CouchDB as ``null`` (CouchDB refused the whole batch holding it).
+importer's CPU. Where orjson refuses what the standard library takes (lone surrogates;
+``NaN`` or a byte order mark in what is read; integers past 64 bits in what is
+written), the standard library answers as it always did. Two differences: a ``NaN``
+read from a PyPI answer is written to CouchDB as ``null`` (CouchDB refused the whole
+batch holding it); and an integer past 64 bits is read as a float. PyPI's integers
+(sizes, serials) are database integers, within 64 bits; catching wider ones would mean
+scanning every answer's text, ten times the cost of parsing it.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def dumps(value: Any) -> bytes:
 def dumps_sorted(value: Any) -> bytes:
     """Compact JSON with keys sorted, non-ASCII as UTF-8: what PyPI's JSON API writes,
     and what a digest is taken of (the same bytes as ``json.dumps(sort_keys=True,
-    separators=(",", ":"), ensure_ascii=False)``, but for the spelling of a few floats
-    such as ``1e-05``, which PyPI's metadata does not carry)."""
+    separators=(",", ":"), ensure_ascii=False)``, but for ``NaN`` written as ``null``
+    and the spelling of a few floats such as ``1e-05``: PyPI's metadata carries
+    neither)."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:

@@ -15,12 +15,18 @@ def test_reads_what_json_is():
 
 
 @pytest.mark.parametrize("text, expected", [
-    (b'{"size": 18446744073709551616}', {"size": 18446744073709551616}),  # past 64 bits
     (b'["\\ud800"]', ["\ud800"]),  # a lone surrogate, as PyPI's metadata can hold
     (b'\xef\xbb\xbf{"a": 1}', {"a": 1}),  # a UTF-8 byte order mark
 ])
 def test_reads_what_the_standard_library_took_and_orjson_refuses(text, expected):
     assert jsonio.loads(text) == expected
+
+
+def test_reads_64_bit_integers_exactly():
+    # (PyPI's sizes and serials are database integers: within 64 bits)
+    value = jsonio.loads(b'[9223372036854775807, -9223372036854775808, 18446744073709551615]')
+    assert value == [9223372036854775807, -9223372036854775808, 18446744073709551615]
+    assert all(type(n) is int for n in value)
 
 
 def test_reads_nan_as_the_standard_library_did():
