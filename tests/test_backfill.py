@@ -14,6 +14,7 @@ from pypioncouch.backfill import Backfill, Busy, Pacer
 from pypioncouch.pypi import PyPI
 from pypioncouch.status import BackfillProgress, SyncStatus
 from pypioncouch.sync import run_pass
+from pypioncouch.testing.dataset import normalize
 
 from .helpers import World, sleep, stored_project
 from .test_web import serve
@@ -213,7 +214,7 @@ async def test_releases_published_together_and_later_changes_keep_their_own_meta
     world = small_world
     await run_pass(world.importer(), full=True)
     await backfill_of(world).run_pass()
-    key = model.normalize(world.index.dataset.name(12))
+    key = normalize(world.index.dataset.name(12))
     world.index.publish(key, "50.0", summary="fifty", requires_dist=["attrs"])
     world.index.publish(key, "51.0", summary="fifty-one")
     await run_pass(world.importer())

@@ -15,9 +15,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from twisted.internet import defer, threads
 
-from pypioncouch import model
 from pypioncouch.sync import run_pass
 from pypioncouch.web import browse
+from pypioncouch.testing.dataset import normalize
 
 from .helpers import World, requires_command
 from .test_web import serve
@@ -137,11 +137,13 @@ async def test_paging_forward_and_back_is_exact(site):
 @pytest_twisted.ensureDeferred
 async def test_name_search_and_python_filter(site):
     world, url = site
-    for query, prefix in (("Cache_", "cache-"), ("C", "c"), ("Pa", "pa")):
-        found = await every_page(f"{url}/browse/?q={query}")
+    # (the query is normalized as names are: "Data.._D" finds data-data-16)
+    for query, prefix in (("Crypto_", "crypto-"), ("Data.._D", "data-d"), ("C", "c"),
+                          ("Pa", "pa")):
+        found = await every_page(f"{url}/browse/?q={quote(query)}")
         expected = [k for k, _ in world.index.listing() if k.startswith(prefix)]
+        assert expected, prefix  # (the data set has names to find)
         assert [p["key"] for p in found] == expected, query
-    assert expected  # (the data set has names to find)
     # Every project that runs on 2.7 is listed, and no other (from the simulator's data).
     runs_on_27 = []
     for project in projects(world):
@@ -177,7 +179,7 @@ async def test_by_author_maintainer_and_keyword(site):
     assert [p["key"] for p in found] == sorted(by_keyword[word])
     # A keyword of several words, with markup, as the hostile showcase has it.
     found = await every_page(f"{url}/browse/keyword/{quote('<b>bold</b>')}")
-    assert [p["key"] for p in found] == [model.normalize(world.index.dataset.name(0))]
+    assert [p["key"] for p in found] == [normalize(world.index.dataset.name(0))]
 
 
 @pytest_twisted.ensureDeferred
@@ -242,12 +244,19 @@ async def test_classifiers_counts_combinations_and_parents(site):
     both = sorted(under[parent] & under[other])
     data = await get_json(f"{url}/browse/classifiers/?c={quote(parent)}&c={quote(other)}")
     assert data["total"] is None  # not counted for a combination
-    assert [p["key"] for p in data["projects"]] == both[:25]
-    if len(both) > 25:
-        data = await get_json(url + data["next"])
-        assert [p["key"] for p in data["projects"]] == both[25:50]
-        back = await get_json(url + data["prev"])
-        assert [p["key"] for p in back["projects"]] == both[:25]
+    assert both and [p["key"] for p in data["projects"]] == both
+    assert data["next"] is None
+    # A combination longer than a page (the data set has one: with the parent's own
+    # parent), paged forward and back.
+    wider = "Programming Language"
+    both = sorted(under[parent] & under[wider])
+    assert len(both) > browse.PAGE
+    data = await get_json(f"{url}/browse/classifiers/?c={quote(parent)}&c={quote(wider)}")
+    assert [p["key"] for p in data["projects"]] == both[:browse.PAGE]
+    data = await get_json(url + data["next"])
+    assert [p["key"] for p in data["projects"]] == both[browse.PAGE:2 * browse.PAGE]
+    back = await get_json(url + data["prev"])
+    assert [p["key"] for p in back["projects"]] == both[:browse.PAGE]
     # A sparse combination whose matches lie beyond one page's scan limit: the pages
     # may be short, but following "next" lists exactly the intersection.
     rare = min((c for c in under if c != parent and under[c] & under[parent]
@@ -292,7 +301,7 @@ async def test_the_specifier_filter_selects_exactly_what_packaging_selects(site)
 @pytest_twisted.ensureDeferred
 async def test_project_page_and_hostile_metadata_as_text(site):
     world, url = site
-    key = model.normalize(world.index.dataset.name(0))  # the hostile showcase
+    key = normalize(world.index.dataset.name(0))  # the hostile showcase
     html = await (await treq.get(f"{url}/browse/project/{key}")).text()
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html
@@ -384,7 +393,7 @@ def browse_in_chromium(url, key, advised):
 @pytest_twisted.ensureDeferred
 async def test_a_real_browser_follows_the_pages_and_runs_no_script_from_metadata(site):
     world, url = site
-    key = model.normalize(world.index.dataset.name(0))
+    key = normalize(world.index.dataset.name(0))
     answers = simulator_answers(world)
     exposed, _ = dependents_oracle(answers)
     advised = max(open_advisories_oracle(answers), key=lambda k: len(exposed.get(k, {})))

@@ -6,11 +6,11 @@ import listparser
 import pytest
 import pytest_twisted
 
-from pypioncouch import model, opml
+from pypioncouch import opml
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import CHECKPOINT, Backlog, OpmlWatcher, regenerate_all
 from pypioncouch.sync import run_pass
-from pypioncouch.testing.dataset import HOSTILE
+from pypioncouch.testing.dataset import HOSTILE, normalize
 
 from .helpers import World, sleep, stored_project
 
@@ -199,7 +199,7 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
     watcher = OpmlWatcher(world.db, debounce=0.05)
     watcher.startService()
     try:
-        key = model.normalize(world.index.dataset.name(9))
+        key = normalize(world.index.dataset.name(9))
 
         async def has_opml():
             doc = await world.db.get(key)
@@ -247,7 +247,7 @@ async def test_a_restart_resumes_from_the_checkpoint(world):
     await run_pass(world.importer(), full=True)
     first = OpmlWatcher(world.db, debounce=0.05)
     first.startService()
-    await wait_for(lambda: _all_have_opml(world))
+    assert await wait_for(lambda: _all_have_opml(world))
     await sleep(0.5)
     await first.stopService()
     assert (await world.db.get_local(CHECKPOINT))["seq"] is not None
@@ -259,9 +259,14 @@ async def test_a_restart_resumes_from_the_checkpoint(world):
     try:
         await sleep(1.5)
         assert regenerated == [] and second.status.opml_written == 0
-        world.index.publish(model.normalize(world.index.dataset.name(3)), "1.0")
+        world.index.publish(normalize(world.index.dataset.name(3)), "1.0")
         await run_pass(world.importer())
-        await sleep(1.0)
+
+        async def written():
+            return second.status.opml_written >= 1
+
+        assert await wait_for(written)
+        await sleep(0.5)  # and that one only
         assert second.status.opml_written == 1
     finally:
         await second.stopService()
@@ -278,7 +283,7 @@ async def test_a_removed_project_leaves_no_opml(world):
     await run_pass(world.importer(), full=True)
     written = await regenerate_all(world.db)
     assert written == 25
-    key = model.normalize(world.index.dataset.name(4))
+    key = normalize(world.index.dataset.name(4))
     world.index.remove_project(key)
     await run_pass(world.importer())
     assert await world.db.get_or_none(key) is None
@@ -292,7 +297,7 @@ async def test_a_project_whose_opml_cannot_be_made_holds_back_no_other(world, mo
     from pypioncouch import opml_watcher
 
     await run_pass(world.importer(), full=True)
-    broken = model.normalize(world.index.dataset.name(4))
+    broken = normalize(world.index.dataset.name(4))
     real = opml_watcher.project_opml
 
     def render(project, releases):
@@ -337,7 +342,7 @@ async def test_couchdb_restarting_mid_stream_loses_no_update(private_couch_serve
             server.stop()
             await sleep(0.5)
             server.start()
-            key = model.normalize(world.index.dataset.name(5))
+            key = normalize(world.index.dataset.name(5))
             world.index.publish(key, "77.0")
             await run_pass(world.importer())
             assert await wait_for(lambda: _contains(world.read_db, key, b'text="77.0"'), 40)

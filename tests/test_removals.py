@@ -5,10 +5,10 @@ import pytest
 import pytest_twisted
 import treq
 
-from pypioncouch import model
 from pypioncouch.store import Store
 from pypioncouch.checkpoint import CHECKPOINT
 from pypioncouch.sync import run_pass
+from pypioncouch.testing.dataset import normalize
 
 from .helpers import assert_matches_simulator, stored_project
 from .test_web import serve
@@ -29,7 +29,7 @@ async def test_listings_cut_short_remove_only_what_pypi_says_is_gone(world):
     /simple/ pass whose index held another tenth, emptied the database."""
     w = world(projects=60, seed=31)
     await run_pass(w.importer(), full=True)
-    removed = model.normalize(w.index.dataset.name(40))
+    removed = normalize(w.index.dataset.name(40))
     w.index.remove_project(removed)  # one real removal among the missing ones
     w.resource.listing.configure(keep=0.1, start=0.5)
     summary = await run_pass(w.importer(), full=True)
@@ -38,7 +38,7 @@ async def test_listings_cut_short_remove_only_what_pypi_says_is_gone(world):
     # A different tenth; meanwhile a project missing from it changed: asking by name
     # brings that change in too.
     w.resource.listing.configure(keep=0.1, start=0.0)
-    changed = model.normalize(w.index.dataset.name(45))
+    changed = normalize(w.index.dataset.name(45))
     w.index.publish(changed, "77.0")
     summary = await run_pass(w.importer(changes="simple"))
     assert summary.deleted == 0 and summary.pending == 0, summary
@@ -83,7 +83,7 @@ async def test_a_listing_missing_too_many_projects_removes_nothing_until_it_reco
 async def test_many_removals_wait_for_an_operator_to_confirm(world):
     w = world(projects=60, seed=33)
     await run_pass(w.importer(), full=True)
-    gone = [model.normalize(w.index.dataset.name(i)) for i in range(20, 30)]
+    gone = [normalize(w.index.dataset.name(i)) for i in range(20, 30)]
     for key in gone:
         w.index.remove_project(key)
     importer = w.importer(max_removals=5)
@@ -120,7 +120,7 @@ async def test_a_removal_row_in_the_changelog_removes_behind_a_stale_cdn(world):
     w = world(projects=20, seed=34, stale_seconds=600)
     w.index.clock = reactor.seconds
     await run_pass(w.importer(), full=True)
-    key = model.normalize(w.index.dataset.name(7))
+    key = normalize(w.index.dataset.name(7))
     w.index.remove_project(key)
     assert w.index.json_api(key)[0] == 200  # the CDN has not noticed
     summary = await run_pass(w.importer(stale_retries=0))
@@ -202,7 +202,7 @@ async def test_quarantined_projects_missing_from_the_index_are_kept_as_they_are(
     pass may remove, and the sync would stall behind them)."""
     w = world(projects=20, seed=37)
     await run_pass(w.importer(), full=True)
-    keys = [model.normalize(w.index.dataset.name(n)) for n in (9, 10)]
+    keys = [normalize(w.index.dataset.name(n)) for n in (9, 10)]
     for key in keys:
         w.index.quarantine(key)
     await run_pass(w.importer())

@@ -12,7 +12,6 @@ import pytest_twisted
 import treq
 from twisted.web.xmlrpc import Proxy
 
-from pypioncouch.simple import V1_JSON
 from pypioncouch.testing.dataset import Dataset, normalize
 from pypioncouch.testing.index import PackageIndex
 from pypioncouch.testing.pypi import SimulatorProcess, listen, make_simulator
@@ -171,7 +170,7 @@ async def test_json_api_shape_redirect_and_404s(sim):
     assert one["info"]["version"] == "1.2.0" and "releases" not in one
     no_releases = normalize(index.dataset.name(3))
     assert (await treq.get(f"{url}/pypi/{no_releases}/json")).code == 404
-    simple_page = await treq.get(f"{url}/simple/{no_releases}/", headers={"Accept": V1_JSON})
+    simple_page = await treq.get(f"{url}/simple/{no_releases}/", headers={"Accept": V1_JSON_LITERAL})
     assert simple_page.code == 200 and (await simple_page.json())["files"] == []
     assert (await treq.get(f"{url}/simple/no-such-thing/")).code == 404
 
@@ -202,7 +201,7 @@ async def test_simple_api_negotiates_like_warehouse(sim):
     pip_accept = ("application/vnd.pypi.simple.v1+json, "
                   "application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01")
     page = await treq.get(f"{url}/simple/{key}/", headers={"Accept": pip_accept})
-    assert page.headers.getRawHeaders("content-type") == [V1_JSON]
+    assert page.headers.getRawHeaders("content-type") == [V1_JSON_LITERAL]
     data = await page.json()
     assert data["versions"] == ["1.0.0", "1.1.0a1", "1.1.0", "1.1.0.post1", "1.2.0"]
     assert {f["yanked"] for f in data["files"]} == {False, True, "broken build"}
@@ -391,7 +390,7 @@ async def test_listings_cut_short_or_frozen_on_request(sim):
 
     async def both():
         xmlrpc_listing = await proxy.callRemote("list_packages_with_serial")
-        answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})
+        answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON_LITERAL})
         page = await answer.json()
         index = {p["name"]: p["_last-serial"] for p in page["projects"]}
         return xmlrpc_listing, index, page["meta"]["_last-serial"]
@@ -484,7 +483,7 @@ async def test_a_prerendered_simulator_answers_as_a_rendering_one(sim):
         paths = [f"/pypi/{k}/json" for k in keys] + [f"/simple/{k}/" for k in keys] + [
             "/pypi/no-such-thing/json", f"/pypi/{keys[0].upper()}/json"]
         for path in paths:
-            for accept in (V1_JSON, "text/html"):
+            for accept in (V1_JSON_LITERAL, "text/html"):
                 ours = await treq.get(url + path, headers={"Accept": accept},
                                       allow_redirects=False)
                 theirs = await treq.get(plain_url + path, headers={"Accept": accept},
@@ -501,7 +500,7 @@ async def test_a_prerendered_simulator_answers_as_a_rendering_one(sim):
         assert data["info"]["version"] == "99.0"
         resource.control("archive", {"name": key})  # no journal row, a new answer
         page = await (await treq.get(f"{url}/simple/{key}/",
-                                     headers={"Accept": V1_JSON})).json()
+                                     headers={"Accept": V1_JSON_LITERAL})).json()
         assert page["project-status"]["status"] == "archived"
     finally:
         await port.stopListening()

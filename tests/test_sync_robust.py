@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from pypioncouch import model
+from pypioncouch.testing.dataset import normalize
 from pypioncouch.couch import CouchDB
 from pypioncouch.store import Store
 from pypioncouch.checkpoint import CHECKPOINT
@@ -32,7 +32,7 @@ async def test_faults_of_every_kind_change_nothing(world):
     summary = await run_pass(importer, full=True)
     for name in ("Faulty_One", "Faulty_Two"):
         w.index.publish(name, "1.0")
-    w.index.yank(model.normalize(w.index.dataset.name(30)),
+    w.index.yank(normalize(w.index.dataset.name(30)),
                  list(w.index.get(w.index.dataset.name(30)).releases)[0], "x")
     summary2 = await run_pass(w.importer(timeout=1.0, retries=8, backoff=0.02))
     # The faults were there (counted before the plan is reset below): ~20 expected at
@@ -53,11 +53,11 @@ async def test_a_huge_project_stays_under_the_document_limit(world):
     summary = await run_pass(w.importer(), full=True)
     assert summary.pending == 0, summary.errors
     for index in (6, 7):
-        key = model.normalize(w.index.dataset.name(index))
+        key = normalize(w.index.dataset.name(index))
         doc = await w.db.get(key)
         assert len(json.dumps(doc).encode()) < 8 * 1024 * 1024
         assert await stored_json_api(w.db, key) == w.index.json_api(key)[1]
-    many = await w.db.get(model.normalize(w.index.dataset.name(6)))
+    many = await w.db.get(normalize(w.index.dataset.name(6)))
     assert len(many["versions"]) == 3000
 
 
@@ -80,9 +80,9 @@ async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
     await run_pass(w.importer(), full=True)
     w.resource.xmlrpc.gone = {"changelog_since_serial", "changelog_last_serial"}
     w.index.publish("After.The-Change", "2.0")
-    key = model.normalize(w.index.dataset.name(5))
+    key = normalize(w.index.dataset.name(5))
     w.index.publish(key, "9.0")
-    w.index.remove_project(model.normalize(w.index.dataset.name(6)))  # no row to tell
+    w.index.remove_project(normalize(w.index.dataset.name(6)))  # no row to tell
     importer = w.importer()
     summary = await run_pass(importer)
     assert importer.status.changes_source == "simple"
@@ -97,7 +97,7 @@ async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
     importer = w.importer(source="xmlrpc")
     summary = await run_pass(importer, full=True)
     assert summary.projects == 12 and importer.source == "xmlrpc"
-    key = model.normalize(w.index.dataset.name(2))
+    key = normalize(w.index.dataset.name(2))
     stored = json.loads(await stored_json_api(w.db, key))
     truth = json.loads(w.index.json_api(key)[1])
     assert stored["info"]["summary"] == truth["info"]["summary"]
@@ -121,7 +121,7 @@ async def imported_behind_a_stale_cdn(world, stale_seconds):
     w = world(projects=10, seed=3, stale_seconds=stale_seconds)
     w.index.clock = reactor.seconds
     await run_pass(w.importer(), full=True)
-    return w, model.normalize(w.index.dataset.name(4))
+    return w, normalize(w.index.dataset.name(4))
 
 
 @pytest_twisted.ensureDeferred
@@ -156,7 +156,7 @@ async def test_a_full_import_from_a_cached_listing_loses_no_change_made_since(wo
     w = world(projects=20, seed=12)
     await run_pass(w.importer(), full=True)
     w.resource.listing.freeze(w.index)  # the cached copy
-    changed = model.normalize(w.index.dataset.name(3))
+    changed = normalize(w.index.dataset.name(3))
     w.index.publish(changed, "9.0")
     w.index.publish("Created.Since", "1.0")
     summary = await run_pass(w.importer(), full=True)  # (a --fullimport run again)
@@ -243,7 +243,7 @@ async def _matches(db, sim_url):
     listing = await (await treq.get(f"{sim_url}/simple/",
                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
                      ).json()
-    keys = sorted(model.normalize(p["name"]) for p in listing["projects"])
+    keys = sorted(normalize(p["name"]) for p in listing["projects"])
     for key in keys:
         answer = await treq.get(f"{sim_url}/pypi/{key}/json")
         body = await answer.content()
@@ -366,7 +366,7 @@ async def two_writers_on_one_database(world):
 
     w = world(projects=12, seed=14)
     await run_pass(w.importer(), full=True)
-    key = model.normalize(w.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
+    key = normalize(w.index.dataset.name(5))  # versions 0.9, 1.0, 1.1
     w.index.yank(key, "1.0", "broken")
     older = await PyPI(w.url).project(key)
     w.index.remove_release(key, "0.9")
@@ -376,13 +376,16 @@ async def two_writers_on_one_database(world):
     return w, key, older, "0.9"
 
 
-def fed(importer, key, answer, gate=None):
-    """``importer`` gets ``answer`` when it asks PyPI about ``key`` (after ``gate``)."""
+def fed(importer, key, answer, gate=None, asked=None):
+    """``importer`` gets ``answer`` when it asks PyPI about ``key`` (after ``gate``);
+    ``asked`` fires when it asks (it has read the stored project by then)."""
     real = importer.pypi.project
 
     async def project(name, min_serial=None):
-        if model.normalize(name) != key:
+        if normalize(name) != key:
             return await real(name, min_serial)
+        if asked is not None and not asked.called:
+            asked.callback(None)
         if gate is not None:
             await gate
         return answer
@@ -406,9 +409,9 @@ async def test_an_older_answer_written_after_a_newer_one_changes_nothing(world):
     from twisted.internet import defer
 
     w, key, older, removed_version = await two_writers_on_one_database(world)
-    gate = defer.Deferred()
-    slow = defer.ensureDeferred(run_pass(fed(w.importer(), key, older, gate)))
-    await sleep(0.3)  # the slow one has read the stored project and waits for PyPI
+    gate, asked = defer.Deferred(), defer.Deferred()
+    slow = defer.ensureDeferred(run_pass(fed(w.importer(), key, older, gate, asked)))
+    await asked  # the slow one has read the stored project and waits for PyPI
     fresh = await run_pass(w.importer())
     assert fresh.projects == 1
     gate.callback(None)
@@ -478,7 +481,7 @@ def heal(w):
 @pytest_twisted.ensureDeferred
 async def test_more_failures_than_pending_holds_keep_the_checkpoint_and_lose_none(world):
     w = world(projects=20, seed=3)
-    keys = [model.normalize(w.index.dataset.name(i)) for i in range(8, 16)]
+    keys = [normalize(w.index.dataset.name(i)) for i in range(8, 16)]
     served_stale(w, keys, "8.0")  # before the first import
     summary = await run_pass(w.importer(max_pending=5, stale_retries=0), full=True)
     assert summary.pending == 8 and summary.serial is None
@@ -515,7 +518,7 @@ async def test_more_failures_than_pending_holds_keep_the_checkpoint_and_lose_non
 @pytest_twisted.ensureDeferred
 async def test_a_pass_keeps_the_first_hundred_error_messages_and_counts_the_rest(world):
     w = world(projects=130, seed=3)
-    keys = [model.normalize(name) for name in w.index.dataset.names()[10:130]]
+    keys = [normalize(name) for name in w.index.dataset.names()[10:130]]
     served_stale(w, keys, "8.0")
     summary = await run_pass(w.importer(stale_retries=0), full=True)
     assert summary.pending == 120

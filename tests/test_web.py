@@ -9,14 +9,15 @@ import treq
 from twisted.internet import defer, utils
 from twisted.web.server import Site
 
-from pypioncouch import model
 from pypioncouch.couch import CouchDB
-from pypioncouch.simple import V1_JSON
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.web.app import WebFront
+from pypioncouch.testing.dataset import normalize
 
 from .helpers import CouchProxy, World, sleep
+
+V1_JSON = "application/vnd.pypi.simple.v1+json"  # PEP 691, as the reference names it
 
 BIN = Path(sys.executable).parent
 PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -67,7 +68,7 @@ async def test_simple_pages_equal_the_simulators_byte_for_byte(imported):
 @pytest_twisted.ensureDeferred
 async def test_json_api_equals_the_simulators(imported):
     world, front, url = imported
-    key = model.normalize(world.index.dataset.name(2))
+    key = normalize(world.index.dataset.name(2))
     for path in (f"pypi/{key}/json", f"pypi/{key}/1.1.0.post1/json"):
         ours = await treq.get(f"{url}/{path}")
         theirs = await treq.get(f"{world.url}/{path}")
@@ -106,7 +107,7 @@ async def test_the_index_lists_every_project_in_both_formats(imported):
     data = await (await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})).json()
     names = [display for _, display in world.index.listing()]
     assert [p["name"] for p in data["projects"]] == names
-    assert all(f'/simple/{model.normalize(n)}/' in html for n in names)
+    assert all(f'/simple/{normalize(n)}/' in html for n in names)
     assert data["meta"]["_last-serial"] == world.index.last_serial
 
 
@@ -157,7 +158,7 @@ NEGOTIATION = [
 async def test_content_negotiation_is_warehouses(imported, who, accept, simple_type,
                                                     page_type):
     world, front, url = imported
-    key = model.normalize(world.index.dataset.name(2))
+    key = normalize(world.index.dataset.name(2))
     headers = {"Accept": accept} if accept else {}
     for path, expected in (("simple/", simple_type), (f"simple/{key}/", simple_type),
                            ("status", page_type), ("browse/", page_type)):
@@ -179,7 +180,7 @@ async def test_content_negotiation_is_warehouses(imported, who, accept, simple_t
 @pytest_twisted.ensureDeferred
 async def test_etag_gives_304(imported):
     world, front, url = imported
-    key = model.normalize(world.index.dataset.name(4))
+    key = normalize(world.index.dataset.name(4))
     first = await treq.get(f"{url}/simple/{key}/")
     etag = first.headers.getRawHeaders("etag")[0]
     again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": etag})
@@ -192,7 +193,7 @@ async def test_a_replica_whose_releases_land_after_their_project_serves_no_stale
     its releases' (a yank), or before a removed release's tombstone."""
     w = world(projects=12, seed=11)
     await run_pass(w.importer(), full=True)
-    key = model.normalize(w.index.dataset.name(5))
+    key = normalize(w.index.dataset.name(5))
     project = await w.db.get(key)
     kept, dropped = project["versions"][-1], project["versions"][0]
     assert kept != dropped
@@ -248,7 +249,7 @@ async def uv(*args):
 async def test_pip_and_uv_install_through_the_front_and_respect_yanks(imported, tmp_path):
     world, front, url = imported
     name = world.index.dataset.name(2)  # 1.2.0 yanked, 2.0.0.dev1 has no files
-    dist = model.normalize(name).replace("-", "_")
+    dist = normalize(name).replace("-", "_")
     await pip("install", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
               "--target", str(tmp_path / "pip"), "--index-url", f"{url}/simple/", name)
     assert (tmp_path / "pip" / f"{dist}-1.1.0.post1.dist-info").is_dir()
@@ -554,7 +555,10 @@ async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch
                      if k != key and world.index.latest(world.index.get(k)) is not None)
         leaving = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
         staying = treq.get(f"{url}/simple/{other}/", headers={"Accept": V1_JSON})
-        await sleep(0.2)
+        for _ in range(250):  # until the shared read has begun
+            if len(release_reads(proxy)) == 2:
+                break
+            await sleep(0.02)
         leaving.cancel()
         leaving.addErrback(lambda _: None)  # (its own answer never comes)
         assert (await staying).code == 200
