@@ -85,16 +85,11 @@ class World:
 
 
 def requires_command(command: str, package: str):
-    """Skip on a developer's machine without Debian's ``package``; never in CI, where
-    .ci/run installs it (there, a missing command fails the test)."""
-    import os
-    import shutil
-
+    """A test that needs ``command`` from Debian's ``package``: without it the test
+    fails saying how to install it (tests/conftest.py), never skips."""
     import pytest
 
-    return pytest.mark.skipif(shutil.which(command) is None and not os.environ.get("CI"),
-                              reason=f"{command} comes with Debian's {package} "
-                                     "(.ci/run installs it)")
+    return pytest.mark.requires_command(command, package)
 
 
 class CouchProxy:
