@@ -166,3 +166,22 @@ def test_a_listen_address_in_use_stops_the_daemon_in_one_line(runner):
     assert result.returncode != 0 and "Traceback" not in said
     assert f"pypioncouch: --listen tcp:{port}:interface=127.0.0.1: Address already in use" \
         in said
+
+
+def test_make_run_says_when_the_embedded_couchdb_port_is_taken(tmp_path):
+    """A CouchDB of one's own on 5984 is not mistaken for the embedded server."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "COUCH"}
+        result = subprocess.run(
+            [sys.executable, "-m", "pypioncouch.testing.devrun", "run",
+             "--couch-port", str(port), "--var", str(tmp_path)],
+            capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (f"port {port} on 127.0.0.1 is taken (another CouchDB?): "
+                             "pouchdb-server cannot listen there; set COUCH_PORT to "
+                             "another port, or COUCH to that server's URL to use it\n")

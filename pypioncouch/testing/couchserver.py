@@ -88,6 +88,12 @@ class CouchServer:
         return self.url
 
     def start(self, timeout: float = 30.0) -> "CouchServer":
+        # Else the readiness check below would take whatever answers there (a CouchDB
+        # the developer runs on 5984) for the server started here.
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise RuntimeError(f"port {self.port} on 127.0.0.1 is taken (another "
+                                   "CouchDB?): pouchdb-server cannot listen there")
         self.datadir.mkdir(parents=True, exist_ok=True)
         config = self.datadir / "config.json"
         if not config.exists():

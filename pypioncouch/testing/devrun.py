@@ -37,8 +37,13 @@ def main(argv=None) -> int:
     try:
         if not couch_url:
             data = Path(args.var) / ("couchdb-demo" if args.mode == "demo" else "couchdb")
-            couch = CouchServer(data, port=args.couch_port,
-                                log_file=Path(args.var) / "pouchdb-server.log").start()
+            try:
+                couch = CouchServer(data, port=args.couch_port,
+                                    log_file=Path(args.var) / "pouchdb-server.log").start()
+            except RuntimeError as error:
+                print(f"{error}; set COUCH_PORT to another port, or COUCH to that "
+                      "server's URL to use it", file=sys.stderr)
+                return 1
             couch_url = couch.url
         daemon = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
                   "pypioncouch", "--couch", couch_url, "--listen", args.listen]
