@@ -38,6 +38,8 @@ def pytest_configure(config):
                                        "3-node Apache CouchDB cluster")
     config.addinivalue_line("markers", "requires_command(command, package): the test "
                                        "needs a command from a Debian package")
+    config.addinivalue_line("markers", "apache_only: about Apache CouchDB's own behaviour "
+                                       "(users and rights): not run on pouchdb-server")
 
 
 def pytest_runtest_setup(item):
@@ -54,6 +56,8 @@ def pytest_runtest_setup(item):
 def pytest_generate_tests(metafunc):
     if "couch_server" in metafunc.fixturenames:
         kinds = server_kinds(metafunc.definition.get_closest_marker("cluster") is not None)
+        if metafunc.definition.get_closest_marker("apache_only") is not None:
+            kinds = [kind for kind in kinds if kind != "pouchdb"]
         metafunc.parametrize("couch_server", kinds, indirect=True, scope="session")
 
 

@@ -261,6 +261,45 @@ async def test_a_user_without_rights_is_told_which_right_is_missing(couch, couch
     assert await couchapp.push(mine) is True  # a database admin is enough to run
 
 
+@pytest.mark.apache_only  # (pouchdb-server's validate functions see no database admins)
+@pytest_twisted.ensureDeferred
+async def test_a_database_anyone_may_read_takes_writes_from_its_admins_only(
+        couch, couch_server, db_name):
+    """README, "A database anyone may read": no members (so anonymous reads), and the
+    shipped etc/couchdb-read-only.json, without which CouchDB takes anyone's writes."""
+    import json
+
+    from pypioncouch.sync import run_pass
+
+    from .helpers import World
+
+    user, password = f"writer-{db_name}", "Pa55-of-the-writer"
+    await couch.request("PUT", f"_users/org.couchdb.user:{user}", body={
+        "_id": f"org.couchdb.user:{user}", "name": user, "password": password,
+        "roles": [], "type": "user"})
+    await couch.database(db_name).ensure()
+    await couch.request("PUT", f"{db_name}/_security", body={
+        "admins": {"names": [user], "roles": []}, "members": {"names": [], "roles": []}})
+    anonymous = CouchDB(couch_server.anonymous_url).database(db_name)
+    stranger = await anonymous.put({"_id": "a-stranger-was-here", "type": "project"})
+    await couch.database(db_name).delete("a-stranger-was-here", stranger)  # (the hole)
+    read_only = json.loads((Path(__file__).parents[1] / "etc" / "couchdb-read-only.json")
+                           .read_text())
+    await couch.request("PUT", f"{db_name}/{read_only['_id']}", body=read_only)
+    with pytest.raises(Unauthorized) as refused:
+        await anonymous.put({"_id": "evil", "type": "project", "name": "evil"})
+    assert "read-only" in str(refused.value)
+    url = couch_server.url.replace(f"{ADMIN[0]}:{ADMIN[1]}@", f"{user}:{password}@")
+    world = World(url, db_name, projects=5)
+    try:
+        summary = await run_pass(world.importer(), full=True)  # as its admin: all written
+        assert summary.pending == 0 and summary.projects == 5, summary.errors
+        key, display = world.index.listing()[0]
+        assert (await anonymous.get(key))["name"] == display  # and anyone reads it
+    finally:
+        world.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_unreachable_port_is_a_clear_error_quickly():
     couch = CouchDB(f"http://u:pw@127.0.0.1:{free_port()}/", timeout=5)
