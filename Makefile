@@ -54,7 +54,8 @@ test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	command -v wrk >/dev/null || apt-get install -y -qq wrk
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } \
+		|| echo "make bench: the web benchmarks need wrk: sudo apt-get install wrk"
 	$(BIN)/python -c 'import pypiserver, waitress, watchdog' 2>/dev/null || $(BIN)/pip install -q 'pypiserver[cache]>=2' waitress
 	test -x $(BIN)/bandersnatch || $(BIN)/pip install -q 'bandersnatch==6.8.0'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -210,7 +210,8 @@ async def replicate_command(reactor, args) -> int:
     if args.continuous:
         await running
         print(f"continuous replication {source.display_url} -> {target.display_url} "
-              "started; Ctrl-C stops watching (CouchDB goes on replicating)", flush=True)
+              "started; Ctrl-C stops watching (CouchDB goes on replicating until it "
+              "restarts: a _replicator document lasts)", flush=True)
         while True:
             await show_progress()
     while not running.called:
