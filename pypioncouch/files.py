@@ -18,7 +18,8 @@ Layout, under ``DIR``::
 
 A file appears under its name only once its sha256 matched (temp file, fsync, rename),
 so whatever is there is whole and right. Recency for the LRU budget is the file's
-mtime, touched on every hit, so it survives restarts.
+access time, set on every hit, so it survives restarts; its modification time stays
+when it was stored (it is the ``Last-Modified`` a client revalidates against).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class FileStore:
             for entry in os.scandir(project.path):
                 if entry.is_file() and is_safe_filename(entry.name):
                     info = entry.stat()
-                    found.append((info.st_mtime, f"{project.name}/{entry.name}", info.st_size))
+                    found.append((info.st_atime, f"{project.name}/{entry.name}", info.st_size))
         for _, key, size in sorted(found):
             self._lru[key] = size
             self.bytes += size
@@ -296,12 +297,13 @@ class FileStore:
         """The stored file of ``key``, marked as just used; None if not stored."""
         path = self.root / key
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except OSError:
             self._forget(key)
             return None
-        try:
-            os.utime(path)  # recency for the budget, kept across restarts
+        size = info.st_size
+        try:  # recency for the budget, kept across restarts; the mtime stays
+            os.utime(path, ns=(time.time_ns(), info.st_mtime_ns))
         except OSError:  # a read-only folder: served all the same
             pass
         if key not in self._lru:  # stored by another process (--fetch-files)

@@ -486,6 +486,19 @@ def stored(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*"))
 
 
+def test_a_hit_is_remembered_across_a_restart_and_leaves_last_modified_alone(tmp_path):
+    store = FileStore(tmp_path, max_bytes=250)
+    put(store, "a/a-1.whl", 100)
+    put(store, "b/b-1.whl", 100)
+    os.utime(tmp_path / "a" / "a-1.whl", ns=(1_000_000_000, 1_000_000_000))  # stored first
+    os.utime(tmp_path / "b" / "b-1.whl", ns=(2_000_000_000, 2_000_000_000))
+    store.lookup("a/a-1.whl")  # used since: b is now the least recently used
+    assert os.stat(tmp_path / "a" / "a-1.whl").st_mtime_ns == 1_000_000_000
+    again = FileStore(tmp_path, max_bytes=250)
+    put(again, "c/c-1.whl", 100)
+    assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]
+
+
 def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_path):
     store = FileStore(tmp_path, max_bytes=350)
     for name in "abc":
