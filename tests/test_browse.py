@@ -487,6 +487,10 @@ async def test_dependents_are_exactly_the_projects_whose_latest_release_requires
                            allow_redirects=False)
     assert moved.code == 301
     assert moved.headers.getRawHeaders("location") == ["/browse/dependents/spec-test?python=3.12"]
+    # The count is of them all; narrowed to a Python, the page says the list is not.
+    html = await (await treq.get(f"{url}/browse/dependents/{popular}?python=3.12")).text()
+    assert f"{len(expected[popular])} projects whose latest release requires" in html
+    assert "listed below, those that run on Python 3.12." in html
     # Requirements that do not parse are left out, and counted on /status.
     assert unparsable >= 2
     status = await get_json(f"{url}/status")
