@@ -185,6 +185,27 @@ async def test_following_the_simple_index_a_stale_copy_stays_pending_until_fresh
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stale_simple_page_without_files_is_not_taken_for_an_empty_project(world):
+    """A project's first release, behind a CDN that still serves the JSON API's 404 and
+    the Simple page of before (no files, an older serial): a stale answer to ask again,
+    not "a project without releases" (which removes the releases stored)."""
+    from twisted.internet import reactor
+
+    w = world(projects=10, seed=3)
+    w.index.clock = reactor.seconds
+    w.index.create_project("Empty.Then.Not")
+    await run_pass(w.importer(), full=True)
+    w.index.stale_seconds, w.index.stale_simple = 600, True
+    w.index.publish("Empty.Then.Not", "1.0")
+    summary = await run_pass(w.importer(stale_retries=1))
+    assert summary.pending == 1 and "stale" in summary.errors[0], summary
+    assert "empty-then-not" in (await w.db.get_local(CHECKPOINT))["pending"]
+    heal(w)
+    summary = await run_pass(w.importer())
+    assert summary.pending == 0 and (await w.db.get("empty-then-not"))["versions"] == ["1.0"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_new_project_behind_a_stale_cdn_404_is_not_stored_empty_or_skipped(world):
     """A CDN's cached 404 for a project new since: the changelog says it exists, its
     Simple page lists its file. Neither "gone" nor "a project without releases"."""

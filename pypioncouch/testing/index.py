@@ -51,6 +51,9 @@ class PackageIndex:
         self.dataset = dataset
         self.base_url = base_url.rstrip("/")
         self.stale_seconds = stale_seconds
+        # The CDN caches Simple pages apart from the JSON API: with this set, a project's
+        # Simple page is served from the same stale copy too (its serial, its files).
+        self.stale_simple = False
         self.clock = clock
         self._changed: dict[str, SimProject] = {}
         self._removed: set[str] = set()
@@ -374,7 +377,7 @@ class PackageIndex:
 
     def simple_project(self, name: str) -> tuple[list[str], list[dict], int, str] | None:
         """``(versions, PEP 691 files, last serial, status)``, or None if unknown."""
-        project = self.get(name)
+        project = self._served(name) if self.stale_simple else self.get(name)
         if project is None:
             return None
         if project.status == "quarantined":
