@@ -537,7 +537,7 @@ class XmlRpcImporter:
     def _fall_back_to_simple(self, gone: MethodGone) -> None:
         message = ("PyPI no longer serves the XML-RPC changelog "
                    f"({gone.text[:80]}); following the /simple/ index serials instead")
-        log.warn(message)
+        log.warn("{message}", message=message)
         self.status.warn_once(message)
         self.status.changes_source = "simple"
 
@@ -719,7 +719,7 @@ class XmlRpcImporter:
             except MethodGone as gone:
                 message = (f"{self.pypi.display_url} no longer serves XML-RPC release data "
                            f"({gone.text[:60]}); using the JSON API")
-                log.warn(message)
+                log.warn("{message}", message=message)
                 self.status.warn_once(message)
                 self.source = "json"
         return await self.pypi.project(work.name, work.serial)

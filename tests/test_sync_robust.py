@@ -74,6 +74,23 @@ async def test_changelog_paging_past_the_cap(world):
     assert summary.pending == 0
 
 
+def test_pypis_words_in_a_log_line_are_its_text_not_a_format(world):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from pypioncouch.pypi import MethodGone
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        importer = world(projects=1).importer()
+        importer._fall_back_to_simple(MethodGone(-32601, "gone {project} {0}", "http://x/"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [formatEvent(event) for event in events]
+    assert "PyPI no longer serves the XML-RPC changelog (gone {project} {0}); following " \
+        "the /simple/ index serials instead" in said, said
+
+
 @pytest_twisted.ensureDeferred
 async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
     w = world(projects=20, seed=6)
