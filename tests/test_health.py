@@ -76,3 +76,54 @@ def test_passes_that_write_nothing_but_failures_are_unhealthy_past_the_lag_budge
         status.note_pass(wrote=False, pending=1, changed=0)
         now[0] += 700.0
     assert policy.reasons(True) == []
+
+
+def replica_lag(monkeypatch, answers):
+    """A ReplicaLag whose reads of the highest serial answer from ``answers`` (by
+    "local" or "upstream": a serial, None for an empty database, or an error)."""
+    from twisted.internet import task
+
+    from pypioncouch.web import replica
+
+    class Db:
+        def __init__(self, name):
+            self.display_url = name
+
+    async def max_serial(db):
+        value = answers[db.display_url]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    monkeypatch.setattr(replica.couchapp, "max_serial", max_serial)
+    clock = task.Clock()
+    return replica.ReplicaLag(Db("local"), Db("upstream"), clock, every=0), clock
+
+
+def checked(lag):
+    from twisted.internet import defer
+
+    return defer.ensureDeferred(lag.check()).result.__dict__
+
+
+def test_a_replica_that_cannot_read_its_own_serial_is_not_healthy_for_ever(monkeypatch):
+    from pypioncouch.couch import Timeout
+
+    building = Timeout("CouchDB did not answer within 30s", url="http://x:***@local/pypi")
+    lag, clock = replica_lag(monkeypatch, {"local": building, "upstream": 5000})
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    assert policy.reasons(True, checked(lag)) == []
+    clock.advance(11)
+    state = checked(lag)
+    assert (state["serial"], state["lag"], state["lag_seconds"]) == (None, None, 11.0)
+    assert policy.reasons(True, state) == [
+        "its own highest serial unread for 11s: CouchDB did not answer within 30s "
+        "(http://x:***@local/pypi)"]
+
+
+def test_an_empty_replica_is_behind_by_all_of_the_upstream(monkeypatch):
+    lag, clock = replica_lag(monkeypatch, {"local": None, "upstream": 5000})
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    checked(lag)
+    clock.advance(11)
+    assert policy.reasons(True, checked(lag)) == ["5000 serials (11s) behind the upstream upstream"]

@@ -57,6 +57,9 @@ class HealthPolicy:
         lag_seconds = serials.get("lag_seconds") or 0.0
         if lag_seconds <= self.max_lag_seconds:
             return []
+        if serials.get("lag") is None and serials.get("local_error"):
+            return [f"its own highest serial unread for {lag_seconds:.0f}s: "
+                    f"{serials['local_error']}"]
         if serials.get("lag") is None:  # the upstream could not be read for that long
             return [f"no word from the upstream {serials['upstream']} for "
                     f"{lag_seconds:.0f}s: {serials.get('upstream_error')}"]

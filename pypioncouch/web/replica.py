@@ -23,6 +23,7 @@ class ReplicaState:
     lag: int | None = None  # serials behind the upstream
     lag_seconds: float | None = None  # since the replica last held what upstream held
     upstream_error: str | None = None  # why the upstream could not be read
+    local_error: str | None = None  # why our own highest serial could not be read
 
 
 class ReplicaLag:
@@ -44,8 +45,8 @@ class ReplicaLag:
         state = ReplicaState(upstream=self.state.upstream)
         try:
             state.serial = await couchapp.max_serial(self.local)
-        except CouchError:
-            pass  # /health already says CouchDB is not answering
+        except CouchError as error:  # e.g. its view still building after an upgrade
+            state.local_error = str(error)
         if self.upstream is not None:
             try:
                 state.upstream_serial = await couchapp.max_serial(self.upstream)
@@ -58,8 +59,11 @@ class ReplicaLag:
             if state.lag == 0:
                 self._caught_up_at = now
             state.lag_seconds = round(now - self._caught_up_at, 1)
-        elif self.upstream is not None and state.upstream_error is not None:
-            # Unknown: the time since this replica was last known to be current.
+        elif self.upstream is not None and (state.upstream_serial is not None
+                                            or state.upstream_error or state.local_error):
+            # Behind or unknown: the time since this replica was last known to be current.
             state.lag_seconds = round(now - self._caught_up_at, 1)
+            if state.serial is None and not state.local_error and not state.upstream_error:
+                state.lag = state.upstream_serial  # it holds nothing yet
         self.state = state
         return state
