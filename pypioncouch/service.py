@@ -218,7 +218,7 @@ class SyncService(CoroutineService):
                 self.status.consecutive_failures += 1
                 self.status.last_pass_ok = False
                 self.status.phase = "retrying"
-                self.status.note_error(str(error), "pass")
+                self.status.note_sync_error(str(error), "pass")
                 log.error("sync pass failed: {error}", error=error)
                 base = min(self.interval, 10.0)
                 wait = min(self.max_backoff,

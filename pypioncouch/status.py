@@ -50,8 +50,9 @@ class SyncStatus:
     last_pass_at: float | None = None
     last_pass_ok: bool | None = None
     consecutive_failures: int = 0
-    last_error: str | None = None
+    last_error: str | None = None  # any part's: the sync, the web front, files, OPML
     last_error_at: float | None = None
+    last_sync_error: str | None = None  # the sync's own (what /health quotes about it)
     warnings: list[str] = field(default_factory=list)
     opml_seq: object = None
     opml_written: int = 0
@@ -73,6 +74,12 @@ class SyncStatus:
     def note_error(self, message: str, kind: str = "sync") -> None:
         self.last_error, self.last_error_at = message, self.clock()
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+
+    def note_sync_error(self, message: str, kind: str = "sync") -> None:
+        """An error of the sync itself (a pass, a project): /health quotes these, not
+        a web front's or the OPML watcher's that came after."""
+        self.last_sync_error = message
+        self.note_error(message, kind)
 
     def warn_once(self, message: str) -> None:
         """Show ``message`` on /status until restart (the latest ``MAX_WARNINGS``)."""

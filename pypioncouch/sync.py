@@ -448,7 +448,7 @@ class XmlRpcImporter:
         if summary.stale is None:
             return False
         log.warn("{why}", why=summary.stale)
-        self.status.note_error(summary.stale, "stale")
+        self.status.note_sync_error(summary.stale, "stale")
         return True
 
     async def sweep(self, listed: Container[str], summary: Summary, failures: dict,
@@ -496,7 +496,7 @@ class XmlRpcImporter:
                       f"projects PyPI still has (or did not answer for), {alive[0]} first: "
                       "it is incomplete, so the checkpoint stays until a listing is whole")
             log.warn("{reason}", reason=reason)
-            self.status.note_error(reason, "listing")
+            self.status.note_sync_error(reason, "listing")
             return False
         return True
 
@@ -548,7 +548,7 @@ class XmlRpcImporter:
                 f"at serial {serial}" if serial is not None else "unwritten") +
             ", and the next pass asks for all of them again")
         log.warn("{why}", why=summary.overflow)
-        self.status.note_error(summary.overflow, "overflow")
+        self.status.note_sync_error(summary.overflow, "overflow")
         self.status.pending = failures.failed
 
     def _finish(self, summary: Summary, serial, pending: dict, started: float) -> Summary:
@@ -703,7 +703,7 @@ class XmlRpcImporter:
         # A removal the changelog announced stays one (see :func:`pending_work`).
         failures[work.key] = {"removed": work.serial} if work.removed else work.serial
         summary.note_error(f"{work.key}: {cause}")
-        self.status.note_error(f"{work.key}: {cause}", kind)
+        self.status.note_sync_error(f"{work.key}: {cause}", kind)
         self._advance()
 
     def _superseded(self, work: Work, summary: Summary) -> None:

@@ -25,7 +25,8 @@ def test_a_syncing_daemon_names_each_reason():
     status.phase = "idle"
     status.note_serials(pypi_serial=10, our_serial=10)
     status.consecutive_failures = 2
-    status.note_error("PyPI refused the connection")
+    status.note_sync_error("PyPI refused the connection")
+    status.note_error("web simple: CouchDB did not answer within 30s", "couchdb")  # not it
     status.removals_held = "PyPI says 300 projects are gone, more than the 100 ..."
     assert policy.reasons(True) == [
         "the last 2 sync passes failed: PyPI refused the connection",
@@ -58,7 +59,7 @@ def test_passes_that_write_nothing_but_failures_are_unhealthy_past_the_lag_budge
     status.phase = "idle"
     status.note_serials(pypi_serial=50, our_serial=50)
     status.pending = 3
-    status.note_error("numpy: HTTP 503 Service Unavailable", "pypi")
+    status.note_sync_error("numpy: HTTP 503 Service Unavailable", "pypi")
     status.note_pass(wrote=False, pending=3, changed=3)
     now[0] += 600.0
     status.note_pass(wrote=False, pending=3, changed=1)

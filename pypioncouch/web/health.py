@@ -36,13 +36,13 @@ class HealthPolicy:
         reasons = []
         if s.consecutive_failures >= self.max_failed_passes:
             reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
-                           f"{s.last_error}")
+                           f"{s.last_sync_error}")
         if s.removals_held:
             reasons.append(s.removals_held)
         stuck = None if s.stuck_since is None else s.clock() - s.stuck_since
         if stuck is not None and stuck > self.max_lag_seconds:
             reasons.append(f"no project written for {stuck:.0f}s, {s.pending} failing: "
-                           f"{s.last_error}")
+                           f"{s.last_sync_error}")
         if s.phase == "full import":
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
         elif s.our_serial is None:
