@@ -481,7 +481,7 @@ def test_requests_carry_basic_auth_and_json_bodies_say_so():
     assert (method, url) == ("PUT", "http://127.0.0.1:5984/db/x")
     assert headers["Authorization"] == "Basic YWRtaW46czNjcmV0"  # admin:s3cret
     assert headers["Content-Type"] == "application/json"
-    assert data == b'{"_id":"x","summary":"\\u2603"}'
+    assert data == b'{"_id":"x","summary":"\xe2\x98\x83"}'  # JSON in UTF-8
 
 
 def test_the_daemon_closes_every_pooled_connection_when_it_stops():
