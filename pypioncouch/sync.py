@@ -694,6 +694,8 @@ class XmlRpcImporter:
         return failures
 
     def _advance(self) -> None:
+        if self.status.phase != "full import":  # (the figures are the full import's)
+            return
         self.status.import_done += 1
         self.progress(self.status)
 

@@ -320,3 +320,14 @@ async def test_a_private_index_is_mirrored_with_the_credentials_in_its_url(world
     assert summary.pending == 0, summary.errors
     await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_full_import_figures_stop_with_the_full_import(world):
+    importer = world.importer()  # one, as the daemon keeps
+    await run_pass(importer, full=True)
+    assert (importer.status.import_done, importer.status.import_total) == (60, 60)
+    world.index.publish(normalize(world.index.dataset.name(3)), "9.0")
+    summary = await run_pass(importer)
+    assert summary.projects == 1
+    assert (importer.status.import_done, importer.status.import_total) == (60, 60)
