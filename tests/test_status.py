@@ -129,7 +129,7 @@ def test_health_says_when_couchdb_or_the_passes_fail():
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, ["CouchDB is not answering"])
     status.consecutive_failures = 3
-    status.note_error("PyPI refused the connection (https://pypi.org/pypi)")
+    status.note_sync_error("PyPI refused the connection (https://pypi.org/pypi)")
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, [
         "the last 3 sync passes failed: PyPI refused the connection (https://pypi.org/pypi)"])

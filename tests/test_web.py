@@ -310,7 +310,7 @@ async def test_health_reports_sync_trouble():
     status.note_serials(pypi_serial=100, our_serial=100)
     assert front.health_reasons(True) == []
     status.consecutive_failures = 3
-    status.note_error("PyPI refused the connection")
+    status.note_sync_error("PyPI refused the connection")
     assert "the last 3 sync passes failed" in front.health_reasons(True)[0]
     status.consecutive_failures = 0
     status.note_serials(pypi_serial=200)
