@@ -93,6 +93,8 @@ def health(stub, clock):
 
 COUCH_UP = (200, {"content-type": "application/json"}, b'{"db_name":"pypi","doc_count":3}')
 COUCH_DOWN = (500, {"content-type": "application/json"}, b'{"error":"unknown_error"}')
+COUCH_MISSING = (404, {"content-type": "application/json"},
+                 b'{"error":"not_found","reason":"Database does not exist."}')
 
 
 def test_health_follows_the_lag_to_the_second():
@@ -125,9 +127,12 @@ def test_health_follows_the_lag_to_the_second():
 def test_health_says_when_couchdb_or_the_passes_fail():
     status = SyncStatus(clock=FakeTime(1000.0), phase="incremental")
     status.note_serials(pypi_serial=100, our_serial=100)
-    stub, clock, http, _ = front_with(status, [COUCH_DOWN, COUCH_UP])
+    stub, clock, http, _ = front_with(status, [COUCH_DOWN, COUCH_MISSING, COUCH_UP])
     code, body = health(stub, clock)
-    assert (code, body["reasons"]) == (503, ["CouchDB is not answering"])
+    assert (code, body["reasons"]) == (503, [
+        "CouchDB answers: GET failed: unknown_error (500 from http://127.0.0.1:5984/pypi/)"])
+    code, body = health(stub, clock)
+    assert (code, body["reasons"]) == (503, ["CouchDB has no database 'pypi'"])
     status.consecutive_failures = 3
     status.note_sync_error("PyPI refused the connection (https://pypi.org/pypi)")
     code, body = health(stub, clock)

@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
-from pypioncouch.couch import CouchError, Database, Unauthorized, refusal
+from pypioncouch.couch import (
+    CouchError, Database, NotFound, Timeout, Unauthorized, Unreachable, refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -200,8 +201,13 @@ class WebFront:
             ok = False
             self.status.couch_problem = refusal(self.db.server.user, self.db.name,
                                                 error.status)
-        except CouchError:
-            ok, self.status.couch_problem = False, None
+        except NotFound:
+            ok = False
+            self.status.couch_problem = f"CouchDB has no database '{self.db.name}'"
+        except (Unreachable, Timeout):
+            ok, self.status.couch_problem = False, None  # "not answering"
+        except CouchError as error:  # it answers, but not as it should
+            ok, self.status.couch_problem = False, f"CouchDB answers: {error}"
         self._couch_check = (now, ok)
         self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
         return ok
