@@ -149,6 +149,22 @@ def test_uptime_is_read_from_the_status_clock():
     assert "pypioncouch_uptime_seconds 250.0" in lines
 
 
+def test_the_sync_lag_and_the_import_figures_are_exported():
+    now = FakeTime(1000.0)
+    status = SyncStatus(clock=now, phase="full import", import_done=3, import_total=40)
+    status.note_serials(pypi_serial=100, our_serial=100)
+    now.now = 1100.0
+    status.note_serials(pypi_serial=120)
+    now.now = 1400.0
+    _, _, _, front = front_with(status, [])
+    lines = front.metrics.exposition().decode().splitlines()
+    for line in ("pypioncouch_lag_serials 20.0", "pypioncouch_lag_seconds 400.0",
+                 "# TYPE pypioncouch_import_projects gauge", "pypioncouch_import_projects 40.0",
+                 "pypioncouch_import_done 3.0"):
+        assert line in lines, line
+    assert not any(line.startswith("pypioncouch_import_total") for line in lines)
+
+
 def test_a_full_import_is_not_healthy_yet():
     status = SyncStatus(clock=FakeTime(0.0), phase="full import", import_done=3,
                         import_total=40)

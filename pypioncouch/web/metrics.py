@@ -36,9 +36,12 @@ class _StatusCollector:
             ("pypioncouch_pypi_serial", "PyPI's last serial, as last seen", s.pypi_serial),
             ("pypioncouch_synced_serial", "The serial the checkpoint covers", s.our_serial),
             ("pypioncouch_lag_serials", "Serials behind PyPI", s.lag),
+            ("pypioncouch_lag_seconds", "Seconds since the sync last held PyPI's serial "
+             "(0 when it does)", s.lag_seconds()),
             ("pypioncouch_pending_projects", "Projects left for the next pass", s.pending),
-            ("pypioncouch_import_total", "Projects in the current full import", s.import_total),
-            ("pypioncouch_import_done", "Projects done in the current full import",
+            # (not *_total: that suffix is a counter's)
+            ("pypioncouch_import_projects", "Projects in the full import", s.import_total),
+            ("pypioncouch_import_done", "Projects done in the full import",
              s.import_done),
             ("pypioncouch_uptime_seconds", "Seconds since start", s.clock() - s.started),
             ("pypioncouch_couchdb_up", "1 when CouchDB answered the last check",
