@@ -220,10 +220,14 @@ async def replicate_command(reactor, args) -> int:
     if progress is not None:
         progress.update((await target.info())["doc_count"], total, force=True)
         progress.close()
-    history = (answer or {}).get("history") or [{}]
+    # (Apache CouchDB counts in the history; pouchdb-server may answer without one)
+    counts = {**(answer or {}), **((answer or {}).get("history") or [{}])[0]}
+    written, refused = counts.get("docs_written"), counts.get("doc_write_failures") or 0
     print(f"replicated {source.display_url} -> {target.display_url}: "
-          f"{history[0].get('docs_written', 'all')} documents written")
-    return 0
+          + (f"{written} documents written" if written is not None else "done")
+          + (f", {refused} refused by the target (its validate_doc_update or rights)"
+             if refused else ""))
+    return 3 if refused else 0
 
 
 async def opml_command(reactor, args) -> int:

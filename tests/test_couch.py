@@ -219,6 +219,30 @@ async def test_replicate_copies_all_documents(couch, db_name):
 
 
 @pytest_twisted.ensureDeferred
+async def test_replicate_says_when_the_target_refused_documents(couch, couch_server, db_name):
+    import sys
+
+    from twisted.internet import utils
+
+    source = couch.database(db_name)
+    await source.ensure()
+    await source.bulk_docs([{"_id": f"{kind}{i}"} for kind in ("ok", "bad") for i in range(3)])
+    target = couch.database(db_name + "-picky")
+    await target.ensure()
+    await target.put({"_id": "_design/picky", "validate_doc_update": (
+        "function (doc) { if (doc._id.indexOf('bad') === 0) "
+        "{ throw({forbidden: 'not here'}); } }")})
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--replicate", source.url_with_credentials, target.url_with_credentials, "--quiet"])
+    said = out.decode()
+    assert code == 3, (said, err.decode())
+    assert said.endswith(": 3 documents written, 3 refused by the target (its "
+                         "validate_doc_update or rights)\n"), said
+    assert ADMIN[1] not in said
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_password_is_a_typed_error_without_the_password(couch_server):
     wrong = CouchDB(f"http://{ADMIN[0]}:not-the-Pa55word@127.0.0.1:{couch_server.port}/")
     with pytest.raises(Unauthorized) as error:
