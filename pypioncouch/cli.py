@@ -167,7 +167,7 @@ async def sync_command(reactor, args) -> int:
     print(summary)
     if summary.held:  # removals held back: an operator has to look (the reason is above)
         return 4
-    return 0 if not (summary.pending or summary.stale) else 3
+    return 0 if not (summary.pending or summary.stale or summary.incomplete) else 3
 
 
 def _write_trace(path: str, trace: Trace, interrupted: bool = False) -> None:

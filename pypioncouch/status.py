@@ -64,6 +64,7 @@ class SyncStatus:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     removals_held: str | None = None  # why the last pass removed nothing (too many)
     stuck_since: float | None = None  # since when PyPI's changes have all failed to write
+    held_since: float | None = None  # since when every pass has kept the checkpoint still
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
@@ -107,6 +108,15 @@ class SyncStatus:
             self.stuck_since = None
         elif self.stuck_since is None:
             self.stuck_since = self.clock()
+
+    def note_checkpoint(self, held: bool) -> None:
+        """A pass ended that moved the checkpoint, or kept it still because the listing
+        could not be trusted (older than the checkpoint, or hiding projects PyPI has):
+        then PyPI's serial is not taken either, and the lag alone would stay 0."""
+        if not held:
+            self.held_since = None
+        elif self.held_since is None:
+            self.held_since = self.clock()
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """How long we have been behind PyPI (0 when caught up)."""

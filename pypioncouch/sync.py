@@ -114,6 +114,7 @@ class Summary:
     held_reason: str | None = None
     stale: str | None = None  # why the listing was ignored (older than the checkpoint)
     overflow: str | None = None  # why the checkpoint did not move (too many failures)
+    incomplete: str | None = None  # why it did not move: the listing hid projects PyPI has
     errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS
     more_errors: int = 0  # errors past those
     duration: float = 0.0
@@ -131,6 +132,8 @@ class Summary:
             text += f"; {self.stale}"
         if self.overflow:
             text += f"; {self.overflow}"
+        if self.incomplete:
+            text += f"; {self.incomplete}"
         return text
 
     def note_error(self, message: str) -> None:
@@ -497,6 +500,7 @@ class XmlRpcImporter:
                       "it is incomplete, so the checkpoint stays until a listing is whole")
             log.warn("{reason}", reason=reason)
             self.status.note_sync_error(reason, "listing")
+            summary.incomplete = reason
             return False
         return True
 

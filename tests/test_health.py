@@ -79,6 +79,28 @@ def test_passes_that_write_nothing_but_failures_are_unhealthy_past_the_lag_budge
     assert policy.reasons(True) == []
 
 
+def test_passes_that_never_trust_the_listing_are_unhealthy_past_the_lag_budget():
+    """Every pass finds the listing older than the checkpoint (a stale CDN node) or
+    hiding projects PyPI has: each ends without error, the checkpoint stays, and PyPI's
+    serial is not taken either: the lag stays 0."""
+    now = [1000.0]
+    status = SyncStatus(clock=lambda: now[0])
+    policy = HealthPolicy(status, syncing=True, max_lag_seconds=600.0)
+    status.phase = "idle"
+    status.note_serials(pypi_serial=50, our_serial=50)
+    status.note_sync_error("the listing from https://pypi.org/ is older than the checkpoint")
+    status.note_checkpoint(held=True)
+    now[0] += 600.0
+    status.note_checkpoint(held=True)
+    assert policy.reasons(True) == []
+    now[0] += 1.0
+    assert policy.reasons(True) == [
+        "the checkpoint has not moved for 601s: the listing from https://pypi.org/ is older "
+        "than the checkpoint"]
+    status.note_checkpoint(held=False)
+    assert policy.reasons(True) == []
+
+
 def replica_lag(monkeypatch, answers):
     """A ReplicaLag whose reads of the highest serial answer from ``answers`` (by
     "local" or "upstream": a serial, None for an empty database, or an error)."""

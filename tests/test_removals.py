@@ -229,7 +229,37 @@ async def test_a_listing_that_hides_live_projects_does_not_move_the_checkpoint(w
     summary = await run_pass(w.importer(changes="simple"))
     assert summary.deleted == 0 and await w.db.get_or_none("zzz-hidden-new") is None
     assert (await w.db.get_local(CHECKPOINT))["serial"] == before
+    assert "it is incomplete, so the checkpoint stays until a listing is whole" in \
+        summary.incomplete and summary.incomplete in str(summary)
     w.resource.listing.configure(keep=1.0)
     await run_pass(w.importer(changes="simple"))
     assert (await w.db.get("zzz-hidden-new"))["versions"] == ["1.0"]
     await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_notes_passes_that_keep_the_checkpoint_still(world):
+    """(what /health judges a sync by when no pass can trust the listing)"""
+    from pypioncouch.service import SyncService
+
+    from .helpers import sleep
+
+    async def until(condition):
+        for _ in range(200):
+            if condition():
+                return True
+            await sleep(0.05)
+        return False
+
+    w = world(projects=30, seed=41)
+    await run_pass(w.importer(), full=True)
+    w.resource.listing.configure(keep=0.5, start=0.0)
+    importer = w.importer(changes="simple")
+    service = SyncService(importer, interval=0.2)
+    service.startService()
+    try:
+        assert await until(lambda: importer.status.held_since is not None)
+        w.resource.listing.configure(keep=1.0)
+        assert await until(lambda: importer.status.held_since is None)
+    finally:
+        await service.stopService()

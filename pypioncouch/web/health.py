@@ -12,7 +12,8 @@ from pypioncouch.status import SyncStatus
 class HealthPolicy:
     """Unhealthy when CouchDB does not answer, or (syncing) after
     ``max_failed_passes`` failed passes in a row, while removals are held back, when
-    PyPI named changes that no pass could write for more than ``max_lag_seconds``, until
+    PyPI named changes that no pass could write, or no pass could trust PyPI's listing
+    to move the checkpoint, for more than ``max_lag_seconds``, until
     the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
     more than ``max_lag_seconds`` behind its upstream (or unable to read it)."""
 
@@ -42,6 +43,10 @@ class HealthPolicy:
         stuck = None if s.stuck_since is None else s.clock() - s.stuck_since
         if stuck is not None and stuck > self.max_lag_seconds:
             reasons.append(f"no project written for {stuck:.0f}s, {s.pending} failing: "
+                           f"{s.last_sync_error}")
+        held = None if s.held_since is None else s.clock() - s.held_since
+        if held is not None and held > self.max_lag_seconds:
+            reasons.append(f"the checkpoint has not moved for {held:.0f}s: "
                            f"{s.last_sync_error}")
         if s.phase == "full import":
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
