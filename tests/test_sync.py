@@ -331,3 +331,32 @@ async def test_the_full_import_figures_stop_with_the_full_import(world):
     summary = await run_pass(importer)
     assert summary.projects == 1
     assert (importer.status.import_done, importer.status.import_total) == (60, 60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_quarantined_releases_leave_the_mirror_and_come_back(world):
+    """PyPI hides a quarantined release from its JSON and Simple APIs (reference §2);
+    a project whose only release it is answers 404 and shows no files."""
+    await run_pass(world.importer(), full=True)
+    several = normalize(world.index.dataset.name(10))  # twenty releases
+    alone = normalize(world.index.dataset.name(12))  # one release
+    hidden = list(world.index.get(several).releases)[0]
+    only = list(world.index.get(alone).releases)[0]
+    world.index.quarantine_release(several, hidden)
+    world.index.quarantine_release(alone, only)
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+    project, releases = await stored_project(world.read_db, several)
+    assert hidden not in project["versions"] + [r["version"] for r in releases]
+    project, releases = await stored_project(world.read_db, alone)
+    assert (project["versions"], releases) == ([], [])
+    world.index.clear_release_quarantine(several, hidden)
+    world.index.clear_release_quarantine(alone, only)
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+    assert hidden in (await stored_project(world.read_db, several))[0]["versions"]
+    assert (await stored_project(world.read_db, alone))[0]["versions"] == [only]

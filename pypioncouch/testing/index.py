@@ -229,6 +229,17 @@ class PackageIndex:
         project.status = "active"
         return self._write_journal(project, None, "project quarantine cleared")
 
+    def quarantine_release(self, name: str, version: str) -> int:
+        """One release hidden from the JSON and Simple APIs (reference §2, [2026-05])."""
+        project = self._editable(name)
+        self._release(project, version).quarantined = True
+        return self._write_journal(project, version, "release quarantined")
+
+    def clear_release_quarantine(self, name: str, version: str) -> int:
+        project = self._editable(name)
+        self._release(project, version).quarantined = False
+        return self._write_journal(project, version, "release quarantine cleared")
+
     def archive(self, name: str) -> None:
         """Archive (PEP 792): like PyPI, this writes no journal row."""
         self._editable(name).status = "archived"

@@ -49,7 +49,8 @@ FAULT_KINDS = ("500", "502", "503", "429", "timeout", "reset", "xmlrpc-fault",
 XMLRPC_PATHS = ("/pypi", "/pypi/", "/RPC2")
 MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
              "remove_release", "remove_project", "quarantine", "clear_quarantine",
-             "archive", "add_role", "remove_role")
+             "quarantine_release", "clear_release_quarantine", "archive", "add_role",
+             "remove_role")
 _DISABLED = {
     "list_packages": "RuntimeError: PyPI no longer supports the XMLRPC list_packages method. "
                      "Use Simple API instead. See https://warehouse.pypa.io/api-reference/"
