@@ -382,7 +382,7 @@ class XmlRpcImporter:
             failures = Pending(self.max_pending)
             if self.status.changes_source == "xmlrpc":
                 try:
-                    rows, new_serial, more = await self._changelog_page(serial)
+                    rows, new_serial, more = await self._changelog_page(serial, summary)
                 except MethodGone as gone:
                     self._fall_back_to_simple(gone)
                     continue
@@ -411,8 +411,13 @@ class XmlRpcImporter:
             await self.pypi.sleep(1.0)  # PyPI asks for about 1 s between XML-RPC calls
         return self._finish(summary, serial, pending, started)
 
-    async def _changelog_page(self, serial: int) -> tuple[list, int, bool]:
+    async def _changelog_page(self, serial: int, summary: Summary
+                              ) -> tuple[list, int, bool]:
         last = await self.pypi.changelog_last_serial()
+        # PyPI's serials only grow: a checkpoint ahead of them is another index's, or
+        # was written by someone else (nothing would ever be read after it).
+        if self._is_stale(last, {"serial": serial}, summary):
+            return [], serial, False
         self.status.note_serials(pypi_serial=last)
         if last <= serial:
             return [], serial, False
@@ -489,6 +494,8 @@ class XmlRpcImporter:
             return True
         log.info("{count} stored projects are not in PyPI's listing: asking about "
                  "each by name", count=len(strays))
+        if self.status.phase == "full import":  # (asked about as part of it)
+            self.status.import_total += len(strays)
         already = len(removals)
         failed = await self.sync(strays, summary, removals)
         failures.update(failed)

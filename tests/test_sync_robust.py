@@ -202,6 +202,23 @@ async def test_following_the_simple_index_a_stale_copy_stays_pending_until_fresh
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_checkpoint_ahead_of_pypi_is_said_not_followed_in_silence(world):
+    """PyPI's serials only grow: a checkpoint past PyPI's last serial is another
+    index's, or someone else's write (a _local document takes anyone's writes on a
+    database without members); nothing would ever be read after it."""
+    w = world(projects=10, seed=3)
+    await run_pass(w.importer(), full=True)
+    ahead = w.index.last_serial + 1000
+    doc = await w.db.get_local(CHECKPOINT)
+    await w.db.put_local(CHECKPOINT, {**doc, "serial": ahead})
+    w.index.publish(normalize(w.index.dataset.name(2)), "9.0")
+    summary = await run_pass(w.importer())
+    assert summary.stale == (
+        f"the listing from {w.url}/ is older than our checkpoint (serial "
+        f"{w.index.last_serial} < {ahead}): nothing written or removed from it"), summary
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stale_simple_page_without_files_is_not_taken_for_an_empty_project(world):
     """A project's first release, behind a CDN that still serves the JSON API's 404 and
     the Simple page of before (no files, an older serial): a stale answer to ask again,
