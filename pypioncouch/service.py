@@ -209,7 +209,7 @@ class SyncService(CoroutineService):
                     log.info("{summary}", summary=str(summary))
                 self.status.note_pass(bool(summary.projects or summary.deleted),
                                       summary.pending, summary.changed)
-                self.status.note_checkpoint(held=bool(summary.stale or summary.incomplete))
+                self.status.note_checkpoint(summary.stale or summary.incomplete)
                 self.status.consecutive_failures = 0
                 self.status.last_pass_ok = True
                 wait = max(0.0, self.interval - (self.reactor.seconds() - started))

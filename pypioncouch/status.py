@@ -65,6 +65,7 @@ class SyncStatus:
     removals_held: str | None = None  # why the last pass removed nothing (too many)
     stuck_since: float | None = None  # since when PyPI's changes have all failed to write
     held_since: float | None = None  # since when every pass has kept the checkpoint still
+    held_reason: str | None = None  # why the last of them did
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
@@ -109,11 +110,13 @@ class SyncStatus:
         elif self.stuck_since is None:
             self.stuck_since = self.clock()
 
-    def note_checkpoint(self, held: bool) -> None:
-        """A pass ended that moved the checkpoint, or kept it still because the listing
-        could not be trusted (older than the checkpoint, or hiding projects PyPI has):
-        then PyPI's serial is not taken either, and the lag alone would stay 0."""
-        if not held:
+    def note_checkpoint(self, held_reason: str | None) -> None:
+        """A pass ended that moved the checkpoint, or kept it still (``held_reason``)
+        because the listing could not be trusted (older than the checkpoint, or hiding
+        projects PyPI has): then PyPI's serial is not taken either, and the lag alone
+        would stay 0."""
+        self.held_reason = held_reason
+        if held_reason is None:
             self.held_since = None
         elif self.held_since is None:
             self.held_since = self.clock()

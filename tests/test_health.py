@@ -88,20 +88,21 @@ def test_passes_that_never_trust_the_listing_are_unhealthy_past_the_lag_budget()
     policy = HealthPolicy(status, syncing=True, max_lag_seconds=600.0)
     status.phase = "idle"
     status.note_serials(pypi_serial=50, our_serial=50)
-    status.note_sync_error("the listing from https://pypi.org/ is older than the checkpoint")
-    status.note_checkpoint(held=True)
+    why = "the listing from https://pypi.org/ is older than the checkpoint"
+    status.note_checkpoint(why)
     now[0] += 600.0
-    status.note_checkpoint(held=True)
+    status.note_checkpoint(why)
+    status.note_sync_error("numpy: HTTP 503 Service Unavailable", "pypi")  # (not it)
     assert policy.reasons(True) == []
     now[0] += 1.0
     assert policy.reasons(True) == [
         "the checkpoint has not moved for 601s: the listing from https://pypi.org/ is older "
         "than the checkpoint"]
-    status.note_checkpoint(held=False)
+    status.note_checkpoint(None)
     assert policy.reasons(True) == []
 
 
-def replica_lag(monkeypatch, answers):
+def replica_lag(monkeypatch, answers, upstream=True):
     """A ReplicaLag whose reads of the highest serial answer from ``answers`` (by
     "local" or "upstream": a serial, None for an empty database, or an error)."""
     from twisted.internet import task
@@ -120,7 +121,8 @@ def replica_lag(monkeypatch, answers):
 
     monkeypatch.setattr(replica.couchapp, "max_serial", max_serial)
     clock = task.Clock()
-    return replica.ReplicaLag(Db("local"), Db("upstream"), clock, every=0), clock
+    return replica.ReplicaLag(Db("local"), Db("upstream") if upstream else None, clock,
+                              every=0), clock
 
 
 def checked(lag):
@@ -150,3 +152,19 @@ def test_an_empty_replica_is_behind_by_all_of_the_upstream(monkeypatch):
     checked(lag)
     clock.advance(11)
     assert policy.reasons(True, checked(lag)) == ["5000 serials (11s) behind the upstream upstream"]
+
+
+def test_a_replica_without_upstream_that_cannot_read_its_own_serial_says_so(monkeypatch):
+    from pypioncouch.couch import Timeout
+
+    answers = {"local": Timeout("CouchDB did not answer within 30s")}
+    lag, clock = replica_lag(monkeypatch, answers, upstream=False)
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    checked(lag)
+    clock.advance(11)
+    assert policy.reasons(True, checked(lag)) == [
+        "its own highest serial unread for 11s: CouchDB did not answer within 30s"]
+    answers["local"] = 42
+    assert policy.reasons(True, checked(lag)) == []
+    clock.advance(60)
+    assert policy.reasons(True, checked(lag)) == []  # (nothing to be behind of)

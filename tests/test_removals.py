@@ -32,9 +32,12 @@ async def test_listings_cut_short_remove_only_what_pypi_says_is_gone(world):
     removed = normalize(w.index.dataset.name(40))
     w.index.remove_project(removed)  # one real removal among the missing ones
     w.resource.listing.configure(keep=0.1, start=0.5)
-    summary = await run_pass(w.importer(), full=True)
+    importer = w.importer()
+    summary = await run_pass(importer, full=True)
     assert summary.deleted == 1 and summary.pending == 0, summary
     assert len(await project_ids(w.db)) == 59
+    # (the ones asked about by name count in the import's progress: 6 listed, 54 not)
+    assert (importer.status.import_done, importer.status.import_total) == (60, 60)
     # A different tenth; meanwhile a project missing from it changed: asking by name
     # brings that change in too.
     w.resource.listing.configure(keep=0.1, start=0.0)

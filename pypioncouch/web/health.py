@@ -47,7 +47,7 @@ class HealthPolicy:
         held = None if s.held_since is None else s.clock() - s.held_since
         if held is not None and held > self.max_lag_seconds:
             reasons.append(f"the checkpoint has not moved for {held:.0f}s: "
-                           f"{s.last_sync_error}")
+                           f"{s.held_reason}")
         if s.phase == "full import":
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
         elif s.our_serial is None:

@@ -59,8 +59,10 @@ class ReplicaLag:
             if state.lag == 0:
                 self._caught_up_at = now
             state.lag_seconds = round(now - self._caught_up_at, 1)
-        elif self.upstream is not None and (state.upstream_serial is not None
-                                            or state.upstream_error or state.local_error):
+        elif self.upstream is None and not state.local_error:
+            self._caught_up_at = now  # nothing to compare with: current as far as known
+        elif (state.upstream_serial is not None or state.upstream_error
+              or state.local_error):
             # Behind or unknown: the time since this replica was last known to be current.
             state.lag_seconds = round(now - self._caught_up_at, 1)
             if state.serial is None and not state.local_error and not state.upstream_error:
