@@ -220,6 +220,9 @@ async def replicate_command(reactor, args) -> int:
     if progress is not None:
         progress.update((await target.info())["doc_count"], total, force=True)
         progress.close()
+    if (answer or {}).get("no_changes"):  # (its history is an earlier run's)
+        print(f"replicated {source.display_url} -> {target.display_url}: nothing new")
+        return 0
     # (Apache CouchDB counts in the history; pouchdb-server may answer without one)
     counts = {**(answer or {}), **((answer or {}).get("history") or [{}])[0]}
     written, refused = counts.get("docs_written"), counts.get("doc_write_failures") or 0
