@@ -304,6 +304,11 @@ class FileStore:
         size = info.st_size
         try:  # recency for the budget, kept across restarts; the mtime stays
             os.utime(path, ns=(time.time_ns(), info.st_mtime_ns))
+        except PermissionError:  # (explicit times need its owner): then the mtime moves
+            try:
+                os.utime(path)
+            except OSError:
+                pass
         except OSError:  # a read-only folder: served all the same
             pass
         if key not in self._lru:  # stored by another process (--fetch-files)

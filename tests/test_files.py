@@ -499,6 +499,24 @@ def test_a_hit_is_remembered_across_a_restart_and_leaves_last_modified_alone(tmp
     assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]
 
 
+def test_a_hit_on_a_file_of_another_owner_is_still_remembered(tmp_path, monkeypatch):
+    from pypioncouch import files
+
+    store = FileStore(tmp_path)
+    put(store, "a/a-1.whl", 10)
+    os.utime(tmp_path / "a" / "a-1.whl", ns=(1_000_000_000, 1_000_000_000))
+    real = os.utime
+
+    def utime(path, times=None, *, ns=None):
+        if ns is not None:  # explicit times: only the owner may set them
+            raise PermissionError(1, "Operation not permitted")
+        return real(path, times)
+
+    monkeypatch.setattr(files.os, "utime", utime)
+    assert store.lookup("a/a-1.whl") is not None
+    assert os.stat(tmp_path / "a" / "a-1.whl").st_atime_ns > 1_000_000_000
+
+
 def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_path):
     store = FileStore(tmp_path, max_bytes=350)
     for name in "abc":
