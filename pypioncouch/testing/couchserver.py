@@ -50,6 +50,10 @@ def pouchdb_server_bin() -> str:
         "(or set POUCHDB_SERVER to its path)")
 
 
+class PortTaken(RuntimeError):
+    """The port asked for is already listened on (another CouchDB?)."""
+
+
 class CouchServer:
     """A pouchdb-server process with its own data folder.
 
@@ -92,8 +96,8 @@ class CouchServer:
         # the developer runs on 5984) for the server started here.
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                raise RuntimeError(f"port {self.port} on 127.0.0.1 is taken (another "
-                                   "CouchDB?): pouchdb-server cannot listen there")
+                raise PortTaken(f"port {self.port} on 127.0.0.1 is taken (another "
+                                "CouchDB?): pouchdb-server cannot listen there")
         self.datadir.mkdir(parents=True, exist_ok=True)
         config = self.datadir / "config.json"
         if not config.exists():

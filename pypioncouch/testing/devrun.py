@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pypioncouch.testing.couchserver import CouchServer
+from pypioncouch.testing.couchserver import CouchServer, PortTaken
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.urls import redact
 
@@ -40,13 +40,16 @@ def main(argv=None) -> int:
             try:
                 couch = CouchServer(data, port=args.couch_port,
                                     log_file=Path(args.var) / "pouchdb-server.log").start()
-            except RuntimeError as error:
+            except PortTaken as error:
                 print(f"{error}; set COUCH_PORT to another port, or COUCH to that "
                       "server's URL to use it", file=sys.stderr)
                 return 1
             couch_url = couch.url
+        # The CouchDB URL (a password in it) goes in the environment: a command line
+        # is visible to `ps`.
         daemon = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
-                  "pypioncouch", "--couch", couch_url, "--listen", args.listen]
+                  "pypioncouch", "--listen", args.listen]
+        environment = {**os.environ, "PYPIONCOUCH_COUCH": couch_url}
         if args.mode == "demo":
             simulator = SimulatorProcess("--projects", str(args.projects), "--seed", "1",
                                          "--churn", "3").start()
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
         print(f"Simple:    http://127.0.0.1:{port}/simple/  "
               f"(pip install --index-url http://127.0.0.1:{port}/simple/ NAME)")
         print("Ctrl-C stops everything.", flush=True)
-        process = subprocess.Popen(daemon)
+        process = subprocess.Popen(daemon, env=environment)
         try:
             return process.wait()
         except KeyboardInterrupt:
