@@ -259,10 +259,16 @@ async def test_the_daemon_notes_passes_that_keep_the_checkpoint_still(world):
     w.resource.listing.configure(keep=0.5, start=0.0)
     importer = w.importer(changes="simple")
     service = SyncService(importer, interval=0.2)
+    _, port, url = serve(w.db, status=importer.status)
     service.startService()
     try:
         assert await until(lambda: importer.status.held_since is not None)
+        status = await (await treq.get(f"{url}/status",
+                                       headers={"Accept": "application/json"})).json()
+        assert "it is incomplete, so the checkpoint stays" in status["checkpoint_held"]
+        assert "Checkpoint held" in await (await treq.get(f"{url}/status")).text()
         w.resource.listing.configure(keep=1.0)
         assert await until(lambda: importer.status.held_since is None)
     finally:
         await service.stopService()
+        await port.stopListening()

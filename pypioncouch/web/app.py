@@ -275,7 +275,7 @@ class WebFront:
             "write_rate": round(s.documents_written / uptime, 1) if uptime > 0 else 0.0,
             "pending": s.pending, "last_error": s.last_error,
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
-            "removals_held": s.removals_held,
+            "removals_held": s.removals_held, "checkpoint_held": s.held_reason,
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "backfill": dataclasses.asdict(s.backfill),
             "files": self.file_pages.summary() if self.file_pages else None,
