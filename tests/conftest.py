@@ -9,7 +9,7 @@ update, OPML, web, browse, design document, replication) also run on ``[cluster]
 
 ``PYPIONCOUCH_TEST_COUCH=http://admin:pw@host:5984/`` runs them against that server
 instead of the Apache ones (id ``[external]``). Without ../shared the Apache runs fail
-saying what is missing (``-k 'not apache and not cluster'`` leaves them out); so does a
+saying what is missing (``-k 'not apache] and not cluster]'`` leaves them out); so does a
 test needing a Debian command that is not installed (``make test`` installs them as
 root).
 """
