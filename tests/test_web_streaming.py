@@ -178,6 +178,10 @@ async def test_a_client_that_leaves_while_a_page_is_read_is_no_couchdb_error(
             if received:
                 break
         assert received.startswith(b"HTTP/1.1 200 OK")
+        for _ in range(200):  # until the second page is asked for (held by the proxy)
+            if len(proxy.requests) == 3:
+                break
+            await sleep(0.02)
         client.close()  # while the second page is being read from CouchDB
         await sleep(2.5)
         # That read is given up, not retried, and no page is read after it.
