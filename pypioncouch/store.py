@@ -92,11 +92,9 @@ class Store:
 
     async def project_documents(self, keys: list[str]) -> dict[str, dict]:
         """``{key: project document}`` of the stored ones among ``keys``."""
-        if not keys:
-            return {}
-        answer = await self.db.all_docs(keys=keys, include_docs=True)
-        return {row["key"]: row["doc"] for row in answer["rows"]
-                if row.get("doc") and row["doc"].get("type") == model.PROJECT}
+        found = await self.db.bulk_get(keys)
+        return {key: found[key] for key in keys
+                if key in found and found[key].get("type") == model.PROJECT}
 
     async def project(self, key: str) -> tuple[dict | None, list[dict]]:
         """``(project document, its release documents in id order)``, or
@@ -142,11 +140,8 @@ class Store:
         projects = list((await self.project_documents(keys)).values())
         ids = [release_id(p["_id"], v) for p in projects for v in p.get("versions") or []]
         releases: dict[str, list[dict]] = {}
-        if ids:
-            rows = (await self.db.all_docs(keys=ids, include_docs=True))["rows"]
-            for row in rows:
-                if row.get("doc"):
-                    releases.setdefault(row["doc"]["project"], []).append(row["doc"])
+        for doc in (await self.db.bulk_get(ids)).values():
+            releases.setdefault(doc["project"], []).append(doc)
         return [(p, releases.get(p["_id"], [])) for p in projects]
 
     async def release_ids(self, key: str) -> list[str]:

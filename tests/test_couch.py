@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor, task
 
 from pypioncouch.couch import (
     BadResponse, Conflict, CouchDB, NotFound, Timeout, Unauthorized, Unreachable,
-    encode_params)
+    encode_params, winning_revision)
 from pypioncouch.testing.couchserver import free_port
 
 from .conftest import ADMIN
@@ -103,6 +103,40 @@ async def test_all_docs_with_keys_and_ranges(couch, db_name):
     assert answer["rows"][1]["error"] == "not_found"
     ranged = await db.all_docs(startkey="foo:", endkey="foo:\ufff0")
     assert [row["id"] for row in ranged["rows"]] == ["foo:1.0", "foo:2.0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_get_answers_what_a_get_answers(couch, db_name):
+    """Live documents as a GET gives them, conflicted ones too (Apache CouchDB's
+    _bulk_get answers every leaf); deleted and missing ones left out."""
+    db = couch.database(db_name)
+    await db.ensure()
+    gone = await db.put({"_id": "gone"})
+    await db.delete("gone", gone)
+    await db.put({"_id": "live", "summary": "kept"})
+    await db._request("POST", "_bulk_docs", body={"new_edits": False, "docs": [
+        {"_id": "split", "_rev": "1-aaa", "side": "a"},
+        {"_id": "split", "_rev": "1-bbb", "side": "b"},
+        {"_id": "undead", "_rev": "1-aaa", "side": "live"},
+        {"_id": "undead", "_rev": "2-zzz", "_deleted": True,
+         "_revisions": {"start": 2, "ids": ["zzz", "yyy"]}}]})
+    found = await db.bulk_get(["live", "gone", "missing", "split", "undead", "live"])
+    assert sorted(found) == ["live", "split", "undead"]
+    assert found["live"]["summary"] == "kept"
+    for docid in ("split", "undead"):
+        assert found[docid]["_rev"] == (await db.get(docid))["_rev"]
+    assert found["split"]["side"] == "b" and found["undead"]["side"] == "live"
+    assert await db.bulk_get([]) == {}
+
+
+def test_winning_revision_is_couchdbs_choice():
+    assert winning_revision([{"_rev": "1-bbb"}, {"_rev": "1-aaa"}]) == {"_rev": "1-bbb"}
+    assert winning_revision([{"_rev": "2-aaa"}, {"_rev": "10-aaa"}]) == {"_rev": "10-aaa"}
+    assert winning_revision([{"_rev": "1-aaa"}, {"_rev": "3-zzz", "_deleted": True}]) \
+        == {"_rev": "1-aaa"}
+    assert winning_revision([{"_rev": "2-b", "_deleted": True}, {"_rev": "3-a", "_deleted": True}]) \
+        == {"_rev": "3-a", "_deleted": True}
+    assert winning_revision([]) is None
 
 
 @pytest_twisted.ensureDeferred
