@@ -44,4 +44,7 @@ def dumps_sorted(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return text.encode("utf-8")
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot carry it, \u can
+            return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")

@@ -254,9 +254,19 @@ def with_own_info(release: dict, info: dict, vulnerabilities: list | None = None
 def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, list[dict]]:
     """A JSON API answer (``/pypi/<p>/json``) -> ``(project document, release documents)``.
 
-    Raises :class:`BadPayload` when the answer is not shaped like the JSON API's.
+    Raises :class:`BadPayload` when the answer is not shaped like the JSON API's,
+    down to a field of the wrong type (``"keywords": 42``): one malformed answer costs
+    its project, not the pass.
     """
     _check_payload(payload)
+    try:
+        return _shape(payload, status)
+    except (TypeError, ValueError, AttributeError, KeyError, UnicodeError) as error:
+        raise BadPayload(f"a field of the JSON API answer has an unexpected type or value "
+                         f"({type(error).__name__}: {str(error)[:120]})") from None
+
+
+def _shape(payload: dict, status: str) -> tuple[dict, list[dict]]:
     info = payload["info"]
     name = info["name"]
     normalized = normalize(name)

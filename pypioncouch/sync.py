@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from pypioncouch import couchapp, model, store, upgrade
 from pypioncouch.checkpoint import Checkpoint
-from pypioncouch.couch import Database
+from pypioncouch.couch import CouchError, Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
     Listing, MethodGone, ProjectAnswer, PyPI, PyPIError, StaleAnswer)
@@ -789,6 +789,13 @@ class XmlRpcImporter:
             except model.BadPayload as error:
                 self._failed(work, f"malformed answer from PyPI: {error}", failures, summary,
                              "payload")
+                continue
+            except (defer.CancelledError, CouchError):
+                raise  # CouchDB's trouble is the pass's, not this project's
+            except Exception as error:  # a bug must cost one project, not the pass
+                log.failure("{name}: unexpected error", name=work.key)
+                self._failed(work, f"unexpected {type(error).__name__}: {error}",
+                             failures, summary, "bug")
                 continue
             if planned is None:
                 self._superseded(work, summary)

@@ -189,6 +189,26 @@ def test_a_malformed_answer_is_refused_with_one_line(case, payload, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("field, value", [
+    ("keywords", 42), ("classifiers", 7), ("description", 5), ("requires_dist", 3)])
+def test_a_field_of_the_wrong_type_is_a_malformed_answer(field, value):
+    payload = {"info": {"name": "x", "version": "1", field: value}, "releases": {"1": []},
+               "urls": [], "last_serial": 7}
+    with pytest.raises(model.BadPayload) as error:
+        model.project_documents(payload)
+    assert str(error.value).startswith(
+        "a field of the JSON API answer has an unexpected type or value (TypeError: ")
+    assert "\n" not in str(error.value)
+
+
+def test_a_lone_surrogate_in_metadata_is_kept_and_digested():
+    payload = {"info": {"name": "x", "version": "1", "summary": "half \ud800 a pair"},
+               "releases": {"1": []}, "urls": [], "last_serial": 7}
+    project, releases = model.project_documents(payload)
+    assert project["summary"] == "half \ud800 a pair"
+    assert project["release_digests"]["1"]
+
+
 KEYWORDS = [
     (None, []),
     ("", []),

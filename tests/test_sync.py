@@ -204,6 +204,37 @@ async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_malformed_field_or_a_bug_in_shaping_costs_one_project(world):
+    """An answer whose field has the wrong type, or a bug met while planning the
+    writes: that project waits in the checkpoint, the others are written."""
+    importer = world.importer()
+    real_project, real_plan = importer.pypi.project, importer._plan
+    malformed, buggy = (normalize(world.index.dataset.name(n)) for n in (9, 12))
+
+    async def project(name, min_serial=None):
+        answer = await real_project(name, min_serial)
+        if normalize(name) == malformed:
+            answer.payload["info"]["keywords"] = 42
+        return answer
+
+    async def plan(work, old, answer):
+        if work.key == buggy:
+            raise KeyError("a bug")
+        return await real_plan(work, old, answer)
+
+    importer.pypi.project, importer._plan = project, plan
+    summary = await run_pass(importer, full=True)
+    assert summary.pending == 2 and summary.projects == 58
+    errors = "\n".join(summary.errors)
+    assert f"{malformed}: malformed answer from PyPI: a field of the JSON API answer" in errors
+    assert f"{buggy}: unexpected KeyError" in errors
+    assert {malformed, buggy} <= set((await world.db.get_local(CHECKPOINT))["pending"])
+    await run_pass(world.importer())  # the next pass retries them
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_restarted_daemon_knows_its_serial_from_the_checkpoint(couch, db_name):
     """/health and the backfill need not wait for a first pass after a restart."""
     from pypioncouch.checkpoint import Checkpoint
