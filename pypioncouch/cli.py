@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(CouchDB then checks every document's shape; slower writes; "
                              "for databases that take writes from elsewhere)")
     parser.add_argument("--timeout", type=_seconds, default=30.0,
-                        help="seconds to wait for one answer (default 30)")
+                        help="seconds PyPI may send nothing before the request is "
+                             "given up and retried (default 30; a long answer that keeps "
+                             "coming is waited for)")
     parser.add_argument("--continuous", action="store_true",
                         help="with --replicate: keep replicating until interrupted")
     parser.add_argument("--trace", metavar="FILE",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 from io import BytesIO
+from typing import Callable
 
 from twisted.internet import defer, protocol
 from twisted.internet import error as ierror
@@ -104,21 +105,30 @@ class LeanClient:
         return self._pool.closeCachedConnections()
 
     async def request(self, method: str, url: str, headers: dict[str, str],
-                      data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+                      data: bytes | None = None, *, on_data: Callable[[], None] | None = None
+                      ) -> tuple[int, dict[str, str], bytes]:
+        """The answer, whole; ``on_data()`` is called as its body's bytes arrive."""
         body = None if data is None else client.FileBodyProducer(BytesIO(data))
         response = await self._agent.request(
             method.encode("ascii"), _ascii(url),
             Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}),
             body)
         chunks: list[bytes] = []
-        await read_body(response, chunks.append)
+
+        def take(chunk: bytes) -> None:
+            chunks.append(chunk)
+            if on_data is not None:
+                on_data()
+
+        await read_body(response, take)
         content = b"".join(chunks)
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
         return response.code, found, content
 
-    async def get(self, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        return await self.request("GET", url, headers)
+    async def get(self, url: str, headers: dict[str, str], *,
+                  on_data: Callable[[], None] | None = None) -> tuple[int, dict[str, str], bytes]:
+        return await self.request("GET", url, headers, on_data=on_data)
 
     async def stream(self, method: str, url: str, headers: dict[str, str], data: bytes,
                      sink) -> tuple[int, dict[str, str], bytes]:

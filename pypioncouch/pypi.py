@@ -201,7 +201,7 @@ class PyPI:
         self._http = http if http is not None else LeanClient(
             reactor, max(2, concurrency), gzip=True, follow_redirects=True)
         self._limit = defer.DeferredSemaphore(max(1, concurrency))
-        self._rpc_http = rpc_http if rpc_http is not None else LeanClient(reactor, 1)
+        self._rpc_http = rpc_http if rpc_http is not None else LeanClient(reactor, 1, gzip=True)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -254,8 +254,9 @@ class PyPI:
         request = xmlrpc_client.dumps(args, method, allow_none=True).encode("utf-8")
         self.requests += 1
         status, headers, body = await self._within_timeout(
-            lambda: self._rpc_http.request("POST", self.xmlrpc_url,
-                                           {**RPC_HEADERS, **self._auth}, request),
+            lambda alive: self._rpc_http.request("POST", self.xmlrpc_url,
+                                                 {**RPC_HEADERS, **self._auth}, request,
+                                                 on_data=alive),
             where)
         if status != 200:
             raise _status_error(status, headers, where)
@@ -266,25 +267,32 @@ class PyPI:
         except Exception as error:  # not XML, or no value in it
             raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
-    async def _within_timeout(self, send: Callable[[], Awaitable[tuple]], where: str
-                              ) -> tuple[int, dict[str, str], bytes]:
-        """``send()``'s answer, given up after the timeout (:class:`Transient`, as is
-        no answer at all); a caller's cancel stays a cancel, not to be retried."""
-        d = defer.ensureDeferred(send())
+    async def _within_timeout(self, send: Callable[[Callable[[], None]], Awaitable[tuple]],
+                              where: str) -> tuple[int, dict[str, str], bytes]:
+        """``send(alive)``'s answer, given up once the timeout passes with nothing
+        received (:class:`Transient`, as is no answer at all). ``send`` calls
+        ``alive()`` as the body arrives: the timeout is for an answer that stops, not
+        for one that takes long to stream (PyPI's listing is 57 MB of XML, its Simple
+        index 30 MB of JSON). A caller's cancel stays a cancel, not to be retried."""
         timed_out = []
 
         def on_timeout():
             timed_out.append(True)
             d.cancel()
 
+        def alive():
+            if timer.active():
+                timer.reset(self.timeout)
+
         timer = self._reactor.callLater(self.timeout, on_timeout)
+        d = defer.ensureDeferred(send(alive))
         try:
             return await d
         except PyPIError:
             raise  # (the listing's parser: a bad answer)
         except Exception as error:
             if timed_out:
-                raise Transient(f"no answer within {self.timeout:g}s", where) from None
+                raise Transient(f"nothing received for {self.timeout:g}s", where) from None
             if is_cancellation(error):
                 # The caller gave up (a web client left): not PyPI's doing, and
                 # not to be retried.
@@ -307,15 +315,17 @@ class PyPI:
         request = xmlrpc_client.dumps((), "list_packages_with_serial").encode("utf-8")
         self.requests += 1
 
-        def parse(chunk: bytes) -> None:
+        def parse(chunk: bytes, alive: Callable[[], None]) -> None:
+            alive()
             try:
                 parser.feed(chunk)
             except Exception as error:  # not XML, or not a listing (a Fault shows at close)
                 raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
         status, headers, _ = await self._within_timeout(
-            lambda: self._rpc_http.stream("POST", self.xmlrpc_url,
-                                          {**RPC_HEADERS, **self._auth}, request, parse),
+            lambda alive: self._rpc_http.stream(
+                "POST", self.xmlrpc_url, {**RPC_HEADERS, **self._auth}, request,
+                lambda chunk: parse(chunk, alive)),
             where)
         if status != 200:
             raise _status_error(status, headers, where)
@@ -358,14 +368,14 @@ class PyPI:
         async with self._limit:
             self.requests += 1
             status, headers, body = await self._within_timeout(
-                lambda: self._fetch(url, accept), shown)
+                lambda alive: self._fetch(url, accept, alive), shown)
         if status == 429 or status >= 500:
             raise _status_error(status, headers, shown)
         return status, headers, body
 
-    async def _fetch(self, url: str, accept: str):
+    async def _fetch(self, url: str, accept: str, alive: Callable[[], None]):
         return await self._http.get(url, {"Accept": accept, "User-Agent": USER_AGENT,
-                                          **self._auth})
+                                          **self._auth}, on_data=alive)
 
     @staticmethod
     def _parse_json(body: bytes, where: str) -> Any:

@@ -54,7 +54,7 @@ class Options(usage.Options):
         ["concurrency", None, 10, "parallel requests to PyPI", int],
         ["changes", None, "xmlrpc", "change feed: xmlrpc (changelog) or simple (index serials)"],
         ["source", None, "json", "project metadata from: json (JSON API) or xmlrpc"],
-        ["timeout", None, 30.0, "seconds to wait for one answer from PyPI", float],
+        ["timeout", None, 30.0, "seconds PyPI may send nothing before a request is retried", float],
         ["max-lag", None, 600.0, "seconds behind PyPI (or --upstream) before /health "
          "answers 503", float],
         ["max-removals", None, None, "remove at most this many projects in one pass "

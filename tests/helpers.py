@@ -191,7 +191,7 @@ class ScriptedHTTP:
         self.cancelled += 1
         d.errback(Failure(ResponseNeverReceived([Failure(defer.CancelledError())])))
 
-    def request(self, method, url, headers, data=None):
+    def request(self, method, url, headers, data=None, on_data=None):
         self.requests.append((method, url, dict(headers), data))
         if self.clock is not None:
             self.times.append(self.clock.seconds())
@@ -203,7 +203,7 @@ class ScriptedHTTP:
             return defer.fail(answer)
         return defer.succeed(answer)
 
-    def get(self, url, headers):
+    def get(self, url, headers, on_data=None):
         return self.request("GET", url, headers)
 
     def stream(self, method, url, headers, data, sink):

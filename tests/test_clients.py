@@ -175,7 +175,7 @@ def test_no_answer_on_any_try_is_one_clear_error():
     clock.pump([5.0, 1.0, 5.0])
     error = outcome(results)
     assert isinstance(error, Transient)
-    assert str(error) == f"no answer within 5s ({JSON_URL})"
+    assert str(error) == f"nothing received for 5s ({JSON_URL})"
     assert http.cancelled == 2 and clock.getDelayedCalls() == []
 
 
@@ -265,7 +265,7 @@ def test_an_unanswered_xmlrpc_call_times_out_and_is_retried():
     assert len(rpc.requests) == 2
     clock.advance(5.0)
     error = outcome(results)
-    assert str(error) == "no answer within 5s (http://pypi.test/pypi changelog_last_serial)"
+    assert str(error) == "nothing received for 5s (http://pypi.test/pypi changelog_last_serial)"
 
 
 def test_an_xmlrpc_503_waits_as_long_as_retry_after_says_then_a_fault_is_named():

@@ -46,6 +46,9 @@ log = Logger()
 
 FAULT_KINDS = ("500", "502", "503", "429", "timeout", "reset", "xmlrpc-fault",
                "truncated", "stalled", "malformed")
+# Not a failure, so not among the kinds drawn by default: the whole answer, sent in
+# ten pieces over the plan's ``slow_seconds`` (a slow link, or PyPI's 57 MB listing).
+SLOW = "slow"
 XMLRPC_PATHS = ("/pypi", "/pypi/", "/RPC2")
 MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
              "remove_release", "remove_project", "quarantine", "clear_quarantine",
@@ -91,13 +94,15 @@ class FaultPlan:
     with a kind drawn from ``kinds``; ``seed`` makes the sequence repeatable."""
 
     def __init__(self, rate: float = 0.0, kinds=FAULT_KINDS, seed: int = 0,
-                 timeout_seconds: float = 20.0):
-        unknown = set(kinds) - set(FAULT_KINDS)
+                 timeout_seconds: float = 20.0, slow_seconds: float = 2.0):
+        unknown = set(kinds) - set(FAULT_KINDS) - {SLOW}
         if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; know {FAULT_KINDS}")
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; "
+                             f"know {FAULT_KINDS + (SLOW,)}")
         self.rate = rate
         self.kinds = tuple(kinds)
         self.timeout_seconds = timeout_seconds
+        self.slow_seconds = slow_seconds
         self._rng = random.Random(seed)
         self.injected: Counter = Counter()
         self.requests = 0
@@ -514,6 +519,12 @@ class SimulatorResource(Resource):
             request.finish()
         elif kind == "timeout":
             self._hold(request)
+        elif kind == SLOW:
+            self._trickle(request)
+            body = self._dispatch(request, path)
+            if body is not NOT_DONE_YET:
+                request.write(body)
+                request.finish()
         elif kind == "stalled":  # half an answer, then nothing: a stuck CDN node
             if is_rpc:  # (XML-RPC answers on its own: the start of an answer instead)
                 body = b"<?xml version='1.0'?><methodResponse><params><param><value>"
@@ -548,6 +559,27 @@ class SimulatorResource(Resource):
             request.write(b"<?xml version='1.0'?><methodResponse><params>" if is_rpc
                           else b'{"info": {"name": ')
             request.finish()
+
+    def _trickle(self, request) -> None:
+        """Send what ``request`` is answered, once it is whole, in ten pieces over
+        the plan's ``slow_seconds``."""
+        write, finish, pieces, gone = request.write, request.finish, [], []
+        request.notifyFinish().addErrback(gone.append)
+
+        def send(body: bytes, start: int, step: int) -> None:
+            if gone:
+                return
+            if start >= len(body):
+                finish()
+                return
+            write(body[start:start + step])
+            self.reactor.callLater(self.faults.slow_seconds / 10, send, body, start + step, step)
+
+        def finish_slowly() -> None:
+            body = b"".join(pieces)
+            send(body, 0, max(1, -(-len(body) // 10)))
+
+        request.write, request.finish = pieces.append, finish_slowly
 
     def _hold(self, request) -> None:
         """Keep ``request`` unanswered for the plan's ``timeout_seconds``, then drop it;
