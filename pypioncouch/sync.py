@@ -308,14 +308,20 @@ class XmlRpcImporter:
     async def fetch_listing(self) -> tuple[int | None, Mapping[str, int | None]]:
         """``(PyPI's serial, {name: serial} of every project it lists)``, the serial
         asked for first (reference §5)."""
-        if self.status.changes_source == "simple":
-            baseline, listing = await self.pypi.simple_index()
-            if baseline is None:  # no serial header: the newest project's serial
-                baseline = max((v for v in listing.values() if isinstance(v, int)),
-                               default=None)
-            return baseline, listing
-        baseline = await self.pypi.changelog_last_serial()  # before listing: §5
-        return baseline, await self.pypi.list_packages_with_serial()
+        if self.status.changes_source == "xmlrpc":
+            try:
+                baseline = await self.pypi.changelog_last_serial()  # before listing: §5
+                return baseline, await self.pypi.list_packages_with_serial()
+            except MethodGone as gone:
+                self._fall_back_to_simple(gone)
+        baseline, listing = await self.pypi.simple_index()
+        if baseline is None:  # no serial header: the newest project's serial
+            baseline = max((v for v in listing.values() if isinstance(v, int)), default=None)
+        if baseline is None:  # nothing to follow changes by, nor to checkpoint
+            raise PyPIError("the /simple/ index gives no serials (X-PyPI-Last-Serial, "
+                            "_last-serial): only an index that does can be followed",
+                            self.pypi.display_url + "simple/")
+        return baseline, listing
 
     async def full_import(self, listing: defer.Deferred | None = None) -> Summary:
         """Import every project PyPI lists, then set the checkpoint (resumable).
@@ -546,7 +552,7 @@ class XmlRpcImporter:
         log.warn("{reason}", reason=reason)
 
     def _fall_back_to_simple(self, gone: MethodGone) -> None:
-        message = ("PyPI no longer serves the XML-RPC changelog "
+        message = ("PyPI no longer serves the XML-RPC changelog or listing "
                    f"({gone.text[:80]}); following the /simple/ index serials instead")
         log.warn("{message}", message=message)
         self.status.warn_once(message)

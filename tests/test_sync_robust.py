@@ -87,7 +87,8 @@ def test_pypis_words_in_a_log_line_are_its_text_not_a_format(world):
     finally:
         globalLogPublisher.removeObserver(events.append)
     said = [formatEvent(event) for event in events]
-    assert "PyPI no longer serves the XML-RPC changelog (gone {project} {0}); following " \
+    assert "PyPI no longer serves the XML-RPC changelog or listing (gone {project} {0}); " \
+        "following " \
         "the /simple/ index serials instead" in said, said
 
 
@@ -106,6 +107,46 @@ async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
     assert any("no longer serves the XML-RPC changelog" in m for m in importer.status.warnings)
     assert summary.pending == 0
     await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_import_without_xmlrpc_lists_from_the_simple_index(world):
+    """A new mirror the day XML-RPC goes: the listing comes from /simple/, and the
+    passes after it follow the index's serials."""
+    w = world(projects=15, seed=6)
+    w.resource.xmlrpc.gone = {"changelog_since_serial", "changelog_last_serial",
+                              "list_packages_with_serial"}
+    importer = w.importer()
+    summary = await run_pass(importer)
+    assert importer.status.changes_source == "simple" and summary.projects == 15
+    assert any("no longer serves the XML-RPC changelog or listing" in m
+               for m in importer.status.warnings)
+    await assert_matches_simulator(w.db, w.index)
+    w.index.publish(normalize(w.index.dataset.name(3)), "9.0")
+    await run_pass(w.importer())
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_index_without_serials_is_refused_in_one_line(world):
+    """Nothing to follow changes by: said, instead of a checkpoint without a serial
+    that every later pass would trip on."""
+    from pypioncouch.pypi import PyPIError
+
+    w = world(projects=3, seed=6)
+    w.resource.xmlrpc.gone = {"changelog_last_serial"}
+    importer = w.importer()
+
+    async def index_without_serials():
+        return None, {name: None for name in w.index.dataset.names()}
+
+    importer.pypi.simple_index = index_without_serials
+    with pytest.raises(PyPIError) as error:
+        await run_pass(importer)
+    assert str(error.value) == (
+        "the /simple/ index gives no serials (X-PyPI-Last-Serial, _last-serial): only an "
+        f"index that does can be followed ({w.url.rstrip('/')}/simple/)")
+    assert await w.db.get_local(CHECKPOINT) is None
 
 
 @pytest_twisted.ensureDeferred
