@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import reprlib
 import xmlrpc.client as xmlrpc_client
 from array import array
 from collections.abc import Mapping
@@ -350,6 +351,10 @@ class PyPI:
         rows = await self.call("changelog_since_serial", serial)
         if not isinstance(rows, list):
             raise PyPIError("changelog_since_serial did not answer a list", self.xmlrpc_url)
+        bad = next((row for row in rows if not _is_changelog_row(row, serial)), None)
+        if bad is not None:  # (its serial would be the next checkpoint)
+            raise PyPIError(f"changelog_since_serial answered a malformed row: "
+                            f"{reprlib.repr(bad)}", self.xmlrpc_url)
         return rows
 
     async def list_packages_with_serial(self) -> Listing:
@@ -398,7 +403,7 @@ class PyPI:
             page = self._parse_json(body, self.display_url + path)
             if not isinstance(page, dict):
                 raise Transient("malformed Simple page", self.display_url + path)
-            serial = _serial(headers, page.get("meta", {}).get("_last-serial"))
+            serial = _serial(headers, _meta_serial(page))
             files = page.get("files")
             return (serial, (page.get("project-status") or {}).get("status", "active"),
                     len(files) if isinstance(files, list) else 0)
@@ -414,8 +419,13 @@ class PyPI:
             page = self._parse_json(body, self.display_url + "simple/")
             if not isinstance(page, dict) or not isinstance(page.get("projects"), list):
                 raise Transient("malformed Simple index", self.display_url + "simple/")
-            serial = _serial(headers, page.get("meta", {}).get("_last-serial"))
-            return serial, {p["name"]: p.get("_last-serial") for p in page["projects"]}
+            if not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+                       for p in page["projects"]):
+                raise Transient("malformed Simple index: an entry without a name",
+                                self.display_url + "simple/")
+            serial = _serial(headers, _meta_serial(page))
+            return serial, {p["name"]: _int_or_none(p.get("_last-serial"))
+                            for p in page["projects"]}
 
         return await self._retrying(attempt)
 
@@ -516,6 +526,24 @@ class PyPI:
         payload = {"info": info, "releases": releases, "urls": releases[info["version"]],
                    "last_serial": min_serial, "vulnerabilities": []}
         return ProjectAnswer(key, "project", payload, min_serial)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _meta_serial(page: dict) -> Any:
+    meta = page.get("meta")
+    return meta.get("_last-serial") if isinstance(meta, dict) else None
+
+
+def _is_changelog_row(row: Any, after: int) -> bool:
+    """``[name, version, timestamp, action, serial]`` (reference §2), the serial past
+    the one asked after."""
+    return (isinstance(row, (list, tuple)) and len(row) >= 5
+            and isinstance(row[0], (str, type(None))) and isinstance(row[1], (str, type(None)))
+            and isinstance(row[3], (str, type(None)))
+            and _int_or_none(row[4]) is not None and row[4] > after)
 
 
 def _serial(headers: dict[str, str], body_serial: Any) -> int | None:

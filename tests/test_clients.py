@@ -213,7 +213,7 @@ def rpc_with(*answers, **options):
 
 
 def rpc_answer(*values, fault=None):
-    body = xmlrpc_client.dumps(fault or tuple(values), methodresponse=True)
+    body = xmlrpc_client.dumps(fault or tuple(values), methodresponse=True, allow_none=True)
     return (200, {"content-type": "text/xml"}, body.encode())
 
 
@@ -226,6 +226,24 @@ def test_an_xmlrpc_call_is_one_post_of_the_call_as_xml():
                                                       "text/xml")
     assert headers["User-Agent"].startswith("pypioncouch/")
     assert xmlrpc_client.loads(body) == ((11,), "changelog_since_serial")
+
+
+@pytest.mark.parametrize("row, shown", [
+    (["foo", "1.0", 1700000000, "new release"], "['foo', '1.0', 1700000000, 'new release']"),
+    (["foo", None, 1700000000, "create", "12"], "['foo', None, 1700000000, 'create', '12']"),
+    ([7, None, 1700000000, "create", 12], "[7, None, 1700000000, 'create', 12]"),
+    (["foo", None, 1700000000, "create", 11], "['foo', None, 1700000000, 'create', 11]"),
+    ("foo", "'foo'"),
+])
+def test_a_malformed_changelog_row_is_refused_in_one_line(row, shown):
+    """Its serial would be the next checkpoint (a serial not past the one asked for,
+    the same page for ever)."""
+    pypi, rpc, clock = rpc_with(rpc_answer([["ok", None, 1700000000, "create", 12], row]))
+    _, results = started(pypi.changelog_since_serial(11))
+    error = outcome(results)
+    assert isinstance(error, PyPIError)
+    assert str(error) == ("changelog_since_serial answered a malformed row: "
+                          f"{shown} (http://pypi.test/pypi)")
 
 
 def test_a_cancelled_xmlrpc_call_is_not_retried():
@@ -530,3 +548,21 @@ def test_a_project_read_with_its_releases_at_once_never_lacks_a_named_release():
     _, results = started(Store(db).project("p"))
     assert outcome(results) == (None, [])
 
+
+
+def test_the_simple_index_without_meta_and_with_odd_serials():
+    body = b'{"meta": null, "projects": [{"name": "Foo.Bar", "_last-serial": 5}, ' \
+           b'{"name": "baz", "_last-serial": true}, {"name": "qux"}]}'
+    pypi, http, clock = pypi_with(ok(body=body, serial="9"))
+    _, results = started(pypi.simple_index())
+    assert outcome(results) == (9, {"Foo.Bar": 5, "baz": None, "qux": None})
+
+
+def test_a_simple_index_entry_without_a_name_is_malformed():
+    body = b'{"meta": {"_last-serial": 9}, "projects": [{"name": "a"}, {"_last-serial": 5}]}'
+    pypi, http, clock = pypi_with(ok(body=body), retries=0)
+    _, results = started(pypi.simple_index())
+    error = outcome(results)
+    assert isinstance(error, Transient)
+    assert str(error) == "malformed Simple index: an entry without a name " \
+                         "(http://pypi.test/simple/)"
