@@ -356,8 +356,8 @@ class Database:
     def _request(self, method, path="", **kwargs):
         return self.server.request(method, self.path + path, **kwargs)
 
-    async def info(self) -> dict:
-        return await self._request("GET")
+    async def info(self, timeout: float | None = None) -> dict:
+        return await self._request("GET", timeout=timeout)
 
     async def exists(self) -> bool:
         try:

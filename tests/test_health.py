@@ -113,7 +113,7 @@ def replica_lag(monkeypatch, answers, upstream=True):
         def __init__(self, name):
             self.display_url = name
 
-    async def max_serial(db):
+    async def max_serial(db, timeout=None):
         value = answers[db.display_url]
         if isinstance(value, Exception):
             raise value

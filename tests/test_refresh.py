@@ -68,3 +68,18 @@ async def test_a_failed_refresh_keeps_the_last_value_and_a_failed_first_raises()
     assert await figure.get() == 2
     clock.advance(2)
     assert await figure.get() == 2  # the refresh failed: the last value stays
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_computation_that_ends_at_once_still_answers_its_first_caller():
+    """Its end came before the caller was listed as waiting: the caller got an
+    AttributeError instead of the value or the error."""
+    async def fails_at_once():
+        raise RuntimeError("no database here")
+
+    async def answers_at_once():
+        return 42
+
+    with pytest.raises(RuntimeError, match="no database here"):
+        await Refreshed(fails_at_once, task.Clock()).get()
+    assert await Refreshed(answers_at_once, task.Clock()).get() == 42

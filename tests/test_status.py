@@ -171,3 +171,57 @@ def test_a_full_import_is_not_healthy_yet():
     stub, clock, http, _ = front_with(status, [COUCH_UP])
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, ["full import in progress (3/40)"])
+
+
+def started_get(stub, url):
+    d = stub.get(url)
+    results = []
+    d.addBoth(results.append)
+    return results
+
+
+def test_a_hung_couchdb_is_unhealthy_within_the_probe_timeout():
+    """Not after the client's 30 s: a load balancer's check or a Prometheus scrape
+    (10 s) would give up on the page first. A request meanwhile does not pile another
+    check on the hung one."""
+    status = SyncStatus(clock=FakeTime(1000.0))
+    status.note_serials(pypi_serial=100, our_serial=100)
+    stub, clock, http, _ = front_with(status, [ScriptedHTTP.HANG])
+    first = started_get(stub, "http://front.test/health")
+    stub.flush()
+    clock.advance(1.5)
+    metrics = started_get(stub, "http://front.test/metrics")  # takes the last result
+    stub.flush()
+    assert metrics and metrics[0].code == 200 and len(http.requests) == 1
+    clock.advance(3.499)
+    stub.flush()
+    assert first == []
+    clock.advance(0.001)
+    stub.flush()
+    assert first[0].code == 503 and http.cancelled == 1
+    body = []
+    stub.json_content(first[0]).addBoth(body.append)
+    assert body[0]["reasons"] == ["CouchDB is not answering"]
+
+
+def test_a_replicas_hung_upstream_is_said_within_the_probe_timeout():
+    view = (200, {"content-type": "application/json"},
+            b'{"rows":[{"key":["serial",7],"value":null}]}')
+    upstream_http = ScriptedHTTP(ScriptedHTTP.HANG)
+    stub, clock, http, front = front_with(
+        SyncStatus(), [COUCH_UP, view],
+        syncing=False, upstream=CouchDB("http://127.0.0.1:6984/", http=upstream_http,
+                                        reactor=task.Clock()).database("pypi"))
+    front.replica.reactor = clock
+    front.replica.upstream.server._reactor = clock
+    answer = started_get(stub, "http://front.test/health")
+    stub.flush()
+    clock.advance(4.999)
+    stub.flush()
+    assert answer == []
+    clock.advance(0.001)
+    stub.flush()
+    assert answer and answer[0].code == 200  # (unhealthy once behind for --max-lag)
+    body = []
+    stub.json_content(answer[0]).addBoth(body.append)
+    assert body[0]["upstream_error"].startswith("CouchDB did not answer GET within 5s")

@@ -83,11 +83,11 @@ async def count(db: Database, facet: str, *prefix: Any, timeout: float | None = 
     return rows[0]["value"] if rows else 0
 
 
-async def max_serial(db: Database) -> int | None:
+async def max_serial(db: Database, timeout: float | None = None) -> int | None:
     """The highest ``last_serial`` stored (None in an empty database)."""
     low, high = facet_range("serial")
     rows = await query(db, startkey=high, endkey=low, descending=True, limit=1,
-                       reduce=False)
+                       reduce=False, timeout=timeout)
     return rows[0]["key"][1] if rows else None
 
 

@@ -43,6 +43,9 @@ log = Logger()
 
 INDEX_PAGE = 5000
 ON_THE_SPOT_WAIT = 5.0  # seconds a client may wait for its turn to ask PyPI (see OwnInfo)
+# Seconds /health, /status and /metrics wait for CouchDB: a hung CouchDB must show as
+# unhealthy before a load balancer or Prometheus (10 s) gives up on the page itself.
+PROBE_TIMEOUT = 5.0
 STYLE = (Path(__file__).parent / "static" / "style.css").read_bytes()
 JSON = "application/json"
 
@@ -137,7 +140,8 @@ class WebFront:
                  upstream: Database | None = None, pypi: PyPI | None = None,
                  files: FileStore | None = None, fetcher: Fetcher | None = None,
                  cache_bytes: int | None = None, pacer: Pacer | None = None,
-                 on_the_spot_wait: float = ON_THE_SPOT_WAIT, reactor=None):
+                 on_the_spot_wait: float = ON_THE_SPOT_WAIT,
+                 probe_timeout: float = PROBE_TIMEOUT, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -147,7 +151,9 @@ class WebFront:
         self.health = HealthPolicy(status, syncing, max_lag_seconds, max_failed_passes)
         self.reactor = reactor
         # A replica measures its lag against the database it replicates from.
-        self.replica = None if syncing else ReplicaLag(db, upstream, reactor)
+        self.probe_timeout = probe_timeout
+        self.replica = None if syncing else ReplicaLag(db, upstream, reactor,
+                                                       timeout=probe_timeout)
         # A release's own metadata not stored yet is fetched from PyPI on the spot
         # (and stored) when we sync, in turn with the backfill (``pacer``, shared): a
         # client waits its turn a few seconds at most, then is told when to come back.
@@ -162,6 +168,7 @@ class WebFront:
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
         self._couch_check: tuple[float, bool] = (0.0, False)
+        self._couch_checking = False
         # Counting projects reduces a whole facet: seconds on pouchdb-server at 100,000.
         self.stored_counts = Refreshed(self._count_stored, reactor, min_age=30.0,
                                        name="stored counts")
@@ -189,13 +196,15 @@ class WebFront:
     # -- health, status, metrics -------------------------------------------------------
 
     async def couch_ok(self) -> bool:
-        """Whether CouchDB answers (checked at most once a second)."""
+        """Whether CouchDB answers within ``probe_timeout``: checked at most once a
+        second, one check at a time (the others take the last result)."""
         checked_at, ok = self._couch_check
         now = self.reactor.seconds()
-        if now - checked_at < 1.0:
+        if now - checked_at < 1.0 or self._couch_checking:
             return ok
+        self._couch_checking = True
         try:
-            await self.db.info()
+            await self.db.info(timeout=self.probe_timeout)
             ok, self.status.couch_problem = True, None
         except Unauthorized as error:  # it answers, but not to us
             ok = False
@@ -208,6 +217,8 @@ class WebFront:
             ok, self.status.couch_problem = False, None  # "not answering"
         except CouchError as error:  # it answers, but not as it should
             ok, self.status.couch_problem = False, f"CouchDB answers: {error}"
+        finally:
+            self._couch_checking = False
         self._couch_check = (now, ok)
         self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
         return ok

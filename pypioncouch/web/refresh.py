@@ -36,17 +36,22 @@ class Refreshed:
         """The value; the first call (and any call while it runs) waits for it."""
         if self.as_of is None:
             waiter = defer.Deferred()
-            self._start().append(waiter)
+            self._start(waiter)
             return await waiter
         if self.stale():
             self._start()
         return self.value
 
-    def _start(self) -> list[defer.Deferred]:
-        if self._waiters is None:
+    def _start(self, waiter: defer.Deferred | None = None) -> None:
+        """Run ``compute`` unless it runs; ``waiter`` fires with what it ends with
+        (taken first: a compute that fails at once ends before this returns)."""
+        starting = self._waiters is None
+        if starting:
             self._waiters = []
+        if waiter is not None:
+            self._waiters.append(waiter)
+        if starting:
             defer.ensureDeferred(self._run())
-        return self._waiters
 
     async def _run(self) -> None:
         started = self.reactor.seconds()

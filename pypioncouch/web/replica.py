@@ -28,11 +28,12 @@ class ReplicaState:
 
 class ReplicaLag:
     def __init__(self, local: Database, upstream: Database | None, reactor,
-                 every: float = 5.0):
+                 every: float = 5.0, timeout: float | None = None):
         self.local = local
         self.upstream = upstream
         self.reactor = reactor
         self.every = every
+        self.timeout = timeout  # for each read (None: the client's own)
         self._checked_at: float | None = None
         self._caught_up_at: float | None = None
         self.state = ReplicaState(upstream=upstream.display_url if upstream else None)
@@ -44,12 +45,12 @@ class ReplicaLag:
         self._checked_at = now
         state = ReplicaState(upstream=self.state.upstream)
         try:
-            state.serial = await couchapp.max_serial(self.local)
+            state.serial = await couchapp.max_serial(self.local, self.timeout)
         except CouchError as error:  # e.g. its view still building after an upgrade
             state.local_error = str(error)
         if self.upstream is not None:
             try:
-                state.upstream_serial = await couchapp.max_serial(self.upstream)
+                state.upstream_serial = await couchapp.max_serial(self.upstream, self.timeout)
             except CouchError as error:
                 state.upstream_error = str(error)  # one line, URL redacted
         if self._caught_up_at is None:
