@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import traceback
 
 from twisted.internet import defer, task
 from twisted.logger import (
@@ -204,9 +206,12 @@ async def replicate_command(reactor, args) -> int:
         continuous=args.continuous))
 
     async def show_progress():
-        done = (await target.info())["doc_count"] if await target.exists() else 0
-        if progress is not None:
-            progress.update(done, max(total, done), force=True)
+        try:
+            done = (await target.info())["doc_count"] if await target.exists() else 0
+        except CouchError:  # (only the display: the replication's own end says)
+            done = None
+        if progress is not None and done is not None:
+            progress.update(done, max(total, done))
         await task.deferLater(reactor, 1.0, lambda: None)
 
     if args.continuous:
@@ -337,6 +342,13 @@ def main(argv=None) -> None:
                 code = await sync_command(reactor, args)
         except (CouchError, PyPIError, BadURL, ValueError) as error:
             print(f"pypioncouch: error: {error}", file=sys.stderr)
+            code = 1
+        except Exception as error:  # a bug, or an answer nothing above foresaw
+            print(f"pypioncouch: unexpected error: {type(error).__name__}: {error} "
+                  "(what was written is kept; with PYPIONCOUCH_TRACEBACK=1 in the "
+                  "environment the traceback is shown, for a bug report)", file=sys.stderr)
+            if os.environ.get("PYPIONCOUCH_TRACEBACK"):
+                traceback.print_exc()
             code = 1
         finished.append(True)
         if code:

@@ -268,6 +268,10 @@ class CouchDB:
     async def info(self) -> dict:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
         info = await self.request("GET", "")
+        if isinstance(info, dict) and isinstance(info.get("db_name"), str):
+            raise BadResponse(f"this URL names the database {info['db_name']!r}, not the "
+                              f"server: give the server's URL (and --db "
+                              f"{info['db_name']})", url=self.display_url)
         if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
             raise BadResponse("the server answered, but it is not CouchDB", url=self.display_url)
         return info

@@ -448,6 +448,66 @@ async def test_a_json_server_that_is_not_couchdb_gets_one_line_not_a_traceback()
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_url_naming_the_database_is_said_to_be_one(couch_server, db_name):
+    """--replicate and --upstream take database URLs; --update and --couch do not."""
+    import sys
+
+    from twisted.internet import utils
+
+    await CouchDB(couch_server.url).database(db_name).ensure()
+    url = couch_server.url + db_name
+    with pytest.raises(BadResponse) as error:
+        await CouchDB(url).info()
+    shown = CouchDB(url).display_url
+    assert str(error.value) == (f"this URL names the database '{db_name}', not the server: "
+                                f"give the server's URL (and --db {db_name}) ({shown})")
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--update", url, "--pypi", "http://127.0.0.1:9/"], env=dict(os.environ))
+    assert (code, err.decode().splitlines()) == (1, [f"pypioncouch: error: {error.value}"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_nothing_foresaw_is_one_line_and_not_an_interruption():
+    """A CouchDB look-alike whose every other answer is a JSON list: one line naming
+    the error (the traceback on request), exit 1, and not "interrupted"."""
+    import sys
+
+    from twisted.internet import utils
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class LookAlike(Resource):
+        isLeaf = True
+
+        def render(self, request):
+            request.setHeader("Content-Type", "application/json")
+            return b'{"couchdb": "Welcome", "version": "3.5.0"}' if request.path == b"/" \
+                else b"[1, 2, 3]"
+
+    site = Site(LookAlike())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    url = f"http://u:pw@127.0.0.1:{port.getHost().port}/"
+    try:
+        for traceback_wanted in (False, True):
+            env = dict(os.environ)
+            env.pop("PYPIONCOUCH_TRACEBACK", None)
+            if traceback_wanted:
+                env["PYPIONCOUCH_TRACEBACK"] = "1"
+            out, err, code = await utils.getProcessOutputAndValue(
+                str(Path(sys.executable).parent / "pypioncouch"),
+                ["--update", url, "--pypi", "http://127.0.0.1:9/", "--quiet"], env=env)
+            lines = err.decode().splitlines()
+            assert code == 1 and "interrupted" not in err.decode()
+            assert lines[0].startswith("pypioncouch: unexpected error: "), lines
+            assert "pw" not in err.decode()
+            assert (len(lines) > 1 and lines[1].startswith("Traceback")) == traceback_wanted
+    finally:
+        await port.stopListening()
+
+
 def test_query_parameters_are_couchdb_json():
     query = encode_params({"startkey": ["a", 1], "include_docs": True, "limit": 5,
                            "since": "12-g1AAAA", "skip": None})
