@@ -25,7 +25,7 @@ setup(
                         "web/static/*"],
     },
     install_requires=[
-        "Twisted>=24.7",
+        "Twisted[tls]>=24.7",  # (TLS: pyOpenSSL, service_identity)
         "treq>=24.9",
         "klein>=24.8",
         "packaging>=24",

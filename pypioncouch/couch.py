@@ -31,7 +31,8 @@ from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 
 from pypioncouch import __version__
-from pypioncouch.http import LeanClient, is_cancellation, quiet_pool
+from pypioncouch.http import (
+    TLS_REFUSED, LeanClient, is_cancellation, is_tls_refusal, quiet_pool)
 from pypioncouch import jsonio
 from pypioncouch.urls import basic_auth, split_credentials
 
@@ -302,6 +303,8 @@ class CouchDB:
 def _transport_error(exc: Exception, url: str) -> CouchError:
     if isinstance(exc, CouchError):
         return exc
+    if is_tls_refusal(exc):
+        return Unreachable(f"CouchDB's {TLS_REFUSED}", url=url)
     reasons = exc.reasons if isinstance(exc, ResponseFailed) else [Failure(exc)]
     for reason in reasons:
         if reason.check(ierror.ConnectionRefusedError):

@@ -197,6 +197,23 @@ def is_cancellation(exc: BaseException) -> bool:
         isinstance(reason, Failure) and is_cancellation(reason.value) for reason in reasons)
 
 
+TLS_REFUSED = ("its TLS certificate is not trusted here, or does not name the host "
+               "(a private CA: point SSL_CERT_FILE at its certificate)")
+
+
+def is_tls_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` (a request's failure) is a TLS handshake we broke off: a
+    certificate not trusted, or not naming the host. Not worth trying again."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    if isinstance(exc, (SSL.Error, VerificationError)):
+        return True
+    reasons = getattr(exc, "reasons", None) if isinstance(exc, Exception) else None
+    return isinstance(reasons, list) and any(
+        isinstance(reason, Failure) and is_tls_refusal(reason.value) for reason in reasons)
+
+
 def status_line(status: int) -> str:
     """``HTTP 426 Upgrade Required``: the status with its standard reason phrase."""
     try:

@@ -36,7 +36,8 @@ from twisted.internet import error as ierror
 from twisted.logger import Logger
 
 from pypioncouch import __version__, jsonio
-from pypioncouch.http import LeanClient, is_cancellation, status_line
+from pypioncouch.http import (
+    TLS_REFUSED, LeanClient, is_cancellation, is_tls_refusal, status_line)
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
 from pypioncouch.urls import basic_auth, redact, split_credentials
@@ -300,6 +301,8 @@ class PyPI:
                 raise defer.CancelledError() from None
             if isinstance(error, (ierror.ConnectionRefusedError, ierror.DNSLookupError)):
                 raise Transient(_unreachable(error), where) from None
+            if is_tls_refusal(error):
+                raise PyPIError(f"PyPI's {TLS_REFUSED}", where) from None
             # resets, truncated bodies
             raise Transient(f"connection failed ({type(error).__name__})", where) from None
         finally:

@@ -114,6 +114,35 @@ async def test_https_answers_only_a_server_whose_certificate_is_trusted(listen, 
         await doubting.close()
 
 
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"], ids=["untrusted", "other-name"])
+@pytest_twisted.ensureDeferred
+async def test_a_certificate_refused_is_said_as_such_and_not_retried(listen, certificate, host):
+    """Not "no answer (ResponseNeverReceived)", and not asked twice: a private CA needs
+    SSL_CERT_FILE, a certificate for another name another URL."""
+    from pypioncouch.couch import CouchDB, Unreachable
+    from pypioncouch.pypi import PyPIError
+
+    root, options = certificate
+    port = listen(options)
+    couch = CouchDB(f"https://admin:s3cret@{host}:{port}/", timeout=5)
+    pypi = PyPI(f"https://{host}:{port}/", reactor=reactor, timeout=5, retries=3, backoff=5)
+    hint = ("its TLS certificate is not trusted here, or does not name the host (a "
+            "private CA: point SSL_CERT_FILE at its certificate)")
+    try:
+        with pytest.raises(Unreachable) as refused:
+            await couch.info()
+        assert str(refused.value) == f"CouchDB's {hint} (https://admin:***@{host}:{port}/)"
+        assert not refused.value.connection_lost  # (so not tried again)
+        with pytest.raises(PyPIError) as refused:
+            await pypi.changelog_last_serial()
+        assert not isinstance(refused.value, Transient)
+        assert str(refused.value) == f"PyPI's {hint} (https://{host}:{port}/pypi " \
+                                     "changelog_last_serial)"
+    finally:
+        couch.close()
+        await pypi.close()
+
+
 @pytest.mark.parametrize("ask", [
     pytest.param(lambda pypi: pypi.project("cli-yaml-0"), id="json"),
     pytest.param(lambda pypi: pypi.simple_index(), id="simple-index"),
