@@ -281,7 +281,7 @@ class OpmlWatcher(Service):
         self._start.addErrback(lambda f: f.trap(defer.CancelledError))
 
     async def _begin(self) -> None:
-        checkpoint = None
+        checkpoint, tries = None, 0
         while self.running and checkpoint is None:
             try:
                 await self.db.ensure()
@@ -293,8 +293,15 @@ class OpmlWatcher(Service):
                         self.in_flight or in_flight
                 checkpoint = await self.db.get_local(CHECKPOINT) or {"seq": 0}
             except CouchError as error:
-                log.warn("OPML watcher waits for CouchDB: {error}", error=error)
-                await task.deferLater(self.reactor, 5.0, lambda: None)
+                # 5 s, 10 s... up to max_backoff; said on the 1st, 2nd, 4th, 8th try...
+                tries += 1
+                delay = min(self.max_backoff, 5.0 * 2 ** (tries - 1))
+                self.status.opml_error = f"waiting for CouchDB: {error}"
+                if tries & (tries - 1) == 0:
+                    log.warn("OPML watcher waits for CouchDB: {error}; try {n} in "
+                             "{delay:g}s", error=error, n=tries + 1, delay=delay)
+                await task.deferLater(self.reactor, delay, lambda: None)
+        self.status.opml_error = None
         if not self.running:
             return
         self.backlog = Backlog(checkpoint["seq"])

@@ -115,6 +115,33 @@ def test_an_opml_watcher_stopped_before_it_read_its_checkpoint_writes_none():
     assert [method for method, *_ in http.requests] == ["HEAD"] and http.cancelled == 1
 
 
+def test_an_opml_watcher_waiting_for_couchdb_backs_off_and_says_so_less_and_less():
+    """A wrong password does not go away by itself: not a warning every 5 s for ever."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from pypioncouch.status import SyncStatus
+
+    from .test_clients import couch_json, couch_with
+
+    refused = couch_json(401, b'{"error":"unauthorized","reason":"Name or password is incorrect."}')
+    db, http, clock = couch_with(*[refused] * 20)
+    status = SyncStatus()
+    watcher = OpmlWatcher(db, status, reactor=clock, max_backoff=60.0)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        watcher.startService()
+        clock.pump([1.0] * 300)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        watcher.running = False
+    tried = http.times
+    assert tried == [0.0, 5.0, 15.0, 35.0, 75.0, 135.0, 195.0, 255.0]  # 5, 10... 60 s apart
+    said = [formatEvent(e) for e in events if "OPML watcher waits" in formatEvent(e)]
+    assert len(said) == 4 and said[0].endswith("; try 2 in 5s")  # tries 1, 2, 4 and 8
+    assert status.opml_error.startswith("waiting for CouchDB: CouchDB does not accept user")
+
+
 def test_a_real_opml_parser_reads_it():
     parsed = listparser.parse(opml.project_opml(*sample()).decode("utf-8"))
     assert not parsed.bozo, parsed.bozo_exception
