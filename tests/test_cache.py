@@ -136,3 +136,12 @@ def test_the_daemon_takes_its_cache_size_in_megabytes(monkeypatch):
     assert front().cache.max_bytes == 0
     with pytest.raises(usage.UsageError, match="--cache-mb must be a number of megabytes"):
         front("--cache-mb", "-1")
+
+
+def test_the_etag_changes_with_the_version_of_pypioncouch(monkeypatch):
+    """A page another version renders otherwise: not a 304 for the old one."""
+    from pypioncouch.web import cache
+
+    before = CachedProject({"_id": "foo", "_rev": "1-a"}, []).etag_base
+    monkeypatch.setattr(cache, "__version__", "99.0")
+    assert CachedProject({"_id": "foo", "_rev": "1-a"}, []).etag_base != before

@@ -85,6 +85,8 @@ async def test_json_api_equals_the_simulators(imported):
     upper = await treq.get(f"{url}/pypi/{key.upper()}/json", allow_redirects=False)
     assert upper.code == 301
     assert upper.headers.getRawHeaders("location") == [f"/pypi/{key}/json"]
+    odd = await treq.get(f"{url}/pypi/{key.upper()}/1.0%3Fx%23y/json", allow_redirects=False)
+    assert odd.headers.getRawHeaders("location") == [f"/pypi/{key}/1.0%3Fx%23y/json"]
     for path, location in (("simple", "/simple/"), (f"simple/{key}", f"/simple/{key}/")):
         bare = await treq.get(f"{url}/{path}", allow_redirects=False)
         assert (bare.code, bare.headers.getRawHeaders("location")) == (301, [location])
@@ -185,6 +187,42 @@ async def test_etag_gives_304(imported):
     etag = first.headers.getRawHeaders("etag")[0]
     again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": etag})
     assert again.code == 304 and await again.content() == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_json_api_304_carries_the_serial_and_cors_headers(imported):
+    world, front, url = imported
+    key = normalize(world.index.dataset.name(4))
+    first = await treq.get(f"{url}/pypi/{key}/json")
+    again = await treq.get(f"{url}/pypi/{key}/json",
+                           headers={"If-None-Match": first.headers.getRawHeaders("etag")[0]})
+    assert again.code == 304
+    for header in ("x-pypi-last-serial", "access-control-allow-origin",
+                   "access-control-expose-headers"):
+        assert again.headers.getRawHeaders(header) == first.headers.getRawHeaders(header)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_release_named_none_is_not_the_project(world):
+    """Before PEP 440 a version was any string: ``None`` is one (the project's answer
+    and that release's were kept under one name)."""
+    w = world(projects=3, seed=11)
+    key = "only-none"
+    w.index.publish(key, "None")  # (its only release: its own metadata is stored with it)
+    await run_pass(w.importer(), full=True)
+    for order in (("None", None), (None, "None")):
+        front, port, url = serve(w.db)  # (a cache of its own)
+        try:
+            answers = {}
+            for version in order:
+                path = f"/pypi/{key}/json" if version is None else f"/pypi/{key}/None/json"
+                answers[version] = await treq.get(url + path)
+            project, release = (await answers[None].json(), await answers["None"].json())
+            assert "releases" in project and "releases" not in release
+            assert answers[None].headers.getRawHeaders("etag") != \
+                answers["None"].headers.getRawHeaders("etag")
+        finally:
+            await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

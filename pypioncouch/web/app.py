@@ -13,6 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from klein import Klein
@@ -483,12 +484,12 @@ class WebFront:
             return not_found
         key = model.normalize(name)
         if key != name:
-            rest = f"{version}/json" if version else "json"
+            rest = f"{quote(version, safe='')}/json" if version else "json"
             return _redirect(request, f"/pypi/{key}/{rest}")
         entry = await self.project(key)
         if entry is not None and version is not None:
             version = _find_version(entry.project.get("versions") or [], version)
-        payload_key = f"json:{version}"
+        payload_key = "json-project" if version is None else f"json:{version}"
         if entry is None or version == "":
             request.setResponseCode(404)
             return not_found
@@ -497,6 +498,7 @@ class WebFront:
             return await self._own_info_on_the_spot(request, entry, release)
         # (etag_base covers the releases: one changes apart from its project, by the
         # backfill, or by a replication that brings it after its project)
+        _json_api_headers(request, entry)  # (a 304 carries them too)
         if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
             return b""
         body = self.cache.rendered(entry, payload_key,
@@ -504,7 +506,7 @@ class WebFront:
         if body is None:
             request.setResponseCode(404)
             return not_found
-        return _json_api_headers(request, entry, body)
+        return body
 
     async def _own_info_on_the_spot(self, request, entry: CachedProject, release: dict
                                     ) -> bytes:
@@ -545,7 +547,8 @@ class WebFront:
         payload = model.json_api_payload(entry.project, releases, version)
         if payload is None:
             return _json_message(request, 404, "Not Found")
-        return _json_api_headers(request, entry, model.dump_json_api(payload))
+        _json_api_headers(request, entry)
+        return model.dump_json_api(payload)
 
 
 def _json_api_body(entry: CachedProject, version: str | None) -> bytes | None:
@@ -553,11 +556,10 @@ def _json_api_body(entry: CachedProject, version: str | None) -> bytes | None:
     return None if payload is None else model.dump_json_api(payload)
 
 
-def _json_api_headers(request, entry: CachedProject, body: bytes) -> bytes:
+def _json_api_headers(request, entry: CachedProject) -> None:
     request.setHeader("X-PyPI-Last-Serial", str(entry.project.get("last_serial")))
     request.setHeader("Access-Control-Allow-Origin", "*")
     request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
-    return body
 
 
 def _json_message(request, code: int, message: str) -> bytes:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+from pypioncouch import __version__
+
 MB = 1024 * 1024
 DEFAULT_MB = 64.0
 DEFAULT_VARIANTS = 8
@@ -48,9 +50,11 @@ class CachedProject:
     def etag_base(self) -> str:
         """The revisions of every document an answer is made from, digested. Not the
         project's alone: on a replica a release can land after its project (the
-        replicator keeps no order), and a page made before it must not stay valid."""
+        replicator keeps no order), and a page made before it must not stay valid. With
+        the version of pypioncouch: another may render the same documents otherwise."""
         revisions = sorted(f"{doc['_id']}@{doc.get('_rev')}" for doc in self.releases)
-        digest = hashlib.sha256("\n".join([self.project["_rev"], *revisions]).encode())
+        digest = hashlib.sha256("\n".join([__version__, self.project["_rev"],
+                                           *revisions]).encode())
         return digest.hexdigest()[:32]
 
     @property
