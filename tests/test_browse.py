@@ -594,3 +594,139 @@ async def test_descriptions_render_as_pypi_renders_them_once_and_inert(site):
     for _ in range(3):
         await description("readme-markdown")
     assert front.browse_pages.descriptions.renders == before
+
+
+class ViewStandIn:
+    """The catalog view's rows in memory, answering ``couchapp.query`` as CouchDB's
+    keyed range reads do (for the paging arithmetic alone; every page is also walked
+    on the real servers above). Counts the queries."""
+
+    def __init__(self, keys):
+        self.keys = sorted(keys, key=self.collated)
+        self.queries = 0
+
+    @staticmethod
+    def collated(key):
+        """CouchDB's order for these keys: strings, then objects ({} ends a range)."""
+        return tuple((0, part) if isinstance(part, str) else (1, "") for part in key)
+
+    async def query(self, db, *, startkey, endkey, descending, limit, reduce):
+        self.queries += 1
+        c, start, end = self.collated, self.collated(startkey), self.collated(endkey)
+        if descending:
+            rows = [k for k in reversed(self.keys) if end <= c(k) <= start]
+        else:
+            rows = [k for k in self.keys if start <= c(k) <= end]
+        return [{"key": k, "id": k[-1]} for k in rows[:limit]]
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_a_page_the_scan_limit_leaves_empty_links_back(monkeypatch, backwards):
+    """A sparse filter: 2,000 rows read and none kept. The page still links to where
+    it came from (it had only "Next", or no link at all)."""
+    view = ViewStandIn([["f", f"p{i:05d}"] for i in range(5000)])
+    monkeypatch.setattr(browse.couchapp, "query", view.query)
+    kept = {"p00010", "p04500"}
+
+    async def keep(rows):
+        return [row for row in rows if row["id"] in kept]
+
+    first = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep, limit=5)
+    assert [r["id"] for r in first.rows] == ["p00010"] and first.next is not None
+    second = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep,
+                                      limit=5, after=first.next)
+    assert second.rows == [] and second.prev == first.next
+    if backwards:
+        back = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep,
+                                        limit=5, before=second.prev)
+        assert [r["id"] for r in back.rows] == ["p00010"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_after_a_cursor_is_one_query(monkeypatch):
+    view = ViewStandIn([["f", f"p{i:03d}"] for i in range(100)])
+    monkeypatch.setattr(browse.couchapp, "query", view.query)
+    first = await browse.keyset_page(None, low=["f"], high=["f", {}], limit=10)
+    view.queries = 0
+    second = await browse.keyset_page(None, low=["f"], high=["f", {}], limit=10,
+                                      after=first.next)
+    assert [r["id"] for r in second.rows] == [f"p{i:03d}" for i in range(10, 20)]
+    assert view.queries == 1 and second.next == ["f", "p019"]
+
+
+@pytest.mark.parametrize("requires_python", [3, 3.9, ["3"]])
+def test_a_requires_python_that_is_not_text_hides_nothing(requires_python):
+    assert browse.python_matches(requires_python, "3.12") is True
+
+
+def test_a_project_page_takes_odd_links_as_text():
+    """Another index may give project_urls as a list, a null URL, a home page number."""
+    for urls, home in (([["Docs", "https://d"]], 5), ({"Docs": None, "Src": "https://s"}, None)):
+        data = browse.project_page_data(
+            {"_id": "x", "name": "X", "project_urls": urls, "home_page": home}, [])
+        assert data["home_page"] is None
+        assert data["project_urls"] == ({} if isinstance(urls, list) else {"Src": "https://s"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_author_in_two_unicode_spellings_pages_through_and_filters(
+        couch_server, db_name, monkeypatch):
+    """Apache CouchDB collates "José" and "Jose\\u0301" as one string: a page ending on
+    either goes on (it answered 400). The "Runs on Python" form keeps the name."""
+    import html
+    import unicodedata
+
+    from pypioncouch import couchapp
+
+    monkeypatch.setattr(browse, "PAGE", 10)
+    nfc = "José García"
+    nfd = unicodedata.normalize("NFD", nfc)
+    world = World(couch_server.url, db_name, projects=2, seed=2,
+                  read_url=couch_server.read_url)
+    for number in range(30):
+        world.index.publish(f"Spelled-{number:02d}", "1.0", author=nfd if number % 2 else nfc,
+                            requires_python=">=3.10" if number % 3 else "<3")
+    await run_pass(world.importer(), full=True)
+    await world.settled()
+    front, port, url = serve(world.read_db, syncing=False)
+    try:
+        # What CouchDB itself lists under the name, in its own order (15 or 30 rows).
+        low = ["author", nfc.lower()]
+        view = await world.read_db.view(couchapp.NAME, couchapp.VIEW, startkey=low,
+                                        endkey=low + [{}], reduce=False)
+        expected = [row["id"] for row in view["rows"]]
+        assert len(expected) in (15, 30)
+        found = await every_page(f"{url}/browse/author/?name={quote(nfc)}")
+        assert [p["key"] for p in found] == expected
+        page = await (await treq.get(f"{url}/browse/author/?name={quote(nfc)}")).text()
+        assert f'<input type="hidden" name="name" value="{html.escape(nfc)}">' in page
+        found = await every_page(f"{url}/browse/author/?name={quote(nfc)}&python=3.12")
+        assert [p["key"] for p in found] == [
+            key for key in expected if int(key.rsplit("-", 1)[1]) % 3]
+    finally:
+        await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_classifier_first_seen_since_the_counts_lists_its_projects(
+        couch_server, db_name):
+    """The counts are kept up to a minute: a classifier new since then still lists
+    its projects (it said "0 projects")."""
+    world = World(couch_server.url, db_name, projects=4, seed=2,
+                  read_url=couch_server.read_url)
+    await run_pass(world.importer(), full=True)
+    await world.settled()
+    front, port, url = serve(world.read_db, syncing=False)
+    try:
+        await get_json(f"{url}/browse/classifiers/")  # the counts, taken now
+        new = "Topic :: Brand :: New"
+        world.index.publish("Fresh.Thing", "1.0", classifiers=[new])
+        await run_pass(world.importer())
+        await world.settled()
+        data = await get_json(f"{url}/browse/classifiers/?c={quote(new)}")
+        assert ([p["key"] for p in data["projects"]], data["total"]) == (["fresh-thing"], 1)
+    finally:
+        await port.stopListening()
+        world.close()

@@ -89,7 +89,7 @@ def python_matches(requires_python: str | None, python: str) -> bool:
         return True
     try:
         return SpecifierSet(requires_python).contains(python, prereleases=True)
-    except InvalidSpecifier:
+    except (InvalidSpecifier, TypeError):  # (another index's 3, not "3")
         return True  # PyPI holds some unparsable values; do not hide those projects
 
 
@@ -126,6 +126,12 @@ def _check_cursor(key: Any, low: list, high: list) -> None:
         raise BadQuery(BAD_CURSOR)
 
 
+def _at_cursor(key: Any, cursor: Any) -> bool:
+    return key == cursor or (isinstance(key, list) and isinstance(cursor, list)
+                             and len(key) == len(cursor) and key[:1] == cursor[:1]
+                             and key[-1] == cursor[-1])
+
+
 async def keyset_page(db, *, low: list, high: list, after: Any = None, before: Any = None,
                       descending: bool = False, keep: Keep = keep_all,
                       limit: int | None = None) -> Page:
@@ -140,7 +146,9 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
     order_desc = descending != backwards
     start = before if backwards else after
     first, last = (high, low) if order_desc else (low, high)
-    params = {"descending": order_desc, "endkey": last, "limit": limit + 1, "reduce": False}
+    # limit + 2: a page after a cursor reads the cursor's own row too, then one more
+    # to know whether the list goes on (not a second query for it).
+    params = {"descending": order_desc, "endkey": last, "limit": limit + 2, "reduce": False}
     rows: list[dict] = []
     scanned, cursor, ended = 0, start, False
     while len(rows) <= limit and scanned < SCAN_LIMIT:
@@ -153,8 +161,10 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
             raise
         scanned += len(batch)
         # Keys end with the document id, so they are unique: the cursor's own row is
-        # dropped by key (not skipped by count, in case it was deleted meanwhile).
-        rows += await keep([row for row in batch if row["key"] != cursor])
+        # dropped by key (not skipped by count, in case it was deleted meanwhile), or
+        # by its id: Apache CouchDB's collation makes "José" and "Jose\u0301" one
+        # string, so the row may come back with the other spelling of the cursor's.
+        rows += await keep([row for row in batch if not _at_cursor(row["key"], cursor)])
         if len(batch) < params["limit"]:
             ended = True
             break
@@ -164,12 +174,13 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
     # The list goes on after the last row shown, or, when the scan limit ended a sparse
     # page early, after the last row read.
     onward = cursor if not full and not ended else None
+    # A page the scan limit left empty still links back to where it came from.
     if backwards:
         rows.reverse()
-        return Page(rows, next=rows[-1]["key"] if rows else None,
+        return Page(rows, next=rows[-1]["key"] if rows else before,
                     prev=rows[0]["key"] if rows and full else onward)
     return Page(rows, next=rows[-1]["key"] if rows and full else onward,
-                prev=rows[0]["key"] if rows and after is not None else None)
+                prev=rows[0]["key"] if rows and after is not None else after)
 
 
 def _named(request, in_path: str | None) -> str:
@@ -319,8 +330,17 @@ class BrowsePages:
                                     f"Projects with keyword “{word}”")
 
     async def _by_facet(self, request, facet: str, value: str, title: str):
-        low, high = couchapp.facet_range(facet, value.lower())
-        data = await self._project_list(request, title, low, high)
+        folded = value.lower()
+        low, high = couchapp.facet_range(facet, folded)
+
+        def key_of(cursor):
+            # Apache CouchDB collates "José" and its decomposed spelling as one string:
+            # a row of either ends a page, and the cursor goes on with the value asked.
+            return [facet, folded, cursor[-1]] if isinstance(cursor, list) and cursor \
+                else cursor
+
+        data = await self._project_list(request, title, low, high, key_of=key_of)
+        data["name"] = value  # (the filter form keeps it)
         return self.respond(request, "projects.html", data)
 
     # -- classifiers ------------------------------------------------------------------
@@ -340,6 +360,13 @@ class BrowsePages:
         data = {"title": "Projects by classifier", "selected": selected,
                 "tree": classifier_tree(counts), "projects": [], "total": 0,
                 "next": None, "prev": None}
+        missing = [c for c in selected if c not in counts]
+        if missing and len(missing) <= 5:  # first seen since the counts (a minute old)
+            counts = dict(counts)
+            for classifier in missing:
+                found = await couchapp.count(self.db, "classifier", classifier)
+                if found:
+                    counts[classifier] = found
         if selected and all(c in counts for c in selected):
             data.update(await self._classified(request, selected, counts))
         return self.respond(request, "classifiers.html", data)
@@ -530,6 +557,18 @@ def _safe_link(url: Any) -> str | None:
     return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
 
 
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _url_labels(value: Any) -> dict[str, str]:
+    """``project_urls`` as label -> URL text (another index may give it another shape:
+    a list, null URLs)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(label): url for label, url in value.items() if isinstance(url, str)}
+
+
 def _strings(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
@@ -575,8 +614,8 @@ def project_page_data(project: dict, releases: list[dict]) -> dict:
         "author": project.get("author"), "author_email": project.get("author_email"),
         "maintainer": project.get("maintainer"),
         "maintainer_email": project.get("maintainer_email"),
-        "license": project.get("license"), "home_page": project.get("home_page"),
-        "project_urls": project.get("project_urls") or {},
+        "license": project.get("license"), "home_page": _text_or_none(project.get("home_page")),
+        "project_urls": _url_labels(project.get("project_urls")),
         "requires_python": project.get("requires_python"),
         "keywords": project.get("keywords") or [],
         "classifiers": project.get("classifiers") or [],
