@@ -33,20 +33,25 @@ from pypioncouch.trace import Trace
 from pypioncouch.urls import BadURL, check_database_name, split_database_url
 
 
+ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pypioncouch",
         description="Mirror PyPI's project and release metadata into CouchDB.")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--fullimport", metavar="URL",
-                        help="import every project into the CouchDB server at URL")
-    action.add_argument("--update", metavar="URL",
+    # URL left out: taken from PYPIONCOUCH_COUCH (a command line is visible to ps).
+    action.add_argument("--fullimport", metavar="URL", nargs="?", const="",
+                        help="import every project into the CouchDB server at URL "
+                             f"(or ${ENV_COUCH})")
+    action.add_argument("--update", metavar="URL", nargs="?", const="",
                         help="apply PyPI's changes since the last import or update")
     action.add_argument("--replicate", nargs=2, metavar=("SOURCE", "TARGET"),
                         help="replicate the database SOURCE to TARGET (database URLs)")
-    action.add_argument("--opml", metavar="URL",
+    action.add_argument("--opml", metavar="URL", nargs="?", const="",
                         help="regenerate every project's opml.xml in one pass")
-    action.add_argument("--push-design", metavar="URL",
+    action.add_argument("--push-design", metavar="URL", nargs="?", const="",
                         help="install or update the design document _design/pypioncouch")
     action.add_argument("--fetch-files", metavar="URL",
                         help="seed the release file store (--files DIR) with the files of "
@@ -304,6 +309,17 @@ async def fetch_files_command(reactor, args) -> int:
     return 3 if summary.failed else 0
 
 
+def url_from_environment(parser: argparse.ArgumentParser, args) -> None:
+    """``--update`` (and the like) without a URL: the URL is ``$PYPIONCOUCH_COUCH``."""
+    for option in ("fullimport", "update", "opml", "push_design"):
+        if getattr(args, option) == "":
+            url = os.environ.get(ENV_COUCH)
+            if not url:
+                parser.error(f"--{option.replace('_', '-')} without a URL takes it from "
+                             f"{ENV_COUCH}, which is not set")
+            setattr(args, option, url)
+
+
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     if args.fetch_files:
         if not args.files:
@@ -322,6 +338,7 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    url_from_environment(parser, args)
     check_arguments(parser, args)
     _log_warnings_to_stderr()
 

@@ -272,3 +272,28 @@ async def test_the_daemon_notes_passes_that_keep_the_checkpoint_still(world):
     finally:
         await service.stopService()
         await port.stopListening()
+
+
+def test_a_commands_couchdb_url_may_come_from_the_environment(couch_server, db_name):
+    """Off the command line, which ps shows to every user (as for the daemon)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pypioncouch.testing.pypi import SimulatorProcess
+
+    command = [str(Path(sys.executable).parent / "pypioncouch"), "--fullimport"]
+    with SimulatorProcess("--projects", "3", "--seed", "36") as sim:
+        options = ["--pypi", sim.url, "--db", db_name, "--quiet"]
+        bare = {k: v for k, v in os.environ.items() if k != "PYPIONCOUCH_COUCH"}
+        done = subprocess.run(command + options, capture_output=True, text=True,
+                              timeout=120, env=bare)
+        assert done.returncode == 2
+        assert done.stderr.splitlines()[-1].endswith(
+            "error: --fullimport without a URL takes it from PYPIONCOUCH_COUCH, which is "
+            "not set")
+        done = subprocess.run(command + options, capture_output=True, text=True, timeout=120,
+                              env={**bare, "PYPIONCOUCH_COUCH": couch_server.url})
+        assert done.returncode == 0, done.stderr
+        assert "3 projects" in done.stdout, done.stdout
