@@ -343,14 +343,30 @@ def open_advisories(vulnerabilities: Any) -> list[dict]:
 
 def release_digests(doc: dict) -> list[str | None]:
     """``[digest of the files part, digest of info or None]`` of a release document."""
-    # Not the serial: a release PyPI did not change is not rewritten for a new serial.
-    files_part = {k: v for k, v in doc.items()
-                  if k not in ("_id", "_rev", "last_serial") + _OWN_INFO_KEYS}
     if "info" not in doc:
-        return [_digest(files_part), None]
+        return [files_digest(doc), None]
     # (advisories only when there are some: digests stored before them stay valid)
     own = [doc["info"], doc["vulnerabilities"]] if doc.get("vulnerabilities") else doc["info"]
-    return [_digest(files_part), _digest(own)]
+    return [files_digest(doc), _digest(own)]
+
+
+def files_digest(doc: dict) -> str:
+    """The digest of a release document's files part: all but its own metadata."""
+    # Not the serial: a release PyPI did not change is not rewritten for a new serial.
+    return _digest({k: v for k, v in doc.items()
+                    if k not in ("_id", "_rev", "last_serial") + _OWN_INFO_KEYS})
+
+
+def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
+    """Whether ``releases`` are the copies ``project`` records (by their files part;
+    a release recorded as unknown passes): read apart from their project (a cluster's
+    range read answers from one copy, which may lag), they can be older or newer."""
+    recorded = project.get("release_digests") or {}
+    for release in releases:
+        digests = recorded.get(release.get("version"))
+        if digests and digests[0] is not None and digests[0] != files_digest(release):
+            return False
+    return True
 
 
 def with_releases_unknown(project: dict, versions: set[str]) -> dict:

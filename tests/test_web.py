@@ -473,6 +473,47 @@ def test_upstream_is_for_replicas_only():
 
 
 @pytest_twisted.ensureDeferred
+async def test_releases_other_than_their_project_records_are_served_not_kept(
+        couch_server, db_name):
+    """A cluster's range read answers from one copy of a shard, which can lag: a
+    release older (or newer) than its project's record is served as read but not
+    cached, so the next request reads again, instead of an old yank state kept until
+    the project next changes."""
+    world = World(couch_server.url, db_name, projects=6, seed=3)
+    await run_pass(world.importer(), full=True)
+    key = next(k for k, _ in world.index.listing()
+               if world.index.latest(world.index.get(k)) is not None)
+    project = await world.db.get(key)
+    release = await world.db.get(f"{key}:{project['versions'][-1]}")
+    headers = {"Accept": V1_JSON}
+
+    async def reads_of_two_requests():
+        """(the pages of two requests to a new front, how many came from its cache)"""
+        front, port, url = serve(world.db, syncing=False)
+        follower = front.changes_follower()
+        follower.startService()
+        try:
+            for _ in range(100):
+                if front.cache.live:
+                    break
+                await sleep(0.05)
+            pages = [await (await treq.get(f"{url}/simple/{key}/", headers=headers)).json()
+                     for _ in range(2)]
+            return pages, front.cache.hits
+        finally:
+            await follower.stopService()
+            await port.stopListening()
+
+    assert (await reads_of_two_requests())[1] == 1  # as recorded: kept
+    # A copy of the release its project does not record (as a lagging copy is).
+    await world.db.put({**release, "yanked": True, "yanked_reason": "lagging", "files": [
+        dict(f, yanked=True, yanked_reason="lagging") for f in release["files"]]})
+    pages, hits = await reads_of_two_requests()
+    assert all(any(f["yanked"] == "lagging" for f in page["files"]) for page in pages)
+    assert hits == 0  # served as read, and read again
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_cache_serves_a_new_release_as_soon_as_it_is_stored(couch_server, db_name):
     world = World(couch_server.url, db_name, projects=6, seed=3)
     await run_pass(world.importer(), full=True)

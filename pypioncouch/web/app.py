@@ -382,7 +382,11 @@ class WebFront:
         if project is None:
             return None
         entry = CachedProject(project, releases, json_bytes=size)
-        self.cache.put(key, entry, ticket)
+        # Releases other than those the project records (a copy behind on a cluster,
+        # or a write between the two) are served, not kept: their change may have
+        # come through the feed before the read, and none would come after it.
+        if model.releases_as_recorded(project, releases):
+            self.cache.put(key, entry, ticket)
         return entry
 
     # -- Simple API --------------------------------------------------------------------
