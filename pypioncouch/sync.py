@@ -480,11 +480,17 @@ class XmlRpcImporter:
         total = await couchapp.count(self.db, "name", timeout=3600)
         limit = removal_limit(total, self.max_removals)
         strays: list[Work] = []
+        quarantined: set[str] = set()
         missing = 0
         async for row in couchapp.all_projects(self.db):
-            # PyPI's index leaves quarantined projects out: not missing (a cleared
-            # quarantine comes with a new serial; their removal shows nothing more).
-            if row["id"] in listed or row["value"][2] == "quarantined":
+            if row["id"] in listed:
+                continue
+            if row["value"][2] == "quarantined":
+                # PyPI's listings leave quarantined projects out: not missing, but
+                # asked about, as a removal (malware's usual end) shows nowhere else
+                # without the changelog (a cleared quarantine comes with a serial).
+                quarantined.add(row["id"])
+                strays.append(Work(row["id"], row["value"][0] or row["id"], None))
                 continue
             missing += 1
             if missing <= limit or self.confirm_removals:  # bounded: at most the limit
@@ -506,7 +512,7 @@ class XmlRpcImporter:
         failed = await self.sync(strays, summary, removals)
         failures.update(failed)
         gone = {work.key for work, _ in removals[already:]}
-        alive = [w.key for w in strays if w.key not in gone]
+        alive = [w.key for w in strays if w.key not in gone and w.key not in quarantined]
         if alive:
             reason = (f"the listing from {self.pypi.display_url} lacks {len(alive)} "
                       f"projects PyPI still has (or did not answer for), {alive[0]} first: "

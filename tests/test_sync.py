@@ -268,6 +268,28 @@ async def test_what_was_removed_in_one_pass_comes_back_in_a_later_one(world):
     await assert_matches_simulator(world.read_db, world.index)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_quarantined_project_removed_leaves_a_mirror_following_the_index(world):
+    """Quarantine, then removal: malware's usual end on PyPI. The Simple index lists
+    neither state and has no removal rows: the stored quarantined projects are asked
+    about by name, and one still quarantined does not hold the checkpoint."""
+    await run_pass(world.importer(), full=True)
+    removed, kept = (normalize(world.index.dataset.name(n)) for n in (7, 9))
+    world.index.quarantine(removed)
+    world.index.quarantine(kept)
+    await run_pass(world.importer())
+    assert (await world.db.get(removed))["status"] == "quarantined"
+    world.index.remove_project(removed)
+    importer = world.importer(changes="simple")
+    summary = await run_pass(importer)
+    assert await world.db.get_or_none(removed) is None
+    assert (await world.db.get(kept))["status"] == "quarantined"
+    assert summary.incomplete is None and summary.pending == 0, summary.errors
+    assert (await world.db.get_local(CHECKPOINT))["serial"] == world.index.last_serial
+    await world.settled()
+    await assert_matches_simulator(world.read_db, world.index)
+
+
 @pytest.mark.parametrize("change, revert", [
     (lambda index, key, version: index.yank(key, version, "cut short"),
      lambda index, key, version: index.unyank(key, version)),
