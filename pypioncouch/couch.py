@@ -86,6 +86,11 @@ class Unreachable(CouchError):
     connection_lost = False  # True when a connection was made, then lost
 
 
+class TLSRefused(Unreachable):
+    """We broke off the TLS handshake: CouchDB's certificate is not trusted, or names
+    another host."""
+
+
 class Timeout(CouchError):
     """The server did not answer within the request's timeout."""
 
@@ -304,7 +309,7 @@ def _transport_error(exc: Exception, url: str) -> CouchError:
     if isinstance(exc, CouchError):
         return exc
     if is_tls_refusal(exc):
-        return Unreachable(f"CouchDB's {TLS_REFUSED}", url=url)
+        return TLSRefused(f"CouchDB's {TLS_REFUSED}", url=url)
     reasons = exc.reasons if isinstance(exc, ResponseFailed) else [Failure(exc)]
     for reason in reasons:
         if reason.check(ierror.ConnectionRefusedError):

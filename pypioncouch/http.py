@@ -197,18 +197,22 @@ def is_cancellation(exc: BaseException) -> bool:
         isinstance(reason, Failure) and is_cancellation(reason.value) for reason in reasons)
 
 
-TLS_REFUSED = ("its TLS certificate is not trusted here, or does not name the host "
-               "(a private CA: point SSL_CERT_FILE at its certificate)")
+TLS_REFUSED = ("TLS certificate is not trusted here, or does not name the host (a "
+               "private CA: add it to the system's trusted CAs, e.g. with "
+               "update-ca-certificates)")
 
 
 def is_tls_refusal(exc: BaseException) -> bool:
-    """Whether ``exc`` (a request's failure) is a TLS handshake we broke off: a
-    certificate not trusted, or not naming the host. Not worth trying again."""
+    """Whether ``exc`` (a request's failure) is a TLS handshake we broke off over the
+    server's certificate: not trusted, or not naming the host. Not worth trying again
+    (other TLS failures, a protocol or cipher not shared, are not this)."""
     from OpenSSL import SSL
     from service_identity import VerificationError
 
-    if isinstance(exc, (SSL.Error, VerificationError)):
+    if isinstance(exc, VerificationError):
         return True
+    if isinstance(exc, SSL.Error):
+        return "certificate verify failed" in str(exc)
     reasons = getattr(exc, "reasons", None) if isinstance(exc, Exception) else None
     return isinstance(reasons, list) and any(
         isinstance(reason, Failure) and is_tls_refusal(reason.value) for reason in reasons)

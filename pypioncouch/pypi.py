@@ -183,9 +183,10 @@ class _ListingUnmarshaller(xmlrpc_client.Unmarshaller):
 
 class PyPI:
     """PyPI (or anything that speaks its APIs) at ``url``. ``http`` answers
-    ``await http.get(url, headers) -> (status, headers, body)``, ``rpc_http`` the
-    XML-RPC POSTs (``request`` and ``stream``): :class:`LeanClient` unless a test gives
-    others. XML-RPC follows no redirect: a moved endpoint is an error that says where."""
+    ``await http.get(url, headers, on_data=...) -> (status, headers, body)``,
+    ``rpc_http`` the XML-RPC POSTs (``request``, with ``on_data`` too, and ``stream``):
+    :class:`LeanClient` unless a test gives others (``on_data()`` is to be called as
+    the body arrives: the timeout counts from the last bytes). XML-RPC follows no redirect: a moved endpoint is an error that says where."""
 
     def __init__(self, url: str = PYPI_URL, *, http=None, rpc_http=None, reactor=None,
                  concurrency: int = 10, timeout: float = 30.0, retries: int = 5,

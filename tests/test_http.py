@@ -118,21 +118,27 @@ async def test_https_answers_only_a_server_whose_certificate_is_trusted(listen, 
 @pytest_twisted.ensureDeferred
 async def test_a_certificate_refused_is_said_as_such_and_not_retried(listen, certificate, host):
     """Not "no answer (ResponseNeverReceived)", and not asked twice: a private CA needs
-    SSL_CERT_FILE, a certificate for another name another URL."""
-    from pypioncouch.couch import CouchDB, Unreachable
+    adding to the system's, a certificate for another name another URL."""
+    from pypioncouch.couch import CouchDB, TLSRefused
     from pypioncouch.pypi import PyPIError
+    from pypioncouch.status import SyncStatus
+    from pypioncouch.web.app import WebFront
 
     root, options = certificate
     port = listen(options)
     couch = CouchDB(f"https://admin:s3cret@{host}:{port}/", timeout=5)
     pypi = PyPI(f"https://{host}:{port}/", reactor=reactor, timeout=5, retries=3, backoff=5)
-    hint = ("its TLS certificate is not trusted here, or does not name the host (a "
-            "private CA: point SSL_CERT_FILE at its certificate)")
+    hint = ("TLS certificate is not trusted here, or does not name the host (a private "
+            "CA: add it to the system's trusted CAs, e.g. with update-ca-certificates)")
     try:
-        with pytest.raises(Unreachable) as refused:
+        with pytest.raises(TLSRefused) as refused:
             await couch.info()
         assert str(refused.value) == f"CouchDB's {hint} (https://admin:***@{host}:{port}/)"
         assert not refused.value.connection_lost  # (so not tried again)
+        status = SyncStatus()
+        front = WebFront(couch.database("pypi"), status, reactor=reactor)
+        assert await front.couch_ok() is False
+        assert front.health_reasons(False)[0].startswith("CouchDB's TLS certificate is not")
         with pytest.raises(PyPIError) as refused:
             await pypi.changelog_last_serial()
         assert not isinstance(refused.value, Transient)
