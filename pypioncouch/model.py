@@ -359,12 +359,21 @@ def files_digest(doc: dict) -> str:
 
 def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
     """Whether ``releases`` are the copies ``project`` records (by their files part;
-    a release recorded as unknown passes): read apart from their project (a cluster's
-    range read answers from one copy, which may lag), they can be older or newer."""
-    recorded = project.get("release_digests") or {}
+    a release recorded as unknown passes, as does one without files, whose yanked
+    flags and Requires-Python the backfill sets from its own metadata): read apart
+    from their project (a cluster's range read answers from one copy, which may lag),
+    they can be older or newer. A record of another shape is not as recorded."""
+    recorded = project.get("release_digests")
+    if not isinstance(recorded, dict):
+        return not releases
     for release in releases:
-        digests = recorded.get(release.get("version"))
-        if digests and digests[0] is not None and digests[0] != files_digest(release):
+        if not release.get("files"):
+            continue
+        version = release.get("version")
+        digests = recorded.get(version) if isinstance(version, str) else None
+        if digests is None or (isinstance(digests, list) and digests and digests[0] is None):
+            continue  # not recorded, or recorded as unknown
+        if not isinstance(digests, list) or not digests or digests[0] != files_digest(release):
             return False
     return True
 

@@ -283,3 +283,29 @@ def test_requirements_group_by_project_and_keep_what_does_not_parse():
         assert model.requirements_by_name(requires_dist, "foo-bar") == (
             {"attrs": ["attrs>=20", "ATTRS<30 ; python_version < '3.9'"]},
             ["not a requirement!!", "5", "null", "not a requirement!!"])
+
+
+def test_releases_as_their_project_records_them():
+    """The web front keeps a project's pages only if its releases are the copies the
+    project records (a cluster's range read can answer from a lagging copy)."""
+    payload = {"info": {"name": "x", "version": "2"}, "last_serial": 7, "urls": [],
+               "releases": {"1": [], "2": [{"filename": "x-2.whl", "url": "https://f/x-2.whl",
+                                            "digests": {"sha256": "ab" * 32}, "yanked": False,
+                                            "upload_time_iso_8601": "2024-01-01T00:00:00Z"}]}}
+    project, releases = model.project_documents(payload)
+    assert model.releases_as_recorded(project, releases)
+    with_files = next(r for r in releases if r["files"])
+    yanked = {**with_files, "yanked": True, "files": [dict(with_files["files"][0], yanked=True)]}
+    others = [r for r in releases if r is not with_files]
+    assert not model.releases_as_recorded(project, others + [yanked])
+    # A release recorded as unknown passes (its write is under way).
+    unknown = {**project, "release_digests": {**project["release_digests"], "2": None}}
+    assert model.releases_as_recorded(unknown, others + [yanked])
+    # The backfill sets a release without files' flags from its own metadata.
+    fileless = next(r for r in releases if not r["files"])
+    filled = model.with_own_info(fileless, {"name": "x", "version": "1", "yanked": True,
+                                            "requires_python": ">=3.6"})
+    assert model.releases_as_recorded(project, [filled, with_files])
+    # Records of another shape: not as recorded, and no error.
+    for odd in ([], {"2": {"files": "x"}}, {"2": 7}, {"2": []}):
+        assert not model.releases_as_recorded({**project, "release_digests": odd}, releases)

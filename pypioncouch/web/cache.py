@@ -114,6 +114,10 @@ class ProjectCache:
         """Whether ``key`` is known not to have changed since ``ticket`` was taken."""
         return self.live and ticket >= self._floor and self._changed.get(key, -1) <= ticket
 
+    def may_keep(self, entry: CachedProject) -> bool:
+        """Whether ``entry`` is small enough to be kept (checking more is then worth it)."""
+        return entry.size <= self.max_bytes
+
     def put(self, key: str, entry: CachedProject, ticket: int) -> None:
         if not self.unchanged(key, ticket):
             return  # changed (or perhaps changed) while it was being read
