@@ -83,3 +83,19 @@ async def test_a_computation_that_ends_at_once_still_answers_its_first_caller():
     with pytest.raises(RuntimeError, match="no database here"):
         await Refreshed(fails_at_once, task.Clock()).get()
     assert await Refreshed(answers_at_once, task.Clock()).get() == 42
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_caller_in_a_hurry_gets_the_default_and_the_next_the_value():
+    """/status does not wait for a count that builds a view: it says none yet."""
+    clock = task.Clock()
+    compute = Counter(clock, seconds=10.0)
+    figure = Refreshed(compute, clock, min_age=60)
+    hurried = defer.ensureDeferred(figure.get_within(5.0, {}))
+    patient = defer.ensureDeferred(figure.get())
+    clock.advance(5.0)
+    assert await hurried == {} and not patient.called
+    clock.advance(5.0)
+    assert await patient == 1 and compute.runs == 1
+    assert await figure.get_within(5.0, {}) == 1  # known now: at once

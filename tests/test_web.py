@@ -113,6 +113,26 @@ async def test_the_index_lists_every_project_in_both_formats(imported):
     assert data["meta"]["_last-serial"] == world.index.last_serial
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_index_serial_does_not_go_back_when_the_newest_project_goes(world):
+    """PyPI's index serial is its journal's highest (reference §4): a removal moves it
+    on. The highest serial stored fell back instead, and a peer following this index
+    took it for a stale copy."""
+    w = world(projects=8, seed=11)
+    importer = w.importer()
+    await run_pass(importer, full=True)
+    newest = max(w.index.listing(), key=lambda row: w.index.last_serial_of(row[0]))[0]
+    w.index.remove_project(newest)
+    await run_pass(importer)
+    front, port, url = serve(w.db, status=importer.status)
+    try:
+        answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})
+        assert (await answer.json())["meta"]["_last-serial"] == w.index.last_serial
+        assert answer.headers.getRawHeaders("x-pypi-last-serial") == [str(w.index.last_serial)]
+    finally:
+        await port.stopListening()
+
+
 V1_HTML = "application/vnd.pypi.simple.v1+html"
 UV_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
              "text/html;q=0.01")

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import (
-    CouchError, Database, NotFound, Timeout, Unauthorized, Unreachable, refusal)
+    CouchError, Database, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable, refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -214,6 +214,8 @@ class WebFront:
         except NotFound:
             ok = False
             self.status.couch_problem = f"CouchDB has no database '{self.db.name}'"
+        except TLSRefused as error:  # (the one line that says what to do)
+            ok, self.status.couch_problem = False, str(error)
         except (Unreachable, Timeout):
             ok, self.status.couch_problem = False, None  # "not answering"
         except CouchError as error:  # it answers, but not as it should
@@ -273,7 +275,9 @@ class WebFront:
     async def status_data(self) -> dict:
         s = self.status
         couch_ok, serials, reasons = await self.check()
-        counts = await self.stored_counts.get() if couch_ok else {}
+        # (counting builds the view after an upgrade: the page does not wait for it)
+        counts = await self.stored_counts.get_within(self.probe_timeout, {}) \
+            if couch_ok else {}
         uptime = s.clock() - s.started
         return {
             "version": __version__, "uptime_seconds": round(uptime), "syncing": self.syncing,
@@ -385,7 +389,7 @@ class WebFront:
         # Releases other than those the project records (a copy behind on a cluster,
         # or a write between the two) are served, not kept: their change may have
         # come through the feed before the read, and none would come after it.
-        if model.releases_as_recorded(project, releases):
+        if self.cache.may_keep(entry) and model.releases_as_recorded(project, releases):
             self.cache.put(key, entry, ticket)
         return entry
 
@@ -396,6 +400,15 @@ class WebFront:
         async for row in couchapp.all_projects(self.db, batch=INDEX_PAGE, timeout=None):
             yield row["id"], row["value"]
 
+    async def index_serial(self) -> int | None:
+        """The index's serial: PyPI's serial the sync has caught up with (a removal
+        moves it, and it never goes back), or on a replica the highest serial stored
+        (a removal of the newest project there lowers it: its checkpoint does not
+        replicate)."""
+        stored = await couchapp.max_serial(self.db)
+        synced = self.status.our_serial if self.syncing else None
+        return max((s for s in (stored, synced) if s is not None), default=None)
+
     @app.route("/simple", methods=["GET", "HEAD"])
     @observed("simple_redirect")
     async def simple_index_no_slash(self, request):
@@ -405,7 +418,7 @@ class WebFront:
     @observed("simple_index")
     async def simple_index(self, request):
         chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
-        serial = await couchapp.max_serial(self.db)
+        serial = await self.index_serial()
         request.setHeader("Content-Type", chosen)
         request.setHeader("X-PyPI-Last-Serial", str(serial))
         # Streamed a page at a time, at the pace the client reads: the index of 500,000

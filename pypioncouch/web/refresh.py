@@ -42,6 +42,21 @@ class Refreshed:
             self._start()
         return self.value
 
+    async def get_within(self, seconds: float, default: Any = None) -> Any:
+        """:meth:`get`, but the first call waits ``seconds`` at most, then answers
+        ``default`` (the computation goes on, for the callers after it)."""
+        if self.as_of is not None:
+            return await self.get()
+        waiter = defer.Deferred()
+        self._start(waiter)
+        timer = self.reactor.callLater(
+            seconds, lambda: waiter.called or waiter.callback(default))
+        try:
+            return await waiter
+        finally:
+            if timer.active():
+                timer.cancel()
+
     def _start(self, waiter: defer.Deferred | None = None) -> None:
         """Run ``compute`` unless it runs; ``waiter`` fires with what it ends with
         (taken first: a compute that fails at once ends before this returns)."""
@@ -63,10 +78,12 @@ class Refreshed:
                 log.warn("{name}: {error} (keeping the value of before)", name=self.name,
                          error=error)
             for waiter in waiters:
-                waiter.errback(error)
+                if not waiter.called:  # (given its default already)
+                    waiter.errback(error)
             return
         self.value, self.as_of = value, self.reactor.seconds()
         self._took = self.as_of - started
         waiters, self._waiters = self._waiters, None
         for waiter in waiters:
-            waiter.callback(value)
+            if not waiter.called:
+                waiter.callback(value)
