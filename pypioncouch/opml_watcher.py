@@ -295,7 +295,7 @@ class OpmlWatcher(Service):
             except CouchError as error:
                 # 5 s, 10 s... up to max_backoff; said on the 1st, 2nd, 4th, 8th try...
                 tries += 1
-                delay = min(self.max_backoff, 5.0 * 2 ** (tries - 1))
+                delay = min(self.max_backoff, 5.0 * 2 ** min(tries - 1, 16))
                 self.status.opml_error = f"waiting for CouchDB: {error}"
                 if tries & (tries - 1) == 0:
                     log.warn("OPML watcher waits for CouchDB: {error}; try {n} in "

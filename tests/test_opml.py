@@ -142,6 +142,22 @@ def test_an_opml_watcher_waiting_for_couchdb_backs_off_and_says_so_less_and_less
     assert status.opml_error.startswith("waiting for CouchDB: CouchDB does not accept user")
 
 
+def test_an_opml_watcher_waiting_for_couchdb_for_days_still_waits():
+    """The 1,025th try's delay overflowed a float: the watcher stopped for good."""
+    from .test_clients import couch_json, couch_with
+
+    refused = couch_json(401, b'{"error":"unauthorized","reason":"Name or password is incorrect."}')
+    db, http, clock = couch_with(*[refused] * 1100)
+    watcher = OpmlWatcher(db, reactor=clock)
+    watcher.startService()
+    try:
+        for _ in range(1050):
+            clock.advance(300.0)
+        assert len(http.requests) == 1051 and not watcher._start.called  # (and at 0 s)
+    finally:
+        watcher.running = False
+
+
 def test_a_real_opml_parser_reads_it():
     parsed = listparser.parse(opml.project_opml(*sample()).decode("utf-8"))
     assert not parsed.bozo, parsed.bozo_exception
