@@ -603,6 +603,7 @@ class ViewStandIn:
 
     def __init__(self, keys):
         self.keys = sorted(keys, key=self.collated)
+        self.order = [self.collated(k) for k in self.keys]
         self.queries = 0
 
     @staticmethod
@@ -611,36 +612,61 @@ class ViewStandIn:
         return tuple((0, part) if isinstance(part, str) else (1, "") for part in key)
 
     async def query(self, db, *, startkey, endkey, descending, limit, reduce):
+        from bisect import bisect_left, bisect_right
+
         self.queries += 1
-        c, start, end = self.collated, self.collated(startkey), self.collated(endkey)
+        start, end = self.collated(startkey), self.collated(endkey)
         if descending:
-            rows = [k for k in reversed(self.keys) if end <= c(k) <= start]
+            high, low = bisect_right(self.order, start), bisect_left(self.order, end)
+            rows = self.keys[max(low, high - limit):high][::-1]
         else:
-            rows = [k for k in self.keys if start <= c(k) <= end]
-        return [{"key": k, "id": k[-1]} for k in rows[:limit]]
+            low, high = bisect_left(self.order, start), bisect_right(self.order, end)
+            rows = self.keys[low:min(high, low + limit)]
+        return [{"key": k, "id": k[-1]} for k in rows]
 
 
-@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("limit", [1, 2, 5])
+@pytest.mark.parametrize("kept", [
+    {"p00010", "p04500"}, {"p00010", "p04500", "p04501"}, {"p04500"}, {"p00010"}])
 @pytest_twisted.ensureDeferred
-async def test_a_page_the_scan_limit_leaves_empty_links_back(monkeypatch, backwards):
-    """A sparse filter: 2,000 rows read and none kept. The page still links to where
-    it came from (it had only "Next", or no link at all)."""
-    view = ViewStandIn([["f", f"p{i:05d}"] for i in range(5000)])
+async def test_pages_the_scan_limit_leaves_empty_link_on_without_losing_a_row(
+        monkeypatch, kept, limit):
+    """A sparse filter: 2,000 rows read a page and none kept. Every such page links
+    both ways, and each row kept is reached walking forward, then walking back from
+    the end (it had only "Next"; then "Next" of an emptied backward page skipped the
+    row it came from)."""
+    view = ViewStandIn([["f", f"p{i:05d}"] for i in range(8000)])
     monkeypatch.setattr(browse.couchapp, "query", view.query)
-    kept = {"p00010", "p04500"}
 
     async def keep(rows):
         return [row for row in rows if row["id"] in kept]
 
-    first = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep, limit=5)
-    assert [r["id"] for r in first.rows] == ["p00010"] and first.next is not None
-    second = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep,
-                                      limit=5, after=first.next)
-    assert second.rows == [] and second.prev == first.next
-    if backwards:
-        back = await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep,
-                                        limit=5, before=second.prev)
-        assert [r["id"] for r in back.rows] == ["p00010"]
+    async def page(**cursor):
+        return await browse.keyset_page(None, low=["f"], high=["f", {}], keep=keep,
+                                        limit=limit, **cursor)
+
+    seen, current, pages = [], await page(), []
+    while True:
+        pages.append(current)
+        seen += [r["id"] for r in current.rows]
+        if current.next is None:
+            break
+        current = await page(after=current.next)
+    assert seen == sorted(kept)
+    assert all(p.prev is not None for p in pages[1:])  # (each links back)
+    # Back from the end, then Next from every page on the way: nothing is lost.
+    last_rows = [r["id"] for r in pages[-1].rows]
+    current, back_seen = pages[-1], []
+    while current.prev is not None:
+        current = await page(before=current.prev)
+        back_seen = [r["id"] for r in current.rows] + back_seen
+        if not current.rows and back_seen + last_rows:  # Next, on to a page with rows:
+            onward = current  # the first row after it
+            while not onward.rows:
+                assert onward.next is not None
+                onward = await page(after=onward.next)
+            assert onward.rows[0]["id"] == (back_seen + last_rows)[0]
+    assert back_seen + last_rows == sorted(kept)
 
 
 @pytest_twisted.ensureDeferred

@@ -174,13 +174,16 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
     # The list goes on after the last row shown, or, when the scan limit ended a sparse
     # page early, after the last row read.
     onward = cursor if not full and not ended else None
-    # A page the scan limit left empty still links back to where it came from.
+    # A page the scan left empty still links back to where it came from: from the
+    # last key it read (cursors are exclusive), or from the list's end if it read none.
+    back = (cursor if cursor != start else last) if not rows else None
     if backwards:
         rows.reverse()
-        return Page(rows, next=rows[-1]["key"] if rows else before,
+        return Page(rows, next=rows[-1]["key"] if rows else back,
                     prev=rows[0]["key"] if rows and full else onward)
     return Page(rows, next=rows[-1]["key"] if rows and full else onward,
-                prev=rows[0]["key"] if rows and after is not None else after)
+                prev=rows[0]["key"] if rows and after is not None else
+                (back if after is not None else None))
 
 
 def _named(request, in_path: str | None) -> str:
@@ -336,8 +339,8 @@ class BrowsePages:
         def key_of(cursor):
             # Apache CouchDB collates "José" and its decomposed spelling as one string:
             # a row of either ends a page, and the cursor goes on with the value asked.
-            return [facet, folded, cursor[-1]] if isinstance(cursor, list) and cursor \
-                else cursor
+            return [facet, folded, cursor[-1]] \
+                if isinstance(cursor, list) and len(cursor) == 3 else cursor
 
         data = await self._project_list(request, title, low, high, key_of=key_of)
         data["name"] = value  # (the filter form keeps it)
@@ -393,7 +396,8 @@ class BrowsePages:
         def key_of(cursor):  # the least common classifier may change between pages
             if not isinstance(cursor, list) or not cursor:
                 raise BadQuery(BAD_CURSOR)
-            return ["classifier", driver, cursor[-1]]
+            # (a row's key; a list's end, as an emptied page links to, stays as it is)
+            return ["classifier", driver, cursor[-1]] if len(cursor) == 3 else cursor
 
         low, high = couchapp.facet_range("classifier", driver)
         data = await self._project_list(request, "Projects by classifier", low, high,
