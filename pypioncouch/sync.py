@@ -252,6 +252,11 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+# Seconds between two askings about the stored quarantined projects, by name, when
+# following the Simple index (their removal shows nowhere else).
+QUARANTINE_RECHECK = 3600.0
+
+
 class XmlRpcImporter:
     """Imports PyPI into a CouchDB database and keeps it current (the 2011 name, kept:
     the changelog still comes over XML-RPC; metadata comes from the JSON API unless
@@ -287,6 +292,7 @@ class XmlRpcImporter:
         self.trace = trace or OFF
         self.progress = progress or (lambda status: None)
         self.checkpoint = Checkpoint(db, pypi.display_url, self.status)
+        self.quarantine_asked_at: float | None = None  # (monotonic) see :meth:`sweep`
 
     async def load_checkpoint(self) -> dict | None:
         return await self.checkpoint.load()
@@ -482,15 +488,22 @@ class XmlRpcImporter:
         strays: list[Work] = []
         quarantined: set[str] = set()
         missing = 0
+        # PyPI's listings leave quarantined projects out: not missing, but asked about
+        # (in a full import, and hourly after), as a removal (malware's usual end)
+        # shows nowhere else without the changelog; a cleared quarantine has a serial.
+        now = time.monotonic()
+        ask_quarantined = self.status.phase == "full import" or \
+            self.quarantine_asked_at is None or \
+            now - self.quarantine_asked_at >= QUARANTINE_RECHECK
+        if ask_quarantined:
+            self.quarantine_asked_at = now
         async for row in couchapp.all_projects(self.db):
             if row["id"] in listed:
                 continue
             if row["value"][2] == "quarantined":
-                # PyPI's listings leave quarantined projects out: not missing, but
-                # asked about, as a removal (malware's usual end) shows nowhere else
-                # without the changelog (a cleared quarantine comes with a serial).
-                quarantined.add(row["id"])
-                strays.append(Work(row["id"], row["value"][0] or row["id"], None))
+                if ask_quarantined:
+                    quarantined.add(row["id"])
+                    strays.append(Work(row["id"], row["value"][0] or row["id"], None))
                 continue
             missing += 1
             if missing <= limit or self.confirm_removals:  # bounded: at most the limit
@@ -504,8 +517,9 @@ class XmlRpcImporter:
             return False
         if not strays:
             return True
-        log.info("{count} stored projects are not in PyPI's listing: asking about "
-                 "each by name", count=len(strays))
+        if len(strays) > len(quarantined):
+            log.info("{count} stored projects are not in PyPI's listing: asking about "
+                     "each by name", count=len(strays) - len(quarantined))
         if self.status.phase == "full import":  # (asked about as part of it)
             self.status.import_total += len(strays)
         already = len(removals)

@@ -288,6 +288,13 @@ async def test_a_quarantined_project_removed_leaves_a_mirror_following_the_index
     assert (await world.db.get_local(CHECKPOINT))["serial"] == world.index.last_serial
     await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
+    # Asked about hourly, not on every pass: the next pass asks for the index alone.
+    asked = importer.pypi.requests
+    await run_pass(importer)
+    assert importer.pypi.requests == asked + 1
+    importer.quarantine_asked_at -= 3600
+    await run_pass(importer)
+    assert importer.pypi.requests == asked + 1 + 3  # the index; kept's JSON and Simple
 
 
 @pytest.mark.parametrize("change, revert", [
