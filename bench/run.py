@@ -9,6 +9,7 @@
     python -m bench.run http    (the lean HTTP client against treq's, GETs of one doc)
     python -m bench.run crawl   [--projects 1000] [--cache-mb 64]
     python -m bench.run scale   [--projects 700000] [--stored 100000]
+    python -m bench.run reads   [--projects 200]  (reads by id: _all_docs keys, _bulk_get)
 
 Each runs on pouchdb-server and on Apache CouchDB 3.5 (../shared/couchdb), one after
 the other, unless ``--server pouchdb`` or ``--server apache`` picks one. Figures, not
@@ -24,7 +25,7 @@ import sys
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("what", choices=("import", "memory", "opml", "web", "browse",
-                                           "peer", "http", "crawl", "scale"))
+                                           "peer", "http", "crawl", "scale", "reads"))
     parser.add_argument("--projects", type=int)
     parser.add_argument("--latency-ms", type=float)
     parser.add_argument("--concurrency", type=int, default=10)
@@ -72,6 +73,9 @@ def one(args, kind: str) -> dict:
     elif args.what == "crawl":
         from bench import bench_crawl
         result = bench_crawl.run(args.projects or 1000, kind, args.cache_mb)
+    elif args.what == "reads":
+        from bench import bench_reads
+        result = bench_reads.run(args.projects or 200, kind)
     elif args.what == "scale":
         from bench import bench_scale
         result = bench_scale.run(args.projects or 700_000, args.stored, kind=kind)
