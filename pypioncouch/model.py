@@ -366,16 +366,25 @@ def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
     recorded = project.get("release_digests")
     if not isinstance(recorded, dict):
         return not releases
+    read = {release.get("version") for release in releases}
+    if any(version not in read for version in project.get("versions") or []):
+        return False  # (one it names, not read)
     for release in releases:
-        if not release.get("files"):
-            continue
         version = release.get("version")
         digests = recorded.get(version) if isinstance(version, str) else None
         if digests is None or (isinstance(digests, list) and digests and digests[0] is None):
             continue  # not recorded, or recorded as unknown
-        if not isinstance(digests, list) or not digests or digests[0] != files_digest(release):
+        if not isinstance(digests, list) or not digests:
+            return False
+        if digests[0] != files_digest(release) and (release.get("files") or digests[0] != (
+                files_digest({**release, **_FILELESS_AS_SYNCED}))):
             return False
     return True
+
+
+# What the sync writes for a release without files that is not the latest (the
+# backfill then takes these from the release's own metadata).
+_FILELESS_AS_SYNCED = {"yanked": False, "yanked_reason": None, "requires_python": None}
 
 
 def with_releases_unknown(project: dict, versions: set[str]) -> dict:

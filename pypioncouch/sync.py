@@ -495,8 +495,6 @@ class XmlRpcImporter:
         ask_quarantined = self.status.phase == "full import" or \
             self.quarantine_asked_at is None or \
             now - self.quarantine_asked_at >= QUARANTINE_RECHECK
-        if ask_quarantined:
-            self.quarantine_asked_at = now
         async for row in couchapp.all_projects(self.db):
             if row["id"] in listed:
                 continue
@@ -525,6 +523,8 @@ class XmlRpcImporter:
         already = len(removals)
         failed = await self.sync(strays, summary, removals)
         failures.update(failed)
+        if ask_quarantined:
+            self.quarantine_asked_at = now
         gone = {work.key for work, _ in removals[already:]}
         alive = [w.key for w in strays if w.key not in gone and w.key not in quarantined]
         if alive:

@@ -149,6 +149,22 @@ async def test_a_certificate_refused_is_said_as_such_and_not_retried(listen, cer
         await pypi.close()
 
 
+@pytest.mark.parametrize("reason, refused", [
+    ([("SSL routines", "", "certificate verify failed")], True),
+    ([("SSL routines", "", "tlsv1 alert protocol version")], False),
+    ([("SSL routines", "", "no shared cipher")], False),
+])
+def test_only_a_certificate_failure_is_a_refusal(reason, refused):
+    """Other TLS failures (a protocol or a cipher not shared) are not the certificate's,
+    nor said to be."""
+    from OpenSSL import SSL
+    from twisted.python.failure import Failure
+
+    error = SSL.Error(reason)
+    assert http.is_tls_refusal(error) is refused
+    assert http.is_tls_refusal(ResponseNeverReceived([Failure(error)])) is refused
+
+
 @pytest.mark.parametrize("ask", [
     pytest.param(lambda pypi: pypi.project("cli-yaml-0"), id="json"),
     pytest.param(lambda pypi: pypi.simple_index(), id="simple-index"),

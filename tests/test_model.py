@@ -306,6 +306,11 @@ def test_releases_as_their_project_records_them():
     filled = model.with_own_info(fileless, {"name": "x", "version": "1", "yanked": True,
                                             "requires_python": ">=3.6"})
     assert model.releases_as_recorded(project, [filled, with_files])
+    # A stale copy of a release without files, while the project records its files.
+    stale = {**with_files, "files": []}
+    assert not model.releases_as_recorded(project, others + [stale])
+    # A release the project names, not read (its copy not there yet).
+    assert not model.releases_as_recorded(project, [with_files])
     # Records of another shape: not as recorded, and no error.
     for odd in ([], {"2": {"files": "x"}}, {"2": 7}, {"2": []}):
         assert not model.releases_as_recorded({**project, "release_digests": odd}, releases)

@@ -401,13 +401,15 @@ class WebFront:
             yield row["id"], row["value"]
 
     async def index_serial(self) -> int | None:
-        """The index's serial: PyPI's serial the sync has caught up with (a removal
-        moves it, and it never goes back), or on a replica the highest serial stored
-        (a removal of the newest project there lowers it: its checkpoint does not
-        replicate)."""
-        stored = await couchapp.max_serial(self.db)
-        synced = self.status.our_serial if self.syncing else None
-        return max((s for s in (stored, synced) if s is not None), default=None)
+        """The index's serial. Syncing: PyPI's serial the sync has caught up with (a
+        removal moves it on, it never goes back, and a pass half-way has written
+        projects past it while others below it are still to come: the highest stored
+        would let a peer following this index skip those), None before the first
+        checkpoint. On a replica, whose checkpoint does not replicate: the highest
+        stored (a removal of the newest project there lowers it)."""
+        if self.syncing:
+            return self.status.our_serial
+        return await couchapp.max_serial(self.db)
 
     @app.route("/simple", methods=["GET", "HEAD"])
     @observed("simple_redirect")

@@ -396,7 +396,9 @@ class BrowsePages:
         def key_of(cursor):  # the least common classifier may change between pages
             if not isinstance(cursor, list) or not cursor:
                 raise BadQuery(BAD_CURSOR)
-            # (a row's key; a list's end, as an emptied page links to, stays as it is)
+            # (a row's key, or the list's start, as an emptied page may link to)
+            if len(cursor) == 2:
+                return ["classifier", driver]
             return ["classifier", driver, cursor[-1]] if len(cursor) == 3 else cursor
 
         low, high = couchapp.facet_range("classifier", driver)

@@ -74,7 +74,7 @@ class Refreshed:
             value = await self.compute()
         except Exception as error:
             waiters, self._waiters = self._waiters, None
-            if not waiters:
+            if all(waiter.called for waiter in waiters):  # (none left to tell)
                 log.warn("{name}: {error} (keeping the value of before)", name=self.name,
                          error=error)
             for waiter in waiters:
