@@ -30,6 +30,7 @@ setup(
         "klein>=24.8",
         "packaging>=24",
         "orjson>=3.11.7",  # JSON on the hot paths (pypioncouch.jsonio)
+        "ijson>=3.3",  # large CouchDB answers parsed row by row (couch.Database.rows_sized)
         "prometheus_client>=0.20",
         "Jinja2>=3.1",
         "Werkzeug>=2.3",  # RFC 9110 Accept parsing (klein brings it too)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
+import ijson
 import treq
 from twisted.internet import defer
 from twisted.internet import error as ierror
@@ -45,6 +46,10 @@ log = Logger()
 POOLED_CONNECTIONS = 96
 DEFAULT_TIMEOUT = 30.0
 USER_AGENT = f"pypioncouch/{__version__}"
+# Answers of rows (``_all_docs``, views) up to this size are read whole and parsed at
+# once (orjson, about 3.5 times as fast as parsing row by row); a larger one is parsed
+# row by row as it arrives, so what the reader drops from each row is never held.
+WHOLE_ANSWER_BYTES = 1024 * 1024
 # Query parameters CouchDB wants as JSON values (keys may be strings, lists, ...).
 _JSON_PARAMS = {"key", "keys", "startkey", "endkey", "start_key", "end_key"}
 
@@ -231,10 +236,11 @@ class CouchDB:
     async def _request_once(self, method: str, path: str, *, params: dict | None = None,
                       body: Any = None, data: bytes | None = None,
                       headers: dict[str, str] | None = None, timeout: float | None = None,
-                      raw: bool = False) -> Any:
+                      raw: bool = False, sink: Callable[[bytes], None] | None = None) -> Any:
         """One request. Returns parsed JSON (or ``(bytes, content type)`` with ``raw``).
 
-        ``body`` is sent as JSON with ``Content-Type: application/json``.
+        ``body`` is sent as JSON with ``Content-Type: application/json``. With ``sink``,
+        a 2xx answer's body goes to it as it arrives (``raw`` then returns ``b""``).
         """
         query = "?" + encode_params(params) if params else ""
         url = self.url + path + query
@@ -244,7 +250,7 @@ class CouchDB:
             data = jsonio.dumps(body)
             extra["Content-Type"] = "application/json"
         timed_out = []
-        d = defer.ensureDeferred(self._send(method, url, data, self._headers(extra)))
+        d = defer.ensureDeferred(self._send(method, url, data, self._headers(extra), sink))
 
         def on_timeout():
             timed_out.append(True)
@@ -267,8 +273,11 @@ class CouchDB:
                 timer.cancel()
         return _interpret(method, shown, status, content_type, content, raw)
 
-    async def _send(self, method, url, data, headers):
-        status, found, content = await self._http.request(method, url, headers, data)
+    async def _send(self, method, url, data, headers, sink=None):
+        if sink is None:
+            status, found, content = await self._http.request(method, url, headers, data)
+        else:
+            status, found, content = await self._http.stream(method, url, headers, data, sink)
         return status, found.get("content-type", ""), content
 
     async def info(self) -> dict:
@@ -428,6 +437,28 @@ class Database:
             raise BadResponse("GET answered something that is not JSON: is this CouchDB?",
                               url=self.display_url + "/" + path) from None
 
+    async def rows_sized(self, path: str, *, trim: Callable[[dict], int],
+                         whole_below: int = WHOLE_ANSWER_BYTES, **params
+                         ) -> tuple[list[dict], int]:
+        """GET an answer of rows (``_all_docs``, a view): ``(its rows, the bytes of JSON
+        they hold)``. An answer larger than ``whole_below`` is parsed row by row as it
+        arrives, and each row is handed to ``trim`` as soon as it is made, which may drop
+        parts of it and returns the bytes it dropped: a range of many large documents is
+        never held whole. Smaller answers are kept as they are."""
+        shown = self.display_url + "/" + path
+        for attempt in range(2):
+            reader = _RowReader(trim, whole_below)
+            try:
+                await self.server._request_once("GET", self.path + path, params=params,
+                                                raw=True, sink=reader.take)
+                return reader.finish(shown)
+            except Unreachable as error:
+                # (a pooled connection the server closed, as :meth:`CouchDB.request`
+                # retries: only before any of the answer came)
+                if attempt or not error.connection_lost or reader.size:
+                    raise
+        raise AssertionError("unreachable")
+
     async def put(self, doc: dict) -> str:
         """Write ``doc`` (its ``_rev`` if an update); returns the new revision."""
         result = await self._request("PUT", doc_path(doc["_id"]), body=doc)
@@ -532,6 +563,72 @@ class Database:
                                heartbeat_ms / 1000.0, on_started)
         stream.start()
         return stream
+
+
+class _RowReader:
+    """An answer's body, chunk by chunk: held as bytes up to ``whole_below``, then
+    parsed row by row (``rows.item``), each row trimmed as it is made."""
+
+    def __init__(self, trim: Callable[[dict], int], whole_below: int):
+        self.trim = trim
+        self.whole_below = whole_below
+        self.size = 0  # bytes received
+        self.dropped = 0  # bytes trim dropped
+        self.rows: list[dict] = []
+        self._chunks: list[bytes] = []
+        self._made: list | None = None  # rows made by the parser, not yet trimmed
+        self._parser = None
+        self._error: str | None = None  # the parser's (the rest is not read)
+
+    def take(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._error is not None:
+            return
+        if self._parser is not None:
+            self._feed(chunk)
+            return
+        self._chunks.append(chunk)
+        if self.size > self.whole_below:
+            self._made = ijson.sendable_list()
+            self._parser = ijson.items_coro(self._made, "rows.item", use_float=True)
+            held, self._chunks = self._chunks, []
+            for part in held:
+                self._feed(part)
+
+    def _feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.send(chunk)
+        except (ijson.JSONError, ValueError) as error:  # (bad UTF-8: UnicodeDecodeError)
+            self._error = str(error) or "malformed"
+            return
+        self._take_rows()
+
+    def _take_rows(self) -> None:
+        for row in self._made:
+            if isinstance(row, dict):
+                self.dropped += self.trim(row)
+            self.rows.append(row)
+        del self._made[:]
+
+    def finish(self, shown: str) -> tuple[list[dict], int]:
+        try:
+            if self._parser is None:
+                answer = jsonio.loads(b"".join(self._chunks))
+                rows = answer.get("rows") if isinstance(answer, dict) else None
+                if not isinstance(rows, list):
+                    raise ValueError("no rows")
+                return rows, self.size
+            if self._error is not None:
+                raise ValueError(self._error)
+            try:
+                self._parser.close()  # (raises if the answer ended before its end)
+            except (ijson.JSONError, ValueError) as error:
+                raise ValueError(str(error)) from None
+            self._take_rows()
+            return self.rows, self.size - self.dropped
+        except ValueError:
+            raise BadResponse("GET answered something that is not JSON rows: is this "
+                              "CouchDB?", url=shown) from None
 
 
 def _changes_params(params: dict) -> dict:

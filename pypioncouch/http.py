@@ -130,14 +130,14 @@ class LeanClient:
                   on_data: Callable[[], None] | None = None) -> tuple[int, dict[str, str], bytes]:
         return await self.request("GET", url, headers, on_data=on_data)
 
-    async def stream(self, method: str, url: str, headers: dict[str, str], data: bytes,
-                     sink) -> tuple[int, dict[str, str], bytes]:
+    async def stream(self, method: str, url: str, headers: dict[str, str],
+                     data: bytes | None, sink) -> tuple[int, dict[str, str], bytes]:
         """Like :meth:`request`, but a 200 answer's body is handed to ``sink`` chunk by
         chunk as it arrives (never held whole) and ``b""`` is returned for it."""
         response = await self._agent.request(
             method.encode("ascii"), _ascii(url),
             Headers({k.encode("ascii"): [v.encode("latin-1")] for k, v in headers.items()}),
-            client.FileBodyProducer(BytesIO(data)))
+            None if data is None else client.FileBodyProducer(BytesIO(data)))
         found = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
                  for k, v in response.headers.getAllRawHeaders()}
         if response.code != 200:

@@ -23,12 +23,19 @@ pass) is the sync's policy (:mod:`pypioncouch.removals`); how it is removed is h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from twisted.internet import defer
 
 from pypioncouch import model
-from pypioncouch.couch import Database, NotFound, doc_path
+from pypioncouch.couch import WHOLE_ANSWER_BYTES, Database, NotFound, doc_path
 
 CONFLICT_ROUNDS = 3
+# From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), a release's
+# own description longer than this is left out: once the backfill has stored every
+# release's own metadata, 2,000 releases with 100 KB descriptions would hold 200 MB
+# (600 MB parsed) for pages that show one of them at most.
+KEPT_DESCRIPTION_CHARS = 4096
 OPML_DIGEST = "opml_digest"  # what the OPML watcher records of the opml.xml it wrote
 release_id = model.release_id
 release_range = model.release_id_range
@@ -99,40 +106,72 @@ class Store:
     async def project(self, key: str) -> tuple[dict | None, list[dict]]:
         """``(project document, its release documents in id order)``, or
         ``(None, [])`` for a project not stored."""
-        project, releases, _ = await self.project_sized(key)
-        return project, releases
+        read = await self.project_read(key, whole_below=None)
+        return read.project, read.releases
 
-    async def project_sized(self, key: str) -> tuple[dict | None, list[dict], int]:
-        """:meth:`project` and the bytes of JSON read for it (a cache counts them).
+    async def project_read(self, key: str, whole_below: int | None = WHOLE_ANSWER_BYTES
+                           ) -> "ProjectRead":
+        """A project and its releases as a web front reads them, and the bytes of JSON
+        held (a cache counts them). From releases over ``whole_below`` bytes of JSON
+        (None: never), descriptions over ``KEPT_DESCRIPTION_CHARS`` are left out but
+        the latest release's (the pages show it); :attr:`ProjectRead.elided` names them.
 
         The project and its releases are read at once (a web front's miss waits one
         round trip, not two). A project's releases are written before it, so a release
         its ``versions`` name but the read lacks was written meanwhile: the releases
         are read again, after the project, as the writer's order guarantees."""
         project_read = defer.ensureDeferred(self.db.get_sized(doc_path(key)))
-        releases_read = defer.ensureDeferred(self._releases_sized(key))
+        releases_read = defer.ensureDeferred(self._releases_sized(key, whole_below))
         (read_project, project), (read_releases, releases) = await defer.DeferredList(
             [project_read, releases_read], consumeErrors=True)
         if not read_project:
             if project.check(NotFound):
-                return None, [], 0
+                return ProjectRead(None, [], 0)
             project.raiseException()
         project, size = project
         if project.get("type") != model.PROJECT:
-            return None, [], 0
+            return ProjectRead(None, [], 0)
         if not read_releases:
             releases.raiseException()
-        releases, more = releases
+        releases, more, elided = releases
         found = {doc.get("version") for doc in releases}
         if any(version not in found for version in project.get("versions") or []):
-            releases, more = await self._releases_sized(key)
-        return project, releases, size + more
+            releases, more, elided = await self._releases_sized(key, whole_below)
+        latest = project.get("latest_version")
+        if latest in elided:
+            at = next(i for i, doc in enumerate(releases) if doc.get("version") == latest)
+            whole = await self.release(key, latest, releases[at].get("_rev"))
+            if whole is not None:
+                more += len(((whole.get("info") or {}).get("description") or ""))
+                releases[at] = whole
+                elided = elided - {latest}
+        return ProjectRead(project, releases, size + more, frozenset(elided))
 
-    async def _releases_sized(self, key: str) -> tuple[list[dict], int]:
+    async def _releases_sized(self, key: str, whole_below: int | None
+                              ) -> tuple[list[dict], int, set[str]]:
+        elided: set[str] = set()
+
+        def trim(row: dict) -> int:
+            doc = row.get("doc")
+            info = doc.get("info") if isinstance(doc, dict) else None
+            text = info.get("description") if isinstance(info, dict) else None
+            if not isinstance(text, str) or len(text) <= KEPT_DESCRIPTION_CHARS:
+                return 0
+            del info["description"]
+            elided.add(doc.get("version"))
+            return len(text)
+
         start, end = release_range(key)
-        answer, size = await self.db.get_sized("_all_docs", startkey=start, endkey=end,
-                                               include_docs=True)
-        return [row["doc"] for row in answer["rows"] if row.get("doc")], size
+        rows, size = await self.db.rows_sized(
+            "_all_docs", trim=trim, whole_below=whole_below if whole_below is not None
+            else float("inf"), startkey=start, endkey=end, include_docs=True)
+        return [row["doc"] for row in rows if row.get("doc")], size, elided
+
+    async def release(self, key: str, version: str, rev: str | None = None) -> dict | None:
+        """One release document, whole (at ``rev`` while CouchDB has it), or None."""
+        docid = release_id(key, version)
+        found = await self.db.get_or_none(docid, rev=rev) if rev else None
+        return found or await self.db.get_or_none(docid)
 
     async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests
@@ -295,3 +334,16 @@ class Store:
         for doc in pending:
             rejected[doc["_id"]] = "conflict"
         return rejected, superseded
+
+
+@dataclass
+class ProjectRead:
+    """What :meth:`Store.project_read` read: the project document (None if not
+    stored), its release documents in id order, the bytes of JSON they hold, and the
+    versions whose ``info`` lacks its description (left out: read the release whole,
+    :meth:`Store.release`, to show it)."""
+
+    project: dict | None
+    releases: list[dict]
+    size: int
+    elided: frozenset[str] = frozenset()

@@ -17,7 +17,7 @@ from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import normalize
 
 from .helpers import World, sleep, stored_project
-from .test_web import serve
+from .test_web import serve, serve_cached
 
 
 @pytest.fixture
@@ -185,6 +185,35 @@ async def test_a_syncing_front_fetches_a_releases_own_metadata_on_the_spot(small
     finally:
         await port.stopListening()
         await busy.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_front_holds_the_latest_description_only_and_answers_every_release(
+        small_world):
+    """Once every release carries its own description, a front reading a project of
+    many large ones holds the latest's only (not 40 x 60 KB, times three parsed), and
+    still answers each release's JSON with its own, byte for byte, then from its cache."""
+    world = small_world
+    for n in range(40):
+        world.index.publish("Wordy", f"1.{n}", description=f"{n} " + "wordy text " * 6000)
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    front, port, url, follower = await serve_cached(world.db, syncing=False)
+    try:
+        for path in ("pypi/wordy/json", "simple/wordy/", "pypi/wordy/1.3/json",
+                     "pypi/wordy/1.39/json", "pypi/wordy/1.0/json", "pypi/wordy/1.3/json"):
+            ours = await treq.get(f"{url}/{path}")
+            theirs = await treq.get(f"{world.url}/{path}")
+            assert (ours.code, await ours.content()) == (200, await theirs.content()), path
+        entry = front.cache.get("wordy")
+        assert entry is not None and len(entry.releases) == 40
+        assert entry.json_bytes < 400_000  # (the releases hold 2.6 MB of descriptions)
+        assert front.cache.hits >= 2 + 1  # the Simple page and 1.3's second answer
+        page = await treq.get(f"{url}/browse/project/wordy")
+        assert "39 wordy text" in (await page.text())  # the latest's, rendered
+    finally:
+        await follower.stopService()
+        await port.stopListening()
 
 
 async def _forget_info(db, key, version):

@@ -129,6 +129,52 @@ async def test_bulk_get_answers_what_a_get_answers(couch, db_name):
     assert await db.bulk_get([]) == {}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_large_answer_is_read_row_by_row_and_trimmed_as_it_comes(couch, db_name):
+    """Rows read whole (small answers) or parsed as they arrive (past ``whole_below``)
+    are the same rows; only the latter go through ``trim``, whose dropped bytes are not
+    counted as held."""
+    db = couch.database(db_name)
+    await db.ensure()
+    docs = [{"_id": f"foo:{n}", "n": n, "text": "ü" * 3000, "big": 1 << 40, "x": 0.5}
+            for n in range(30)]
+    await db.bulk_docs(docs)
+    trimmed = []
+
+    def trim(row):
+        trimmed.append(row["id"])
+        return len(row["doc"].pop("text"))
+
+    options = {"startkey": "foo:", "endkey": "foo:\ufff0", "include_docs": True}
+    whole, whole_size = await db.rows_sized("_all_docs", trim=trim, **options)
+    assert trimmed == [] and [row["doc"]["text"] for row in whole] == ["ü" * 3000] * 30
+    streamed, streamed_size = await db.rows_sized("_all_docs", trim=trim, whole_below=1000,
+                                                  **options)
+    assert trimmed == [f"foo:{n}" for n in sorted(range(30), key=str)]
+    assert [row["id"] for row in streamed] == [row["id"] for row in whole]
+    assert [{k: v for k, v in row["doc"].items() if k != "text"} for row in whole] == \
+        [row["doc"] for row in streamed]
+    assert streamed[0]["doc"]["big"] == 1 << 40 and streamed[0]["doc"]["x"] == 0.5
+    assert streamed_size == whole_size - 30 * 3000
+    none, _ = await db.rows_sized("_all_docs", trim=trim, whole_below=0, startkey="bar:",
+                                  endkey="bar:\ufff0")
+    assert none == []
+
+
+@pytest.mark.parametrize("body", [b'{"total_rows": 2, "rows": [{"id": "a"}, {"id"',
+                                  b'{"rows": [{"id": "a"} {"id": "b"}]}', b"<html>",
+                                  b'{"rows": [{"id": "\xff"}]}'])
+@pytest_twisted.ensureDeferred
+async def test_an_answer_of_rows_cut_short_or_malformed_is_a_bad_response(body):
+    from .helpers import ScriptedHTTP
+
+    for whole_below in (0, 1 << 20):
+        http = ScriptedHTTP((200, {"content-type": "application/json"}, body))
+        db = CouchDB("http://couch.test:5984/", http=http).database("pypi")
+        with pytest.raises(BadResponse, match="not JSON rows"):
+            await db.rows_sized("_all_docs", trim=lambda row: 0, whole_below=whole_below)
+
+
 def test_winning_revision_is_couchdbs_choice():
     assert winning_revision([{"_rev": "1-bbb"}, {"_rev": "1-aaa"}]) == {"_rev": "1-bbb"}
     assert winning_revision([{"_rev": "2-aaa"}, {"_rev": "10-aaa"}]) == {"_rev": "10-aaa"}

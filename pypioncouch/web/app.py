@@ -382,10 +382,11 @@ class WebFront:
                 waiter.callback(result)
 
     async def _read_project(self, key: str, ticket: int) -> CachedProject | None:
-        project, releases, size = await self.store.project_sized(key)
-        if project is None:
+        read = await self.store.project_read(key)
+        if read.project is None:
             return None
-        entry = CachedProject(project, releases, json_bytes=size)
+        project, releases = read.project, read.releases
+        entry = CachedProject(project, releases, json_bytes=read.size, elided=read.elided)
         # Releases other than those the project records (a copy behind on a cluster,
         # or a write between the two) are served, not kept: their change may have
         # come through the feed before the read, and none would come after it.
@@ -520,12 +521,29 @@ class WebFront:
         _json_api_headers(request, entry)  # (a 304 carries them too)
         if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
             return b""
-        body = self.cache.rendered(entry, payload_key,
-                                   lambda: _json_api_body(entry, version))
+        shown = entry.project.get("latest_version") if version is None else version
+        if shown in entry.elided and payload_key not in entry.rendered:
+            body = await self._json_api_of_elided(entry, shown, version, payload_key)
+        else:
+            body = self.cache.rendered(entry, payload_key,
+                                       lambda: _json_api_body(entry, version))
         if body is None:
             request.setResponseCode(404)
             return not_found
         return body
+
+    async def _json_api_of_elided(self, entry: CachedProject, shown: str,
+                                  version: str | None, payload_key: str) -> bytes | None:
+        """The JSON API answer showing release ``shown``, read without its description:
+        read whole now, kept with the entry if it is the revision the entry holds."""
+        release = _release(entry, shown)
+        whole = await self.store.release(entry.project["_id"], shown, release.get("_rev"))
+        if whole is None:
+            return None  # (removed since)
+        body = _json_api_body(entry, version, whole)
+        if whole.get("_rev") != release.get("_rev"):
+            return body  # (changed since: the feed is evicting the entry)
+        return self.cache.rendered(entry, payload_key, lambda: body)
 
     async def _own_info_on_the_spot(self, request, entry: CachedProject, release: dict
                                     ) -> bytes:
@@ -570,8 +588,16 @@ class WebFront:
         return model.dump_json_api(payload)
 
 
-def _json_api_body(entry: CachedProject, version: str | None) -> bytes | None:
-    payload = model.json_api_payload(entry.project, entry.releases, version)
+def _json_api_body(entry: CachedProject, version: str | None, whole: dict | None = None
+                   ) -> bytes | None:
+    """The JSON API answer from ``entry`` (``whole``: the release of ``version`` read
+    whole, when the entry's copy lacks its description)."""
+    releases = entry.releases
+    if whole is not None:
+        releases = [whole if doc["version"] == whole["version"] else doc for doc in releases]
+    elif (version or entry.project.get("latest_version")) in entry.elided:
+        raise AssertionError(f"{version}: its description was not read")
+    payload = model.json_api_payload(entry.project, releases, version)
     return None if payload is None else model.dump_json_api(payload)
 
 

@@ -11,7 +11,8 @@ from what it holds, without walking it: the bytes of JSON read from CouchDB for 
 times what CPython spends on the parsed objects per byte of JSON, plus the bytes of
 the answers rendered from it. An entry keeps at most ``variants`` rendered answers
 (a crawler asking for each of 3,000 versions' JSON would otherwise hang all of them
-on one entry).
+on one entry). From a project read row by row (``Store.project_read``: over 1 MB of
+releases), long descriptions other than the latest's are not held (``elided``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class CachedProject:
     rendered: OrderedDict[str, bytes | None] = field(default_factory=OrderedDict)
     rendered_bytes: int = 0
     file_index: dict | None = None  # file name -> release (the /files/ route's lookups)
+    # Versions whose info lacks its description (Store.project_read left it out: read
+    # the release whole to answer with it).
+    elided: frozenset[str] = frozenset()
 
     @cached_property
     def etag_base(self) -> str:
