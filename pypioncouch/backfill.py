@@ -107,7 +107,7 @@ class OwnInfo:
         own = model.with_own_info(doc, info, vulnerabilities)
         for _ in range(CONFLICT_ROUNDS):
             try:
-                await self.db.put(own)
+                await self.db.put(model.stored_form(own))
                 return own, True
             except Conflict:
                 doc = await self._release(doc_id)

@@ -81,6 +81,15 @@ class PreconditionFailed(CouchError):
     """412: e.g. the database already exists."""
 
 
+class DocumentTooLarge(CouchError):
+    """Apache CouchDB refused a request for one document over its ``max_document_size``
+    (a ``_bulk_docs`` is refused whole for it): ``docid`` names it."""
+
+    def __init__(self, message: str, *, docid: str, **kwargs):
+        self.docid = docid
+        super().__init__(message, **kwargs)
+
+
 class Unauthorized(CouchError):
     """401/403: wrong or missing credentials, or not allowed."""
 
@@ -352,6 +361,9 @@ def _interpret(method, url, status, content_type, content, raw):
     elif "html" in content_type:
         reason = "an HTML page (is this CouchDB?)"
     message = f"{method} failed" + (f": {reason}" if reason else "")
+    if status == 413 and isinstance(parsed, dict) and parsed.get(
+            "error") == "document_too_large" and isinstance(parsed.get("reason"), str):
+        raise DocumentTooLarge(message, docid=parsed["reason"], url=url, status=status)
     raise _error_for_status(status)(message, url=url, status=status)
 
 
@@ -472,13 +484,27 @@ class Database:
         """``_bulk_docs``: one :class:`BulkResult` per document, errors included, in the
         order of ``docs`` (matched by id: pouchdb-server may answer in another order).
         A document the answer does not mention gets an ``error`` result."""
-        if not docs:
-            return []
-        answer = await self._request("POST", "_bulk_docs", body={"docs": docs},
-                                     timeout=timeout)
+        by_id: dict[str, list[BulkResult]] = {}
+        sending = docs
+        while sending:
+            try:
+                answer = await self._request("POST", "_bulk_docs", body={"docs": sending},
+                                             timeout=timeout)
+                break
+            except DocumentTooLarge as error:
+                # Apache CouchDB refuses the whole request for one document over its
+                # max_document_size, naming it: that one is refused, the rest sent again.
+                kept = [doc for doc in sending if doc.get("_id") != error.docid]
+                if len(kept) == len(sending):
+                    raise
+                by_id[error.docid] = [BulkResult(
+                    id=error.docid, error="too_large",
+                    reason="larger than CouchDB's max_document_size")]
+                sending = kept
+        else:
+            answer = []
         if not isinstance(answer, list):
             raise BadResponse("_bulk_docs did not answer a list", url=self.display_url)
-        by_id: dict[str, list[BulkResult]] = {}
         for row in answer:
             by_id.setdefault(row.get("id", ""), []).append(BulkResult(
                 id=row.get("id", ""), rev=row.get("rev"), error=row.get("error"),
@@ -534,10 +560,11 @@ class Database:
             data=content, headers={"Content-Type": content_type})
         return result["rev"]
 
-    async def get_attachment(self, docid: str, name: str) -> tuple[bytes, str]:
-        """``(content, content type)`` of an attachment."""
+    async def get_attachment(self, docid: str, name: str, rev: str | None = None
+                             ) -> tuple[bytes, str]:
+        """``(content, content type)`` of an attachment (of revision ``rev``)."""
         return await self._request("GET", f"{doc_path(docid)}/{quote(name, safe='')}",
-                                   raw=True)
+                                   params={"rev": rev} if rev else None, raw=True)
 
     async def get_local(self, name: str) -> dict | None:
         """A ``_local/`` document (not replicated), or None."""

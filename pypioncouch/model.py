@@ -23,6 +23,7 @@ JSON and Simple APIs are re-served from CouchDB alone.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -49,8 +50,15 @@ _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORE
 # Where a release document's ``info`` came from (docs/schema.md).
 INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
 INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer
+# A release's own description over this many bytes (UTF-8) is stored as the
+# attachment ``description`` of its document, not in ``info``: Apache CouchDB refuses
+# a document over 8 MB (max_document_size), which attachments do not count towards.
+DESCRIPTION_APART_BYTES = 4_000_000
+DESCRIPTION_ATTACHMENT = "description"
+DESCRIPTION_APART = "description_apart"  # true: the description is that attachment
 # Keys of a release document that hold its own metadata (not its files).
-_OWN_INFO_KEYS = ("info", "info_source", "requires_dist", "vulnerabilities")
+_OWN_INFO_KEYS = ("info", "info_source", "requires_dist", "vulnerabilities",
+                  DESCRIPTION_APART, "_attachments")
 
 
 class BadPayload(ValueError):
@@ -198,6 +206,36 @@ def release_document(normalized: str, name: str, version: str, files: list[dict]
 
 def has_own_info(release: dict) -> bool:
     return release.get("info") is not None
+
+
+def stored_form(doc: dict) -> dict:
+    """``doc`` as written to CouchDB: a release's description over
+    ``DESCRIPTION_APART_BYTES`` goes into its attachment (any other is ``doc``)."""
+    info = doc.get("info")
+    text = info.get("description") if isinstance(info, dict) else None
+    if not isinstance(text, str) or len(text) * 4 <= DESCRIPTION_APART_BYTES:
+        return doc  # (the common case, without encoding it)
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= DESCRIPTION_APART_BYTES:
+        return doc
+    return {**doc, "info": {k: v for k, v in info.items() if k != "description"},
+            DESCRIPTION_APART: True, "_attachments": {DESCRIPTION_ATTACHMENT: {
+                "content_type": "text/plain; charset=utf-8",
+                "data": base64.b64encode(encoded).decode("ascii")}}}
+
+
+def is_description_apart(doc: dict) -> bool:
+    """Whether a stored release's description is its attachment (``stored_form``)."""
+    return doc.get(DESCRIPTION_APART) is True and isinstance(doc.get("info"), dict)
+
+
+def whole_form(doc: dict, description: bytes) -> dict:
+    """A stored release whose description is apart, with ``description`` (its
+    attachment's bytes) back in its ``info``: the document as PyPI's data made it."""
+    whole = {k: v for k, v in doc.items() if k not in (DESCRIPTION_APART, "_attachments")}
+    whole["info"] = {**doc["info"],
+                     "description": description.decode("utf-8", "surrogatepass")}
+    return whole
 
 
 def lacks_own_info(project: dict, release: dict | None, version: str | None) -> bool:

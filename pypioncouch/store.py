@@ -104,10 +104,12 @@ class Store:
                 if key in found and found[key].get("type") == model.PROJECT}
 
     async def project(self, key: str) -> tuple[dict | None, list[dict]]:
-        """``(project document, its release documents in id order)``, or
+        """``(project document, its release documents in id order, each whole)``, or
         ``(None, [])`` for a project not stored."""
         read = await self.project_read(key, whole_below=None)
-        return read.project, read.releases
+        releases = [await self.release(key, doc["version"], doc.get("_rev"))
+                    if doc.get("version") in read.elided else doc for doc in read.releases]
+        return read.project, [doc for doc in releases if doc is not None]
 
     async def project_read(self, key: str, whole_below: int | None = WHOLE_ANSWER_BYTES
                            ) -> "ProjectRead":
@@ -165,13 +167,21 @@ class Store:
         rows, size = await self.db.rows_sized(
             "_all_docs", trim=trim, whole_below=whole_below if whole_below is not None
             else float("inf"), startkey=start, endkey=end, include_docs=True)
-        return [row["doc"] for row in rows if row.get("doc")], size, elided
+        docs = [row["doc"] for row in rows if row.get("doc")]
+        elided.update(doc.get("version") for doc in docs if model.is_description_apart(doc))
+        return docs, size, elided
 
     async def release(self, key: str, version: str, rev: str | None = None) -> dict | None:
-        """One release document, whole (at ``rev`` while CouchDB has it), or None."""
+        """One release document, whole (at ``rev`` while CouchDB has it; a description
+        kept apart back in its ``info``), or None."""
         docid = release_id(key, version)
         found = await self.db.get_or_none(docid, rev=rev) if rev else None
-        return found or await self.db.get_or_none(docid)
+        found = found or await self.db.get_or_none(docid)
+        if found is None or not model.is_description_apart(found):
+            return found
+        text, _ = await self.db.get_attachment(docid, model.DESCRIPTION_ATTACHMENT,
+                                               rev=found["_rev"])
+        return model.whole_form(found, text)
 
     async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests
@@ -286,7 +296,7 @@ class Store:
         for _ in range(CONFLICT_ROUNDS):
             if not pending:
                 break
-            results = await self.db.bulk_docs(pending)
+            results = await self.db.bulk_docs([model.stored_form(doc) for doc in pending])
             conflicted = []
             for doc, result in zip(pending, results):
                 if result.ok:

@@ -175,6 +175,25 @@ async def test_an_answer_of_rows_cut_short_or_malformed_is_a_bad_response(body):
             await db.rows_sized("_all_docs", trim=lambda row: 0, whole_below=whole_below)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_document_over_the_size_limit_is_refused_alone(couch, db_name):
+    """Apache CouchDB answers a whole _bulk_docs 413 for one document over its 8 MB
+    max_document_size: that document is refused (too_large), the others written.
+    (pouchdb-server has no such limit: it writes both.)"""
+    db = couch.database(db_name)
+    await db.ensure()
+    apache = "express-pouchdb" not in await couch.info()
+    big = {"_id": "big", "text": "x" * 9_000_000}
+    results = await db.bulk_docs([{"_id": "before"}, big, {"_id": "after"}])
+    assert [r.id for r in results] == ["before", "big", "after"]
+    assert results[0].ok and results[2].ok
+    if apache:
+        assert (results[1].error, await db.get_or_none("big")) == ("too_large", None)
+    else:
+        assert results[1].ok
+    assert (await db.get("after"))["_id"] == "after"
+
+
 def test_winning_revision_is_couchdbs_choice():
     assert winning_revision([{"_rev": "1-bbb"}, {"_rev": "1-aaa"}]) == {"_rev": "1-bbb"}
     assert winning_revision([{"_rev": "2-aaa"}, {"_rev": "10-aaa"}]) == {"_rev": "10-aaa"}

@@ -314,3 +314,26 @@ def test_releases_as_their_project_records_them():
     # Records of another shape: not as recorded, and no error.
     for odd in ([], {"2": {"files": "x"}}, {"2": 7}, {"2": []}):
         assert not model.releases_as_recorded({**project, "release_digests": odd}, releases)
+
+
+def test_a_description_over_four_million_bytes_is_stored_apart_and_read_back_whole():
+    import base64
+
+    release = {"_id": "foo:1.0", "type": "release", "version": "1.0", "files": [],
+               "info": {"name": "foo", "description": "x" * 4_000_000, "summary": "s"}}
+    assert model.stored_form(release) is release  # (at the limit: in the document)
+    snowmen = dict(release, info={"description": "\u2603" * 1_333_333})  # 3,999,999 bytes
+    assert model.stored_form(snowmen) is snowmen
+    text = "\u2603" * 1_333_334  # 4,000,002 bytes
+    wordy = dict(release, info={"name": "foo", "description": text, "summary": "s"})
+    stored = model.stored_form(wordy)
+    assert stored["info"] == {"name": "foo", "summary": "s"}
+    assert stored["description_apart"] is True and model.is_description_apart(stored)
+    attachment = stored["_attachments"]["description"]
+    assert attachment["content_type"] == "text/plain; charset=utf-8"
+    assert base64.b64decode(attachment["data"]) == text.encode("utf-8")
+    assert wordy["info"]["description"] == text  # (the document given is left as it was)
+    read = {**stored, "_rev": "1-a", "_attachments": {"description": {"stub": True}}}
+    assert model.whole_form(read, text.encode("utf-8")) == {**wordy, "_rev": "1-a"}
+    assert model.files_digest(read) == model.files_digest(wordy)
+

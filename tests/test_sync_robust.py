@@ -20,6 +20,7 @@ from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.testing.server import FAULT_KINDS
 
 from .helpers import assert_matches_simulator, sleep, stored_json_api, stored_project
+from .test_web import serve
 
 BIN = Path(sys.executable).parent
 
@@ -59,6 +60,41 @@ async def test_a_huge_project_stays_under_the_document_limit(world):
         assert await stored_json_api(w.db, key) == w.index.json_api(key)[1]
     many = await w.db.get(normalize(w.index.dataset.name(6)))
     assert len(many["versions"]) == 3000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_description_too_large_for_a_document_is_kept_whole_and_holds_back_nothing(
+        world):
+    """A release whose description alone passes CouchDB's 8 MB document limit (Apache
+    CouchDB refuses a whole _bulk_docs for one such document): the description is kept
+    whole beside its document, the JSON API answers it byte for byte, every other
+    project lands, and the next pass does not write it again."""
+    w = world(projects=12, seed=9)
+    text = "A description longer than one CouchDB document may be. \u2603\n" * 160_000
+    w.index.publish("Verbose", "1.0", description=text)  # (about 9.6 MB as UTF-8)
+    summary = await run_pass(w.importer(), full=True)
+    assert summary.pending == 0, summary.errors
+    await assert_matches_simulator(w.db, w.index)
+    stored = await w.db.get("verbose:1.0")
+    assert len(json.dumps(stored).encode()) < 1024 * 1024  # (the text is apart)
+    # A newer release, then a yank of the older one (its document is written again
+    # without info): it keeps its own metadata, text and all.
+    w.index.publish("Verbose", "2.0", description="Short now.")
+    w.index.yank("Verbose", "1.0", "too wordy")
+    assert (await run_pass(w.importer())).projects == 1
+    await assert_matches_simulator(w.db, w.index)
+    _, releases = await stored_project(w.db, "verbose")
+    assert releases[0]["yanked_reason"] == "too wordy"
+    assert releases[0]["info"]["description"] == text
+    assert (await run_pass(w.importer(), full=True)).projects == 0
+    front, port, url = serve(w.db, syncing=False)
+    try:
+        for path in ("pypi/verbose/1.0/json", "pypi/verbose/json", "simple/verbose/"):
+            ours = await treq.get(f"{url}/{path}")
+            theirs = await treq.get(f"{w.url}/{path}")
+            assert (ours.code, await ours.content()) == (200, await theirs.content()), path
+    finally:
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
