@@ -51,8 +51,10 @@ class Download:
         self.error: str | None = None
         self.length: int | None = None  # the upstream's Content-Length, when it gives one
         self.written = 0
-        self._handle = store.open_incoming()
-        self.temp_path = self._handle.name
+        # Opened once upstream answers (a download waiting for its turn holds no file:
+        # thousands asked at once would run out of file descriptors).
+        self._handle = None
+        self.temp_path: str | None = None
         self._digest = hashlib.sha256()
         self._waiters: list[defer.Deferred] = []
 
@@ -96,6 +98,8 @@ class Download:
                 waiter.callback(None)
 
     def _headers_in(self, length: int | None) -> None:
+        self._handle = self.store.open_incoming()
+        self.temp_path = self._handle.name
         self.length, self.state = length, RECEIVING
         self._notify()
 
@@ -121,10 +125,14 @@ class Download:
         self._notify()
 
     def _fail(self, message: str) -> None:
-        if not self._handle.closed:
-            self._handle.close()
-        self.store.discard(self.temp_path)
         self.state, self.error = FAILED, message
+        try:
+            if self._handle is not None:
+                self._handle.close()
+        except OSError:  # a full disk refuses the buffered rest again (the file goes)
+            pass
+        if self.temp_path is not None:
+            self.store.discard(self.temp_path)
         self.store.stats.note_error(message)
         self._notify()
 

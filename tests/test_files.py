@@ -486,6 +486,60 @@ def stored(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*"))
 
 
+def test_a_disk_that_fills_mid_download_fails_it_for_every_reader_and_keeps_nothing(
+        tmp_path):
+    """The disk fills while a file arrives (a small write is buffered, its flush
+    refused, and closing the file is refused again): every reader is told, the error
+    shows, the half-written file goes. (A full disk cannot be had on a test machine:
+    the temp file's writes go to /dev/full; upstream is a scripted agent.)"""
+    from twisted.internet import task
+    from twisted.python.failure import Failure
+
+    from pypioncouch.filefetch import FetchError
+    from pypioncouch.files import Wanted
+
+    body = b"x" * 100_000
+
+    class Transport:
+        def stopProducing(self):
+            self.protocol.connectionLost(Failure(Exception("connection closed")))
+
+    class Response:
+        code, length = 200, len(body)
+
+        def deliverBody(self, protocol):
+            transport = Transport()
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            protocol.dataReceived(body[:4000])
+
+    class Upstream:
+        def request(self, *args, **kwargs):
+            return defer.succeed(Response())
+
+    store = FileStore(tmp_path / "files")
+    opened = store.open_incoming
+
+    def on_a_full_disk():
+        handle = opened()
+        handle.file.close()
+        handle.file = handle._closer.file = open("/dev/full", "wb")
+        return handle
+
+    store.open_incoming = on_a_full_disk
+    clock = task.Clock()
+    fetcher = Fetcher(store, clock, agent=Upstream(), timeout=60)
+    download = fetcher.download(Wanted("p", "p-1.tar.gz", "http://up.test/p-1.tar.gz",
+                                       hashlib.sha256(body).hexdigest(), len(body)))
+    readers = [defer.ensureDeferred(download.finished()) for _ in range(3)]
+    failures = []
+    for reader in readers:
+        reader.addErrback(lambda failure: failures.append(failure.trap(FetchError)))
+    assert len(failures) == 3 and "No space left on device" in download.error
+    assert fetcher.in_flight == {} and os.listdir(store.incoming) == []
+    assert "No space left on device" in store.stats.last_error
+
+
 def test_a_hit_is_remembered_across_a_restart_and_leaves_last_modified_alone(tmp_path):
     store = FileStore(tmp_path, max_bytes=250)
     put(store, "a/a-1.whl", 100)
