@@ -35,6 +35,7 @@ from pypioncouch.couch import Conflict, CouchError, Database
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PyPI, PyPIError
 from pypioncouch.status import BackfillProgress
+from pypioncouch.store import Store
 
 log = Logger()
 
@@ -90,12 +91,11 @@ class OwnInfo:
         it)``. The document is None when the release is not stored or PyPI does not
         know it (404). Raises :class:`PyPIError`, :class:`model.BadPayload`,
         :class:`CouchError` or :class:`Busy`."""
-        doc_id = model.release_id(key, version)
-        doc = await self._release(doc_id)
+        doc = await self._release(key, version)
         if doc is None or model.has_own_info(doc):
             return doc, False
         if self.pacer is not None and await self.pacer.wait(self.max_wait):
-            doc = await self._release(doc_id)  # filled while we waited (the backfill)?
+            doc = await self._release(key, version)  # filled while we waited (the backfill)?
             if doc is None or model.has_own_info(doc):
                 return doc, False
         pace = None if self.pacer is None else (lambda: self.pacer.wait(self.max_wait))
@@ -110,14 +110,15 @@ class OwnInfo:
                 await self.db.put(model.stored_form(own))
                 return own, True
             except Conflict:
-                doc = await self._release(doc_id)
+                doc = await self._release(key, version)
                 if doc is None or model.has_own_info(doc):
                     return doc if doc is not None else own, False
                 own = model.with_own_info(doc, info, vulnerabilities)
         return own, False  # kept changing: the next pass tries again
 
-    async def _release(self, doc_id: str) -> dict | None:
-        doc = await self.db.get_or_none(doc_id)
+    async def _release(self, key: str, version: str) -> dict | None:
+        """The stored release, whole (a description kept apart back in its info)."""
+        doc = await Store(self.db).release(key, version)
         return doc if doc is not None and doc.get("type") == model.RELEASE else None
 
 

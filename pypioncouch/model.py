@@ -50,7 +50,7 @@ _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORE
 # Where a release document's ``info`` came from (docs/schema.md).
 INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
 INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer
-# A release's own description over this many bytes (UTF-8) is stored as the
+# A release's own description over this many bytes (as JSON) is stored as the
 # attachment ``description`` of its document, not in ``info``: Apache CouchDB refuses
 # a document over 8 MB (max_document_size), which attachments do not count towards.
 DESCRIPTION_APART_BYTES = 4_000_000
@@ -213,11 +213,11 @@ def stored_form(doc: dict) -> dict:
     ``DESCRIPTION_APART_BYTES`` goes into its attachment (any other is ``doc``)."""
     info = doc.get("info")
     text = info.get("description") if isinstance(info, dict) else None
-    if not isinstance(text, str) or len(text) * 4 <= DESCRIPTION_APART_BYTES:
-        return doc  # (the common case, without encoding it)
-    encoded = text.encode("utf-8", "surrogatepass")
-    if len(encoded) <= DESCRIPTION_APART_BYTES:
+    if not isinstance(text, str) or len(text) * 6 <= DESCRIPTION_APART_BYTES:
+        return doc  # (the common case, without encoding it: 6 bytes a character at most)
+    if len(jsonio.dumps(text)) <= DESCRIPTION_APART_BYTES:  # (as CouchDB counts it)
         return doc
+    encoded = text.encode("utf-8", "surrogatepass")
     return {**doc, "info": {k: v for k, v in info.items() if k != "description"},
             DESCRIPTION_APART: True, "_attachments": {DESCRIPTION_ATTACHMENT: {
                 "content_type": "text/plain; charset=utf-8",
@@ -243,6 +243,12 @@ def lacks_own_info(project: dict, release: dict | None, version: str | None) -> 
     release is stored, it is not the latest, and its own ``info`` is not stored."""
     return (version is not None and release is not None
             and version != project.get("latest_version") and not has_own_info(release))
+
+
+def drop_own_info(doc: dict) -> None:
+    """Take a release document's own metadata out of it (to carry another copy's)."""
+    for key in _OWN_INFO_KEYS:
+        doc.pop(key, None)
 
 
 def own_info_of(previous: dict) -> dict:
@@ -386,6 +392,16 @@ def release_digests(doc: dict) -> list[str | None]:
     # (advisories only when there are some: digests stored before them stay valid)
     own = [doc["info"], doc["vulnerabilities"]] if doc.get("vulnerabilities") else doc["info"]
     return [files_digest(doc), _digest(own)]
+
+
+def is_recorded(doc: dict, recorded: Any) -> bool:
+    """Whether a release document is the copy ``recorded`` (its project's
+    ``release_digests`` entry) describes. A document whose description is kept apart
+    carries its info without it (so its info digest cannot be taken): by its files."""
+    digests = release_digests(doc)
+    if is_description_apart(doc):
+        return isinstance(recorded, list) and recorded[:1] == digests[:1]
+    return recorded == digests
 
 
 def files_digest(doc: dict) -> str:

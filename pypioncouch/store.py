@@ -31,11 +31,12 @@ from pypioncouch import model
 from pypioncouch.couch import WHOLE_ANSWER_BYTES, Database, NotFound, doc_path
 
 CONFLICT_ROUNDS = 3
-# From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), a release's
-# own description longer than this is left out: once the backfill has stored every
-# release's own metadata, 2,000 releases with 100 KB descriptions would hold 200 MB
-# (600 MB parsed) for pages that show one of them at most.
-KEPT_DESCRIPTION_CHARS = 4096
+# From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), the texts of
+# a release's own info longer than this (its description; a licence's full text) are
+# left out: once the backfill has stored every release's own metadata, 2,000 releases
+# with 100 KB descriptions would hold 200 MB (600 MB parsed) for pages that show one
+# of them at most.
+KEPT_INFO_CHARS = 4096
 OPML_DIGEST = "opml_digest"  # what the OPML watcher records of the opml.xml it wrote
 release_id = model.release_id
 release_range = model.release_id_range
@@ -115,8 +116,8 @@ class Store:
                            ) -> "ProjectRead":
         """A project and its releases as a web front reads them, and the bytes of JSON
         held (a cache counts them). From releases over ``whole_below`` bytes of JSON
-        (None: never), descriptions over ``KEPT_DESCRIPTION_CHARS`` are left out but
-        the latest release's (the pages show it); :attr:`ProjectRead.elided` names them.
+        (None: never), info texts over ``KEPT_INFO_CHARS`` are left out but the latest
+        release's (the pages show it); :attr:`ProjectRead.elided` names them.
 
         The project and its releases are read at once (a web front's miss waits one
         round trip, not two). A project's releases are written before it, so a release
@@ -144,7 +145,8 @@ class Store:
             at = next(i for i, doc in enumerate(releases) if doc.get("version") == latest)
             whole = await self.release(key, latest, releases[at].get("_rev"))
             if whole is not None:
-                more += len(((whole.get("info") or {}).get("description") or ""))
+                more += sum(len(v) for v in (whole.get("info") or {}).values()
+                            if isinstance(v, str))
                 releases[at] = whole
                 elided = elided - {latest}
         return ProjectRead(project, releases, size + more, frozenset(elided))
@@ -156,12 +158,14 @@ class Store:
         def trim(row: dict) -> int:
             doc = row.get("doc")
             info = doc.get("info") if isinstance(doc, dict) else None
-            text = info.get("description") if isinstance(info, dict) else None
-            if not isinstance(text, str) or len(text) <= KEPT_DESCRIPTION_CHARS:
+            if not isinstance(info, dict):
                 return 0
-            del info["description"]
+            long = [k for k, v in info.items()
+                    if isinstance(v, str) and len(v) > KEPT_INFO_CHARS]
+            if not long:
+                return 0
             elided.add(doc.get("version"))
-            return len(text)
+            return sum(len(info.pop(k)) for k in long)
 
         start, end = release_range(key)
         rows, size = await self.db.rows_sized(
@@ -332,6 +336,10 @@ class Store:
                     # releases may differ from what this plan assumed. Next pass.
                     rejected[doc["_id"]] = "conflict: written by another writer meanwhile"
                     continue
+                if not is_project_doc(doc) and "_attachments" in doc:
+                    # Own metadata carried from the copy an earlier round read (its
+                    # attachment stubs name that copy's): carried anew from this one.
+                    model.drop_own_info(doc)
                 if rev and stored is not None:
                     doc["_rev"] = rev
                 else:  # (never stored, or removed: see settle)

@@ -957,7 +957,7 @@ class XmlRpcImporter:
             if current is None:
                 break
             marked = {d["version"] for d in ours if d["version"] in digests
-                      and digests[d["version"]] != model.release_digests(d)}
+                      and not model.is_recorded(d, digests[d["version"]])}
             if not marked:
                 break
             current = model.with_releases_unknown(current, marked)

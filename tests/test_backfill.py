@@ -195,25 +195,58 @@ async def test_a_front_holds_the_latest_description_only_and_answers_every_relea
     still answers each release's JSON with its own, byte for byte, then from its cache."""
     world = small_world
     for n in range(40):
-        world.index.publish("Wordy", f"1.{n}", description=f"{n} " + "wordy text " * 6000)
+        world.index.publish("Wordy", f"1.{n}", description=f"{n} " + "wordy text " * 6000,
+                            license=f"{n} " + "licence text " * 500)
     await run_pass(world.importer(), full=True)
     await backfill_of(world).run_pass()
     front, port, url, follower = await serve_cached(world.db, syncing=False)
+    whole_reads = []
+    read_whole = front.store.release
+
+    def counted(*args):
+        whole_reads.append(args)
+        return read_whole(*args)
+
+    front.store.release = counted
     try:
         for path in ("pypi/wordy/json", "simple/wordy/", "pypi/wordy/1.3/json",
                      "pypi/wordy/1.39/json", "pypi/wordy/1.0/json", "pypi/wordy/1.3/json"):
-            ours = await treq.get(f"{url}/{path}")
+            mine = await treq.get(f"{url}/{path}")
             theirs = await treq.get(f"{world.url}/{path}")
-            assert (ours.code, await ours.content()) == (200, await theirs.content()), path
+            assert (mine.code, await mine.content()) == (200, await theirs.content()), path
         entry = front.cache.get("wordy")
         assert entry is not None and len(entry.releases) == 40
-        assert entry.json_bytes < 400_000  # (the releases hold 2.6 MB of descriptions)
+        assert entry.json_bytes < 400_000  # (the releases hold 2.8 MB of long texts)
         assert front.cache.hits >= 2 + 1  # the Simple page and 1.3's second answer
+        assert len(whole_reads) == 3  # 1.3 (once), 1.39 (the latest: read with the
+        # project) and 1.0
+        crowd = await defer.gatherResults([defer.ensureDeferred(ours(url, "wordy", "1.7"))
+                                           for _ in range(6)])
+        assert set(crowd) == {(200, await oracle(world, "wordy", "1.7"))}
+        assert len(whole_reads) == 4  # a crowd asking for one release reads it once
         page = await treq.get(f"{url}/browse/project/wordy")
         assert "39 wordy text" in (await page.text())  # the latest's, rendered
     finally:
         await follower.stopService()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_found_stored_is_given_whole_with_a_description_kept_apart(couch,
+                                                                                   db_name):
+    """The front asks for a release's own metadata and finds it stored meanwhile (the
+    backfill was faster): the answer carries its description, kept apart as an
+    attachment, not the info without it."""
+    from pypioncouch.backfill import OwnInfo
+    from pypioncouch.store import Store
+
+    db = couch.database(db_name)
+    await db.ensure()
+    text = "long " * 1_000_000
+    await Store(db).write([model.release_document(
+        "big", "Big", "1.0", [], {"name": "Big", "version": "1.0", "description": text})])
+    found, stored = await OwnInfo(db, PyPI("http://127.0.0.1:9/")).fill("big", "1.0")
+    assert stored is False and found["info"]["description"] == text
 
 
 async def _forget_info(db, key, version):

@@ -320,10 +320,14 @@ def test_a_description_over_four_million_bytes_is_stored_apart_and_read_back_who
     import base64
 
     release = {"_id": "foo:1.0", "type": "release", "version": "1.0", "files": [],
-               "info": {"name": "foo", "description": "x" * 4_000_000, "summary": "s"}}
-    assert model.stored_form(release) is release  # (at the limit: in the document)
-    snowmen = dict(release, info={"description": "\u2603" * 1_333_333})  # 3,999,999 bytes
+               "info": {"name": "foo", "description": "x" * 3_999_998, "summary": "s"}}
+    assert model.stored_form(release) is release  # (4,000,000 bytes as JSON: kept)
+    snowmen = dict(release, info={"description": "\u2603" * 1_333_332})  # 3,999,996 bytes
     assert model.stored_form(snowmen) is snowmen
+    one_more = dict(release, info={"description": "x" * 3_999_999})
+    assert model.stored_form(one_more)["description_apart"] is True
+    quotes = dict(release, info={"description": '"' * 2_000_000})  # escaped: 4,000,002
+    assert model.stored_form(quotes)["description_apart"] is True
     text = "\u2603" * 1_333_334  # 4,000,002 bytes
     wordy = dict(release, info={"name": "foo", "description": text, "summary": "s"})
     stored = model.stored_form(wordy)
@@ -336,4 +340,7 @@ def test_a_description_over_four_million_bytes_is_stored_apart_and_read_back_who
     read = {**stored, "_rev": "1-a", "_attachments": {"description": {"stub": True}}}
     assert model.whole_form(read, text.encode("utf-8")) == {**wordy, "_rev": "1-a"}
     assert model.files_digest(read) == model.files_digest(wordy)
+    # (as its project records it: by its files, its info digest being the whole one's)
+    assert model.is_recorded(read, model.release_digests(wordy))
+    assert not model.is_recorded(dict(read, yanked=True), model.release_digests(wordy))
 

@@ -167,6 +167,33 @@ async def test_removals_newer_than_pypis_answers_hold_in_a_database_of_tombstone
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_rewrite_that_conflicts_carries_the_description_stored_now(couch, db_name):
+    """A release rewritten without its info (a yank) carries its stored description,
+    kept apart as an attachment. Another writer stores a new one meanwhile: the write
+    conflicts, and its next round carries the new one (the attachment stub of the copy
+    first read names a revision gone: Apache CouchDB refuses the whole _bulk_docs)."""
+    from pypioncouch import model
+
+    db = couch.database(db_name)
+    await db.ensure()
+    store = Store(db)
+    base = model.release_document("big", "Big", "1.0", [], {"name": "Big", "version": "1.0",
+                                  "description": "old " * 1_100_000}, serial=10)
+    assert not (await store.write([dict(base)]))[0]
+    stored = await db.get("big:1.0")
+    yank = {**model.release_document("big", "Big", "1.0", [], None, serial=11),
+            "yanked": True, "_rev": stored["_rev"]}
+    store_module.keep_info(yank, stored)  # (as the sync's settle does)
+    newer = {**base, "_rev": stored["_rev"], "last_serial": 11,
+             "info": {**base["info"], "description": "new " * 1_100_000}}
+    assert not (await store.write([newer]))[0]  # (the other writer, first)
+    assert await store.write([yank]) == ({}, {})
+    whole = await store.release("big", "1.0")
+    assert whole["yanked"] is True
+    assert whole["info"]["description"] == "new " * 1_100_000
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_first_imports_at_once_into_a_new_database_lose_nothing(world):
     """Both find the database empty, so neither reads stored copies first: each meets
     the other's documents when it writes and settles them by the same rules. What one

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -163,8 +164,9 @@ class WebFront:
             if syncing and pypi is not None else None
         self.cache = ProjectCache() if cache_bytes is None else ProjectCache(cache_bytes)
         # Misses on one project while it is being read share that read: a crawler's 32
-        # connections on a 3,000-release project hold one copy of it, not 32.
-        self._reading: dict[str, tuple[int, list[defer.Deferred]]] = {}
+        # connections on a 3,000-release project hold one copy of it, not 32. (By key,
+        # with the cache ticket it began at; other shared reads by a token: _shared.)
+        self._reading: dict[Any, tuple[int | None, list[defer.Deferred]]] = {}
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
@@ -537,13 +539,28 @@ class WebFront:
         """The JSON API answer showing release ``shown``, read without its description:
         read whole now, kept with the entry if it is the revision the entry holds."""
         release = _release(entry, shown)
-        whole = await self.store.release(entry.project["_id"], shown, release.get("_rev"))
+        whole = await self._shared(("whole", entry.project["_id"], shown, release.get("_rev")),
+                                   lambda: self.store.release(entry.project["_id"], shown,
+                                                              release.get("_rev")))
         if whole is None:
             return None  # (removed since)
-        body = _json_api_body(entry, version, whole)
         if whole.get("_rev") != release.get("_rev"):
-            return body  # (changed since: the feed is evicting the entry)
-        return self.cache.rendered(entry, payload_key, lambda: body)
+            # (changed since: the feed is evicting the entry)
+            return _json_api_body(entry, version, whole)
+        return self.cache.rendered(entry, payload_key,
+                                   lambda: _json_api_body(entry, version, whole))
+
+    async def _shared(self, token: tuple, read):
+        """``await read()``, one at a time per ``token``: requests arriving meanwhile
+        share its answer (a crowd asking for one large release reads it once)."""
+        reading = self._reading.get(token)
+        if reading is None:
+            reading = (None, [])
+            self._reading[token] = reading
+            defer.ensureDeferred(read()).addBoth(self._share_read, token, reading)
+        waiter = defer.Deferred()
+        reading[1].append(waiter)
+        return await waiter
 
     async def _own_info_on_the_spot(self, request, entry: CachedProject, release: dict
                                     ) -> bytes:
