@@ -79,25 +79,30 @@ def local_simple_files(project: str, files: list[dict]) -> list[dict]:
             for f in files]
 
 
-def held_releases(releases: dict[str, list[dict]], held: frozenset[str]
+def held_releases(releases: dict[str, list[dict]], held: dict[str, int]
                    ) -> dict[str, list[dict]]:
     """``releases`` (version -> JSON API file entries) cut to the files in ``held`` (the
-    names stored for the project), for a mirror that cannot fetch the rest: a file
-    listed but missing fails an install that would have taken an older version. A
-    file whose metadata file is not held loses its metadata hash (pip would fetch it)."""
+    names stored for the project, with their sizes on disk), for a mirror that cannot
+    fetch the rest: a file listed but missing fails an install that would have taken
+    an older version; so does one of another size than the release's (a copy cut
+    short). A file whose metadata file is not held loses its metadata hash (pip would
+    fetch it)."""
     no_metadata = {"core-metadata": False, "data-dist-info-metadata": False}
     return {version: [entry if entry["filename"] + METADATA_SUFFIX in held
                       else dict(entry, **no_metadata)
                       for entry in entries
                       if entry.get("filename") in held
-                      and (entry.get("digests") or {}).get("sha256")]
+                      and (entry.get("digests") or {}).get("sha256")
+                      and held[entry["filename"]] == entry.get("size",
+                                                              held[entry["filename"]])]
             for version, entries in releases.items()}
 
 
-def holdings_tag(held: frozenset[str]) -> str:
-    """A short digest of a project's stored file names: pages rendered from them (and
-    their ETags) change when a file comes or goes."""
-    return hashlib.sha256("\n".join(sorted(held)).encode()).hexdigest()[:16]
+def holdings_tag(held: dict[str, int]) -> str:
+    """A short digest of a project's stored files (names and sizes): pages rendered
+    from them (and their ETags) change when a file comes, grows or goes."""
+    return hashlib.sha256("\n".join(f"{name} {size}" for name, size in sorted(
+        held.items())).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -319,15 +324,20 @@ class FileStore:
         self._lru.move_to_end(key)
         return path
 
-    def held(self, project: str) -> frozenset[str]:
-        """The names of the files stored for ``project`` (normalized), read from disk:
-        files another process or rsync put there count as soon as they are there."""
+    def held(self, project: str) -> dict[str, int]:
+        """``{name: size}`` of the files stored for ``project`` (normalized), read from
+        disk: files another process or rsync put there count as soon as they are
+        there; those known not to match their digest do not."""
+        held = {}
         try:
             with os.scandir(self.root / project) as entries:
-                return frozenset(entry.name for entry in entries
-                                 if is_safe_filename(entry.name) and entry.is_file())
+                for entry in entries:
+                    if is_safe_filename(entry.name) and entry.is_file() and \
+                            not self.is_damaged(f"{project}/{entry.name}"):
+                        held[entry.name] = entry.stat().st_size
         except OSError:  # nothing stored for it (or not a project's name)
-            return frozenset()
+            pass
+        return held
 
     def has(self, wanted: Wanted) -> bool:
         """Whether ``wanted`` is stored with the right digest (read and hashed)."""

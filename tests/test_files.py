@@ -448,6 +448,11 @@ async def test_an_air_gapped_mirror_lists_only_the_files_it_holds(world, tmp_pat
         # pip takes the newest release the mirror holds instead of failing on 1.1.
         assert await pip_install(gapped, tmp_path / "pip", "files-lib") == \
             {"files_lib-1.0.dist-info"}
+        # A copy cut short (an interrupted cp) is not listed: pip would take it, and fail.
+        cut = tmp_path / "files" / "files-lib" / new_lib
+        cut.write_bytes(upstream_bytes(world, new_lib)[:10])
+        assert [f["filename"] for f in (await page("files-lib"))[2]["files"]] == [old_lib]
+        cut.unlink()
         # A file that arrives is listed at once; the page's old ETag no longer holds.
         await fill("files-lib", new_lib)
         code, new_etag, lib = await page("files-lib", {"If-None-Match": etag[0]})
@@ -630,8 +635,10 @@ def test_a_damaged_file_a_read_only_folder_keeps_is_not_served_until_it_changes(
     # (as root, permissions cannot make the folder read-only: unlink says it is)
     monkeypatch.setattr(files.os, "unlink", lambda path: (_ for _ in ()).throw(
         OSError(errno.EROFS, "Read-only file system")))
+    assert store.held("a") == {"a-1.whl": 10}
     store.remove_damaged("a/a-1.whl", "does not match its sha256")
     assert store.is_damaged("a/a-1.whl")
+    assert store.held("a") == {}  # (not listed on an air-gapped mirror's pages)
     assert store.summary()["last_error"] == ("a/a-1.whl: does not match its sha256: cannot "
                                              "be removed (Read-only file system): not served")
     os.utime(tmp_path / "a" / "a-1.whl", ns=(1, 1))  # replaced (rsync): read again

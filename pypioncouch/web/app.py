@@ -655,7 +655,7 @@ def _find_version(versions: list[str], wanted: str) -> str:
 
 
 def render_simple(entry: CachedProject, as_json: bool, local_files: bool = False,
-                  held: frozenset[str] | None = None) -> bytes:
+                  held: dict[str, int] | None = None) -> bytes:
     """A project's Simple page from its stored documents; ``local_files``: with file
     URLs pointing at this daemon's ``/files/``; ``held``: listing only these files."""
     project = entry.project
