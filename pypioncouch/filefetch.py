@@ -49,6 +49,7 @@ class Download:
         self.store = store
         self.state = CONNECTING
         self.error: str | None = None
+        self.cannot_store = False  # failed here (the folder full or read-only), not upstream
         self.length: int | None = None  # the upstream's Content-Length, when it gives one
         self.written = 0
         # Opened once upstream answers (a download waiting for its turn holds no file:
@@ -170,6 +171,7 @@ class _ToDownload(Protocol):
             self.download._append(data)
         except OSError as error:  # disk full, ...
             self.problem = f"cannot write to {self.download.store.root}: {error.strerror}"
+            self.download.cannot_store = True
             self.transport.stopProducing()
             return
         if self._timer is not None and self._timer.active():
@@ -279,7 +281,13 @@ class Fetcher:
             raise FetchError(f"{download.wanted.filename}: {shown} answered "
                              f"{status_line(response.code)}")
         length = None if response.length is UNKNOWN_LENGTH else response.length
-        download._headers_in(length)
+        try:
+            download._headers_in(length)
+        except OSError as error:  # no temp file: the folder is full or read-only
+            response.deliverBody(_Abort())
+            download.cannot_store = True
+            raise FetchError(f"{download.wanted.filename}: cannot write to "
+                             f"{self.store.root}: {error.strerror}") from None
         done = defer.Deferred()
         response.deliverBody(_ToDownload(download, done, self.reactor, self.timeout))
         try:
@@ -292,3 +300,10 @@ class Fetcher:
 class _Discard(Protocol):
     def connectionLost(self, reason) -> None:
         pass
+
+
+class _Abort(_Discard):
+    """Closes the connection instead of reading a body that cannot be kept."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()

@@ -201,6 +201,31 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, tmp_path):
+    """Not upstream's failure (a 502): ours, said as such, with when to try again."""
+    import errno
+
+    store = FileStore(tmp_path / "files")
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store.open_incoming = full  # (a full disk cannot be had on a test machine)
+    front, port, url = serve(world.db, store, Fetcher(store))
+    try:
+        for answer in (await http.get(f"{url}/files/files-app/{APP_WHEEL}"),
+                       await http.head(f"{url}/files/files-app/{APP_WHEEL}")):
+            assert answer.code == 503
+            assert header(answer, "retry-after") == ["60"]
+        body = await treq.content(await http.get(f"{url}/files/files-app/{APP_WHEEL}"))
+        assert body.decode().startswith(f"503 Service Unavailable: {APP_WHEEL}: cannot "
+                                        f"write to {tmp_path / 'files'}: No space left")
+        assert "No space left on device" in (await status_of(url))["last_error"]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_copy_in_the_folder_that_is_not_the_releases_is_never_served(world, tmp_path):
     """A file put there by hand (a copy cut short) is read once before it is served."""
     expected = upstream_bytes(world, APP_WHEEL)

@@ -88,14 +88,7 @@ class FilePages:
             return _unavailable(request, 404, (
                 f"404 Not Found: this mirror does not fetch from upstream (--no-sync) and "
                 f"has not stored {filename}; seed it with pypioncouch --fetch-files"))
-        try:
-            download = self.fetcher.download(wanted)
-        except OSError as error:  # no temp file: the folder is full or read-only
-            self.store.stats.note_error(f"{filename}: cannot write to {self.store.root}: "
-                                        f"{error.strerror}")
-            request.setHeader("Retry-After", "60")
-            return _unavailable(request, 503, f"503 Service Unavailable: cannot store "
-                                              f"{filename} ({error.strerror})")
+        download = self.fetcher.download(wanted)
         if request.method == b"HEAD" or request.getHeader("range"):
             return await self._when_stored(request, download)
         return await self._stream(request, download)
@@ -103,8 +96,8 @@ class FilePages:
     async def _when_stored(self, request, download: Download):
         try:
             await download.finished()
-        except FetchError as error:
-            return _bad_gateway(request, str(error))
+        except FetchError:
+            return _failed(request, download)
         path = self.store.lookup(download.wanted.key)
         if path is None:  # evicted at once: a budget smaller than the file
             return _bad_gateway(request, f"{download.wanted.filename}: fetched, but the "
@@ -116,7 +109,7 @@ class FilePages:
         that do not match the digest) cuts the connection before the last byte."""
         await download.started()
         if download.state == FAILED:
-            return _bad_gateway(request, download.error)
+            return _failed(request, download)
         try:
             handle = download.open_for_reading()
         except OSError:  # stored and evicted in between (a tiny budget)
@@ -151,6 +144,15 @@ async def _follow(download: Download, handle, writer: PacedWriter) -> bool:
             return False
         else:
             await download.changed()
+
+
+def _failed(request, download: Download) -> bytes:
+    """The answer to a download that failed: upstream's failure is a 502; ours (the
+    folder full or read-only) a 503 to come back to."""
+    if download.cannot_store:
+        request.setHeader("Retry-After", "60")
+        return _unavailable(request, 503, f"503 Service Unavailable: {download.error}")
+    return _bad_gateway(request, download.error)
 
 
 def _find(entry, key: str, filename: str) -> Wanted | None:
