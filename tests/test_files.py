@@ -16,7 +16,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from pypioncouch.filefetch import Fetcher
-from pypioncouch.files import FileStore
+from pypioncouch.files import FileStore, file_sha256
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.server import FaultPlan
@@ -253,6 +253,37 @@ async def test_a_copy_in_the_folder_that_is_not_the_releases_is_never_served(wor
             assert await treq.content(kept) == right.read_bytes()
         finally:
             await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crowd_asking_for_a_file_found_on_disk_reads_it_once(world, tmp_path,
+                                                                      monkeypatch):
+    """After a restart, the files on disk are read once before they are served: once
+    however many ask at the same moment (a CI farm on a 2 GB wheel)."""
+    import time
+
+    from pypioncouch.web import files as web_files
+
+    reads = []
+
+    def slow_read(path):  # (in a thread: a 2 GB wheel takes seconds)
+        reads.append(path)
+        time.sleep(0.5)
+        return file_sha256(path)
+
+    monkeypatch.setattr(web_files, "file_sha256", slow_read)
+    wheel = tmp_path / "files" / "files-lib" / "files_lib-1.1-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(upstream_bytes(world, wheel.name))
+    store = FileStore(tmp_path / "files")
+    _, port, url = serve(world.db, store, None, syncing=False)
+    try:
+        answers = await defer.gatherResults([
+            http.get(f"{url}/files/files-lib/{wheel.name}") for _ in range(8)])
+        bodies = await defer.gatherResults([treq.content(a) for a in answers])
+        assert set(bodies) == {wheel.read_bytes()} and len(reads) == 1
+    finally:
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

@@ -14,7 +14,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from klein import Klein
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.web.static import File
 
 from pypioncouch import model
@@ -40,6 +40,7 @@ class FilePages:
         self.status = status  # (for @observed)
         self.metrics = metrics
         self.read_project = read_project  # key -> CachedProject or None (cached reads)
+        self._verifying: dict[str, list[defer.Deferred]] = {}  # key -> who waits
         metrics.registry.register(FilesCollector(self))
 
     def summary(self) -> dict:
@@ -67,18 +68,9 @@ class FilePages:
             request.setResponseCode(304)
             return b""
         path = None if self.store.is_damaged(wanted.key) else self.store.lookup(wanted.key)
-        if path is not None and not self.store.is_verified(wanted.key):
-            # Found on disk, not written by this process: its bytes are read once (in
-            # a thread: a file may be large) before they are served as the release's.
-            try:
-                right = await threads.deferToThread(file_sha256, path) == wanted.sha256
-            except OSError:
-                right = False
-            if right:
-                self.store.verified(wanted.key)
-            else:
-                self.store.remove_damaged(wanted.key, "does not match its sha256")
-                path = None
+        if path is not None and not self.store.is_verified(wanted.key) and \
+                not await self._verified(wanted, path):
+            path = None
         if path is not None:
             self.store.stats.hits += 1
             return _static(path)
@@ -92,6 +84,31 @@ class FilePages:
         if request.method == b"HEAD" or request.getHeader("range"):
             return await self._when_stored(request, download)
         return await self._stream(request, download)
+
+    async def _verified(self, wanted: Wanted, path) -> bool:
+        """Whether a file found on disk, not written by this process, holds the
+        release's bytes: read once (in a thread: a file may be large) however many ask
+        meanwhile (a crowd on a 2 GB wheel after a restart would read it once each);
+        removed if not."""
+        waiters = self._verifying.get(wanted.key)
+        if waiters is None:
+            waiters = self._verifying[wanted.key] = []
+            d = threads.deferToThread(file_sha256, path)
+            d.addCallbacks(lambda got: got == wanted.sha256,
+                           lambda failure: failure.trap(OSError) and False)
+            d.addCallback(self._verify_done, wanted)
+        waiter = defer.Deferred()
+        waiters.append(waiter)
+        return await waiter
+
+    def _verify_done(self, right: bool, wanted: Wanted) -> None:
+        if right:
+            self.store.verified(wanted.key)
+        else:
+            self.store.remove_damaged(wanted.key, "does not match its sha256")
+        for waiter in self._verifying.pop(wanted.key, []):
+            if not waiter.called:
+                waiter.callback(right)
 
     async def _when_stored(self, request, download: Download):
         try:
