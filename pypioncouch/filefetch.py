@@ -142,8 +142,10 @@ class _ToDownload(Protocol):
     """Delivers a response body into a :class:`Download`; gives up after ``idle``
     seconds without a byte."""
 
-    def __init__(self, download: Download, done: defer.Deferred, reactor, idle: float):
+    def __init__(self, download: Download, done: defer.Deferred, reactor, idle: float,
+                 unsized_max: int):
         self.download = download
+        self.unsized_max = unsized_max
         self.done = done
         self.reactor = reactor
         self.idle = idle
@@ -165,6 +167,12 @@ class _ToDownload(Protocol):
             # More than the release says the file holds: wrong whatever follows (an
             # endless body would fill the disk, streamed to every reader).
             self.problem = f"more than the {expected:,} bytes the release says"
+            self.transport.stopProducing()
+            return
+        if not isinstance(expected, int) and \
+                self.download.written + len(data) > self.unsized_max:
+            # (a metadata file, whose size the release does not say: never that large)
+            self.problem = f"more than {self.unsized_max:,} bytes"
             self.transport.stopProducing()
             return
         try:
@@ -200,6 +208,10 @@ class Fetcher:
     for each next byte of it. ``upstream``: the index's URL; if it carries
     credentials (a private index), they go with every file request to its origin,
     and to no other."""
+
+    # A file whose size its release does not say (a .metadata file: a wheel's METADATA,
+    # description included) is refused past this, not left to fill the disk.
+    unsized_max = 64 * 1024 * 1024
 
     def __init__(self, store: FileStore, reactor=None, *, concurrency: int = 8,
                  timeout: float = 60.0, agent=None, on_error: Callable[[str], None] = None,
@@ -289,7 +301,8 @@ class Fetcher:
             raise FetchError(f"{download.wanted.filename}: cannot write to "
                              f"{self.store.root}: {error.strerror}") from None
         done = defer.Deferred()
-        response.deliverBody(_ToDownload(download, done, self.reactor, self.timeout))
+        response.deliverBody(_ToDownload(download, done, self.reactor, self.timeout,
+                                         self.unsized_max))
         try:
             await done
         except FetchError as error:

@@ -601,6 +601,45 @@ def test_a_disk_that_fills_mid_download_fails_it_for_every_reader_and_keeps_noth
     assert "No space left on device" in store.stats.last_error
 
 
+def test_a_file_of_no_stated_size_is_refused_past_the_cap_not_left_to_fill_the_disk(
+        tmp_path):
+    """A .metadata file (its release states no size) from an upstream that does not
+    stop: refused at the cap, nothing kept."""
+    from twisted.internet import task
+    from twisted.python.failure import Failure
+
+    from pypioncouch.filefetch import FetchError
+    from pypioncouch.files import Wanted
+
+    class Endless:
+        code, length = 200, None
+
+        def deliverBody(self, protocol):
+            self.protocol, self.going = protocol, True
+            protocol.makeConnection(self)
+            while self.going:
+                protocol.dataReceived(b"Metadata-Version: 2.1\n" * 100)
+
+        def stopProducing(self):
+            self.going = False
+            self.protocol.connectionLost(Failure(Exception("connection closed")))
+
+    class Upstream:
+        def request(self, *args, **kwargs):
+            return defer.succeed(Endless())
+
+    store = FileStore(tmp_path / "files")
+    fetcher = Fetcher(store, task.Clock(), agent=Upstream(), timeout=60)
+    fetcher.unsized_max = 100_000
+    download = fetcher.download(Wanted("p", "p-1.whl.metadata", "http://up.test/p.metadata",
+                                       "0" * 64, None))
+    failures = []
+    defer.ensureDeferred(download.finished()).addErrback(
+        lambda failure: failures.append(failure.trap(FetchError)))
+    assert failures and "more than 100,000 bytes" in download.error
+    assert download.written <= 100_000 and os.listdir(store.incoming) == []
+
+
 def test_a_hit_is_remembered_across_a_restart_and_leaves_last_modified_alone(tmp_path):
     store = FileStore(tmp_path, max_bytes=250)
     put(store, "a/a-1.whl", 100)
