@@ -41,6 +41,12 @@ log = Logger()
 
 DEFAULT_RATE = 5.0  # requests a second: ~18,000 an hour, PyPI's "spread them out"
 CONFLICT_ROUNDS = 3
+# After PyPI failed a fill (its client's retries spent), every turn waits (the front's
+# on-the-spot ones too): as long as PyPI's Retry-After said, else 30 s, doubling while
+# it keeps failing, up to 10 minutes.
+FIRST_HOLD = 30.0
+MAX_HOLD = 600.0
+MAX_RETRY_AFTER = 3600.0  # (a Retry-After of days is taken as an hour)
 
 
 class Busy(Exception):
@@ -60,6 +66,7 @@ class Pacer:
         self.interval = 1.0 / rate
         self.reactor = reactor
         self._next: float | None = None
+        self._held_until = 0.0
 
     async def wait(self, max_wait: float | None = None) -> float:
         """Wait for the next turn; raise :class:`Busy` (taking no turn) if it is more
@@ -72,6 +79,16 @@ class Pacer:
         if at > now:
             await task.deferLater(self.reactor, at - now, lambda: None)
         return at - now
+
+    def hold(self, seconds: float) -> None:
+        """No turn before ``seconds`` from now (PyPI asked us to wait, or is failing)."""
+        self._held_until = self.reactor.seconds() + seconds
+        self._next = self._held_until if self._next is None else max(self._next,
+                                                                      self._held_until)
+
+    def held(self) -> bool:
+        """Whether a :meth:`hold` is on."""
+        return self._held_until > self.reactor.seconds()
 
 
 class OwnInfo:
@@ -143,6 +160,7 @@ class Backfill(CoroutineService):
         self.ready = ready
         self.poll = 5.0  # seconds between looks at ``ready``
         self.reactor = reactor
+        self._hold = 0.0  # the last hold PyPI's failures put on the pacer
         progress.rate = rate
 
     def stopService(self):
@@ -197,9 +215,10 @@ class Backfill(CoroutineService):
                 d = defer.ensureDeferred(self._fill_one(doc_id))
                 d.addBoth(_release_slot, slots)
                 tasks.append(d)
-            await defer.gatherResults(tasks)
+            await defer.gatherResults(tasks, consumeErrors=True)
         except defer.CancelledError:
-            for d in tasks:
+            for d in tasks:  # (stopped: their cancellation is no error to report)
+                d.addErrback(lambda failure: failure.trap(defer.CancelledError))
                 d.cancel()
             raise
 
@@ -208,7 +227,11 @@ class Backfill(CoroutineService):
         progress = self.progress
         try:
             filled, stored = await self.own.fill(key, version)
-        except (PyPIError, model.BadPayload, CouchError) as error:
+        except PyPIError as error:
+            self._note_error(f"{key} {version}: {error}")
+            self._pypi_failed(error)
+            return
+        except (model.BadPayload, CouchError) as error:
             self._note_error(f"{key} {version}: {error}")
             log.warn("backfill {key} {version}: {error}", key=key, version=version,
                      error=error)
@@ -219,12 +242,24 @@ class Backfill(CoroutineService):
             self._note_error(f"{key} {version}: unexpected {type(error).__name__}: {error}")
             log.failure("backfill {key} {version}", key=key, version=version)
             return
+        self._hold = 0.0  # PyPI answered
         if filled is None:
             progress.not_found += 1
         elif stored:
             progress.filled += 1
             if progress.missing:
                 progress.missing -= 1
+
+    def _pypi_failed(self, error: PyPIError) -> None:
+        """Hold every turn after PyPI failed (said once per hold, not per release)."""
+        if self.pacer.held():
+            return  # (a fill begun before the hold: the hold stands)
+        later = getattr(error, "retry_after", None)
+        self._hold = min(MAX_HOLD, self._hold * 2) if self._hold else FIRST_HOLD
+        seconds = min(later, MAX_RETRY_AFTER) if later else self._hold
+        self.pacer.hold(seconds)
+        log.warn("backfill: PyPI failed ({error}); its next request in {seconds:.0f}s",
+                 error=error, seconds=seconds)
 
     def _note_error(self, message: str) -> None:
         self.progress.errors += 1

@@ -6,7 +6,7 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.python import usage
 
 from pypioncouch import couchapp, model
@@ -247,6 +247,38 @@ async def test_metadata_found_stored_is_given_whole_with_a_description_kept_apar
         "big", "Big", "1.0", [], {"name": "Big", "version": "1.0", "description": text})])
     found, stored = await OwnInfo(db, PyPI("http://127.0.0.1:9/")).fill("big", "1.0")
     assert stored is False and found["info"]["description"] == text
+
+
+@pytest.mark.parametrize("kind, retry_after, held", [("429", 3600, 3600), ("503", 1, 30)])
+@pytest_twisted.ensureDeferred
+async def test_pypi_failing_holds_the_backfill_instead_of_asking_release_after_release(
+        small_world, kind, retry_after, held):
+    """PyPI says to come back in an hour (or fails on): the backfill, and the front's
+    turns with it, wait that long (30 s, doubling, for failures without a word), and
+    say so once; they do not go on asking release after release."""
+    from pypioncouch.testing.server import FaultPlan
+
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    world.resource.faults = FaultPlan(1.0, kinds=(kind,), retry_after=retry_after)
+    progress = BackfillProgress()
+    backfill = Backfill(world.db, PyPI(world.url, backoff=0.01, retries=2), progress,
+                        rate=50.0)
+    running = defer.ensureDeferred(backfill.run_pass())
+    running.addErrback(lambda failure: failure.trap(defer.CancelledError))
+    await sleep(2.0)
+    try:
+        asked = world.resource.faults.requests
+        assert 1 <= asked <= backfill.concurrency * 3, (progress.last_error, progress.errors)
+        assert held - 2 <= backfill.pacer._next - reactor.seconds() <= held
+        assert progress.errors <= backfill.concurrency
+        await sleep(1.0)
+        assert world.resource.faults.requests == asked  # nothing more
+    finally:
+        running.cancel()
+    world.resource.faults = FaultPlan(0.0)
+    backfill.pacer._next = None  # (an hour later)
+    assert await backfill.run_pass() > 0 and backfill._hold == 0
 
 
 async def _forget_info(db, key, version):

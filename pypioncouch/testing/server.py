@@ -94,7 +94,8 @@ class FaultPlan:
     with a kind drawn from ``kinds``; ``seed`` makes the sequence repeatable."""
 
     def __init__(self, rate: float = 0.0, kinds=FAULT_KINDS, seed: int = 0,
-                 timeout_seconds: float = 20.0, slow_seconds: float = 2.0):
+                 timeout_seconds: float = 20.0, slow_seconds: float = 2.0,
+                 retry_after: int = 1):
         unknown = set(kinds) - set(FAULT_KINDS) - {SLOW}
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; "
@@ -103,6 +104,7 @@ class FaultPlan:
         self.kinds = tuple(kinds)
         self.timeout_seconds = timeout_seconds
         self.slow_seconds = slow_seconds
+        self.retry_after = retry_after  # what a 429 says
         self._rng = random.Random(seed)
         self.injected: Counter = Counter()
         self.requests = 0
@@ -514,7 +516,7 @@ class SimulatorResource(Resource):
             request.finish()
         elif kind == "429":
             request.setResponseCode(429)
-            request.setHeader("Retry-After", "1")
+            request.setHeader("Retry-After", str(self.faults.retry_after))
             request.write(b"429 Too Many Requests")
             request.finish()
         elif kind == "timeout":
