@@ -754,6 +754,12 @@ class ChangesStream:
             self.last_seq = change["last_seq"]
             return
         if "seq" not in change:
+            if isinstance(change, dict) and change.get("error"):
+                # (a cluster writes an error into a feed begun: a node down, ...)
+                reason = ": ".join(str(change[k]) for k in ("error", "reason")
+                                   if change.get(k))
+                self._finish(Failure(BadResponse(f"the _changes feed sent an error: "
+                                                 f"{reason}", url=self.shown_url)))
             return
         self.last_seq = change["seq"]
         try:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from twisted.internet import task
 from twisted.logger import Logger
 
-from pypioncouch.couch import CouchError, Database
+from pypioncouch.couch import CouchError, Database, Unreachable
 from pypioncouch.pipeline import CoroutineService
 
 log = Logger()
@@ -68,7 +68,9 @@ class ChangesFollower(CoroutineService):
                                               heartbeat_ms=self.heartbeat_ms,
                                               on_started=self._started)
                 await self._stream.done
-                failures = 0
+                # A continuous feed never ends well (a deleted database ends it on
+                # Apache CouchDB): as a break, backed off and said.
+                raise Unreachable("the _changes feed ended", url=self.db.display_url)
             except CouchError as error:
                 # A feed live for a while starts its backoff over: a continuous feed
                 # never ends well, and a restart an hour ago must not slow this one.

@@ -276,6 +276,36 @@ async def test_changes_stream_receives_a_change_written_after_it_started(couch, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_error_written_into_a_changes_feed_breaks_it():
+    """A cluster writes an error into a feed it began (a node down): the feed is broken
+    and says why, not taken as a line to skip while nothing more ever comes."""
+    from twisted.web import resource, server
+
+    class Feed(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            request.setHeader("Content-Type", "application/json")
+            request.write(b'{"seq":"1-a","id":"x","changes":[]}\n')
+            request.write(b'{"error":"nodedown","reason":"progress not possible"}\n')
+            return server.NOT_DONE_YET  # (and stays open, heartbeat or not)
+
+    site = server.Site(Feed())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        db = CouchDB(f"http://127.0.0.1:{port.getHost().port}/").database("pypi")
+        seen = []
+        stream = db.follow(seen.append, since=0, include_docs=False, heartbeat_ms=60000)
+        with pytest.raises(BadResponse, match="the _changes feed sent an error: nodedown: "
+                                              "progress not possible"):
+            await stream.done.addTimeout(10, reactor)
+        assert [change["id"] for change in seen] == ["x"]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_connections_leave_no_starting_factory_lines_in_the_log(couch, db_name):
     from twisted.logger import formatEvent, globalLogPublisher
 

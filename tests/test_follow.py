@@ -22,6 +22,8 @@ class Database:
     """Hands out streams the test drives: started (CouchDB accepted the feed) or not,
     then broken."""
 
+    display_url = "http://couch.test:5984/pypi"
+
     def __init__(self):
         self.streams = []
 
@@ -33,10 +35,13 @@ class Database:
         return self.streams[-1]
 
 
-def broken(stream, live):
+def broken(stream, live, ended=False):
     if live:
         stream.on_started()
-    stream.done.errback(Unreachable("CouchDB went away"))
+    if ended:  # (the response ended as HTTP allows: a continuous feed never should)
+        stream.done.callback("9-opaque")
+    else:
+        stream.done.errback(Unreachable("CouchDB went away"))
 
 
 def test_a_feed_that_was_live_is_reconnected_within_a_second_however_often_it_breaks():
@@ -56,7 +61,7 @@ def test_a_feed_that_was_live_is_reconnected_within_a_second_however_often_it_br
         follower.stopService()
 
 
-def waits_after_breaks(breaks: int, live: bool) -> list[float]:
+def waits_after_breaks(breaks: int, live: bool, ended: bool = False) -> list[float]:
     """The seconds before each reconnection of a feed that breaks ``breaks`` times in
     a row at once (accepted first, if ``live``)."""
     clock, db = Clock(), Database()
@@ -66,7 +71,7 @@ def waits_after_breaks(breaks: int, live: bool) -> list[float]:
         waited = []
         for _ in range(breaks):
             streams = len(db.streams)
-            broken(db.streams[-1], live=live)
+            broken(db.streams[-1], live=live, ended=ended)
             seconds = 0.0
             while len(db.streams) == streams:
                 clock.advance(0.5)
@@ -83,3 +88,9 @@ def test_a_feed_dropped_as_soon_as_accepted_backs_off():
 
 def test_a_feed_that_never_comes_up_backs_off_up_to_the_limit():
     assert waits_after_breaks(8, live=False) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_a_feed_that_ends_as_soon_as_accepted_backs_off_as_a_broken_one():
+    """(Not every 0.5 s for ever, resetting the web cache each time, without a word.)"""
+    assert waits_after_breaks(6, live=True, ended=True) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+
