@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from pypioncouch.couch import CouchError, Database, Unreachable
+from pypioncouch.couch import CouchError, Database, NotFound, Unreachable
 from pypioncouch.pipeline import CoroutineService
 
 log = Logger()
 
 LIVE_LONG_ENOUGH = 10.0  # seconds a feed must have lasted for its backoff to start over
+# How often a live feed checks that its database is still there: pouchdb-server keeps
+# a feed on a deleted database open (heartbeats and all), and one recreated under the
+# same name is never followed.
+PROBE_SECONDS = 60.0
 
 
 class ChangesFollower(CoroutineService):
@@ -29,13 +33,18 @@ class ChangesFollower(CoroutineService):
     requested: CouchDB's own ``since=now`` is the moment the feed's request arrives,
     and a write before that would never be delivered (a cache going live meanwhile
     would keep what that write replaced).
+
+    A database deleted (and perhaps created again under its name) breaks the feed;
+    the follower then starts over from ``after_loss`` (``"now"``, or ``0`` to see
+    every document of the new database): seqs of the old one mean nothing there.
     """
 
     def __init__(self, db: Database, on_change: Callable[[dict], Any], *, since: Any = "now",
                  include_docs: bool = False, heartbeat_ms: int = 5000,
                  on_connected: Callable[[], Any] = lambda: None,
                  on_disconnected: Callable[[], Any] = lambda: None,
-                 max_backoff: float = 30.0, reactor=None, name: str = "changes"):
+                 max_backoff: float = 30.0, reactor=None, name: str = "changes",
+                 after_loss: Any = "now", probe_seconds: float = PROBE_SECONDS):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -48,7 +57,10 @@ class ChangesFollower(CoroutineService):
         self.max_backoff = max_backoff
         self.reactor = reactor
         self.name = name
+        self.after_loss = after_loss
+        self.probe_seconds = probe_seconds
         self.live = False
+        self._gone = False  # the probe found the database gone
         self._live_since = 0.0
         self._stream = None
 
@@ -67,11 +79,23 @@ class ChangesFollower(CoroutineService):
                                               include_docs=self.include_docs,
                                               heartbeat_ms=self.heartbeat_ms,
                                               on_started=self._started)
-                await self._stream.done
+                probe = task.LoopingCall(
+                    lambda stream=self._stream: defer.ensureDeferred(self._probe(stream)))
+                probe.clock = self.reactor
+                probe.start(self.probe_seconds, now=False)
+                try:
+                    await self._stream.done
+                finally:
+                    probe.stop()
+                if self._gone:
+                    raise NotFound("the database is gone", url=self.db.display_url)
                 # A continuous feed never ends well (a deleted database ends it on
                 # Apache CouchDB): as a break, backed off and said.
                 raise Unreachable("the _changes feed ended", url=self.db.display_url)
             except CouchError as error:
+                if isinstance(error, NotFound):  # (the database deleted)
+                    self.since = self.after_loss
+                self._gone = False
                 # A feed live for a while starts its backoff over: a continuous feed
                 # never ends well, and a restart an hour ago must not slow this one.
                 # (One dropped as soon as accepted, a proxy's say, backs off further.)
@@ -88,6 +112,16 @@ class ChangesFollower(CoroutineService):
             if self.running:
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
                 await task.deferLater(self.reactor, delay, lambda: None)
+
+    async def _probe(self, stream) -> None:
+        try:
+            await self.db.info(timeout=self.probe_seconds / 2)
+        except NotFound:
+            if stream is self._stream:  # (not a probe that outlived its feed)
+                self._gone = True
+                stream.stop()
+        except CouchError:
+            pass  # (CouchDB away: the feed itself says so)
 
     def _started(self) -> None:
         self.live, self._live_since = True, self.reactor.seconds()

@@ -307,7 +307,8 @@ class OpmlWatcher(Service):
         self.backlog = Backlog(checkpoint["seq"])
         self.saved_seq = self.status.opml_seq = checkpoint["seq"]
         self.follower = ChangesFollower(self.db, self.on_change, since=checkpoint["seq"],
-                                        reactor=self.reactor, name="OPML watcher")
+                                        reactor=self.reactor, name="OPML watcher",
+                                        after_loss=0)
         self.follower.startService()
 
     def stopService(self):

@@ -276,6 +276,39 @@ async def test_changes_stream_receives_a_change_written_after_it_started(couch, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_follower_sees_a_database_deleted_and_created_again(couch, db_name):
+    """pouchdb-server keeps a feed on a deleted database open; Apache CouchDB ends it.
+    Either way the follower notices (pouchdb-server: at its next look, if the database
+    is still gone then), and follows the new database from its start (its old seqs
+    mean nothing there)."""
+    from pypioncouch.follow import ChangesFollower
+
+    db = couch.database(db_name)
+    await db.ensure()
+    seen = []
+    follower = ChangesFollower(db, lambda change: seen.append(change["id"]), since=0,
+                               after_loss=0, probe_seconds=0.5, max_backoff=1.0)
+    follower.startService()
+    try:
+        await db.put({"_id": "old"})
+        for _ in range(100):
+            if "old" in seen:
+                break
+            await sleep(0.05)
+        await db.delete_database()
+        await sleep(1.5)  # (an operator starting over: a full import creates it again)
+        await db.ensure()
+        await db.put({"_id": "new"})
+        for _ in range(200):
+            if "new" in seen:
+                break
+            await sleep(0.05)
+        assert seen == ["old", "new"]
+    finally:
+        await follower.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_error_written_into_a_changes_feed_breaks_it():
     """A cluster writes an error into a feed it began (a node down): the feed is broken
     and says why, not taken as a line to skip while nothing more ever comes."""

@@ -27,7 +27,7 @@ class Database:
     def __init__(self):
         self.streams = []
 
-    async def info(self):
+    async def info(self, timeout=None):
         return {"update_seq": "7-opaque"}
 
     def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
