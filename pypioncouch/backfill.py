@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import Conflict, CouchError, Database
 from pypioncouch.pipeline import CoroutineService
-from pypioncouch.pypi import PyPI, PyPIError
+from pypioncouch.pypi import PyPI, PyPIError, Transient
 from pypioncouch.status import BackfillProgress
 from pypioncouch.store import Store
 
@@ -102,6 +102,7 @@ class OwnInfo:
         self.pypi = pypi
         self.pacer = pacer
         self.max_wait = max_wait
+        self._hold = 0.0  # the last hold PyPI's failures put on the pacer
 
     async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
         """``(the release's document with its own info, whether this call stored
@@ -116,7 +117,12 @@ class OwnInfo:
             if doc is None or model.has_own_info(doc):
                 return doc, False
         pace = None if self.pacer is None else (lambda: self.pacer.wait(self.max_wait))
-        payload = await self.pypi.release(key, version, before_retry=pace)
+        try:
+            payload = await self.pypi.release(key, version, before_retry=pace)
+        except Transient as error:  # (5xx, 429, unreachable: not one release's answer)
+            self._pypi_failed(error)
+            raise
+        self._hold = 0.0  # PyPI answered
         if payload is None:
             return None, False
         info = model.check_release_info(payload, key, version)
@@ -132,6 +138,17 @@ class OwnInfo:
                     return doc if doc is not None else own, False
                 own = model.with_own_info(doc, info, vulnerabilities)
         return own, False  # kept changing: the next pass tries again
+
+    def _pypi_failed(self, error: Transient) -> None:
+        """Hold every turn after PyPI failed (said once per hold, not per release)."""
+        if self.pacer is None or self.pacer.held():
+            return  # (a request begun before the hold: the hold stands)
+        later = getattr(error, "retry_after", None)
+        self._hold = min(MAX_HOLD, self._hold * 2) if self._hold else FIRST_HOLD
+        seconds = min(later, MAX_RETRY_AFTER) if later else self._hold
+        self.pacer.hold(seconds)
+        log.warn("PyPI's per-version JSON failed ({error}); asking again in {seconds:.0f}s",
+                 error=error, seconds=seconds)
 
     async def _release(self, key: str, version: str) -> dict | None:
         """The stored release, whole (a description kept apart back in its info)."""
@@ -160,7 +177,6 @@ class Backfill(CoroutineService):
         self.ready = ready
         self.poll = 5.0  # seconds between looks at ``ready``
         self.reactor = reactor
-        self._hold = 0.0  # the last hold PyPI's failures put on the pacer
         progress.rate = rate
 
     def stopService(self):
@@ -227,11 +243,7 @@ class Backfill(CoroutineService):
         progress = self.progress
         try:
             filled, stored = await self.own.fill(key, version)
-        except PyPIError as error:
-            self._note_error(f"{key} {version}: {error}")
-            self._pypi_failed(error)
-            return
-        except (model.BadPayload, CouchError) as error:
+        except (PyPIError, model.BadPayload, CouchError) as error:
             self._note_error(f"{key} {version}: {error}")
             log.warn("backfill {key} {version}: {error}", key=key, version=version,
                      error=error)
@@ -242,24 +254,12 @@ class Backfill(CoroutineService):
             self._note_error(f"{key} {version}: unexpected {type(error).__name__}: {error}")
             log.failure("backfill {key} {version}", key=key, version=version)
             return
-        self._hold = 0.0  # PyPI answered
         if filled is None:
             progress.not_found += 1
         elif stored:
             progress.filled += 1
             if progress.missing:
                 progress.missing -= 1
-
-    def _pypi_failed(self, error: PyPIError) -> None:
-        """Hold every turn after PyPI failed (said once per hold, not per release)."""
-        if self.pacer.held():
-            return  # (a fill begun before the hold: the hold stands)
-        later = getattr(error, "retry_after", None)
-        self._hold = min(MAX_HOLD, self._hold * 2) if self._hold else FIRST_HOLD
-        seconds = min(later, MAX_RETRY_AFTER) if later else self._hold
-        self.pacer.hold(seconds)
-        log.warn("backfill: PyPI failed ({error}); its next request in {seconds:.0f}s",
-                 error=error, seconds=seconds)
 
     def _note_error(self, message: str) -> None:
         self.progress.errors += 1

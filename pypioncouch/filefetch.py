@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from pypioncouch import __version__
-from pypioncouch.files import FileStore, Wanted
+from pypioncouch.files import METADATA_SUFFIX, FileStore, Wanted
 from pypioncouch.http import _ascii, quiet_pool, reusing_agent, status_line
 from pypioncouch.urls import basic_auth, redact, same_origin, split_credentials
 
@@ -113,15 +113,25 @@ class Download:
 
     def _complete(self) -> None:
         """Check the whole body; store it or refuse it."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as error:  # (a full disk, a quota, a file system gone read-only)
+            self.cannot_store = True
+            raise FetchError(f"{self.wanted.filename}: cannot write to {self.store.root}: "
+                             f"{error.strerror}") from None
         got = self._digest.hexdigest()
         if got != self.wanted.sha256:
             self.store.stats.digest_mismatches += 1
             raise FetchError(f"{self.wanted.filename}: refused, its sha256 is {got}, the "
                              f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})")
-        self.store.commit(self.temp_path, self.wanted.key)
+        try:
+            self.store.commit(self.temp_path, self.wanted.key)
+        except OSError as error:
+            self.cannot_store = True
+            raise FetchError(f"{self.wanted.filename}: cannot store it in "
+                             f"{self.store.root}: {error.strerror}") from None
         self.state = STORED
         self._notify()
 
@@ -132,10 +142,14 @@ class Download:
                 self._handle.close()
         except OSError:  # a full disk refuses the buffered rest again (the file goes)
             pass
-        if self.temp_path is not None:
-            self.store.discard(self.temp_path)
-        self.store.stats.note_error(message)
-        self._notify()
+        try:
+            if self.temp_path is not None:
+                self.store.discard(self.temp_path)
+        except OSError:  # (gone read-only: .incoming is emptied at the next start)
+            pass
+        finally:
+            self.store.stats.note_error(message)
+            self._notify()
 
 
 class _ToDownload(Protocol):
@@ -169,8 +183,8 @@ class _ToDownload(Protocol):
             self.problem = f"more than the {expected:,} bytes the release says"
             self.transport.stopProducing()
             return
-        if not isinstance(expected, int) and \
-                self.download.written + len(data) > self.unsized_max:
+        if not isinstance(expected, int) and self.download.wanted.filename.endswith(
+                METADATA_SUFFIX) and self.download.written + len(data) > self.unsized_max:
             # (a metadata file, whose size the release does not say: never that large)
             self.problem = f"more than {self.unsized_max:,} bytes"
             self.transport.stopProducing()
@@ -209,7 +223,7 @@ class Fetcher:
     credentials (a private index), they go with every file request to its origin,
     and to no other."""
 
-    # A file whose size its release does not say (a .metadata file: a wheel's METADATA,
+    # A .metadata file (whose size its release does not say: a wheel's METADATA,
     # description included) is refused past this, not left to fill the disk.
     unsized_max = 64 * 1024 * 1024
 

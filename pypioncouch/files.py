@@ -93,8 +93,7 @@ def held_releases(releases: dict[str, list[dict]], held: dict[str, int]
                       for entry in entries
                       if entry.get("filename") in held
                       and (entry.get("digests") or {}).get("sha256")
-                      and held[entry["filename"]] == entry.get("size",
-                                                              held[entry["filename"]])]
+                      and entry.get("size") in (None, held[entry["filename"]])]
             for version, entries in releases.items()}
 
 
@@ -332,9 +331,12 @@ class FileStore:
         try:
             with os.scandir(self.root / project) as entries:
                 for entry in entries:
-                    if is_safe_filename(entry.name) and entry.is_file() and \
-                            not self.is_damaged(f"{project}/{entry.name}"):
-                        held[entry.name] = entry.stat().st_size
+                    try:
+                        if is_safe_filename(entry.name) and entry.is_file() and \
+                                not self.is_damaged(f"{project}/{entry.name}"):
+                            held[entry.name] = entry.stat().st_size
+                    except OSError:  # (gone meanwhile: evicted, replaced)
+                        continue
         except OSError:  # nothing stored for it (or not a project's name)
             pass
         return held

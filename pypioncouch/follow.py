@@ -65,6 +65,7 @@ class ChangesFollower(CoroutineService):
         self._stream = None
 
     def stopService(self):
+        self.running = False  # (before the stream ends: its end is no break then)
         if self._stream is not None:
             self._stream.stop()
         return super().stopService()
@@ -87,6 +88,8 @@ class ChangesFollower(CoroutineService):
                     await self._stream.done
                 finally:
                     probe.stop()
+                if not self.running:
+                    break  # (stopped: the feed ended as asked)
                 if self._gone:
                     raise NotFound("the database is gone", url=self.db.display_url)
                 # A continuous feed never ends well (a deleted database ends it on

@@ -254,31 +254,42 @@ async def test_metadata_found_stored_is_given_whole_with_a_description_kept_apar
 async def test_pypi_failing_holds_the_backfill_instead_of_asking_release_after_release(
         small_world, kind, retry_after, held):
     """PyPI says to come back in an hour (or fails on): the backfill, and the front's
-    turns with it, wait that long (30 s, doubling, for failures without a word), and
-    say so once; they do not go on asking release after release."""
+    on-the-spot requests with it, wait that long (30 s, doubling, for failures without
+    a word), and say so; they do not go on asking release after release."""
     from pypioncouch.testing.server import FaultPlan
 
     world = small_world
     await run_pass(world.importer(), full=True)
+    older = [(k, v) for k, v, latest in releases_of(world.index) if not latest]
     world.resource.faults = FaultPlan(1.0, kinds=(kind,), retry_after=retry_after)
     progress = BackfillProgress()
-    backfill = Backfill(world.db, PyPI(world.url, backoff=0.01, retries=2), progress,
-                        rate=50.0)
+    pypi = PyPI(world.url, backoff=0.01, retries=2)
+    backfill = Backfill(world.db, pypi, progress, rate=50.0)
     running = defer.ensureDeferred(backfill.run_pass())
     running.addErrback(lambda failure: failure.trap(defer.CancelledError))
-    await sleep(2.0)
+    _, port, url = serve(world.db, status=SyncStatus(), pypi=pypi, pacer=backfill.pacer)
     try:
+        for _ in range(200):
+            if progress.errors:
+                break
+            await sleep(0.05)
+        await sleep(0.5)  # (fills begun before the hold end)
         asked = world.resource.faults.requests
-        assert 1 <= asked <= backfill.concurrency * 3, (progress.last_error, progress.errors)
-        assert held - 2 <= backfill.pacer._next - reactor.seconds() <= held
-        assert progress.errors <= backfill.concurrency
+        assert 1 <= asked <= backfill.concurrency * 3  # (the fills begun, and their tries)
+        left = backfill.pacer._held_until - reactor.seconds()
+        assert held - 5 <= left <= held
+        answer = await treq.get(f"{url}/pypi/{older[0][0]}/{older[0][1]}/json")
+        assert answer.code == 503
+        assert held - 5 <= int(answer.headers.getRawHeaders("retry-after")[0]) <= held
+        assert "PyPI failed a moment ago" in (await answer.json())["message"]
         await sleep(1.0)
         assert world.resource.faults.requests == asked  # nothing more
     finally:
         running.cancel()
+        await port.stopListening()
     world.resource.faults = FaultPlan(0.0)
-    backfill.pacer._next = None  # (an hour later)
-    assert await backfill.run_pass() > 0 and backfill._hold == 0
+    backfill.pacer._next, backfill.pacer._held_until = None, 0.0  # (an hour later)
+    assert await backfill.run_pass() > 0 and backfill.own._hold == 0
 
 
 async def _forget_info(db, key, version):

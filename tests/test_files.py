@@ -601,6 +601,92 @@ def test_a_disk_that_fills_mid_download_fails_it_for_every_reader_and_keeps_noth
     assert "No space left on device" in store.stats.last_error
 
 
+class WholeBody:
+    """A scripted upstream answering ``body`` whole (a response the Agent would give)."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def request(self, *args, **kwargs):
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        body = self.body
+
+        class Response:
+            code, length = 200, len(body)
+
+            def deliverBody(self, protocol):
+                protocol.makeConnection(self)
+                protocol.dataReceived(body)
+                protocol.connectionLost(Failure(ResponseDone()))
+
+            def stopProducing(self):
+                pass
+
+        return defer.succeed(Response())
+
+
+@pytest.mark.parametrize("step", ["fsync", "commit"])
+def test_a_store_that_fails_as_the_file_completes_is_our_failure_and_tells_every_reader(
+        tmp_path, monkeypatch, step):
+    """The disk fills (or goes read-only) as the last bytes are made safe, or the
+    temp file cannot be removed then: every reader is told, and it is said as the
+    store's failure (a 503 to come back to), not upstream's."""
+    import errno
+
+    from twisted.internet import task
+
+    from pypioncouch import filefetch
+    from pypioncouch.filefetch import FetchError
+    from pypioncouch.files import Wanted
+
+    body = b"wheel bytes" * 100
+    store = FileStore(tmp_path / "files")
+
+    def refused(*args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    if step == "fsync":
+        monkeypatch.setattr(filefetch.os, "fsync", refused)
+    else:
+        monkeypatch.setattr(store, "commit", refused)
+    monkeypatch.setattr(store, "discard", refused)  # (and the temp file stays)
+    fetcher = Fetcher(store, task.Clock(), agent=WholeBody(body), timeout=60)
+    download = fetcher.download(Wanted("p", "p-1.whl", "http://up.test/p-1.whl",
+                                       hashlib.sha256(body).hexdigest(), len(body)))
+    failures = []
+    defer.ensureDeferred(download.finished()).addErrback(
+        lambda failure: failures.append(failure.trap(FetchError)))
+    assert failures and download.cannot_store
+    assert "Read-only file system" in download.error
+
+
+def test_only_a_metadata_file_is_capped_when_its_size_is_not_stated(tmp_path):
+    """(An upstream stating no file sizes: a wheel over the .metadata cap is taken.)"""
+    from twisted.internet import task
+
+    from pypioncouch.files import Wanted
+
+    body = b"x" * 200_000
+    store = FileStore(tmp_path / "files")
+    fetcher = Fetcher(store, task.Clock(), agent=WholeBody(body), timeout=60)
+    fetcher.unsized_max = 100_000
+    download = fetcher.download(Wanted("p", "p-1.whl", "http://up.test/p-1.whl",
+                                       hashlib.sha256(body).hexdigest(), None))
+    assert download.state == "stored", download.error
+    assert (tmp_path / "files" / "p" / "p-1.whl").read_bytes() == body
+
+
+def test_a_file_of_no_stated_size_held_by_an_air_gapped_mirror_is_listed():
+    from pypioncouch.files import held_releases
+
+    entry = {"filename": "p-1.whl", "digests": {"sha256": "ab" * 32}, "size": None}
+    cut = dict(entry, size=20)
+    assert held_releases({"1": [entry, cut]}, {"p-1.whl": 10}) == {"1": [
+        dict(entry, **{"core-metadata": False, "data-dist-info-metadata": False})]}
+
+
 def test_a_file_of_no_stated_size_is_refused_past_the_cap_not_left_to_fill_the_disk(
         tmp_path):
     """A .metadata file (its release states no size) from an upstream that does not

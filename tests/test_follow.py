@@ -94,3 +94,30 @@ def test_a_feed_that_ends_as_soon_as_accepted_backs_off_as_a_broken_one():
     """(Not every 0.5 s for ever, resetting the web cache each time, without a word.)"""
     assert waits_after_breaks(6, live=True, ended=True) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
 
+
+
+def test_stopping_a_live_feed_is_no_loss_to_report():
+    from twisted.logger import globalLogPublisher
+
+    class Stoppable(Stream):
+        def stop(self):
+            self.done.callback("9-opaque")  # (the stream ends at once, as ours does)
+
+    class Db(Database):
+        def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
+            self.streams.append(Stoppable(on_started))
+            return self.streams[-1]
+
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        clock, db = Clock(), Db()
+        follower = ChangesFollower(db, lambda change: None, reactor=clock)
+        follower.startService()
+        db.streams[-1].on_started()
+        follower.stopService()
+        clock.advance(60.0)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert len(db.streams) == 1
+    assert not [e for e in said if "feed lost" in str(e.get("log_format", ""))]

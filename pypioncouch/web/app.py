@@ -553,13 +553,14 @@ class WebFront:
     async def _shared(self, token: tuple, read):
         """``await read()``, one at a time per ``token``: requests arriving meanwhile
         share its answer (a crowd asking for one large release reads it once)."""
+        waiter = defer.Deferred()
         reading = self._reading.get(token)
-        if reading is None:
-            reading = (None, [])
+        if reading is not None:
+            reading[1].append(waiter)
+        else:
+            reading = (None, [waiter])  # (before the read: it may end at once)
             self._reading[token] = reading
             defer.ensureDeferred(read()).addBoth(self._share_read, token, reading)
-        waiter = defer.Deferred()
-        reading[1].append(waiter)
         return await waiter
 
     async def _own_info_on_the_spot(self, request, entry: CachedProject, release: dict
@@ -579,9 +580,12 @@ class WebFront:
             wait = max(1, math.ceil(busy.seconds))
             request.setHeader("Retry-After", str(wait))
             rate = 1.0 / self.own_info.pacer.interval
+            why = ("PyPI failed a moment ago (or asked to wait), and this mirror waits "
+                   "before asking it again") if self.own_info.pacer.held() else (
+                f"this mirror asks PyPI for such metadata at a pace of {rate:g} a second "
+                "(--backfill-rate)")
             return _json_message(request, 503, (
-                f"the metadata of {key} {version} is not stored yet, and this mirror asks "
-                f"PyPI for such metadata at a pace of {rate:g} a second (--backfill-rate): "
+                f"the metadata of {key} {version} is not stored yet, and {why}: "
                 f"try again in {wait}s"))
         except (PyPIError, model.BadPayload) as error:
             log.warn("{key} {version}: per-version JSON from PyPI: {error}", key=key,

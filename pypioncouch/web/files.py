@@ -90,25 +90,32 @@ class FilePages:
         release's bytes: read once (in a thread: a file may be large) however many ask
         meanwhile (a crowd on a 2 GB wheel after a restart would read it once each);
         removed if not."""
+        waiter = defer.Deferred()
         waiters = self._verifying.get(wanted.key)
-        if waiters is None:
-            waiters = self._verifying[wanted.key] = []
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            self._verifying[wanted.key] = [waiter]
             d = threads.deferToThread(file_sha256, path)
             d.addCallbacks(lambda got: got == wanted.sha256,
                            lambda failure: failure.trap(OSError) and False)
-            d.addCallback(self._verify_done, wanted)
-        waiter = defer.Deferred()
-        waiters.append(waiter)
+            d.addBoth(self._verify_done, wanted)
         return await waiter
 
-    def _verify_done(self, right: bool, wanted: Wanted) -> None:
-        if right:
-            self.store.verified(wanted.key)
-        else:
-            self.store.remove_damaged(wanted.key, "does not match its sha256")
-        for waiter in self._verifying.pop(wanted.key, []):
-            if not waiter.called:
-                waiter.callback(right)
+    def _verify_done(self, right, wanted: Wanted) -> None:
+        """``right``: a bool, or a Failure (a bug: told to every waiter)."""
+        try:
+            if right is True:
+                self.store.verified(wanted.key)
+            elif right is False:
+                self.store.remove_damaged(wanted.key, "does not match its sha256")
+        finally:
+            for waiter in self._verifying.pop(wanted.key, []):
+                if not waiter.called:
+                    if isinstance(right, bool):
+                        waiter.callback(right)
+                    else:
+                        waiter.errback(right)
 
     async def _when_stored(self, request, download: Download):
         try:
