@@ -47,6 +47,11 @@ CONFLICT_ROUNDS = 3
 FIRST_HOLD = 30.0
 MAX_HOLD = 600.0
 MAX_RETRY_AFTER = 3600.0  # (a Retry-After of days is taken as an hour)
+# A release PyPI does not know (404) or answers for with another's metadata is asked
+# again an hour later, then after twice as long each time, up to a week: not at every
+# pass (every 10 minutes) for ever. Kept in memory (a restart asks once more).
+UNANSWERED_FIRST = 3600.0
+UNANSWERED_MAX = 7 * 24 * 3600.0
 
 
 class Busy(Exception):
@@ -177,6 +182,7 @@ class Backfill(CoroutineService):
         self.ready = ready
         self.poll = 5.0  # seconds between looks at ``ready``
         self.reactor = reactor
+        self._unanswered: dict[str, tuple[float, float]] = {}  # id -> (wait, next ask)
         progress.rate = rate
 
     def stopService(self):
@@ -211,7 +217,9 @@ class Backfill(CoroutineService):
             page = ids if limit is None else ids[:limit - seen]
             if not page:
                 break
-            await self._fill_page(page)
+            now = self.reactor.seconds()
+            await self._fill_page([doc_id for doc_id in page if self._unanswered.get(
+                doc_id, (0.0, now))[1] <= now])
             seen += len(page)
             after = page[-1]
             if len(ids) < self.page:
@@ -243,7 +251,13 @@ class Backfill(CoroutineService):
         progress = self.progress
         try:
             filled, stored = await self.own.fill(key, version)
-        except (PyPIError, model.BadPayload, CouchError) as error:
+        except model.BadPayload as error:  # (another release's metadata, ...)
+            self._later(doc_id)
+            self._note_error(f"{key} {version}: {error}")
+            log.warn("backfill {key} {version}: {error}", key=key, version=version,
+                     error=error)
+            return
+        except (PyPIError, CouchError) as error:
             self._note_error(f"{key} {version}: {error}")
             log.warn("backfill {key} {version}: {error}", key=key, version=version,
                      error=error)
@@ -256,10 +270,19 @@ class Backfill(CoroutineService):
             return
         if filled is None:
             progress.not_found += 1
-        elif stored:
+            self._later(doc_id)
+            return
+        self._unanswered.pop(doc_id, None)
+        if stored:
             progress.filled += 1
             if progress.missing:
                 progress.missing -= 1
+
+    def _later(self, doc_id: str) -> None:
+        """Ask about ``doc_id`` again later (see ``UNANSWERED_FIRST``)."""
+        wait, _ = self._unanswered.get(doc_id, (UNANSWERED_FIRST / 2, 0.0))
+        wait = min(UNANSWERED_MAX, wait * 2)
+        self._unanswered[doc_id] = (wait, self.reactor.seconds() + wait)
 
     def _note_error(self, message: str) -> None:
         self.progress.errors += 1

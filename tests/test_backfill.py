@@ -292,6 +292,29 @@ async def test_pypi_failing_holds_the_backfill_instead_of_asking_release_after_r
     assert await backfill.run_pass() > 0 and backfill.own._hold == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_release_pypi_does_not_know_is_not_asked_about_at_every_pass(small_world):
+    """(Every 10 minutes for ever, for each such release.) An hour later, then after
+    twice as long each time."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    older = [(k, v) for k, v, latest in releases_of(world.index) if not latest]
+    backfill = backfill_of(world)
+    await backfill.run_pass()
+    key, version = older[0]
+    await _forget_info(world.db, key, version)
+    world.index.remove_release(key, version)  # (the sync has not seen it yet)
+    asked = world.resource.faults.requests
+    assert await backfill.run_pass() == 0 and backfill.progress.not_found == 1
+    assert world.resource.faults.requests == asked + 1
+    await backfill.run_pass()
+    assert world.resource.faults.requests == asked + 1  # not again in this hour
+    backfill._unanswered[f"{key}:{version}"] = (3600.0, 0.0)  # (an hour later)
+    await backfill.run_pass()
+    assert world.resource.faults.requests == asked + 2
+    assert backfill._unanswered[f"{key}:{version}"][0] == 7200.0
+
+
 async def _forget_info(db, key, version):
     doc = await db.get(model.release_id(key, version))
     for field in ("info", "info_source", "requires_dist"):
