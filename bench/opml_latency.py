@@ -30,12 +30,12 @@ async def measure(reactor, couch_url: str, burst: int) -> dict:
     real_regenerate = opml_watcher.regenerate_many
 
     async def timed_regenerate(db_, keys, status=None):
-        written, conflicted = await real_regenerate(db_, keys, status)
+        written, conflicted, refused = await real_regenerate(db_, keys, status)
         now = time.perf_counter()
         for key in written:
             if key in changed_at and key not in done_at:
                 done_at[key] = now
-        return written, conflicted
+        return written, conflicted, refused
 
     opml_watcher.regenerate_many = timed_regenerate
     watcher.startService()

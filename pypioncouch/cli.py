@@ -28,6 +28,7 @@ from pypioncouch.couch import CouchDB, CouchError
 from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
+from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
 from pypioncouch.urls import BadURL, check_database_name, split_database_url
@@ -250,13 +251,16 @@ async def opml_command(reactor, args) -> int:
     await db.server.info()
     await couchapp.push(db)
     progress = None if args.quiet else Progress()
+    status = SyncStatus()  # counts the projects left as they were (each said in the log)
     try:
-        written = await regenerate_all(db, progress=progress.update if progress else None)
+        written = await regenerate_all(db, status, progress.update if progress else None)
     finally:
         if progress is not None:
             progress.close()
-    print(f"opml.xml: {written} attachments written in {db.display_url}")
-    return 0
+    left = status.errors_by_kind.get("opml", 0)
+    print(f"opml.xml: {written} attachments written in {db.display_url}"
+          + (f"; {left} project(s) left as they were (said above)" if left else ""))
+    return 3 if left else 0
 
 
 async def push_design_command(reactor, args) -> int:

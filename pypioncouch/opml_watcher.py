@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pypioncouch import couchapp
-from pypioncouch.couch import CouchError, Database
+from pypioncouch.couch import BulkResult, CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.opml import ATTACHMENT, CONTENT_TYPE, project_opml
 from pypioncouch.status import SyncStatus
@@ -49,18 +49,37 @@ class OpmlRefused(CouchError):
     """CouchDB refused to store an ``opml.xml`` for another reason than a conflict."""
 
 
+def refusal(refused: list[BulkResult], db: Database) -> OpmlRefused:
+    first = refused[0]
+    return OpmlRefused(f"CouchDB refused the opml.xml of {len(refused)} project(s), "
+                       f"{first.id} first: {first.error}: {first.reason}",
+                       url=db.display_url)
+
+
+def say_refused_alone(result: BulkResult, status: SyncStatus | None) -> None:
+    """One project's ``opml.xml`` refused for itself (a validate function): said in the
+    log and on /status, and left as it is."""
+    message = (f"CouchDB refused the opml.xml of {result.id}: {result.error}: "
+               f"{result.reason}; left as it is until the project changes")
+    log.warn("OPML: {message}", message=message)
+    if status is not None:
+        status.note_error(message, "opml")
+        status.warn_once(message)
+
+
 def opml_digest(content: bytes) -> str:
     """The digest a project document records of the ``opml.xml`` written with it."""
     return "sha256-" + hashlib.sha256(content).hexdigest()
 
 
 async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None
-                          ) -> tuple[list[str], list[str]]:
+                          ) -> tuple[list[str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
-    carrying the changed attachments inline. Returns ``(written keys, conflicted keys)``;
-    a conflict means the sync wrote meanwhile (its change brings the key back). Any
-    other refusal raises :class:`OpmlRefused`."""
+    carrying the changed attachments inline. Returns ``(written keys, conflicted keys,
+    refused)``: a conflict means the sync wrote meanwhile (its change brings the key
+    back); a refusal is CouchDB's no for another reason (a validate function, or
+    permissions: every write's), which the caller weighs."""
     projects = await Store(db).projects(list(keys))
     updates = []
     for project, releases in projects:
@@ -84,19 +103,17 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     written = [r.id for r in results if r.ok]
     if status is not None:
         status.opml_written += len(written)
-    refused = [r for r in results if not r.ok and r.error != "conflict"]
-    if refused:  # not a race that another try wins: a validate function, permissions
-        first = refused[0]
-        raise OpmlRefused(f"CouchDB refused the opml.xml of {len(refused)} project(s), "
-                          f"{first.id} first: {first.error}: {first.reason}",
-                          url=db.display_url)
-    return written, [r.id for r in results if not r.ok]
+    return (written, [r.id for r in results if r.error == "conflict"],
+            [r for r in results if not r.ok and r.error != "conflict"])
 
 
 async def regenerate(db: Database, key: str, status: SyncStatus | None = None) -> bool:
-    """Bring one project's ``opml.xml`` up to date. True if it was written."""
+    """Bring one project's ``opml.xml`` up to date. True if it was written; a refusal
+    raises :class:`OpmlRefused`."""
     for _ in range(3):
-        written, conflicted = await regenerate_many(db, [key], status)
+        written, conflicted, refused = await regenerate_many(db, [key], status)
+        if refused:
+            raise refusal(refused, db)
         if not conflicted:
             return bool(written)
     return False
@@ -112,7 +129,11 @@ async def regenerate_all(db: Database, status: SyncStatus | None = None,
 
     async def regenerate_batch():
         nonlocal written, done
-        wrote, conflicted = await regenerate_many(db, keys, status)
+        wrote, conflicted, refused = await regenerate_many(db, keys, status)
+        if refused and not wrote:  # perhaps every write's (permissions): stop and say
+            raise refusal(refused, db)
+        for result in refused:  # others were written: refused for itself
+            say_refused_alone(result, status)
         written += len(wrote)
         for key in conflicted:  # written meanwhile: once more, one by one
             written += await regenerate(db, key, status)
@@ -264,6 +285,10 @@ class OpmlWatcher(Service):
         self.in_flight = in_flight
         self.max_backoff = max_backoff
         self.failures = 0  # batches failed in a row
+        self.writes = 0  # opml.xml written since the start
+        # Projects CouchDB refused -> ``writes`` at their first refusal (-1: once
+        # refused while others were written): see :meth:`_weigh`.
+        self.refused_since: dict[str, int] = {}
         self.reactor = reactor
         self.backlog = Backlog()
         self.saved_seq: Any = None
@@ -366,19 +391,48 @@ class OpmlWatcher(Service):
 
     async def _regenerate(self, keys: list[str]) -> None:
         try:
-            _, conflicted = await regenerate_many(self.db, keys, self.status)
+            written, conflicted, refused = await regenerate_many(self.db, keys, self.status)
         except Exception as error:
             self.backlog.failed(keys)  # not lost: first in line once the pause is over
             self._note_failure(error)
         else:
-            self.backlog.finished(keys, again=conflicted)
-            if self.failures:
+            again = self._weigh(keys, written, refused)
+            self.backlog.finished([key for key in keys if key not in again], conflicted)
+            if again:  # the same: first in line once the pause is over
+                self.backlog.failed(list(again))
+                self._note_failure(refusal(list(again.values()), self.db))
+            elif self.failures:
                 log.info("OPML watcher: writing again after {n} failed tries",
                          n=self.failures)
-            self.failures, self.status.opml_error = 0, None
+            if not again:
+                self.failures, self.status.opml_error = 0, None
             self._save_soon()
         if self.running:
             self._schedule(0)
+
+    def _weigh(self, keys: list[str], written: list[str], refused: list[BulkResult]
+               ) -> dict[str, BulkResult]:
+        """The refused projects to try again. A project forbidden while other writes
+        succeed (in its request, or since its first refusal) is refused for itself (a
+        validate function refusing its content): said, and left until it changes, so
+        that it holds back no other and no checkpoint. Other refusals may be every
+        write's (permissions; ``unauthorized`` asks for other credentials): tried
+        again, with backoff, holding the checkpoint."""
+        self.writes += len(written)
+        refused_ids = {result.id for result in refused}
+        for key in keys:
+            if key not in refused_ids:
+                self.refused_since.pop(key, None)
+        again = {}
+        for result in refused:
+            for_itself = written or self.refused_since.get(result.id, self.writes) < self.writes
+            if result.error == "forbidden" and for_itself:
+                say_refused_alone(result, self.status)
+                self.refused_since[result.id] = -1
+            else:
+                self.refused_since.setdefault(result.id, self.writes)
+                again[result.id] = result
+        return again
 
     def _note_failure(self, error: Exception) -> None:
         self.failures += 1

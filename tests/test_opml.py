@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 import listparser
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from pypioncouch import opml
 from pypioncouch.couch import CouchDB
@@ -435,3 +436,105 @@ async def test_a_refused_write_backs_off_and_shows_on_status(couch_server, db_na
         await port.stopListening()
         proxy.close()
         world.close()
+
+
+REFUSE_ONE = """function (newDoc) {
+  if (newDoc._id === '%s' && newDoc._attachments && !newDoc._deleted) {
+    throw({forbidden: 'not <this> one'});
+  }
+}"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_refused_for_itself_holds_back_no_other_nor_the_checkpoint(world):
+    """A validate function refusing one project's opml.xml: while other writes succeed
+    it is said on /status and left until that project changes, and the others and the
+    checkpoint go on; refused with nothing else written (it might be every write's),
+    it is tried again, holding the checkpoint, until another write succeeds."""
+    await run_pass(world.importer(), full=True)
+    broken = normalize(world.index.dataset.name(3))
+    other = normalize(world.index.dataset.name(7))
+    await world.db.put({"_id": "_design/refuse", "validate_doc_update": REFUSE_ONE % broken})
+    said = (f"CouchDB refused the opml.xml of {broken}: forbidden: not <this> one; "
+            "left as it is until the project changes")
+
+    def idle(watcher):
+        async def check():
+            backlog = watcher.backlog
+            return (not backlog and not backlog.running and
+                    backlog.safe_seq == backlog.last_seq == watcher.saved_seq)
+        return check
+
+    watcher = OpmlWatcher(world.db, debounce=0.05, max_backoff=1.0)
+    watcher.startService()
+    try:
+        assert await wait_for(lambda: _all_but_have_opml(world, broken))
+        world.index.publish(other, "77.0")  # another write succeeds, if none did after
+        await run_pass(world.importer())
+        assert await wait_for(idle(watcher))
+        assert watcher.failures == 0 and watcher.status.opml_error is None
+        assert said in watcher.status.warnings
+        assert "opml.xml" not in ((await world.db.get(broken)).get("_attachments") or {})
+    finally:
+        await watcher.stopService()
+
+    world.index.publish(broken, "78.0")
+    await run_pass(world.importer())
+    watcher = OpmlWatcher(world.db, debounce=0.05, max_backoff=1.0)
+    watcher.startService()
+    try:  # refused alone: tried again, the checkpoint held
+        assert await wait_for(lambda: defer.succeed(watcher.failures >= 1))
+        assert "not <this> one" in watcher.status.opml_error
+        assert said not in watcher.status.warnings
+        held = watcher.saved_seq
+        await sleep(1.5)
+        assert watcher.saved_seq == held
+        assert broken in watcher.backlog.again or broken in watcher.backlog.running
+        world.index.publish(other, "79.0")  # another write succeeds: refused for itself
+        await run_pass(world.importer())
+        assert await wait_for(lambda: _contains(world.db, other, b'text="79.0"'))
+        assert await wait_for(idle(watcher))
+        assert watcher.saved_seq != held and watcher.status.opml_error is None
+        assert said in watcher.status.warnings
+
+        # Once the guard is gone, its next change is written.
+        design = await world.db.get("_design/refuse")
+        await world.db.delete("_design/refuse", design["_rev"])
+        world.index.publish(broken, "80.0")
+        await run_pass(world.importer())
+
+        async def written():
+            doc = await world.db.get(broken)
+            return "opml.xml" in (doc.get("_attachments") or {}) and \
+                await _contains(world.db, broken, b'text="80.0"')
+        assert await wait_for(written)
+    finally:
+        await watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_opml_command_writes_the_others_and_says_which_it_left(world):
+    """``pypioncouch --opml`` over a project CouchDB forbids: the others are written,
+    the refusal said, the count left in its last line, exit status 3; no password."""
+    import sys
+    from pathlib import Path
+
+    from twisted.internet import utils
+
+    from .conftest import ADMIN
+
+    await run_pass(world.importer(), full=True)
+    broken = normalize(world.index.dataset.name(3))
+    await world.db.put({"_id": "_design/refuse", "validate_doc_update": REFUSE_ONE % broken})
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--opml", world.db.server.url_with_credentials, "--db", world.db.name, "--quiet"])
+    said, logged = out.decode(), err.decode()
+    assert code == 3, (said, logged)
+    assert said.endswith(": 24 attachments written in "
+                         f"{world.db.display_url}; 1 project(s) left as they were "
+                         "(said above)\n"), said
+    assert (f"CouchDB refused the opml.xml of {broken}: forbidden: not <this> one; "
+            "left as it is until the project changes") in logged
+    assert ADMIN[1] not in said + logged
+    assert await _all_but_have_opml(world, broken)
