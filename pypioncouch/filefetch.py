@@ -38,7 +38,12 @@ USER_AGENT = f"pypioncouch/{__version__} (release files)"
 
 
 class FetchError(Exception):
-    """A file could not be fetched whole and right; the message says why, in a line."""
+    """A file could not be fetched whole and right; the message says why, in a line.
+    ``gone``: upstream answered that it has no such file (404, 410)."""
+
+    def __init__(self, message: str, gone: bool = False):
+        super().__init__(message)
+        self.gone = gone
 
 
 class Download:
@@ -50,6 +55,7 @@ class Download:
         self.state = CONNECTING
         self.error: str | None = None
         self.cannot_store = False  # failed here (the folder full or read-only), not upstream
+        self.gone = False  # upstream has no such file (any more)
         self.length: int | None = None  # the upstream's Content-Length, when it gives one
         self.written = 0
         # Opened once upstream answers (a download waiting for its turn holds no file:
@@ -271,6 +277,7 @@ class Fetcher:
             finally:
                 self.slots.release()
         except FetchError as error:
+            download.gone = error.gone
             self._failed(download, str(error))
         except Exception as error:  # a bug must not leave readers waiting for ever
             log.failure("fetching {url}", url=redact(url))
@@ -305,7 +312,7 @@ class Fetcher:
         if response.code != 200:
             response.deliverBody(_Discard())
             raise FetchError(f"{download.wanted.filename}: {shown} answered "
-                             f"{status_line(response.code)}")
+                             f"{status_line(response.code)}", gone=response.code in (404, 410))
         length = None if response.length is UNKNOWN_LENGTH else response.length
         try:
             download._headers_in(length)

@@ -226,6 +226,28 @@ async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_file_upstream_no_longer_has_is_a_404_not_a_gateway_failure(world, tmp_path):
+    """Listed in the release, answered 404 by upstream (removed since): a 404 that says
+    so, not kept, not cached; asked again once upstream has it."""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        world.resource.control("files", {"gone": [APP_WHEEL]})
+        for answer in (await http.get(address), await http.head(address)):
+            assert answer.code == 404
+            assert header(answer, "cache-control") == ["no-store"]
+        said = (await treq.content(await http.get(address))).decode()
+        assert said.startswith(f"404 Not Found: {APP_WHEEL}: http://") and \
+            said.endswith(f"/{APP_WHEEL} answered HTTP 404 Not Found\n"), said
+        assert not (tmp_path / "files" / "files-app").exists()
+        world.resource.control("files", {"gone": []})
+        assert await treq.content(await http.get(address)) == upstream_bytes(world, APP_WHEEL)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_copy_in_the_folder_that_is_not_the_releases_is_never_served(world, tmp_path):
     """A file put there by hand (a copy cut short) is read once before it is served."""
     expected = upstream_bytes(world, APP_WHEEL)

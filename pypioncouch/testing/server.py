@@ -14,8 +14,9 @@ Routes (as on pypi.org, reference §1, §3, §4):
   ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
   ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
-  see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``: files served
-  with wrong bytes, or held half-way, see :class:`FileFaults`), ``/_control/auth``
+  see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``, ``padded``,
+  ``gone``: files served with wrong bytes, held half-way, too long, or not at all, see
+  :class:`FileFaults`), ``/_control/auth``
   (``user``, ``password``: a private index that answers 401 without them; ``{}``
   opens it again).
 """
@@ -171,7 +172,9 @@ class FileFaults:
       then waits until ``hold`` is set to false (a slow upstream, for tests of
       streaming and of concurrent requests);
     - ``padded``: file names served with a megabyte of zeros after their bytes (a
-      body longer than the size the JSON API gives, as a broken proxy may send).
+      body longer than the size the JSON API gives, as a broken proxy may send);
+    - ``gone``: file names answered 404 though the APIs still list them (a file
+      removed, the listings not yet refreshed).
 
     ``hits`` counts the requests for each file name (``.metadata`` files included).
     """
@@ -179,15 +182,17 @@ class FileFaults:
     def __init__(self):
         self.corrupt: set[str] = set()
         self.padded: set[str] = set()
+        self.gone: set[str] = set()
         self.hold = False
         self.held: list[tuple[object, bytes]] = []  # (request, the rest of its body)
         self.hits: Counter = Counter()
 
-    def configure(self, corrupt=None, hold=None, padded=None) -> None:
-        if padded is not None:
-            if not isinstance(padded, list) or not all(isinstance(n, str) for n in padded):
-                raise ValueError("padded is a list of file names")
-            self.padded = set(padded)
+    def configure(self, corrupt=None, hold=None, padded=None, gone=None) -> None:
+        for name, names in (("padded", padded), ("gone", gone)):
+            if names is not None:
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ValueError(f"{name} is a list of file names")
+                setattr(self, name, set(names))
         if corrupt is not None:
             if isinstance(corrupt, bool):
                 corrupt = ["*"] if corrupt else []
@@ -202,6 +207,10 @@ class FileFaults:
     def serve(self, request, filename: str, content: bytes):
         """The body to answer with now (or NOT_DONE_YET while held)."""
         self.hits[filename] += 1
+        if filename in self.gone:
+            request.setResponseCode(404)
+            request.setHeader("Content-Type", "text/plain")
+            return b"404 Not Found"
         if "*" in self.corrupt or filename in self.corrupt:
             middle = len(content) // 2
             content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
@@ -223,7 +232,8 @@ class FileFaults:
                 request.finish()
 
     def state(self) -> dict:
-        return {"corrupt": sorted(self.corrupt), "hold": self.hold, "held": len(self.held),
+        return {"corrupt": sorted(self.corrupt), "padded": sorted(self.padded),
+                "gone": sorted(self.gone), "hold": self.hold, "held": len(self.held),
                 "hits": dict(self.hits)}
 
 
@@ -727,7 +737,8 @@ class SimulatorResource(Resource):
                 self.listing.freeze(self.index if args["frozen"] else None)
             return {"ok": True, **self.listing.state()}
         if operation == "files":
-            self.files.configure(args.get("corrupt"), args.get("hold"), args.get("padded"))
+            self.files.configure(args.get("corrupt"), args.get("hold"), args.get("padded"),
+                                 args.get("gone"))
             return {"ok": True, **self.files.state()}
         if operation == "auth":
             self.credentials = None if not args else base64.b64encode(

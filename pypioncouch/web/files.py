@@ -171,8 +171,11 @@ async def _follow(download: Download, handle, writer: PacedWriter) -> bool:
 
 
 def _failed(request, download: Download) -> bytes:
-    """The answer to a download that failed: upstream's failure is a 502; ours (the
+    """The answer to a download that failed: upstream's failure is a 502, its "no such
+    file" a 404 (the release was listed with it: a file removed since); ours (the
     folder full or read-only) a 503 to come back to."""
+    if download.gone:
+        return _unavailable(request, 404, f"404 Not Found: {download.error}")
     if download.cannot_store:
         request.setHeader("Retry-After", "60")
         return _unavailable(request, 503, f"503 Service Unavailable: {download.error}")
