@@ -54,6 +54,14 @@ UNANSWERED_FIRST = 3600.0
 UNANSWERED_MAX = 7 * 24 * 3600.0
 
 
+def backfill_client(url: str, *, reactor=None, timeout: float = 30.0, **options) -> PyPI:
+    """The backfill's PyPI client: a few connections, and no ``Retry-After`` waited
+    inside it: PyPI's "later" is every turn's, the front's on-the-spot ones too, so it
+    is held on the shared pacer (:meth:`OwnInfo._pypi_failed`)."""
+    return PyPI(url, reactor=reactor, concurrency=4, timeout=timeout, max_retry_after=0.0,
+                **options)
+
+
 class Busy(Exception):
     """The pacer's next free turn is further away than the caller may wait."""
 

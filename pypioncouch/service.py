@@ -22,7 +22,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from pypioncouch import __version__
-from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer
+from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer, backfill_client
 from pypioncouch.couch import CouchDB
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore
@@ -296,8 +296,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
         if not options["no-backfill"]:
-            backfill_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=4,
-                                 timeout=options["timeout"])
+            backfill_pypi = backfill_client(options["pypi"], reactor=reactor,
+                                            timeout=options["timeout"])
             clients.append(backfill_pypi)
             Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
                      pacer=per_version, ready=lambda: status.our_serial is not None,

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor, task
 from twisted.python import usage
 
 from pypioncouch import couchapp, model
-from pypioncouch.backfill import Backfill, Busy, Pacer
+from pypioncouch.backfill import Backfill, Busy, Pacer, backfill_client
 from pypioncouch.pypi import PyPI
 from pypioncouch.status import BackfillProgress, SyncStatus
 from pypioncouch.sync import run_pass
@@ -249,13 +249,15 @@ async def test_metadata_found_stored_is_given_whole_with_a_description_kept_apar
     assert stored is False and found["info"]["description"] == text
 
 
-@pytest.mark.parametrize("kind, retry_after, held", [("429", 3600, 3600), ("503", 1, 30)])
+@pytest.mark.parametrize("kind, retry_after, held", [
+    ("429", 3600, 3600), ("429", 60, 60), ("503", 1, 30)])
 @pytest_twisted.ensureDeferred
 async def test_pypi_failing_holds_the_backfill_instead_of_asking_release_after_release(
         small_world, kind, retry_after, held):
-    """PyPI says to come back in an hour (or fails on): the backfill, and the front's
-    on-the-spot requests with it, wait that long (30 s, doubling, for failures without
-    a word), and say so; they do not go on asking release after release."""
+    """PyPI says to come back in an hour or a minute (or fails on): the backfill, and
+    the front's on-the-spot requests with it, wait that long (30 s, doubling, for
+    failures without a word), and say so; they do not go on asking release after
+    release, nor wait a short Retry-After inside the client while the front asks."""
     from pypioncouch.testing.server import FaultPlan
 
     world = small_world
@@ -263,7 +265,7 @@ async def test_pypi_failing_holds_the_backfill_instead_of_asking_release_after_r
     older = [(k, v) for k, v, latest in releases_of(world.index) if not latest]
     world.resource.faults = FaultPlan(1.0, kinds=(kind,), retry_after=retry_after)
     progress = BackfillProgress()
-    pypi = PyPI(world.url, backoff=0.01, retries=2)
+    pypi = backfill_client(world.url, backoff=0.01, retries=2)
     backfill = Backfill(world.db, pypi, progress, rate=50.0)
     running = defer.ensureDeferred(backfill.run_pass())
     running.addErrback(lambda failure: failure.trap(defer.CancelledError))
