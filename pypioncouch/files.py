@@ -15,6 +15,7 @@ Layout, under ``DIR``::
     DIR/<normalized project>/<filename>.metadata    its PEP 658 metadata file
     DIR/.incoming/                                  downloads in progress (temp files)
     DIR/seeded.json                                 files seeded explicitly: never evicted
+    DIR/.seeded.lock                                taken while seeded.json is rewritten
 
 A file appears under its name only once its sha256 matched (temp file, fsync, rename),
 so whatever is there is whole and right. Recency for the LRU budget is the file's
@@ -24,6 +25,7 @@ when it was stored (it is the ``Last-Modified`` a client revalidates against).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +44,7 @@ log = Logger()
 
 INCOMING = ".incoming"
 MANIFEST = "seeded.json"
+MANIFEST_LOCK = ".seeded.lock"  # held while the manifest is read and written again
 METADATA_SUFFIX = ".metadata"
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]*$")
 _PROJECT = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -277,15 +280,18 @@ class FileStore:
         return self._seeded.keys
 
     def mark_seeded(self, keys: Iterable[str]) -> None:
-        """Add ``keys`` to the manifest of seeded files (atomically replaced)."""
-        self._seeded.mtime = None
-        seeded = self.seeded
-        if self._seeded.problem:
-            raise UnreadableManifest(self._seeded.problem)
-        merged = sorted(seeded | set(keys))
-        self._write_atomically(self.root / MANIFEST,
-                               json.dumps({"seeded": merged}, indent=0).encode())
-        self._seeded = _Seeded(set(merged), (self.root / MANIFEST).stat().st_mtime)
+        """Add ``keys`` to the manifest of seeded files (atomically replaced; read and
+        written under a lock, so that two seeders at once lose none of each other's)."""
+        with open(self.root / MANIFEST_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (released as the file closes)
+            self._seeded.mtime = None
+            seeded = self.seeded
+            if self._seeded.problem:
+                raise UnreadableManifest(self._seeded.problem)
+            merged = sorted(seeded | set(keys))
+            self._write_atomically(self.root / MANIFEST,
+                                   json.dumps({"seeded": merged}, indent=0).encode())
+            self._seeded = _Seeded(set(merged), (self.root / MANIFEST).stat().st_mtime)
 
     # -- reading ------------------------------------------------------------------
 

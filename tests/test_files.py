@@ -827,6 +827,22 @@ def test_a_manifest_edited_with_a_typo_keeps_its_seeds_and_is_not_written_over(t
     assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]  # b, unseeded and older, goes
 
 
+def test_two_seeders_at_once_lose_none_of_each_others_seeds(tmp_path):
+    """Two ``--fetch-files`` into one folder (two processes marking files seeded one at
+    a time): every file either marked is in the manifest, never evicted."""
+    import subprocess
+
+    mark = ("import sys\nfrom pypioncouch.files import FileStore\n"
+            "store = FileStore(sys.argv[1])\n"
+            "for i in range(150):\n"
+            "    store.mark_seeded([f'{sys.argv[2]}/{sys.argv[2]}-{i}.whl'])\n")
+    seeders = [subprocess.Popen([sys.executable, "-c", mark, str(tmp_path), tag])
+               for tag in ("a", "b")]
+    assert [seeder.wait(120) for seeder in seeders] == [0, 0]
+    seeded = set(json.loads((tmp_path / "seeded.json").read_text())["seeded"])
+    assert seeded == {f"{tag}/{tag}-{i}.whl" for tag in ("a", "b") for i in range(150)}
+
+
 def test_a_damaged_file_a_read_only_folder_keeps_is_not_served_until_it_changes(
         tmp_path, monkeypatch):
     import errno
