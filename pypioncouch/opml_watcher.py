@@ -73,11 +73,11 @@ def opml_digest(content: bytes) -> str:
 
 
 async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None
-                          ) -> tuple[list[str], list[str], list[BulkResult]]:
+                          ) -> tuple[dict[str, str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
-    carrying the changed attachments inline. Returns ``(written keys, conflicted keys,
-    refused)``: a conflict means the sync wrote meanwhile (its change brings the key
+    carrying the changed attachments inline. Returns ``(written: key -> the revision
+    written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile (its change brings the key
     back); a refusal is CouchDB's no for another reason (a validate function, or
     permissions: every write's), which the caller weighs."""
     projects = await Store(db).projects(list(keys))
@@ -100,7 +100,7 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
                                    "data": base64.b64encode(content).decode("ascii")}
         updates.append({**project, "_attachments": attachments, OPML_DIGEST: digest})
     results = await db.bulk_docs(updates)
-    written = [r.id for r in results if r.ok]
+    written = {r.id: r.rev for r in results if r.ok}
     if status is not None:
         status.opml_written += len(written)
     return (written, [r.id for r in results if r.error == "conflict"],
@@ -235,6 +235,13 @@ class Backlog:
                 self._release(epoch)
         self._advance()
 
+    def forget(self, key: str) -> None:
+        """``key`` is not due after all (its only change was its own batch's write)."""
+        epoch = self.due.pop(key, None)
+        if epoch is not None:
+            self._release(epoch)
+            self._advance()
+
     def failed(self, keys: list[str]) -> None:
         for key in keys:
             self._put_back(key, self.running.pop(key))
@@ -263,6 +270,10 @@ class Backlog:
 # more at once (p99 1.6 s); pouchdb-server answers in one thread, where every request
 # costs, so fewer, bigger ones (p99 2.4 s, against 2.8-3.4 s with 25 x 6).
 BATCH_SHAPES = {"apache": (25, 6), "pouchdb": (50, 3)}
+# Our writes whose change has not come back yet, remembered so that it is not taken for
+# another's (a regeneration for nothing: half of a burst's work); bounded, as a first
+# start on all of PyPI writes hundreds of thousands before the feed brings them back.
+OWN_WRITES_KEPT = 20_000
 
 
 class OpmlWatcher(Service):
@@ -291,6 +302,12 @@ class OpmlWatcher(Service):
         self.refused_since: dict[str, int] = {}
         self.reactor = reactor
         self.backlog = Backlog()
+        # key -> the revision of its project document we wrote, until its change comes
+        # back: our own writes, which need no regeneration (at most OWN_WRITES_KEPT).
+        self.own_writes: dict[str, str] = {}
+        # key -> the revision of a change of its project document that came while it
+        # was being written, and alone made it due: ours, if the write answers with it.
+        self.maybe_own: dict[str, str] = {}
         self.saved_seq: Any = None
         self.follower: ChangesFollower | None = None
         self.batches: set[defer.Deferred] = set()
@@ -354,8 +371,35 @@ class OpmlWatcher(Service):
     def on_change(self, change: dict) -> None:
         docid = change.get("id", "")
         key = None if docid.startswith("_") else docid.split(":", 1)[0]
+        if key is not None:
+            revs = change.get("changes")
+            rev = revs[0].get("rev") if isinstance(revs, list) and len(revs) == 1 \
+                and isinstance(revs[0], dict) else None
+            ours = self.own_writes.pop(key, None) if key == docid else None
+            backlog = self.backlog
+            if rev is not None and rev == ours:
+                key = None  # our opml.xml coming back: its seq passes, nothing to redo
+            elif (key == docid and rev is not None and key in backlog.running
+                  and key not in backlog.due and key not in backlog.again):
+                self.maybe_own[key] = rev  # (back before the write's answer?)
+            else:
+                self.maybe_own.pop(key, None)  # another's change: due whatever we wrote
         self.backlog.changed(key, change["seq"], self.reactor.seconds())
         self._schedule(self.debounce)
+
+    def _wrote(self, keys: list[str], written: dict[str, str]) -> None:
+        """Remember our writes, to know their changes when they come back; one that
+        came back already, alone, makes its project due for nothing: not due."""
+        for key in keys:
+            came = self.maybe_own.pop(key, None)
+            if key not in written:
+                continue
+            if came == written[key]:
+                self.backlog.forget(key)
+            else:
+                self.own_writes[key] = written[key]
+        while len(self.own_writes) > OWN_WRITES_KEPT:  # (then regenerated for nothing)
+            del self.own_writes[next(iter(self.own_writes))]
 
     def _schedule(self, delay: float) -> None:
         """Pump in ``delay`` seconds, or sooner if already due sooner."""
@@ -371,6 +415,8 @@ class OpmlWatcher(Service):
             return
         now = self.reactor.seconds()
         wait = self.backlog.close(now, self.debounce)
+        if self.backlog.safe_seq != self.saved_seq:  # (changes that needed no batch)
+            self._save_soon()
         if wait is not None:  # changes too recent to be due: come back for them
             self._schedule(wait)
         if now < self.paused_until:  # backing off after a failure
@@ -393,9 +439,12 @@ class OpmlWatcher(Service):
         try:
             written, conflicted, refused = await regenerate_many(self.db, keys, self.status)
         except Exception as error:
+            for key in keys:  # (written or not, unknown: what came stays due)
+                self.maybe_own.pop(key, None)
             self.backlog.failed(keys)  # not lost: first in line once the pause is over
             self._note_failure(error)
         else:
+            self._wrote(keys, written)
             again = self._weigh(keys, written, refused)
             self.backlog.finished([key for key in keys if key not in again], conflicted)
             if again:  # the same: first in line once the pause is over

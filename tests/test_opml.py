@@ -538,3 +538,55 @@ async def test_opml_command_writes_the_others_and_says_which_it_left(world):
             "left as it is until the project changes") in logged
     assert ADMIN[1] not in said + logged
     assert await _all_but_have_opml(world, broken)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_watcher_does_not_regenerate_for_its_own_writes(world, monkeypatch):
+    """Its opml.xml coming back as a change is not taken for another's (that was half
+    of a burst's work): after a burst of changed projects, none is read and rendered
+    again at the revision the watcher wrote, and the checkpoint passes those changes."""
+    from pypioncouch import opml_watcher
+
+    await run_pass(world.importer(), full=True)
+    rendered, wrote = [], set()
+    real_render, real_regenerate = opml_watcher.project_opml, opml_watcher.regenerate_many
+
+    def render(project, releases):
+        rendered.append((project["_id"], project["_rev"]))
+        return real_render(project, releases)
+
+    async def regenerate_many(db, keys, status=None):
+        written, conflicted, refused = await real_regenerate(db, keys, status)
+        wrote.update(written.items())
+        return written, conflicted, refused
+
+    monkeypatch.setattr(opml_watcher, "project_opml", render)
+    monkeypatch.setattr(opml_watcher, "regenerate_many", regenerate_many)
+    watcher = OpmlWatcher(world.db, debounce=0.05)
+
+    async def idle():
+        backlog = watcher.backlog
+        return (not backlog and not backlog.running and
+                backlog.safe_seq == backlog.last_seq == watcher.saved_seq)
+
+    watcher.startService()
+    try:
+        assert await wait_for(lambda: _all_have_opml(world))
+        assert await wait_for(idle)
+        rows = (await world.db.all_docs(include_docs=True))["rows"]
+        burst = [r["doc"] for r in rows if r["doc"].get("type") == "project"][:20]
+        for doc in burst:
+            doc["summary"] = "a burst"
+        rendered.clear()
+        await world.db.bulk_docs(burst)
+
+        async def all_current():
+            return all([await _contains(world.db, doc["_id"], b'description="a burst"')
+                        for doc in burst])
+        assert await wait_for(all_current)
+        assert await wait_for(idle)  # its own changes came back, the checkpoint past them
+        assert len(rendered) >= len(burst)
+        echoes = [pair for pair in rendered if pair in wrote]
+        assert len(echoes) <= 2, echoes  # (a change may come back before the write's answer)
+    finally:
+        await watcher.stopService()
