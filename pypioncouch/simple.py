@@ -122,7 +122,9 @@ def simple_file(entry: dict) -> dict:
 def project_json(name: str, versions: list[str], files: list[dict], serial: int | None,
                  status: str = "active") -> bytes:
     """The PEP 691 project page."""
-    page = {"meta": {"_last-serial": serial, "api-version": API_VERSION},
+    meta = {"api-version": API_VERSION} if serial is None else \
+        {"_last-serial": serial, "api-version": API_VERSION}
+    page = {"meta": meta,
             "name": normalize(name), "project-status": {"status": status},
             "versions": versions, "files": files}
     return jsonio.dumps(page)
@@ -157,7 +159,7 @@ def project_html(name: str, files: list[dict], serial: int | None,
              f"    <title>Links for {title}</title>", "  </head>", "  <body>",
              f"    <h1>Links for {title}</h1>"]
     lines += [_anchor(file) for file in files]
-    lines += ["  </body>", "</html>", f"<!--SERIAL {serial}-->"]
+    lines += ["  </body>", "</html>"] + ([] if serial is None else [f"<!--SERIAL {serial}-->"])
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -181,8 +183,9 @@ def index_html(projects: Iterable[tuple[str, str]]) -> bytes:
 
 
 def index_json_head(serial: int | None) -> bytes:
-    return (b'{"meta":{"_last-serial":' + json.dumps(serial).encode()
-            + b',"api-version":"' + API_VERSION.encode() + b'"},"projects":[')
+    known = b"" if serial is None else b'"_last-serial":' + json.dumps(serial).encode() + b","
+    return (b'{"meta":{' + known + b'"api-version":"' + API_VERSION.encode()
+            + b'"},"projects":[')
 
 
 def index_json_items(projects: Iterable[tuple[str, int | None]], first: bool) -> bytes:

@@ -154,6 +154,20 @@ async def test_the_index_serial_does_not_go_back_when_the_newest_project_goes(wo
         assert (await answer.json())["meta"]["_last-serial"] == 3
     finally:
         await port.stopListening()
+    # Before its first checkpoint a syncing daemon knows no serial: none is given (a
+    # client reads the header as a number; it said "None").
+    front, port, url = serve(w.db, status=SyncStatus())
+    try:
+        for accept in (V1_JSON, "text/html"):
+            answer = await treq.get(f"{url}/simple/", headers={"Accept": accept})
+            assert answer.code == 200
+            assert answer.headers.getRawHeaders("x-pypi-last-serial") is None
+            body = await answer.content()
+        answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})
+        assert (await answer.json())["meta"] == {"api-version": "1.4"}
+        assert body.endswith(b"</html>\n")
+    finally:
+        await port.stopListening()
 
 
 V1_HTML = "application/vnd.pypi.simple.v1+html"

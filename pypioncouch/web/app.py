@@ -425,7 +425,7 @@ class WebFront:
         chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
         serial = await self.index_serial()
         request.setHeader("Content-Type", chosen)
-        request.setHeader("X-PyPI-Last-Serial", str(serial))
+        _serial_header(request, serial)
         # Streamed a page at a time, at the pace the client reads: the index of 500,000
         # names is never in memory. A CouchDB failure half-way cuts the connection.
         as_json = chosen == simple.V1_JSON
@@ -467,7 +467,7 @@ class WebFront:
             return _plain(request, 404, "404 Not Found")
         serial = entry.project.get("last_serial")
         request.setHeader("Content-Type", chosen)
-        request.setHeader("X-PyPI-Last-Serial", str(serial))
+        _serial_header(request, serial)
         variant = "json" if chosen == simple.V1_JSON else "html"
         held = None
         if self.file_pages is not None:
@@ -622,8 +622,15 @@ def _json_api_body(entry: CachedProject, version: str | None, whole: dict | None
     return None if payload is None else model.dump_json_api(payload)
 
 
+def _serial_header(request, serial) -> None:
+    """``X-PyPI-Last-Serial``, left out while it is not known (a syncing daemon before
+    its first checkpoint): a client reads it as a number."""
+    if isinstance(serial, int):
+        request.setHeader("X-PyPI-Last-Serial", str(serial))
+
+
 def _json_api_headers(request, entry: CachedProject) -> None:
-    request.setHeader("X-PyPI-Last-Serial", str(entry.project.get("last_serial")))
+    _serial_header(request, entry.project.get("last_serial"))
     request.setHeader("Access-Control-Allow-Origin", "*")
     request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
 
