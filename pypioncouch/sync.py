@@ -55,6 +55,9 @@ class Work(NamedTuple):
     name: str  # as PyPI spelled it
     serial: int | None
     removed: bool = False  # the changelog says PyPI removed it (at ``serial``)
+    # The versions its changelog rows name: one PyPI no longer has is removed even if
+    # the stored project never listed it (see :meth:`XmlRpcImporter._plan`).
+    versions: frozenset = frozenset()
 
 
 class Pending(dict):
@@ -203,16 +206,21 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     """Changelog rows -> one :class:`Work` per project, with its highest serial.
     Names that are not projects (``user:...``, empty) are skipped."""
     works: dict[str, Work] = {}
+    versions: dict[str, set[str]] = {}
     for row in rows:
         name, version, action, serial = row[0], row[1], row[3], row[4]
         if not name or name.startswith("user:") or not model.is_valid_project_name(name):
             continue
         key = model.normalize(name)
+        if isinstance(version, str) and version:
+            versions.setdefault(key, set()).add(version)
         current = works.get(key)
         if current is None or serial >= (current.serial or 0):
             # Warehouse's "remove project"; before 2018, "remove" without a version.
             removed = action == "remove project" or (action == "remove" and version is None)
             works[key] = Work(key, name, serial, removed)
+    for key, named in versions.items():
+        works[key] = works[key]._replace(versions=frozenset(named))
     return works
 
 
@@ -797,6 +805,11 @@ class XmlRpcImporter:
             for version, digests in new_digests.items()}
         new_versions = {r["version"] for r in releases}
         gone_ids = [store.release_id(work.key, v) for v in old_digests if v not in new_versions]
+        # A release the changelog names, neither PyPI's now nor in the stored record,
+        # may be stored all the same: written by a pass cut short before its project
+        # (which never listed it), then removed on PyPI. (Dropped if not stored.)
+        gone_ids += [store.release_id(work.key, v) for v in sorted(work.versions)
+                     if v not in new_versions and v not in old_digests]
         if answer.kind == "empty" and old is not None:
             gone_ids = await self.store.release_ids(work.key)
         if old is not None:
