@@ -56,12 +56,14 @@ def refusal(refused: list[BulkResult], db: Database) -> OpmlRefused:
                        url=db.display_url)
 
 
-def say_refused_alone(result: BulkResult, status: SyncStatus | None) -> None:
-    """One project's ``opml.xml`` refused for itself (a validate function): said in the
-    log and on /status, and left as it is."""
+def say_refused_alone(result: BulkResult, status: SyncStatus | None,
+                      loud: bool = True) -> None:
+    """One project's ``opml.xml`` refused for itself (a validate function): noted on
+    /status (and said in the log, if ``loud``), and left as it is."""
     message = (f"CouchDB refused the opml.xml of {result.id}: {result.error}: "
                f"{result.reason}; left as it is until the project changes")
-    log.warn("OPML: {message}", message=message)
+    if loud:
+        log.warn("OPML: {message}", message=message)
     if status is not None:
         status.note_error(message, "opml")
         status.warn_once(message)
@@ -109,31 +111,35 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
 
 async def regenerate(db: Database, key: str, status: SyncStatus | None = None) -> bool:
     """Bring one project's ``opml.xml`` up to date. True if it was written; a refusal
-    raises :class:`OpmlRefused`."""
+    is said (:func:`say_refused_alone`), and leaves it as it is."""
     for _ in range(3):
         written, conflicted, refused = await regenerate_many(db, [key], status)
-        if refused:
-            raise refusal(refused, db)
+        for result in refused:
+            say_refused_alone(result, status)
         if not conflicted:
             return bool(written)
     return False
 
 
+SAID_REFUSALS = 20  # refusals ``--opml`` says one by one; the others are counted
+
+
 async def regenerate_all(db: Database, status: SyncStatus | None = None,
                          progress=None, batch: int = 200) -> int:
     """Regenerate every project's OPML in one pass (``pypioncouch --opml``); then set
-    the watcher's checkpoint to where the database was when the pass began."""
+    the watcher's checkpoint to where the database was when the pass began. A project
+    CouchDB refuses is left as it is (the first few said, all counted on ``status``):
+    run by hand, the command goes through and says how many it left."""
     since = (await db.info())["update_seq"]
     total = await couchapp.count(db, "name", timeout=3600)  # may build the index
-    written, done, keys = 0, 0, []
+    written, done, keys, said = 0, 0, [], 0
 
     async def regenerate_batch():
-        nonlocal written, done
+        nonlocal written, done, said
         wrote, conflicted, refused = await regenerate_many(db, keys, status)
-        if refused and not wrote:  # perhaps every write's (permissions): stop and say
-            raise refusal(refused, db)
-        for result in refused:  # others were written: refused for itself
-            say_refused_alone(result, status)
+        for result in refused:
+            said += 1
+            say_refused_alone(result, status, loud=said <= SAID_REFUSALS)
         written += len(wrote)
         for key in conflicted:  # written meanwhile: once more, one by one
             written += await regenerate(db, key, status)
@@ -148,6 +154,8 @@ async def regenerate_all(db: Database, status: SyncStatus | None = None,
             await regenerate_batch()
     if keys:
         await regenerate_batch()
+    if said > SAID_REFUSALS:
+        log.warn("OPML: {more} more refused, not said one by one", more=said - SAID_REFUSALS)
     await _save_checkpoint(db, since)
     return written
 
@@ -296,9 +304,9 @@ class OpmlWatcher(Service):
         self.in_flight = in_flight
         self.max_backoff = max_backoff
         self.failures = 0  # batches failed in a row
-        self.writes = 0  # opml.xml written since the start
-        # Projects CouchDB refused -> ``writes`` at their first refusal (-1: once
-        # refused while others were written): see :meth:`_weigh`.
+        self.taken = 0  # batches taken since the start (each numbered: 1, 2, ...)
+        self.last_writing = 0  # the number of the latest batch taken that wrote
+        # Projects CouchDB refused with nothing written -> ``taken`` then: see _weigh.
         self.refused_since: dict[str, int] = {}
         self.reactor = reactor
         self.backlog = Backlog()
@@ -426,7 +434,8 @@ class OpmlWatcher(Service):
             keys = self.backlog.take(self.batch)
             if not keys:
                 break  # none due, or the due ones are in a batch (its end pumps again)
-            batch = defer.ensureDeferred(self._regenerate(keys))
+            self.taken += 1
+            batch = defer.ensureDeferred(self._regenerate(keys, self.taken))
             self.batches.add(batch)
             batch.addBoth(lambda _, b=batch: self.batches.discard(b))
 
@@ -435,7 +444,7 @@ class OpmlWatcher(Service):
         ``max_backoff`` (an error that does not go away is not hammered)."""
         return min(self.max_backoff, 2.0 ** max(0, self.failures - 1))
 
-    async def _regenerate(self, keys: list[str]) -> None:
+    async def _regenerate(self, keys: list[str], number: int) -> None:
         try:
             written, conflicted, refused = await regenerate_many(self.db, keys, self.status)
         except Exception as error:
@@ -445,7 +454,7 @@ class OpmlWatcher(Service):
             self._note_failure(error)
         else:
             self._wrote(keys, written)
-            again = self._weigh(keys, written, refused)
+            again = self._weigh(keys, number, written, refused)
             self.backlog.finished([key for key in keys if key not in again], conflicted)
             if again:  # the same: first in line once the pause is over
                 self.backlog.failed(list(again))
@@ -459,27 +468,30 @@ class OpmlWatcher(Service):
         if self.running:
             self._schedule(0)
 
-    def _weigh(self, keys: list[str], written: list[str], refused: list[BulkResult]
-               ) -> dict[str, BulkResult]:
-        """The refused projects to try again. A project forbidden while other writes
-        succeed (in its request, or since its first refusal) is refused for itself (a
-        validate function refusing its content): said, and left until it changes, so
-        that it holds back no other and no checkpoint. Other refusals may be every
-        write's (permissions; ``unauthorized`` asks for other credentials): tried
-        again, with backoff, holding the checkpoint."""
-        self.writes += len(written)
+    def _weigh(self, keys: list[str], number: int, written: dict[str, str],
+               refused: list[BulkResult]) -> dict[str, BulkResult]:
+        """The refused projects of batch ``number`` to try again. A project forbidden
+        while other writes succeed (in its request, or in a batch taken after its
+        refusal: batches in flight then may have been written before a change of
+        rights) is refused for itself (a validate function refusing its content):
+        said, and left until it changes, so that it holds back no other and no
+        checkpoint. Other refusals may be every write's (permissions; ``unauthorized``
+        asks for other credentials): tried again, with backoff, holding the checkpoint."""
+        if written:
+            self.last_writing = max(self.last_writing, number)
         refused_ids = {result.id for result in refused}
         for key in keys:
             if key not in refused_ids:
                 self.refused_since.pop(key, None)
         again = {}
         for result in refused:
-            for_itself = written or self.refused_since.get(result.id, self.writes) < self.writes
-            if result.error == "forbidden" and for_itself:
+            since = self.refused_since.get(result.id)
+            if result.error == "forbidden" and (
+                    written or (since is not None and self.last_writing > since)):
                 say_refused_alone(result, self.status)
-                self.refused_since[result.id] = -1
+                self.refused_since.pop(result.id, None)
             else:
-                self.refused_since.setdefault(result.id, self.writes)
+                self.refused_since.setdefault(result.id, self.taken)
                 again[result.id] = result
         return again
 

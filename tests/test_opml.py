@@ -471,6 +471,7 @@ async def test_a_project_refused_for_itself_holds_back_no_other_nor_the_checkpoi
         assert await wait_for(lambda: _all_but_have_opml(world, broken))
         world.index.publish(other, "77.0")  # another write succeeds, if none did after
         await run_pass(world.importer())
+        assert await wait_for(lambda: _contains(world.db, other, b'text="77.0"'))
         assert await wait_for(idle(watcher))
         assert watcher.failures == 0 and watcher.status.opml_error is None
         assert said in watcher.status.warnings
@@ -538,6 +539,38 @@ async def test_opml_command_writes_the_others_and_says_which_it_left(world):
             "left as it is until the project changes") in logged
     assert ADMIN[1] not in said + logged
     assert await _all_but_have_opml(world, broken)
+    # Again, with nothing else to write: the same, not a failure.
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--opml", world.db.server.url_with_credentials, "--db", world.db.name, "--quiet"])
+    said = out.decode()
+    assert code == 3, (said, err.decode())
+    assert said.endswith(": 0 attachments written in "
+                         f"{world.db.display_url}; 1 project(s) left as they were "
+                         "(said above)\n"), said
+
+
+def test_a_refusal_is_one_projects_only_once_a_batch_taken_after_it_writes():
+    """Batches in flight when a refusal comes back may have been written before a
+    change of rights: only a write by a batch taken after it says the refusal was the
+    project's own (not every write's); ``unauthorized`` is never taken for that."""
+    from pypioncouch.couch import BulkResult
+
+    watcher = OpmlWatcher(None)
+    forbidden = BulkResult("b", error="forbidden", reason="read-only now")
+    watcher.taken = 2  # batches 1 and 2 in flight
+    assert list(watcher._weigh(["b"], 2, {}, [forbidden])) == ["b"]  # nothing written
+    assert not watcher._weigh(["a"], 1, {"a": "2-x"}, [])  # batch 1, sent before
+    watcher.taken = 3
+    assert list(watcher._weigh(["b"], 3, {}, [forbidden])) == ["b"]  # still held
+    watcher.taken = 5
+    assert not watcher._weigh(["c"], 4, {"c": "2-y"}, [])  # batch 4, taken after
+    assert not watcher._weigh(["b"], 5, {}, [forbidden])  # its own: given up
+    assert watcher.status.warnings == [
+        "CouchDB refused the opml.xml of b: forbidden: read-only now; left as it is "
+        "until the project changes"]
+    unauthorized = BulkResult("d", error="unauthorized", reason="who are you")
+    assert list(watcher._weigh(["d", "e"], 6, {"e": "3-z"}, [unauthorized])) == ["d"]
 
 
 @pytest_twisted.ensureDeferred

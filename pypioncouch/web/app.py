@@ -625,7 +625,7 @@ def _json_api_body(entry: CachedProject, version: str | None, whole: dict | None
 def _serial_header(request, serial) -> None:
     """``X-PyPI-Last-Serial``, left out while it is not known (a syncing daemon before
     its first checkpoint): a client reads it as a number."""
-    if isinstance(serial, int):
+    if type(serial) is int:  # (not a bool)
         request.setHeader("X-PyPI-Last-Serial", str(serial))
 
 
