@@ -260,6 +260,29 @@ async def test_a_json_api_304_carries_the_serial_and_cors_headers(imported):
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_simple_and_json_api_answer_may_be_read_by_any_page(imported):
+    """CORS on every answer of both APIs, as PyPI's: 200s, 304s, redirects and 404s (a
+    browser's installer, micropip, otherwise sees a network error, not a 404)."""
+    world, front, url = imported
+    key = normalize(world.index.dataset.name(4))
+    etag = (await treq.get(f"{url}/simple/{key}/")).headers.getRawHeaders("etag")[0]
+    answers = [(await treq.get(f"{url}{path}", headers=headers, allow_redirects=False), code)
+               for path, headers, code in [
+        ("/simple/", {}, 200), (f"/simple/{key}/", {"Accept": V1_JSON}, 200),
+        (f"/simple/{key}/", {"If-None-Match": etag}, 304), ("/simple", {}, 301),
+        (f"/simple/{key.upper()}/", {}, 301), (f"/simple/{key}", {}, 301),
+        ("/simple/no-such-project/", {}, 404), (f"/pypi/{key}/json", {}, 200),
+        (f"/pypi/{key.upper()}/json", {}, 301), ("/pypi/no-such-project/json", {}, 404),
+        (f"/pypi/{key}/0.0.0.0.404/json", {}, 404)]]
+    for answer, code in answers:
+        assert answer.code == code, (answer.request.absoluteURI, answer.code)
+        await answer.content()
+        assert answer.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+        assert answer.headers.getRawHeaders("access-control-expose-headers") == \
+            ["X-PyPI-Last-Serial"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_release_named_none_is_not_the_project(world):
     """Before PEP 440 a version was any string: ``None`` is one (the project's answer
     and that release's were kept under one name)."""

@@ -417,11 +417,13 @@ class WebFront:
     @app.route("/simple", methods=["GET", "HEAD"])
     @observed("simple_redirect")
     async def simple_index_no_slash(self, request):
+        _cors(request)
         return _redirect(request, "/simple/")  # (PyPI: a 301; werkzeug's would be a 308)
 
     @app.route("/simple/", methods=["GET", "HEAD"])
     @observed("simple_index")
     async def simple_index(self, request):
+        _cors(request)
         chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
         serial = await self.index_serial()
         request.setHeader("Content-Type", chosen)
@@ -449,6 +451,7 @@ class WebFront:
     @app.route("/simple/<name>", methods=["GET", "HEAD"])
     @observed("simple_redirect")
     async def simple_no_slash(self, request, name):
+        _cors(request)
         if not model.is_valid_project_name(name):
             return _plain(request, 404, "404 Not Found")
         return _redirect(request, f"/simple/{model.normalize(name)}/")
@@ -456,6 +459,7 @@ class WebFront:
     @app.route("/simple/<name>/", methods=["GET", "HEAD"])
     @observed("simple_project")
     async def simple_project(self, request, name):
+        _cors(request)
         if not model.is_valid_project_name(name):
             return _plain(request, 404, "404 Not Found")
         key = model.normalize(name)
@@ -499,6 +503,7 @@ class WebFront:
 
     async def _json_api(self, request, name: str, version: str | None) -> bytes:
         not_found = b'{"message": "Not Found"}'
+        _cors(request)
         request.setHeader("Content-Type", JSON)
         if not model.is_valid_project_name(name) or (version is not None and (
                 version.startswith("_") or len(version) > 200)):
@@ -631,6 +636,11 @@ def _serial_header(request, serial) -> None:
 
 def _json_api_headers(request, entry: CachedProject) -> None:
     _serial_header(request, entry.project.get("last_serial"))
+
+
+def _cors(request) -> None:
+    """Any page may read the Simple and JSON APIs (as PyPI's, on every answer of theirs:
+    a browser's installer, micropip, tells a 404 or a redirect from a network error)."""
     request.setHeader("Access-Control-Allow-Origin", "*")
     request.setHeader("Access-Control-Expose-Headers", "X-PyPI-Last-Serial")
 
