@@ -356,6 +356,15 @@ class XmlRpcImporter:
         self.trace.mark("works ready")
         self.status.import_total, self.status.import_done = len(works), 0
         had_documents = await self.store.has_documents()
+        if not works and not had_documents and baseline:
+            # Nothing listed, though PyPI's journal has rows (a proxy answering {}): not
+            # taken for an empty PyPI, which would leave this mirror without every
+            # project that never changes again. No checkpoint: the next pass imports.
+            reason = (f"PyPI's listing named no project, though its serial is {baseline}: "
+                      "not taken as the truth; the next pass imports again")
+            log.warn("{reason}", reason=reason)
+            self.status.note_sync_error(reason, "listing")
+            return self._finish(summary, None, pending, started)
         removals: list = []
         # Into a database that held no project, there is no stored copy to read first
         # (a copy written meanwhile by another writer is still found when writing).

@@ -297,3 +297,22 @@ def test_a_commands_couchdb_url_may_come_from_the_environment(couch_server, db_n
                               env={**bare, "PYPIONCOUCH_COUCH": couch_server.url})
         assert done.returncode == 0, done.stderr
         assert "3 projects" in done.stdout, done.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_listing_is_not_taken_for_an_empty_pypi_on_a_first_import(world):
+    """A proxy answering the listing with nothing, the serial PyPI's: a first import
+    that believed it would set the checkpoint, and the mirror would never hold the
+    projects that do not change again."""
+    w = world(projects=12, seed=33)
+    w.resource.listing.configure(keep=0.0)
+    importer = w.importer()
+    await run_pass(importer)
+    assert await w.db.get_local(CHECKPOINT) is None
+    assert importer.status.last_sync_error == (
+        f"PyPI's listing named no project, though its serial is {w.index.last_serial}: "
+        "not taken as the truth; the next pass imports again")
+    w.resource.listing.configure(keep=1.0)
+    await run_pass(w.importer())
+    assert (await w.db.get_local(CHECKPOINT))["serial"] == w.index.last_serial
+    await assert_matches_simulator(w.db, w.index)
