@@ -5,11 +5,12 @@ checkpoint of its own): ``serial`` is PyPI's serial every acknowledged write cov
 ``pending`` the projects (``{normalized name: serial wanted}``) to retry on the next
 pass. It is saved only after the writes it covers are acknowledged, and never moves
 backwards: two writers on one database merge theirs (the higher serial, both pending
-lists).
+lists), told apart by a token each save carries.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 
 from twisted.logger import Logger
@@ -24,18 +25,23 @@ SAVE_ROUNDS = 3
 
 
 class Checkpoint:
-    """The checkpoint of ``db`` synced from ``pypi_url``; saves show on ``status``."""
+    """The checkpoint of ``db`` synced from ``pypi_url``; saves show on ``status``.
+
+    Each save carries a token of its own; a save that finds another token stored (or a
+    checkpoint where it loaded none) merges that other writer's first. Apache CouchDB's
+    local documents take any revision (a stale one overwrites, no 409), so a conflict
+    alone would not tell (pouchdb-server's do answer 409: retried the same way)."""
 
     def __init__(self, db: Database, pypi_url: str, status: SyncStatus):
         self.db = db
         self.pypi_url = pypi_url
         self.status = status
-        self._rev: str | None = None
+        self._token: str | None = None  # of the checkpoint loaded, then of our last save
 
     async def load(self) -> dict | None:
         checkpoint = await self.db.get_local(CHECKPOINT)
         if checkpoint is not None:
-            self._rev = checkpoint.get("_rev")
+            self._token = checkpoint.get("token")
             # Known as synced from the start (health, the backfill), not after a pass.
             self.status.note_serials(our_serial=checkpoint.get("serial"))
             if checkpoint.get("pypi") not in (None, self.pypi_url):
@@ -45,25 +51,32 @@ class Checkpoint:
         return checkpoint
 
     async def save(self, serial: int, pending: dict[str, int | None]) -> None:
-        if self._rev is None:
-            existing = await self.db.get_local(CHECKPOINT)
-            self._rev = existing.get("_rev") if existing else None
         for _ in range(SAVE_ROUNDS):
+            current = await self.db.get_local(CHECKPOINT)
+            if current is not None and current.get("token") != self._token:
+                # Another writer on this database saved since we loaded or saved: never
+                # move its serial backwards, and keep what either of us has still to do.
+                serial, pending = _merged(serial, pending, current)
+            token = uuid.uuid4().hex
             doc = {"serial": serial, "pending": pending, "pypi": self.pypi_url,
-                   "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            if self._rev:
-                doc["_rev"] = self._rev
+                   "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "token": token}
+            if current is not None:
+                doc["_rev"] = current["_rev"]
             try:
-                self._rev = await self.db.put_local(CHECKPOINT, doc)
-                break
-            except Conflict:
-                # Another writer on this database saved meanwhile: never move its
-                # serial backwards, and keep what either of us has still to do.
-                theirs = await self.db.get_local(CHECKPOINT) or {}
-                self._rev = theirs.get("_rev")
-                serial = max(serial, theirs.get("serial") or serial)
-                pending = {**(theirs.get("pending") or {}), **pending}
+                await self.db.put_local(CHECKPOINT, doc)
+            except Conflict:  # saved meanwhile: read again, merge
+                continue
+            self._token = token
+            break
         else:
             raise Conflict("the checkpoint kept changing under us (other writers)")
         self.status.note_serials(our_serial=serial)
         self.status.pending = len(pending)
+
+
+def _merged(serial: int, pending: dict, theirs: dict) -> tuple[int, dict]:
+    """Ours and another writer's checkpoint: the higher serial, what either of us has
+    still to do."""
+    return (max(serial, theirs.get("serial") or serial),
+            {**(theirs.get("pending") or {}), **pending})

@@ -214,6 +214,26 @@ async def test_two_first_imports_at_once_into_a_new_database_lose_nothing(world)
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_writers_that_found_no_checkpoint_merge_theirs(couch, db_name):
+    """Both loaded none (two first imports at once): the second to save keeps the
+    higher serial and the first's projects to retry, as on a conflict."""
+    from pypioncouch.checkpoint import Checkpoint
+    from pypioncouch.status import SyncStatus
+
+    db = couch.database(db_name)
+    await db.ensure()
+    first, second = (Checkpoint(db, "https://pypi.org/", SyncStatus()) for _ in range(2))
+    assert await first.load() is None and await second.load() is None
+    await first.save(10, {"a": 5})
+    await second.save(8, {"b": 7})
+    saved = await db.get_local(CHECKPOINT)
+    assert (saved["serial"], saved["pending"]) == (10, {"a": 5, "b": 7})
+    await first.save(12, {})  # (and the first, on a conflict, keeps the second's)
+    saved = await db.get_local(CHECKPOINT)
+    assert (saved["serial"], saved["pending"]) == (12, {"a": 5, "b": 7})
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_unexpected_error_costs_one_project_not_the_pass(world):
     importer = world.importer()
     real = importer.pypi.project
