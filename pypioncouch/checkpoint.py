@@ -27,21 +27,26 @@ SAVE_ROUNDS = 3
 class Checkpoint:
     """The checkpoint of ``db`` synced from ``pypi_url``; saves show on ``status``.
 
-    Each save carries a token of its own; a save that finds another token stored (or a
-    checkpoint where it loaded none) merges that other writer's first. Apache CouchDB's
-    local documents take any revision (a stale one overwrites, no 409), so a conflict
-    alone would not tell (pouchdb-server's do answer 409: retried the same way)."""
+    Each save carries a token of its own; a save that finds another stored (or another
+    revision of a checkpoint without one: an older version's, or where it loaded none)
+    merges that other writer's first, and returns what it saved: the writer goes on
+    from there. Apache CouchDB's local documents take any revision (a stale one
+    overwrites, no 409), so a conflict alone would not tell (pouchdb-server's do answer
+    409: retried the same way). Between the read and the write, one round trip, another
+    writer's save can still be lost there: nothing in CouchDB rejects it."""
 
     def __init__(self, db: Database, pypi_url: str, status: SyncStatus):
         self.db = db
         self.pypi_url = pypi_url
         self.status = status
-        self._token: str | None = None  # of the checkpoint loaded, then of our last save
+        # The token and revision of the checkpoint loaded, then of our last save.
+        self._token: str | None = None
+        self._rev: str | None = None
 
     async def load(self) -> dict | None:
         checkpoint = await self.db.get_local(CHECKPOINT)
         if checkpoint is not None:
-            self._token = checkpoint.get("token")
+            self._token, self._rev = checkpoint.get("token"), checkpoint.get("_rev")
             # Known as synced from the start (health, the backfill), not after a pass.
             self.status.note_serials(our_serial=checkpoint.get("serial"))
             if checkpoint.get("pypi") not in (None, self.pypi_url):
@@ -50,10 +55,13 @@ class Checkpoint:
                          new=self.pypi_url)
         return checkpoint
 
-    async def save(self, serial: int, pending: dict[str, int | None]) -> None:
+    async def save(self, serial: int, pending: dict[str, int | None]
+                   ) -> tuple[int, dict[str, int | None]]:
+        """Save, merged with another writer's; returns the serial and pending saved."""
         for _ in range(SAVE_ROUNDS):
             current = await self.db.get_local(CHECKPOINT)
-            if current is not None and current.get("token") != self._token:
+            if current is not None and (current.get("token"), current.get("_rev")) != (
+                    self._token, self._rev):
                 # Another writer on this database saved since we loaded or saved: never
                 # move its serial backwards, and keep what either of us has still to do.
                 serial, pending = _merged(serial, pending, current)
@@ -64,7 +72,7 @@ class Checkpoint:
             if current is not None:
                 doc["_rev"] = current["_rev"]
             try:
-                await self.db.put_local(CHECKPOINT, doc)
+                self._rev = await self.db.put_local(CHECKPOINT, doc)
             except Conflict:  # saved meanwhile: read again, merge
                 continue
             self._token = token
@@ -73,6 +81,7 @@ class Checkpoint:
             raise Conflict("the checkpoint kept changing under us (other writers)")
         self.status.note_serials(our_serial=serial)
         self.status.pending = len(pending)
+        return serial, pending
 
 
 def _merged(serial: int, pending: dict, theirs: dict) -> tuple[int, dict]:

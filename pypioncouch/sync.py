@@ -58,6 +58,7 @@ class Work(NamedTuple):
     # The versions its changelog rows name: one PyPI no longer has is removed even if
     # the stored project never listed it (see :meth:`XmlRpcImporter._plan`).
     versions: frozenset = frozenset()
+    retry: bool = False  # pending from an earlier pass (which versions, unknown)
 
 
 class Pending(dict):
@@ -245,8 +246,8 @@ def pending_work(key: str, wanted, unlisted: bool = False) -> Work:
     removal rows) may be gone, which only a 404 asked without a serial says; any other
     is asked with its serial, so that a stale copy is not taken for it."""
     if isinstance(wanted, dict):
-        return Work(key, key, wanted.get("removed"), removed=True)
-    return Work(key, key, None if unlisted else wanted)
+        return Work(key, key, wanted.get("removed"), removed=True, retry=True)
+    return Work(key, key, None if unlisted else wanted, retry=True)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -305,8 +306,10 @@ class XmlRpcImporter:
     async def load_checkpoint(self) -> dict | None:
         return await self.checkpoint.load()
 
-    async def save_checkpoint(self, serial: int, pending: dict[str, int | None]) -> None:
-        await self.checkpoint.save(serial, pending)
+    async def save_checkpoint(self, serial: int, pending: dict[str, int | None]
+                              ) -> tuple[int, dict[str, int | None]]:
+        """Save; returns what was saved (merged with another writer's checkpoint)."""
+        return await self.checkpoint.save(serial, pending)
 
     # -- passes ------------------------------------------------------------------------
 
@@ -364,6 +367,7 @@ class XmlRpcImporter:
                       "not taken as the truth; the next pass imports again")
             log.warn("{reason}", reason=reason)
             self.status.note_sync_error(reason, "listing")
+            summary.incomplete = reason  # (--fullimport exits 3; /health says it in time)
             return self._finish(summary, None, pending, started)
         removals: list = []
         # Into a database that held no project, there is no stored copy to read first
@@ -433,8 +437,8 @@ class XmlRpcImporter:
                 self._overflowed(summary, failures, serial)
                 pending = failures
                 break
-            await self.save_checkpoint(new_serial, failures)
-            serial, pending = new_serial, failures
+            # (merged with another writer's: going on from where both are)
+            serial, pending = await self.save_checkpoint(new_serial, failures)
             if not more:
                 break
             await self.pypi.sleep(1.0)  # PyPI asks for about 1 s between XML-RPC calls
@@ -819,6 +823,9 @@ class XmlRpcImporter:
         # (which never listed it), then removed on PyPI. (Dropped if not stored.)
         gone_ids += [store.release_id(work.key, v) for v in sorted(work.versions)
                      if v not in new_versions and v not in old_digests]
+        if work.retry and answer.kind != "empty":  # (the versions named then: lost)
+            keep = set(gone_ids) | {store.release_id(work.key, v) for v in new_versions}
+            gone_ids += [i for i in await self.store.release_ids(work.key) if i not in keep]
         if answer.kind == "empty" and old is not None:
             gone_ids = await self.store.release_ids(work.key)
         if old is not None:

@@ -216,7 +216,8 @@ async def test_two_first_imports_at_once_into_a_new_database_lose_nothing(world)
 @pytest_twisted.ensureDeferred
 async def test_two_writers_that_found_no_checkpoint_merge_theirs(couch, db_name):
     """Both loaded none (two first imports at once): the second to save keeps the
-    higher serial and the first's projects to retry, as on a conflict."""
+    higher serial and the first's projects to retry, on Apache CouchDB too, whose local
+    documents take a stale revision without a conflict."""
     from pypioncouch.checkpoint import Checkpoint
     from pypioncouch.status import SyncStatus
 
@@ -224,13 +225,26 @@ async def test_two_writers_that_found_no_checkpoint_merge_theirs(couch, db_name)
     await db.ensure()
     first, second = (Checkpoint(db, "https://pypi.org/", SyncStatus()) for _ in range(2))
     assert await first.load() is None and await second.load() is None
-    await first.save(10, {"a": 5})
-    await second.save(8, {"b": 7})
+    assert await first.save(10, {"a": 5}) == (10, {"a": 5})
+    # What was saved is returned: a pass goes on from there (its next page's save
+    # would otherwise put back its own serial and pending list over the merged ones).
+    assert await second.save(8, {"b": 7}) == (10, {"a": 5, "b": 7})
     saved = await db.get_local(CHECKPOINT)
     assert (saved["serial"], saved["pending"]) == (10, {"a": 5, "b": 7})
-    await first.save(12, {})  # (and the first, on a conflict, keeps the second's)
+    assert await first.save(12, {}) == (12, {"a": 5, "b": 7})  # (the second's kept)
+    # A checkpoint an older version saved (no token) after ours: merged too.
     saved = await db.get_local(CHECKPOINT)
-    assert (saved["serial"], saved["pending"]) == (12, {"a": 5, "b": 7})
+    await db.put_local(CHECKPOINT, {"serial": 20, "pending": {"c": 1}, "_rev": saved["_rev"]})
+    assert await first.save(15, {}) == (20, {"c": 1})
+    assert await first.save(21, {}) == (21, {})  # (its own: nothing more to merge)
+    # One loaded without a token, then written over by an older version's writer.
+    third = Checkpoint(db, "https://pypi.org/", SyncStatus())
+    rev = (await db.get_local(CHECKPOINT))["_rev"]
+    await db.put_local(CHECKPOINT, {"serial": 30, "pending": {"d": 2}, "_rev": rev})
+    assert (await third.load())["serial"] == 30
+    rev = (await db.get_local(CHECKPOINT))["_rev"]
+    await db.put_local(CHECKPOINT, {"serial": 31, "pending": {"e": 3}, "_rev": rev})
+    assert await third.save(25, {}) == (31, {"e": 3})
 
 
 @pytest_twisted.ensureDeferred
@@ -437,6 +451,44 @@ async def test_a_release_written_by_a_pass_cut_short_then_removed_on_pypi_goes(
     assert await world.read_db.get_or_none(f"{key}:99.0") is not None
     world.index.remove_release(key, "99.0")
     await run_pass(world.importer())
+    await world.settled()
+    assert await world.read_db.get_or_none(f"{key}:99.0") is None
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_such_a_release_goes_too_when_its_project_is_retried_from_pending(world):
+    """The same, but the pass after the removal gets a stale copy from the CDN: the
+    project waits in the checkpoint's pending list, which keeps no versions, and the
+    changelog has moved on; its retry reads which releases are stored."""
+    from twisted.internet import reactor
+
+    class Killed(Exception):
+        pass
+
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(5))
+    world.index.publish(key, "99.0")
+    importer = world.importer()
+    write = importer.store.write
+
+    async def cut_short(docs, bases=None):
+        if any(d["_id"] == key for d in docs):
+            raise Killed()
+        return await write(docs, bases)
+
+    importer.store.write = cut_short
+    with pytest.raises(Killed):
+        await run_pass(importer)
+    world.index.clock = reactor.seconds
+    world.index.stale_seconds = 600
+    world.index.remove_release(key, "99.0")  # and the CDN keeps the copy before it
+    summary = await run_pass(world.importer(stale_retries=0))
+    assert summary.pending == 1, summary
+    world.index.stale_seconds = 0
+    world.index._stale.clear()  # (the CDN catches up)
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary
     await world.settled()
     assert await world.read_db.get_or_none(f"{key}:99.0") is None
     await assert_matches_simulator(world.read_db, world.index)
