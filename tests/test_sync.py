@@ -426,24 +426,11 @@ async def test_a_release_written_by_a_pass_cut_short_then_removed_on_pypi_goes(
     """A pass killed between a new release and its project leaves the release stored
     though its project never listed it; if PyPI then removes it, the next pass removes
     it too (its changelog rows name it), not only what the project listed."""
-    class Killed(Exception):
-        pass
-
     await run_pass(world.importer(), full=True)
     key = normalize(world.index.dataset.name(3)) if stored_before else "brand-new"
     world.index.publish(key, "98.0")
     world.index.publish(key, "99.0")
-    importer = world.importer()
-    write = importer.store.write
-
-    async def cut_short(docs, bases=None):
-        if any(d["_id"] == key for d in docs):
-            raise Killed()
-        return await write(docs, bases)
-
-    importer.store.write = cut_short
-    with pytest.raises(Killed):
-        await run_pass(importer)
+    await _a_pass_killed_before_the_project(world, key)
     for _ in range(100):  # (a cluster's reads may answer from a copy a moment behind)
         if await world.read_db.get_or_none(f"{key}:99.0") is not None:
             break
@@ -463,23 +450,10 @@ async def test_such_a_release_goes_too_when_its_project_is_retried_from_pending(
     changelog has moved on; its retry reads which releases are stored."""
     from twisted.internet import reactor
 
-    class Killed(Exception):
-        pass
-
     await run_pass(world.importer(), full=True)
     key = normalize(world.index.dataset.name(5))
     world.index.publish(key, "99.0")
-    importer = world.importer()
-    write = importer.store.write
-
-    async def cut_short(docs, bases=None):
-        if any(d["_id"] == key for d in docs):
-            raise Killed()
-        return await write(docs, bases)
-
-    importer.store.write = cut_short
-    with pytest.raises(Killed):
-        await run_pass(importer)
+    await _a_pass_killed_before_the_project(world, key)
     world.index.clock = reactor.seconds
     world.index.stale_seconds = 600
     world.index.remove_release(key, "99.0")  # and the CDN keeps the copy before it
@@ -492,6 +466,25 @@ async def test_such_a_release_goes_too_when_its_project_is_retried_from_pending(
     await world.settled()
     assert await world.read_db.get_or_none(f"{key}:99.0") is None
     await assert_matches_simulator(world.read_db, world.index)
+
+
+async def _a_pass_killed_before_the_project(world, key):
+    """A pass killed (as by SIGKILL) once it wrote ``key``'s releases, before its
+    project document."""
+    class Killed(Exception):
+        pass
+
+    importer = world.importer()
+    write = importer.store.write
+
+    async def cut_short(docs, bases=None):
+        if any(d["_id"] == key for d in docs):
+            raise Killed()
+        return await write(docs, bases)
+
+    importer.store.write = cut_short
+    with pytest.raises(Killed):
+        await run_pass(importer)
 
 
 @pytest_twisted.ensureDeferred
