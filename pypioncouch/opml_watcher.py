@@ -79,9 +79,9 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
     carrying the changed attachments inline. Returns ``(written: key -> the revision
-    written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile (its change brings the key
-    back); a refusal is CouchDB's no for another reason (a validate function, or
-    permissions: every write's), which the caller weighs."""
+    written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile
+    (its change brings the key back); a refusal is CouchDB's no for another reason (a
+    validate function, or permissions: every write's), which the caller weighs."""
     projects = await Store(db).projects(list(keys))
     updates = []
     for project, releases in projects:
@@ -459,10 +459,10 @@ class OpmlWatcher(Service):
             if again:  # the same: first in line once the pause is over
                 self.backlog.failed(list(again))
                 self._note_failure(refusal(list(again.values()), self.db))
-            elif self.failures:
-                log.info("OPML watcher: writing again after {n} failed tries",
-                         n=self.failures)
-            if not again:
+            else:
+                if self.failures:
+                    log.info("OPML watcher: writing again after {n} failed tries",
+                             n=self.failures)
                 self.failures, self.status.opml_error = 0, None
             self._save_soon()
         if self.running:
