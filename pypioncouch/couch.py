@@ -573,9 +573,11 @@ class Database:
     async def put_local(self, name: str, doc: dict) -> str:
         return await self.put({**doc, "_id": "_local/" + name})
 
-    async def changes(self, **params) -> dict:
-        """One ``_changes`` answer (normal or longpoll feed). ``since`` is opaque."""
-        return await self._request("GET", "_changes", params=_changes_params(params))
+    async def changes(self, request_timeout: float | None = None, **params) -> dict:
+        """One ``_changes`` answer (normal or longpoll feed). ``since`` is opaque;
+        ``request_timeout`` (seconds) must outlast a longpoll's ``timeout`` (ms)."""
+        return await self._request("GET", "_changes", params=_changes_params(params),
+                                   timeout=request_timeout)
 
     def follow(self, on_change: Callable[[dict], Any], *, since: Any = "now",
                include_docs: bool = False, heartbeat_ms: int = 10_000,

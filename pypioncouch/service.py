@@ -26,6 +26,7 @@ from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer, backfill_client
 from pypioncouch.couch import CouchDB
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore
+from pypioncouch.conflicts import ConflictResolver
 from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
@@ -295,6 +296,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                   guard=bool(options["guard"]))
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
+        ConflictResolver(db, status, reactor=reactor).setServiceParent(top)
         if not options["no-backfill"]:
             backfill_pypi = backfill_client(options["pypi"], reactor=reactor,
                                             timeout=options["timeout"])

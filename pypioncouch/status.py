@@ -57,6 +57,8 @@ class SyncStatus:
     opml_seq: object = None
     opml_written: int = 0
     opml_error: str | None = None  # while the OPML watcher fails (and retries)
+    conflicts_settled: int = 0  # conflicting revisions deleted (pypioncouch/conflicts.py)
+    conflicts_error: str | None = None  # while the conflict resolver fails (and retries)
     couch_ok: bool | None = None
     couch_problem: str | None = None  # why CouchDB refuses us, when it answers that way
     couch_checked_at: float | None = None

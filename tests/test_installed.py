@@ -111,6 +111,29 @@ def read_only(site_packages: Path, command: list[str]) -> list[str]:
     return ["unshare", "--mount", "sh", "-c", script, str(site_packages), *command]
 
 
+async def settles_a_stale_branch(url, db, key):
+    """A branch of ``key`` one serial older, served as a cluster may serve a stale
+    copy written over (its revision sorts higher): the daemon serves the newest
+    again and says so on /status."""
+    doc = await db.get(key)
+    position = doc["_rev"].split("-")[0]
+    stale = {**{k: v for k, v in doc.items() if k != "_attachments"},
+             "_rev": f"{position}-{'f' * 32}", "last_serial": doc["last_serial"] - 1,
+             "summary": "a stale branch"}
+    await db.server.request("POST", f"{db.name}/_bulk_docs",
+                            body={"docs": [stale], "new_edits": False})
+    for _ in range(300):
+        served = await db.get(key, conflicts="true")
+        status = await (await treq.get(f"{url}/status",
+                                       headers={"Accept": "application/json"})).json()
+        if "_conflicts" not in served and status["conflicts"]["settled"]:
+            break
+        await sleep(0.1)
+    assert served["summary"] != "a stale branch" and "_conflicts" not in served, served
+    assert served["last_serial"] == doc["last_serial"]
+    assert status["conflicts"] == {"settled": 1, "error": None}
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_installed_daemon_serves_what_the_tree_serves(installed, couch_server,
                                                                 db_name):
@@ -162,6 +185,7 @@ async def test_the_installed_daemon_serves_what_the_tree_serves(installed, couch
             for path in ("browse/", f"browse/project/{key}", "status", "metrics"):
                 answer = await treq.get(f"{url}/{path}")
                 assert answer.code == 200, (path, await answer.text())
+            await settles_a_stale_branch(url, CouchDB(couch_server.url).database(db_name), key)
         finally:
             await tree_port.stopListening()
     finally:

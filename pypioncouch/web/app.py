@@ -295,6 +295,7 @@ class WebFront:
             "last_error_at": s.last_error_at, "warnings": list(s.warnings),
             "removals_held": s.removals_held, "checkpoint_held": s.held_reason,
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
+            "conflicts": {"settled": s.conflicts_settled, "error": s.conflicts_error},
             "backfill": dataclasses.asdict(s.backfill),
             "files": self.file_pages.summary() if self.file_pages else None,
             "couchdb_up": couch_ok, "cache": self.cache_figures(),

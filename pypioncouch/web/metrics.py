@@ -62,6 +62,8 @@ class _StatusCollector:
             ("pypioncouch_projects_deleted", "Projects removed", s.projects_deleted),
             ("pypioncouch_documents_written", "Documents written", s.documents_written),
             ("pypioncouch_opml_written", "OPML attachments written", s.opml_written),
+            ("pypioncouch_conflicts_settled",
+             "Conflicting revisions deleted (the newest serial kept)", s.conflicts_settled),
             ("pypioncouch_backfill_filled", "Releases' own metadata stored by the backfill",
              s.backfill.filled),
             ("pypioncouch_backfill_on_demand",
