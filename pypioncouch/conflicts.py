@@ -2,22 +2,24 @@
 
 An Apache CouchDB cluster takes a write based on a revision one of its copies still
 holds (a stale read, another writer, a write answered 202): the document then has two
-live branches and CouchDB serves the one whose revision id sorts higher, which may be
-the older data. The daemon follows ``_changes`` with ``style=all_docs`` (a row lists
-every leaf revision), reads the leaves of a document that has several, and keeps the
-one with the highest ``last_serial`` (a removal too: its tombstone says when it
-happened). The others are deleted, which makes the kept one the winner without
-copying it (attachments and all). Ties keep the one CouchDB would: the same on every
-node, and no write when it already is.
+live branches and CouchDB serves the one whose revision sorts higher (the longer
+history, then the higher id), which may be the older data; a live leaf is served
+even over a newer removal. The daemon reads ``_changes`` with ``style=all_docs`` (a
+row lists every leaf revision), reads the leaves of a document that has several, and
+keeps the one with the highest ``last_serial`` (a removal too: its tombstone says
+when it happened). The other live leaves are deleted, which makes the kept one what
+CouchDB serves without copying it (attachments and all). A tie keeps the one CouchDB
+serves (the same on every node).
 
-Resolution is idempotent: a document whose other leaves are deleted ones already
-older than the kept one needs nothing. The position in the feed is checkpointed in
+Resolution is idempotent: a document whose other leaves are deleted ones needs
+nothing (a removal's serial is the highest its deleted leaves say:
+``Store.tombstone_serial``). The position in the feed is checkpointed in
 ``_local/pypioncouch-conflicts`` (not replicated).
 """
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from pypioncouch.couch import CouchError, Database, NotFound
@@ -28,7 +30,7 @@ log = Logger()
 
 CHECKPOINT = "pypioncouch-conflicts"
 PAGE = 2_000  # changes asked for at a time
-WAIT_MS = 30_000  # how long a caught-up longpoll waits for the next change
+PAUSE = 5.0  # seconds between looks once caught up
 
 
 def _rank(leaf: dict) -> tuple:
@@ -47,8 +49,8 @@ def keeper(leaves: list[dict]) -> dict:
 
 def resolution(leaves: list[dict]) -> list[dict]:
     """The deletions that leave ``keeper(leaves)`` (of every leaf revision of a
-    document) as what CouchDB serves: none when it already is. A removal kept is
-    carried by every deletion (whichever CouchDB then shows says its serial)."""
+    document) as the only live one: none when it already is. A removal kept is carried
+    by every deletion."""
     if len(leaves) < 2:
         return []
     kept = keeper(leaves)
@@ -58,76 +60,96 @@ def resolution(leaves: list[dict]) -> list[dict]:
             for leaf in retired]
 
 
-async def leaves(db: Database, docid: str) -> list[dict]:
-    """Every leaf revision of ``docid``, removals included (``open_revs=all``)."""
-    answer = await db.get(docid, open_revs="all")
-    return [row["ok"] for row in answer if isinstance(row, dict) and "ok" in row]
-
-
-async def resolve(db: Database, docid: str) -> int:
-    """Settle ``docid``'s conflicting revisions; returns how many were deleted (a
-    deletion another writer beat is left: the change it made comes back)."""
-    found = await leaves(db, docid)
+async def resolve(db: Database, docid: str,
+                  status: SyncStatus | None = None) -> int:
+    """Settle ``docid``'s conflicting revisions; returns how many were deleted. A
+    deletion another writer beat is left (the change it made comes back); one refused
+    otherwise (a validate function) is said on /status and in the log."""
+    found = await db.leaves(docid)
     deletions = resolution(found)
     if not deletions:
         return 0
-    done = sum(1 for result in await db.bulk_docs(deletions) if result.ok)
+    results = await db.bulk_docs(deletions)
+    done = sum(1 for result in results if result.ok)
+    kept = keeper(found)
     if done:
-        kept = keeper(found)
         log.info("Conflict on {id} settled: kept {what} {rev} (serial {serial}), "
                  "{n} other revision(s) deleted", id=docid, rev=kept["_rev"],
                  what="the removal" if kept.get("_deleted") else "revision",
                  serial=kept.get("last_serial"), n=done)
+    refused = [r for r in results if not r.ok and r.error != "conflict"]
+    if refused:
+        message = (f"CouchDB refused to delete a conflicting revision of {docid}: "
+                   f"{refused[0].error}: {refused[0].reason}; it may serve {kept['_rev']}'s "
+                   f"rival")
+        log.warn("{message}", message=message)
+        if status is not None:
+            status.note_error(message, "conflicts")
     return done
 
 
 class ConflictResolver(CoroutineService):
-    """Reads ``_changes`` (``style=all_docs``) from its checkpoint for ever and settles
-    the documents that have several leaves. CouchDB errors are retried with backoff
-    (said on /status); the checkpoint moves only past settled pages."""
+    """Reads ``_changes`` (``style=all_docs``) from its checkpoint for ever, a page at
+    a time, and settles the documents that have several leaves; caught up, it looks
+    again every ``pause`` seconds (a normal feed: pouchdb-server ignores a longpoll's
+    ``timeout``). Failures are retried with backoff from the checkpoint (resolving
+    again is harmless) and said on /status."""
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *, reactor=None,
-                 max_backoff: float = 300.0, wait_ms: int = WAIT_MS):
+                 max_backoff: float = 300.0, pause: float = PAUSE):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
         self.status = status
         self.reactor = reactor
         self.max_backoff = max_backoff
-        self.wait_ms = wait_ms
+        self.pause = pause
+        self.first_since = None  # where the feed was first read from (for tests)
 
     async def run(self) -> None:
-        since, saved, rev, failures = None, None, None, 0
+        since = saved = rev = None
+        failures, started = 0, False
         while self.running:
             try:
-                if since is None:  # (again after the database was deleted)
-                    await self.db.ensure()
+                if since is None:
+                    if not started:  # (the daemon's first moments: as the watcher does)
+                        await self.db.ensure()
+                    elif not await self.db.exists():  # (deleted: the sync recreates it)
+                        raise NotFound("the database is gone", url=self.db.display_url)
+                    started = True
                     checkpoint = await self.db.get_local(CHECKPOINT) or {}
                     since = saved = checkpoint.get("seq", 0)
                     rev = checkpoint.get("_rev")
-                answer = await self.db.changes(
-                    since=since, style="all_docs", feed="longpoll", limit=PAGE,
-                    timeout=self.wait_ms, request_timeout=self.wait_ms / 1000.0 + 30.0)
-                for row in answer.get("results") or []:
+                    if self.first_since is None:
+                        self.first_since = since
+                answer = await self.db.changes(since=since, style="all_docs", limit=PAGE)
+                rows = answer.get("results") or []
+                for row in rows:
                     docid = row.get("id") or ""
                     if len(row.get("changes") or []) > 1 and not docid.startswith("_"):
-                        settled = await resolve(self.db, docid)
-                        if settled and self.status is not None:
+                        settled = await resolve(self.db, docid, self.status)
+                        if self.status is not None:
                             self.status.conflicts_settled += settled
-                since = answer["last_seq"]
-                if since != saved:
+                if answer["last_seq"] != saved:
                     rev = await self.db.put_local(
-                        CHECKPOINT, {"seq": since, **({"_rev": rev} if rev else {})})
-                    saved = since
+                        CHECKPOINT, {"seq": answer["last_seq"], **({"_rev": rev} if rev else {})})
+                    saved = answer["last_seq"]
+                since = answer["last_seq"]
                 failures = 0
                 if self.status is not None:
                     self.status.conflicts_error = None
-            except CouchError as error:
-                if isinstance(error, NotFound):
-                    since = None
+                if len(rows) < PAGE:
+                    await task.deferLater(self.reactor, self.pause, lambda: None)
+            except defer.CancelledError:
+                raise  # (stopped)
+            except Exception as error:
+                if not isinstance(error, CouchError):
+                    log.failure("Conflict resolver failed; it starts again from its "
+                                "checkpoint")
+                since = None  # (the checkpoint read again: its revision may have moved)
                 failures += 1
                 delay = min(self.max_backoff, 2.0 ** min(failures - 1, 16))
-                message = f"conflict resolver waits for CouchDB: {error}"
+                message = f"conflict resolver waits: {error}"
                 if self.status is not None:
                     self.status.conflicts_error = message
                     self.status.note_error(message, "conflicts")

@@ -432,6 +432,15 @@ class Database:
     async def get(self, docid: str, **params) -> dict:
         return await self._request("GET", doc_path(docid), params=params)
 
+    async def leaves(self, docid: str) -> list[dict]:
+        """Every leaf revision of ``docid``, deleted ones included (``open_revs=all``):
+        more than one when it has conflicts; none when it was never stored."""
+        try:
+            answer = await self.get(docid, open_revs="all")
+        except NotFound:  # (pouchdb-server, for a document never stored)
+            return []
+        return [row["ok"] for row in answer if isinstance(row, dict) and "ok" in row]
+
     async def get_or_none(self, docid: str, **params) -> dict | None:
         try:
             return await self.get(docid, **params)

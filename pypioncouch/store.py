@@ -228,10 +228,13 @@ class Store:
         return {row["key"]: (row["value"]["rev"], row.get("doc")) for row in rows
                 if (row.get("value") or {}).get("rev")}
 
-    async def tombstone_serial(self, docid: str, rev: str) -> int | None:
-        """The serial a removal was written at (None if it did not say)."""
-        found = await self.db.get_or_none(docid, rev=rev)
-        return (found or {}).get("last_serial")
+    async def tombstone_serial(self, docid: str) -> int | None:
+        """The serial a removal was written at (None if it did not say): the highest
+        one its deleted leaves say. (A document had conflicts once: the tombstone
+        CouchDB shows may be one of the losers', which says none.)"""
+        serials = [leaf.get("last_serial") for leaf in await self.db.leaves(docid)
+                   if leaf.get("_deleted")]
+        return max((s for s in serials if isinstance(s, int)), default=None)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -251,7 +254,7 @@ class Store:
                         state[1].get("last_serial"), doc.get("last_serial")):
                     return None
                 if state is not None and state[1] is None and not doc.get("_deleted") and \
-                        newer(await self.tombstone_serial(doc["_id"], state[0]),
+                        newer(await self.tombstone_serial(doc["_id"]),
                               doc.get("last_serial")):
                     return None
                 settled.append(doc)
@@ -264,7 +267,7 @@ class Store:
             if stored is None:  # a tombstone: the removal may be newer than our data
                 if doc.get("_deleted"):
                     continue
-                if newer(await self.tombstone_serial(doc["_id"], rev), doc["last_serial"]):
+                if newer(await self.tombstone_serial(doc["_id"]), doc["last_serial"]):
                     return None
                 # Written again without a revision: Apache CouchDB refuses the
                 # tombstone's as a parent ("conflict"), pouchdb-server takes either.
@@ -319,7 +322,7 @@ class Store:
                 if stored is None:  # removed meanwhile (or never stored)
                     if doc.get("_deleted"):
                         continue  # already gone
-                    if rev and newer(await self.tombstone_serial(doc["_id"], rev), serial):
+                    if rev and newer(await self.tombstone_serial(doc["_id"]), serial):
                         superseded[doc["_id"]] = None
                         continue
                 elif newer(stored.get("last_serial"), serial):

@@ -77,7 +77,7 @@ async def test_the_resolver_serves_the_newest_copy_and_resumes_from_its_checkpoi
         {"_id": "beta", "_rev": f"1-{HIGH}", "last_serial": 3, "summary": "other"}])
     assert (await served(db, "alpha"))["summary"] == "stale"  # (what CouchDB would serve)
     status = SyncStatus()
-    resolver = ConflictResolver(db, status, wait_ms=500)
+    resolver = ConflictResolver(db, status, pause=0.1)
     resolver.startService()
     try:
         async def alpha_is_new():
@@ -98,20 +98,74 @@ async def test_the_resolver_serves_the_newest_copy_and_resumes_from_its_checkpoi
         assert status.conflicts_settled == 3
     finally:
         await resolver.stopService()
-    assert await db.get_local(CHECKPOINT)
+    saved = (await db.get_local(CHECKPOINT))["seq"]
 
     await add_leaves(couch, db_name, [
         {"_id": "gamma", "_rev": f"1-{HIGH}", "last_serial": 1, "summary": "stale"},
         {"_id": "gamma", "_rev": f"1-{LOW}", "last_serial": 2, "summary": "new"}])
     again = SyncStatus()
-    resolver = ConflictResolver(db, again, wait_ms=500)
+    resolver = ConflictResolver(db, again, pause=0.1)
     resolver.startService()
     try:
         async def gamma_is_new():
             return (await served(db, "gamma"))["summary"] == "new"
 
         assert await settled([gamma_is_new])
-        await sleep(0.5)  # (what it settled before is not counted again)
         assert again.conflicts_settled == 1
+        assert resolver.first_since == saved  # (not the whole feed again)
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removal_settled_after_a_conflict_still_holds_against_older_data(
+        couch, db_name):
+    """A tombstone CouchDB shows may be a deleted loser's, saying no serial (a longer
+    history wins among tombstones): the removal's serial is still found."""
+    from pypioncouch import model
+    from pypioncouch.store import Store
+
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, [
+        {"_id": "rel:1.0", "_rev": f"4-{LOW}", "_deleted": True, "last_serial": 12},
+        {"_id": "rel:1.0", "_rev": f"5-{HIGH}", "_deleted": True}])
+    store = Store(db)
+    older = model.release_document("rel", "Rel", "1.0", [], {"name": "Rel"}, serial=10)
+    newer = model.release_document("rel", "Rel", "1.0", [], {"name": "Rel"}, serial=13)
+    states = await store.states(["rel:1.0"])
+    assert states["rel:1.0"][1] is None  # (removed)
+    assert await store.settle([older], states, None) is None
+    assert await store.settle([newer], states, None) == [newer]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_deleted_under_the_resolver_is_left_to_the_sync_to_create(
+        couch, db_name):
+    """The resolver waits for it (the sync creates it with its design document) and
+    then settles what the new one holds from its beginning."""
+    db = couch.database(db_name)
+    await db.ensure()
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1, max_backoff=0.2)
+    resolver.startService()
+    try:
+        for _ in range(100):  # (it has read its checkpoint: it is past its first look)
+            if resolver.first_since is not None:
+                break
+            await sleep(0.05)
+        await db.delete_database()
+        await sleep(1.5)
+        assert not await db.exists()
+        assert "conflict resolver waits" in status.conflicts_error
+        await db.ensure()
+        await add_leaves(couch, db_name, [
+            {"_id": "delta", "_rev": f"1-{HIGH}", "last_serial": 1, "summary": "stale"},
+            {"_id": "delta", "_rev": f"1-{LOW}", "last_serial": 2, "summary": "new"}])
+
+        async def delta_is_new():
+            return (await served(db, "delta"))["summary"] == "new"
+
+        assert await settled([delta_is_new])
     finally:
         await resolver.stopService()
