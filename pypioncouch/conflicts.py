@@ -7,14 +7,14 @@ history, then the higher id), which may be the older data; a live leaf is served
 even over a newer removal. The daemon reads ``_changes`` with ``style=all_docs`` (a
 row lists every leaf revision), reads the leaves of a document that has several, and
 keeps the one with the highest ``last_serial`` (a removal too: its tombstone says
-when it happened). The other live leaves are deleted, which makes the kept one what
-CouchDB serves without copying it (attachments and all). A tie keeps the one CouchDB
-serves (the same on every node).
+when it happened; the choice is ``store.kept_leaf``). The other live leaves are
+deleted, which makes the kept one what CouchDB serves without copying it
+(attachments and all).
 
 Resolution is idempotent: a document whose other leaves are deleted ones needs
-nothing (a removal's serial is the highest its deleted leaves say:
-``Store.tombstone_serial``). The position in the feed is checkpointed in
-``_local/pypioncouch-conflicts`` (not replicated).
+nothing. The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
+(not replicated), with the documents that could not be settled yet, tried again at
+every look.
 """
 
 from __future__ import annotations
@@ -25,53 +25,31 @@ from twisted.logger import Logger
 from pypioncouch.couch import CouchError, Database, NotFound
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.status import SyncStatus
+from pypioncouch.store import conflict_resolution, kept_leaf
 
 log = Logger()
 
 CHECKPOINT = "pypioncouch-conflicts"
 PAGE = 2_000  # changes asked for at a time
 PAUSE = 5.0  # seconds between looks once caught up
+UNSETTLED_KEPT = 10_000  # documents to try again; past that the checkpoint waits
 
 
-def _rank(leaf: dict) -> tuple:
-    """Higher is kept: the newest serial; on a tie a live revision over a removal,
-    then CouchDB's own order (revision position, then id)."""
-    serial = leaf.get("last_serial")
-    position, _, rev_id = leaf["_rev"].partition("-")
-    return (serial if isinstance(serial, int) else -1, not leaf.get("_deleted"),
-            int(position) if position.isdigit() else 0, rev_id)
+class DeletionRefused(CouchError):
+    """CouchDB refused to delete a conflicting revision (not for a conflict)."""
 
 
-def keeper(leaves: list[dict]) -> dict:
-    """Which of a document's leaf revisions it keeps."""
-    return max(leaves, key=_rank)
-
-
-def resolution(leaves: list[dict]) -> list[dict]:
-    """The deletions that leave ``keeper(leaves)`` (of every leaf revision of a
-    document) as the only live one: none when it already is. A removal kept is carried
-    by every deletion."""
-    if len(leaves) < 2:
-        return []
-    kept = keeper(leaves)
-    retired = [leaf for leaf in leaves if leaf is not kept and not leaf.get("_deleted")]
-    carried = {"last_serial": kept.get("last_serial")} if kept.get("_deleted") else {}
-    return [{"_id": leaf["_id"], "_rev": leaf["_rev"], "_deleted": True, **carried}
-            for leaf in retired]
-
-
-async def resolve(db: Database, docid: str,
-                  status: SyncStatus | None = None) -> int:
+async def resolve(db: Database, docid: str) -> int:
     """Settle ``docid``'s conflicting revisions; returns how many were deleted. A
     deletion another writer beat is left (the change it made comes back); one refused
-    otherwise (a validate function) is said on /status and in the log."""
+    otherwise (a validate function) raises :class:`DeletionRefused`."""
     found = await db.leaves(docid)
-    deletions = resolution(found)
+    deletions = conflict_resolution(found)
     if not deletions:
         return 0
     results = await db.bulk_docs(deletions)
     done = sum(1 for result in results if result.ok)
-    kept = keeper(found)
+    kept = kept_leaf(found)
     if done:
         log.info("Conflict on {id} settled: kept {what} {rev} (serial {serial}), "
                  "{n} other revision(s) deleted", id=docid, rev=kept["_rev"],
@@ -79,12 +57,9 @@ async def resolve(db: Database, docid: str,
                  serial=kept.get("last_serial"), n=done)
     refused = [r for r in results if not r.ok and r.error != "conflict"]
     if refused:
-        message = (f"CouchDB refused to delete a conflicting revision of {docid}: "
-                   f"{refused[0].error}: {refused[0].reason}; it may serve {kept['_rev']}'s "
-                   f"rival")
-        log.warn("{message}", message=message)
-        if status is not None:
-            status.note_error(message, "conflicts")
+        raise DeletionRefused(f"CouchDB refused to delete a conflicting revision of "
+                              f"{docid}: {refused[0].error}: {refused[0].reason}",
+                              url=db.display_url)
     return done
 
 
@@ -92,68 +67,92 @@ class ConflictResolver(CoroutineService):
     """Reads ``_changes`` (``style=all_docs``) from its checkpoint for ever, a page at
     a time, and settles the documents that have several leaves; caught up, it looks
     again every ``pause`` seconds (a normal feed: pouchdb-server ignores a longpoll's
-    ``timeout``). Failures are retried with backoff from the checkpoint (resolving
-    again is harmless) and said on /status."""
+    ``timeout``). A document that fails is kept to try again (in the checkpoint); a
+    failure to read the feed is retried with backoff. Both are said on /status."""
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *, reactor=None,
                  max_backoff: float = 300.0, pause: float = PAUSE):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
-        self.status = status
+        self.status = status or SyncStatus()
         self.reactor = reactor
         self.max_backoff = max_backoff
         self.pause = pause
-        self.first_since = None  # where the feed was first read from (for tests)
+        self.since = None  # where the feed is read from; None: from the checkpoint
+        self.unsettled: list[str] = []  # documents to try again
+        self._saved = self._rev = None
+        self._started = False
 
     async def run(self) -> None:
-        since = saved = rev = None
-        failures, started = 0, False
+        failures = 0
         while self.running:
             try:
-                if since is None:
-                    if not started:  # (the daemon's first moments: as the watcher does)
-                        await self.db.ensure()
-                    elif not await self.db.exists():  # (deleted: the sync recreates it)
-                        raise NotFound("the database is gone", url=self.db.display_url)
-                    started = True
-                    checkpoint = await self.db.get_local(CHECKPOINT) or {}
-                    since = saved = checkpoint.get("seq", 0)
-                    rev = checkpoint.get("_rev")
-                    if self.first_since is None:
-                        self.first_since = since
-                answer = await self.db.changes(since=since, style="all_docs", limit=PAGE)
-                rows = answer.get("results") or []
-                for row in rows:
-                    docid = row.get("id") or ""
-                    if len(row.get("changes") or []) > 1 and not docid.startswith("_"):
-                        settled = await resolve(self.db, docid, self.status)
-                        if self.status is not None:
-                            self.status.conflicts_settled += settled
-                if answer["last_seq"] != saved:
-                    rev = await self.db.put_local(
-                        CHECKPOINT, {"seq": answer["last_seq"], **({"_rev": rev} if rev else {})})
-                    saved = answer["last_seq"]
-                since = answer["last_seq"]
+                if self.since is None:
+                    await self._load()
+                caught_up = await self._page()
                 failures = 0
-                if self.status is not None:
+                if not self.unsettled:
                     self.status.conflicts_error = None
-                if len(rows) < PAGE:
+                if caught_up:
                     await task.deferLater(self.reactor, self.pause, lambda: None)
+                continue
             except defer.CancelledError:
-                raise  # (stopped)
+                if not self.running:
+                    raise  # (stopped)
+                problem, loud = "a request was cancelled", True  # (not by us: a failure)
+            except CouchError as error:
+                problem, loud = str(error), True
             except Exception as error:
-                if not isinstance(error, CouchError):
-                    log.failure("Conflict resolver failed; it starts again from its "
-                                "checkpoint")
-                since = None  # (the checkpoint read again: its revision may have moved)
-                failures += 1
-                delay = min(self.max_backoff, 2.0 ** min(failures - 1, 16))
-                message = f"conflict resolver waits: {error}"
-                if self.status is not None:
-                    self.status.conflicts_error = message
-                    self.status.note_error(message, "conflicts")
-                if failures & (failures - 1) == 0:  # said on the 1st, 2nd, 4th... try
-                    log.warn("{message}; try {n} in {delay:g}s", message=message,
-                             n=failures + 1, delay=delay)
-                await task.deferLater(self.reactor, delay, lambda: None)
+                log.failure("Conflict resolver failed; it starts again from its checkpoint")
+                problem, loud = f"{type(error).__name__}: {error}", False  # (said above)
+            self.since = None  # (the checkpoint read again: its revision may have moved)
+            failures += 1
+            delay = min(self.max_backoff, 2.0 ** min(failures - 1, 16))
+            # Said on the 1st, 2nd, 4th, 8th... failure in a row.
+            self._failed(f"conflict resolver waits: {problem}",
+                         loud=loud and failures & (failures - 1) == 0)
+            await task.deferLater(self.reactor, delay, lambda: None)
+
+    async def _load(self) -> None:
+        """Read the checkpoint; a database deleted meanwhile is left for the sync to
+        create (with its design document): waited for."""
+        if not self._started:  # (the daemon's first moments: as the OPML watcher does)
+            await self.db.ensure()
+        elif not await self.db.exists():
+            raise NotFound("the database is gone", url=self.db.display_url)
+        self._started = True
+        checkpoint = await self.db.get_local(CHECKPOINT) or {}
+        self.since = self._saved = checkpoint.get("seq", 0)
+        self._rev = checkpoint.get("_rev")
+        self.unsettled = list(checkpoint.get("unsettled") or [])
+
+    async def _page(self) -> bool:
+        """Try the unsettled documents again, then settle one page of the feed and save
+        the checkpoint. Returns whether the feed is read to its end."""
+        answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
+        rows = answer.get("results") or []
+        found = [row.get("id") or "" for row in rows if len(row.get("changes") or []) > 1]
+        again, self.unsettled = self.unsettled, []
+        for docid in dict.fromkeys(again + [d for d in found if not d.startswith("_")]):
+            try:
+                self.status.conflicts_settled += await resolve(self.db, docid)
+            except CouchError as error:
+                self.unsettled.append(docid)
+                self._failed(str(error), loud=docid not in again)
+        if len(self.unsettled) > UNSETTLED_KEPT:
+            raise CouchError(f"{len(self.unsettled)} conflicted documents could not be "
+                             f"settled", url=self.db.display_url)  # (the feed waits)
+        if answer["last_seq"] != self._saved or again != self.unsettled:
+            self._rev = await self.db.put_local(CHECKPOINT, {
+                "seq": answer["last_seq"], "unsettled": self.unsettled,
+                **({"_rev": self._rev} if self._rev else {})})
+            self._saved = answer["last_seq"]
+        self.since = answer["last_seq"]
+        return len(rows) < PAGE
+
+    def _failed(self, message: str, loud: bool) -> None:
+        self.status.conflicts_error = message
+        self.status.note_error(message, "conflicts")
+        if loud:
+            log.warn("{message}", message=message)

@@ -437,7 +437,7 @@ class Database:
         more than one when it has conflicts; none when it was never stored."""
         try:
             answer = await self.get(docid, open_revs="all")
-        except NotFound:  # (pouchdb-server, for a document never stored)
+        except NotFound:  # (a document never stored; or no database)
             return []
         return [row["ok"] for row in answer if isinstance(row, dict) and "ok" in row]
 
@@ -582,11 +582,9 @@ class Database:
     async def put_local(self, name: str, doc: dict) -> str:
         return await self.put({**doc, "_id": "_local/" + name})
 
-    async def changes(self, request_timeout: float | None = None, **params) -> dict:
-        """One ``_changes`` answer (normal or longpoll feed). ``since`` is opaque;
-        ``request_timeout`` (seconds) must outlast a longpoll's ``timeout`` (ms)."""
-        return await self._request("GET", "_changes", params=_changes_params(params),
-                                   timeout=request_timeout)
+    async def changes(self, **params) -> dict:
+        """One ``_changes`` answer (normal or longpoll feed). ``since`` is opaque."""
+        return await self._request("GET", "_changes", params=_changes_params(params))
 
     def follow(self, on_change: Callable[[dict], Any], *, since: Any = "now",
                include_docs: bool = False, heartbeat_ms: int = 10_000,

@@ -23,10 +23,10 @@ from twisted.web.server import Site
 
 from pypioncouch import __version__
 from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer, backfill_client
+from pypioncouch.conflicts import ConflictResolver
 from pypioncouch.couch import CouchDB
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore
-from pypioncouch.conflicts import ConflictResolver
 from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI

@@ -62,6 +62,33 @@ def tombstone(docid: str, serial: int | None) -> dict:
     return {"_id": docid, "_deleted": True, "last_serial": serial}
 
 
+def _leaf_rank(leaf: dict) -> tuple:
+    """Higher is kept: the newest serial; on a tie a live revision over a removal,
+    then CouchDB's own order (revision position, then id)."""
+    serial = leaf.get("last_serial")
+    position, _, rev_id = leaf["_rev"].partition("-")
+    return (serial if isinstance(serial, int) else -1, not leaf.get("_deleted"),
+            int(position) if position.isdigit() else 0, rev_id)
+
+
+def kept_leaf(leaves: list[dict]) -> dict:
+    """Which of a document's conflicting leaf revisions it keeps (a removal without a
+    serial, PyPI's 404, cannot tell it is newer: it loses to a live one)."""
+    return max(leaves, key=_leaf_rank)
+
+
+def conflict_resolution(leaves: list[dict]) -> list[dict]:
+    """The deletions that leave ``kept_leaf(leaves)`` (of every leaf revision of a
+    document) as the only live one: none when it already is. A removal kept is
+    carried by every deletion."""
+    if len(leaves) < 2:
+        return []
+    kept = kept_leaf(leaves)
+    serial = kept.get("last_serial") if kept.get("_deleted") else None
+    return [{**tombstone(leaf["_id"], serial), "_rev": leaf["_rev"]} for leaf in leaves
+            if leaf is not kept and not leaf.get("_deleted")]
+
+
 def keep_attachments(project: dict, stored: dict | None) -> None:
     """Carry the stored project's attachments (as stubs, so CouchDB keeps them) and the
     digest the OPML watcher recorded of them onto a rewritten ``project``."""

@@ -5,8 +5,10 @@ as replication makes them, with ``new_edits: false``."""
 import pytest
 import pytest_twisted
 
-from pypioncouch.conflicts import CHECKPOINT, ConflictResolver, resolution
+from pypioncouch import model
+from pypioncouch.conflicts import CHECKPOINT, ConflictResolver
 from pypioncouch.status import SyncStatus
+from pypioncouch.store import Store, conflict_resolution
 
 from .helpers import sleep
 
@@ -19,27 +21,35 @@ LOW = "0" * 32
 def test_the_newest_serial_is_kept_whichever_revision_couchdb_serves():
     leaves = [{"_id": "a", "_rev": f"2-{HIGH}", "last_serial": 5},
               {"_id": "a", "_rev": f"2-{LOW}", "last_serial": 9}]
-    assert resolution(leaves) == [{"_id": "a", "_rev": f"2-{HIGH}", "_deleted": True}]
+    assert conflict_resolution(leaves) == [
+        {"_id": "a", "_rev": f"2-{HIGH}", "_deleted": True, "last_serial": None}]
 
 
 def test_a_newer_removal_deletes_every_live_revision_and_says_its_serial():
     leaves = [{"_id": "a:1.0", "_rev": f"3-{HIGH}", "last_serial": 5},
               {"_id": "a:1.0", "_rev": f"2-{LOW}", "last_serial": 9, "_deleted": True},
               {"_id": "a:1.0", "_rev": f"2-{HIGH}", "last_serial": 4}]
-    assert resolution(leaves) == [
+    assert conflict_resolution(leaves) == [
         {"_id": "a:1.0", "_rev": f"3-{HIGH}", "_deleted": True, "last_serial": 9},
         {"_id": "a:1.0", "_rev": f"2-{HIGH}", "_deleted": True, "last_serial": 9}]
+
+
+def test_a_removal_without_a_serial_cannot_win_over_a_live_revision():
+    leaves = [{"_id": "a", "_rev": f"3-{LOW}", "_deleted": True, "last_serial": None},
+              {"_id": "a", "_rev": f"2-{LOW}", "last_serial": 4}]
+    assert conflict_resolution(leaves) == []
 
 
 def test_a_tie_keeps_what_couchdb_serves_and_an_older_removal_needs_nothing():
     tie = [{"_id": "a", "_rev": f"2-{LOW}", "last_serial": 7},
            {"_id": "a", "_rev": f"2-{HIGH}", "last_serial": 7},
            {"_id": "a", "_rev": f"3-{LOW}", "last_serial": 7, "_deleted": True}]
-    assert resolution(tie) == [{"_id": "a", "_rev": f"2-{LOW}", "_deleted": True}]
+    assert conflict_resolution(tie) == [
+        {"_id": "a", "_rev": f"2-{LOW}", "_deleted": True, "last_serial": None}]
     settled = [{"_id": "a", "_rev": f"2-{HIGH}", "last_serial": 7},
                {"_id": "a", "_rev": f"3-{LOW}", "_deleted": True}]  # (a loser deleted)
-    assert resolution(settled) == []
-    assert resolution([{"_id": "a", "_rev": f"1-{LOW}", "last_serial": 1}]) == []
+    assert conflict_resolution(settled) == []
+    assert conflict_resolution([{"_id": "a", "_rev": f"1-{LOW}", "last_serial": 1}]) == []
 
 
 async def add_leaves(couch, db_name, docs):
@@ -54,12 +64,37 @@ async def served(db, docid):
     return await db.get_or_none(docid, conflicts="true")
 
 
-async def settled(checks, seconds=30.0):
+async def eventually(*checks, seconds=30.0):
+    """Whether every check (a coroutine function) holds, within ``seconds``."""
     for _ in range(int(seconds / 0.1)):
         if all([await check() for check in checks]):
             return True
         await sleep(0.1)
     return False
+
+
+def conflict(docid, stale="stale", new="new"):
+    """Two live leaves of ``docid``: CouchDB serves the older one."""
+    return [{"_id": docid, "_rev": f"1-{HIGH}", "last_serial": 1, "summary": stale},
+            {"_id": docid, "_rev": f"1-{LOW}", "last_serial": 2, "summary": new}]
+
+
+def serves_the_new(db, docid):
+    async def check():
+        doc = await served(db, docid)
+        return doc is not None and doc["summary"] == "new" and "_conflicts" not in doc
+    return check
+
+
+def spy_on_changes(db):
+    """The ``since`` of every ``_changes`` read of ``db``."""
+    seen, read = [], db.changes
+
+    async def changes(**params):
+        seen.append(params.get("since"))
+        return await read(**params)
+    db.changes = changes
+    return seen
 
 
 @pytest_twisted.ensureDeferred
@@ -80,39 +115,70 @@ async def test_the_resolver_serves_the_newest_copy_and_resumes_from_its_checkpoi
     resolver = ConflictResolver(db, status, pause=0.1)
     resolver.startService()
     try:
-        async def alpha_is_new():
-            doc = await served(db, "alpha")
-            return doc["summary"] == "new" and "_conflicts" not in doc
-
         async def release_is_removed():
             return await served(db, "alpha:1.0") is None
 
         async def beta_is_alone():
             return "_conflicts" not in await served(db, "beta")
 
-        assert await settled([alpha_is_new, release_is_removed, beta_is_alone])
+        async def all_counted():
+            return status.conflicts_settled == 3
+
+        assert await eventually(serves_the_new(db, "alpha"), release_is_removed,
+                                beta_is_alone, all_counted)
         assert (await served(db, "beta"))["summary"] == "other"
-        leaves = await db.get("alpha:1.0", open_revs="all")
-        assert all(leaf["ok"]["_deleted"] for leaf in leaves)
-        assert all(leaf["ok"]["last_serial"] == 9 for leaf in leaves)  # (any one shown)
-        assert status.conflicts_settled == 3
+        leaves = await db.leaves("alpha:1.0")
+        assert all(leaf["_deleted"] and leaf["last_serial"] == 9 for leaf in leaves)
+        assert status.conflicts_error is None
     finally:
         await resolver.stopService()
     saved = (await db.get_local(CHECKPOINT))["seq"]
 
-    await add_leaves(couch, db_name, [
-        {"_id": "gamma", "_rev": f"1-{HIGH}", "last_serial": 1, "summary": "stale"},
-        {"_id": "gamma", "_rev": f"1-{LOW}", "last_serial": 2, "summary": "new"}])
+    await add_leaves(couch, db_name, conflict("gamma"))
     again = SyncStatus()
     resolver = ConflictResolver(db, again, pause=0.1)
+    seen = spy_on_changes(db)
     resolver.startService()
     try:
-        async def gamma_is_new():
-            return (await served(db, "gamma"))["summary"] == "new"
-
-        assert await settled([gamma_is_new])
+        assert await eventually(serves_the_new(db, "gamma"))
         assert again.conflicts_settled == 1
-        assert resolver.first_since == saved  # (not the whole feed again)
+        assert seen[0] == saved  # (not the whole feed again)
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_it_cannot_settle_is_tried_again_after_a_restart(
+        couch, db_name):
+    """A validate function refuses the deletion: said on /status, kept in the
+    checkpoint while the feed goes on, and settled once it is allowed."""
+    db = couch.database(db_name)
+    await db.ensure()
+    guard = {"_id": "_design/no-deletions", "validate_doc_update":
+             "function (doc) { if (doc._deleted && doc._id === 'eps') "
+             "{ throw({forbidden: 'keep eps'}); } }"}
+    guard["_rev"] = await db.put(guard)
+    await add_leaves(couch, db_name, conflict("eps") + conflict("zeta"))
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1)
+    resolver.startService()
+    try:
+        async def eps_is_kept():
+            return ((await db.get_local(CHECKPOINT)) or {}).get("unsettled") == ["eps"]
+
+        assert await eventually(serves_the_new(db, "zeta"), eps_is_kept)
+        assert "keep eps" in status.conflicts_error
+        assert (await served(db, "eps"))["summary"] == "stale"
+    finally:
+        await resolver.stopService()
+    await db.delete("_design/no-deletions", guard["_rev"])
+    resolver = ConflictResolver(db, SyncStatus(), pause=0.1)
+    resolver.startService()
+    try:
+        async def none_kept():
+            return (await db.get_local(CHECKPOINT))["unsettled"] == []
+
+        assert await eventually(serves_the_new(db, "eps"), none_kept)
     finally:
         await resolver.stopService()
 
@@ -122,9 +188,6 @@ async def test_a_removal_settled_after_a_conflict_still_holds_against_older_data
         couch, db_name):
     """A tombstone CouchDB shows may be a deleted loser's, saying no serial (a longer
     history wins among tombstones): the removal's serial is still found."""
-    from pypioncouch import model
-    from pypioncouch.store import Store
-
     db = couch.database(db_name)
     await db.ensure()
     await add_leaves(couch, db_name, [
@@ -133,7 +196,13 @@ async def test_a_removal_settled_after_a_conflict_still_holds_against_older_data
     store = Store(db)
     older = model.release_document("rel", "Rel", "1.0", [], {"name": "Rel"}, serial=10)
     newer = model.release_document("rel", "Rel", "1.0", [], {"name": "Rel"}, serial=13)
-    states = await store.states(["rel:1.0"])
+    states = {}
+
+    async def read():  # (a cluster's _all_docs may answer from a copy not there yet)
+        states.update(await store.states(["rel:1.0"]))
+        return "rel:1.0" in states
+
+    assert await eventually(read)
     assert states["rel:1.0"][1] is None  # (removed)
     assert await store.settle([older], states, None) is None
     assert await store.settle([newer], states, None) == [newer]
@@ -150,22 +219,19 @@ async def test_a_database_deleted_under_the_resolver_is_left_to_the_sync_to_crea
     resolver = ConflictResolver(db, status, pause=0.1, max_backoff=0.2)
     resolver.startService()
     try:
-        for _ in range(100):  # (it has read its checkpoint: it is past its first look)
-            if resolver.first_since is not None:
-                break
-            await sleep(0.05)
+        async def looking():
+            return resolver.since is not None
+
+        async def waiting():
+            return "conflict resolver waits" in (status.conflicts_error or "")
+
+        assert await eventually(looking)
         await db.delete_database()
-        await sleep(1.5)
+        assert await eventually(waiting)
+        await sleep(0.5)  # (a few more tries)
         assert not await db.exists()
-        assert "conflict resolver waits" in status.conflicts_error
         await db.ensure()
-        await add_leaves(couch, db_name, [
-            {"_id": "delta", "_rev": f"1-{HIGH}", "last_serial": 1, "summary": "stale"},
-            {"_id": "delta", "_rev": f"1-{LOW}", "last_serial": 2, "summary": "new"}])
-
-        async def delta_is_new():
-            return (await served(db, "delta"))["summary"] == "new"
-
-        assert await settled([delta_is_new])
+        await add_leaves(couch, db_name, conflict("delta"))
+        assert await eventually(serves_the_new(db, "delta"))
     finally:
         await resolver.stopService()
