@@ -13,8 +13,8 @@ deleted, which makes the kept one what CouchDB serves without copying it
 
 Resolution is idempotent: a document whose other leaves are deleted ones needs
 nothing. The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
-(not replicated), with the documents that could not be settled yet, tried again at
-every look.
+(not replicated), with the documents whose deletions CouchDB refused, tried again
+every minute.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ CHECKPOINT = "pypioncouch-conflicts"
 PAGE = 2_000  # changes asked for at a time
 PAUSE = 5.0  # seconds between looks once caught up
 UNSETTLED_KEPT = 10_000  # documents to try again; past that the checkpoint waits
+RETRY_SECONDS = 60.0  # between two tries of a document whose deletion was refused
 
 
 class DeletionRefused(CouchError):
@@ -67,11 +68,13 @@ class ConflictResolver(CoroutineService):
     """Reads ``_changes`` (``style=all_docs``) from its checkpoint for ever, a page at
     a time, and settles the documents that have several leaves; caught up, it looks
     again every ``pause`` seconds (a normal feed: pouchdb-server ignores a longpoll's
-    ``timeout``). A document that fails is kept to try again (in the checkpoint); a
-    failure to read the feed is retried with backoff. Both are said on /status."""
+    ``timeout``). A document whose deletion CouchDB refuses (a validate function) is
+    kept to try again (in the checkpoint); any other failure is retried with backoff
+    from the checkpoint. Both are said on /status."""
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *, reactor=None,
-                 max_backoff: float = 300.0, pause: float = PAUSE):
+                 max_backoff: float = 300.0, pause: float = PAUSE,
+                 retry_seconds: float = RETRY_SECONDS):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -79,10 +82,13 @@ class ConflictResolver(CoroutineService):
         self.reactor = reactor
         self.max_backoff = max_backoff
         self.pause = pause
+        self.retry_seconds = retry_seconds
         self.since = None  # where the feed is read from; None: from the checkpoint
-        self.unsettled: list[str] = []  # documents to try again
+        self.unsettled: list[str] = []  # documents refused, to try again
         self._saved = self._rev = None
-        self._started = False
+        self._saved_unsettled: list[str] = []
+        self._started = self._caught_up = False
+        self._retry_at = 0.0
 
     async def run(self) -> None:
         failures = 0
@@ -126,30 +132,41 @@ class ConflictResolver(CoroutineService):
         self.since = self._saved = checkpoint.get("seq", 0)
         self._rev = checkpoint.get("_rev")
         self.unsettled = list(checkpoint.get("unsettled") or [])
+        self._saved_unsettled = list(self.unsettled)
+        self._caught_up, self._retry_at = False, 0.0
 
     async def _page(self) -> bool:
-        """Try the unsettled documents again, then settle one page of the feed and save
-        the checkpoint. Returns whether the feed is read to its end."""
+        """Settle one page of the feed (and, caught up, once a ``retry_seconds``, the
+        unsettled documents again) and save the checkpoint. Returns whether the feed
+        is read to its end. A CouchDB failure other than a refusal ends the page: its
+        documents are read again from the checkpoint."""
         answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
         rows = answer.get("results") or []
         found = [row.get("id") or "" for row in rows if len(row.get("changes") or []) > 1]
-        again, self.unsettled = self.unsettled, []
+        again = []
+        if self._caught_up and self.reactor.seconds() >= self._retry_at:
+            again, self.unsettled = self.unsettled, []
+            self._retry_at = self.reactor.seconds() + self.retry_seconds
         for docid in dict.fromkeys(again + [d for d in found if not d.startswith("_")]):
+            if docid in self.unsettled:
+                continue  # (refused before: tried again in its turn)
             try:
                 self.status.conflicts_settled += await resolve(self.db, docid)
-            except CouchError as error:
+            except DeletionRefused as error:
                 self.unsettled.append(docid)
-                self._failed(str(error), loud=docid not in again)
+                if docid not in again:  # (said once)
+                    self._failed(str(error), loud=True)
         if len(self.unsettled) > UNSETTLED_KEPT:
             raise CouchError(f"{len(self.unsettled)} conflicted documents could not be "
                              f"settled", url=self.db.display_url)  # (the feed waits)
-        if answer["last_seq"] != self._saved or again != self.unsettled:
+        if answer["last_seq"] != self._saved or self.unsettled != self._saved_unsettled:
             self._rev = await self.db.put_local(CHECKPOINT, {
                 "seq": answer["last_seq"], "unsettled": self.unsettled,
                 **({"_rev": self._rev} if self._rev else {})})
-            self._saved = answer["last_seq"]
+            self._saved, self._saved_unsettled = answer["last_seq"], list(self.unsettled)
         self.since = answer["last_seq"]
-        return len(rows) < PAGE
+        self._caught_up = len(rows) < PAGE
+        return self._caught_up
 
     def _failed(self, message: str, loud: bool) -> None:
         self.status.conflicts_error = message

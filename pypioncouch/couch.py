@@ -151,15 +151,23 @@ def doc_path(docid: str) -> str:
     return quote(docid, safe="")
 
 
+def revision_order(doc: dict) -> tuple:
+    """How CouchDB orders a document's leaf revisions, the one it serves highest: a
+    live one before a deleted one, then the longest history, then the greater id."""
+    generation, _, rev_id = str(doc.get("_rev", "0-")).partition("-")
+    return (not doc.get("_deleted"), int(generation) if generation.isdigit() else 0, rev_id)
+
+
 def winning_revision(leaves: list[dict]) -> dict | None:
     """The revision a GET would answer among a document's leaf revisions (Apache
-    CouchDB's ``_bulk_get`` answers every leaf of a conflicted document): a live one
-    before a deleted one, then the longest history, then the greater revision id."""
-    def rank(doc: dict):
-        generation, _, rev_id = str(doc.get("_rev", "0-")).partition("-")
-        return (not doc.get("_deleted"), int(generation) if generation.isdigit() else 0,
-                rev_id)
-    return max(leaves, key=rank, default=None)
+    CouchDB's ``_bulk_get`` answers every leaf of a conflicted document)."""
+    return max(leaves, key=revision_order, default=None)
+
+
+def found_revisions(entries: list) -> list[dict]:
+    """The documents of an ``open_revs`` or ``_bulk_get`` answer's entries (``{"ok":
+    doc}``; ``{"missing": rev}`` and errors left out)."""
+    return [entry["ok"] for entry in entries or [] if isinstance(entry, dict) and "ok" in entry]
 
 
 def refusal(user: str, database: str, status: int | None) -> str:
@@ -439,7 +447,7 @@ class Database:
             answer = await self.get(docid, open_revs="all")
         except NotFound:  # (a document never stored; or no database)
             return []
-        return [row["ok"] for row in answer if isinstance(row, dict) and "ok" in row]
+        return found_revisions(answer if isinstance(answer, list) else [])
 
     async def get_or_none(self, docid: str, **params) -> dict | None:
         try:
@@ -541,8 +549,7 @@ class Database:
                               url=self.display_url)
         found = {}
         for result in answer["results"]:
-            doc = winning_revision([entry["ok"] for entry in result.get("docs") or []
-                                    if isinstance(entry, dict) and "ok" in entry])
+            doc = winning_revision(found_revisions(result.get("docs")))
             if doc is not None and not doc.get("_deleted"):
                 found[doc["_id"]] = doc
         return found

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from pypioncouch import model
-from pypioncouch.couch import WHOLE_ANSWER_BYTES, Database, NotFound, doc_path
+from pypioncouch.couch import WHOLE_ANSWER_BYTES, Database, NotFound, doc_path, revision_order
 
 CONFLICT_ROUNDS = 3
 # From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), the texts of
@@ -62,19 +62,14 @@ def tombstone(docid: str, serial: int | None) -> dict:
     return {"_id": docid, "_deleted": True, "last_serial": serial}
 
 
-def _leaf_rank(leaf: dict) -> tuple:
-    """Higher is kept: the newest serial; on a tie a live revision over a removal,
-    then CouchDB's own order (revision position, then id)."""
-    serial = leaf.get("last_serial")
-    position, _, rev_id = leaf["_rev"].partition("-")
-    return (serial if isinstance(serial, int) else -1, not leaf.get("_deleted"),
-            int(position) if position.isdigit() else 0, rev_id)
-
-
 def kept_leaf(leaves: list[dict]) -> dict:
-    """Which of a document's conflicting leaf revisions it keeps (a removal without a
-    serial, PyPI's 404, cannot tell it is newer: it loses to a live one)."""
-    return max(leaves, key=_leaf_rank)
+    """Which of a document's conflicting leaf revisions it keeps: the newest serial;
+    on a tie, the one CouchDB serves (a removal without a serial, PyPI's 404, cannot
+    tell it is newer: it loses to a live one)."""
+    def rank(leaf: dict) -> tuple:
+        serial = leaf.get("last_serial")
+        return (serial if isinstance(serial, int) else -1, *revision_order(leaf))
+    return max(leaves, key=rank)
 
 
 def conflict_resolution(leaves: list[dict]) -> list[dict]:

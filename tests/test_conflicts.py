@@ -5,7 +5,7 @@ as replication makes them, with ``new_edits: false``."""
 import pytest
 import pytest_twisted
 
-from pypioncouch import model
+from pypioncouch import conflicts, model
 from pypioncouch.conflicts import CHECKPOINT, ConflictResolver
 from pypioncouch.status import SyncStatus
 from pypioncouch.store import Store, conflict_resolution
@@ -86,6 +86,11 @@ def serves_the_new(db, docid):
     return check
 
 
+REFUSE_EPS = {"_id": "_design/no-deletions", "validate_doc_update":
+              "function (doc) { if (doc._deleted && doc._id === 'eps') "
+              "{ throw({forbidden: 'keep eps'}); } }"}
+
+
 def spy_on_changes(db):
     """The ``since`` of every ``_changes`` read of ``db``."""
     seen, read = [], db.changes
@@ -121,15 +126,15 @@ async def test_the_resolver_serves_the_newest_copy_and_resumes_from_its_checkpoi
         async def beta_is_alone():
             return "_conflicts" not in await served(db, "beta")
 
-        async def all_counted():
-            return status.conflicts_settled == 3
+        async def all_counted_and_well():
+            return status.conflicts_settled == 3 and status.conflicts_error is None
 
         assert await eventually(serves_the_new(db, "alpha"), release_is_removed,
-                                beta_is_alone, all_counted)
+                                beta_is_alone, all_counted_and_well)
         assert (await served(db, "beta"))["summary"] == "other"
         leaves = await db.leaves("alpha:1.0")
+        assert len(leaves) == 2
         assert all(leaf["_deleted"] and leaf["last_serial"] == 9 for leaf in leaves)
-        assert status.conflicts_error is None
     finally:
         await resolver.stopService()
     saved = (await db.get_local(CHECKPOINT))["seq"]
@@ -140,8 +145,10 @@ async def test_the_resolver_serves_the_newest_copy_and_resumes_from_its_checkpoi
     seen = spy_on_changes(db)
     resolver.startService()
     try:
-        assert await eventually(serves_the_new(db, "gamma"))
-        assert again.conflicts_settled == 1
+        async def one_counted():
+            return again.conflicts_settled == 1
+
+        assert await eventually(serves_the_new(db, "gamma"), one_counted)
         assert seen[0] == saved  # (not the whole feed again)
     finally:
         await resolver.stopService()
@@ -154,10 +161,7 @@ async def test_a_document_it_cannot_settle_is_tried_again_after_a_restart(
     checkpoint while the feed goes on, and settled once it is allowed."""
     db = couch.database(db_name)
     await db.ensure()
-    guard = {"_id": "_design/no-deletions", "validate_doc_update":
-             "function (doc) { if (doc._deleted && doc._id === 'eps') "
-             "{ throw({forbidden: 'keep eps'}); } }"}
-    guard["_rev"] = await db.put(guard)
+    guard = {**REFUSE_EPS, "_rev": await db.put(REFUSE_EPS)}
     await add_leaves(couch, db_name, conflict("eps") + conflict("zeta"))
     status = SyncStatus()
     resolver = ConflictResolver(db, status, pause=0.1)
@@ -179,6 +183,29 @@ async def test_a_document_it_cannot_settle_is_tried_again_after_a_restart(
             return (await db.get_local(CHECKPOINT))["unsettled"] == []
 
         assert await eventually(serves_the_new(db, "eps"), none_kept)
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_the_bound_of_unsettled_documents_the_feed_waits(couch, db_name,
+                                                                    monkeypatch):
+    """More refused documents than it keeps: the checkpoint does not move past them."""
+    monkeypatch.setattr(conflicts, "UNSETTLED_KEPT", 0)
+    db = couch.database(db_name)
+    await db.ensure()
+    await db.put(REFUSE_EPS)
+    await add_leaves(couch, db_name, conflict("eps"))
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1, max_backoff=0.2)
+    resolver.startService()
+    try:
+        async def held():
+            return "1 conflicted documents could not be settled" in (
+                status.conflicts_error or "")
+
+        assert await eventually(held)
+        assert await db.get_local(CHECKPOINT) is None
     finally:
         await resolver.stopService()
 
@@ -217,10 +244,11 @@ async def test_a_database_deleted_under_the_resolver_is_left_to_the_sync_to_crea
     await db.ensure()
     status = SyncStatus()
     resolver = ConflictResolver(db, status, pause=0.1, max_backoff=0.2)
+    seen = spy_on_changes(db)
     resolver.startService()
     try:
         async def looking():
-            return resolver.since is not None
+            return bool(seen)
 
         async def waiting():
             return "conflict resolver waits" in (status.conflicts_error or "")
