@@ -74,7 +74,7 @@ class ConflictResolver(CoroutineService):
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *, reactor=None,
                  max_backoff: float = 300.0, pause: float = PAUSE,
-                 retry_seconds: float = RETRY_SECONDS):
+                 retry_seconds: float = RETRY_SECONDS, ready=lambda: True):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -83,6 +83,7 @@ class ConflictResolver(CoroutineService):
         self.max_backoff = max_backoff
         self.pause = pause
         self.retry_seconds = retry_seconds
+        self.ready = ready  # (the daemon: not during a full import, whose CPU it would share)
         self.since = None  # where the feed is read from; None: from the checkpoint
         self.unsettled: list[str] = []  # documents refused, to try again
         self._saved = self._rev = None
@@ -93,6 +94,9 @@ class ConflictResolver(CoroutineService):
     async def run(self) -> None:
         failures = 0
         while self.running:
+            if not self.ready():
+                await task.deferLater(self.reactor, self.pause, lambda: None)
+                continue
             try:
                 if self.since is None:
                     await self._load()

@@ -296,7 +296,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                   guard=bool(options["guard"]))
         SyncService(importer, options["interval"], reactor).setServiceParent(top)
         OpmlWatcher(db, status, reactor=reactor).setServiceParent(top)
-        ConflictResolver(db, status, reactor=reactor).setServiceParent(top)
+        # Reads the whole feed once a full import is over: while it runs, the two would
+        # share CouchDB (~5 % of the import's time, bench/RESULTS.md).
+        ConflictResolver(db, status, reactor=reactor,
+                         ready=lambda: status.phase != "full import").setServiceParent(top)
         if not options["no-backfill"]:
             backfill_pypi = backfill_client(options["pypi"], reactor=reactor,
                                             timeout=options["timeout"])

@@ -263,3 +263,23 @@ async def test_a_database_deleted_under_the_resolver_is_left_to_the_sync_to_crea
         assert await eventually(serves_the_new(db, "delta"))
     finally:
         await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_resolver_waits_while_the_daemon_is_not_ready(couch, db_name):
+    """The daemon holds it during a full import (which it would slow by sharing
+    CouchDB); it then reads the feed from where it was."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, conflict("eta"))
+    importing = [True]
+    resolver = ConflictResolver(db, SyncStatus(), pause=0.1, ready=lambda: not importing[0])
+    seen = spy_on_changes(db)
+    resolver.startService()
+    try:
+        await sleep(0.5)
+        assert seen == [] and (await served(db, "eta"))["summary"] == "stale"
+        importing[0] = False
+        assert await eventually(serves_the_new(db, "eta"))
+    finally:
+        await resolver.stopService()
