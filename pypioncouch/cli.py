@@ -166,18 +166,27 @@ async def sync_command(reactor, args) -> int:
 
     if trace is not None:  # an interrupted pass (Ctrl-C, SIGTERM) writes it on the way out
         trigger = reactor.addSystemEventTrigger("before", "shutdown", write_trace, True)
+    conflicts_progress = None if args.quiet else Progress(unit="changes")
+
+    def show_conflicts(read: int, total: int) -> None:  # (the feed read after the pass)
+        progress.close()  # (the pass's bar is done: a line of its own)
+        conflicts_progress.update(read, total)
+
     try:
-        summary = await run_pass(importer, full=bool(args.fullimport))
+        summary = await run_pass(importer, full=bool(args.fullimport),
+                                 conflicts_progress=show_conflicts if progress else None)
     finally:
-        if progress is not None:
-            progress.close()
+        for shown in (progress, conflicts_progress):
+            if shown is not None:
+                shown.close()
         if trace is not None and not written:
             reactor.removeSystemEventTrigger(trigger)
             write_trace()
     print(summary)
     if summary.held:  # removals held back: an operator has to look (the reason is above)
         return 4
-    return 0 if not (summary.pending or summary.stale or summary.incomplete) else 3
+    return 0 if not (summary.pending or summary.stale or summary.incomplete
+                     or summary.conflicts_problem) else 3
 
 
 def _write_trace(path: str, trace: Trace, interrupted: bool = False) -> None:

@@ -14,15 +14,19 @@ deleted, which makes the kept one what CouchDB serves without copying it
 Resolution is idempotent: a document whose other leaves are deleted ones needs
 nothing. The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
 (not replicated), with the documents whose deletions CouchDB refused, tried again
-every minute.
+every minute. The one-shot commands (``--update``, ``--fullimport``, the Python API)
+read the feed to its end once after their pass (:meth:`ConflictResolver.settle_once`):
+a cron-driven ``--update`` on a cluster has no daemon beside it to do it.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from pypioncouch.couch import CouchError, Database, NotFound
+from pypioncouch.couch import Conflict, CouchError, Database, NotFound
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.status import SyncStatus
 from pypioncouch.store import conflict_resolution, kept_leaf
@@ -107,6 +111,9 @@ class ConflictResolver(CoroutineService):
                 if caught_up:
                     await task.deferLater(self.reactor, self.pause, lambda: None)
                 continue
+            except Conflict:  # (the checkpoint moved: a one-shot pass read the feed too)
+                self.since = None  # (read on from where it is)
+                continue
             except defer.CancelledError:
                 if not self.running:
                     raise  # (stopped)
@@ -124,6 +131,35 @@ class ConflictResolver(CoroutineService):
                          loud=loud and failures & (failures - 1) == 0)
             await task.deferLater(self.reactor, delay, lambda: None)
 
+    async def settle_once(self, progress: Callable[[int, int], None] | None = None
+                          ) -> SyncStatus:
+        """Read the feed from the checkpoint to its end, settling what it finds, then
+        try the documents refused before once more; returns the status (what was
+        settled, ``conflicts_error`` if some could not be). A checkpoint moved by
+        another resolver meanwhile (a daemon on the same database) ends it quietly:
+        that one settles the rest. ``progress(read, read + pending)`` after each page,
+        where CouchDB says how many changes are left (Apache CouchDB does)."""
+        read = 0
+
+        def counted(rows: int, pending) -> None:
+            nonlocal read
+            read += rows
+            if progress is not None and isinstance(pending, int):
+                progress(read, read + pending)
+
+        try:
+            await self._load()
+            while not await self._page(counted):
+                pass
+            if self.unsettled:
+                await self._page(counted)  # (caught up: the refused ones once more)
+        except Conflict:
+            log.info("The conflicts checkpoint of {db} moved under this pass: another "
+                     "resolver (a daemon) reads the feed", db=self.db.display_url)
+        if not self.unsettled:
+            self.status.conflicts_error = None
+        return self.status
+
     async def _load(self) -> None:
         """Read the checkpoint; a database deleted meanwhile is left for the sync to
         create (with its design document): waited for."""
@@ -139,13 +175,15 @@ class ConflictResolver(CoroutineService):
         self._saved_unsettled = list(self.unsettled)
         self._caught_up, self._retry_at = False, 0.0
 
-    async def _page(self) -> bool:
+    async def _page(self, counted: Callable[[int, object], None] = lambda *_: None
+                    ) -> bool:
         """Settle one page of the feed (and, caught up, once a ``retry_seconds``, the
         unsettled documents again) and save the checkpoint. Returns whether the feed
         is read to its end. A CouchDB failure other than a refusal ends the page: its
         documents are read again from the checkpoint."""
         answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
         rows = answer.get("results") or []
+        counted(len(rows), answer.get("pending"))
         found = [row.get("id") or "" for row in rows if len(row.get("changes") or []) > 1]
         again = []
         if self._caught_up and self.reactor.seconds() >= self._retry_at:

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from pypioncouch import couchapp, model, store, upgrade
 from pypioncouch.checkpoint import Checkpoint
+from pypioncouch.conflicts import ConflictResolver
 from pypioncouch.couch import CouchError, Database
 from pypioncouch.pipeline import BoundedQueue, run_together
 from pypioncouch.pypi import (
@@ -119,6 +120,8 @@ class Summary:
     stale: str | None = None  # why the listing was ignored (older than the checkpoint)
     overflow: str | None = None  # why the checkpoint did not move (too many failures)
     incomplete: str | None = None  # why it did not move: the listing hid projects PyPI has
+    conflicts_settled: int = 0  # conflicting revisions deleted after the pass
+    conflicts_problem: str | None = None  # why some conflicts were not settled
     errors: list[str] = field(default_factory=list)  # the first MAX_ERRORS
     more_errors: int = 0  # errors past those
     duration: float = 0.0
@@ -138,6 +141,11 @@ class Summary:
             text += f"; {self.overflow}"
         if self.incomplete:
             text += f"; {self.incomplete}"
+        if self.conflicts_settled:
+            plural = "s" if self.conflicts_settled != 1 else ""
+            text += f"; {self.conflicts_settled} conflicting revision{plural} settled"
+        if self.conflicts_problem:
+            text += f"; {self.conflicts_problem}"
         return text
 
     def note_error(self, message: str) -> None:
@@ -1012,19 +1020,38 @@ def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
                     and (d.get("_deleted") or d.get("version") in known)]
 
 
-async def run_pass(importer: XmlRpcImporter, full: bool = False) -> Summary:
-    """Check CouchDB, prepare the database and run one pass (the command, the API)."""
+async def run_pass(importer: XmlRpcImporter, full: bool = False,
+                   conflicts_progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Check CouchDB, prepare the database and run one pass (the command, the API),
+    then settle the conflicting revisions the database holds (no daemon may be
+    running beside a one-shot pass to do it); ``conflicts_progress(read, total)`` as
+    the changes feed is read, where CouchDB says how long it is."""
     await importer.db.server.info()
     if not full:
         await importer.prepare()
-        return await importer.update()
-    # PyPI's listing is asked for while the database is prepared: each can take
-    # seconds (a listing of 700,000 projects; a design document's views to build).
-    listing = defer.ensureDeferred(importer.fetch_listing())
+        summary = await importer.update()
+    else:
+        # PyPI's listing is asked for while the database is prepared: each can take
+        # seconds (a listing of 700,000 projects; a design document's views to build).
+        listing = defer.ensureDeferred(importer.fetch_listing())
+        try:
+            await importer.prepare()
+        except BaseException:
+            listing.addErrback(lambda failure: None)
+            listing.cancel()
+            raise
+        summary = await importer.full_import(listing)
+    await _settle_conflicts(importer.db, summary, conflicts_progress)
+    return summary
+
+
+async def _settle_conflicts(db: Database, summary: Summary, progress) -> None:
     try:
-        await importer.prepare()
-    except BaseException:
-        listing.addErrback(lambda failure: None)
-        listing.cancel()
-        raise
-    return await importer.full_import(listing)
+        status = await ConflictResolver(db).settle_once(progress)
+    except CouchError as error:
+        summary.conflicts_problem = f"conflicting revisions not settled: {error}"
+        return
+    summary.conflicts_settled = status.conflicts_settled
+    if status.conflicts_error:
+        summary.conflicts_problem = f"conflicting revisions not settled: " \
+                                    f"{status.conflicts_error}"

@@ -9,6 +9,7 @@ from pypioncouch import conflicts, model
 from pypioncouch.conflicts import CHECKPOINT, ConflictResolver
 from pypioncouch.status import SyncStatus
 from pypioncouch.store import Store, conflict_resolution
+from pypioncouch.testing.dataset import normalize
 
 from .helpers import sleep
 
@@ -283,3 +284,125 @@ async def test_the_resolver_waits_while_the_daemon_is_not_ready(couch, db_name):
         assert await eventually(serves_the_new(db, "eta"))
     finally:
         await resolver.stopService()
+
+
+async def stale_branch(couch, db, key):
+    """A live branch of ``key`` one serial older that CouchDB serves (its revision
+    sorts higher), as a cluster keeps a write based on a stale copy."""
+    doc = await db.get(key)
+    position = doc["_rev"].split("-")[0]
+    await add_leaves(couch, db.name, [{
+        **{k: v for k, v in doc.items() if k != "_attachments"},
+        "_rev": f"{position}-{HIGH}", "last_serial": doc["last_serial"] - 1,
+        "summary": "a stale branch"}])
+    assert (await served(db, key))["summary"] == "a stale branch"
+    return doc
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_one_shot_pass_settles_the_conflicts_it_finds(world, couch, couch_server):
+    """No daemon beside a cron-driven ``--update``: the pass reads the feed to its end
+    afterwards, says what it settled and what it could not (kept for the next)."""
+    from pypioncouch.sync import run_pass
+
+    w = world(projects=6, seed=41)
+    summary = await run_pass(w.importer(), full=True)
+    assert (summary.conflicts_settled, summary.conflicts_problem) == (0, None)
+    key = normalize(w.index.dataset.name(2))
+    newest = await stale_branch(couch, w.db, key)
+    guard = {**REFUSE_EPS, "_rev": await w.db.put(REFUSE_EPS)}
+    await add_leaves(couch, w.db.name, conflict("eps"))
+
+    shown = []
+    summary = await run_pass(w.importer(), conflicts_progress=lambda *p: shown.append(p))
+    assert summary.conflicts_settled == 1
+    if couch_server.kind != "pouchdb":  # (Apache CouchDB says how many changes are left)
+        assert shown and shown[-1][0] == shown[-1][1] >= 3, shown
+    assert "1 conflicting revision settled" in str(summary)
+    assert "conflicting revisions not settled" in summary.conflicts_problem
+    assert "keep eps" in summary.conflicts_problem
+    kept = await served(w.db, key)
+    assert "_conflicts" not in kept and kept["_rev"] == newest["_rev"]
+    assert kept["last_serial"] == newest["last_serial"]
+    assert (await w.db.get_local(CHECKPOINT))["unsettled"] == ["eps"]
+
+    await w.db.delete(guard["_id"], guard["_rev"])
+    summary = await run_pass(w.importer())
+    assert (summary.conflicts_settled, summary.conflicts_problem) == (1, None)
+    assert await serves_the_new(w.db, "eps")()
+    assert (await w.db.get_local(CHECKPOINT))["unsettled"] == []
+
+
+def checkpoint_moved_once(db):
+    """The first checkpoint write finds it moved by another resolver (a daemon, a
+    one-shot pass) since it was read."""
+    write, moved = db.put_local, []
+
+    async def put_local(name, doc):
+        if not moved:
+            moved.append(True)
+            current = await db.get_local(name) or {}
+            await write(name, {**current, "seq": current.get("seq", 0)})
+        return await write(name, doc)
+    db.put_local = put_local
+    return moved
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_resolvers_on_one_checkpoint_each_go_on_from_the_other(couch, db_name):
+    """A one-shot pass whose checkpoint moved stops quietly (the daemon reads on);
+    the daemon whose checkpoint moved reads on from it, without saying a failure."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, conflict("theta"))
+    moved = checkpoint_moved_once(db)
+    status = await ConflictResolver(db).settle_once()
+    assert moved and status.conflicts_error is None
+    assert await serves_the_new(db, "theta")()  # (settled before its checkpoint write)
+
+    await add_leaves(couch, db_name, conflict("iota"))
+    moved = checkpoint_moved_once(db)
+    daemon_status = SyncStatus()
+    resolver = ConflictResolver(db, daemon_status, pause=0.1)
+    resolver.startService()
+    try:
+        async def read_on():
+            checkpoint = await db.get_local(CHECKPOINT)
+            return bool(moved) and checkpoint["seq"] != 0 and \
+                daemon_status.conflicts_settled == 1
+
+        assert await eventually(serves_the_new(db, "iota"), read_on)
+        assert daemon_status.conflicts_error is None and not daemon_status.errors_by_kind
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_command_says_what_it_settled_and_exits_3_for_what_it_could_not(
+        couch_server, couch, db_name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pypioncouch.testing.dataset import Dataset
+    from pypioncouch.testing.pypi import SimulatorProcess
+
+    def run(sim, action):  # (blocking: nothing else runs meanwhile)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "pypioncouch"), action, couch_server.url,
+             "--pypi", sim.url, "--db", db_name, "--quiet"],
+            capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    with SimulatorProcess("--projects", "8", "--seed", "42") as sim:
+        code, out = run(sim, "--fullimport")
+        assert code == 0 and "conflicting" not in out, out
+        db = couch.database(db_name)
+        await stale_branch(couch, db, normalize(Dataset(8, 42).name(3)))
+        await db.put(REFUSE_EPS)
+        await add_leaves(couch, db_name, conflict("eps"))
+        code, out = run(sim, "--update")
+    assert code == 3, out
+    assert "1 conflicting revision settled" in out
+    assert "conflicting revisions not settled: CouchDB refused to delete a " \
+           "conflicting revision of eps: forbidden: keep eps" in out
