@@ -244,6 +244,15 @@ async def test_etag_gives_304(imported):
     etag = first.headers.getRawHeaders("etag")[0]
     again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": etag})
     assert again.code == 304 and await again.content() == b""
+    # Each type is a representation of its own (RFC 9110 8.8.3): a cache holding the
+    # text/html page must not be told its copy is the v1+html one.
+    etags = {etag}
+    for accept in (V1_HTML, V1_JSON):
+        other = await treq.get(f"{url}/simple/{key}/",
+                               headers={"Accept": accept, "If-None-Match": etag})
+        assert other.code == 200 and await other.content(), accept
+        etags.add(other.headers.getRawHeaders("etag")[0])
+    assert len(etags) == 3
 
 
 @pytest_twisted.ensureDeferred

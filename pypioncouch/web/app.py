@@ -482,7 +482,9 @@ class WebFront:
             # holds only while that stays the same).
             held = self.file_pages.store.held(key)
             variant += "-" + holdings_tag(held)
-        if _not_modified(request, f'"{entry.etag_base}-{variant}"'):
+        # (text/html and v1+html are the same bytes, but not the same representation)
+        tag = variant + ("-v1" if chosen == simple.V1_HTML else "")
+        if _not_modified(request, f'"{entry.etag_base}-{tag}"'):
             return b""
         return self.cache.rendered(entry, variant, lambda: render_simple(
             entry, variant.startswith("json"), local_files=self.file_pages is not None,
