@@ -99,3 +99,22 @@ async def test_a_first_caller_in_a_hurry_gets_the_default_and_the_next_the_value
     clock.advance(5.0)
     assert await patient == 1 and compute.runs == 1
     assert await figure.get_within(5.0, {}) == 1  # known now: at once
+
+
+@pytest_twisted.ensureDeferred
+async def test_callers_after_the_first_wait_only_what_is_left_of_its_time():
+    """A first count that takes long (a view catching up with an import): one /status
+    waits for it ``seconds`` at most, the ones after it no longer than that first one."""
+    clock = task.Clock()
+    compute = Counter(clock, seconds=30.0)
+    figure = Refreshed(compute, clock, min_age=60)
+    first = defer.ensureDeferred(figure.get_within(5.0, {}))
+    clock.advance(3.0)
+    second = defer.ensureDeferred(figure.get_within(5.0, {}))
+    clock.advance(2.0)
+    assert first.called and second.called  # (no hang if not: the test fails)
+    assert await first == {} and await second == {}
+    later = defer.ensureDeferred(figure.get_within(5.0, {}))
+    assert later.called and await later == {}  # (at once: the count is still running)
+    clock.advance(25.0)
+    assert await figure.get_within(5.0, {}) == 1 and compute.runs == 1

@@ -27,6 +27,7 @@ class Refreshed:
         self.as_of: float | None = None  # reactor time of the value
         self._took = 0.0
         self._waiters: list[defer.Deferred] | None = None  # set while computing
+        self._since = 0.0  # (reactor time) when the computation running began
 
     def stale(self) -> bool:
         return self.as_of is None or \
@@ -43,14 +44,20 @@ class Refreshed:
         return self.value
 
     async def get_within(self, seconds: float, default: Any = None) -> Any:
-        """:meth:`get`, but the first call waits ``seconds`` at most, then answers
-        ``default`` (the computation goes on, for the callers after it)."""
+        """:meth:`get`, but until there is a value a caller waits no longer than
+        ``seconds`` from the start of the computation, then answers ``default`` (the
+        computation goes on): a first count that takes minutes keeps no caller waiting
+        after the first one gave up."""
         if self.as_of is not None:
             return await self.get()
+        running = self._waiters is not None
+        left = seconds - (self.reactor.seconds() - self._since if running else 0.0)
+        if left <= 0:  # (it runs, past the time any caller waits)
+            return default
         waiter = defer.Deferred()
         self._start(waiter)
         timer = self.reactor.callLater(
-            seconds, lambda: waiter.called or waiter.callback(default))
+            left, lambda: waiter.called or waiter.callback(default))
         try:
             return await waiter
         finally:
@@ -69,7 +76,7 @@ class Refreshed:
             defer.ensureDeferred(self._run())
 
     async def _run(self) -> None:
-        started = self.reactor.seconds()
+        started = self._since = self.reactor.seconds()
         try:
             value = await self.compute()
         except Exception as error:
