@@ -14,9 +14,9 @@ deleted, which makes the kept one what CouchDB serves without copying it
 Resolution is idempotent: a document whose other leaves are deleted ones needs
 nothing. The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
 (not replicated), with the documents whose deletions CouchDB refused, tried again
-every minute. The one-shot commands (``--update``, ``--fullimport``, the Python API)
-read the feed to its end once after their pass (:meth:`ConflictResolver.settle_once`):
-a cron-driven ``--update`` on a cluster has no daemon beside it to do it.
+every minute. An update of the one-shot commands (``--update``, ``update()``) reads
+the feed to its end once after its pass (:meth:`ConflictResolver.settle_once`): a
+cron-driven ``--update`` on a cluster has no daemon beside it to do it.
 """
 
 from __future__ import annotations

@@ -1022,27 +1022,28 @@ def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:
 
 async def run_pass(importer: XmlRpcImporter, full: bool = False,
                    conflicts_progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Check CouchDB, prepare the database and run one pass (the command, the API),
-    then settle the conflicting revisions the database holds (no daemon may be
-    running beside a one-shot pass to do it); ``conflicts_progress(read, total)`` as
-    the changes feed is read, where CouchDB says how long it is."""
+    """Check CouchDB, prepare the database and run one pass (the command, the API).
+    An update then settles the conflicting revisions the database holds (no daemon
+    may be running beside a cron-driven one to do it); ``conflicts_progress(read,
+    total)`` as the changes feed is read, where CouchDB says how long it is. A full
+    import leaves that to the next update or a daemon: reading the whole feed after
+    it would add 10-25 % to it (0.5-1.3 s per 10,000 documents, bench/RESULTS.md)."""
     await importer.db.server.info()
     if not full:
         await importer.prepare()
         summary = await importer.update()
-    else:
-        # PyPI's listing is asked for while the database is prepared: each can take
-        # seconds (a listing of 700,000 projects; a design document's views to build).
-        listing = defer.ensureDeferred(importer.fetch_listing())
-        try:
-            await importer.prepare()
-        except BaseException:
-            listing.addErrback(lambda failure: None)
-            listing.cancel()
-            raise
-        summary = await importer.full_import(listing)
-    await _settle_conflicts(importer.db, summary, conflicts_progress)
-    return summary
+        await _settle_conflicts(importer.db, summary, conflicts_progress)
+        return summary
+    # PyPI's listing is asked for while the database is prepared: each can take
+    # seconds (a listing of 700,000 projects; a design document's views to build).
+    listing = defer.ensureDeferred(importer.fetch_listing())
+    try:
+        await importer.prepare()
+    except BaseException:
+        listing.addErrback(lambda failure: None)
+        listing.cancel()
+        raise
+    return await importer.full_import(listing)
 
 
 async def _settle_conflicts(db: Database, summary: Summary, progress) -> None:
