@@ -68,8 +68,11 @@ def import_all(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrenc
 def update(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
            source: str = "json", changes: str = "xmlrpc", max_removals: int | None = None,
            confirm_removals: bool = False) -> Summary:
-    """Apply everything PyPI changed since the last import or update (one pass);
-    removals as for :func:`import_all`."""
+    """Apply everything PyPI changed since the last import or update (one pass; with
+    none yet, a full import); removals as for :func:`import_all`. Then settle the
+    conflicting revisions the database holds (a cluster's branches; the first update
+    after an import reads the whole changes feed once): ``summary.conflicts_settled``
+    counts them, ``summary.conflicts_problem`` says why some were not."""
     async def run():
         return await run_pass(_importer(couch, pypi, db, concurrency, source=source,
                                         changes=changes, max_removals=max_removals,

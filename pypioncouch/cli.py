@@ -26,7 +26,7 @@ from twisted.logger import (
 from pypioncouch import __version__, couchapp
 from pypioncouch.couch import CouchDB, CouchError
 from pypioncouch.opml_watcher import regenerate_all
-from pypioncouch.progress import Progress
+from pypioncouch.progress import FollowingProgress, Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter, run_pass
@@ -166,15 +166,11 @@ async def sync_command(reactor, args) -> int:
 
     if trace is not None:  # an interrupted pass (Ctrl-C, SIGTERM) writes it on the way out
         trigger = reactor.addSystemEventTrigger("before", "shutdown", write_trace, True)
-    conflicts_progress = None if args.quiet else Progress(unit="changes")
-
-    def show_conflicts(read: int, total: int) -> None:  # (the feed read after the pass)
-        progress.close()  # (the pass's bar is done: a line of its own)
-        conflicts_progress.update(read, total)
-
+    # (an update reads the changes feed after its pass: conflicts, pypioncouch/conflicts.py)
+    conflicts_progress = None if progress is None else FollowingProgress(progress, "changes")
     try:
-        summary = await run_pass(importer, full=bool(args.fullimport),
-                                 conflicts_progress=show_conflicts if progress else None)
+        summary = await run_pass(importer, full=bool(args.fullimport), conflicts_progress=(
+            conflicts_progress.update if conflicts_progress else None))
     finally:
         for shown in (progress, conflicts_progress):
             if shown is not None:

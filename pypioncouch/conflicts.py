@@ -94,9 +94,10 @@ class ConflictResolver(CoroutineService):
         self._saved_unsettled: list[str] = []
         self._started = self._caught_up = False
         self._retry_at = 0.0
+        self._refusal: str | None = None  # the last refusal said
 
     async def run(self) -> None:
-        failures = 0
+        failures = moved = 0
         while self.running:
             if not self.ready():
                 await task.deferLater(self.reactor, self.pause, lambda: None)
@@ -105,15 +106,19 @@ class ConflictResolver(CoroutineService):
                 if self.since is None:
                     await self._load()
                 caught_up = await self._page()
-                failures = 0
-                if not self.unsettled:
-                    self.status.conflicts_error = None
+                failures = moved = 0
+                self._say_unsettled()
                 if caught_up:
                     await task.deferLater(self.reactor, self.pause, lambda: None)
                 continue
-            except Conflict:  # (the checkpoint moved: a one-shot pass read the feed too)
-                self.since = None  # (read on from where it is)
-                continue
+            except Conflict as error:
+                # The checkpoint moved (pouchdb-server says so; Apache CouchDB takes a
+                # stale write of a _local document): a one-shot --update read the feed
+                # too. Read on from where it is; past a few times in a row, a failure.
+                self.since, moved = None, moved + 1
+                if moved <= 3:
+                    continue
+                problem, loud = str(error), True
             except defer.CancelledError:
                 if not self.running:
                     raise  # (stopped)
@@ -135,13 +140,16 @@ class ConflictResolver(CoroutineService):
                           ) -> SyncStatus:
         """Read the feed from the checkpoint to its end, settling what it finds, then
         try the documents refused before once more; returns the status (what was
-        settled, ``conflicts_error`` if some could not be). A checkpoint moved by
-        another resolver meanwhile (a daemon on the same database) ends it quietly:
-        that one settles the rest. ``progress(read, read + pending)`` after each page,
-        where CouchDB says how many changes are left (Apache CouchDB does)."""
+        settled, ``conflicts_error`` while some are kept unsettled). A checkpoint
+        another resolver (a daemon) moved meanwhile ends it quietly on pouchdb-server,
+        which refuses the stale write: that one reads on. Apache CouchDB takes it, so
+        both read on, each from its own position (a change is read twice, none missed:
+        each checkpoint written is one resolver's, its refused documents with it).
+        ``progress(read, read + pending)`` after each page, where CouchDB says how many
+        changes are left (Apache CouchDB does)."""
         read = 0
 
-        def counted(rows: int, pending) -> None:
+        def counted(rows: int, pending: object) -> None:
             nonlocal read
             read += rows
             if progress is not None and isinstance(pending, int):
@@ -156,9 +164,19 @@ class ConflictResolver(CoroutineService):
         except Conflict:
             log.info("The conflicts checkpoint of {db} moved under this pass: another "
                      "resolver (a daemon) reads the feed", db=self.db.display_url)
-        if not self.unsettled:
-            self.status.conflicts_error = None
+        self._say_unsettled()
         return self.status
+
+    def _say_unsettled(self) -> None:
+        """``conflicts_error`` while documents are kept unsettled (also those a
+        checkpoint brings back, whose refusal was said by an earlier run)."""
+        if not self.unsettled:
+            self.status.conflicts_error = self._refusal = None
+        else:
+            self.status.conflicts_error = self._refusal or (
+                f"{len(self.unsettled)} conflicted document(s) kept unsettled, "
+                f"{self.unsettled[0]} first: CouchDB refused to delete their other "
+                f"revisions")
 
     async def _load(self) -> None:
         """Read the checkpoint; a database deleted meanwhile is left for the sync to
@@ -173,6 +191,7 @@ class ConflictResolver(CoroutineService):
         self._rev = checkpoint.get("_rev")
         self.unsettled = list(checkpoint.get("unsettled") or [])
         self._saved_unsettled = list(self.unsettled)
+        self._say_unsettled()
         self._caught_up, self._retry_at = False, 0.0
 
     async def _page(self, counted: Callable[[int, object], None] = lambda *_: None
@@ -183,7 +202,6 @@ class ConflictResolver(CoroutineService):
         documents are read again from the checkpoint."""
         answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
         rows = answer.get("results") or []
-        counted(len(rows), answer.get("pending"))
         found = [row.get("id") or "" for row in rows if len(row.get("changes") or []) > 1]
         again = []
         if self._caught_up and self.reactor.seconds() >= self._retry_at:
@@ -197,7 +215,8 @@ class ConflictResolver(CoroutineService):
             except DeletionRefused as error:
                 self.unsettled.append(docid)
                 if docid not in again:  # (said once)
-                    self._failed(str(error), loud=True)
+                    self._refusal = str(error)
+                    self._failed(self._refusal, loud=True)
         if len(self.unsettled) > UNSETTLED_KEPT:
             raise CouchError(f"{len(self.unsettled)} conflicted documents could not be "
                              f"settled", url=self.db.display_url)  # (the feed waits)
@@ -208,6 +227,7 @@ class ConflictResolver(CoroutineService):
             self._saved, self._saved_unsettled = answer["last_seq"], list(self.unsettled)
         self.since = answer["last_seq"]
         self._caught_up = len(rows) < PAGE
+        counted(len(rows), answer.get("pending"))
         return self._caught_up
 
     def _failed(self, message: str, loud: bool) -> None:

@@ -57,3 +57,25 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+
+class FollowingProgress:
+    """The progress of a step that follows ``before``'s (the changes feed read after
+    a pass): it begins at its first figures, closing ``before``'s bar, so that its
+    rate and ETA are its own; its last figures (all done) are always drawn."""
+
+    def __init__(self, before: Progress, unit: str):
+        self.before = before
+        self.unit = unit
+        self.progress: Progress | None = None
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is None:
+            self.before.close()
+            self.progress = Progress(self.before.stream, self.before.clock,
+                                     tty=self.before.tty, unit=self.unit)
+        self.progress.update(done, total, force=done >= total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()

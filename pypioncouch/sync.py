@@ -1026,13 +1026,15 @@ async def run_pass(importer: XmlRpcImporter, full: bool = False,
     An update then settles the conflicting revisions the database holds (no daemon
     may be running beside a cron-driven one to do it); ``conflicts_progress(read,
     total)`` as the changes feed is read, where CouchDB says how long it is. A full
-    import leaves that to the next update or a daemon: reading the whole feed after
-    it would add 10-25 % to it (0.5-1.3 s per 10,000 documents, bench/RESULTS.md)."""
+    import (and an update that is one: no checkpoint yet) leaves that to the next
+    update or a daemon: reading the whole feed after it added ~14 % to a small import
+    on pouchdb-server (1.3 s per 10,000 documents; bench/RESULTS.md)."""
     await importer.db.server.info()
     if not full:
         await importer.prepare()
         summary = await importer.update()
-        await _settle_conflicts(importer.db, summary, conflicts_progress)
+        if summary.kind == "update":
+            await _settle_conflicts(importer.db, summary, conflicts_progress)
         return summary
     # PyPI's listing is asked for while the database is prepared: each can take
     # seconds (a listing of 700,000 projects; a design document's views to build).
@@ -1046,13 +1048,22 @@ async def run_pass(importer: XmlRpcImporter, full: bool = False,
     return await importer.full_import(listing)
 
 
-async def _settle_conflicts(db: Database, summary: Summary, progress) -> None:
+async def _settle_conflicts(db: Database, summary: Summary,
+                            progress: Callable[[int, int], None] | None) -> None:
+    """Settle what the feed holds after a pass (its time counted in the pass's); what
+    fails here is said in the summary: the pass itself is done and its checkpoint
+    saved."""
+    started = time.monotonic()
+    status = SyncStatus()
     try:
-        status = await ConflictResolver(db).settle_once(progress)
+        await ConflictResolver(db, status).settle_once(progress)
     except CouchError as error:
-        summary.conflicts_problem = f"conflicting revisions not settled: {error}"
-        return
+        status.conflicts_error = str(error)
+    except Exception as error:  # (a bug: the pass's work is still done)
+        log.failure("Settling conflicting revisions failed")
+        status.conflicts_error = f"{type(error).__name__}: {error}"
     summary.conflicts_settled = status.conflicts_settled
     if status.conflicts_error:
-        summary.conflicts_problem = f"conflicting revisions not settled: " \
-                                    f"{status.conflicts_error}"
+        summary.conflicts_problem = "conflicting revisions not settled: " + \
+            status.conflicts_error
+    summary.duration += time.monotonic() - started
