@@ -14,6 +14,16 @@ def sleep(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+class ManualClock:
+    """A ``time.monotonic`` stand-in: ``now`` moves when a test moves it."""
+
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def stored_project(db, key):
     """``(project doc, [release docs])`` as stored, or ``(None, [])``."""
     return await Store(db).project(key)

@@ -4,17 +4,11 @@ import io
 
 from pypioncouch.progress import FollowingProgress, Progress
 
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
+from .helpers import ManualClock
 
 
 def test_a_terminal_gets_one_bar_redrawn_with_rate_and_eta():
-    out, clock = io.StringIO(), Clock()
+    out, clock = io.StringIO(), ManualClock()
     progress = Progress(out, clock, tty=True)
     clock.now += 10
     progress.update(500, 2000)
@@ -28,7 +22,7 @@ def test_a_terminal_gets_one_bar_redrawn_with_rate_and_eta():
 def test_the_step_after_a_pass_has_its_own_rate_and_its_last_figures_drawn():
     """Read after a ten-minute pass, the changes feed's bar starts on a line of its
     own, at its own pace, and ends at all done even when drawn a moment before."""
-    out, clock = io.StringIO(), Clock()
+    out, clock = io.StringIO(), ManualClock()
     before = Progress(out, clock, tty=True)
     clock.now += 600
     before.update(1000, 1000)
@@ -50,7 +44,7 @@ def test_the_step_after_a_pass_has_its_own_rate_and_its_last_figures_drawn():
 
 
 def test_without_a_terminal_it_writes_log_lines():
-    out, clock = io.StringIO(), Clock()
+    out, clock = io.StringIO(), ManualClock()
     progress = Progress(out, clock, tty=False)
     clock.now += 20
     progress.update(100, 400)

@@ -12,19 +12,13 @@ from twisted.internet import threads
 from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.trace import OFF, Trace
 
+from .helpers import ManualClock
+
 BIN = Path(sys.executable).parent
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_stage_clocks_and_one_projects_way():
-    clock = Clock()
+    clock = ManualClock()
     trace = Trace(clock=clock)
     trace.begin("twisted")
     trace.event("twisted", "read")
@@ -52,7 +46,7 @@ def test_stage_clocks_and_one_projects_way():
 
 
 def test_a_long_pass_keeps_a_bounded_sample():
-    trace = Trace(sample=50, clock=Clock())
+    trace = Trace(sample=50, clock=ManualClock())
     for number in range(10_000):
         trace.begin(f"p{number}")
         trace.event(f"p{number}", "read")
@@ -99,7 +93,7 @@ def test_trace_goes_with_an_import():
 
 
 def test_a_project_asked_about_twice_is_one_way():
-    trace = Trace(sample=2, clock=Clock())
+    trace = Trace(sample=2, clock=ManualClock())
     for key in ("a", "b", "a", "c", "d", "a", "e"):
         trace.begin(key)
     assert len(trace.ways) == 2 and trace.report()["projects_seen"] == 7
