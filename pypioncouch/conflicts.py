@@ -26,6 +26,7 @@ from typing import Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from pypioncouch.backoff import doubling, worth_saying
 from pypioncouch.couch import Conflict, CouchError, Database, NotFound
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.status import SyncStatus
@@ -130,11 +131,10 @@ class ConflictResolver(CoroutineService):
                 problem, loud = f"{type(error).__name__}: {error}", False  # (said above)
             self.since = None  # (the checkpoint read again: its revision may have moved)
             failures += 1
-            delay = min(self.max_backoff, 2.0 ** min(failures - 1, 16))
-            # Said on the 1st, 2nd, 4th, 8th... failure in a row.
             self._failed(f"conflict resolver waits: {problem}",
-                         loud=loud and failures & (failures - 1) == 0)
-            await task.deferLater(self.reactor, delay, lambda: None)
+                         loud=loud and worth_saying(failures))
+            await task.deferLater(self.reactor, doubling(failures, 1.0, self.max_backoff),
+                                  lambda: None)
 
     async def settle_once(self, progress: Callable[[int, int], None] | None = None
                           ) -> SyncStatus:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from pypioncouch.backoff import doubling
 from pypioncouch.couch import CouchError, Database, NotFound, Unreachable
 from pypioncouch.pipeline import CoroutineService
 
@@ -113,7 +114,7 @@ class ChangesFollower(CoroutineService):
                 if was_live:
                     self.on_disconnected()
             if self.running:
-                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
+                delay = doubling(failures + 1, 0.5, self.max_backoff)  # (1 s, 2 s...)
                 await task.deferLater(self.reactor, delay, lambda: None)
 
     async def _probe(self, stream) -> None:

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pypioncouch import couchapp
+from pypioncouch.backoff import doubling, worth_saying
 from pypioncouch.couch import BulkResult, CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.opml import ATTACHMENT, CONTENT_TYPE, project_opml
@@ -343,11 +344,10 @@ class OpmlWatcher(Service):
                         self.in_flight or in_flight
                 checkpoint = await self.db.get_local(CHECKPOINT) or {"seq": 0}
             except CouchError as error:
-                # 5 s, 10 s... up to max_backoff; said on the 1st, 2nd, 4th, 8th try...
                 tries += 1
-                delay = min(self.max_backoff, 5.0 * 2 ** min(tries - 1, 16))
+                delay = doubling(tries, 5.0, self.max_backoff)
                 self.status.opml_error = f"waiting for CouchDB: {error}"
-                if tries & (tries - 1) == 0:
+                if worth_saying(tries):
                     log.warn("OPML watcher waits for CouchDB: {error}; try {n} in "
                              "{delay:g}s", error=error, n=tries + 1, delay=delay)
                 await task.deferLater(self.reactor, delay, lambda: None)
@@ -442,7 +442,7 @@ class OpmlWatcher(Service):
     def retry_delay(self) -> float:
         """The pause after ``failures`` failed batches in a row: 1 s, 2 s, 4 s... up to
         ``max_backoff`` (an error that does not go away is not hammered)."""
-        return min(self.max_backoff, 2.0 ** max(0, self.failures - 1))
+        return doubling(self.failures, 1.0, self.max_backoff)
 
     async def _regenerate(self, keys: list[str], number: int) -> None:
         try:
@@ -502,7 +502,7 @@ class OpmlWatcher(Service):
         self.status.note_error(f"OPML: {message}", "opml")
         self.status.opml_error = f"{message} (retry {self.failures} in " \
                                  f"{self.retry_delay():g}s)"
-        if self.failures & (self.failures - 1) == 0:  # the 1st, 2nd, 4th, 8th...
+        if worth_saying(self.failures):
             if isinstance(error, CouchError):
                 log.warn("OPML watcher: {error}; retry {n} in {delay:g}s",
                          error=message, n=self.failures, delay=self.retry_delay())

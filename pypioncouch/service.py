@@ -23,6 +23,7 @@ from twisted.web.server import Site
 
 from pypioncouch import __version__
 from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer, backfill_client
+from pypioncouch.backoff import doubling
 from pypioncouch.conflicts import ConflictResolver
 from pypioncouch.couch import CouchDB
 from pypioncouch.filefetch import Fetcher
@@ -222,9 +223,8 @@ class SyncService(CoroutineService):
                 self.status.phase = "retrying"
                 self.status.note_sync_error(str(error), "pass")
                 log.error("sync pass failed: {error}", error=error)
-                base = min(self.interval, 10.0)
-                wait = min(self.max_backoff,
-                           base * 2 ** min(self.status.consecutive_failures - 1, 10))
+                wait = doubling(self.status.consecutive_failures, min(self.interval, 10.0),
+                                self.max_backoff)
             await task.deferLater(self.reactor, wait, lambda: None)
 
 
