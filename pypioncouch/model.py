@@ -50,7 +50,6 @@ _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORE
 # Where a release document's ``info`` came from (docs/schema.md).
 INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
 INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer
-INFO_WANTED = "wanted"  # none: what was stored is out of date, asked for again
 # A release's own description over this many bytes (as JSON) is stored as the
 # attachment ``description`` of its document, not in ``info``: Apache CouchDB refuses
 # a document over 8 MB (max_document_size), which attachments do not count towards.
@@ -244,16 +243,6 @@ def lacks_own_info(project: dict, release: dict | None, version: str | None) -> 
     release is stored, it is not the latest, and its own ``info`` is not stored."""
     return (version is not None and release is not None
             and version != project.get("latest_version") and not has_own_info(release))
-
-
-def wanting_own_info(release: dict) -> dict:
-    """``release`` written without its own metadata, and without the stored copy's
-    carried over (``INFO_WANTED``): the backfill, or the web front on the spot, asks
-    PyPI again. For a release without files, whose yanked flags only its own metadata
-    gives, named by a change (a yank, an unyank)."""
-    doc = {k: v for k, v in release.items() if k not in _OWN_INFO_KEYS}
-    doc["info_source"] = INFO_WANTED
-    return doc
 
 
 def drop_own_info(doc: dict) -> None:

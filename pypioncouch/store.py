@@ -95,10 +95,8 @@ def keep_attachments(project: dict, stored: dict | None) -> None:
 
 def keep_info(doc: dict, stored: dict) -> None:
     """A release written without ``info`` (no longer PyPI's latest) keeps its own
-    metadata stored earlier: as the latest, or by the backfill (even a moment ago);
-    unless it is wanted anew (``model.wanting_own_info``)."""
-    if doc.get("type") == model.RELEASE and "info" not in doc and \
-            doc.get("info_source") != model.INFO_WANTED:
+    metadata stored earlier: as the latest, or by the backfill (even a moment ago)."""
+    if doc.get("type") == model.RELEASE and "info" not in doc:
         doc.update(model.own_info_of(stored))
 
 

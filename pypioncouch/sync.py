@@ -821,17 +821,9 @@ class XmlRpcImporter:
         new_digests = project["release_digests"]  # computed once, by the model
         changed = [r for r in releases if model.release_needs_write(
             new_digests[r["version"]], old_digests.get(r["version"]))]
-        # A release without files that a change names (a yank, an unyank) may have
-        # changed where only its own metadata says so: that is asked for again.
-        wanted = [model.wanting_own_info(r) for r in releases
-                  if not r["files"] and "info" not in r and r["version"] in work.versions
-                  and r not in changed and old_digests.get(r["version"]) is not None]
-        changed += wanted
         project["release_digests"] = {
             version: model.merged_digests(digests, old_digests.get(version))
             for version, digests in new_digests.items()}
-        for release in wanted:  # (its own metadata unknown now)
-            project["release_digests"][release["version"]] = model.release_digests(release)
         new_versions = {r["version"] for r in releases}
         gone_ids = [store.release_id(work.key, v) for v in old_digests if v not in new_versions]
         # A release the changelog names, neither PyPI's now nor in the stored record,

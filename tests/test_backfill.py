@@ -372,43 +372,6 @@ async def test_releases_published_together_and_later_changes_keep_their_own_meta
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_world):
-    """Only PyPI's per-version answer tells a file-less release is yanked (the
-    project's lists no files to flag): the release named by the yank is stored
-    without its own metadata, which is asked for again."""
-    world = small_world
-    await run_pass(world.importer(), full=True)
-    await backfill_of(world).run_pass()
-    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
-    project = world.index.get(key)
-    fileless = "2.0.0.dev1"
-    assert not project.releases[fileless].files and \
-        world.index.latest(project).version != fileless
-    _, stored = await stored_project(world.db, key)
-    assert {d["version"]: d for d in stored}[fileless]["yanked"] is False
-    world.index.yank(key, fileless, "never meant to be")
-    await run_pass(world.importer())
-    # A syncing front asks on the spot, the backfill at its turn.
-    _, port, url = serve(world.db, status=SyncStatus(), pypi=PyPI(world.url, backoff=0.05))
-    try:
-        assert await ours(url, key, fileless) == (200, await oracle(world, key, fileless))
-    finally:
-        await port.stopListening()
-    _, stored = await stored_project(world.db, key)
-    release = {d["version"]: d for d in stored}[fileless]
-    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
-    assert release["info"]["yanked"] is True and release["info_source"] == "version"
-    world.index.unyank(key, fileless)
-    await run_pass(world.importer())
-    assert await backfill_of(world).run_pass() == 1
-    _, port, url = serve(world.db, syncing=False)
-    try:
-        assert await ours(url, key, fileless) == (200, await oracle(world, key, fileless))
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
 async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
     world = small_world
     await run_pass(world.importer(), full=True)

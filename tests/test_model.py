@@ -344,15 +344,3 @@ def test_a_description_over_four_million_bytes_is_stored_apart_and_read_back_who
     assert model.is_recorded(read, model.release_digests(wordy))
     assert not model.is_recorded(dict(read, yanked=True), model.release_digests(wordy))
 
-
-
-def test_a_release_wanting_its_own_metadata_again_keeps_only_its_files_part():
-    stored = {"_id": "foo:1.0", "type": "release", "project": "foo", "version": "1.0",
-              "files": [], "yanked": True, "yanked_reason": "old", "last_serial": 7,
-              "info": {"summary": "old"}, "info_source": "version",
-              "requires_dist": ["attrs"], "vulnerabilities": [],
-              "description_apart": True, "_attachments": {"description": {"stub": True}}}
-    assert model.wanting_own_info(stored) == {
-        "_id": "foo:1.0", "type": "release", "project": "foo", "version": "1.0",
-        "files": [], "yanked": True, "yanked_reason": "old", "last_serial": 7,
-        "info_source": "wanted"}
