@@ -1,4 +1,4 @@
-"""Helpers shared by the sync, OPML and web tests."""
+"""Helpers shared by the tests (the sync, OPML, web, progress and trace tests)."""
 
 from twisted.internet import defer, reactor, task
 
