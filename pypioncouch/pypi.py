@@ -27,7 +27,7 @@ import reprlib
 import xmlrpc.client as xmlrpc_client
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
@@ -117,6 +117,9 @@ class ProjectAnswer:
     payload: dict | None = None
     serial: int | None = None
     status: str = "active"
+    # Per-version answers (``/pypi/<p>/<v>/json``) by version, of releases without
+    # files whose own metadata may have changed (a yank: see sync.py, ``_own_answers``).
+    own: dict[str, dict] = field(default_factory=dict)
 
 
 class Listing(Mapping):

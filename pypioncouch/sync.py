@@ -703,6 +703,7 @@ class XmlRpcImporter:
                     else:
                         with trace.timed("fetch"):
                             answer = await self._ask_pypi(work)
+                            answer.own = await self._own_answers(work, answer)
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
@@ -792,6 +793,34 @@ class XmlRpcImporter:
                 self.source = "json"
         return await self.pypi.project(work.name, work.serial)
 
+    async def _own_answers(self, work: Work, answer: ProjectAnswer) -> dict[str, dict]:
+        """PyPI's per-version answers for the releases without files a change may have
+        yanked or unyanked: only a release's own metadata says that (the project's
+        answer lists no files to flag), and the backfill asks for it once. The
+        releases the changelog names, but the latest (the project's answer is its);
+        for a retried project, whose changelog rows are past, every such release. An
+        answer older than the project's is a CDN's stale copy (the project is
+        retried); a release PyPI does not know is left to the backfill."""
+        releases = (answer.payload or {}).get("releases") if answer.kind == "project" \
+            else None
+        if not isinstance(releases, dict) or self.source != "json":
+            return {}
+        latest = (answer.payload.get("info") or {}).get("version")
+        named = releases.keys() if work.retry else work.versions
+        found = {}
+        for version in sorted(v for v in named if releases.get(v) == [] and v != latest):
+            payload = await self.pypi.release(work.name, version)
+            if payload is None:
+                continue
+            serial = payload.get("last_serial")
+            if isinstance(serial, int) and isinstance(answer.serial, int) and \
+                    serial < answer.serial:
+                raise StaleAnswer(f"stale: serial {serial} for {version}, the project's is "
+                                  f"{answer.serial}", self.pypi.display_url +
+                                  f"pypi/{work.key}/{version}/json")
+            found[version] = payload
+        return found
+
     async def _plan(self, work: Work, old: dict | None, answer: ProjectAnswer
                     ) -> tuple[list[dict], int] | None:
         """``(documents to write, releases written)`` for one project, or None when
@@ -819,8 +848,10 @@ class XmlRpcImporter:
                 raise model.BadPayload(f"asked for {work.key}, PyPI answered "
                                        f"{project['_id']}")
         new_digests = project["release_digests"]  # computed once, by the model
-        changed = [r for r in releases if model.release_needs_write(
-            new_digests[r["version"]], old_digests.get(r["version"]))]
+        releases, refreshed = _with_own_answers(work.key, releases, answer.own)
+        changed = [r for r in releases if r["version"] in refreshed or
+                   model.release_needs_write(new_digests[r["version"]],
+                                             old_digests.get(r["version"]))]
         project["release_digests"] = {
             version: model.merged_digests(digests, old_digests.get(version))
             for version, digests in new_digests.items()}
@@ -1008,6 +1039,30 @@ class XmlRpcImporter:
             if ours:  # the newer copy kept changing: marked nothing, so ask again
                 failures[work.key] = work.serial
         self._superseded(work, summary)
+
+
+def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict]
+                      ) -> tuple[list[dict], set[str]]:
+    """``releases`` with the own metadata of per-version answers (``own``, by version)
+    and the versions that took it. (The project's record keeps their digests as the
+    project's answer makes them, as for the backfill's writes.) An answer that is not
+    the release's (PyPI matches versions canonically) is left out."""
+    if not own:
+        return releases, set()
+    taken, refreshed = [], set()
+    for release in releases:
+        payload = own.get(release["version"])
+        if payload is not None:
+            try:
+                info = model.check_release_info(payload, key, release["version"])
+            except model.BadPayload as error:
+                log.warn("{name}: {error}; left to the backfill", name=key, error=error)
+            else:
+                release = model.with_own_info(release, info,
+                                              model.release_vulnerabilities(payload))
+                refreshed.add(release["version"])
+        taken.append(release)
+    return taken, refreshed
 
 
 def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:

@@ -372,6 +372,58 @@ async def test_releases_published_together_and_later_changes_keep_their_own_meta
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_world):
+    """Only PyPI's per-version answer tells a release without files is yanked (the
+    project's lists no files to flag): the sync asks for it when a change names the
+    release, checked against the project's serial (a CDN may hold the old one)."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    project = world.index.get(key)
+    fileless = "2.0.0.dev1"
+    assert not project.releases[fileless].files and \
+        world.index.latest(project).version != fileless
+
+    async def stored_release():
+        _, stored = await stored_project(world.db, key)
+        return {d["version"]: d for d in stored}[fileless]
+
+    async def served_as_pypi():  # (by a replica's front: nothing asked on the spot)
+        _, port, url = serve(world.db, syncing=False)
+        try:
+            return await ours(url, key, fileless) == (200, await oracle(world, key, fileless))
+        finally:
+            await port.stopListening()
+
+    assert (await stored_release())["yanked"] is False
+    world.index.yank(key, fileless, "never meant to be")
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    release = await stored_release()
+    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
+    assert release["info"]["yanked"] is True and release["info_source"] == "version"
+    assert await served_as_pypi()
+    assert await backfill_of(world).run_pass() == 0  # (nothing left to fill)
+
+    # Unyanked, while a CDN still serves the per-version answer of the yank.
+    importer = world.importer()
+    yanked_answer = await importer.pypi.release(key, fileless)
+    world.index.unyank(key, fileless)
+
+    async def cached(name, version, **options):
+        return yanked_answer
+    importer.pypi.release = cached
+    summary = await run_pass(importer)
+    assert summary.pending == 1 and "stale: serial" in summary.errors[0], summary.errors
+    assert (await stored_release())["yanked"] is True  # (not written: asked again)
+    summary = await run_pass(world.importer())  # (a retry, the CDN fresh again)
+    assert summary.pending == 0, summary.errors
+    assert (await stored_release())["yanked"] is False
+    assert await served_as_pypi()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
     world = small_world
     await run_pass(world.importer(), full=True)

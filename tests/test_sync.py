@@ -154,11 +154,13 @@ async def test_removals_newer_than_pypis_answers_hold_in_a_database_of_tombstone
     against the removals, and one newer than PyPI's answer wins."""
     store = Store(world.db)
     await run_pass(world.importer(), full=True)
+    await world.settled()  # (a cluster's _all_docs may give a revision written over)
     rows = (await world.db.all_docs())["rows"]
     future = world.index.last_serial + 1000  # removed after everything PyPI says now
-    await world.db.bulk_docs([{**store_module.tombstone(r["id"], future),
-                               "_rev": r["value"]["rev"]}
-                              for r in rows if not r["id"].startswith("_design/")])
+    results = await world.db.bulk_docs([{**store_module.tombstone(r["id"], future),
+                                         "_rev": r["value"]["rev"]}
+                                        for r in rows if not r["id"].startswith("_design/")])
+    assert all(result.ok for result in results)
     await world.settled()
     assert not await store.has_documents()
     summary = await run_pass(world.importer(), full=True)
