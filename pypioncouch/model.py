@@ -13,8 +13,9 @@ CouchDB's 8 MB ``max_document_size`` (docs/schema.md has the full schema):
   PyPI's JSON API gave them, its yanked flags, ``upload_time`` as a list, and its
   own ``info`` (with the description) once known, with ``info_source`` saying where
   it came from: ``"latest"`` (the project's answer, while this release was PyPI's
-  latest) or ``"version"`` (PyPI's per-version answer, fetched by the backfill or on
-  demand). A release without its own ``info`` has neither key, and its per-version
+  latest) or ``"version"`` (PyPI's per-version answer, fetched by the backfill, on
+  demand, or by the sync for a release without files a change names: its yank is
+  there alone). A release without its own ``info`` has neither key, and its per-version
   JSON is not made up from another release's (:class:`MissingInfo`).
 
 Everything PyPI says is kept verbatim (null stays null, empty stays empty), so the
@@ -436,8 +437,8 @@ def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
     return True
 
 
-# What the sync writes for a release without files that is not the latest (the
-# backfill then takes these from the release's own metadata).
+# What the sync writes for a release without files that is not the latest (its own
+# metadata, from the backfill or the sync's per-version ask, then sets these).
 _FILELESS_AS_SYNCED = {"yanked": False, "yanked_reason": None, "requires_python": None}
 
 

@@ -474,27 +474,38 @@ class PyPI:
                           f"after {self.stale_retries} retries", where)
 
     async def release(self, name: str, version: str,
-                      before_retry: Callable[[], Awaitable[Any]] | None = None
-                      ) -> dict | None:
+                      before_retry: Callable[[], Awaitable[Any]] | None = None,
+                      min_serial: int | None = None) -> dict | None:
         """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
         only place a release that is not the latest shows its own metadata. None when
         PyPI does not know the release (404). ``before_retry`` is awaited before each
-        attempt after the first (a pace every request keeps)."""
+        attempt after the first (a pace every request keeps). With ``min_serial`` (the
+        project's answer lists the release), an answer older than that, or a 404, is a
+        CDN's stale copy: asked again, then :class:`StaleAnswer`."""
         path = f"pypi/{normalize(name)}/{quote(version, safe='!+')}/json"
         where = self.display_url + path
 
         async def attempt():
-            status, _, body = await self._get(path)
+            status, headers, body = await self._get(path)
             if status == 404:
-                return None
+                return None, None
             if status != 200:
                 raise PyPIError(status_line(status), where)
             payload = self._parse_json(body, where)
             if not isinstance(payload, dict):
                 raise Transient("malformed JSON API answer", where)
-            return payload
+            return payload, _serial(headers, payload.get("last_serial"))
 
-        return await self._retrying(attempt, before_retry)
+        for stale_try in range(self.stale_retries + 1):
+            payload, serial = await self._retrying(attempt, before_retry)
+            if min_serial is None or (payload is not None and (
+                    serial is None or serial >= min_serial)):
+                return payload
+            if stale_try < self.stale_retries:
+                await self.sleep(1.0 * (stale_try + 1))
+        seen = "404" if payload is None else f"serial {serial}"
+        raise StaleAnswer(f"stale: {seen} where the project's answer has serial "
+                          f"{min_serial}, after {self.stale_retries} retries", where)
 
     async def _project_without_json(self, name: str, key: str) -> ProjectAnswer | None:
         """What a 404 from the JSON API means: gone (the Simple page is 404 too), or a

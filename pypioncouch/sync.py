@@ -437,6 +437,8 @@ class XmlRpcImporter:
                 if key not in works:
                     works[key] = pending_work(
                         key, wanted, unlisted=listed is not None and key not in listed)
+                else:  # (named again: which versions the rows then named is lost)
+                    works[key] = works[key]._replace(retry=True)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
             if failures.overflow:
@@ -801,24 +803,17 @@ class XmlRpcImporter:
         for a retried project, whose changelog rows are past, every such release. An
         answer older than the project's is a CDN's stale copy (the project is
         retried); a release PyPI does not know is left to the backfill."""
-        releases = (answer.payload or {}).get("releases") if answer.kind == "project" \
-            else None
-        if not isinstance(releases, dict) or self.source != "json":
-            return {}
-        latest = (answer.payload.get("info") or {}).get("version")
+        payload = answer.payload if answer.kind == "project" else None
+        if not isinstance(payload, dict) or self.source != "json" or not isinstance(
+                payload.get("releases"), dict) or not isinstance(payload.get("info"), dict):
+            return {}  # (a malformed answer is the model's to refuse)
+        releases, latest = payload["releases"], payload["info"].get("version")
         named = releases.keys() if work.retry else work.versions
         found = {}
         for version in sorted(v for v in named if releases.get(v) == [] and v != latest):
-            payload = await self.pypi.release(work.name, version)
-            if payload is None:
-                continue
-            serial = payload.get("last_serial")
-            if isinstance(serial, int) and isinstance(answer.serial, int) and \
-                    serial < answer.serial:
-                raise StaleAnswer(f"stale: serial {serial} for {version}, the project's is "
-                                  f"{answer.serial}", self.pypi.display_url +
-                                  f"pypi/{work.key}/{version}/json")
-            found[version] = payload
+            own = await self.pypi.release(work.name, version, min_serial=answer.serial)
+            if own is not None:
+                found[version] = own
         return found
 
     async def _plan(self, work: Work, old: dict | None, answer: ProjectAnswer
@@ -1055,11 +1050,13 @@ def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict]
         if payload is not None:
             try:
                 info = model.check_release_info(payload, key, release["version"])
-            except model.BadPayload as error:
-                log.warn("{name}: {error}; left to the backfill", name=key, error=error)
-            else:
                 release = model.with_own_info(release, info,
                                               model.release_vulnerabilities(payload))
+            except (model.BadPayload, TypeError, ValueError) as error:
+                log.warn("{name} {version}: malformed per-version answer ({error}); its "
+                         "stored metadata kept", name=key, version=release["version"],
+                         error=error)
+            else:
                 refreshed.add(release["version"])
         taken.append(release)
     return taken, refreshed

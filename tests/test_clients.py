@@ -341,6 +341,29 @@ def test_a_fresh_copy_after_a_stale_one_is_taken():
     assert outcome(results).serial == 11
 
 
+def test_a_release_answer_older_than_its_projects_or_a_404_is_asked_again():
+    """A CDN caches each URL apart: right after a yank, the per-version answer may be
+    the one from before (its serial older), or a "not found" of a release new since."""
+    version_url = "http://pypi.test/pypi/foo-bar/1.0/json"
+    not_found = (404, {"content-type": "application/json"}, b'{"message": "Not Found"}')
+    pypi, http, clock = pypi_with(ok(serial="9"), not_found, ok(serial="12"))
+    _, results = started(pypi.release("Foo_Bar", "1.0", min_serial=12))
+    clock.pump([1.0, 2.0])
+    assert outcome(results)["info"]["name"] == "Foo_Bar"
+    assert http.times == [0.0, 1.0, 3.0]
+    assert [request[1] for request in http.requests] == [version_url] * 3
+    pypi, http, clock = pypi_with(*[not_found] * 4)
+    _, results = started(pypi.release("Foo_Bar", "1.0", min_serial=12))
+    clock.pump([1.0, 2.0, 3.0])
+    error = outcome(results)
+    assert isinstance(error, StaleAnswer)
+    assert str(error) == ("stale: 404 where the project's answer has serial 12, after 3 "
+                          f"retries ({version_url})")
+    pypi, http, clock = pypi_with(not_found)  # (asked without a serial: PyPI's word)
+    _, results = started(pypi.release("Foo_Bar", "1.0"))
+    assert outcome(results) is None
+
+
 def test_a_malformed_body_is_retried():
     pypi, http, clock = pypi_with(ok(body=b'{"info": {"na'), ok())
     _, results = started(pypi.project("Foo_Bar"))

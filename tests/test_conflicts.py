@@ -323,7 +323,8 @@ async def in_the_feed(db, *docids):
     moment after it is acknowledged)."""
     async def shown():
         rows = (await db.changes(style="all_docs"))["results"]
-        return set(docids) <= {row["id"] for row in rows if len(row["changes"]) > 1}
+        return set(docids) <= {row["id"] for row in rows if len(row["changes"]) > 1} \
+            and all([len(await db.leaves(docid)) > 1 for docid in docids])
     assert await eventually(shown)
 
 

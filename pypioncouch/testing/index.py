@@ -60,6 +60,7 @@ class PackageIndex:
         self._journal: list[tuple] = []  # (name, version, timestamp, action, serial)
         self._serial = dataset.last_serial
         self._stale: dict[str, tuple[float, SimProject | None]] = {}
+        self._held: dict[tuple[str, str | None], tuple] = {}  # JSON API answers a CDN holds
         self._listing: list[tuple[str, str]] | None = None  # (normalized, display)
         self._rng = random.Random(f"{dataset.seed}/mutations")
 
@@ -256,6 +257,14 @@ class PackageIndex:
         project.roles.remove((role, user))
         return self._write_journal(project, None, f"remove {role} {user}")
 
+    def cdn_hold(self, name: str, version: str | None = None) -> None:
+        """The CDN keeps serving ``/pypi/<name>[/<version>]/json`` as it is now (it
+        caches each URL apart), until :meth:`cdn_release`."""
+        self._held[(normalize(name), version)] = self.json_api(name, version)
+
+    def cdn_release(self, name: str, version: str | None = None) -> None:
+        self._held.pop((normalize(name), version), None)
+
     # -- payloads ------------------------------------------------------------------
 
     def _served(self, name: str) -> SimProject | None:
@@ -339,6 +348,9 @@ class PackageIndex:
 
     def json_api(self, name: str, version: str | None = None) -> tuple[int, bytes, int | None]:
         """``(status, body, X-PyPI-Last-Serial)`` of ``/pypi/<name>[/<version>]/json``."""
+        held = self._held.get((normalize(name), version))
+        if held is not None:
+            return held
         not_found = (404, b'{"message": "Not Found"}', None)
         project = self._served(name)
         if project is None or project.status == "quarantined":
