@@ -12,7 +12,10 @@ deleted, which makes the kept one what CouchDB serves without copying it
 (attachments and all).
 
 Resolution is idempotent: a document whose other leaves are deleted ones needs
-nothing. The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
+nothing. On a cluster the feed and the read may come from different copies of a
+shard: leaves read that lack one the feed named (neither it nor a descendant) come
+from a copy not yet in step, and are read again after a moment (settled on what that
+copy shows, the conflict would stay, and the feed would not name the document again). The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
 (not replicated), with the documents whose deletions CouchDB refused, tried again
 every minute. An update of the one-shot commands (``--update``, ``update()``) reads
 the feed to its end once after its pass (:meth:`ConflictResolver.settle_once`): a
@@ -21,7 +24,7 @@ cron-driven ``--update`` on a cluster has no daemon beside it to do it.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -39,17 +42,44 @@ PAGE = 2_000  # changes asked for at a time
 PAUSE = 5.0  # seconds between looks once caught up
 UNSETTLED_KEPT = 10_000  # documents to try again; past that the checkpoint waits
 RETRY_SECONDS = 60.0  # between two tries of a document whose deletion was refused
+BEHIND_WAITS = (0.2, 1.0, 3.0)  # seconds before reading a lagging copy's leaves again
 
 
 class DeletionRefused(CouchError):
     """CouchDB refused to delete a conflicting revision (not for a conflict)."""
 
 
-async def resolve(db: Database, docid: str) -> int:
+class CopyBehind(CouchError):
+    """The leaves read lack a revision the changes feed named: read from a copy of a
+    cluster's shard not yet in step with the one the feed came from."""
+
+
+def unaccounted(named: Iterable[str], leaves: list[dict]) -> list[str]:
+    """The revisions of ``named`` (a feed row's leaves) that none of ``leaves`` (read
+    with their ``_revisions``) is or descends from."""
+    seen = set()
+    for leaf in leaves:
+        seen.add(leaf.get("_rev"))
+        history = leaf.get("_revisions") or {}
+        start, ids = history.get("start"), history.get("ids")
+        if isinstance(start, int) and isinstance(ids, list):
+            seen.update(f"{start - back}-{rev_id}" for back, rev_id in enumerate(ids))
+    return [rev for rev in named if rev not in seen]
+
+
+async def resolve(db: Database, docid: str, named: Iterable[str] = ()) -> int:
     """Settle ``docid``'s conflicting revisions; returns how many were deleted. A
     deletion another writer beat is left (the change it made comes back); one refused
-    otherwise (a validate function) raises :class:`DeletionRefused`."""
-    found = await db.leaves(docid)
+    otherwise (a validate function) raises :class:`DeletionRefused`. ``named``: the
+    leaves the changes feed listed; leaves read that miss one of them raise
+    :class:`CopyBehind`."""
+    named = list(named)
+    found = await db.leaves(docid, revs=bool(named))
+    behind = unaccounted(named, found)
+    if behind:
+        raise CopyBehind(f"the leaves of {docid} CouchDB read lack revision {behind[0]}, "
+                         f"which its changes feed named (a cluster's copies not yet in "
+                         f"step)", url=db.display_url)
     deletions = conflict_resolution(found)
     if not deletions:
         return 0
@@ -73,13 +103,15 @@ class ConflictResolver(CoroutineService):
     """Reads ``_changes`` (``style=all_docs``) from its checkpoint for ever, a page at
     a time, and settles the documents that have several leaves; caught up, it looks
     again every ``pause`` seconds (a normal feed: pouchdb-server ignores a longpoll's
-    ``timeout``). A document whose deletion CouchDB refuses (a validate function) is
-    kept to try again (in the checkpoint); any other failure is retried with backoff
-    from the checkpoint. Both are said on /status."""
+    ``timeout``). A document whose deletion CouchDB refuses (a validate function), or
+    whose leaves stay behind the feed's (:class:`CopyBehind`) past ``behind_waits``,
+    is kept to try again (in the checkpoint, with the leaves the feed named); any other
+    failure is retried with backoff from the checkpoint. Both are said on /status."""
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *, reactor=None,
                  max_backoff: float = 300.0, pause: float = PAUSE,
-                 retry_seconds: float = RETRY_SECONDS, ready=lambda: True):
+                 retry_seconds: float = RETRY_SECONDS, ready=lambda: True,
+                 behind_waits: tuple[float, ...] = BEHIND_WAITS):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -88,11 +120,14 @@ class ConflictResolver(CoroutineService):
         self.max_backoff = max_backoff
         self.pause = pause
         self.retry_seconds = retry_seconds
+        self.behind_waits = behind_waits
         self.ready = ready  # (the daemon: not during a full import, whose CPU it would share)
         self.since = None  # where the feed is read from; None: from the checkpoint
         self.unsettled: list[str] = []  # documents refused, to try again
+        self.expected: dict[str, list[str]] = {}  # of those, the leaves the feed named
         self._saved = self._rev = None
         self._saved_unsettled: list[str] = []
+        self._saved_expected: dict[str, list[str]] = {}
         self._started = self._caught_up = False
         self._retry_at = 0.0
         self._refusal: str | None = None  # the last refusal said
@@ -173,10 +208,13 @@ class ConflictResolver(CoroutineService):
         if not self.unsettled:
             self.status.conflicts_error = self._refusal = None
         else:
+            first = self.unsettled[0]
             self.status.conflicts_error = self._refusal or (
                 f"{len(self.unsettled)} conflicted document(s) kept unsettled, "
-                f"{self.unsettled[0]} first: CouchDB refused to delete their other "
-                f"revisions")
+                f"{first} first: " + (
+                    "its leaves CouchDB read lacked one its changes feed named"
+                    if first in self.expected else
+                    "CouchDB refused to delete their other revisions"))
 
     async def _load(self) -> None:
         """Read the checkpoint; a database deleted meanwhile is left for the sync to
@@ -190,7 +228,10 @@ class ConflictResolver(CoroutineService):
         self.since = self._saved = checkpoint.get("seq", 0)
         self._rev = checkpoint.get("_rev")
         self.unsettled = list(checkpoint.get("unsettled") or [])
+        expected = checkpoint.get("expected")
+        self.expected = dict(expected) if isinstance(expected, dict) else {}
         self._saved_unsettled = list(self.unsettled)
+        self._saved_expected = dict(self.expected)
         self._say_unsettled()
         self._caught_up, self._retry_at = False, 0.0
 
@@ -202,33 +243,67 @@ class ConflictResolver(CoroutineService):
         documents are read again from the checkpoint."""
         answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
         rows = answer.get("results") or []
-        found = [row.get("id") or "" for row in rows if len(row.get("changes") or []) > 1]
+        found = {row.get("id") or "": [change.get("rev") for change in row["changes"]
+                                       if isinstance(change, dict)]
+                 for row in rows if len(row.get("changes") or []) > 1}
         again = []
         if self._caught_up and self.reactor.seconds() >= self._retry_at:
             again, self.unsettled = self.unsettled, []
             self._retry_at = self.reactor.seconds() + self.retry_seconds
-        for docid in dict.fromkeys(again + [d for d in found if not d.startswith("_")]):
-            if docid in self.unsettled:
-                continue  # (refused before: tried again in its turn)
-            try:
-                self.status.conflicts_settled += await resolve(self.db, docid)
-            except DeletionRefused as error:
-                self.unsettled.append(docid)
-                if docid not in again:  # (said once)
-                    self._refusal = str(error)
-                    self._failed(self._refusal, loud=True)
+        named = {docid: found.get(docid) or self.expected.get(docid) or []
+                 for docid in dict.fromkeys(
+                     again + [d for d in found if not d.startswith("_")])
+                 if docid not in self.unsettled}  # (refused before: tried in its turn)
+        await self._settle(named, again)
+        self.expected = {d: revs for d, revs in self.expected.items()
+                         if d in self.unsettled}
         if len(self.unsettled) > UNSETTLED_KEPT:
             raise CouchError(f"{len(self.unsettled)} conflicted documents could not be "
                              f"settled", url=self.db.display_url)  # (the feed waits)
-        if answer["last_seq"] != self._saved or self.unsettled != self._saved_unsettled:
+        if (answer["last_seq"] != self._saved or self.unsettled != self._saved_unsettled
+                or self.expected != self._saved_expected):
             self._rev = await self.db.put_local(CHECKPOINT, {
                 "seq": answer["last_seq"], "unsettled": self.unsettled,
+                **({"expected": self.expected} if self.expected else {}),
                 **({"_rev": self._rev} if self._rev else {})})
             self._saved, self._saved_unsettled = answer["last_seq"], list(self.unsettled)
+            self._saved_expected = dict(self.expected)
         self.since = answer["last_seq"]
         self._caught_up = len(rows) < PAGE
         counted(len(rows), answer.get("pending"))
         return self._caught_up
+
+    async def _settle(self, named: dict[str, list[str]], again: list[str]) -> None:
+        """Settle each document of ``named`` (``{id: the leaves the feed named}``);
+        those whose leaves read stay behind the feed's are read again after each of
+        ``behind_waits`` (a cluster's copies get in step in moments), then kept."""
+        todo, waits = list(named), list(self.behind_waits)
+        while True:
+            behind: dict[str, CopyBehind] = {}
+            for docid in todo:
+                try:
+                    self.status.conflicts_settled += await resolve(
+                        self.db, docid, named[docid])
+                except CopyBehind as error:
+                    behind[docid] = error
+                    continue
+                except DeletionRefused as error:
+                    self._keep(docid, error, said=docid in again)
+                self.expected.pop(docid, None)
+            if not behind or not waits:
+                break
+            await task.deferLater(self.reactor, waits.pop(0), lambda: None)
+            todo = list(behind)
+        for docid, error in behind.items():
+            self.expected[docid] = named[docid]
+            self._keep(docid, error, said=docid in again)
+
+    def _keep(self, docid: str, error: CouchError, said: bool) -> None:
+        """Keep ``docid`` to try again; say why, unless it was said before."""
+        self.unsettled.append(docid)
+        if not said:
+            self._refusal = str(error)
+            self._failed(self._refusal, loud=True)
 
     def _failed(self, message: str, loud: bool) -> None:
         self.status.conflicts_error = message

@@ -440,11 +440,13 @@ class Database:
     async def get(self, docid: str, **params) -> dict:
         return await self._request("GET", doc_path(docid), params=params)
 
-    async def leaves(self, docid: str) -> list[dict]:
+    async def leaves(self, docid: str, revs: bool = False) -> list[dict]:
         """Every leaf revision of ``docid``, deleted ones included (``open_revs=all``):
-        more than one when it has conflicts; none when it was never stored."""
+        more than one when it has conflicts; none when it was never stored. With
+        ``revs``, each says its history (``_revisions``)."""
         try:
-            answer = await self.get(docid, open_revs="all")
+            answer = await self.get(docid, open_revs="all",
+                                    **({"revs": "true"} if revs else {}))
         except NotFound:  # (a document never stored; or no database)
             return []
         return found_revisions(answer if isinstance(answer, list) else [])

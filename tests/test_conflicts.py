@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import utils
 
 from pypioncouch import conflicts, model
-from pypioncouch.conflicts import CHECKPOINT, ConflictResolver
+from pypioncouch.conflicts import CHECKPOINT, ConflictResolver, unaccounted
 from pypioncouch.status import SyncStatus
 from pypioncouch.store import Store, conflict_resolution
 from pypioncouch.sync import run_pass
@@ -58,6 +58,14 @@ def test_a_tie_keeps_what_couchdb_serves_and_an_older_removal_needs_nothing():
                {"_id": "a", "_rev": f"3-{LOW}", "_deleted": True}]  # (a loser deleted)
     assert conflict_resolution(settled) == []
     assert conflict_resolution([{"_id": "a", "_rev": f"1-{LOW}", "last_serial": 1}]) == []
+
+
+def test_a_leaf_the_feed_named_is_accounted_for_by_itself_or_a_descendant():
+    leaves = [{"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}},
+              {"_id": "a", "_rev": "1-x", "_revisions": {"start": 1, "ids": ["x"]}}]
+    assert unaccounted(["2-b", "1-x", "3-c", "1-a"], leaves) == []
+    assert unaccounted(["1-y", "2-b", "4-d"], leaves) == ["1-y", "4-d"]
+    assert unaccounted(["1-x"], [{"_id": "a", "_rev": "1-x"}]) == []  # (no history read)
 
 
 async def add_leaves(couch, db_name, docs):
@@ -202,6 +210,94 @@ async def test_a_document_it_cannot_settle_is_tried_again_after_a_restart(
             return (await db.get_local(CHECKPOINT))["unsettled"] == []
 
         assert await eventually(serves_the_new(db, "eps"), none_kept)
+    finally:
+        await resolver.stopService()
+
+
+def lagging(db, docid, reads):
+    """The next ``reads["left"]`` reads of ``docid``'s leaves answer as a cluster's
+    copy would that has not yet got the newer leaf of :func:`conflict` (which the
+    changes feed, read from another copy, names)."""
+    read = db.leaves
+
+    async def leaves(wanted, revs=False):
+        found = await read(wanted, revs=revs)
+        if wanted == docid and reads["left"] > 0:
+            reads["left"] -= 1
+            return [leaf for leaf in found if leaf["_rev"] != f"1-{LOW}"]
+        return found
+    db.leaves = leaves
+
+
+@pytest_twisted.ensureDeferred
+async def test_leaves_read_from_a_copy_behind_the_feed_are_read_again(couch, db_name):
+    """Settled on what such a copy shows (one leaf: nothing to do), the conflict would
+    stay, served the older data, and the feed would not name the document again."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, conflict("eps"))
+    reads = {"left": 2}
+    lagging(db, "eps", reads)
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1, behind_waits=(0.05, 0.05, 0.05))
+    resolver.startService()
+    try:
+        async def settled():
+            return status.conflicts_settled == 1
+
+        assert await eventually(serves_the_new(db, "eps"), settled)
+        assert reads["left"] == 0 and status.conflicts_error is None
+        assert (await db.get_local(CHECKPOINT))["unsettled"] == []
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_copy_that_stays_behind_keeps_the_document_with_the_leaves_named(
+        couch, db_name):
+    """Past the waits the document is kept in the checkpoint with the leaves the feed
+    named (tried again after a restart: the feed will not name it again), said on
+    /status, and settled once the copy has them."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, conflict("eps") + conflict("zeta"))
+    reads = {"left": 10 ** 6}
+    lagging(db, "eps", reads)
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1, behind_waits=(0.05,))
+    resolver.startService()
+    try:
+        async def eps_is_kept():
+            checkpoint = (await db.get_local(CHECKPOINT)) or {}
+            return (checkpoint.get("unsettled") == ["eps"] and
+                    sorted(checkpoint.get("expected", {}).get("eps", [])) ==
+                    [f"1-{LOW}", f"1-{HIGH}"])
+
+        assert await eventually(serves_the_new(db, "zeta"), eps_is_kept)
+        assert f"lack revision 1-{LOW}" in status.conflicts_error
+        assert (await served(db, "eps"))["summary"] == "stale"
+    finally:
+        await resolver.stopService()
+    restarted = SyncStatus()
+    resolver = ConflictResolver(db, restarted, pause=0.1, behind_waits=(0.05,),
+                                retry_seconds=0.1)
+    resolver.startService()
+    try:
+        async def said():
+            return ("1 conflicted document(s) kept unsettled, eps first: its leaves "
+                    "CouchDB read lacked one its changes feed named") in (
+                restarted.conflicts_error or "")
+
+        assert await eventually(said)
+        assert (await served(db, "eps"))["summary"] == "stale"  # (still behind: kept)
+        reads["left"] = 0  # (the copy got the leaf)
+
+        async def none_kept():
+            checkpoint = await db.get_local(CHECKPOINT)
+            return checkpoint["unsettled"] == [] and "expected" not in checkpoint
+
+        assert await eventually(serves_the_new(db, "eps"), none_kept)
+        assert restarted.conflicts_error is None
     finally:
         await resolver.stopService()
 
