@@ -74,7 +74,9 @@ async def resolve(db: Database, docid: str, named: Iterable[str] = ()) -> int:
     leaves the changes feed listed; leaves read that miss one of them raise
     :class:`CopyBehind`."""
     named = list(named)
-    found = await db.leaves(docid, revs=bool(named))
+    found = await db.leaves(docid)
+    if unaccounted(named, found):  # (changed since the feed? its history tells)
+        found = await db.leaves(docid, revs=True)
     behind = unaccounted(named, found)
     if behind:
         raise CopyBehind(f"the leaves of {docid} CouchDB read lack revision {behind[0]}, "
@@ -243,9 +245,11 @@ class ConflictResolver(CoroutineService):
         documents are read again from the checkpoint."""
         answer = await self.db.changes(since=self.since, style="all_docs", limit=PAGE)
         rows = answer.get("results") or []
-        found = {row.get("id") or "": [change.get("rev") for change in row["changes"]
-                                       if isinstance(change, dict)]
+        found = {row.get("id") or "": [change["rev"] for change in row["changes"]
+                                       if isinstance(change, dict) and change.get("rev")]
                  for row in rows if len(row.get("changes") or []) > 1}
+        for docid in found.keys() & self.expected.keys():
+            self.expected[docid] = found[docid]  # (the newer row's leaves account for the older)
         again = []
         if self._caught_up and self.reactor.seconds() >= self._retry_at:
             again, self.unsettled = self.unsettled, []

@@ -253,6 +253,46 @@ async def test_leaves_read_from_a_copy_behind_the_feed_are_read_again(couch, db_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_document_changed_since_the_feed_named_its_leaves_is_not_behind(
+        couch, db_name):
+    """A leaf the feed named and another writer has since written over is found in
+    the history of the leaf that replaced it (and a removal's tombstone keeps its
+    history): settled, nothing kept."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, conflict("eps"))
+    read = db.leaves
+
+    async def both_readable():  # (a cluster's copies: before writing over one)
+        return len(await read("eps")) == 2
+
+    assert await eventually(both_readable)
+    written = []
+
+    async def leaves(wanted, revs=False):
+        if wanted == "eps" and not written:  # (between the feed's read and this one)
+            written.append(await db.put({"_id": "eps", "_rev": f"1-{LOW}",
+                                         "last_serial": 3, "summary": "new"}))
+            written.append(await db.delete("eps", f"1-{HIGH}"))
+        return await read(wanted, revs=revs)
+    db.leaves = leaves
+    status = SyncStatus()
+    resolver = ConflictResolver(db, status, pause=0.1, behind_waits=(0.05,))
+    resolver.startService()
+    try:
+        async def read_past_it():
+            checkpoint = await db.get_local(CHECKPOINT) or {}
+            return bool(written) and checkpoint.get("seq") and not checkpoint["unsettled"]
+
+        assert await eventually(serves_the_new(db, "eps"), read_past_it)
+        assert status.conflicts_error is None and status.last_error is None  # (never)
+        tombstones = [leaf for leaf in await read("eps", revs=True) if leaf.get("_deleted")]
+        assert tombstones and tombstones[0]["_revisions"]["ids"][-1] == HIGH
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_copy_that_stays_behind_keeps_the_document_with_the_leaves_named(
         couch, db_name):
     """Past the waits the document is kept in the checkpoint with the leaves the feed
