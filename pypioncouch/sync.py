@@ -323,12 +323,14 @@ class XmlRpcImporter:
 
     async def prepare(self) -> None:
         """Create the database and install the design document (and, with ``guard``,
-        the write guard) if needed."""
-        await self.db.ensure()
+        the write guard) if needed; bring documents an older version stored up to
+        date (none in a database created here: its view query is not asked)."""
+        created = await self.db.ensure()
         await couchapp.push(self.db)
         if self.guard:
             await couchapp.push_guard(self.db)
-        await upgrade.add_requirements(self.db)
+        if not created:
+            await upgrade.add_requirements(self.db)
 
     async def fetch_listing(self) -> tuple[int | None, Mapping[str, int | None]]:
         """``(PyPI's serial, {name: serial} of every project it lists)``, the serial
