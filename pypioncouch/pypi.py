@@ -446,26 +446,27 @@ class PyPI:
             status, headers, body = await self._get(path)
             return status, headers, self._parse_json(body, where) if status == 200 else None
 
-        for stale_try in range(self.stale_retries + 1):
+        async def ask() -> ProjectAnswer | None:
             status, headers, payload = await self._retrying(attempt)
             if status == 404:
-                answer = await self._project_without_json(name, key)
-            elif status == 200:
-                serial = _serial(headers, payload.get("last_serial")
-                                 if isinstance(payload, dict) else None)
-                answer = ProjectAnswer(key, "project", payload, serial)
-            else:
+                return await self._project_without_json(name, key)
+            if status != 200:
                 raise PyPIError(status_line(status), where)
+            serial = _serial(headers, payload.get("last_serial")
+                             if isinstance(payload, dict) else None)
+            return ProjectAnswer(key, "project", payload, serial)
+
+        def fresh(answer: ProjectAnswer | None) -> bool:
             # A 404 for a project the changelog says changed at ``min_serial`` is a
             # CDN's cached "not found" of a project new since (a removal comes as its
             # own changelog row, and is never asked about): stale too.
-            fresh = answer is not None and (min_serial is None or (
+            return answer is not None and (min_serial is None or (
                 answer.kind != "gone" and (
                     answer.serial is None or answer.serial >= min_serial)))
-            if fresh:
-                return answer
-            if stale_try < self.stale_retries:
-                await self.sleep(1.0 * (stale_try + 1))
+
+        answer = await self._until_fresh(ask, fresh)
+        if fresh(answer):
+            return answer
         if answer is None:
             raise StaleAnswer("stale: the JSON API answers 404 while the Simple page lists "
                               f"files, after {self.stale_retries} retries", where)
@@ -496,16 +497,31 @@ class PyPI:
                 raise Transient("malformed JSON API answer", where)
             return payload, _serial(headers, payload.get("last_serial"))
 
-        for stale_try in range(self.stale_retries + 1):
-            payload, serial = await self._retrying(attempt, before_retry)
-            if min_serial is None or (payload is not None and (
-                    serial is None or serial >= min_serial)):
-                return payload
-            if stale_try < self.stale_retries:
-                await self.sleep(1.0 * (stale_try + 1))
+        def fresh(answer: tuple[dict | None, int | None]) -> bool:
+            payload, serial = answer
+            return min_serial is None or (payload is not None and (
+                serial is None or serial >= min_serial))
+
+        payload, serial = answer = await self._until_fresh(
+            lambda: self._retrying(attempt, before_retry), fresh)
+        if fresh(answer):
+            return payload
         seen = "404" if payload is None else f"serial {serial}"
         raise StaleAnswer(f"stale: {seen} where the project's answer has serial "
                           f"{min_serial}, after {self.stale_retries} retries", where)
+
+    async def _until_fresh(self, ask: Callable[[], Awaitable[Any]],
+                           fresh: Callable[[Any], bool]) -> Any:
+        """``await ask()`` until ``fresh`` holds of its answer, at most
+        ``stale_retries`` more times, a growing pause between (a CDN's stale copy is
+        refreshed in moments, not at once); the last answer, fresh or not."""
+        for stale_try in range(self.stale_retries + 1):
+            if stale_try:
+                await self.sleep(1.0 * stale_try)
+            answer = await ask()
+            if fresh(answer):
+                break
+        return answer
 
     async def _project_without_json(self, name: str, key: str) -> ProjectAnswer | None:
         """What a 404 from the JSON API means: gone (the Simple page is 404 too), or a

@@ -803,8 +803,8 @@ class XmlRpcImporter:
         answer lists no files to flag), and the backfill asks for it once. The
         releases the changelog names, but the latest (the project's answer is its);
         for a retried project, whose changelog rows are past, every such release. An
-        answer older than the project's is a CDN's stale copy (the project is
-        retried); a release PyPI does not know is left to the backfill."""
+        answer older than the project's, or a 404 for a release the project lists, is
+        a CDN's stale copy: asked again, then the project is retried."""
         payload = answer.payload if answer.kind == "project" else None
         if not isinstance(payload, dict) or self.source != "json" or not isinstance(
                 payload.get("releases"), dict) or not isinstance(payload.get("info"), dict):
