@@ -15,11 +15,13 @@ Resolution is idempotent: a document whose other leaves are deleted ones needs
 nothing. On a cluster the feed and the read may come from different copies of a
 shard: leaves read that lack one the feed named (neither it nor a descendant) come
 from a copy not yet in step, and are read again after a moment (settled on what that
-copy shows, the conflict would stay, and the feed would not name the document again). The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
-(not replicated), with the documents whose deletions CouchDB refused, tried again
-every minute. An update of the one-shot commands (``--update``, ``update()``) reads
-the feed to its end once after its pass (:meth:`ConflictResolver.settle_once`): a
-cron-driven ``--update`` on a cluster has no daemon beside it to do it.
+copy shows, the conflict would stay, and the feed would not name the document
+again). The position in the feed is checkpointed in ``_local/pypioncouch-conflicts``
+(not replicated), with the documents whose deletions CouchDB refused (or whose copy
+stayed behind), tried again every minute. An update of the one-shot commands
+(``--update``, ``update()``) reads the feed to its end once after its pass
+(:meth:`ConflictResolver.settle_once`): a cron-driven ``--update`` on a cluster has
+no daemon beside it to do it.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ class ConflictResolver(CoroutineService):
                                        if isinstance(change, dict) and change.get("rev")]
                  for row in rows if len(row.get("changes") or []) > 1}
         for docid in found.keys() & self.expected.keys():
-            self.expected[docid] = found[docid]  # (the newer row's leaves account for the older)
+            self.expected[docid] = found[docid]  # (a newer row's leaves: the ones to find)
         again = []
         if self._caught_up and self.reactor.seconds() >= self._retry_at:
             again, self.unsettled = self.unsettled, []

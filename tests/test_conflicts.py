@@ -61,8 +61,9 @@ def test_a_tie_keeps_what_couchdb_serves_and_an_older_removal_needs_nothing():
 
 
 def test_a_leaf_the_feed_named_is_accounted_for_by_itself_or_a_descendant():
-    leaves = [{"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}},
-              {"_id": "a", "_rev": "1-x", "_revisions": {"start": 1, "ids": ["x"]}}]
+    leaves = [
+        {"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}},
+        {"_id": "a", "_rev": "1-x", "_revisions": {"start": 1, "ids": ["x"]}}]
     assert unaccounted(["2-b", "1-x", "3-c", "1-a"], leaves) == []
     assert unaccounted(["1-y", "2-b", "4-d"], leaves) == ["1-y", "4-d"]
     assert unaccounted(["1-x"], [{"_id": "a", "_rev": "1-x"}]) == []  # (no history read)
