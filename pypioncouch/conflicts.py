@@ -184,18 +184,29 @@ class ConflictResolver(CoroutineService):
         which refuses the stale write: that one reads on. Apache CouchDB takes it, so
         both read on, each from its own position (a change is read twice, none missed:
         each checkpoint written is one resolver's, its refused documents with it).
-        ``progress(read, read + pending)`` after each page, where CouchDB says how many
-        changes are left (Apache CouchDB does)."""
+        ``progress(done, total)`` after each page: changes read of those read and left,
+        where CouchDB says how many are left (Apache CouchDB); else, where sequences
+        are numbers (pouchdb-server), the feed's sequences read of those up to the
+        database's ``update_seq`` when the read began."""
         read = 0
+        numbered: tuple[int, int] | None = None  # (the first sequence, the last)
 
-        def counted(rows: int, pending: object) -> None:
+        def counted(rows: int, pending: object, last_seq: object) -> None:
             nonlocal read
             read += rows
-            if progress is not None and isinstance(pending, int):
+            if progress is None:
+                return
+            if isinstance(pending, int):
                 progress(read, read + pending)
+            elif numbered is not None and isinstance(last_seq, int):
+                first, end = numbered
+                progress(last_seq - first, max(end, last_seq) - first)
 
         try:
             await self._load()
+            if progress is not None and isinstance(self.since, int):
+                end = (await self.db.info()).get("update_seq")
+                numbered = (self.since, end) if isinstance(end, int) else None
             while not await self._page(counted):
                 pass
             if self.unsettled:
@@ -239,7 +250,7 @@ class ConflictResolver(CoroutineService):
         self._say_unsettled()
         self._caught_up, self._retry_at = False, 0.0
 
-    async def _page(self, counted: Callable[[int, object], None] = lambda *_: None
+    async def _page(self, counted: Callable[[int, object, object], None] = lambda *_: None
                     ) -> bool:
         """Settle one page of the feed (and, caught up, once a ``retry_seconds``, the
         unsettled documents again) and save the checkpoint. Returns whether the feed
@@ -276,7 +287,7 @@ class ConflictResolver(CoroutineService):
             self._saved_expected = dict(self.expected)
         self.since = answer["last_seq"]
         self._caught_up = len(rows) < PAGE
-        counted(len(rows), answer.get("pending"))
+        counted(len(rows), answer.get("pending"), answer["last_seq"])
         return self._caught_up
 
     async def _settle(self, named: dict[str, list[str]], again: list[str]) -> None:
