@@ -40,7 +40,11 @@ class WarmApacheCouchServer(ApacheCouchServer):
 
     def start(self) -> "WarmApacheCouchServer":
         super().start()
-        http_json(self.url)
+        try:
+            http_json(self.url)
+        except BaseException:
+            self.cleanup()  # (``with`` does not stop a server whose start failed)
+            raise
         return self
 
 

@@ -205,7 +205,10 @@ class ConflictResolver(CoroutineService):
         try:
             await self._load()
             if progress is not None and isinstance(self.since, int):
-                end = (await self.db.info()).get("update_seq")
+                try:
+                    end = (await self.db.info()).get("update_seq")
+                except CouchError:  # (only the progress display needs it)
+                    end = None
                 numbered = (self.since, end) if isinstance(end, int) else None
             while not await self._page(counted):
                 pass
