@@ -34,6 +34,13 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def content_type(chosen: str) -> str:
+    """The ``Content-Type`` of an answer of type ``chosen``: HTML says its charset (a
+    browser would read it as windows-1252; PyPI's says UTF-8 too), the PEP 691 types
+    go bare, as PyPI sends them."""
+    return chosen + "; charset=utf-8" if chosen == HTML else chosen
+
+
 def negotiate(accept: str | None, offers: tuple[str, ...] = OFFERS) -> str | None:
     """The offer ``accept`` prefers as Warehouse picks it (reference §4, WebOb's
     ``acceptable_offers``), or None when it accepts none of them.

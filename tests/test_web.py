@@ -315,6 +315,37 @@ async def test_a_release_named_none_is_not_the_project(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_simple_html_says_its_charset(world):
+    """A browser reads HTML without a charset as windows-1252: a yank reason in
+    another script came out garbled. PEP 691's own types go bare, as on PyPI."""
+    w = world(projects=6, seed=4)
+    key = normalize(w.index.dataset.name(2))  # (a project with files)
+    await run_pass(w.importer(), full=True)
+    front, port, url = serve(w.db)  # (no cache: each read is a fresh one)
+    try:
+        first = await treq.get(f"{url}/simple/{key}/", headers={"Accept": V1_JSON})
+        version = (await first.json())["versions"][-1]  # (one with files)
+        w.index.yank(key, version, "Сломано: ünïcode <b>")
+        await run_pass(w.importer())
+        types = {}
+        for accept in ("text/html", V1_HTML, V1_JSON):
+            answer = await treq.get(f"{url}/simple/{key}/", headers={"Accept": accept})
+            types[accept] = answer.headers.getRawHeaders("content-type")
+            body = await answer.content()
+            if accept == "text/html":
+                page = body.decode(answer.headers.getRawHeaders("content-type")[0]
+                                   .split("charset=")[1])
+                assert 'data-yanked="Сломано: ünïcode &lt;b&gt;"' in page
+        index = await treq.get(f"{url}/simple/")
+        types["index"] = index.headers.getRawHeaders("content-type")
+        await index.content()
+        assert types == {"text/html": ["text/html; charset=utf-8"], V1_HTML: [V1_HTML],
+                         V1_JSON: [V1_JSON], "index": ["text/html; charset=utf-8"]}
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_replica_whose_releases_land_after_their_project_serves_no_stale_page(world):
     """CouchDB's replicator keeps no order: a project's new revision can land before
     its releases' (a yank), or before a removed release's tombstone."""

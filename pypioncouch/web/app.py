@@ -427,7 +427,7 @@ class WebFront:
         _cors(request)
         chosen = choose(request, simple.OFFERS, fallback=simple.HTML)  # PyPI: never 406
         serial = await self.index_serial()
-        request.setHeader("Content-Type", chosen)
+        request.setHeader("Content-Type", simple.content_type(chosen))
         _serial_header(request, serial)
         # Streamed a page at a time, at the pace the client reads: the index of 500,000
         # names is never in memory. A CouchDB failure half-way cuts the connection.
@@ -471,7 +471,7 @@ class WebFront:
         if entry is None:
             return _plain(request, 404, "404 Not Found")
         serial = entry.project.get("last_serial")
-        request.setHeader("Content-Type", chosen)
+        request.setHeader("Content-Type", simple.content_type(chosen))
         _serial_header(request, serial)
         variant = "json" if chosen == simple.V1_JSON else "html"
         held = None
