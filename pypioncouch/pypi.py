@@ -11,7 +11,9 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
   when it is not the latest, costs one more (``/pypi/<name>/<version>/json``).
 - ``legacy_project`` rebuilds the same answer from ``package_releases`` /
   ``release_data`` / ``release_urls`` for indexes that still serve them; PyPI answers
-  them with a Fault since 2024-09, which raises :class:`MethodGone`.
+  them with a Fault since 2024-09, which raises :class:`MethodGone`; so does an
+  endpoint taken away whole (:class:`EndpointGone`: 404, 405, 410 or 501), and the
+  sync then follows the ``/simple/`` index's serials instead.
 - Every call has a timeout; 5xx, 429 (``Retry-After`` honoured), timeouts, resets and
   malformed bodies are retried with exponential backoff and jitter; the XML-RPC rate
   limit Fault is waited out. A JSON answer older than the serial that made us ask is
@@ -84,6 +86,19 @@ class RPCFault(PyPIError):
 class MethodGone(RPCFault):
     """PyPI no longer serves this XML-RPC method."""
 
+
+class EndpointGone(MethodGone):
+    """PyPI no longer serves XML-RPC at all: its endpoint answers 404, 405, 410 or 501
+    (the methods going one by one answer a Fault, :class:`MethodGone`)."""
+
+    def __init__(self, status: int, url: str):
+        self.code, self.text = status, status_line(status)
+        PyPIError.__init__(self, f"the XML-RPC endpoint answered {self.text}", url)
+
+
+# What an endpoint taken away answers (a redirect is left an error: it is what a
+# mistyped --pypi URL gets too, e.g. http:// for https://).
+ENDPOINT_GONE = (404, 405, 410, 501)
 
 _GONE_MARKERS = ("no longer supports", "has been deprecated", "has been removed",
                  "API has been removed")
@@ -265,7 +280,7 @@ class PyPI:
                                                  on_data=alive),
             where)
         if status != 200:
-            raise _status_error(status, headers, where)
+            raise _rpc_status_error(status, headers, where)
         try:
             return xmlrpc_client.loads(body)[0][0]
         except xmlrpc_client.Fault as fault:
@@ -336,7 +351,7 @@ class PyPI:
                 lambda chunk: parse(chunk, alive)),
             where)
         if status != 200:
-            raise _status_error(status, headers, where)
+            raise _rpc_status_error(status, headers, where)
         try:
             parser.close()
             return unmarshaller.listing()
@@ -587,6 +602,13 @@ def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
             body_serial if isinstance(body_serial, int) else None)
     except ValueError:
         return None
+
+
+def _rpc_status_error(status: int, headers: dict[str, str], where: str) -> PyPIError:
+    """An XML-RPC call's answer that is not 200: the endpoint gone, or as any other."""
+    if status in ENDPOINT_GONE:
+        return EndpointGone(status, where)
+    return _status_error(status, headers, where)
 
 
 def _status_error(status: int, headers: dict[str, str], where: str) -> PyPIError:

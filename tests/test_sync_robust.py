@@ -145,6 +145,34 @@ async def test_falls_back_to_the_simple_index_when_the_changelog_is_gone(world):
     await assert_matches_simulator(w.db, w.index)
 
 
+@pytest.mark.parametrize("status", [404, 410])
+@pytest_twisted.ensureDeferred
+async def test_falls_back_to_the_simple_index_when_the_xmlrpc_endpoint_is_gone(world, status):
+    """The day PyPI takes the endpoint itself away (not a Fault per method: an HTTP
+    error for every call), a mirror keeps syncing, and a new one can start."""
+    w = world(projects=15, seed=6)
+    await run_pass(w.importer(), full=True)
+    w.resource.xmlrpc.endpoint_status = status
+    w.index.publish(normalize(w.index.dataset.name(5)), "9.0")
+    w.index.remove_project(normalize(w.index.dataset.name(6)))  # no row to tell
+    importer = w.importer()
+    summary = await run_pass(importer)
+    assert importer.status.changes_source == "simple" and summary.pending == 0
+    said = [m for m in importer.status.warnings if "no longer serves the XML-RPC" in m]
+    assert said and f"(HTTP {status} " in said[0], said
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_import_starts_when_the_xmlrpc_endpoint_is_gone(world):
+    w = world(projects=6, seed=7)
+    w.resource.xmlrpc.endpoint_status = 404
+    importer = w.importer()
+    assert (await run_pass(importer, full=True)).projects == 6
+    assert importer.status.changes_source == "simple"
+    await assert_matches_simulator(w.db, w.index)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_first_import_without_xmlrpc_lists_from_the_simple_index(world):
     """A new mirror the day XML-RPC goes: the listing comes from /simple/, and the

@@ -12,7 +12,8 @@ Routes (as on pypi.org, reference §1, §3, §4):
   arguments (``publish``, ``yank``, ``remove_project``, ... :class:`PackageIndex`'s
   methods), ``/_control/faults`` (``rate``, ``kinds``, ``seed``),
   ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
-  ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``),
+  ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``,
+  ``endpoint_status``: the HTTP status every XML-RPC call then gets, the endpoint gone),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
   see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``, ``padded``,
   ``gone``: files served with wrong bytes, held half-way, too long, or not at all, see
@@ -278,6 +279,8 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
         self.rate_window = rate_window
         self.changelog_limit = CHANGELOG_LIMIT
         self.gone: set[str] = set()  # methods removed at run time (-32601)
+        # The whole endpoint taken away: every POST answers this HTTP status (404, 410..)
+        self.endpoint_status: int | None = None
         self.clock = clock or default_reactor.seconds
         self._calls: dict[str, deque] = {}
         self.calls: Counter = Counter()
@@ -602,6 +605,11 @@ class SimulatorResource(Resource):
                                lambda: request.finished or request.transport.abortConnection())
 
     def _dispatch(self, request, path):
+        if path in XMLRPC_PATHS and request.method == b"POST" and \
+                self.xmlrpc.endpoint_status is not None:
+            request.setResponseCode(self.xmlrpc.endpoint_status)
+            request.setHeader("Content-Type", "text/html; charset=utf-8")
+            return b"<html><body><h1>This API has been retired</h1></body></html>"
         if self.rendered is not None and request.method == b"GET":
             return self.rendered.serve(request, path, self._dispatch_rendering)
         if self.rendered is not None and path in XMLRPC_PATHS and \
@@ -730,6 +738,8 @@ class SimulatorResource(Resource):
                 self.xmlrpc.changelog_limit = int(args["changelog_limit"])
             if "legacy" in args:
                 self.xmlrpc.legacy = bool(args["legacy"])
+            if "endpoint_status" in args:
+                self.xmlrpc.endpoint_status = args["endpoint_status"]
             return {"ok": True}
         if operation == "listing":
             self.listing.configure(args.get("keep"), args.get("start"))
