@@ -225,7 +225,17 @@ class SyncService(CoroutineService):
                 log.error("sync pass failed: {error}", error=error)
                 wait = doubling(self.status.consecutive_failures, min(self.interval, 10.0),
                                 self.max_backoff)
+                asked = getattr(error, "retry_after", None)  # (PyPI's rate limit: an hour)
+                if isinstance(asked, (int, float)) and asked > wait:
+                    wait = min(float(asked), MOST_ASKED_WAIT)
+                    log.info("next pass in {wait:.0f}s, when PyPI said to ask again",
+                             wait=wait)
             await task.deferLater(self.reactor, wait, lambda: None)
+
+
+# The longest a failed pass waits when PyPI says when to ask again (its XML-RPC rate
+# limit resets within the hour; a Retry-After past that is not believed).
+MOST_ASKED_WAIT = 3600.0
 
 
 class ClosesConnections(Service):

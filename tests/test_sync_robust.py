@@ -371,6 +371,36 @@ async def test_the_xmlrpc_rate_limit_fault_is_waited_out(world):
     assert importer.pypi.retried >= 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_waits_for_the_xmlrpc_rate_limit_to_reset(world):
+    """Every XML-RPC call counts against PyPI's limit: a daemon whose pass failed on it
+    asks again when PyPI said the limit resets, not on its own backoff's first beats."""
+    from pypioncouch.service import SyncService
+
+    from .helpers import sleep
+
+    w = world(projects=4, seed=1, xmlrpc_rate_limit=2)
+    w.resource.xmlrpc.rate_window = 3.0
+    await run_pass(w.importer(), full=True)  # 2 calls: serial + listing
+    importer = w.importer()
+    importer.pypi.max_retry_after = 0.0  # (the daemon's: it does not wait in a pass)
+    calls = w.resource.xmlrpc.calls.copy()
+    service = SyncService(importer, interval=0.1)
+    service.startService()
+    try:
+        await sleep(1.5)  # failed at once, then waits (backoff alone: 0.1, 0.2, 0.4 s...)
+        assert sum((w.resource.xmlrpc.calls - calls).values()) == 1
+        assert "Limit may reset in 3 seconds" in importer.status.last_sync_error, \
+            importer.status.last_sync_error
+        for _ in range(100):
+            if importer.status.last_pass_ok:
+                break
+            await sleep(0.1)
+        assert importer.status.last_pass_ok
+    finally:
+        await service.stopService()
+
+
 def test_the_blocking_python_api_from_a_plain_script(couch_server, db_name, tmp_path):
     with SimulatorProcess("--projects", "15", "--seed", "9") as sim:
         script = tmp_path / "mirror.py"
