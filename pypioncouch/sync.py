@@ -60,6 +60,9 @@ class Work(NamedTuple):
     # the stored project never listed it (see :meth:`XmlRpcImporter._plan`).
     versions: frozenset = frozenset()
     retry: bool = False  # pending from an earlier pass (which versions, unknown)
+    # The versions its rows yanked or unyanked: a release without files shows that in
+    # its own metadata only, asked for even when the project is stored as new as this.
+    yanks: frozenset = frozenset()
 
 
 class Pending(dict):
@@ -216,6 +219,7 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     Names that are not projects (``user:...``, empty) are skipped."""
     works: dict[str, Work] = {}
     versions: dict[str, set[str]] = {}
+    yanks: dict[str, set[str]] = {}
     for row in rows:
         name, version, action, serial = row[0], row[1], row[3], row[4]
         if not name or name.startswith("user:") or not model.is_valid_project_name(name):
@@ -223,13 +227,16 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
         key = model.normalize(name)
         if isinstance(version, str) and version:
             versions.setdefault(key, set()).add(version)
+            if action in ("yank release", "unyank release"):
+                yanks.setdefault(key, set()).add(version)
         current = works.get(key)
         if current is None or serial >= (current.serial or 0):
             # Warehouse's "remove project"; before 2018, "remove" without a version.
             removed = action == "remove project" or (action == "remove" and version is None)
             works[key] = Work(key, name, serial, removed)
     for key, named in versions.items():
-        works[key] = works[key]._replace(versions=frozenset(named))
+        works[key] = works[key]._replace(versions=frozenset(named),
+                                         yanks=frozenset(yanks.get(key, ())))
     return works
 
 
@@ -685,7 +692,7 @@ class XmlRpcImporter:
                 old = copies.get(work.key)
                 if (old is not None and work.serial is not None
                         and (old.get("last_serial") or -1) >= work.serial
-                        and not store.needs_repair(old)):
+                        and not store.needs_repair(old) and not work.yanks):
                     summary.skipped += 1
                     self._advance()
                     continue

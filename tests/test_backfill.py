@@ -424,6 +424,28 @@ async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_wo
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_yank_row_reaches_a_release_without_files_stored_as_new_already(small_world):
+    """The project was fetched (for an earlier row) after the yank: stored at the yank's
+    serial, its answer showing no files to flag. The yank's own row, on the next page
+    of the changelog, still asks for the release's own answer."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    fileless = "2.0.0.dev1"
+    world.index.publish(key, "3.0")
+    yanked_at = world.index.yank(key, fileless, "never meant to be")
+    world.resource.xmlrpc.changelog_limit = 1  # (a page a row)
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    project, stored = await stored_project(world.db, key)
+    assert project["last_serial"] == yanked_at
+    release = {d["version"]: d for d in stored}[fileless]
+    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
+    assert release["info"]["yanked"] is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
     world = small_world
     await run_pass(world.importer(), full=True)
