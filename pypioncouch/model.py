@@ -291,9 +291,15 @@ def with_own_info(release: dict, info: dict, vulnerabilities: list | None = None
     if vulnerabilities is not None:
         doc["vulnerabilities"] = vulnerabilities
     if not release.get("files"):
-        doc.update(yanked=bool(info.get("yanked")), yanked_reason=info.get("yanked_reason"),
-                   requires_python=info.get("requires_python"))
+        doc.update(own_flags(info))
     return doc
+
+
+def own_flags(info: dict) -> dict:
+    """A release without files' yanked flags and Requires-Python: only its own
+    metadata (``info``) says them."""
+    return {"yanked": bool(info.get("yanked")), "yanked_reason": info.get("yanked_reason"),
+            "requires_python": info.get("requires_python")}
 
 
 def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, list[dict]]:

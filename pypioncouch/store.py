@@ -95,9 +95,13 @@ def keep_attachments(project: dict, stored: dict | None) -> None:
 
 def keep_info(doc: dict, stored: dict) -> None:
     """A release written without ``info`` (no longer PyPI's latest) keeps its own
-    metadata stored earlier: as the latest, or by the backfill (even a moment ago)."""
+    metadata stored earlier: as the latest, or by the backfill (even a moment ago).
+    Without files, it keeps the flags that metadata gave it too (yanked,
+    Requires-Python): its project's answer has nothing to say them."""
     if doc.get("type") == model.RELEASE and "info" not in doc:
         doc.update(model.own_info_of(stored))
+        if not doc.get("files") and isinstance(doc.get("info"), dict):
+            doc.update(model.own_flags(doc["info"]))
 
 
 def same_project(stored: dict, base: dict | None) -> bool:

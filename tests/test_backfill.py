@@ -446,6 +446,28 @@ async def test_a_yank_row_reaches_a_release_without_files_stored_as_new_already(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_release_without_files_keeps_its_flags_once_not_the_latest(small_world):
+    """Its Requires-Python came from its info while it was the latest; when a newer
+    release comes, the project's answer says nothing of it any more."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(4))
+    world.index.publish(key, "40.0", files=0, requires_python=">=3.12")
+    await run_pass(world.importer())
+    world.index.publish(key, "41.0", requires_python=">=3.8")
+    await run_pass(world.importer())
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}["40.0"]
+    assert (release["requires_python"], release["info"]["requires_python"]) == \
+        (">=3.12", ">=3.12")
+    _, port, url = serve(world.db, syncing=False)
+    try:
+        assert await ours(url, key, "40.0") == (200, await oracle(world, key, "40.0"))
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
     world = small_world
     await run_pass(world.importer(), full=True)

@@ -179,12 +179,13 @@ async def test_a_rewrite_that_conflicts_carries_the_description_stored_now(couch
     db = couch.database(db_name)
     await db.ensure()
     store = Store(db)
-    base = model.release_document("big", "Big", "1.0", [], {"name": "Big", "version": "1.0",
-                                  "description": "old " * 1_100_000}, serial=10)
+    file = {"filename": "Big-1.0.tar.gz", "yanked": False, "yanked_reason": None}
+    base = model.release_document("big", "Big", "1.0", [file], {
+        "name": "Big", "version": "1.0", "description": "old " * 1_100_000}, serial=10)
     assert not (await store.write([dict(base)]))[0]
     stored = await db.get("big:1.0")
-    yank = {**model.release_document("big", "Big", "1.0", [], None, serial=11),
-            "yanked": True, "_rev": stored["_rev"]}
+    yank = {**model.release_document("big", "Big", "1.0", [dict(file, yanked=True)], None,
+                                     serial=11), "_rev": stored["_rev"]}
     store_module.keep_info(yank, stored)  # (as the sync's settle does)
     newer = {**base, "_rev": stored["_rev"], "last_serial": 11,
              "info": {**base["info"], "description": "new " * 1_100_000}}
