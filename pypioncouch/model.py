@@ -45,7 +45,10 @@ _SPLIT_KEYS = ("info", "releases", "urls")
 _QUERY_FIELDS = ("summary", "author", "author_email", "maintainer", "maintainer_email",
                  "license", "license_expression", "home_page", "download_url",
                  "project_urls", "requires_python")
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+# ASCII only, to the very end: IGNORECASE alone takes the Kelvin sign for a k, and
+# ``$`` a trailing newline.
+_VALID_NAME = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z",
+                         re.IGNORECASE | re.ASCII)
 
 
 # Where a release document's ``info`` came from (docs/schema.md).

@@ -256,7 +256,8 @@ def test_versions_sort_in_pep_440_order_unparsable_first():
 
 
 NAMES = [("Foo_Bar.baz", True), ("x", True), ("a-", False), ("-a", False), ("", False),
-         ("a b", False), ("zoë", False), ("A.B_C-D", True), ("_design", False)]
+         ("a b", False), ("zoë", False), ("A.B_C-D", True), ("_design", False),
+         ("foo\n", False), ("\u212aafka", False), ("\u017fix", False), ("\u0130nfo", False)]
 
 
 @pytest.mark.parametrize("name, valid", NAMES)
