@@ -842,8 +842,8 @@ class XmlRpcImporter:
             if old is not None:
                 deletions.append({**store.tombstone(work.key, serial), "_rev": old["_rev"]})
             return deletions, 0
-        if answer.kind == "empty":
-            name = (old or {}).get("name") or work.name
+        if answer.kind == "empty":  # (named as PyPI spells it now, but by a retry: the key)
+            name = ((old or {}).get("name") or work.name) if work.retry else work.name
             project = model.empty_project_document(name, answer.serial, answer.status)
             releases = []
         else:

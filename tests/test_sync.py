@@ -102,6 +102,23 @@ async def test_every_changelog_action_converges_to_the_truth(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_project_without_releases_takes_its_new_spelling(world):
+    """Removed, then created again spelled otherwise, still without a release: the
+    index and the pages name it as PyPI does now."""
+    w = world
+    w.index.create_project("Fresh_Project.Name")
+    await run_pass(w.importer(), full=True)
+    assert (await w.db.get("fresh-project-name"))["name"] == "Fresh_Project.Name"
+    w.index.remove_project("fresh-project-name")
+    w.index.create_project("fresh.project-name")
+    summary = await run_pass(w.importer())
+    assert summary.pending == 0, summary.errors
+    await w.settled()
+    stored = await w.read_db.get("fresh-project-name")
+    assert (stored["name"], stored["versions"]) == ("fresh.project-name", [])
+
+
+@pytest_twisted.ensureDeferred
 async def test_unchanged_releases_are_not_rewritten(world):
     await run_pass(world.importer(), full=True)
     key = normalize(world.index.dataset.name(2))
