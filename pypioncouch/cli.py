@@ -149,8 +149,12 @@ async def sync_command(reactor, args) -> int:
     progress = None if args.quiet else Progress()
 
     def show(status):
-        if progress is not None and status.import_total:
+        if progress is None:
+            return
+        if status.phase == "full import" and status.import_total:
             progress.update(status.import_done, status.import_total)
+        elif status.pass_total:  # (an update: its total grows with each changelog page)
+            progress.update(status.pass_done, status.pass_total)
 
     trace = Trace() if args.trace else None
     importer = XmlRpcImporter(db, pypi, concurrency=args.concurrency, source=args.source,

@@ -26,7 +26,9 @@ def progress_line(done: int, total: int, elapsed: float, width: int = 30,
 
 class Progress:
     """Call with ``(done, total)`` as often as you like; it redraws at most every
-    ``interval`` (0.2 s on a terminal, 10 s as log lines)."""
+    ``interval`` (0.2 s on a terminal, 10 s as log lines). Log lines are for long
+    work: the first comes ``interval`` after the start (a cron job's short pass writes
+    none), and ``force`` (all done) writes one only after others."""
 
     def __init__(self, stream: TextIO = sys.stderr, clock=time.monotonic,
                  tty: bool | None = None, unit: str = "projects"):
@@ -36,14 +38,17 @@ class Progress:
         self.interval = 0.2 if self.tty else 10.0
         self.unit = unit
         self.started = clock()
-        self._last = -1e9
+        self._last = -1e9 if self.tty else self.started
         self._drawn = False
+        self._wrote = False
+        self._latest: tuple[int, int] | None = None  # (figures given, not yet shown)
 
     def update(self, done: int, total: int, force: bool = False) -> None:
         now = self.clock()
-        if not force and now - self._last < self.interval:
+        self._latest = (done, total)
+        if now - self._last < self.interval and not (force and (self.tty or self._wrote)):
             return
-        self._last = now
+        self._last, self._wrote, self._latest = now, True, None
         line = progress_line(done, total, now - self.started, unit=self.unit)
         if self.tty:
             self.stream.write("\r" + line)
@@ -53,6 +58,9 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """End the bar (or the log lines) at the last figures given."""
+        if self._latest is not None and self._wrote:
+            self.update(*self._latest, force=True)
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()

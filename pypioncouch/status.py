@@ -43,6 +43,9 @@ class SyncStatus:
     our_serial_at: float | None = None
     import_total: int = 0
     import_done: int = 0
+    # An update pass's projects (its changelog pages' and retries', as they come).
+    pass_total: int = 0
+    pass_done: int = 0
     projects_written: int = 0
     projects_deleted: int = 0
     documents_written: int = 0

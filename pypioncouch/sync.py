@@ -425,6 +425,7 @@ class XmlRpcImporter:
         started = time.monotonic()
         summary = Summary(kind="update")
         self.status.phase = "incremental"
+        self.status.pass_total = self.status.pass_done = 0
         serial = checkpoint["serial"]
         pending: dict = dict(checkpoint.get("pending") or {})
         while True:
@@ -448,6 +449,7 @@ class XmlRpcImporter:
                         key, wanted, unlisted=listed is not None and key not in listed)
                 else:  # (named again: which versions the rows then named is lost)
                     works[key] = works[key]._replace(retry=True)
+            self.status.pass_total += len(works)
             failures.update(await self.sync(sorted(works.values()), summary, removals))
             await self.settle_removals(removals, summary, failures)
             if failures.overflow:
@@ -560,6 +562,8 @@ class XmlRpcImporter:
                      "each by name", count=len(strays) - len(quarantined))
         if self.status.phase == "full import":  # (asked about as part of it)
             self.status.import_total += len(strays)
+        else:
+            self.status.pass_total += len(strays)
         already = len(removals)
         failed = await self.sync(strays, summary, removals)
         failures.update(failed)
@@ -772,9 +776,10 @@ class XmlRpcImporter:
         return failures
 
     def _advance(self) -> None:
-        if self.status.phase != "full import":  # (the figures are the full import's)
-            return
-        self.status.import_done += 1
+        if self.status.phase == "full import":
+            self.status.import_done += 1
+        else:
+            self.status.pass_done += 1
         self.progress(self.status)
 
     def _failed(self, work: Work, cause: str, failures: dict, summary: Summary,
