@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "given up and retried (default 30; a long answer that keeps "
                              "coming is waited for)")
     parser.add_argument("--continuous", action="store_true",
-                        help="with --replicate: keep replicating until interrupted")
+                        help="with --replicate: replicate continuously (CouchDB goes "
+                             "on until it restarts; Ctrl-C only stops watching)")
     parser.add_argument("--trace", metavar="FILE",
                         help="with --fullimport/--update: write where the pass spent its "
                              "time to FILE (JSON: each stage busy, starved, blocked; the "

@@ -170,15 +170,17 @@ def found_revisions(entries: list) -> list[dict]:
     return [entry["ok"] for entry in entries or [] if isinstance(entry, dict) and "ok" in entry]
 
 
-def refusal(user: str, database: str, status: int | None) -> str:
+def refusal(user: str, database: str, status: int | None, *, writes: bool = True) -> str:
     """What a 401 or 403 from ``database`` means, for a person: 401 is who we are (no
-    or wrong credentials), 403 what that user may do."""
+    or wrong credentials), 403 what that user may do. One that ``writes`` (syncs:
+    the design document too) must be an admin of the database; a reader, a member."""
     if status == 401:
         return (f"CouchDB does not accept {user}: wrong user name or password"
                 if user != "an anonymous client" else
                 "CouchDB asks who we are: give user:password@ in the CouchDB URL")
-    return (f"CouchDB {user} may not read the database {database!r}: "
-            "make it an admin of that database (its _security)")
+    role = "an admin of that database" if writes else "one of that database's members"
+    return f"CouchDB {user} may not read the database {database!r}: make it {role} " \
+        "(its _security)"
 
 
 def _error_for_status(status: int) -> type[CouchError]:

@@ -50,6 +50,17 @@ def test_couchdb_refusing_our_credentials_is_not_called_silence():
     assert policy.reasons(False, {}) == [status.couch_problem]
 
 
+def test_a_refusal_names_the_right_a_reader_or_a_syncing_daemon_needs():
+    from pypioncouch.couch import refusal
+
+    assert refusal("user 'reader'", "pypi", 403, writes=False) == (
+        "CouchDB user 'reader' may not read the database 'pypi': make it one of that "
+        "database's members (its _security)")
+    assert refusal("user 'sync'", "pypi", 403) == (
+        "CouchDB user 'sync' may not read the database 'pypi': make it an admin of that "
+        "database (its _security)")
+
+
 def test_passes_that_write_nothing_but_failures_are_unhealthy_past_the_lag_budget():
     """Each pass keeps its failures pending and moves the checkpoint on: the lag stays 0
     while PyPI fails every project (a 503 for each JSON answer, say)."""

@@ -212,7 +212,7 @@ class WebFront:
         except Unauthorized as error:  # it answers, but not to us
             ok = False
             self.status.couch_problem = refusal(self.db.server.user, self.db.name,
-                                                error.status)
+                                                error.status, writes=self.syncing)
         except NotFound:
             ok = False
             self.status.couch_problem = f"CouchDB has no database '{self.db.name}'"
