@@ -552,8 +552,13 @@ class PyPI:
                              payload={"name": name})
 
     async def legacy_project(self, name: str, min_serial: int | None = None) -> ProjectAnswer:
-        """The same answer as :meth:`project`, from the pre-2024 XML-RPC methods."""
+        """The same answer as :meth:`project`, from the pre-2024 XML-RPC methods.
+        Asked without a serial (a project missing from a listing, a retry), its serial
+        is read first from its Simple page: never newer than the data read after it."""
         key = normalize(name)
+        if min_serial is None:
+            found = await self.simple_project(key)
+            min_serial = found[0] if found is not None else None
         versions = await self.call("package_releases", name, True)
         if not versions:
             answer = await self._project_without_json(name, key)

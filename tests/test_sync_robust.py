@@ -225,6 +225,10 @@ async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
     assert stored["info"]["summary"] == truth["info"]["summary"]
     assert {v: [f["digests"]["sha256"] for f in files] for v, files in stored["releases"].items()} \
         == {v: [f["digests"]["sha256"] for f in files] for v, files in truth["releases"].items()}
+    # Asked without a serial (missing from a listing, a retry): its own, from its
+    # Simple page, never null (a null serial is older than any, written over by any).
+    answer = await importer.pypi.legacy_project(w.index.dataset.name(2))
+    assert answer.serial == answer.payload["last_serial"] == w.index.get(key).last_serial
     # Today's PyPI answers those methods with a Fault: say so once, use the JSON API.
     w.resource.xmlrpc.legacy = False
     w.index.publish(key, "3.0")
