@@ -51,6 +51,10 @@ _VALID_NAME = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z",
                          re.IGNORECASE | re.ASCII)
 
 
+# The PEP 792 statuses only a project's Simple page says, which the status sweep
+# writes and the sync keeps (pypioncouch/status_sweep.py); quarantine is the sync's.
+SWEPT_STATUSES = ("active", "archived", "deprecated")
+
 # Where a release document's ``info`` came from (docs/schema.md).
 INFO_FROM_LATEST = "latest"  # the project's JSON API answer, while it was the latest
 INFO_FROM_VERSION = "version"  # PyPI's per-version JSON API answer

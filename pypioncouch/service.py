@@ -2,6 +2,7 @@
 
 One reactor runs the sync (full import, then the changelog every ``--interval``),
 the backfill of older releases' own metadata (``--backfill-rate``, ``--no-backfill``),
+the walk for archived projects (``--status-rate``),
 the web front on ``--listen`` (with ``--files DIR``, release files too), and the
 ``_changes`` followers. Every option can also
 come from the environment as ``PYPIONCOUCH_<OPTION>`` (``PYPIONCOUCH_COUCH``, ...), so a
@@ -32,6 +33,7 @@ from pypioncouch.opml_watcher import OpmlWatcher
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
+from pypioncouch.status_sweep import DEFAULT_RATE as STATUS_RATE, StatusSweep
 from pypioncouch.sync import XmlRpcImporter
 from pypioncouch.urls import (BadURL, check_database_name, redact, split_credentials,
                               split_database_url)
@@ -71,6 +73,9 @@ class Options(usage.Options):
         ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
          "PyPI's per-version JSON API, to fetch the metadata of older releases (in the "
          "background and, on the spot, for the web front: one budget)", float],
+        ["status-rate", None, STATUS_RATE, "at most this many Simple pages a second, "
+         "read in the background for each project's PEP 792 status (archived: PyPI's "
+         "JSON API and changelog do not say it); 0: never asked", float],
         ["files", None, None, "serve release files from this folder: the Simple API points "
          "at /files/..., a file missing there is fetched once from upstream, checked "
          "against its sha256 and kept (with --no-sync nothing is fetched: the mirror "
@@ -153,6 +158,9 @@ class Options(usage.Options):
         if not 0 < self["backfill-rate"] <= 100:
             raise usage.UsageError("--backfill-rate must be a number of requests a second "
                                    "above 0, at most 100")
+        if not 0 <= self["status-rate"] <= 100:
+            raise usage.UsageError("--status-rate must be a number of pages a second from "
+                                   "0 (never asked) to 100")
         if not 0 <= self["cache-mb"] <= 1024 * 1024:
             raise usage.UsageError("--cache-mb must be a number of megabytes, 0 or more")
         if not 1 <= self["concurrency"] <= 100:
@@ -317,6 +325,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
             Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
                      pacer=per_version, ready=lambda: status.our_serial is not None,
                      reactor=reactor).setServiceParent(top)
+        if options["status-rate"] > 0:
+            status_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=1,
+                               timeout=options["timeout"])
+            clients.append(status_pypi)
+            StatusSweep(db, status_pypi, status, rate=options["status-rate"],
+                        ready=lambda: status.our_serial is not None,
+                        reactor=reactor).setServiceParent(top)
     upstream = None
     if options["upstream"]:
         server, name = split_database_url(options["upstream"], options["db"])

@@ -26,6 +26,19 @@ class BackfillProgress:
 
 
 @dataclass
+class StatusSweepProgress:
+    """The walk for projects' PEP 792 status (pypioncouch/status_sweep.py)."""
+
+    state: str = "off"  # off | waiting (for the first sync) | running | idle
+    rate: float = 0.0  # Simple pages a second, at most
+    checked: int = 0  # projects asked about since start
+    changed: int = 0  # ... whose status was written anew
+    walks: int = 0  # walks ended (through every stored project)
+    errors: int = 0
+    last_error: str | None = None
+
+
+@dataclass
 class SyncStatus:
     """Live figures of one daemon. Times are POSIX seconds, read from ``clock`` (tests
     give a fake one)."""
@@ -72,6 +85,7 @@ class SyncStatus:
     held_since: float | None = None  # since when every pass has kept the checkpoint still
     held_reason: str | None = None  # why the last of them did
     backfill: BackfillProgress = field(default_factory=BackfillProgress)
+    status_sweep: StatusSweepProgress = field(default_factory=StatusSweepProgress)
     clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -852,7 +852,10 @@ class XmlRpcImporter:
             project = model.empty_project_document(name, answer.serial, answer.status)
             releases = []
         else:
-            project, releases = model.project_documents(answer.payload)
+            # The JSON API cannot say archived (PEP 792): the status sweep's word stays.
+            kept = (old or {}).get("status")
+            project, releases = model.project_documents(
+                answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
             if project["_id"] != work.key:
                 raise model.BadPayload(f"asked for {work.key}, PyPI answered "
                                        f"{project['_id']}")

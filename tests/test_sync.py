@@ -88,7 +88,7 @@ async def test_every_changelog_action_converges_to_the_truth(world):
     index.publish("Another.New", "0.1a1")
     index.quarantine(keys[8])
     index.clear_quarantine(keys[8])
-    index.archive(keys[9])  # no journal row: picked up only by a full re-check
+    index.archive(keys[9])  # no journal row: the status sweep's (test_status_sweep.py)
     summary = await run_pass(world.importer())
     assert summary.pending == 0, summary.errors
     assert summary.deleted == 1

@@ -245,6 +245,10 @@ class PackageIndex:
         """Archive (PEP 792): like PyPI, this writes no journal row."""
         self._editable(name).status = "archived"
 
+    def unarchive(self, name: str) -> None:
+        """Unarchive: no journal row either."""
+        self._editable(name).status = "active"
+
     def add_role(self, name: str, role: str, user: str) -> int:
         project = self._editable(name)
         project.roles.append((role, user))

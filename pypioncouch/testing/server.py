@@ -54,8 +54,8 @@ SLOW = "slow"
 XMLRPC_PATHS = ("/pypi", "/pypi/", "/RPC2")
 MUTATIONS = ("create_project", "publish", "add_file", "remove_file", "yank", "unyank",
              "remove_release", "remove_project", "quarantine", "clear_quarantine",
-             "quarantine_release", "clear_release_quarantine", "archive", "add_role",
-             "remove_role")
+             "quarantine_release", "clear_release_quarantine", "archive", "unarchive",
+             "add_role", "remove_role")
 _DISABLED = {
     "list_packages": "RuntimeError: PyPI no longer supports the XMLRPC list_packages method. "
                      "Use Simple API instead. See https://warehouse.pypa.io/api-reference/"

@@ -297,6 +297,7 @@ class WebFront:
             "opml": {"seq": s.opml_seq, "written": s.opml_written, "error": s.opml_error},
             "conflicts": {"settled": s.conflicts_settled, "error": s.conflicts_error},
             "backfill": dataclasses.asdict(s.backfill),
+            "status_sweep": dataclasses.asdict(s.status_sweep),
             "files": self.file_pages.summary() if self.file_pages else None,
             "couchdb_up": couch_ok, "cache": self.cache_figures(),
         }

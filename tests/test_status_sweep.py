@@ -1,0 +1,104 @@
+"""The status sweep: archived projects (PEP 792), which only their Simple pages say."""
+
+import pytest
+import pytest_twisted
+import treq
+
+from pypioncouch.status import SyncStatus
+from pypioncouch.status_sweep import POSITION, StatusSweep
+from pypioncouch.sync import run_pass
+from pypioncouch.testing.dataset import normalize
+
+from .test_web import serve
+
+pytestmark = pytest.mark.cluster
+
+
+def sweep_of(world, status=None):
+    return StatusSweep(world.db, world.importer().pypi, status or SyncStatus(), rate=100.0)
+
+
+async def served_status(url, key):
+    """The status our Simple API says, in JSON and in HTML."""
+    page = await (await treq.get(f"{url}/simple/{key}/", headers={
+        "Accept": "application/vnd.pypi.simple.v1+json"})).json()
+    html = await (await treq.get(f"{url}/simple/{key}/")).text()
+    return page["project-status"]["status"], html.split(
+        '<meta name="pypi:project-status" content="')[1].split('"')[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(world):
+    w = world(projects=12, seed=3)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(2))
+    w.index.archive(key)  # (no changelog row, no serial: the sync cannot know)
+    await run_pass(w.importer())
+    status = SyncStatus()
+    assert await sweep_of(w, status).walk() == 1
+    assert (status.status_sweep.changed, status.status_sweep.walks) == (1, 1)
+    assert status.status_sweep.checked == 12
+    _, port, url = serve(w.db, status=status)
+    try:
+        page = await (await treq.get(f"{url}/status")).text()
+        assert "12 Simple pages read, 1 projects' statuses written anew, 1 walks done" in page
+    finally:
+        await port.stopListening()
+    _, port, url = serve(w.db, syncing=False)
+    try:
+        await w.settled()
+        assert await served_status(url, key) == ("archived", "archived")
+        # A change the changelog names (a role): the JSON API's answer says no status,
+        # the one stored stays.
+        w.index.add_role(key, "Maintainer", "glyph")
+        assert (await run_pass(w.importer())).projects == 1
+        await w.settled()
+        assert (await w.db.get(key))["status"] == "archived"
+        w.index.unarchive(key)
+        assert await sweep_of(w).walk() == 1
+        await w.settled()
+        assert await served_status(url, key) == ("active", "active")
+        assert await sweep_of(w).walk() == 0  # (nothing new: nothing written)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_walk_goes_on_where_the_last_stopped_and_leaves_quarantine_alone(world):
+    w = world(projects=10, seed=4)
+    await run_pass(w.importer(), full=True)
+    keys = sorted(normalize(w.index.dataset.name(i)) for i in range(10))
+    w.index.quarantine(keys[1])
+    await run_pass(w.importer())
+    for key in keys:
+        if key != keys[1]:
+            w.index.archive(key)
+    first = SyncStatus()
+    assert await sweep_of(w, first).walk(limit=4) == 3  # (the quarantined one: not asked)
+    assert (first.status_sweep.checked, first.status_sweep.walks) == (3, 0)
+    assert (await w.db.get_local(POSITION))["after"] == keys[3]
+    # A restart: the next walk goes on after keys[3], to the end, then starts over.
+    then = SyncStatus()
+    assert await sweep_of(w, then).walk() == 6
+    assert (then.status_sweep.checked, then.status_sweep.walks) == (6, 1)
+    assert (await w.db.get_local(POSITION))["after"] is None
+    await w.settled()
+    stored = {key: (await w.db.get(key))["status"] for key in keys}
+    assert stored == {key: "quarantined" if key == keys[1] else "archived" for key in keys}
+
+
+def test_the_daemon_walks_for_statuses_unless_told_not_to():
+    from twisted.python import usage
+
+    from pypioncouch.service import Options, makeService
+
+    def services(*args):
+        options = Options()
+        options.parseOptions(["--couch", "http://127.0.0.1:5984/", *args])
+        return {service.name for service in makeService(options)}
+
+    assert "status-sweep" in services()
+    assert "status-sweep" not in services("--status-rate", "0")
+    assert "status-sweep" not in services("--no-sync")
+    with pytest.raises(usage.UsageError, match="--status-rate must be"):
+        Options().parseOptions(["--couch", "http://127.0.0.1:5984/", "--status-rate", "-1"])
