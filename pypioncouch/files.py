@@ -46,8 +46,8 @@ INCOMING = ".incoming"
 MANIFEST = "seeded.json"
 MANIFEST_LOCK = ".seeded.lock"  # held while the manifest is read and written again
 METADATA_SUFFIX = ".metadata"
-_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!~-]*$")
-_PROJECT = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!~-]*\Z")  # (\Z: "x.whl\n" is not)
+_PROJECT = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 STALE_INCOMING = 3600.0  # seconds: a temp file older than this is a crash's leftover
 
 

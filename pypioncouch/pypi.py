@@ -87,9 +87,11 @@ class MethodGone(RPCFault):
     """PyPI no longer serves this XML-RPC method."""
 
 
-class EndpointGone(MethodGone):
+class EndpointGone(MethodGone, Transient):
     """PyPI no longer serves XML-RPC at all: its endpoint answers 404, 405, 410 or 501
-    (the methods going one by one answer a Fault, :class:`MethodGone`)."""
+    (the methods going one by one answer a Fault, :class:`MethodGone`). Asked again
+    first, as a transient error: a proxy's or a CDN's passing 404 must not move a
+    daemon to the /simple/ index for the rest of its life."""
 
     def __init__(self, status: int, url: str):
         self.code, self.text = status, status_line(status)

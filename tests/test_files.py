@@ -888,3 +888,16 @@ def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(usage.UsageError, match=f"--files {tmp_path}/a-file: "):
         Options().parseOptions(base + ["--files", str(tmp_path / "a-file")])
+
+
+@pytest.mark.parametrize("filename, safe", [
+    ("pkg-1.0-py3-none-any.whl", True), ("pkg-1.0.tar.gz", True), (".hidden.whl", False),
+    ("a/b.whl", False), ("x..whl", False), ("pkg-1.0.whl\n", False), ("", False)])
+def test_only_a_plain_path_segment_names_a_stored_file(filename, safe):
+    from pypioncouch.files import BadFileName, is_safe_filename, relative_path
+
+    assert is_safe_filename(filename) is safe
+    if safe:
+        assert relative_path("pkg", filename) == f"pkg/{filename}"
+    with pytest.raises(BadFileName):
+        relative_path("pkg\n", "pkg-1.0.tar.gz")

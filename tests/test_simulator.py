@@ -210,7 +210,7 @@ async def test_simple_api_negotiates_like_warehouse(sim):
         "core-metadata", "data-dist-info-metadata", "provenance"]
     assert data["files"][0]["provenance"] is None
     html = await treq.get(f"{url}/simple/{key}/")
-    assert html.headers.getRawHeaders("content-type") == ["text/html"]
+    assert html.headers.getRawHeaders("content-type") == ["text/html; charset=utf-8"]
     assert b'data-yanked="broken build"' in await html.content()
     redirect = await treq.get(f"{url}/simple/{key.upper()}", allow_redirects=False)
     assert redirect.headers.getRawHeaders("location") == [f"/simple/{key}/"]

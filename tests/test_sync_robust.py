@@ -164,6 +164,20 @@ async def test_falls_back_to_the_simple_index_when_the_xmlrpc_endpoint_is_gone(w
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_passing_404_from_the_xmlrpc_endpoint_is_asked_again(world):
+    """A proxy's or a CDN's 404 for a moment does not move a daemon to the /simple/
+    index for the rest of its life."""
+    w = world(projects=6, seed=6)
+    await run_pass(w.importer(), full=True)
+    w.resource.xmlrpc.endpoint_status, w.resource.xmlrpc.endpoint_calls = 404, 2
+    w.index.publish(normalize(w.index.dataset.name(2)), "9.0")
+    importer = w.importer()
+    summary = await run_pass(importer)
+    assert importer.status.changes_source == "xmlrpc" and summary.projects == 1
+    assert importer.pypi.retried == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_first_import_starts_when_the_xmlrpc_endpoint_is_gone(world):
     w = world(projects=6, seed=7)
     w.resource.xmlrpc.endpoint_status = 404

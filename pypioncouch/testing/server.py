@@ -13,7 +13,8 @@ Routes (as on pypi.org, reference §1, §3, §4):
   methods), ``/_control/faults`` (``rate``, ``kinds``, ``seed``),
   ``/_control/latency`` (``ms``), ``/_control/stale`` (``seconds``),
   ``/_control/xmlrpc`` (``gone``: methods to remove, ``changelog_limit``, ``legacy``,
-  ``endpoint_status``: the HTTP status every XML-RPC call then gets, the endpoint gone),
+  ``endpoint_status``: the HTTP status every XML-RPC call then gets, the endpoint gone,
+  or the next ``endpoint_calls`` only),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
   see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``, ``padded``,
   ``gone``: files served with wrong bytes, held half-way, too long, or not at all, see
@@ -279,8 +280,10 @@ class PyPIXMLRPC(xmlrpc.XMLRPC):
         self.rate_window = rate_window
         self.changelog_limit = CHANGELOG_LIMIT
         self.gone: set[str] = set()  # methods removed at run time (-32601)
-        # The whole endpoint taken away: every POST answers this HTTP status (404, 410..)
+        # The whole endpoint taken away: every POST answers this HTTP status (404,
+        # 410..), or only the next ``endpoint_calls`` of them (a proxy's passing 404).
         self.endpoint_status: int | None = None
+        self.endpoint_calls: int | None = None
         self.clock = clock or default_reactor.seconds
         self._calls: dict[str, deque] = {}
         self.calls: Counter = Counter()
@@ -606,7 +609,9 @@ class SimulatorResource(Resource):
 
     def _dispatch(self, request, path):
         if path in XMLRPC_PATHS and request.method == b"POST" and \
-                self.xmlrpc.endpoint_status is not None:
+                self.xmlrpc.endpoint_status is not None and self.xmlrpc.endpoint_calls != 0:
+            if self.xmlrpc.endpoint_calls is not None:
+                self.xmlrpc.endpoint_calls -= 1
             request.setResponseCode(self.xmlrpc.endpoint_status)
             request.setHeader("Content-Type", "text/html; charset=utf-8")
             return b"<html><body><h1>This API has been retired</h1></body></html>"
@@ -667,7 +672,7 @@ class SimulatorResource(Resource):
                 return self._redirect(request, "/simple/")
             serial, rows = self.listing.listing(self.index)
             request.setHeader("X-PyPI-Last-Serial", str(serial))
-            request.setHeader("Content-Type", chosen)
+            request.setHeader("Content-Type", simple_pages.header_for(chosen))
             rows = [row for row in rows if (self.index.get(row[0]) is None
                                             or self.index.get(row[0]).status != "quarantined")]
             if chosen == simple_pages.V1_JSON:
@@ -682,7 +687,7 @@ class SimulatorResource(Resource):
             return self._plain(request, 404, "404 Not Found")
         versions, files, serial, status = found
         request.setHeader("X-PyPI-Last-Serial", str(serial))
-        request.setHeader("Content-Type", chosen)
+        request.setHeader("Content-Type", simple_pages.header_for(chosen))
         if chosen == simple_pages.V1_JSON:
             return simple_pages.detail_json(key, versions, files, serial, status)
         return simple_pages.detail_html(key, files, serial, status)
@@ -740,6 +745,7 @@ class SimulatorResource(Resource):
                 self.xmlrpc.legacy = bool(args["legacy"])
             if "endpoint_status" in args:
                 self.xmlrpc.endpoint_status = args["endpoint_status"]
+                self.xmlrpc.endpoint_calls = args.get("endpoint_calls")
             return {"ok": True}
         if operation == "listing":
             self.listing.configure(args.get("keep"), args.get("start"))

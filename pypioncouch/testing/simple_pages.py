@@ -65,6 +65,14 @@ def _ranges(accept: str) -> list[tuple[str, str, float]]:
     return found
 
 
+def header_for(content_type: str) -> str:
+    """The ``Content-Type`` header PyPI sends with a page of that type: Pyramid adds
+    ``charset=utf-8`` to ``text/*`` types (Warehouse's docs show
+    ``text/html; charset=utf-8``), not to the PEP 691 ones."""
+    return f"{content_type}; charset=utf-8" if content_type.startswith("text/") \
+        else content_type
+
+
 def choose_content_type(accept: str | None) -> str:
     """The content type PyPI answers a request with this Accept header."""
     ranges = _ranges(accept or "")
