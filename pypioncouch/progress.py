@@ -70,7 +70,8 @@ class Progress:
 class FollowingProgress:
     """The progress of a step that follows ``before``'s (the changes feed read after
     a pass): it begins at its first figures, closing ``before``'s bar, so that its
-    rate and ETA are its own; its last figures (all done) are always drawn."""
+    rate and ETA are its own; its last figures (all done) are always drawn on a
+    terminal (and as a log line after others)."""
 
     def __init__(self, before: Progress, unit: str):
         self.before = before

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from pypioncouch import model
-from pypioncouch.couch import WHOLE_ANSWER_BYTES, Database, NotFound, doc_path, revision_order
+from pypioncouch.couch import (
+    WHOLE_ANSWER_BYTES, Conflict, Database, NotFound, doc_path, revision_order)
 
 CONFLICT_ROUNDS = 3
 # From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), the texts of
@@ -106,9 +107,23 @@ def keep_info(doc: dict, stored: dict) -> None:
 
 def same_project(stored: dict, base: dict | None) -> bool:
     """Whether ``stored`` is the copy a plan was made against, but for attachments
-    (the OPML watcher's)."""
+    (the OPML watcher's) and a status the status sweep wrote (see :func:`keep_status`)."""
     return base is not None and all(stored.get(k) == base.get(k) for k in (
-        "last_serial", "release_digests", "versions", "status"))
+        "last_serial", "release_digests", "versions")) and (
+        stored.get("status") == base.get("status") or
+        _swept(stored.get("status")) and _swept(base.get("status")))
+
+
+def keep_status(project: dict, stored: dict, base: dict | None) -> None:
+    """A project rewritten over a copy whose status the status sweep changed meanwhile
+    (archived, say) keeps that status, unless the plan changed it itself."""
+    if base is not None and project.get("status") == base.get("status") and \
+            _swept(project.get("status")) and _swept(stored.get("status")):
+        project["status"] = stored["status"]
+
+
+def _swept(status: str | None) -> bool:
+    return status in model.SWEPT_STATUSES
 
 
 def needs_repair(project: dict) -> bool:
@@ -222,6 +237,23 @@ class Store:
         for doc in (await self.db.bulk_get(ids)).values():
             releases.setdefault(doc["project"], []).append(doc)
         return [(p, releases.get(p["_id"], [])) for p in projects]
+
+    async def set_status(self, key: str, status: str) -> bool:
+        """Write a project's PEP 792 ``status`` and nothing else (the status sweep's),
+        with the revision just read, read again on a conflict. False when not written:
+        not a stored project, quarantined (the sync's to change), already so, or
+        changed by others at every try."""
+        for _ in range(CONFLICT_ROUNDS):
+            doc = await self.db.get_or_none(key)
+            if doc is None or not is_project_doc(doc) or \
+                    doc.get("status") in ("quarantined", status):
+                return False
+            try:
+                await self.db.put({**doc, "status": status})
+                return True
+            except Conflict:
+                continue
+        return False
 
     async def release_ids(self, key: str) -> list[str]:
         """The ids of every release document stored for ``key`` (whatever ``versions``
@@ -376,6 +408,7 @@ class Store:
                 if stored is not None and not doc.get("_deleted"):
                     if is_project_doc(doc):
                         keep_attachments(doc, stored)
+                        keep_status(doc, stored, bases.get(doc["_id"]))
                     keep_info(doc, stored)
                 pending.append(doc)
         for doc in pending:

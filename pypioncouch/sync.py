@@ -63,6 +63,9 @@ class Work(NamedTuple):
     # The versions its rows yanked or unyanked: a release without files shows that in
     # its own metadata only, asked for even when the project is stored as new as this.
     yanks: frozenset = frozenset()
+    # Its rows created it or uploaded to it: not archived then (PyPI takes no upload
+    # to an archived project), so a stored status the status sweep wrote is not kept.
+    uploaded: bool = False
 
 
 class Pending(dict):
@@ -220,6 +223,7 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     works: dict[str, Work] = {}
     versions: dict[str, set[str]] = {}
     yanks: dict[str, set[str]] = {}
+    uploaded: set[str] = set()
     for row in rows:
         name, version, action, serial = row[0], row[1], row[3], row[4]
         if not name or name.startswith("user:") or not model.is_valid_project_name(name):
@@ -229,6 +233,9 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
             versions.setdefault(key, set()).add(version)
             if action in ("yank release", "unyank release"):
                 yanks.setdefault(key, set()).add(version)
+        if action in ("create", "new release") or (
+                isinstance(action, str) and action.startswith("add ") and " file " in action):
+            uploaded.add(key)
         current = works.get(key)
         if current is None or serial >= (current.serial or 0):
             # Warehouse's "remove project"; before 2018, "remove" without a version.
@@ -237,6 +244,8 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     for key, named in versions.items():
         works[key] = works[key]._replace(versions=frozenset(named),
                                          yanks=frozenset(yanks.get(key, ())))
+    for key in uploaded:
+        works[key] = works[key]._replace(uploaded=True)
     return works
 
 
@@ -847,13 +856,15 @@ class XmlRpcImporter:
             if old is not None:
                 deletions.append({**store.tombstone(work.key, serial), "_rev": old["_rev"]})
             return deletions, 0
-        if answer.kind == "empty":  # (named as PyPI spells it now, but by a retry: the key)
-            name = ((old or {}).get("name") or work.name) if work.retry else work.name
+        if answer.kind == "empty":  # (named as PyPI spells it now; a retry knows the key)
+            spelled = not work.retry or work.name != work.key
+            name = work.name if spelled else (old or {}).get("name") or work.name
             project = model.empty_project_document(name, answer.serial, answer.status)
             releases = []
         else:
-            # The JSON API cannot say archived (PEP 792): the status sweep's word stays.
-            kept = (old or {}).get("status")
+            # The JSON API cannot say archived (PEP 792): the status sweep's word stays,
+            # but for a project created or uploaded to since.
+            kept = None if work.uploaded else (old or {}).get("status")
             project, releases = model.project_documents(
                 answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
             if project["_id"] != work.key:

@@ -4,11 +4,13 @@ import pytest
 import pytest_twisted
 import treq
 
+from pypioncouch import couchapp
 from pypioncouch.status import SyncStatus
 from pypioncouch.status_sweep import POSITION, StatusSweep
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import normalize
 
+from .helpers import sleep
 from .test_web import serve
 
 pytestmark = pytest.mark.cluster
@@ -16,6 +18,17 @@ pytestmark = pytest.mark.cluster
 
 def sweep_of(world, status=None):
     return StatusSweep(world.db, world.importer().pypi, status or SyncStatus(), rate=100.0)
+
+
+async def view_shows(world, statuses):
+    """Wait until the catalog view (what a walk reads) says ``{key: status}``: on a
+    cluster, a copy may answer before a write reached it."""
+    for _ in range(200):
+        rows = dict(await couchapp.project_statuses(world.db, None, 1000))
+        if all(rows.get(key) == status for key, status in statuses.items()):
+            return
+        await sleep(0.05)
+    raise AssertionError(f"the view says {rows}, not {statuses}")
 
 
 async def served_status(url, key):
@@ -34,6 +47,8 @@ async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(w
     key = normalize(w.index.dataset.name(2))
     w.index.archive(key)  # (no changelog row, no serial: the sync cannot know)
     await run_pass(w.importer())
+    await w.settled()
+    await view_shows(w, {key: "active"})
     status = SyncStatus()
     assert await sweep_of(w, status).walk() == 1
     assert (status.status_sweep.changed, status.status_sweep.walks) == (1, 1)
@@ -55,10 +70,22 @@ async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(w
         await w.settled()
         assert (await w.db.get(key))["status"] == "archived"
         w.index.unarchive(key)
+        await view_shows(w, {key: "archived"})
         assert await sweep_of(w).walk() == 1
         await w.settled()
         assert await served_status(url, key) == ("active", "active")
+        await view_shows(w, {key: "active"})
         assert await sweep_of(w).walk() == 0  # (nothing new: nothing written)
+        # Archived again; an upload after (PyPI takes none while archived) says it
+        # is not: the sync does not keep the status the walk wrote.
+        w.index.archive(key)
+        await view_shows(w, {key: "active"})
+        assert await sweep_of(w).walk() == 1
+        w.index.unarchive(key)
+        w.index.publish(key, "77.0")
+        await run_pass(w.importer())
+        await w.settled()
+        assert await served_status(url, key) == ("active", "active")
     finally:
         await port.stopListening()
 
@@ -70,6 +97,8 @@ async def test_a_walk_goes_on_where_the_last_stopped_and_leaves_quarantine_alone
     keys = sorted(normalize(w.index.dataset.name(i)) for i in range(10))
     w.index.quarantine(keys[1])
     await run_pass(w.importer())
+    await w.settled()
+    await view_shows(w, {keys[1]: "quarantined"})
     for key in keys:
         if key != keys[1]:
             w.index.archive(key)
@@ -102,3 +131,22 @@ def test_the_daemon_walks_for_statuses_unless_told_not_to():
     assert "status-sweep" not in services("--no-sync")
     with pytest.raises(usage.UsageError, match="--status-rate must be"):
         Options().parseOptions(["--couch", "http://127.0.0.1:5984/", "--status-rate", "-1"])
+
+
+def test_a_status_the_walk_wrote_meanwhile_is_no_conflict_for_the_sync():
+    """The sync rewrites a project it read as active; the walk wrote archived since:
+    the same copy but for that, so the sync's write goes on, and keeps archived."""
+    from pypioncouch.store import keep_status, same_project
+
+    base = {"last_serial": 7, "release_digests": {"1.0": ["a", "b"]}, "versions": ["1.0"],
+            "status": "active"}
+    stored = {**base, "status": "archived", "_rev": "3-x"}
+    assert same_project(stored, base)
+    assert not same_project({**stored, "status": "quarantined"}, base)
+    assert not same_project({**stored, "last_serial": 8}, base)
+    rewritten = {**base, "summary": "new"}
+    keep_status(rewritten, stored, base)
+    assert rewritten["status"] == "archived"
+    chosen = {**base, "status": "quarantined"}  # (the plan's own change: kept)
+    keep_status(chosen, stored, base)
+    assert chosen["status"] == "quarantined"

@@ -75,6 +75,16 @@ async def all_projects(db: Database, batch: int = 5000,
         startkey = last = rows[-1]["key"]
 
 
+async def project_statuses(db: Database, after: str | None, limit: int,
+                           timeout: float = 3600) -> list[tuple[str, str | None]]:
+    """``(project, its PEP 792 status)`` by name, the first ``limit`` after ``after``
+    (from the start when None)."""
+    low, high = facet_range("name")
+    rows = await query(db, startkey=low if after is None else ["name", after], endkey=high,
+                       limit=limit + (after is not None), reduce=False, timeout=timeout)
+    return [(row["id"], row["value"][2]) for row in rows if row["id"] != after][:limit]
+
+
 async def count(db: Database, facet: str, *prefix: Any, timeout: float | None = None
                 ) -> int:
     """How many rows ``facet`` (under ``prefix``) has: for "name", the projects."""
