@@ -871,7 +871,9 @@ class XmlRpcImporter:
                 raise model.BadPayload(f"asked for {work.key}, PyPI answered "
                                        f"{project['_id']}")
         new_digests = project["release_digests"]  # computed once, by the model
-        releases, refreshed = _with_own_answers(work.key, releases, answer.own)
+        releases, refreshed = _with_own_answers(
+            work.key, releases, answer.own,
+            lambda message: self.status.note_sync_error(message, "payload"))
         changed = [r for r in releases if r["version"] in refreshed or
                    model.release_needs_write(new_digests[r["version"]],
                                              old_digests.get(r["version"]))]
@@ -1064,7 +1066,8 @@ class XmlRpcImporter:
         self._superseded(work, summary)
 
 
-def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict]
+def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict],
+                      said: Callable[[str], None] = lambda message: None
                       ) -> tuple[list[dict], set[str]]:
     """``releases`` with the own metadata of per-version answers (``own``, by version)
     and the versions that took it. (The project's record keeps their digests as the
@@ -1081,9 +1084,11 @@ def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict]
                 release = model.with_own_info(release, info,
                                               model.release_vulnerabilities(payload))
             except (model.BadPayload, TypeError, ValueError) as error:
-                log.warn("{name} {version}: malformed per-version answer ({error}); its "
-                         "stored metadata kept", name=key, version=release["version"],
-                         error=error)
+                # (the release keeps its stored metadata; the project is written)
+                message = (f"{key} {release['version']}: malformed per-version answer "
+                           f"({error}); its stored metadata kept")
+                log.warn("{message}", message=message)
+                said(message)  # (on /status)
             else:
                 refreshed.add(release["version"])
         taken.append(release)

@@ -437,10 +437,15 @@ def test_changelog_rows_make_one_work_per_project_naming_every_version():
             ["foo-bar", "1.1", 1700000002, "new release", 12],
             ["foo-bar", "1.1", 1700000003, "remove release", 13],
             ["Other", None, 1700000004, "create", 14],
-            ["user:someone", None, 1700000005, "add Owner x", 15]]
+            ["user:someone", None, 1700000005, "add Owner x", 15],
+            ["Third", "0.9", 1700000006, "yank release", 16],
+            ["Third", None, 1700000007, "add Maintainer y", 17]]
     assert group_changelog(rows) == {
-        "foo-bar": Work("foo-bar", "foo-bar", 13, False, frozenset({"1.0", "1.1"})),
-        "other": Work("other", "Other", 14)}
+        "foo-bar": Work("foo-bar", "foo-bar", 13, False, frozenset({"1.0", "1.1"}),
+                        uploaded=True),
+        "other": Work("other", "Other", 14, uploaded=True),
+        "third": Work("third", "Third", 17, versions=frozenset({"0.9"}),
+                      yanks=frozenset({"0.9"}))}
 
 
 @pytest.mark.parametrize("stored_before", [True, False], ids=["stored", "new project"])
@@ -590,3 +595,18 @@ async def test_quarantined_releases_leave_the_mirror_and_come_back(world):
     await mirrored()
     assert hidden in (await stored_project(world.read_db, several))[0]["versions"]
     assert (await stored_project(world.read_db, alone))[0]["versions"] == [only]
+
+
+def test_a_malformed_per_version_answer_keeps_the_stored_metadata_and_is_said():
+    """PyPI matches versions canonically: asked for 1.0, it may answer with 1.0.0's
+    metadata. That answer is not taken, and the reason reaches /status."""
+    from pypioncouch.sync import _with_own_answers
+
+    release = {"_id": "foo:1.0", "version": "1.0", "files": [], "yanked": False}
+    said = []
+    taken, refreshed = _with_own_answers(
+        "foo", [release], {"1.0": {"info": {"name": "foo", "version": "1.0.0"}}},
+        said.append)
+    assert (taken, refreshed) == ([release], set())
+    assert len(said) == 1 and said[0].startswith("foo 1.0: malformed per-version answer (")
+    assert said[0].endswith("); its stored metadata kept")
