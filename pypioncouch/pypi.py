@@ -429,7 +429,12 @@ class PyPI:
                 raise Transient("malformed Simple page", self.display_url + path)
             serial = _serial(headers, _meta_serial(page))
             files = page.get("files")
-            return (serial, (page.get("project-status") or {}).get("status", "active"),
+            marker = page.get("project-status") or {}  # (PEP 792: none means active)
+            if not isinstance(marker, dict) or not isinstance(
+                    marker.get("status", "active"), str):
+                raise Transient("malformed Simple page (project-status)",
+                                self.display_url + path)
+            return (serial, marker.get("status", "active"),
                     len(files) if isinstance(files, list) else 0)
 
         return await self._retrying(attempt)

@@ -12,9 +12,11 @@ pages are not read again and again). Where a walk is is kept in
 
 Quarantine is the sync's (the changelog says it, and the JSON API answers 404): a
 project stored as quarantined, or found quarantined, is left to it. A write changes
-``status`` only (:meth:`Store.set_status`). The sync keeps a stored status when the
-JSON API answers (it cannot tell), and takes one written while it was rewriting the
-project (:func:`store.keep_status`), so neither undoes the other's work.
+``status`` only, and not in a project stored from an answer newer than the page
+(:meth:`Store.set_status`). The sync keeps a stored status when the JSON API answers
+(it cannot tell), and takes one written while it was rewriting the project
+(:func:`store.keep_status`), but not over an upload since (PyPI takes none while a
+project is archived), so neither undoes the other's work.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.backfill import Pacer
 from pypioncouch.backoff import doubling
-from pypioncouch.couch import Database
+from pypioncouch.couch import CouchError, Database, Timeout, Unreachable
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PyPI, PyPIError, Transient
 from pypioncouch.status import SyncStatus
@@ -74,56 +76,69 @@ class StatusSweep(CoroutineService):
     async def run(self) -> None:
         while not self.ready():  # (the first sync pass stores the projects)
             await task.deferLater(self.reactor, self.poll, lambda: None)
+        failures = 0
         while self.running:
             began = self.reactor.seconds()
             try:
-                await self.walk()
+                ended = await self.walk()
             except defer.CancelledError:
                 raise
             except Exception as error:  # CouchDB away: go on after a pause
+                failures += 1
+                self.figures.state = "waiting"
                 self._note_error(f"status sweep: {error}")
                 log.error("status sweep failed: {error}", error=error)
-            wait = max(FIRST_HOLD, began + MIN_WALK_SECONDS - self.reactor.seconds())
-            await task.deferLater(self.reactor, wait, lambda: None)
+                wait = doubling(failures, FIRST_HOLD, MAX_HOLD)
+            else:
+                failures = 0
+                wait = began + MIN_WALK_SECONDS - self.reactor.seconds() if ended else 0.0
+            await task.deferLater(self.reactor, max(0.0, wait), lambda: None)
 
-    async def walk(self, limit: int | None = None) -> int:
+    async def walk(self, limit: int | None = None) -> bool:
         """Go on with the walk from where it is, to its end (or ``limit`` projects);
-        returns how many projects changed status."""
+        returns whether it reached the end (then the next starts over). A ``limit``
+        that stops on the last project leaves the end for the next call to find."""
         self.figures.state = "running"
         position = await self.db.get_local(POSITION) or {}
         after = position.get("after")
-        changed = seen = 0
+        seen, ended = 0, False
         while limit is None or seen < limit:
             page = await couchapp.project_statuses(
                 self.db, after, PAGE if limit is None else min(PAGE, limit - seen))
             for key, stored in page:
-                changed += await self._check(key, stored)
+                await self._check(key, stored)
                 seen += 1
                 after = key
             if not page or (limit is None and len(page) < PAGE):
-                after = None  # walked through: the next walk starts over
+                after, ended = None, True  # walked through: the next starts over
                 self.figures.walks += 1
                 break
-            position = await self._save(position, after)
+            if limit is None or seen < limit:
+                position = await self._save(position, after)
         await self._save(position, after)
         self.figures.state = "idle"
-        return changed
+        return ended
 
-    async def _check(self, key: str, stored: str | None) -> int:
-        """Ask PyPI about one project; 1 if its status was written anew."""
+    async def _check(self, key: str, stored: str | None) -> None:
+        """Ask PyPI about one project; write its status if it changed."""
         if stored == "quarantined":
-            return 0
+            return
         found = await self._ask(key)
         if found is None:
-            return 0  # gone (the sync's to remove), or PyPI failing: the next walk
-        now = found[1]
+            return  # gone (the sync's to remove), or PyPI failing: the next walk
+        serial, now, _ = found
         if now == (stored or "active") or now not in model.SWEPT_STATUSES:
-            return 0
-        if not await self.store.set_status(key, now):
-            return 0
-        log.info("{key}: {status} on PyPI", key=key, status=now)
-        self.figures.changed += 1
-        return 1
+            return
+        try:
+            written = await self.store.set_status(key, now, serial)
+        except (Unreachable, Timeout):
+            raise  # (CouchDB away: the walk stops, and goes on from here later)
+        except CouchError as error:  # this document's (a validate function's 403...)
+            self._note_error(f"{key}: {error}")
+            return
+        if written:
+            log.info("{key}: {status} on PyPI", key=key, status=now)
+            self.figures.changed += 1
 
     async def _ask(self, key: str) -> tuple | None:
         for tries in range(1, TRIES + 1):

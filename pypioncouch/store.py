@@ -23,6 +23,7 @@ pass) is the sync's policy (:mod:`pypioncouch.removals`); how it is removed is h
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from twisted.internet import defer
@@ -115,8 +116,8 @@ def same_project(stored: dict, base: dict | None) -> bool:
 
 
 def keep_status(project: dict, stored: dict, base: dict | None) -> None:
-    """A project rewritten over a copy whose status the status sweep changed meanwhile
-    (archived, say) keeps that status, unless the plan changed it itself."""
+    """A project whose status is its stored copy's (``base``), rewritten over a copy
+    whose status the status sweep changed meanwhile (archived, say), takes that one."""
     if base is not None and project.get("status") == base.get("status") and \
             _swept(project.get("status")) and _swept(stored.get("status")):
         project["status"] = stored["status"]
@@ -238,15 +239,17 @@ class Store:
             releases.setdefault(doc["project"], []).append(doc)
         return [(p, releases.get(p["_id"], [])) for p in projects]
 
-    async def set_status(self, key: str, status: str) -> bool:
-        """Write a project's PEP 792 ``status`` and nothing else (the status sweep's),
-        with the revision just read, read again on a conflict. False when not written:
-        not a stored project, quarantined (the sync's to change), already so, or
-        changed by others at every try."""
+    async def set_status(self, key: str, status: str, serial: int | None) -> bool:
+        """Write a project's PEP 792 ``status`` as PyPI said it at ``serial`` (the
+        status sweep's), and nothing else, with the revision just read, read again on a
+        conflict. False when not written: not a stored project, quarantined (the
+        sync's to change), already so, stored from a newer answer (an upload since),
+        or changed by others at every try."""
         for _ in range(CONFLICT_ROUNDS):
             doc = await self.db.get_or_none(key)
             if doc is None or not is_project_doc(doc) or \
-                    doc.get("status") in ("quarantined", status):
+                    doc.get("status") in ("quarantined", status) or \
+                    newer(doc.get("last_serial"), serial):
                 return False
             try:
                 await self.db.put({**doc, "status": status})
@@ -338,14 +341,16 @@ class Store:
             settled.append(doc)
         return settled
 
-    async def write(self, docs: list[dict], bases: dict | None = None
+    async def write(self, docs: list[dict], bases: dict | None = None,
+                    keeps_status: Container[str] = ()
                     ) -> tuple[dict[str, str], dict[str, dict | None]]:
         """Write ``docs``, settling conflicts with the stored revision (we own these
         documents; a conflict means an interrupted earlier write, the OPML watcher's
         attachment, or another writer). A document never replaces a newer one.
 
         ``bases`` gives, for project documents, the stored copy they were planned
-        against. Returns ``({id: reason} not written, {id: newer stored copy or None
+        against; those in ``keeps_status`` took their status from it (PyPI did not say
+        one), and take the one stored meanwhile (:func:`keep_status`). Returns ``({id: reason} not written, {id: newer stored copy or None
         for a newer removal} dropped as older)``; each document written carries its new
         ``_rev``."""
         rejected: dict[str, str] = {}
@@ -408,7 +413,8 @@ class Store:
                 if stored is not None and not doc.get("_deleted"):
                     if is_project_doc(doc):
                         keep_attachments(doc, stored)
-                        keep_status(doc, stored, bases.get(doc["_id"]))
+                        if doc["_id"] in keeps_status:
+                            keep_status(doc, stored, bases.get(doc["_id"]))
                     keep_info(doc, stored)
                 pending.append(doc)
         for doc in pending:

@@ -863,8 +863,10 @@ class XmlRpcImporter:
             releases = []
         else:
             # The JSON API cannot say archived (PEP 792): the status sweep's word stays,
-            # but for a project created or uploaded to since.
-            kept = None if work.uploaded else (old or {}).get("status")
+            # but for archived in a project created or uploaded to since.
+            kept = (old or {}).get("status")
+            if work.uploaded and kept == "archived":
+                kept = None
             project, releases = model.project_documents(
                 answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
             if project["_id"] != work.key:
@@ -963,7 +965,8 @@ class XmlRpcImporter:
         with self.trace.part("write: projects"):
             rejected, superseded = await self.store.write(
                 [d for plan in landed for d in plan[3] if store.is_project_doc(d)],
-                bases={plan[0].key: bases[plan[0].key] for plan in landed})
+                bases={plan[0].key: bases[plan[0].key] for plan in landed},
+                keeps_status=_status_from_stored(landed))
         for work, old, answer, plan_docs, releases in landed:
             if work.key in superseded:
                 await self._repair(work, plan_docs, rejected, superseded, failures, summary)
@@ -1006,7 +1009,7 @@ class XmlRpcImporter:
         if not marks:
             return ready
         rejected, superseded = await self.store.write(list(marks.values()),
-                                                      bases=dict(bases))
+                                                      bases=dict(bases), keeps_status=marks)
         going = []
         for plan in ready:
             work, _, _, docs, _ = plan
@@ -1064,6 +1067,13 @@ class XmlRpcImporter:
             if ours:  # the newer copy kept changing: marked nothing, so ask again
                 failures[work.key] = work.serial
         self._superseded(work, summary)
+
+
+def _status_from_stored(plans: list) -> set[str]:
+    """The projects of ``plans`` whose status is their stored copy's: PyPI's JSON API
+    said none (a Simple page, or an upload since, says one: that one is written)."""
+    return {work.key for work, _, answer, *_ in plans
+            if answer.kind == "project" and not work.uploaded}
 
 
 def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict],

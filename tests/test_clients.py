@@ -393,6 +393,18 @@ def test_a_404_from_the_json_api_asks_the_simple_api(case, simple_answer, expect
     assert http.requests[1][2]["Accept"] == V1_JSON
 
 
+def test_a_simple_page_whose_status_marker_is_not_an_object_is_retried():
+    """(a string there cost the status sweep its walk: it stopped on that project)"""
+    page = (200, {}, b'{"meta": {"_last-serial": 13}, "project-status": "archived", '
+                     b'"files": []}')
+    good = (200, {}, b'{"meta": {"_last-serial": 13}, "project-status": '
+                     b'{"status": "archived"}, "files": []}')
+    pypi, http, clock = pypi_with(page, good)
+    _, results = started(pypi.simple_project("Foo_Bar"))
+    clock.advance(1.0)
+    assert outcome(results) == (13, "archived", 0) and len(http.requests) == 2
+
+
 def test_an_answer_pypi_should_not_give_is_an_error_at_once():
     pypi, http, clock = pypi_with((403, {}, b"Forbidden"))
     _, results = started(pypi.project("Foo_Bar"))

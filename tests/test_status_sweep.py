@@ -20,6 +20,13 @@ def sweep_of(world, status=None):
     return StatusSweep(world.db, world.importer().pypi, status or SyncStatus(), rate=100.0)
 
 
+async def written_by_a_walk(world) -> int:
+    """Walk through every stored project; how many statuses it wrote."""
+    status = SyncStatus()
+    assert await sweep_of(world, status).walk()
+    return status.status_sweep.changed
+
+
 async def view_shows(world, statuses):
     """Wait until the catalog view (what a walk reads) says ``{key: status}``: on a
     cluster, a copy may answer before a write reached it."""
@@ -50,7 +57,7 @@ async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(w
     await w.settled()
     await view_shows(w, {key: "active"})
     status = SyncStatus()
-    assert await sweep_of(w, status).walk() == 1
+    assert await sweep_of(w, status).walk()  # (to the end)
     assert (status.status_sweep.changed, status.status_sweep.walks) == (1, 1)
     assert status.status_sweep.checked == 12
     _, port, url = serve(w.db, status=status)
@@ -71,16 +78,16 @@ async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(w
         assert (await w.db.get(key))["status"] == "archived"
         w.index.unarchive(key)
         await view_shows(w, {key: "archived"})
-        assert await sweep_of(w).walk() == 1
+        assert await written_by_a_walk(w) == 1
         await w.settled()
         assert await served_status(url, key) == ("active", "active")
         await view_shows(w, {key: "active"})
-        assert await sweep_of(w).walk() == 0  # (nothing new: nothing written)
+        assert await written_by_a_walk(w) == 0  # (nothing new: nothing written)
         # Archived again; an upload after (PyPI takes none while archived) says it
         # is not: the sync does not keep the status the walk wrote.
         w.index.archive(key)
         await view_shows(w, {key: "active"})
-        assert await sweep_of(w).walk() == 1
+        assert await written_by_a_walk(w) == 1
         w.index.unarchive(key)
         w.index.publish(key, "77.0")
         await run_pass(w.importer())
@@ -103,13 +110,15 @@ async def test_a_walk_goes_on_where_the_last_stopped_and_leaves_quarantine_alone
         if key != keys[1]:
             w.index.archive(key)
     first = SyncStatus()
-    assert await sweep_of(w, first).walk(limit=4) == 3  # (the quarantined one: not asked)
-    assert (first.status_sweep.checked, first.status_sweep.walks) == (3, 0)
+    assert not await sweep_of(w, first).walk(limit=4)  # (not to the end)
+    assert (first.status_sweep.checked, first.status_sweep.changed) == (3, 3)  # (not
+    assert first.status_sweep.walks == 0  # the quarantined one)
     assert (await w.db.get_local(POSITION))["after"] == keys[3]
     # A restart: the next walk goes on after keys[3], to the end, then starts over.
     then = SyncStatus()
-    assert await sweep_of(w, then).walk() == 6
-    assert (then.status_sweep.checked, then.status_sweep.walks) == (6, 1)
+    assert await sweep_of(w, then).walk()
+    assert (then.status_sweep.checked, then.status_sweep.changed) == (6, 6)
+    assert then.status_sweep.walks == 1
     assert (await w.db.get_local(POSITION))["after"] is None
     await w.settled()
     stored = {key: (await w.db.get(key))["status"] for key in keys}
@@ -150,3 +159,15 @@ def test_a_status_the_walk_wrote_meanwhile_is_no_conflict_for_the_sync():
     chosen = {**base, "status": "quarantined"}  # (the plan's own change: kept)
     keep_status(chosen, stored, base)
     assert chosen["status"] == "quarantined"
+
+
+def test_only_a_status_the_json_api_could_not_say_is_taken_from_the_stored_copy():
+    """An upload says the project is not archived; an empty project's status is its
+    Simple page's: those are written as they are, not the one stored meanwhile."""
+    from pypioncouch.pypi import ProjectAnswer
+    from pypioncouch.sync import Work, _status_from_stored
+
+    plans = [(Work("a", "A", 5), None, ProjectAnswer("a", "project")),
+             (Work("b", "B", 5, uploaded=True), None, ProjectAnswer("b", "project")),
+             (Work("c", "C", 5), None, ProjectAnswer("c", "empty", status="archived"))]
+    assert _status_from_stored([(*plan, [], 0) for plan in plans]) == {"a"}

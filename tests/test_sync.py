@@ -410,10 +410,10 @@ async def test_a_change_reverted_after_a_write_cut_short_is_written_again(world,
     importer = world.importer()
     write = importer.store.write
 
-    async def cut_short(docs, bases=None):
+    async def cut_short(docs, bases=None, **options):
         if any(d["_id"] == key and None not in d["release_digests"].values() for d in docs):
             raise Killed()
-        return await write(docs, bases)
+        return await write(docs, bases, **options)
 
     importer.store.write = cut_short
     with pytest.raises(Killed):
@@ -506,10 +506,10 @@ async def _a_pass_killed_before_the_project(world, key):
     importer = world.importer()
     write = importer.store.write
 
-    async def cut_short(docs, bases=None):
+    async def cut_short(docs, bases=None, **options):
         if any(d["_id"] == key for d in docs):
             raise Killed()
-        return await write(docs, bases)
+        return await write(docs, bases, **options)
 
     importer.store.write = cut_short
     with pytest.raises(Killed):
@@ -527,11 +527,11 @@ async def test_a_copy_another_writer_stores_while_ours_is_planned_does_not_drop_
     importer = world.importer()
     write = importer.store.write
 
-    async def another_writer_first(docs, bases=None):
+    async def another_writer_first(docs, bases=None, **options):
         if any(d["_id"] == key and None in d["release_digests"].values() for d in docs):
             stored = await world.db.get(key)
             await world.db.put({**stored, "last_serial": stored["last_serial"] + 1})
-        return await write(docs, bases)
+        return await write(docs, bases, **options)
 
     importer.store.write = another_writer_first
     summary = await run_pass(importer)

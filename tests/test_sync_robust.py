@@ -655,13 +655,13 @@ async def test_a_release_written_by_an_older_writer_is_repaired(world):
     slow = fed(w.importer(), key, older)
     real_bulk = slow.store.write
 
-    async def bulk_write(docs, bases=None):
+    async def bulk_write(docs, bases=None, **options):
         # The project documents (not the marks before the releases, whose record of
         # the releases about to change is unknown): the newer writer goes first.
         if bases is not None and all(None not in d["release_digests"].values()
                                      for d in docs):
             await fed(w.importer(), key, newer).sync([Work(key, key, None)], Summary())
-        return await real_bulk(docs, bases)
+        return await real_bulk(docs, bases, **options)
 
     slow.store.write = bulk_write
     summary = Summary()
