@@ -362,6 +362,14 @@ class PyPI:
         except Exception as error:  # not XML, or cut short
             raise Transient(f"bad answer ({type(error).__name__})", where) from None
 
+    async def xmlrpc_answers(self) -> bool:
+        """Whether the XML-RPC changelog answers again (one call, not retried)."""
+        try:
+            await self._call_once("changelog_last_serial")
+        except PyPIError:
+            return False
+        return True
+
     async def changelog_last_serial(self) -> int:
         serial = await self.call("changelog_last_serial")
         if serial is None:

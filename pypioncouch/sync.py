@@ -288,6 +288,10 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 # Seconds between two askings about the stored quarantined projects, by name, when
 # following the Simple index (their removal shows nowhere else).
 QUARANTINE_RECHECK = 3600.0
+# Seconds between two askings whether the XML-RPC changelog answers again, once a
+# pass fell back to the Simple index (a proxy's 404 for a while must not move a
+# daemon to the heavier index for the rest of its life).
+XMLRPC_RECHECK = 3600.0
 
 
 class XmlRpcImporter:
@@ -326,6 +330,7 @@ class XmlRpcImporter:
         self.progress = progress or (lambda status: None)
         self.checkpoint = Checkpoint(db, pypi.display_url, self.status)
         self.quarantine_asked_at: float | None = None  # (monotonic) see :meth:`sweep`
+        self.fell_back_at: float | None = None  # (monotonic) see :meth:`_xmlrpc_again`
 
     async def load_checkpoint(self) -> dict | None:
         return await self.checkpoint.load()
@@ -435,6 +440,7 @@ class XmlRpcImporter:
         summary = Summary(kind="update")
         self.status.phase = "incremental"
         self.status.pass_total = self.status.pass_done = 0
+        await self._xmlrpc_again()
         serial = checkpoint["serial"]
         pending: dict = dict(checkpoint.get("pending") or {})
         while True:
@@ -630,6 +636,18 @@ class XmlRpcImporter:
         log.warn("{message}", message=message)
         self.status.warn_once(message)
         self.status.changes_source = "simple"
+        self.fell_back_at = time.monotonic()
+
+    async def _xmlrpc_again(self) -> None:
+        """Back to the changelog, an hour after falling back, if it answers again."""
+        if self.fell_back_at is None or \
+                time.monotonic() - self.fell_back_at < XMLRPC_RECHECK:
+            return
+        if not await self.pypi.xmlrpc_answers():
+            self.fell_back_at = time.monotonic()
+            return
+        log.info("PyPI's XML-RPC changelog answers again: following it")
+        self.status.changes_source, self.fell_back_at = "xmlrpc", None
 
     def _overflowed(self, summary: Summary, failures: Pending, serial: int | None) -> None:
         summary.overflow = (

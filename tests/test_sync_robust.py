@@ -161,6 +161,20 @@ async def test_falls_back_to_the_simple_index_when_the_xmlrpc_endpoint_is_gone(w
     said = [m for m in importer.status.warnings if "no longer serves the XML-RPC" in m]
     assert said and f"(HTTP {status} " in said[0], said
     await assert_matches_simulator(w.db, w.index)
+    # Asked again an hour later (not before): still gone, then answering again.
+    from pypioncouch.sync import XMLRPC_RECHECK
+
+    importer.fell_back_at -= XMLRPC_RECHECK + 1
+    await run_pass(importer)
+    assert importer.status.changes_source == "simple"
+    w.resource.xmlrpc.endpoint_status = None
+    await run_pass(importer)
+    assert importer.status.changes_source == "simple"
+    importer.fell_back_at -= XMLRPC_RECHECK + 1
+    w.index.publish(normalize(w.index.dataset.name(7)), "9.1")
+    assert (await run_pass(importer)).projects == 1
+    assert importer.status.changes_source == "xmlrpc"
+    await assert_matches_simulator(w.db, w.index)
 
 
 @pytest_twisted.ensureDeferred
