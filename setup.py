@@ -29,6 +29,7 @@ setup(
         "treq>=24.9",
         "klein>=24.8",
         "packaging>=24",
+        "packaging-legacy>=23.0",  # PyPI's order of versions PEP 440 cannot parse
         "orjson>=3.11.7",  # JSON on the hot paths (pypioncouch.jsonio)
         "ijson>=3.3",  # large CouchDB answers parsed row by row (couch.Database.rows_sized)
         "prometheus_client>=0.20",

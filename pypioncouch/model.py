@@ -33,7 +33,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging_legacy import version as legacy_version
 
 from pypioncouch import jsonio
 
@@ -107,11 +107,10 @@ def release_id_range(normalized: str) -> tuple[str, str]:
 
 
 def version_sort_key(version: str):
-    """PEP 440 order; versions PEP 440 cannot parse sort first, by their text."""
-    try:
-        return (1, Version(version), "")
-    except InvalidVersion:
-        return (0, Version("0"), version)
+    """PyPI's order (Warehouse sorts by packaging_legacy's parse): PEP 440 order, and
+    versions PEP 440 cannot parse before all others, in setuptools' old order (1.9-x
+    before 1.10-x); equal versions ("1.0", "1.0.0") by their text."""
+    return legacy_version.parse(version), version
 
 
 def upload_time_list(value: str | None) -> list[int] | None:

@@ -16,11 +16,11 @@ import re
 from html import escape
 from typing import Iterable
 
-from packaging.version import InvalidVersion, Version
-
-from pypioncouch import jsonio
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
+
+from pypioncouch import jsonio
+from pypioncouch.model import version_sort_key
 
 API_VERSION = "1.4"
 HTML = "text/html"
@@ -73,14 +73,6 @@ def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
     return 0.0 if found is None else found[1]
 
 
-def version_key(version: str):
-    """Sort key in PEP 440 order; invalid versions sort first, by their text."""
-    try:
-        return (1, Version(version), "")
-    except InvalidVersion:
-        return (0, Version("0"), version)
-
-
 def upload_time_z(entry: dict) -> str | None:
     """``yyyy-mm-ddThh:mm:ss[.ffffff]Z`` from a JSON API file entry."""
     iso = entry.get("upload_time_iso_8601")
@@ -93,7 +85,7 @@ def upload_time_z(entry: dict) -> str | None:
 def simple_files(releases: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
     """PEP 700 ``versions`` (those with files) and PEP 691 ``files`` from the JSON API's
     ``releases`` mapping, ordered by version, then filename."""
-    versions = sorted((v for v, files in releases.items() if files), key=version_key)
+    versions = sorted((v for v, files in releases.items() if files), key=version_sort_key)
     files = []
     for version in versions:
         for entry in sorted(releases[version], key=lambda e: e.get("filename", "")):

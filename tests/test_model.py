@@ -247,12 +247,16 @@ def test_upload_time_as_a_list_of_ints(value, parts):
     assert model.upload_time_list(value) == parts
 
 
-def test_versions_sort_in_pep_440_order_unparsable_first():
+def test_versions_sort_in_pep_440_order_unparsable_first_in_legacy_order():
+    # The reference: Simple API versions come "in legacy-version order" (Warehouse's
+    # packaging_legacy): numbers in a version PEP 440 cannot parse compare as numbers.
     shuffled = ["1.0.post1", "10.0", "1.0", "not a version", "1.0rc1", "1!0.1", "1.0.dev3",
-                "2.0a1", "0.9", "1.0a2", "1.0.0.1", "1.0+local"]
+                "2.0a1", "0.9", "1.10-x", "1.0a2", "1.0.0.1", "1.0+local", "1.9-x",
+                "0.1dev-r123", "1.0.0"]
     assert sorted(shuffled, key=model.version_sort_key) == [
-        "not a version", "0.9", "1.0.dev3", "1.0a2", "1.0rc1", "1.0", "1.0+local",
-        "1.0.post1", "1.0.0.1", "2.0a1", "10.0", "1!0.1"]
+        "not a version", "0.1dev-r123", "1.9-x", "1.10-x", "0.9", "1.0.dev3", "1.0a2",
+        "1.0rc1", "1.0", "1.0.0", "1.0+local", "1.0.post1", "1.0.0.1", "2.0a1", "10.0",
+        "1!0.1"]
 
 
 NAMES = [("Foo_Bar.baz", True), ("x", True), ("a-", False), ("-a", False), ("", False),

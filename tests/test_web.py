@@ -749,3 +749,27 @@ async def test_concurrent_misses_share_one_read_and_status_shows_the_cache(couch
         await port.stopListening()
         proxy.close()
         world.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_versions_pep_440_cannot_parse_come_in_pypis_legacy_order(world):
+    """PyPI lists versions PEP 440 cannot parse first, numbers compared as numbers
+    (1.9-x before 1.10-x), then the others in PEP 440 order; files follow."""
+    w = world(projects=2, seed=5)
+    for version in ("2.0", "1.10-x", "0.9", "1.9-x", "not a version"):
+        w.index.publish("Legacy-Order", version)
+    await run_pass(w.importer(), full=True)
+    front, port, url = serve(w.db)
+    try:
+        ours = await treq.get(f"{url}/simple/legacy-order/", headers={"Accept": V1_JSON})
+        page = await ours.json()
+        assert page["versions"] == ["not a version", "1.9-x", "1.10-x", "0.9", "2.0"]
+        assert [f["filename"].split("-")[1] for f in page["files"]][:3] == [
+            "not a version", "1.9", "1.10"]
+        for accept in (V1_JSON, "text/html"):
+            ours = await treq.get(f"{url}/simple/legacy-order/", headers={"Accept": accept})
+            theirs = await treq.get(f"{w.url}/simple/legacy-order/",
+                                    headers={"Accept": accept})
+            assert await ours.content() == await theirs.content(), accept
+    finally:
+        await port.stopListening()

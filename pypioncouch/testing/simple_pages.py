@@ -11,9 +11,10 @@ What PyPI does and this copies:
   each takes the q of the most specific media range naming it, q=0 refuses it, the
   highest q wins and a tie goes to the earlier offer; no header, or nothing acceptable,
   gives ``text/html`` (never a 406);
-- versions in PEP 440 order (``packaging``), versions PEP 440 cannot parse first (as
-  Warehouse's legacy versions sort), and only versions with files; files by version,
-  then filename;
+- versions in PEP 440 order (``packaging``), versions PEP 440 cannot parse first, in
+  setuptools' old order (Warehouse's legacy versions; written out below, not taken
+  from the library the product uses), and only versions with files; files by
+  version, then filename;
 - a file carries ``filename``, ``url``, ``hashes``, ``requires-python`` (null when the
   release has none, also for an empty one), ``size``, ``upload-time``, ``yanked``
   (false, true or the reason), ``core-metadata`` and Warehouse's misnamed
@@ -26,6 +27,7 @@ What PyPI does and this copies:
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 
 from packaging.version import InvalidVersion, Version
@@ -40,9 +42,29 @@ OFFERS = (HTML, V1_HTML, V1_JSON)
 def version_order(version: str) -> tuple:
     """Sort key: PEP 440 order, versions it cannot parse before all others."""
     try:
-        return (1, Version(version), "")
+        return (1, Version(version), (), version)
     except InvalidVersion:
-        return (0, None, version)
+        return (0, None, _setuptools_parts(version), version)
+
+
+def _setuptools_parts(version: str) -> tuple[str, ...]:
+    """setuptools' order before PEP 440 (pkg_resources.parse_version): numbers compare
+    as numbers, trailing zeros of a number series drop, words compare as text below
+    numbers, ``pre``/``preview``/``rc`` mean ``c``, ``dev`` sorts below every word and
+    a ``-`` starts a post-release part."""
+    words = {"pre": "c", "preview": "c", "rc": "c", "dev": "@", "-": "final-"}
+    parts: list[str] = []
+    for piece in re.findall(r"\d+|[a-z]+|-|[^\da-z.-]+", version.lower()) + ["final"]:
+        piece = words.get(piece, piece)
+        part = piece.zfill(8) if piece[0] in "0123456789" else "*" + piece
+        if part.startswith("*"):
+            if part < "*final":
+                while parts and parts[-1] == "*final-":
+                    parts.pop()
+            while parts and parts[-1] == "00000000":
+                parts.pop()
+        parts.append(part)
+    return tuple(parts)
 
 
 def _ranges(accept: str) -> list[tuple[str, str, float]]:
