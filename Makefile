@@ -14,8 +14,14 @@ DEBIAN_COMMANDS := chromium:chromium systemd-analyze:systemd curl:curl pgrep:pro
 
 setup: $(STAMP) $(NODE_STAMP) $(WHEELHOUSE)/.stamp
 
+# A venv left half-made (Debian without python3-venv stops at ensurepip) or made by an
+# older Python is made again.
 $(STAMP): setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import pip, sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { \
+		$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { \
+			echo "pypioncouch needs Python 3.11 or newer: make PYTHON=python3.11 ..."; exit 1; }; \
+		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) || { \
+			echo "no venv: on Debian/Ubuntu, sudo apt-get install python3-venv"; exit 1; }; }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=70.1"
 	# compat mode: Twisted finds the twistd plugin by scanning sys.path
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
@@ -44,16 +50,16 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: setup
+run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pypioncouch.testing.devrun run
 
-demo: setup
+demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pypioncouch.testing.devrun demo
 
 test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: $(STAMP) $(NODE_STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } \
 		|| echo "make bench: the web benchmarks need wrk: sudo apt-get install wrk"
 	$(BIN)/python -c 'import pypiserver, waitress, watchdog' 2>/dev/null || $(BIN)/pip install -q 'pypiserver[cache]>=2' waitress

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import traceback
 
@@ -35,6 +36,11 @@ from pypioncouch.urls import BadURL, check_database_name, split_database_url
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
+# Options the command shares with the daemon take their defaults from the same
+# PYPIONCOUCH_<OPTION> variables: a pass run by hand with the daemon's environment file
+# loaded works on the daemon's database and index. (Flags are said on the command line.)
+ENV_OPTIONS = ("db", "pypi", "concurrency", "source", "changes", "timeout",
+               "max_removals", "files", "files_max_gb")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="regenerate every project's opml.xml in one pass")
     action.add_argument("--push-design", metavar="URL", nargs="?", const="",
                         help="install or update the design document _design/pypioncouch")
-    action.add_argument("--fetch-files", metavar="URL",
+    action.add_argument("--fetch-files", metavar="URL", nargs="?", const="",
                         help="seed the release file store (--files DIR) with the files of "
                              "the projects named (PROJECT, PROJECT==VERSION, any "
                              "requirement), as the mirror's database at URL describes "
-                             "them; files already stored right are skipped")
+                             "them; files already stored right are skipped (a first "
+                             f"word that is not a URL is a project: the URL is ${ENV_COUCH})")
     parser.add_argument("requirements", nargs="*", metavar="PROJECT[==VERSION]",
                         help="with --fetch-files: what to fetch (the newest release a "
                              "requirement allows, all its files)")
@@ -99,14 +106,39 @@ def build_parser() -> argparse.ArgumentParser:
                              "coming is waited for)")
     parser.add_argument("--continuous", action="store_true",
                         help="with --replicate: replicate continuously (CouchDB goes "
-                             "on until it restarts; Ctrl-C only stops watching)")
+                             "on until it restarts); on a terminal the command stays to "
+                             "show progress (Ctrl-C only stops watching), otherwise and "
+                             "with --quiet it ends once CouchDB has taken the job")
     parser.add_argument("--trace", metavar="FILE",
                         help="with --fullimport/--update: write where the pass spent its "
                              "time to FILE (JSON: each stage busy, starved, blocked; the "
                              "way of a sample of projects, with timestamps)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--version", action="version", version=f"pypioncouch {__version__}")
+    parser.epilog = ("Options shared with the daemon (--db, --pypi, --concurrency, --source, "
+                     "--changes, --timeout, --max-removals, --files, --files-max-gb) "
+                     "default to its PYPIONCOUCH_<OPTION> environment variables.")
     return parser
+
+
+def defaults_from_environment(parser: argparse.ArgumentParser) -> None:
+    """``PYPIONCOUCH_<OPTION>`` as the default of each of :data:`ENV_OPTIONS`, checked as
+    the option would be (a wrong value is said with the variable's name)."""
+    actions = {action.dest: action for action in parser._actions}  # (argparse has no
+    # public way to look an option up; _actions has been there since Python 2.7)
+    for dest in ENV_OPTIONS:
+        variable = "PYPIONCOUCH_" + dest.upper()
+        text = os.environ.get(variable)
+        if text is None:
+            continue
+        action = actions[dest]
+        try:
+            value = action.type(text) if action.type else text
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"{variable}={text!r}: {error}")
+        if action.choices and value not in action.choices:
+            parser.error(f"{variable}={text!r}: choose from {', '.join(action.choices)}")
+        parser.set_defaults(**{dest: value})
 
 
 def _number(kind, allowed, what: str):
@@ -232,6 +264,11 @@ async def replicate_command(reactor, args) -> int:
 
     if args.continuous:
         await running
+        if progress is None or not sys.stderr.isatty():  # (a script: the job is CouchDB's)
+            print(f"continuous replication {source.display_url} -> {target.display_url} "
+                  "started (CouchDB goes on replicating until it restarts: a _replicator "
+                  "document lasts)", flush=True)
+            return 0
         print(f"continuous replication {source.display_url} -> {target.display_url} "
               "started; Ctrl-C stops watching (CouchDB goes on replicating until it "
               "restarts: a _replicator document lasts)", flush=True)
@@ -324,8 +361,12 @@ async def fetch_files_command(reactor, args) -> int:
 
 
 def url_from_environment(parser: argparse.ArgumentParser, args) -> None:
-    """``--update`` (and the like) without a URL: the URL is ``$PYPIONCOUCH_COUCH``."""
-    for option in ("fullimport", "update", "opml", "push_design"):
+    """``--update`` (and the like) without a URL: the URL is ``$PYPIONCOUCH_COUCH``.
+    ``--fetch-files`` followed by a project, not a URL, took the project for it."""
+    if args.fetch_files and not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", args.fetch_files):
+        args.requirements.insert(0, args.fetch_files)
+        args.fetch_files = ""
+    for option in ("fullimport", "update", "opml", "push_design", "fetch_files"):
         if getattr(args, option) == "":
             url = os.environ.get(ENV_COUCH)
             if not url:
@@ -343,14 +384,25 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
                          "or -r FILE)")
     elif args.trace and not (args.fullimport or args.update):
         parser.error("--trace goes with --fullimport or --update")
-    elif args.requirements or args.requirement or args.files or args.with_deps or \
-            args.files_max_gb is not None:
+    elif args.requirements or args.requirement or args.with_deps or any(
+            getattr(args, dest) != parser.get_default(dest)  # (the daemon's are defaults)
+            for dest in ("files", "files_max_gb")):
         parser.error("projects, -r, --files, --with-deps and --files-max-gb go with "
                      "--fetch-files")
+    if args.trace:  # said now, not after an import of hours
+        existed = os.path.exists(args.trace)
+        try:
+            with open(args.trace, "a", encoding="utf-8"):
+                pass
+        except OSError as error:
+            parser.error(f"--trace {args.trace}: {error.strerror}")
+        if not existed:
+            os.remove(args.trace)
 
 
 def main(argv=None) -> None:
     parser = build_parser()
+    defaults_from_environment(parser)
     args = parser.parse_args(argv)
     url_from_environment(parser, args)
     check_arguments(parser, args)

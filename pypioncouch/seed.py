@@ -37,7 +37,8 @@ def parse_requirement(text: str, where: str = "") -> Requirement:
     try:
         requirement = Requirement(text)
     except InvalidRequirement as error:
-        raise SeedError(f"{where}{text!r} is not a requirement: {error}") from None
+        cause = str(error).splitlines()[0]  # (packaging adds the text and a caret below)
+        raise SeedError(f"{where}{text!r} is not a requirement: {cause}") from None
     if requirement.url:
         raise SeedError(f"{where}{text!r}: only names and version specifiers can be "
                         "seeded (not URLs)")

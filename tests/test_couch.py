@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from pypioncouch.couch import (
-    BadResponse, Conflict, CouchDB, NotFound, Timeout, Unauthorized, Unreachable,
+    BadResponse, Conflict, CouchDB, CouchError, NotFound, Timeout, Unauthorized, Unreachable,
     encode_params, winning_revision)
 from pypioncouch.testing.couchserver import free_port
 
@@ -407,6 +407,42 @@ async def test_replicate_says_when_the_target_refused_documents(couch, couch_ser
         str(Path(sys.executable).parent / "pypioncouch"),
         ["--replicate", source.url_with_credentials, target.url_with_credentials, "--quiet"])
     assert code == 0 and "refused" not in out.decode(), (out.decode(), err.decode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continuous_replication_started_from_a_script_leaves_it_to_couchdb(
+        couch, db_name):
+    """Without a terminal (``... --continuous && twistd ...``) the command ends once
+    CouchDB has the job; the job goes on: a document written later arrives."""
+    import sys
+
+    from twisted.internet import utils
+
+    source = couch.database(db_name)
+    await source.ensure()
+    await source.bulk_docs([{"_id": f"doc{i}"} for i in range(5)])
+    target = couch.database(db_name + "-follows")
+    urls = [source.url_with_credentials, target.url_with_credentials]
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"), ["--replicate", *urls, "--continuous"])
+    try:
+        assert code == 0, (out.decode(), err.decode())
+        assert "continuous replication" in out.decode() and "started" in out.decode()
+        assert ADMIN[1] not in out.decode() + err.decode()
+        await source.put({"_id": "later"})
+        for _ in range(300):
+            if await target.exists() and await target.get_or_none("later"):
+                break
+            await sleep(0.1)
+        assert await target.get_or_none("later") is not None
+    finally:
+        body = {"source": urls[0], "target": urls[1], "create_target": True,
+                "continuous": True, "cancel": True}
+        try:
+            await couch.request("POST", "_replicate", body=body)
+        except CouchError:  # (the job stops with its source too)
+            pass
+        await source.delete_database()
 
 
 @pytest_twisted.ensureDeferred

@@ -557,6 +557,16 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
                            env=dict(os.environ))
     assert code == 2 and "--fetch-files needs --files DIR" in said
+    code, said = await run(base[0], *base[1:], "files-lib>=bad", env=dict(os.environ))
+    assert code == 1 and "^" not in said  # (packaging's caret diagram: lines more)
+    assert said.strip().splitlines()[-1].startswith(
+        "pypioncouch: error: 'files-lib>=bad' is not a requirement: ")
+    # The daemon's environment file loaded: no password on the command line, and the
+    # first word, not a URL, is a project.
+    env = {**os.environ, "PYPIONCOUCH_COUCH": couch_server.url, "PYPIONCOUCH_DB": db_name,
+           "PYPIONCOUCH_FILES": str(tmp_path / "files")}
+    code, said = await run(base[0], "--fetch-files", "files-lib==1.0", "--quiet", env=env)
+    assert code == 0 and "2 files of 1 releases" in said and "2 already stored" in said, said
 
 
 def put(store, key, size):

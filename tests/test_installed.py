@@ -74,6 +74,7 @@ def test_the_sdist_holds_every_module_data_file_and_the_deploy_files(dist):
         top = archive.getnames()[0].split("/")[0]
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     wanted = shipped_files() | {"etc/pypioncouch.service", "etc/pypioncouch.env",
+                                "etc/couchdb-read-only.json",
                                 "README.md", "docs/schema.md", "setup.py", "pyproject.toml"}
     missing = wanted - names
     assert not missing, f"not in {top}: {sorted(missing)}"

@@ -297,6 +297,22 @@ def test_a_commands_couchdb_url_may_come_from_the_environment(couch_server, db_n
                               env={**bare, "PYPIONCOUCH_COUCH": couch_server.url})
         assert done.returncode == 0, done.stderr
         assert "3 projects" in done.stdout, done.stdout
+        # With the daemon's environment file loaded, its database and index too: an
+        # update run by hand must not go to pypi.org and a database named pypi.
+        daemons = {**bare, "PYPIONCOUCH_COUCH": couch_server.url, "PYPIONCOUCH_DB": db_name,
+                   "PYPIONCOUCH_PYPI": sim.url}
+        update = [command[0], "--update", "--quiet"]
+        done = subprocess.run(update, capture_output=True, text=True, timeout=120,
+                              env=daemons)
+        assert done.returncode == 0, done.stderr
+        # (in the database the import filled: an update, nothing to write; another
+        # database would have been a full import of the three)
+        assert done.stdout.startswith("update: 0 projects (0 releases) written"), done.stdout
+        done = subprocess.run(update, capture_output=True, text=True, timeout=120,
+                              env={**daemons, "PYPIONCOUCH_SOURCE": "html"})
+        assert done.returncode == 2
+        assert done.stderr.splitlines()[-1].endswith(
+            "error: PYPIONCOUCH_SOURCE='html': choose from json, xmlrpc")
 
 
 @pytest_twisted.ensureDeferred
