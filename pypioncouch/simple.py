@@ -159,7 +159,7 @@ def project_html(name: str, files: list[dict], serial: int | None,
              f"    <h1>Links for {title}</h1>"]
     lines += [_anchor(file) for file in files]
     lines += ["  </body>", "</html>"] + ([] if serial is None else [f"<!--SERIAL {serial}-->"])
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return ("\n".join(lines) + "\n").encode("utf-8", "replace")  # (a lone surrogate: "?")
 
 
 def index_html_head() -> bytes:

@@ -233,10 +233,14 @@ class Store:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests
         (the release ids come from each project's ``versions``)."""
         projects = list((await self.project_documents(keys)).values())
-        ids = [release_id(p["_id"], v) for p in projects for v in p.get("versions") or []]
+        owners = {release_id(p["_id"], v): p["_id"]
+                  for p in projects for v in p.get("versions") or []}
         releases: dict[str, list[dict]] = {}
-        for doc in (await self.db.bulk_get(ids)).values():
-            releases.setdefault(doc["project"], []).append(doc)
+        for docid, doc in (await self.db.bulk_get(list(owners))).items():
+            # (by its id: a document another program wrote without "project" must not
+            # fail the whole batch, again at each retry)
+            if isinstance(doc, dict) and doc.get("type") == model.RELEASE:
+                releases.setdefault(owners[docid], []).append(doc)
         return [(p, releases.get(p["_id"], [])) for p in projects]
 
     async def set_status(self, key: str, status: str, serial: int | None) -> bool:

@@ -10,6 +10,7 @@ from twisted.internet import defer
 from pypioncouch import opml
 from pypioncouch.couch import CouchDB
 from pypioncouch.opml_watcher import CHECKPOINT, Backlog, OpmlWatcher, regenerate_all
+from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import HOSTILE, normalize
 
@@ -119,8 +120,6 @@ def test_an_opml_watcher_stopped_before_it_read_its_checkpoint_writes_none():
 def test_an_opml_watcher_waiting_for_couchdb_backs_off_and_says_so_less_and_less():
     """A wrong password does not go away by itself: not a warning every 5 s for ever."""
     from twisted.logger import formatEvent, globalLogPublisher
-
-    from pypioncouch.status import SyncStatus
 
     from .test_clients import couch_json, couch_with
 
@@ -623,3 +622,18 @@ async def test_the_watcher_does_not_regenerate_for_its_own_writes(world, monkeyp
         assert len(echoes) <= 2, echoes  # (a change may come back before the write's answer)
     finally:
         await watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_release_document_of_another_shape_holds_back_no_other_project(world):
+    """A release written by another program without its "project" field (no guard
+    installed): the batch it is in was failed whole, again at each retry."""
+    await run_pass(world.importer(), full=True)
+    odd = normalize(world.index.dataset.name(4))
+    project = await world.db.get(odd)
+    release = await world.db.get(f"{odd}:{project['versions'][0]}")
+    del release["project"]
+    await world.db.put(release)
+    written = await regenerate_all(world.db, SyncStatus())
+    assert written == 25
+    assert await _all_but_have_opml(world, None)

@@ -9,7 +9,7 @@ import treq
 from twisted.internet import defer, utils
 from twisted.web.server import Site
 
-from pypioncouch.couch import CouchDB
+from pypioncouch.couch import BadResponse, CouchDB
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.web.app import WebFront
@@ -771,5 +771,42 @@ async def test_versions_pep_440_cannot_parse_come_in_pypis_legacy_order(world):
             theirs = await treq.get(f"{w.url}/simple/legacy-order/",
                                     headers={"Accept": accept})
             assert await ours.content() == await theirs.content(), accept
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_metadata_does_not_fail_a_page(world):
+    """CouchDB keeps a lone surrogate (JSON's \\ud800 escape), which UTF-8 cannot say:
+    the pages carry "?" for it. A 500 on a list page would hide every page after it."""
+    w = world(projects=4, seed=8)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(1))
+    project = await w.db.get(key)
+    project["summary"] = project["info"]["summary"] = "half \ud800 a pair"
+    project["author"] = "Ann \udc80 Author"
+    try:
+        await w.db.put(project)
+    except BadResponse as refused:  # Apache CouchDB never holds one: it refuses it
+        assert "invalid UTF-8 JSON" in str(refused)
+        return
+    release = await w.db.get(f"{key}:{project['latest_version']}")
+    for file in release["files"]:
+        file["yanked"], file["yanked_reason"] = True, "bad \udfff build"
+    await w.db.put(release)
+    front, port, url = serve(w.db, syncing=False)
+    try:
+        pages = {"browse/": "half ? a pair", f"browse/project/{key}": "half ? a pair",
+                 "browse/recent/": "", "browse/author/": "",
+                 f"simple/{key}/": 'data-yanked="bad ? build"'}
+        for path, shown in pages.items():
+            for accept in ("text/html", "application/json"):
+                if path.startswith("simple/") and accept == "application/json":
+                    accept = V1_JSON
+                answer = await treq.get(f"{url}/{path}", headers={"Accept": accept})
+                body = await answer.content()
+                assert answer.code == 200, (path, accept, body[:300])
+                if accept == "text/html":
+                    assert shown in body.decode("utf-8"), (path, body[:2000])
     finally:
         await port.stopListening()

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2.filters import do_urlencode
 from klein import Klein
 from packaging.utils import canonicalize_version
 from packaging.version import InvalidVersion
@@ -117,6 +118,14 @@ def _plain(request, code: int, text: str) -> bytes:
     return (text + "\n").encode()
 
 
+def _urlencode(value):
+    """Jinja's ``urlencode``, a lone surrogate (which CouchDB may hold, and UTF-8 cannot
+    say) made "?" first instead of failing the page."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return do_urlencode(value)
+
+
 def _redirect(request, location: str) -> bytes:
     request.setResponseCode(301)
     request.setHeader("Location", location)
@@ -170,6 +179,7 @@ class WebFront:
         self.metrics = Metrics(status, self.cache, self.replica)
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
+        self.templates.filters["urlencode"] = _urlencode
         self._couch_check: tuple[float, bool] = (0.0, False)
         self._couch_checking = False
         # Counting projects reduces a whole facet: seconds on pouchdb-server at 100,000.
@@ -353,7 +363,7 @@ class WebFront:
 
     def render(self, template: str, **context) -> bytes:
         return self.templates.get_template(template).render(
-            version=__version__, **context).encode("utf-8")
+            version=__version__, **context).encode("utf-8", "replace")  # (see below)
 
     # -- reading projects ------------------------------------------------------------
 
@@ -651,7 +661,7 @@ def _cors(request) -> None:
 
 def _json_message(request, code: int, message: str) -> bytes:
     request.setResponseCode(code)
-    return json.dumps({"message": message}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"message": message}, ensure_ascii=False).encode("utf-8", "replace")
 
 
 def _release(entry: CachedProject, version: str | None) -> dict | None:

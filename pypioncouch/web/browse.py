@@ -230,7 +230,9 @@ class BrowsePages:
         request.setResponseCode(status)
         if as_json:
             request.setHeader("Content-Type", "application/json")
-            return json.dumps(data, ensure_ascii=False).encode("utf-8")
+            # (a lone surrogate in metadata, which CouchDB keeps, cannot be UTF-8: it
+            # goes out as "?" rather than failing the page, and every page after it)
+            return json.dumps(data, ensure_ascii=False).encode("utf-8", "replace")
         request.setHeader("Content-Type", "text/html; charset=utf-8")
         # The pages run no script; nor may anything in PyPI's data (descriptions are
         # sanitized already: this is the second lock).
