@@ -244,6 +244,12 @@ async def test_etag_gives_304(imported):
     etag = first.headers.getRawHeaders("etag")[0]
     again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": etag})
     assert again.code == 304 and await again.content() == b""
+    # RFC 9110's weak comparison: a proxy that gzips the page sends W/"..." back.
+    for match in (f'"x", W/{etag}', "*"):
+        again = await treq.get(f"{url}/simple/{key}/", headers={"If-None-Match": match})
+        assert again.code == 304 and await again.content() == b"", match
+    assert (await treq.get(f"{url}/simple/{key}/",
+                           headers={"If-None-Match": 'W/"x"'})).code == 200
     # Each type is a representation of its own (RFC 9110 8.8.3): a cache holding the
     # text/html page must not be told its copy is the v1+html one.
     etags = {etag}

@@ -133,9 +133,12 @@ def _redirect(request, location: str) -> bytes:
 
 
 def _not_modified(request, etag: str) -> bool:
+    """Sets the ETag; a 304 when If-None-Match names it (RFC 9110's weak comparison:
+    a proxy that compresses the body may have made it ``W/"..."``) or is ``*``."""
     request.setHeader("ETag", etag)
     match = request.getHeader("if-none-match")
-    if match and etag in [tag.strip() for tag in match.split(",")]:
+    tags = [tag.strip().removeprefix("W/") for tag in (match or "").split(",")]
+    if match and (etag in tags or match.strip() == "*"):
         request.setResponseCode(304)
         return True
     return False
