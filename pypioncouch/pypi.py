@@ -29,6 +29,7 @@ import reprlib
 import xmlrpc.client as xmlrpc_client
 from array import array
 from collections.abc import Mapping
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
@@ -424,6 +425,11 @@ class PyPI:
     async def simple_project(self, name: str) -> tuple[int | None, str, int] | None:
         """``(serial, status, number of files)`` from ``/simple/<name>/`` (PEP 691),
         None if 404."""
+        found = await self.simple_page(name)
+        return None if found is None else (found[0], found[1], len(found[2]))
+
+    async def simple_page(self, name: str) -> tuple[int | None, str, list[dict]] | None:
+        """``(serial, status, files)`` from ``/simple/<name>/`` (PEP 691), None if 404."""
         path = f"simple/{normalize(name)}/"
 
         async def attempt():
@@ -442,8 +448,8 @@ class PyPI:
                     marker.get("status", "active"), str):
                 raise Transient("malformed Simple page (project-status)",
                                 self.display_url + path)
-            return (serial, marker.get("status", "active"),
-                    len(files) if isinstance(files, list) else 0)
+            files = [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+            return serial, marker.get("status", "active"), files
 
         return await self._retrying(attempt)
 
@@ -568,12 +574,15 @@ class PyPI:
 
     async def legacy_project(self, name: str, min_serial: int | None = None) -> ProjectAnswer:
         """The same answer as :meth:`project`, from the pre-2024 XML-RPC methods.
-        Asked without a serial (a project missing from a listing, a retry), its serial
-        is read first from its Simple page: never newer than the data read after it."""
+        Those never said a release was yanked, nor whether a file's metadata is apart
+        (PEP 658): its Simple page, read first, says both. Asked without a serial (a
+        project missing from a listing, a retry), the serial is that page's too: never
+        newer than the data read after it."""
         key = normalize(name)
+        page = await self.simple_page(key)
         if min_serial is None:
-            found = await self.simple_project(key)
-            min_serial = found[0] if found is not None else None
+            min_serial = page[0] if page is not None else None
+        on_page = {f.get("filename"): f for f in (page[2] if page is not None else [])}
         versions = await self.call("package_releases", name, True)
         if not versions:
             answer = await self._project_without_json(name, key)
@@ -588,10 +597,15 @@ class PyPI:
         for version in versions:
             data = await self.call("release_data", name, version)
             files = await self.call("release_urls", name, version)
-            releases[version] = [_json_file(f, data.get("requires_python")) for f in files]
+            releases[version] = [_json_file(f, data.get("requires_python"),
+                                            on_page.get(f.get("filename")) or {})
+                                 for f in files]
             if version == latest or latest_data is None and latest not in versions:
                 latest_data = data
         info = _json_info(latest_data)
+        latest_files = releases.get(info["version"]) or []
+        if latest_files and all(f["yanked"] for f in latest_files):
+            info.update(yanked=True, yanked_reason=latest_files[0]["yanked_reason"])
         payload = {"info": info, "releases": releases, "urls": releases[info["version"]],
                    "last_serial": min_serial, "vulnerabilities": []}
         return ProjectAnswer(key, "project", payload, min_serial)
@@ -682,10 +696,15 @@ def _json_info(data: dict) -> dict:
     return info
 
 
-def _json_file(entry: dict, requires_python: str | None) -> dict:
-    """One ``release_urls`` struct -> a JSON API file entry."""
+def _json_file(entry: dict, requires_python: str | None, on_page: dict) -> dict:
+    """One ``release_urls`` struct -> a JSON API file entry; what XML-RPC never said
+    (yanked, PEP 658 metadata) from the file's entry on the Simple page (PEP 691)."""
     iso = entry.get("upload_time_iso_8601") or entry.get("upload_time") or ""
+    if isinstance(iso, xmlrpc_client.DateTime):  # (an older server's dateTime.iso8601)
+        iso = datetime.strptime(iso.value, "%Y%m%dT%H:%M:%S").strftime("%Y-%m-%dT%H:%M:%SZ")
     iso = iso if isinstance(iso, str) else str(iso)
+    yanked = on_page.get("yanked", False)
+    metadata = on_page.get("core-metadata", on_page.get("data-dist-info-metadata", False))
     digests = dict(entry.get("digests") or {})
     digests.setdefault("md5", entry.get("md5_digest"))
     digests.setdefault("sha256", entry.get("sha256_digest"))
@@ -696,5 +715,7 @@ def _json_file(entry: dict, requires_python: str | None) -> dict:
         "packagetype": entry.get("packagetype"), "python_version": entry.get("python_version"),
         "requires_python": requires_python, "size": entry.get("size"),
         "upload_time": iso[:19] if iso else None, "upload_time_iso_8601": iso or None,
-        "url": entry.get("url"), "yanked": False, "yanked_reason": None,
+        "url": entry.get("url"), "yanked": yanked is True or isinstance(yanked, str),
+        "yanked_reason": yanked or None if isinstance(yanked, str) else None,
+        "core-metadata": metadata if isinstance(metadata, dict) else False,
     }

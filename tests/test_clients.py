@@ -601,3 +601,22 @@ def test_a_simple_index_entry_without_a_name_is_malformed():
     assert isinstance(error, Transient)
     assert str(error) == "malformed Simple index: an entry without a name " \
                          "(http://pypi.test/simple/)"
+
+
+def test_an_xmlrpc_datetime_upload_time_is_served_in_the_json_apis_form():
+    """An older server's release_urls gives dateTime.iso8601 values, not the strings
+    PyPI gave; uv needs upload-time as yyyy-mm-ddThh:mm:ssZ (--exclude-newer)."""
+    import xmlrpc.client
+
+    from pypioncouch.pypi import _json_file
+
+    entry = {"filename": "a-1.0.tar.gz",
+             "upload_time": xmlrpc.client.DateTime("20150614T14:38:05")}
+    shaped = _json_file(entry, None, {"yanked": "gone", "core-metadata": {"sha256": "ab"}})
+    assert (shaped["upload_time"], shaped["upload_time_iso_8601"]) == (
+        "2015-06-14T14:38:05", "2015-06-14T14:38:05Z")
+    assert (shaped["yanked"], shaped["yanked_reason"], shaped["core-metadata"]) == (
+        True, "gone", {"sha256": "ab"})
+    shaped = _json_file({"filename": "a-1.0.tar.gz"}, None, {"yanked": True})
+    assert (shaped["yanked"], shaped["yanked_reason"], shaped["core-metadata"]) == (
+        True, None, False)

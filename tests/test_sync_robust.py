@@ -244,15 +244,25 @@ async def test_an_index_without_serials_is_refused_in_one_line(world):
 @pytest_twisted.ensureDeferred
 async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
     w = world(projects=12, seed=8, legacy_xmlrpc=True)
+    key = normalize(w.index.dataset.name(2))
+    yanked = next(v for v, r in w.index.get(key).releases.items() if r.files)
+    w.index.yank(key, yanked, "broken <build>")
     importer = w.importer(source="xmlrpc")
     summary = await run_pass(importer, full=True)
     assert summary.projects == 12 and importer.source == "xmlrpc"
-    key = normalize(w.index.dataset.name(2))
     stored = json.loads(await stored_json_api(w.db, key))
     truth = json.loads(w.index.json_api(key)[1])
     assert stored["info"]["summary"] == truth["info"]["summary"]
-    assert {v: [f["digests"]["sha256"] for f in files] for v, files in stored["releases"].items()} \
-        == {v: [f["digests"]["sha256"] for f in files] for v, files in truth["releases"].items()}
+
+    def files_of(answer, *fields):
+        return {v: [[f["digests"]["sha256"], *(f.get(name) for name in fields)]
+                    for f in files] for v, files in answer["releases"].items()}
+
+    # What XML-RPC never said, from the Simple page: a yank (pip must not take the
+    # release) and PEP 658 metadata.
+    assert files_of(stored, "yanked", "yanked_reason", "core-metadata") == \
+        files_of(truth, "yanked", "yanked_reason", "core-metadata")
+    assert stored["releases"][yanked][0]["yanked_reason"] == "broken <build>"
     # Asked without a serial (missing from a listing, a retry): its own, from its
     # Simple page, never null (a null serial is older than any, written over by any).
     answer = await importer.pypi.legacy_project(w.index.dataset.name(2))
