@@ -266,7 +266,7 @@ class CouchDB:
         shown = self.display_url + path + query
         extra = dict(headers or {})
         if body is not None:
-            data = jsonio.dumps(body)
+            data = jsonio.dumps_utf8(body)
             extra["Content-Type"] = "application/json"
         timed_out = []
         d = defer.ensureDeferred(self._send(method, url, data, self._headers(extra), sink))

@@ -13,6 +13,7 @@ scanning every answer's text, ten times the cost of parsing it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -32,6 +33,21 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def dumps_utf8(value: Any) -> bytes:
+    """:func:`dumps` for CouchDB: valid UTF-8 throughout, a lone surrogate (which PyPI's
+    JSON can carry as a ``\\ud800`` escape) written as U+FFFD. Apache CouchDB refuses a
+    request holding one ("invalid UTF-8 JSON"): a whole batch, again at every retry;
+    pouchdb-server takes it, and a replica on Apache CouchDB would then refuse it."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def dumps_sorted(value: Any) -> bytes:

@@ -49,6 +49,12 @@ def test_writes_big_integers_and_lone_surrogates_as_the_standard_library_did():
     assert jsonio.dumps(["\ud800"]) == b'["\\ud800"]'
 
 
+def test_writes_a_lone_surrogate_as_u_fffd_for_couchdb_which_refuses_it():
+    assert jsonio.dumps_utf8({"s": "half \ud800 a pair", "n": 2 ** 64}) == \
+        '{"s":"half \ufffd a pair","n":18446744073709551616}'.encode("utf-8")
+    assert jsonio.dumps_utf8({"s": "Zoë"}) == '{"s":"Zoë"}'.encode("utf-8")
+
+
 def test_writes_nan_as_null_which_couchdb_takes():
     assert jsonio.dumps({"x": float("nan")}) == b'{"x":null}'
 

@@ -380,7 +380,11 @@ class PackageIndex:
             body["releases"] = {v: [self.file_entry(project, r, f) for f in r.files]
                                 for v, r in releases.items()}
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return 200, (text + "\n").encode("utf-8"), project.last_serial
+        try:
+            return 200, (text + "\n").encode("utf-8"), project.last_serial
+        except UnicodeEncodeError:  # a lone surrogate: UTF-8 cannot carry it, \u can
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            return 200, (text + "\n").encode("ascii"), project.last_serial
 
     @staticmethod
     def _by_canonical(releases: dict[str, SimRelease], version: str) -> SimRelease | None:
