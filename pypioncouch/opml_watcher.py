@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -217,16 +217,17 @@ class Backlog:
         self._advance()
         return None
 
-    def take(self, size: int) -> list[str]:
+    def take(self, size: int, ready: Callable[[str], bool] = lambda key: True
+             ) -> list[str]:
         """Up to ``size`` due keys of closed epochs, oldest first, none in a batch in
-        flight (two writes of one project would conflict). They run until
-        :meth:`finished` or :meth:`failed`."""
+        flight (two writes of one project would conflict), none ``ready`` says must
+        wait. They run until :meth:`finished` or :meth:`failed`."""
         taken = []
         for line in (self.again, self.due):
             for key, epoch in line.items():
                 if len(taken) >= size or epoch == self.epoch:
                     break  # the open epoch: all after it are in it too
-                if key not in self.running:
+                if key not in self.running and ready(key):
                     taken.append((line, key))
         for line, key in taken:
             self.running[key] = line.pop(key)
@@ -274,6 +275,14 @@ class Backlog:
             self.oldest += 1
 
 
+# A project regenerated this recently whose only changes since are to release
+# documents waits out the rest: the backfill fills one release's metadata after another
+# (5 a second), which the OPML does not show, and each made the project due again: a
+# project of 2,000 releases was read whole (tens of MB) several times a second while
+# its metadata was filled. A change of the project document (the sync writes it after
+# its releases: an upload, a yank) never waits.
+RELEASE_ONLY_COOLDOWN = 30.0
+
 # (projects a batch, batches in flight), measured at a burst of 1,000 changed projects
 # (bench/RESULTS.md): Apache CouchDB answers requests in parallel, so smaller batches,
 # more at once (p99 1.6 s); pouchdb-server answers in one thread, where every request
@@ -295,10 +304,16 @@ class OpmlWatcher(Service):
 
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
                  debounce: float = 0.25, batch: int | None = None, in_flight: int | None = None,
-                 max_backoff: float = 300.0, reactor=None):
+                 max_backoff: float = 300.0, cooldown: float = RELEASE_ONLY_COOLDOWN,
+                 reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
+        self.cooldown = cooldown
+        # key -> when a batch last took it (only within ``cooldown``: oldest first), and
+        # the keys whose project document changed since (they do not wait).
+        self.taken_at: dict[str, float] = {}
+        self.project_changed: set[str] = set()
         self.status = status or SyncStatus()
         self.debounce = debounce
         self.batch = batch
@@ -392,6 +407,8 @@ class OpmlWatcher(Service):
                 self.maybe_own[key] = rev  # (back before the write's answer?)
             else:
                 self.maybe_own.pop(key, None)  # another's change: due whatever we wrote
+            if key == docid:
+                self.project_changed.add(key)
         self.backlog.changed(key, change["seq"], self.reactor.seconds())
         self._schedule(self.debounce)
 
@@ -430,14 +447,34 @@ class OpmlWatcher(Service):
         if now < self.paused_until:  # backing off after a failure
             self._schedule(self.paused_until - now)
             return
+        self._forget_cooled(now)
         while len(self.batches) < self.in_flight:
-            keys = self.backlog.take(self.batch)
+            keys = self.backlog.take(self.batch, lambda key: self._ready(key, now))
             if not keys:
                 break  # none due, or the due ones are in a batch (its end pumps again)
+            for key in keys:
+                self.project_changed.discard(key)
+                self.taken_at.pop(key, None)
+                self.taken_at[key] = now
             self.taken += 1
             batch = defer.ensureDeferred(self._regenerate(keys, self.taken))
             self.batches.add(batch)
             batch.addBoth(lambda _, b=batch: self.batches.discard(b))
+
+    def _ready(self, key: str, now: float) -> bool:
+        taken = self.taken_at.get(key)
+        if (taken is None or now - taken >= self.cooldown or key in self.project_changed
+                or key in self.backlog.again):  # (a retry: of any change)
+            return True
+        self._schedule(taken + self.cooldown - now)  # (come back for it)
+        return False
+
+    def _forget_cooled(self, now: float) -> None:
+        while self.taken_at:
+            key, taken = next(iter(self.taken_at.items()))
+            if now - taken < self.cooldown:
+                break
+            del self.taken_at[key]
 
     def retry_delay(self) -> float:
         """The pause after ``failures`` failed batches in a row: 1 s, 2 s, 4 s... up to

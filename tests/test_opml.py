@@ -637,3 +637,49 @@ async def test_a_release_document_of_another_shape_holds_back_no_other_project(w
     written = await regenerate_all(world.db, SyncStatus())
     assert written == 25
     assert await _all_but_have_opml(world, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_only_changes_of_a_project_just_regenerated_wait_out_a_cooldown(
+        world, monkeypatch):
+    """The backfill fills one release after another (5 a second); each change made the
+    project due, and its every release was read again, several times a second. Now
+    such a project waits out ``cooldown``; a change of its project document (an upload)
+    does not wait."""
+    from pypioncouch.store import Store
+
+    read: list[str] = []
+    reading = Store.projects
+
+    async def counted(self, keys):
+        read.extend(keys)
+        return await reading(self, keys)
+
+    monkeypatch.setattr(Store, "projects", counted)
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(6))
+    watcher = OpmlWatcher(world.db, debounce=0.05, cooldown=3.0)
+    watcher.startService()
+    try:
+        async def has_opml():
+            return "opml.xml" in ((await world.db.get(key)).get("_attachments") or {})
+
+        assert await wait_for(has_opml)
+        project = await world.db.get(key)
+        versions = [v for v in project["versions"]]
+        before = read.count(key)
+        for turn in range(10):  # as the backfill writes: release documents only
+            release = await world.db.get(f"{key}:{versions[turn % len(versions)]}")
+            release["yanked"], release["yanked_reason"] = True, "quiet"
+            await world.db.put(release)
+            await sleep(0.1)
+        assert read.count(key) - before <= 1  # (without: one read a change, or near)
+        # The cooldown over, the changes are in its OPML (later: nothing lost).
+        assert await wait_for(lambda: _contains(world.db, key, b'yankedReason="quiet"'),
+                              timeout=10)
+        # An upload writes the project document: regenerated at once, cooldown or not.
+        world.index.publish(key, "77.0")
+        await run_pass(world.importer())
+        assert await wait_for(lambda: _contains(world.db, key, b'text="77.0"'), timeout=2.5)
+    finally:
+        await watcher.stopService()
