@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def defaults_from_environment(parser: argparse.ArgumentParser) -> None:
+def defaults_from_environment(parser: argparse.ArgumentParser) -> list[str]:
     """``PYPIONCOUCH_<OPTION>`` as the default of each of :data:`ENV_OPTIONS`, checked as
-    the option would be (a wrong value is said with the variable's name)."""
+    the option would be. Returns what is wrong, said with the variable's name (after
+    the command line is read: ``--help`` still helps)."""
+    wrong = []
     actions = {action.dest: action for action in parser._actions}  # (argparse has no
     # public way to look an option up; _actions has been there since Python 2.7)
     for dest in ENV_OPTIONS:
@@ -135,10 +137,13 @@ def defaults_from_environment(parser: argparse.ArgumentParser) -> None:
         try:
             value = action.type(text) if action.type else text
         except argparse.ArgumentTypeError as error:
-            parser.error(f"{variable}={text!r}: {error}")
+            wrong.append(f"{variable}={text!r}: {error}")
+            continue
         if action.choices and value not in action.choices:
-            parser.error(f"{variable}={text!r}: choose from {', '.join(action.choices)}")
+            wrong.append(f"{variable}={text!r}: choose from {', '.join(action.choices)}")
+            continue
         parser.set_defaults(**{dest: value})
+    return wrong
 
 
 def _number(kind, allowed, what: str):
@@ -402,8 +407,10 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 def main(argv=None) -> None:
     parser = build_parser()
-    defaults_from_environment(parser)
+    wrong = defaults_from_environment(parser)
     args = parser.parse_args(argv)
+    if wrong:
+        parser.error(wrong[0])
     url_from_environment(parser, args)
     check_arguments(parser, args)
     _log_warnings_to_stderr()

@@ -75,17 +75,21 @@ def opml_digest(content: bytes) -> str:
     return "sha256-" + hashlib.sha256(content).hexdigest()
 
 
-async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None
+async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None,
+                          big: set[str] | None = None, big_project: int = 0
                           ) -> tuple[dict[str, str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
     carrying the changed attachments inline. Returns ``(written: key -> the revision
     written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile
     (its change brings the key back); a refusal is CouchDB's no for another reason (a
-    validate function, or permissions: every write's), which the caller weighs."""
+    validate function, or permissions: every write's), which the caller weighs. The
+    keys of projects of ``big_project`` releases or more are added to ``big``."""
     projects = await Store(db).projects(list(keys))
     updates = []
     for project, releases in projects:
+        if big is not None and len(releases) >= big_project:
+            big.add(project["_id"])
         try:
             content = project_opml(project, releases)
         except Exception as error:  # a bug meeting odd data: not to hold back the others
@@ -275,13 +279,16 @@ class Backlog:
             self.oldest += 1
 
 
-# A project regenerated this recently whose only changes since are to release
+# A big project regenerated this recently whose only changes since are to release
 # documents waits out the rest: the backfill fills one release's metadata after another
-# (5 a second), which the OPML does not show, and each made the project due again: a
-# project of 2,000 releases was read whole (tens of MB) several times a second while
-# its metadata was filled. A change of the project document (the sync writes it after
-# its releases: an upload, a yank) never waits.
+# (5 a second), and each made the project due again: a project of 2,000 releases was
+# read whole (tens of MB) several times a second while its metadata was filled. A
+# change of the project document (the sync writes it after its releases: an upload, a
+# yank) never waits. (What the backfill fills shows in the OPML only for a release
+# without files: its yank. Projects under BIG_PROJECT releases, cheap to read, and so
+# nearly all, never wait.)
 RELEASE_ONLY_COOLDOWN = 30.0
+BIG_PROJECT = 100
 
 # (projects a batch, batches in flight), measured at a burst of 1,000 changed projects
 # (bench/RESULTS.md): Apache CouchDB answers requests in parallel, so smaller batches,
@@ -305,7 +312,7 @@ class OpmlWatcher(Service):
     def __init__(self, db: Database, status: SyncStatus | None = None, *,
                  debounce: float = 0.25, batch: int | None = None, in_flight: int | None = None,
                  max_backoff: float = 300.0, cooldown: float = RELEASE_ONLY_COOLDOWN,
-                 reactor=None):
+                 big_project: int = BIG_PROJECT, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -314,6 +321,8 @@ class OpmlWatcher(Service):
         # the keys whose project document changed since (they do not wait).
         self.taken_at: dict[str, float] = {}
         self.project_changed: set[str] = set()
+        self.big_project = big_project
+        self.big: set[str] = set()  # projects of big_project releases or more: may wait
         self.status = status or SyncStatus()
         self.debounce = debounce
         self.batch = batch
@@ -421,6 +430,7 @@ class OpmlWatcher(Service):
                 continue
             if came == written[key]:
                 self.backlog.forget(key)
+                self.project_changed.discard(key)  # (that change was ours)
             else:
                 self.own_writes[key] = written[key]
         while len(self.own_writes) > OWN_WRITES_KEPT:  # (then regenerated for nothing)
@@ -448,7 +458,8 @@ class OpmlWatcher(Service):
             self._schedule(self.paused_until - now)
             return
         self._forget_cooled(now)
-        while len(self.batches) < self.in_flight:
+        # (a batch failing at once pauses the watcher: not taken again in this loop)
+        while len(self.batches) < self.in_flight and now >= self.paused_until:
             keys = self.backlog.take(self.batch, lambda key: self._ready(key, now))
             if not keys:
                 break  # none due, or the due ones are in a batch (its end pumps again)
@@ -463,8 +474,9 @@ class OpmlWatcher(Service):
 
     def _ready(self, key: str, now: float) -> bool:
         taken = self.taken_at.get(key)
-        if (taken is None or now - taken >= self.cooldown or key in self.project_changed
-                or key in self.backlog.again):  # (a retry: of any change)
+        if (key not in self.big or taken is None or key in self.project_changed
+                or key in self.backlog.again  # (a retry: of any change)
+                or not 0 <= now - taken < self.cooldown):  # (or the clock set back)
             return True
         self._schedule(taken + self.cooldown - now)  # (come back for it)
         return False
@@ -472,7 +484,7 @@ class OpmlWatcher(Service):
     def _forget_cooled(self, now: float) -> None:
         while self.taken_at:
             key, taken = next(iter(self.taken_at.items()))
-            if now - taken < self.cooldown:
+            if 0 <= now - taken < self.cooldown:
                 break
             del self.taken_at[key]
 
@@ -483,7 +495,8 @@ class OpmlWatcher(Service):
 
     async def _regenerate(self, keys: list[str], number: int) -> None:
         try:
-            written, conflicted, refused = await regenerate_many(self.db, keys, self.status)
+            written, conflicted, refused = await regenerate_many(
+                self.db, keys, self.status, self.big, self.big_project)
         except Exception as error:
             for key in keys:  # (written or not, unknown: what came stays due)
                 self.maybe_own.pop(key, None)

@@ -66,6 +66,10 @@ class Transient(PyPIError):
     retry_after: float | None = None
 
 
+class NotPep691(PyPIError):
+    """A Simple page that is not PEP 691 JSON (an older index: HTML, or a 406)."""
+
+
 class RateLimited(Transient):
     """PyPI's XML-RPC rate limit (a Fault, not a 429)."""
 
@@ -236,6 +240,9 @@ class PyPI:
         self._rng = rng or random.Random()
         self.requests = 0
         self.retried = 0
+        # --source xmlrpc: whether the index serves PEP 691 Simple pages (an older one
+        # may not), where the yanks XML-RPC never said are read
+        self.simple_json = True
 
     def __repr__(self) -> str:
         return f"<PyPI {self.display_url}>"
@@ -436,6 +443,11 @@ class PyPI:
             status, headers, body = await self._get(path, V1_JSON)
             if status == 404:
                 return None
+            if status == 406 or status == 200 and "json" not in headers.get(
+                    "content-type", "json"):
+                raise NotPep691(f"not PEP 691 JSON ({headers.get('content-type')})"
+                                if status == 200 else status_line(status),
+                                self.display_url + path)
             if status != 200:
                 raise PyPIError(status_line(status), self.display_url + path)
             page = self._parse_json(body, self.display_url + path)
@@ -579,9 +591,18 @@ class PyPI:
         project missing from a listing, a retry), the serial is that page's too: never
         newer than the data read after it."""
         key = normalize(name)
-        page = await self.simple_page(key)
+        page = None
         if min_serial is None:
+            page = await self.simple_page(key)
             min_serial = page[0] if page is not None else None
+        elif self.simple_json:
+            try:
+                page = await self.simple_page(key)
+            except NotPep691 as error:  # (then no page is asked for again)
+                self.simple_json = False
+                log.warn("{where} does not serve PEP 691 Simple pages ({error}): yanks "
+                         "and PEP 658 metadata, which XML-RPC does not say, are not "
+                         "mirrored", where=self.display_url, error=error)
         on_page = {f.get("filename"): f for f in (page[2] if page is not None else [])}
         versions = await self.call("package_releases", name, True)
         if not versions:
@@ -696,12 +717,24 @@ def _json_info(data: dict) -> dict:
     return info
 
 
+def _iso_z(text: str) -> str:
+    """An XML-RPC dateTime's text as ``yyyy-mm-ddThh:mm:ssZ`` (the text as it is when
+    it is in none of the forms servers write)."""
+    for form in ("%Y%m%dT%H:%M:%S", "%Y%m%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S",
+                 "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, form).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            pass
+    return text
+
+
 def _json_file(entry: dict, requires_python: str | None, on_page: dict) -> dict:
     """One ``release_urls`` struct -> a JSON API file entry; what XML-RPC never said
     (yanked, PEP 658 metadata) from the file's entry on the Simple page (PEP 691)."""
     iso = entry.get("upload_time_iso_8601") or entry.get("upload_time") or ""
     if isinstance(iso, xmlrpc_client.DateTime):  # (an older server's dateTime.iso8601)
-        iso = datetime.strptime(iso.value, "%Y%m%dT%H:%M:%S").strftime("%Y-%m-%dT%H:%M:%SZ")
+        iso = _iso_z(iso.value)
     iso = iso if isinstance(iso, str) else str(iso)
     yanked = on_page.get("yanked", False)
     metadata = on_page.get("core-metadata", on_page.get("data-dist-info-metadata", False))

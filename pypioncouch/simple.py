@@ -171,7 +171,7 @@ def index_html_head() -> bytes:
 def index_html_items(projects: Iterable[tuple[str, str]]) -> bytes:
     """Anchors of the PEP 503 index: ``projects`` yields ``(normalized, display)``."""
     return "".join(f'    <a href="/simple/{escape(normalized)}/">{escape(display)}</a>\n'
-                   for normalized, display in projects).encode("utf-8")
+                   for normalized, display in projects).encode("utf-8", "replace")
 
 
 INDEX_HTML_TAIL = b"  </body>\n</html>\n"

@@ -620,3 +620,35 @@ def test_an_xmlrpc_datetime_upload_time_is_served_in_the_json_apis_form():
     shaped = _json_file({"filename": "a-1.0.tar.gz"}, None, {"yanked": True})
     assert (shaped["yanked"], shaped["yanked_reason"], shaped["core-metadata"]) == (
         True, None, False)
+
+
+def test_an_index_without_pep_691_pages_still_mirrors_over_xmlrpc_and_says_so():
+    """--source xmlrpc reads yanks from the Simple page (XML-RPC never said them); an
+    older index answering it in HTML is said once, and its projects are mirrored."""
+    from twisted.logger import globalLogPublisher
+
+    clock = task.Clock()
+    html = (200, {"content-type": "text/html; charset=utf-8"}, b"<html></html>")
+    http = ScriptedHTTP(html, clock=clock)
+    data = {"name": "Foo", "version": "1.0", "summary": "s", "requires_python": None}
+    files = [{"filename": "foo-1.0.tar.gz", "url": "https://files.test/foo-1.0.tar.gz",
+              "digests": {"md5": "a" * 32, "sha256": "b" * 64}, "size": 3,
+              "upload_time": "2015-06-14T14:38:05"}]
+    calls = [rpc_answer(["1.0"]), rpc_answer(["1.0"]), rpc_answer(data), rpc_answer(files)]
+    rpc = ScriptedHTTP(*calls, *calls, clock=clock)
+    pypi = PyPI("http://pypi.test/", http=http, rpc_http=rpc, reactor=clock, timeout=5.0,
+                retries=3, backoff=1.0, rng=Midpoint())
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        for name in ("Foo", "Bar"):
+            _, results = started(pypi.legacy_project(name, min_serial=12))
+            answer = outcome(results)
+            assert answer.kind == "project", answer
+            entry = answer.payload["releases"]["1.0"][0]
+            assert (entry["yanked"], entry["core-metadata"]) == (False, False)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert http.urls == ["http://pypi.test/simple/foo/"]  # once, not retried, not again
+    assert [e for e in said if "does not serve PEP 691 Simple pages" in str(
+        e.get("log_format"))]

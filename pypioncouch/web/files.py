@@ -20,7 +20,7 @@ from twisted.web.static import File
 from pypioncouch import model
 from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
 from pypioncouch.files import FileStore, Wanted, file_sha256, find_wanted, is_safe_filename
-from pypioncouch.web.app import _plain, _redirect, observed
+from pypioncouch.web.app import _not_modified, _plain, _redirect, observed
 from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
 
@@ -64,8 +64,7 @@ class FilePages:
         etag = f'"{wanted.sha256}"'
         request.setHeader("ETag", etag)
         request.setHeader("Cache-Control", CACHE_CONTROL)
-        if etag in [tag.strip() for tag in (request.getHeader("if-none-match") or "").split(",")]:
-            request.setResponseCode(304)
+        if _not_modified(request, etag):
             return b""
         path = None if self.store.is_damaged(wanted.key) else self.store.lookup(wanted.key)
         if path is not None and not self.store.is_verified(wanted.key) and \
