@@ -13,6 +13,7 @@ scanning every answer's text, ten times the cost of parsing it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -39,12 +40,29 @@ def dumps_utf8(value: Any) -> bytes:
     """:func:`dumps` for CouchDB: valid UTF-8 throughout, a lone surrogate (which PyPI's
     JSON can carry as a ``\\ud800`` escape) written as U+FFFD. Apache CouchDB refuses a
     request holding one ("invalid UTF-8 JSON"): a whole batch, again at every retry;
-    pouchdb-server takes it, and a replica on Apache CouchDB would then refuse it."""
+    pouchdb-server takes it, and a replica on Apache CouchDB would then refuse it. A
+    ``NaN`` or an infinity is written as ``null`` here too (CouchDB refuses ``NaN``)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+        clean = _for_couchdb(value)
+    try:
+        return orjson.dumps(clean)
+    except TypeError:  # an integer past 64 bits
+        return json.dumps(clean, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _for_couchdb(value: Any) -> Any:
+    """``value`` with lone surrogates as U+FFFD and non-finite floats as None."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_for_couchdb(key): _for_couchdb(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_for_couchdb(item) for item in value]
+    return value
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

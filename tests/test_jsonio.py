@@ -1,6 +1,7 @@
 """pypioncouch.jsonio: orjson's speed, the standard library's answers where orjson
 refuses (every expected value a literal)."""
 
+import json
 import math
 
 import pytest
@@ -53,6 +54,13 @@ def test_writes_a_lone_surrogate_as_u_fffd_for_couchdb_which_refuses_it():
     assert jsonio.dumps_utf8({"s": "half \ud800 a pair", "n": 2 ** 64}) == \
         '{"s":"half \ufffd a pair","n":18446744073709551616}'.encode("utf-8")
     assert jsonio.dumps_utf8({"s": "Zoë"}) == '{"s":"Zoë"}'.encode("utf-8")
+
+
+def test_for_couchdb_a_nan_beside_a_lone_surrogate_is_still_null():
+    """The surrogate sends the writer off orjson's path; CouchDB refuses ``NaN``."""
+    body = jsonio.dumps_utf8({"a": [float("nan"), float("inf")], "\udc80k": "x\ud800"})
+    assert body == '{"a":[null,null],"\ufffdk":"x\ufffd"}'.encode("utf-8")
+    assert json.loads(body) == {"a": [None, None], "\ufffdk": "x\ufffd"}
 
 
 def test_writes_nan_as_null_which_couchdb_takes():
