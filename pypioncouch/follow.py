@@ -38,14 +38,16 @@ class ChangesFollower(CoroutineService):
     A database deleted (and perhaps created again under its name) breaks the feed;
     the follower then starts over from ``after_loss`` (``"now"``, or ``0`` to see
     every document of the new database): seqs of the old one mean nothing there.
+    ``on_lost()`` says so, before ``on_disconnected()``.
     """
 
     def __init__(self, db: Database, on_change: Callable[[dict], Any], *, since: Any = "now",
                  include_docs: bool = False, heartbeat_ms: int = 5000,
                  on_connected: Callable[[], Any] = lambda: None,
                  on_disconnected: Callable[[], Any] = lambda: None,
+                 on_lost: Callable[[], Any] = lambda: None,
                  max_backoff: float = 30.0, reactor=None, name: str = "changes",
-                 after_loss: Any = "now", probe_seconds: float = PROBE_SECONDS):
+                 after_loss: Any = "now", probe_seconds: float | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.db = db
@@ -55,11 +57,12 @@ class ChangesFollower(CoroutineService):
         self.heartbeat_ms = heartbeat_ms
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        self.on_lost = on_lost
         self.max_backoff = max_backoff
         self.reactor = reactor
         self.name = name
         self.after_loss = after_loss
-        self.probe_seconds = probe_seconds
+        self.probe_seconds = PROBE_SECONDS if probe_seconds is None else probe_seconds
         self.live = False
         self._gone = False  # the probe found the database gone
         self._live_since = 0.0
@@ -99,6 +102,7 @@ class ChangesFollower(CoroutineService):
             except CouchError as error:
                 if isinstance(error, NotFound):  # (the database deleted)
                     self.since = self.after_loss
+                    self.on_lost()
                 self._gone = False
                 # A feed live for a while starts its backoff over: a continuous feed
                 # never ends well, and a restart an hour ago must not slow this one.

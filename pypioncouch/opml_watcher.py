@@ -295,6 +295,8 @@ BIG_PROJECT = 100
 # more at once (p99 1.6 s); pouchdb-server answers in one thread, where every request
 # costs, so fewer, bigger ones (p99 2.4 s, against 2.8-3.4 s with 25 x 6).
 BATCH_SHAPES = {"apache": (25, 6), "pouchdb": (50, 3)}
+LOST = object()  # saved_seq when the database was deleted: the next save writes
+
 # Our writes whose change has not come back yet, remembered so that it is not taken for
 # another's (a regeneration for nothing: half of a burst's work); bounded, as a first
 # start on all of PyPI writes hundreds of thousands before the feed brings them back.
@@ -382,8 +384,28 @@ class OpmlWatcher(Service):
         self.saved_seq = self.status.opml_seq = checkpoint["seq"]
         self.follower = ChangesFollower(self.db, self.on_change, since=checkpoint["seq"],
                                         reactor=self.reactor, name="OPML watcher",
-                                        after_loss=0)
+                                        after_loss=0, on_lost=self._lost,
+                                        on_connected=self._connected)
         self.follower.startService()
+
+    def _lost(self) -> None:
+        """The database was deleted (and perhaps created again): what was due in it,
+        and its seqs, mean nothing now. The follower starts over from 0, and so does
+        the backlog; batches in flight are let be (:meth:`_regenerate`). The new
+        database's checkpoint is written anew once the feed is back: one saved from
+        the old backlog meanwhile (an old seq, which pouchdb-server would take at a
+        restart, skipping the new database's changes up to it) does not stay."""
+        self.backlog = Backlog(0)
+        for held in (self.own_writes, self.maybe_own, self.taken_at, self.refused_since):
+            held.clear()
+        self.project_changed.clear()
+        self.big.clear()
+        self.saved_seq = LOST
+        self.status.opml_seq = 0
+
+    def _connected(self) -> None:
+        if self.saved_seq is LOST:
+            self._save_soon()
 
     def stopService(self):
         super().stopService()
@@ -450,7 +472,8 @@ class OpmlWatcher(Service):
             return
         now = self.reactor.seconds()
         wait = self.backlog.close(now, self.debounce)
-        if self.backlog.safe_seq != self.saved_seq:  # (changes that needed no batch)
+        # (changes that needed no batch; a database lost: saved once its feed is back)
+        if self.backlog.safe_seq != self.saved_seq and self.saved_seq is not LOST:
             self._save_soon()
         if wait is not None:  # changes too recent to be due: come back for them
             self._schedule(wait)
@@ -468,7 +491,7 @@ class OpmlWatcher(Service):
                 self.taken_at.pop(key, None)
                 self.taken_at[key] = now
             self.taken += 1
-            batch = defer.ensureDeferred(self._regenerate(keys, self.taken))
+            batch = defer.ensureDeferred(self._regenerate(keys, self.taken, self.backlog))
             self.batches.add(batch)
             batch.addBoth(lambda _, b=batch: self.batches.discard(b))
 
@@ -493,30 +516,39 @@ class OpmlWatcher(Service):
         ``max_backoff`` (an error that does not go away is not hammered)."""
         return doubling(self.failures, 1.0, self.max_backoff)
 
-    async def _regenerate(self, keys: list[str], number: int) -> None:
+    async def _regenerate(self, keys: list[str], number: int, backlog: Backlog) -> None:
         try:
             written, conflicted, refused = await regenerate_many(
                 self.db, keys, self.status, self.big, self.big_project)
         except Exception as error:
-            for key in keys:  # (written or not, unknown: what came stays due)
-                self.maybe_own.pop(key, None)
-            self.backlog.failed(keys)  # not lost: first in line once the pause is over
-            self._note_failure(error)
+            if backlog is self.backlog:  # (else taken from a database deleted since)
+                self._failed(keys, error)
         else:
-            self._wrote(keys, written)
-            again = self._weigh(keys, number, written, refused)
-            self.backlog.finished([key for key in keys if key not in again], conflicted)
-            if again:  # the same: first in line once the pause is over
-                self.backlog.failed(list(again))
-                self._note_failure(refusal(list(again.values()), self.db))
-            else:
-                if self.failures:
-                    log.info("OPML watcher: writing again after {n} failed tries",
-                             n=self.failures)
-                self.failures, self.status.opml_error = 0, None
-            self._save_soon()
+            if backlog is self.backlog:
+                self._done(keys, number, written, conflicted, refused)
         if self.running:
             self._schedule(0)
+
+    def _failed(self, keys: list[str], error: Exception) -> None:
+        for key in keys:  # (written or not, unknown: what came stays due)
+            self.maybe_own.pop(key, None)
+        self.backlog.failed(keys)  # not lost: first in line once the pause is over
+        self._note_failure(error)
+
+    def _done(self, keys: list[str], number: int, written: dict[str, str],
+              conflicted: list[str], refused: list[BulkResult]) -> None:
+        self._wrote(keys, written)
+        again = self._weigh(keys, number, written, refused)
+        self.backlog.finished([key for key in keys if key not in again], conflicted)
+        if again:  # the same: first in line once the pause is over
+            self.backlog.failed(list(again))
+            self._note_failure(refusal(list(again.values()), self.db))
+        else:
+            if self.failures:
+                log.info("OPML watcher: writing again after {n} failed tries",
+                         n=self.failures)
+            self.failures, self.status.opml_error = 0, None
+        self._save_soon()
 
     def _weigh(self, keys: list[str], number: int, written: dict[str, str],
                refused: list[BulkResult]) -> dict[str, BulkResult]:
@@ -571,7 +603,8 @@ class OpmlWatcher(Service):
 
     async def _save(self) -> None:
         self._save_queued = False
-        seq = self.backlog.safe_seq
+        backlog = self.backlog
+        seq = backlog.safe_seq
         if self.saved_seq is None or seq == self.saved_seq:
             return  # not started (the checkpoint not read yet), or nothing new
         try:
@@ -579,4 +612,5 @@ class OpmlWatcher(Service):
         except Exception as error:  # the next batch's save tries again
             log.warn("OPML watcher could not save its checkpoint: {error}", error=error)
             return
-        self.saved_seq = self.status.opml_seq = seq
+        if backlog is self.backlog:  # (else the old database's: written again, LOST)
+            self.saved_seq = self.status.opml_seq = seq

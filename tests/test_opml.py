@@ -686,3 +686,65 @@ async def test_release_only_changes_of_a_project_just_regenerated_wait_out_a_coo
         assert await wait_for(lambda: _contains(world.db, key, b'text="77.0"'), timeout=2.5)
     finally:
         await watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_deleted_and_created_again_keeps_no_checkpoint_of_the_old_one(
+        world, monkeypatch):
+    """An operator starts over under a running daemon: the database deleted with
+    batches in flight, then created again. What the old database's batches finish is
+    let be; the new database's checkpoint is never a seq of the old one (a restart
+    would resume from it: on pouchdb-server, past the new database's changes); and
+    every project imported into the new database gets its opml.xml."""
+    from pypioncouch import follow, opml_watcher
+
+    monkeypatch.setattr(follow, "PROBE_SECONDS", 0.5)  # (pouchdb-server: how soon it sees)
+    await run_pass(world.importer(), full=True)
+    release = defer.Deferred()
+    real_regenerate = opml_watcher.regenerate_many
+
+    async def held(db, keys, *args):
+        if not release.called:
+            await release
+        return await real_regenerate(db, keys, *args)
+
+    monkeypatch.setattr(opml_watcher, "regenerate_many", held)
+    watcher = OpmlWatcher(world.db, debounce=0.05)
+    watcher.startService()
+    try:
+        async def in_flight():
+            return bool(watcher.batches) and not watcher.backlog  # (all taken)
+        assert await wait_for(in_flight)
+        assert watcher.backlog.last_seq not in (0, None)
+        await world.db.delete_database()
+
+        async def noticed():  # (the follower starts the new database over from 0)
+            return watcher.follower.since == 0 and not watcher.follower.live
+        assert await wait_for(noticed)  # (the old batches still in flight)
+        await world.db.ensure()
+        release.callback(None)
+
+        async def settled():
+            return not watcher.batches
+        assert await wait_for(settled)
+        await sleep(0.5)  # (a save of the old seq, if any, has landed)
+        assert (await world.db.get_local(CHECKPOINT) or {"seq": 0})["seq"] == 0
+
+        await run_pass(world.importer(), full=True)
+        assert await wait_for(lambda: _all_have_opml(world))
+        await sleep(0.5)
+    finally:
+        if not release.called:
+            release.callback(None)  # (the held batches, or stopping waits for ever)
+        await watcher.stopService()
+    info = await world.db.info()
+    saved = (await world.db.get_local(CHECKPOINT))["seq"]
+    # Every change of the new database is passed, and a restart resumes from there.
+    assert saved == info["update_seq"] or watcher.backlog.safe_seq == saved
+    again = OpmlWatcher(world.db, debounce=0.05)
+    again.startService()
+    try:
+        await sleep(1.0)
+        assert again.status.opml_written == 0
+    finally:
+        await again.stopService()
