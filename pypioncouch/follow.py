@@ -102,7 +102,10 @@ class ChangesFollower(CoroutineService):
             except CouchError as error:
                 if isinstance(error, NotFound):  # (the database deleted)
                     self.since = self.after_loss
-                    self.on_lost()
+                    try:
+                        self.on_lost()
+                    except Exception:  # (the feed must go on)
+                        log.failure("{name}: after the database's loss", name=self.name)
                 self._gone = False
                 # A feed live for a while starts its backoff over: a continuous feed
                 # never ends well, and a restart an hour ago must not slow this one.

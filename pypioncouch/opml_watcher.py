@@ -402,6 +402,8 @@ class OpmlWatcher(Service):
         self.big.clear()
         self.saved_seq = LOST
         self.status.opml_seq = 0
+        # (the old database's failures: its batches' 404s must not pause the new one's)
+        self.failures, self.paused_until, self.status.opml_error = 0, 0.0, None
 
     def _connected(self) -> None:
         if self.saved_seq is LOST:
@@ -473,7 +475,8 @@ class OpmlWatcher(Service):
         now = self.reactor.seconds()
         wait = self.backlog.close(now, self.debounce)
         # (changes that needed no batch; a database lost: saved once its feed is back)
-        if self.backlog.safe_seq != self.saved_seq and self.saved_seq is not LOST:
+        if self.backlog.safe_seq != self.saved_seq and (
+                self.saved_seq is not LOST or self.follower.live):
             self._save_soon()
         if wait is not None:  # changes too recent to be due: come back for them
             self._schedule(wait)

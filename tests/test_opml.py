@@ -727,24 +727,23 @@ async def test_a_database_deleted_and_created_again_keeps_no_checkpoint_of_the_o
         async def settled():
             return not watcher.batches
         assert await wait_for(settled)
-        await sleep(0.5)  # (a save of the old seq, if any, has landed)
-        assert (await world.db.get_local(CHECKPOINT) or {"seq": 0})["seq"] == 0
+        async def following():
+            return watcher.follower.live
+        assert await wait_for(following, timeout=40.0)  # (the new database, from 0)
+        await sleep(0.5)  # (a save of the old seq, if any, has landed; then 0)
+        assert (await world.db.get_local(CHECKPOINT))["seq"] == 0  # written anew
+        assert watcher.status.opml_error is None  # (the old batches' 404s are not said)
 
         await run_pass(world.importer(), full=True)
         assert await wait_for(lambda: _all_have_opml(world))
-        await sleep(0.5)
+
+        async def idle():  # every change of the new database passed, and saved
+            backlog = watcher.backlog
+            return (not backlog and not backlog.running and
+                    backlog.safe_seq == backlog.last_seq == watcher.saved_seq)
+        assert await wait_for(idle)
+        assert (await world.db.get_local(CHECKPOINT))["seq"] == watcher.saved_seq
     finally:
         if not release.called:
             release.callback(None)  # (the held batches, or stopping waits for ever)
         await watcher.stopService()
-    info = await world.db.info()
-    saved = (await world.db.get_local(CHECKPOINT))["seq"]
-    # Every change of the new database is passed, and a restart resumes from there.
-    assert saved == info["update_seq"] or watcher.backlog.safe_seq == saved
-    again = OpmlWatcher(world.db, debounce=0.05)
-    again.startService()
-    try:
-        await sleep(1.0)
-        assert again.status.opml_written == 0
-    finally:
-        await again.stopService()
