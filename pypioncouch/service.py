@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
@@ -117,6 +118,18 @@ class Options(usage.Options):
                 # (systemd keeps "1  # a comment" whole: a flag must not be dropped)
                 self.environment_error = (f"{variable}={value!r} is neither 1/true/yes "
                                           "nor 0/false/no")
+
+    def parseOptions(self, options=None) -> None:
+        """As usage.Options does; under twistd or twist (``parent`` set), a usage error
+        is said in one line: they print their whole help before it, some seventy lines
+        over the one that matters in the journal."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(f"pypioncouch: {error} (see --help)\n")
+            raise SystemExit(1) from None
 
     def postOptions(self) -> None:
         if not self["couch"]:

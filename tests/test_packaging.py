@@ -50,10 +50,14 @@ def test_the_plugin_is_found_after_a_plain_pip_install(tmp_path):
 
 
 def test_bad_options_get_one_clear_line():
-    result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", "--couch", "ftp://x/"],
-                            capture_output=True, text=True, cwd="/")
-    assert result.returncode != 0
-    assert "--couch: not an http(s) URL" in result.stdout + result.stderr
+    for runner in (["twistd", "-n"], ["twist"]):  # (each printed its whole help first)
+        for args, said in ((["--couch", "ftp://x/"], "--couch: not an http(s) URL"),
+                           (["--coucj", "http://x/"], "option --coucj not recognized")):
+            result = subprocess.run([str(BIN / runner[0]), *runner[1:], "pypioncouch",
+                                     *args], capture_output=True, text=True, cwd="/")
+            assert result.returncode == 1
+            lines = (result.stdout + result.stderr).splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"pypioncouch: {said}"), lines
     result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", "--couch",
                              "http://admin:pa#ss9@127.0.0.1:5984/"],
                             capture_output=True, text=True, cwd="/")
