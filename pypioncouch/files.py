@@ -196,6 +196,16 @@ class UnreadableManifest(ValueError):
     """``seeded.json`` is there but cannot be read: not to be written over."""
 
 
+def _created_file_mode() -> int:
+    """The mode a file created now gets, 0666 less the umask, as cp or rsync would give
+    it. A temp file is made 0600: files seeded by root (umask 022) for a daemon of its
+    own user were all unreadable to it. (Read once, at start: the umask is only read
+    by setting it.)"""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class FileStore:
     """The folder of release files. ``max_bytes`` (None: no limit) is the budget:
     past it, the least recently used files that were not seeded are deleted."""
@@ -205,6 +215,7 @@ class FileStore:
         self.max_bytes = max_bytes
         self.stats = FileStats()
         self.incoming = self.root / INCOMING
+        self.file_mode = _created_file_mode()
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             self.incoming.mkdir(exist_ok=True)
@@ -411,8 +422,7 @@ class FileStore:
         """Move a complete, verified temp file to ``key``; returns its path."""
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp_path, target)
-        _fsync_dir(target.parent)
+        self._place(temp_path, target)
         size = target.stat().st_size
         self._forget(key)
         self._verified.add(key)  # (its digest was checked on the way in)
@@ -466,7 +476,11 @@ class FileStore:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, target)
+        self._place(handle.name, target)
+
+    def _place(self, temp_path: str, target: Path) -> None:
+        os.chmod(temp_path, self.file_mode)  # (a temp file is 0600)
+        os.replace(temp_path, target)
         _fsync_dir(target.parent)
 
     def summary(self) -> dict:

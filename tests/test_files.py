@@ -4,6 +4,7 @@ sha256, seeded with ``pypioncouch --fetch-files``, installed with PyPI away."""
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -573,6 +574,21 @@ def put(store, key, size):
     with store.open_incoming() as handle:
         handle.write(b"x" * size)
     store.commit(handle.name, key)
+
+
+def test_a_stored_file_has_the_mode_of_a_file_created_now_not_of_a_temp_file(tmp_path):
+    """A temp file is 0600: files seeded as root for a daemon of its own user could not
+    be read by it. A stored file gets 0666 less the umask, as cp would give it."""
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        before = os.umask(umask)
+        try:
+            store = FileStore(tmp_path / oct(umask))
+        finally:
+            os.umask(before)
+        put(store, "p/p-1.0.tar.gz", 3)
+        store.mark_seeded(["p/p-1.0.tar.gz"])
+        for written in ("p/p-1.0.tar.gz", "seeded.json"):
+            assert stat.S_IMODE((tmp_path / oct(umask) / written).stat().st_mode) == mode
 
 
 def stored(root):
