@@ -385,6 +385,26 @@ async def test_a_replica_whose_releases_land_after_their_project_serves_no_stale
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_name_or_search_too_long_for_couchdb_is_a_404_or_400_not_its_trouble(
+        imported):
+    """Some 16,000 characters of name made the CouchDB request too long for
+    pouchdb-server's headers: a 503 "the database is not answering", noted on /status
+    as CouchDB's trouble, for anyone to cause."""
+    world, front, url = imported
+    name = "a" * 16100
+    for path, code in ((f"/simple/{name}/", 404), (f"/pypi/{name}/json", 404),
+                       (f"/pypi/{name}/1.0/json", 404), (f"/files/{name}/x-1.whl", 404),
+                       (f"/browse/project/{name}", 404), (f"/browse/dependents/{name}", 404),
+                       (f"/browse/?q={name[:8000]}", 400),
+                       (f"/browse/author/?name={'é' * 2000}", 400),
+                       (f"/browse/keyword/{'k' * 9000}", 400)):
+        answer = await treq.get(url + path)
+        assert answer.code == code, (path[:40], answer.code)
+        await answer.content()
+    assert front.status.last_error is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

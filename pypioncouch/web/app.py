@@ -112,6 +112,17 @@ def observed(route: str):
     return decorate
 
 
+# Longer than any name PyPI holds (under 100 characters), and short enough for the
+# CouchDB request it becomes (a name longer than ~8,000 characters made pouchdb-server
+# refuse its headers: a 503 said, and noted on /status as CouchDB's trouble).
+MAX_NAME = 500
+
+
+def servable_name(name: str) -> bool:
+    """Whether ``name`` (from a URL) may name a project: else a 404, CouchDB not asked."""
+    return len(name) <= MAX_NAME and model.is_valid_project_name(name)
+
+
 def _plain(request, code: int, text: str) -> bytes:
     request.setResponseCode(code)
     request.setHeader("Content-Type", "text/plain; charset=utf-8")
@@ -467,7 +478,7 @@ class WebFront:
     @observed("simple_redirect")
     async def simple_no_slash(self, request, name):
         _cors(request)
-        if not model.is_valid_project_name(name):
+        if not servable_name(name):
             return _plain(request, 404, "404 Not Found")
         return _redirect(request, f"/simple/{model.normalize(name)}/")
 
@@ -475,7 +486,7 @@ class WebFront:
     @observed("simple_project")
     async def simple_project(self, request, name):
         _cors(request)
-        if not model.is_valid_project_name(name):
+        if not servable_name(name):
             return _plain(request, 404, "404 Not Found")
         key = model.normalize(name)
         if key != name:
@@ -522,7 +533,7 @@ class WebFront:
         not_found = b'{"message": "Not Found"}'
         _cors(request)
         request.setHeader("Content-Type", JSON)
-        if not model.is_valid_project_name(name) or (version is not None and (
+        if not servable_name(name) or (version is not None and (
                 version.startswith("_") or len(version) > 200)):
             request.setResponseCode(404)
             return not_found

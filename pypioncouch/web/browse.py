@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import CouchError, NotFound
 from pypioncouch.opml import ATTACHMENT
-from pypioncouch.web.app import NotAcceptable, not_acceptable, wants_json
+from pypioncouch.web.app import NotAcceptable, not_acceptable, servable_name, wants_json
 from pypioncouch.web.descriptions import DescriptionCache
 from pypioncouch.web.refresh import Refreshed
 
@@ -37,21 +37,25 @@ SCAN_LIMIT = 2000  # rows read at most to fill one filtered page
 HIGH = "\ufff0"
 BAD_CURSOR = "after/before must be a key as this site's own links give it"
 MAX_CURSOR = 2000  # characters; keeps the URL of the CouchDB query it becomes modest
+MAX_ARG = 500  # characters of a search (names, classifiers, requirements): the same
 
 
 class BadQuery(ValueError):
     """A query parameter a person typed wrong; the page says which and why."""
 
 
-def _arg(request, name: str, default: str = "") -> str:
+def _arg(request, name: str, default: str = "", limit: int | None = MAX_ARG) -> str:
     values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace").strip() if values else default
+    value = values[0].decode("utf-8", "replace").strip() if values else default
+    if limit is not None and len(value) > limit:  # (else a 503: too long for the CouchDB request it becomes)
+        raise BadQuery(f"{name}= is too long: at most {limit:,} characters")
+    return value
 
 
 def _key_arg(request, name: str) -> Any:
     """A cursor from the URL: a view key as this site's links give it (a name, or a
     flat list of strings and numbers, well under MAX_CURSOR characters)."""
-    raw = _arg(request, name)
+    raw = _arg(request, name, limit=None)
     if not raw:
         return None
     if len(raw) > MAX_CURSOR:
@@ -188,9 +192,11 @@ async def keyset_page(db, *, low: list, high: list, after: Any = None, before: A
 
 def _named(request, in_path: str | None) -> str:
     """The author, maintainer or keyword a list is of: from the path, or ``?name=``."""
-    if in_path is not None:
-        return in_path
-    return (request.args.get(b"name") or [b""])[0].decode("utf-8", "replace")
+    named = in_path if in_path is not None else \
+        (request.args.get(b"name") or [b""])[0].decode("utf-8", "replace")
+    if len(named) > MAX_ARG:  # (as in _arg)
+        raise BadQuery(f"name= is too long: at most {MAX_ARG:,} characters")
+    return named
 
 
 def _pager_links(path: str, params: list[tuple[str, str]], page: Page) -> dict:
@@ -413,7 +419,7 @@ class BrowsePages:
 
     @app.route("/project/<name>", methods=["GET", "HEAD"])
     async def project(self, request, name):
-        if not model.is_valid_project_name(name):
+        if not servable_name(name):
             return self.respond(request, "error.html", {"error": "no such project"}, 404)
         key = model.normalize(name)
         if key != name:
@@ -436,7 +442,7 @@ class BrowsePages:
 
     @app.route("/dependents/<name>", methods=["GET", "HEAD"])
     async def dependents(self, request, name):
-        if not model.is_valid_project_name(name):
+        if not servable_name(name):
             return self.respond(request, "error.html", {"error": "no such project"}, 404)
         key = model.normalize(name)
         if key != name:
@@ -469,7 +475,7 @@ class BrowsePages:
 
     @app.route("/project/<name>/opml.xml", methods=["GET", "HEAD"])
     async def project_opml(self, request, name):
-        if not model.is_valid_project_name(name):
+        if not servable_name(name):
             return self.respond(request, "error.html", {"error": "no such project"}, 404)
         try:
             content, _ = await self.db.get_attachment(model.normalize(name), ATTACHMENT)

@@ -20,7 +20,7 @@ from twisted.web.static import File
 from pypioncouch import model
 from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
 from pypioncouch.files import FileStore, Wanted, file_sha256, find_wanted, is_safe_filename
-from pypioncouch.web.app import _not_modified, _plain, _redirect, observed
+from pypioncouch.web.app import _cors, _not_modified, _plain, _redirect, observed, servable_name
 from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
 
@@ -50,7 +50,8 @@ class FilePages:
     @app.route("/<project>/<filename>", methods=["GET", "HEAD"])
     @observed("files")
     async def release_file(self, request, project, filename):
-        if not model.is_valid_project_name(project) or not is_safe_filename(filename):
+        _cors(request)  # (as files.pythonhosted.org: micropip fetches from a page)
+        if not servable_name(project) or not is_safe_filename(filename):
             return _plain(request, 404, "404 Not Found")
         key = model.normalize(project)
         if key != project:
