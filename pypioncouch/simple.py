@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from html import escape
-from typing import Iterable
+from typing import Any, Iterable
 
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
@@ -75,11 +75,17 @@ def _quality(offer: str, ranges: list[tuple[str, float]]) -> float:
 
 def upload_time_z(entry: dict) -> str | None:
     """``yyyy-mm-ddThh:mm:ss[.ffffff]Z`` from a JSON API file entry."""
-    iso = entry.get("upload_time_iso_8601")
+    iso = _text(entry.get("upload_time_iso_8601"))
     if iso:
         return iso
-    plain = entry.get("upload_time")
+    plain = _text(entry.get("upload_time"))
     return plain + "Z" if plain else None
+
+
+def _text(value: Any) -> str | None:
+    """A string PyPI gives, or None: another index may store a number where PyPI has
+    text (a Requires-Python of 3), and a page made from it failed with a 500."""
+    return value if isinstance(value, str) and value else None
 
 
 def simple_files(releases: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
@@ -98,23 +104,24 @@ def simple_file(entry: dict) -> dict:
     (reference §4.2): an empty Requires-Python is null, the metadata hash also under
     Warehouse's ``data-dist-info-metadata``, and ``provenance`` null when unknown."""
     digests = entry.get("digests") or {}
-    hashes = {k: digests[k] for k in ("sha256",) if digests.get(k)}
+    hashes = {k: digests[k] for k in ("sha256",) if _text(digests.get(k))}
     yanked = bool(entry.get("yanked"))
-    if yanked and entry.get("yanked_reason"):
+    if yanked and _text(entry.get("yanked_reason")):
         yanked = entry["yanked_reason"]
     metadata = entry.get("core-metadata") or entry.get("data-dist-info-metadata") or False
-    metadata = metadata if isinstance(metadata, dict) else False
+    metadata = metadata if isinstance(metadata, dict) and all(
+        isinstance(v, str) for v in metadata.values()) else False
     return {
         "filename": entry["filename"],
         "url": entry["url"],
         "hashes": hashes,
-        "requires-python": entry.get("requires_python") or None,
+        "requires-python": _text(entry.get("requires_python")),
         "size": entry.get("size"),
         "upload-time": upload_time_z(entry),
         "yanked": yanked,
         "core-metadata": metadata,
         "data-dist-info-metadata": metadata,
-        "provenance": entry.get("provenance"),
+        "provenance": _text(entry.get("provenance")),
     }
 
 

@@ -166,3 +166,27 @@ NAMES = [("Foo_Bar.baz", "foo-bar-baz"), ("FOO__bar..9", "foo-bar-9"), ("a-_.b",
 @pytest.mark.parametrize("name, normalized", NAMES)
 def test_pep_503_normalization(name, normalized):
     assert simple.normalize(name) == normalized
+
+
+def test_a_file_of_another_index_with_numbers_for_texts_makes_a_page_not_a_500():
+    """Another index (``--pypi``) may store a number where PyPI has text: the pages
+    made from it failed for every request. What is not text is left out, as unknown."""
+    entry = {"filename": "odd-1.0.tar.gz", "url": "https://files.example/odd-1.0.tar.gz",
+             "digests": {"sha256": 7}, "requires_python": 3, "size": 10,
+             "upload_time": 1700000000, "yanked": True, "yanked_reason": 5,
+             "core-metadata": {"sha256": 8}, "provenance": 9}
+    file = simple.simple_file(entry)
+    assert file == {"filename": "odd-1.0.tar.gz",
+                    "url": "https://files.example/odd-1.0.tar.gz", "hashes": {},
+                    "requires-python": None, "size": 10, "upload-time": None,
+                    "yanked": True, "core-metadata": False,
+                    "data-dist-info-metadata": False, "provenance": None}
+    assert simple.project_html("odd", [file], 1) == (
+        '<!DOCTYPE html>\n<html>\n  <head>\n'
+        '    <meta name="pypi:repository-version" content="1.4">\n'
+        '    <meta name="pypi:project-status" content="active">\n'
+        '    <title>Links for odd</title>\n  </head>\n  <body>\n'
+        '    <h1>Links for odd</h1>\n'
+        '    <a href="https://files.example/odd-1.0.tar.gz" data-yanked="">'
+        'odd-1.0.tar.gz</a><br />\n'
+        '  </body>\n</html>\n<!--SERIAL 1-->\n').encode()
