@@ -258,6 +258,16 @@ def drop_own_info(doc: dict) -> None:
         doc.pop(key, None)
 
 
+def is_another_upload(release: dict, stored: dict) -> bool:
+    """Whether ``release`` is another upload of its version than ``stored``: removed on
+    PyPI and uploaded again, perhaps with other metadata. PyPI never takes a filename
+    twice, so the two share no file. (With no files on either side, it cannot tell.)"""
+    def names(doc: dict) -> set:
+        return {f.get("filename") for f in doc.get("files") or [] if isinstance(f, dict)}
+    new, old = names(release), names(stored)
+    return bool(new) and bool(old) and new.isdisjoint(old)
+
+
 def own_info_of(previous: dict) -> dict:
     """The own-metadata keys of a stored release document (to carry them over)."""
     kept = {k: previous[k] for k in _OWN_INFO_KEYS if k in previous}

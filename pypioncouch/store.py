@@ -99,8 +99,10 @@ def keep_info(doc: dict, stored: dict) -> None:
     """A release written without ``info`` (no longer PyPI's latest) keeps its own
     metadata stored earlier: as the latest, or by the backfill (even a moment ago).
     Without files, it keeps the flags that metadata gave it too (yanked,
-    Requires-Python): its project's answer has nothing to say them."""
-    if doc.get("type") == model.RELEASE and "info" not in doc:
+    Requires-Python): its project's answer has nothing to say them. Not a release
+    uploaded again since (its metadata is asked for anew: the backfill)."""
+    if doc.get("type") == model.RELEASE and "info" not in doc and \
+            not model.is_another_upload(doc, stored):
         doc.update(model.own_info_of(stored))
         if not doc.get("files") and isinstance(doc.get("info"), dict):
             doc.update(model.own_flags(doc["info"]))

@@ -151,6 +151,32 @@ async def test_an_older_release_keeps_the_info_it_had_as_the_latest(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_release_removed_and_uploaded_again_does_not_keep_the_old_uploads_info(world):
+    """Removed on PyPI and uploaded again (other files: PyPI never takes a filename
+    twice), a release that is not the latest may carry other metadata: what the old
+    upload said must not be served as its own for ever (the backfill asks anew)."""
+    key = "again"
+    world.index.publish(key, "1.0", files=2, summary="the first upload")
+    await run_pass(world.importer(), full=True)
+    first = world.index.get(key).releases["1.0"].files
+    world.index.remove_file(key, "1.0", first[0].filename)  # (kept: the other wheel)
+    world.index.publish(key, "2.0")
+    await run_pass(world.importer())
+    await world.settled()
+    kept = await world.read_db.get(f"{key}:1.0")
+    assert kept["info"]["summary"] == "the first upload"  # (kept, not the latest now)
+    world.index.remove_release(key, "1.0")
+    world.index.publish(key, "1.0", files=1, summary="the second upload")
+    assert {f.filename for f in world.index.get(key).releases["1.0"].files}.isdisjoint(
+        f["filename"] for f in kept["files"])
+    await run_pass(world.importer())
+    await world.settled()
+    again = await world.read_db.get(f"{key}:1.0")
+    assert [f["filename"] for f in again["files"]] == [first[0].filename]
+    assert "info" not in again  # (no metadata rather than another upload's)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_import_removes_what_pypi_no_longer_lists(world):
     """An import interrupted, then a project removed, then a new full import whose
     baseline is past the removal: the project must still go."""
