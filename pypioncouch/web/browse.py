@@ -47,7 +47,12 @@ class BadQuery(ValueError):
 def _arg(request, name: str, default: str = "", limit: int | None = MAX_ARG) -> str:
     values = request.args.get(name.encode())
     value = values[0].decode("utf-8", "replace").strip() if values else default
-    if limit is not None and len(value) > limit:  # (else a 503: too long for the CouchDB request it becomes)
+    return value if limit is None else _within(name, value, limit)
+
+
+def _within(name: str, value: str, limit: int = MAX_ARG) -> str:
+    """``value``, unless too long for the CouchDB request it becomes (a 503 then)."""
+    if len(value) > limit:
         raise BadQuery(f"{name}= is too long: at most {limit:,} characters")
     return value
 
@@ -194,9 +199,7 @@ def _named(request, in_path: str | None) -> str:
     """The author, maintainer or keyword a list is of: from the path, or ``?name=``."""
     named = in_path if in_path is not None else \
         (request.args.get(b"name") or [b""])[0].decode("utf-8", "replace")
-    if len(named) > MAX_ARG:  # (as in _arg)
-        raise BadQuery(f"name= is too long: at most {MAX_ARG:,} characters")
-    return named
+    return _within("name", named)
 
 
 def _pager_links(path: str, params: list[tuple[str, str]], page: Page) -> dict:
