@@ -871,9 +871,12 @@ class XmlRpcImporter:
         old_digests = (old or {}).get("release_digests") or {}
         if answer.kind == "gone":
             deletions = [store.tombstone(i, serial) for i in await self.store.release_ids(work.key)]
+            # Planned even when this pass read no copy: another writer (a daemon and a
+            # cron --update on one database) may have stored one since. (Dropped if not.)
+            project = store.tombstone(work.key, serial)
             if old is not None:
-                deletions.append({**store.tombstone(work.key, serial), "_rev": old["_rev"]})
-            return deletions, 0
+                project["_rev"] = old["_rev"]
+            return deletions + [project], 0
         if answer.kind == "empty":  # (named as PyPI spells it now; a retry knows the key)
             spelled = not work.retry or work.name != work.key
             name = work.name if spelled else (old or {}).get("name") or work.name

@@ -384,6 +384,39 @@ async def test_what_was_removed_in_one_pass_comes_back_in_a_later_one(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_project_another_writer_stores_while_a_pass_removes_it_goes(world):
+    """A daemon and a cron ``--update`` on one database: this pass reads the project
+    as not stored, PyPI says it is gone, and the other writer (a step behind) stores
+    it before this pass writes. The removal still takes it away: PyPI's changelog
+    will not name it again."""
+    import json
+
+    from pypioncouch import model
+
+    await run_pass(world.importer(), full=True)
+    world.index.publish("Racer", "1.0")
+    status, body, _ = world.index.json_api("racer")
+    assert status == 200
+    project, releases = model.project_documents(json.loads(body))  # the other's copy
+    world.index.remove_project("racer")
+    importer = world.importer()
+    plan = importer._plan
+
+    async def the_other_writer_first(work, old, answer):
+        if work.key == "racer":
+            assert old is None and answer.kind == "gone"
+            assert await Store(world.db).write(releases + [project]) == ({}, {})
+        return await plan(work, old, answer)
+
+    importer._plan = the_other_writer_first
+    summary = await run_pass(importer)
+    assert summary.pending == 0 and summary.deleted == 1, summary
+    await world.settled()
+    assert await world.read_db.get_or_none("racer") is None
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_quarantined_project_removed_leaves_a_mirror_following_the_index(world):
     """Quarantine, then removal: malware's usual end on PyPI. The Simple index lists
     neither state and has no removal rows: the stored quarantined projects are asked
