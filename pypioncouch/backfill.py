@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from pypioncouch import couchapp, model
 from pypioncouch.couch import Conflict, CouchError, Database
 from pypioncouch.pipeline import CoroutineService
-from pypioncouch.pypi import PyPI, PyPIError, Transient
+from pypioncouch.pypi import PyPI, PyPIError, StaleAnswer, Transient
 from pypioncouch.status import BackfillProgress
 from pypioncouch.store import Store
 
@@ -120,7 +120,8 @@ class OwnInfo:
     async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
         """``(the release's document with its own info, whether this call stored
         it)``. The document is None when the release is not stored or PyPI does not
-        know it (404). Raises :class:`PyPIError`, :class:`model.BadPayload`,
+        know it (404). Raises :class:`PyPIError` (:class:`StaleAnswer` for an answer
+        older than the stored release), :class:`model.BadPayload`,
         :class:`CouchError` or :class:`Busy`."""
         doc = await self._release(key, version)
         if doc is None or model.has_own_info(doc):
@@ -130,8 +131,15 @@ class OwnInfo:
             if doc is None or model.has_own_info(doc):
                 return doc, False
         pace = None if self.pacer is None else (lambda: self.pacer.wait(self.max_wait))
+        # PyPI's answer is at least as new as the stored release (its project's serial
+        # then): a CDN's older copy may say a release without files is not yanked.
+        serial = doc.get("last_serial")
         try:
-            payload = await self.pypi.release(key, version, before_retry=pace)
+            payload = await self.pypi.release(
+                key, version, before_retry=pace,
+                min_serial=serial if isinstance(serial, int) else None, missing_ok=True)
+        except StaleAnswer:
+            raise  # (PyPI answered: no hold)
         except Transient as error:  # (5xx, 429, unreachable: not one release's answer)
             self._pypi_failed(error)
             raise
@@ -259,7 +267,8 @@ class Backfill(CoroutineService):
         progress = self.progress
         try:
             filled, stored = await self.own.fill(key, version)
-        except model.BadPayload as error:  # (another release's metadata, ...)
+        except (model.BadPayload, StaleAnswer) as error:
+            # (another release's metadata; a CDN's stale copy: asked again later)
             self._later(doc_id)
             self._note_error(f"{key} {version}: {error}")
             log.warn("backfill {key} {version}: {error}", key=key, version=version,

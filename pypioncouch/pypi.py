@@ -524,13 +524,15 @@ class PyPI:
 
     async def release(self, name: str, version: str,
                       before_retry: Callable[[], Awaitable[Any]] | None = None,
-                      min_serial: int | None = None) -> dict | None:
+                      min_serial: int | None = None, missing_ok: bool = False
+                      ) -> dict | None:
         """PyPI's per-version JSON API answer (``/pypi/<name>/<version>/json``): the
         only place a release that is not the latest shows its own metadata. None when
         PyPI does not know the release (404). ``before_retry`` is awaited before each
         attempt after the first (a pace every request keeps). With ``min_serial`` (the
-        project's answer lists the release), an answer older than that, or a 404, is a
-        CDN's stale copy: asked again, then :class:`StaleAnswer`."""
+        project's answer lists the release), an answer older than that, or a 404 (unless
+        ``missing_ok``: listed a while ago, it may be removed since), is a CDN's stale
+        copy: asked again, then :class:`StaleAnswer`."""
         path = f"pypi/{normalize(name)}/{quote(version, safe='!+')}/json"
         where = self.display_url + path
 
@@ -547,8 +549,9 @@ class PyPI:
 
         def fresh(answer: tuple[dict | None, int | None]) -> bool:
             payload, serial = answer
-            return min_serial is None or (payload is not None and (
-                serial is None or serial >= min_serial))
+            if min_serial is None or payload is None:
+                return min_serial is None or missing_ok
+            return serial is None or serial >= min_serial
 
         payload, serial = answer = await self._until_fresh(
             lambda: self._retrying(attempt, before_retry), fresh)

@@ -424,6 +424,39 @@ async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_wo
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_backfill_takes_no_answer_older_than_the_stored_release(small_world):
+    """A release without files yanked before a first import: the project's answer
+    cannot say it, so the backfill asks. A CDN still serving the per-version answer
+    from before the yank must not have the mirror say "not yanked" for ever: asked
+    again, then later."""
+    world = small_world
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    fileless = "2.0.0.dev1"
+    world.index.cdn_hold(key, fileless)
+    world.index.yank(key, fileless, "never meant to be")
+    await run_pass(world.importer(), full=True)
+    pypi = PyPI(world.url, backoff=0.05, stale_retries=1)
+    backfill = Backfill(world.db, pypi, BackfillProgress(), rate=1000.0)
+    await backfill.run_pass()
+    assert backfill.progress.errors == 1, backfill.progress.last_error
+    assert f"{key} {fileless}: stale: serial" in backfill.progress.last_error
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}[fileless]
+    assert release.get("info") is None and release["yanked"] is False  # (not known yet)
+    assert f"{key}:{fileless}" in backfill._unanswered  # (asked again later)
+    world.index.cdn_release(key, fileless)
+    await backfill_of(world).run_pass()
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}[fileless]
+    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
+    _, port, url = serve(world.db, syncing=False)
+    try:
+        assert await ours(url, key, fileless) == (200, await oracle(world, key, fileless))
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_yank_row_reaches_a_release_without_files_stored_as_new_already(small_world):
     """The project was fetched (for an earlier row) after the yank: stored at the yank's
     serial, its answer showing no files to flag. The yank's own row, on the next page
