@@ -50,6 +50,7 @@ def site(couch_server):
                   read_url=couch_server.read_url)
     for version in VERSIONS:
         world.index.publish("Spec.Test", version, requires_dist=None)
+    world.index.publish("Micro.Bound", "1.0", requires_python=">=3.8.1,<4")
     for name, (content_type, text, requires) in READMES.items():
         world.index.publish(name, "1.0", description=text, requires_dist=requires,
                             description_content_type=content_type)
@@ -132,6 +133,10 @@ async def test_paging_forward_and_back_is_exact(site):
             assert bad.code == 400, (path, raw[:20], bad.code)
             assert (await bad.json())["error"] == \
                 "after/before must be a key as this site's own links give it"
+    # The end of the list, where an empty page's "Previous" leads (a page the scan
+    # limit left empty, at the end of a sparse filter): the list's last rows.
+    end = await get_json(f"{url}/browse/?before={quote(json.dumps(['name', {}]))}")
+    assert [p["key"] for p in end["projects"]] == [k for k, _ in world.index.listing()][-25:]
 
 
 @pytest_twisted.ensureDeferred
@@ -144,16 +149,26 @@ async def test_name_search_and_python_filter(site):
         expected = [k for k, _ in world.index.listing() if k.startswith(prefix)]
         assert expected, prefix  # (the data set has names to find)
         assert [p["key"] for p in found] == expected, query
-    # Every project that runs on 2.7 is listed, and no other (from the simulator's data).
-    runs_on_27 = []
-    for project in projects(world):
-        latest = world.index.latest(project)
-        requires = latest.requires_python if latest else None
-        if not requires or SpecifierSet(requires).contains("2.7", prereleases=True):
-            runs_on_27.append(project.normalized)
+    # Every project that runs on 2.7 (some 2.7.z: a user on 2.7.18 installs what wants
+    # >=2.7.9) is listed, and no other (from the simulator's data).
+    def runs_on(python):
+        found = []
+        for project in projects(world):
+            latest = world.index.latest(project)
+            requires = latest.requires_python if latest else None
+            if not requires or any(SpecifierSet(requires).contains(one, prereleases=True)
+                                   for one in python):
+                found.append(project.normalized)
+        return found
+    runs_on_27 = runs_on([f"2.7.{micro}" for micro in range(40)])
     assert 25 < len(runs_on_27) < len(world.index.listing())
     found = await every_page(f"{url}/browse/?python=2.7")
     assert [p["key"] for p in found] == runs_on_27
+    # A series, or one release of it.
+    on_38 = [p["key"] for p in await every_page(f"{url}/browse/?python=3.8")]
+    assert "micro-bound" in on_38 and on_38 == runs_on([f"3.8.{m}" for m in range(40)])
+    on_380 = [p["key"] for p in await every_page(f"{url}/browse/?python=3.8.0")]
+    assert "micro-bound" not in on_380 and on_380 == runs_on(["3.8.0"])
     bad = await treq.get(f"{url}/browse/?python=three", headers=JSON)
     assert bad.code == 400 and "not a version" in (await bad.json())["error"]
 
@@ -192,6 +207,8 @@ async def test_links_to_an_author_maintainer_or_keyword_of_any_text_lead_to_its_
                   read_url=couch_server.read_url)
     world.index.publish("Odd.Names", "1.0", author="Ann//Bo\nCo", maintainer="..",
                         keywords="/lead,a&b=c #d,tail/")
+    long_author = "Ann Author, " * 50  # (600 characters: too long to search by)
+    world.index.publish("Long.Author", "1.0", author=long_author, keywords="short")
     await run_pass(world.importer(), full=True)
     await world.settled()
     front, port, url = serve(world.read_db, syncing=False)
@@ -203,6 +220,10 @@ async def test_links_to_an_author_maintainer_or_keyword_of_any_text_lead_to_its_
         for link in links:
             found = await every_page(url + link)
             assert [p["key"] for p in found] == ["odd-names"], link
+        # Shown, not linked to a search this site would refuse (a 400).
+        page = await (await treq.get(f"{url}/browse/project/long-author")).text()
+        assert long_author.strip() in page and "/browse/author/" not in page
+        assert '/browse/keyword/?name=short"' in page
     finally:
         await port.stopListening()
         world.close()

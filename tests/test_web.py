@@ -397,7 +397,8 @@ async def test_a_name_or_search_too_long_for_couchdb_is_a_404_or_400_not_its_tro
                        (f"/browse/project/{name}", 404), (f"/browse/dependents/{name}", 404),
                        (f"/browse/?q={name[:8000]}", 400),
                        (f"/browse/author/?name={'é' * 2000}", 400),
-                       (f"/browse/keyword/{'k' * 9000}", 400)):
+                       (f"/browse/keyword/{'k' * 9000}", 400),
+                       (f"/browse/classifiers/?c={'c' * 9000}", 400)):
         answer = await treq.get(url + path)
         assert answer.code == code, (path[:40], answer.code)
         await answer.content()

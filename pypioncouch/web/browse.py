@@ -59,7 +59,8 @@ def _within(name: str, value: str, limit: int = MAX_ARG) -> str:
 
 def _key_arg(request, name: str) -> Any:
     """A cursor from the URL: a view key as this site's links give it (a name, or a
-    flat list of strings and numbers, well under MAX_CURSOR characters)."""
+    flat list of strings and numbers, perhaps ending with ``{}``, the end of a list,
+    well under MAX_CURSOR characters)."""
     raw = _arg(request, name, limit=None)
     if not raw:
         return None
@@ -70,8 +71,9 @@ def _key_arg(request, name: str) -> Any:
     except (ValueError, RecursionError):  # (a few hundred "[" exhaust the parser)
         raise BadQuery(BAD_CURSOR) from None
     scalars = (str, int, float, bool, type(None))
+    parts = key[:-1] if isinstance(key, list) and key and key[-1] == {} else key
     if not isinstance(key, (str, list)) or \
-            (isinstance(key, list) and not all(isinstance(part, scalars) for part in key)):
+            (isinstance(key, list) and not all(isinstance(part, scalars) for part in parts)):
         raise BadQuery(BAD_CURSOR)
     return key
 
@@ -93,13 +95,35 @@ def select_versions(versions: list[str], specifier: str, prereleases: bool = Fal
 
 
 def python_matches(requires_python: str | None, python: str) -> bool:
-    """Whether a project whose Requires-Python is ``requires_python`` runs on ``python``."""
+    """Whether a project whose Requires-Python is ``requires_python`` runs on ``python``:
+    on one of its releases, when it names a series (3.8: a user on 3.8.20 installs
+    what wants ``>=3.8.1``)."""
     if not requires_python:
         return True
     try:
-        return SpecifierSet(requires_python).contains(python, prereleases=True)
+        spec = SpecifierSet(requires_python)
+        return any(spec.contains(one, prereleases=True) for one in _releases_told_apart(
+            python, spec))
     except (InvalidSpecifier, TypeError):  # (another index's 3, not "3")
         return True  # PyPI holds some unparsable values; do not hide those projects
+
+
+def _releases_told_apart(python: str, spec: SpecifierSet) -> list[str]:
+    """``python`` itself; for a series (3.8), also each release of it a bound of
+    ``spec`` names and the one after it: between them, ``spec`` says the same."""
+    series = Version(python).release
+    found = [python]
+    if len(series) != 2:
+        return found
+    for one in spec:
+        try:
+            bound = Version(one.version.removesuffix(".*"))
+        except InvalidVersion:  # (=== of any text)
+            continue
+        if bound.release[:2] == series and len(bound.release) > 2:
+            micro = bound.release[2]
+            found += [f"{series[0]}.{series[1]}.{m}" for m in (micro, micro + 1)]
+    return found
 
 
 @dataclass
@@ -368,7 +392,7 @@ class BrowsePages:
 
     @app.route("/classifiers/", methods=["GET", "HEAD"])
     async def classifiers(self, request):
-        selected = list(dict.fromkeys(v.decode("utf-8", "replace").strip()
+        selected = list(dict.fromkeys(_within("c", v.decode("utf-8", "replace").strip())
                                       for v in request.args.get(b"c", []) if v.strip()))
         counts = await self.classifier_counts.get()
         data = {"title": "Projects by classifier", "selected": selected,
