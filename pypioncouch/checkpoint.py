@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from twisted.logger import Logger
 
-from pypioncouch.couch import Conflict, Database
+from pypioncouch.couch import Conflict, Database, NotFound
 from pypioncouch.status import SyncStatus
 
 log = Logger()
@@ -45,6 +45,7 @@ class Checkpoint:
 
     async def load(self) -> dict | None:
         checkpoint = await self.db.get_local(CHECKPOINT)
+        self._token, self._rev = None, None
         if checkpoint is not None:
             self._token, self._rev = checkpoint.get("token"), checkpoint.get("_rev")
             # Known as synced from the start (health, the backfill), not after a pass.
@@ -60,6 +61,12 @@ class Checkpoint:
         """Save, merged with another writer's; returns the serial and pending saved."""
         for _ in range(SAVE_ROUNDS):
             current = await self.db.get_local(CHECKPOINT)
+            if current is None and self._rev is not None:
+                # Loaded or saved, now gone: the database was deleted (pouchdb-server
+                # creates it again at the next write), or the checkpoint. What it
+                # covered may be gone too: the next pass starts over.
+                raise NotFound("the checkpoint is gone since this pass read it (the "
+                               "database deleted?): the next pass imports anew")
             if current is not None and (current.get("token"), current.get("_rev")) != (
                     self._token, self._rev):
                 # Another writer on this database saved since we loaded or saved: never

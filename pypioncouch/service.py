@@ -27,7 +27,7 @@ from pypioncouch import __version__
 from pypioncouch.backfill import DEFAULT_RATE, Backfill, Pacer, backfill_client
 from pypioncouch.backoff import doubling
 from pypioncouch.conflicts import ConflictResolver
-from pypioncouch.couch import CouchDB
+from pypioncouch.couch import CouchDB, NotFound
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore
 from pypioncouch.opml_watcher import OpmlWatcher
@@ -239,6 +239,10 @@ class SyncService(CoroutineService):
             except defer.CancelledError:
                 raise
             except Exception as error:  # one failed pass never stops the loop
+                if isinstance(error, NotFound):
+                    # The database deleted under us (or its design document): the next
+                    # pass creates them again, as at start, and imports anew.
+                    prepared = False
                 self.status.consecutive_failures += 1
                 self.status.last_pass_ok = False
                 self.status.phase = "retrying"

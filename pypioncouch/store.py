@@ -394,6 +394,11 @@ class Store:
                     if rev and newer(await self.tombstone_serial(doc["_id"]), serial):
                         superseded[doc["_id"]] = None
                         continue
+                    if rev and is_project_doc(doc) and bases.get(doc["_id"]) is not None:
+                        # Removed by another writer since the plan was made (with the
+                        # releases this plan wrote, perhaps): not listed over them.
+                        rejected[doc["_id"]] = "conflict: removed by another writer meanwhile"
+                        continue
                 elif newer(stored.get("last_serial"), serial):
                     superseded[doc["_id"]] = stored
                     continue

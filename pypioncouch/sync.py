@@ -377,7 +377,11 @@ class XmlRpcImporter:
         started = time.monotonic()
         summary = Summary(kind="full import")
         self.status.phase = "full import"
-        checkpoint = await self.load_checkpoint()
+        try:
+            checkpoint = await self.load_checkpoint()
+        except BaseException:
+            _drop(listing)
+            raise
         baseline, listing = await (listing if listing is not None else self.fetch_listing())
         self.trace.mark("listed")
         pending = dict((checkpoint or {}).get("pending") or {})
@@ -432,9 +436,11 @@ class XmlRpcImporter:
 
     async def update(self) -> Summary:
         """One incremental pass: everything PyPI changed since the checkpoint.
-        With no checkpoint yet, this is a full import."""
+        With no checkpoint yet, this is a full import (into a database prepared again:
+        deleted under a running daemon, it is created anew, design document and all)."""
         checkpoint = await self.load_checkpoint()
         if checkpoint is None:
+            await self.prepare()
             return await self.full_import()
         started = time.monotonic()
         summary = Summary(kind="update")
@@ -1158,10 +1164,16 @@ async def run_pass(importer: XmlRpcImporter, full: bool = False,
     try:
         await importer.prepare()
     except BaseException:
-        listing.addErrback(lambda failure: None)
-        listing.cancel()
+        _drop(listing)
         raise
     return await importer.full_import(listing)
+
+
+def _drop(listing: defer.Deferred | None) -> None:
+    """Stop a listing under way that will not be used (its failure is no one's)."""
+    if listing is not None:
+        listing.addErrback(lambda failure: None)
+        listing.cancel()
 
 
 async def _settle_conflicts(db: Database, summary: Summary,

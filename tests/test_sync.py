@@ -264,6 +264,29 @@ async def test_two_first_imports_at_once_into_a_new_database_lose_nothing(world)
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_checkpoint_gone_since_it_was_read_is_not_saved_again(couch, db_name):
+    """Its database deleted under a running pass and created again (pouchdb-server
+    creates it at the next write): saving would have the new database claim all the
+    old one held. The pass fails; the next one finds no checkpoint and imports."""
+    from pypioncouch.checkpoint import Checkpoint
+    from pypioncouch.couch import NotFound
+    from pypioncouch.status import SyncStatus
+
+    db = couch.database(db_name)
+    await db.ensure()
+    checkpoint = Checkpoint(db, "https://pypi.org/", SyncStatus())
+    assert await checkpoint.load() is None
+    assert await checkpoint.save(10, {}) == (10, {})
+    await db.delete_database()
+    await db.ensure()
+    with pytest.raises(NotFound, match="the checkpoint is gone since this pass read it"):
+        await checkpoint.save(12, {"a": 11})
+    assert await db.get_local(CHECKPOINT) is None
+    assert await checkpoint.load() is None  # (the next pass: a first import)
+    assert await checkpoint.save(12, {}) == (12, {})
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_writers_that_found_no_checkpoint_merge_theirs(couch, db_name):
     """Both loaded none (two first imports at once): the second to save keeps the
     higher serial and the first's projects to retry, on Apache CouchDB too, whose local
@@ -413,6 +436,42 @@ async def test_a_project_another_writer_stores_while_a_pass_removes_it_goes(worl
     assert summary.pending == 0 and summary.deleted == 1, summary
     await world.settled()
     assert await world.read_db.get_or_none("racer") is None
+    await assert_matches_simulator(world.read_db, world.index)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_another_writer_removes_while_a_pass_writes_it_is_asked_again(
+        world):
+    """The other writer (a CDN's 404 in hand) removes the project and every release
+    stored, those this pass wrote a moment before too: this pass does not write the
+    project back over the removal, listing releases that are gone. Its next pass
+    asks PyPI again."""
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(3))
+    world.index.publish(key, "77.0")
+    importer = world.importer()
+    write = importer.store.write
+    removed = []
+
+    async def the_other_writer_between(docs, **options):
+        if not removed and any(d["_id"] == key for d in docs):
+            other = Store(world.db)
+            ids = await other.release_ids(key) + [key]
+            assert f"{key}:77.0" in ids  # (this pass's, written)
+            states = await other.states(ids)
+            assert await other.write([{**store_module.tombstone(i, None),
+                                       "_rev": states[i][0]} for i in ids]) == ({}, {})
+            removed.append(key)
+        return await write(docs, **options)
+
+    importer.store.write = the_other_writer_between
+    summary = await run_pass(importer)
+    assert removed and summary.pending == 1, summary
+    assert "another writer" in summary.errors[0], summary.errors
+    assert await world.db.get_or_none(key) is None
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    await world.settled()
     await assert_matches_simulator(world.read_db, world.index)
 
 

@@ -446,6 +446,70 @@ async def test_the_daemon_waits_for_the_xmlrpc_rate_limit_to_reset(world):
         await service.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_full_import_that_cannot_read_its_checkpoint_stops_its_listing(world):
+    """(PyPI's listing of 700,000 names, asked for while the database is prepared, is
+    not left running, nor its failure unheard.)"""
+    from twisted.internet import defer
+
+    from pypioncouch.couch import Unauthorized
+
+    w = world(projects=2, seed=3)
+    importer = w.importer()
+    listing = defer.Deferred()
+
+    async def listing_under_way():
+        return await listing
+
+    async def unreadable():
+        raise Unauthorized("you are not a server admin")
+
+    importer.fetch_listing = listing_under_way
+    importer.load_checkpoint = unreadable
+    with pytest.raises(Unauthorized):
+        await run_pass(importer, full=True)
+    assert listing.called  # (cancelled)
+    listing.addErrback(lambda failure: failure.trap(defer.CancelledError))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_deleted_under_the_daemon_is_created_and_filled_again(world):
+    """As at its start: the database, its design document, a full import (before,
+    Apache CouchDB's daemon asked PyPI for its whole listing and failed, at every
+    pass; pouchdb-server's imported into a database without its design document)."""
+    from pypioncouch import couchapp
+    from pypioncouch.service import SyncService
+
+    w = world(projects=6, seed=3)
+    importer = w.importer()
+    service = SyncService(importer, interval=0.2)
+
+    async def until(check, what):
+        for _ in range(300):
+            if await check():
+                return
+            await sleep(0.1)
+        raise AssertionError(f"{what}: {importer.status.last_sync_error}")
+
+    async def imported():
+        return importer.status.last_pass_ok and \
+            await w.db.get_or_none(couchapp.DESIGN_ID) is not None and \
+            len(await Store(w.db).project_ids()) == 6
+
+    service.startService()
+    try:
+        await until(imported, "the first import")
+        listed = w.resource.xmlrpc.calls["list_packages_with_serial"]
+        await w.db.delete_database()
+        await until(lambda: w.db.exists(), "the database created again")
+        await until(imported, "imported again")
+        assert w.resource.xmlrpc.calls["list_packages_with_serial"] == listed + 1
+    finally:
+        await service.stopService()
+    await w.settled()
+    await assert_matches_simulator(w.read_db, w.index)
+
+
 def test_the_blocking_python_api_from_a_plain_script(couch_server, db_name, tmp_path):
     with SimulatorProcess("--projects", "15", "--seed", "9") as sim:
         script = tmp_path / "mirror.py"
