@@ -454,6 +454,36 @@ async def test_a_stored_file_answers_head_range_and_conditional_requests(world, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_file_evicted_as_it_is_served_is_a_503_to_ask_again(world, tmp_path):
+    """The budget removed it between its lookup and its answer: pip retries a 503; a
+    404 with a year's immutable caching would fail the install, and stay in caches."""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    found = store.lookup
+
+    def evicted_at_once(key):
+        path = found(key)
+        if path is not None:
+            os.unlink(path)
+        return path
+
+    try:
+        assert (await treq.get(address)).code == 200  # (fetched, stored)
+        store.lookup = evicted_at_once
+        for method in (treq.get, http.head):
+            answer = await method(address)
+            assert answer.code == 503, (answer.code, await treq.content(answer))
+            assert header(answer, "cache-control") == ["no-store"]
+            assert header(answer, "etag") is None and header(answer, "retry-after") == ["1"]
+            await treq.content(answer)
+        store.lookup = found
+        assert await (await treq.get(address)).content() == upstream_bytes(world, APP_WHEEL)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_seeded_files_install_from_an_air_gapped_mirror(world, couch_server, db_name,
                                                               tmp_path):
     files = tmp_path / "files"

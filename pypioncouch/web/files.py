@@ -198,8 +198,26 @@ def _find(entry, key: str, filename: str) -> Wanted | None:
     return None if release is None else find_wanted(key, [release], filename)
 
 
+class _StoredFile(File):
+    """A stored file, served as found, or a 503 to ask again if the budget evicted it
+    since it was looked up (not a 404 with a year's caching: it is the release's)."""
+
+    def render_GET(self, request):
+        self.restat(False)
+        try:
+            if self.exists():
+                return super().render_GET(request)
+        except FileNotFoundError:  # (evicted between the check and the open)
+            pass
+        request.setHeader("Retry-After", "1")
+        return _unavailable(request, 503, f"503 Service Unavailable: {self.basename()} "
+                                          "left this mirror's disk a moment ago; ask again")
+
+    render_HEAD = render_GET  # (File's own is its render_GET)
+
+
 def _static(path) -> File:
-    resource = File(str(path), defaultType="application/octet-stream")
+    resource = _StoredFile(str(path), defaultType="application/octet-stream")
     # No guessing from the name: a .tar.gz must not go out as Content-Encoding: gzip.
     resource.contentTypes, resource.contentEncodings = {}, {}
     return resource
