@@ -133,7 +133,7 @@ class Download:
             raise FetchError(f"{self.wanted.filename}: refused, its sha256 is {got}, the "
                              f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})")
         try:
-            self.store.commit(self.temp_path, self.wanted.key)
+            self.store.commit(self.temp_path, self.wanted)
         except OSError as error:
             self.cannot_store = True
             raise FetchError(f"{self.wanted.filename}: cannot store it in "

@@ -48,6 +48,7 @@ MANIFEST_LOCK = ".seeded.lock"  # held while the manifest is read and written ag
 METADATA_SUFFIX = ".metadata"
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!~-]*\Z")  # (\Z: "x.whl\n" is not)
 _PROJECT = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+MAX_FILENAME = 240  # characters of a release file's name
 STALE_INCOMING = 3600.0  # seconds: a temp file older than this is a crash's leftover
 
 
@@ -56,8 +57,12 @@ class BadFileName(ValueError):
 
 
 def is_safe_filename(filename: str) -> bool:
-    """A release file's name that is one plain path segment (no ``/``, no leading dot)."""
-    return len(filename) <= 240 and bool(_FILENAME.match(filename)) and ".." not in filename
+    """A release file's name that is one plain path segment (no ``/``, no leading dot),
+    short enough for its ``.metadata`` file's name too (255 bytes at most)."""
+    longest = MAX_FILENAME + len(".metadata") if filename.endswith(".metadata") else \
+        MAX_FILENAME
+    return len(filename) <= longest and bool(_FILENAME.match(filename)) and \
+        ".." not in filename
 
 
 def relative_path(project: str, filename: str) -> str:
@@ -225,7 +230,9 @@ class FileStore:
         # Files this process has seen match their sha256 (it wrote them, or read them
         # whole): one found on disk otherwise (copied in, cut short, rotten) is read
         # once before it is first served.
-        self._verified: set[str] = set()
+        # key -> the sha256 its bytes were checked against (another index may let a
+        # file be uploaded again under its name: PyPI never does)
+        self._verified: dict[str, str] = {}
         self._damaged: dict[str, int] = {}  # key -> mtime: wrong, and not removable
         self.bytes = 0
         self._seeded = _Seeded()
@@ -366,14 +373,15 @@ class FileStore:
         except OSError:
             return False
         if right:
-            self._verified.add(wanted.key)
+            self._verified[wanted.key] = wanted.sha256
         return right
 
-    def is_verified(self, key: str) -> bool:
-        return key in self._verified
+    def is_verified(self, wanted: Wanted) -> bool:
+        """Whether the stored file was checked against ``wanted``'s digest."""
+        return self._verified.get(wanted.key) == wanted.sha256
 
-    def verified(self, key: str) -> None:
-        self._verified.add(key)
+    def verified(self, wanted: Wanted) -> None:
+        self._verified[wanted.key] = wanted.sha256
 
     def remove_damaged(self, key: str, why: str) -> None:
         """Delete a stored file whose bytes are not the release's (never served). In a
@@ -407,7 +415,7 @@ class FileStore:
         return False
 
     def _forget(self, key: str) -> None:
-        self._verified.discard(key)
+        self._verified.pop(key, None)
         size = self._lru.pop(key, None)
         if size is not None:
             self.bytes -= size
@@ -418,14 +426,16 @@ class FileStore:
         """A new temp file (binary, for writing) in the store's file system."""
         return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="part-", delete=False)
 
-    def commit(self, temp_path: str, key: str) -> Path:
-        """Move a complete, verified temp file to ``key``; returns its path."""
+    def commit(self, temp_path: str, wanted: Wanted) -> Path:
+        """Move a complete temp file, verified as ``wanted``, to its key; returns its
+        path."""
+        key = wanted.key
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
         self._place(temp_path, target)
         size = target.stat().st_size
         self._forget(key)
-        self._verified.add(key)  # (its digest was checked on the way in)
+        self._verified[key] = wanted.sha256  # (checked on the way in)
         self._lru[key] = size
         self.bytes += size
         self.stats.fetched += 1

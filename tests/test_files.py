@@ -484,6 +484,65 @@ async def test_a_file_evicted_as_it_is_served_is_a_503_to_ask_again(world, tmp_p
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_file_stored_with_other_bytes_under_its_name_is_checked_again(world,
+                                                                              tmp_path):
+    """Another index may take a file again under its name (PyPI never does): bytes
+    this daemon stored and checked before are checked against the digest the release
+    says now, not served as the new file's."""
+    from pypioncouch.files import Wanted
+
+    store = FileStore(tmp_path / "files")
+    old = b"the upload before"
+    with store.open_incoming() as handle:
+        handle.write(old)
+    store.commit(handle.name, Wanted("files-app", APP_WHEEL, "https://files.test/old",
+                                     hashlib.sha256(old).hexdigest(), len(old)))
+    front, port, url = serve(world.db, store, Fetcher(store))
+    try:
+        answer = await treq.get(f"{url}/files/files-app/{APP_WHEEL}")
+        assert await answer.content() == upstream_bytes(world, APP_WHEEL)
+        assert "does not match its sha256" in (await status_of(url))["last_error"]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stored_file_that_cannot_be_read_now_is_kept_and_a_503(world, tmp_path,
+                                                                      monkeypatch):
+    """Too many open files, a network file system's hiccup: not a file that does not
+    match its digest (removed, an air-gapped mirror's for good)."""
+    import errno
+
+    from pypioncouch.web import files as file_pages
+
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        assert (await treq.get(address)).code == 200  # (fetched, stored)
+    finally:
+        await port.stopListening()
+    restarted = FileStore(tmp_path / "files")  # (a restart: to be checked again)
+
+    def too_many_open_files(path):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(file_pages, "file_sha256", too_many_open_files)
+    front, port, url = serve(world.db, restarted, None)
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        answer = await treq.get(address)
+        assert answer.code == 503 and header(answer, "retry-after") == ["5"]
+        assert b"cannot be read on this mirror now" in await answer.content()
+        assert (tmp_path / "files" / "files-app" / APP_WHEEL).exists()
+        monkeypatch.undo()
+        answer = await treq.get(address)
+        assert await answer.content() == upstream_bytes(world, APP_WHEEL)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_seeded_files_install_from_an_air_gapped_mirror(world, couch_server, db_name,
                                                               tmp_path):
     files = tmp_path / "files"
@@ -606,9 +665,13 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
 
 
 def put(store, key, size):
+    from pypioncouch.files import Wanted
+
     with store.open_incoming() as handle:
         handle.write(b"x" * size)
-    store.commit(handle.name, key)
+    project, filename = key.split("/")
+    store.commit(handle.name, Wanted(project, filename, f"https://files.test/{key}",
+                                     hashlib.sha256(b"x" * size).hexdigest(), size))
 
 
 def test_a_stored_file_has_the_mode_of_a_file_created_now_not_of_a_temp_file(tmp_path):
@@ -953,7 +1016,9 @@ def test_the_daemon_takes_the_files_options(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("filename, safe", [
     ("pkg-1.0-py3-none-any.whl", True), ("pkg-1.0.tar.gz", True), (".hidden.whl", False),
-    ("a/b.whl", False), ("x..whl", False), ("pkg-1.0.whl\n", False), ("", False)])
+    ("a/b.whl", False), ("x..whl", False), ("pkg-1.0.whl\n", False), ("", False),
+    ("p" * 236 + ".whl", True), ("p" * 237 + ".whl", False),  # (240 characters at most,
+    ("p" * 236 + ".whl.metadata", True)])                      # and its metadata's too)
 def test_only_a_plain_path_segment_names_a_stored_file(filename, safe):
     from pypioncouch.files import BadFileName, is_safe_filename, relative_path
 

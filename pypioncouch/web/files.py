@@ -11,10 +11,13 @@ the stored files (``app.py``), and a missing file is a 404 that says so.
 
 from __future__ import annotations
 
+import os
 from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.static import File
 
 from pypioncouch import model
@@ -23,6 +26,8 @@ from pypioncouch.files import FileStore, Wanted, file_sha256, find_wanted, is_sa
 from pypioncouch.web.app import _cors, _not_modified, _plain, _redirect, observed, servable_name
 from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
+
+log = Logger()
 
 CHUNK = 64 * 1024
 CACHE_CONTROL = "max-age=31536000, immutable"  # a file's bytes never change on PyPI
@@ -68,9 +73,14 @@ class FilePages:
         if _not_modified(request, etag):
             return b""
         path = None if self.store.is_damaged(wanted.key) else self.store.lookup(wanted.key)
-        if path is not None and not self.store.is_verified(wanted.key) and \
-                not await self._verified(wanted, path):
-            path = None
+        if path is not None and not self.store.is_verified(wanted):
+            right = await self._verified(wanted, path)
+            if right is None:  # (unreadable now: too many open files, NFS, ...)
+                request.setHeader("Retry-After", "5")
+                return _unavailable(request, 503, f"503 Service Unavailable: {filename} "
+                                                  "cannot be read on this mirror now")
+            if not right:
+                path = None
         if path is not None:
             self.store.stats.hits += 1
             return _static(path)
@@ -85,37 +95,47 @@ class FilePages:
             return await self._when_stored(request, download)
         return await self._stream(request, download)
 
-    async def _verified(self, wanted: Wanted, path) -> bool:
-        """Whether a file found on disk, not written by this process, holds the
-        release's bytes: read once (in a thread: a file may be large) however many ask
-        meanwhile (a crowd on a 2 GB wheel after a restart would read it once each);
-        removed if not."""
+    async def _verified(self, wanted: Wanted, path) -> bool | None:
+        """Whether a file found on disk, not written by this process (or checked
+        against another digest), holds the release's bytes: read once (in a thread: a
+        file may be large) however many ask meanwhile (a crowd on a 2 GB wheel after a
+        restart would read it once each); removed if not, unless it changed while it
+        was read. None if it cannot be read now: kept."""
         waiter = defer.Deferred()
         waiters = self._verifying.get(wanted.key)
         if waiters is not None:
             waiters.append(waiter)
         else:
             self._verifying[wanted.key] = [waiter]
-            d = threads.deferToThread(file_sha256, path)
-            d.addCallbacks(lambda got: got == wanted.sha256,
-                           lambda failure: failure.trap(OSError) and False)
-            d.addBoth(self._verify_done, wanted)
+            d = threads.deferToThread(_digest_of, path)
+            d.addBoth(self._verify_done, wanted, path)
         return await waiter
 
-    def _verify_done(self, right, wanted: Wanted) -> None:
-        """``right``: a bool, or a Failure (a bug: told to every waiter)."""
+    def _verify_done(self, read, wanted: Wanted, path) -> None:
+        """``read``: ``(sha256, the file's identity then)``, or a Failure: an OSError
+        (unreadable: kept) or a bug (told to every waiter)."""
+        right: bool | None | Failure = None
         try:
-            if right is True:
-                self.store.verified(wanted.key)
-            elif right is False:
-                self.store.remove_damaged(wanted.key, "does not match its sha256")
+            if isinstance(read, Failure):
+                if read.check(OSError):
+                    log.warn("{key}: cannot be read to check it ({error}): kept",
+                             key=wanted.key, error=read.value)
+                else:
+                    right = read
+            elif read[0] == wanted.sha256:
+                right = True
+                self.store.verified(wanted)
+            else:
+                right = False
+                if _identity(path) == read[1]:  # (not replaced while it was read)
+                    self.store.remove_damaged(wanted.key, "does not match its sha256")
         finally:
             for waiter in self._verifying.pop(wanted.key, []):
                 if not waiter.called:
-                    if isinstance(right, bool):
-                        waiter.callback(right)
-                    else:
+                    if isinstance(right, Failure):
                         waiter.errback(right)
+                    else:
+                        waiter.callback(right)
 
     async def _when_stored(self, request, download: Download):
         try:
@@ -196,6 +216,21 @@ def _find(entry, key: str, filename: str) -> Wanted | None:
     base = filename.removesuffix(".metadata")
     release = index.get(base)
     return None if release is None else find_wanted(key, [release], filename)
+
+
+def _identity(path) -> tuple | None:
+    """Which file ``path`` is now (another process may put another in its place)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _digest_of(path) -> tuple[str, tuple | None]:
+    """``(sha256 of the file at path, its identity before it was read)``."""
+    before = _identity(path)
+    return file_sha256(path), before
 
 
 class _StoredFile(File):
