@@ -50,11 +50,9 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pypioncouch.testing.devrun run
-
-demo: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pypioncouch.testing.devrun demo
+# The embedded server (npm) only when COUCH names no CouchDB of your own.
+run demo: $(STAMP) $(if $(COUCH),,$(NODE_STAMP))
+	$(BIN)/python -m pypioncouch.testing.devrun $@
 
 test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -86,19 +86,25 @@ def _password_cut_short(url: str, netloc: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (the user name is kept). A
-    password holding a '/', '?' or '#' ends a parser's host part early and would be
-    shown whole: when the host part has no "@" but the rest of the URL does, all
-    before the last "@" is taken as the credentials (a path with an "@" and a port
-    before it is then shown shortened: never a password)."""
+    """``url`` with any password replaced by ``***`` (the user name is kept), and a
+    user name without a password too: a private index's token (Gemfury's
+    ``https://TOKEN@...``, ``TOKEN:@``). A password holding a '/', '?' or '#' ends a
+    parser's host part early and would be shown whole: when the host part has no "@"
+    but the rest of the URL does, all before the last "@" is taken as the credentials
+    (a path with an "@" and a port before it is then shown shortened: never a
+    password)."""
     scheme, found, rest = url.partition("://")
     if not found:
         return url
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     userinfo, at, _ = (authority if "@" in authority else rest).rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
         return url
-    user = userinfo.partition(":")[0]
+    user, _, password = userinfo.partition(":")
+    if not password:
+        if "@" not in authority:  # (the path's "@")
+            return url
+        return f"{scheme}://***@{rest[len(userinfo) + 1:]}"
     return f"{scheme}://{user}:***@{rest[len(userinfo) + 1:]}"
 
 

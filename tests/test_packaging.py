@@ -189,3 +189,53 @@ def test_make_run_says_when_the_embedded_couchdb_port_is_taken(tmp_path):
     assert result.stderr == (f"port {port} on 127.0.0.1 is taken (another CouchDB?): "
                              "pouchdb-server cannot listen there; set COUCH_PORT to "
                              "another port, or COUCH to that server's URL to use it\n")
+
+
+def test_make_demo_against_a_couchdb_of_ones_own_leaves_its_pypi_database_alone(
+        couch_server, tmp_path):
+    """``COUCH=... make demo``: the simulated PyPI's projects and serials go into a
+    database of the demo's own, not into the "pypi" a real mirror may hold."""
+    import base64
+    import signal
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from pypioncouch.urls import split_credentials
+
+    base, credentials = split_credentials(couch_server.url)
+
+    def status_of(path, method="GET"):
+        request = urllib.request.Request(base + path, method=method)
+        if credentials:
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status_of("pypi") == 404 and status_of("pypi-demo") == 404
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "pypioncouch.testing.devrun", "demo", "--listen",
+         f"tcp:{port}:interface=127.0.0.1", "--var", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ, "COUCH": couch_server.url, "PROJECTS": "15"})
+    try:
+        for _ in range(600):  # (the demo's first import done: its checkpoint saved)
+            if status_of("pypi-demo/_local/pypioncouch-sync") == 200:
+                break
+            time.sleep(0.1)
+        assert status_of("pypi-demo/_local/pypioncouch-sync") == 200
+        assert status_of("pypi") == 404
+    finally:
+        demo.send_signal(signal.SIGINT)
+        said = demo.communicate(timeout=60)[0]
+        status_of("pypi-demo", method="DELETE")
+    assert "Database:  pypi-demo (a demo's own)" in said, said[-2000:]
+    assert not credentials or credentials[1] not in said  # (never printed)

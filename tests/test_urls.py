@@ -57,7 +57,9 @@ def test_credentials_go_to_their_own_origin_only(url, other, same):
     ("https://mirror:s3cret@private.example/simple/?q=1",
      "https://mirror:***@private.example/simple/?q=1"),
     ("https://private.example/", "https://private.example/"),
-    ("https://token@private.example/", "https://token@private.example/"),
+    ("https://T0KEN@pypi.fury.io/me/", "https://***@pypi.fury.io/me/"),  # (a token
+    ("https://T0KEN:@pypi.fury.io/me/", "https://***@pypi.fury.io/me/"),  # as the user)
+    ("https://private.example/feed@Local/", "https://private.example/feed@Local/"),
     ("http://admin:pa/ss?w#rd@127.0.0.1:5984/", "http://admin:***@127.0.0.1:5984/"),
     ("http://admin:p@ss:w@127.0.0.1:5984/db", "http://admin:***@127.0.0.1:5984/db"),
     ("http://admin:p%40ss@[::1]:5984/", "http://admin:***@[::1]:5984/"),

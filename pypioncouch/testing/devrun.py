@@ -19,6 +19,9 @@ from pypioncouch.testing.pypi import SimulatorProcess
 from pypioncouch.urls import redact
 
 
+DEMO_DB = "pypi-demo"  # the demo's database in a CouchDB of your own (COUCH)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("run", "demo"))
@@ -54,9 +57,15 @@ def main(argv=None) -> int:
             simulator = SimulatorProcess("--projects", str(args.projects), "--seed", "1",
                                          "--churn", "3").start()
             daemon += ["--pypi", simulator.url + "/", "--interval", "5"]
+            if couch is None and not any(a.split("=")[0] == "--db" for a in extra):
+                # (your CouchDB's own "pypi" is left alone: simulated projects, a
+                # simulator's serials, would be taken for PyPI's)
+                daemon += ["--db", DEMO_DB]
         daemon += extra
         port = args.listen.split(":")[1] if args.listen.startswith("tcp:") else "?"
         print(f"CouchDB:   {redact(couch_url)}{'' if couch is None else ' (embedded pouchdb-server, data in ' + str(couch.datadir) + ')'}")
+        if DEMO_DB in daemon:
+            print(f"Database:  {DEMO_DB} (a demo's own)")
         if simulator:
             print(f"PyPI:      {simulator.url}/ (simulator: {args.projects} projects, "
                   "a change every 3 s)")
