@@ -32,7 +32,7 @@ from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
-from pypioncouch.urls import BadURL, check_database_name, split_database_url
+from pypioncouch.urls import BadURL, check_database_name, split_credentials, split_database_url
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
@@ -381,6 +381,19 @@ def url_from_environment(parser: argparse.ArgumentParser, args) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    urls = [(f"--{option.replace('_', '-')}", getattr(args, option))
+            for option in ("fullimport", "update", "opml", "push_design", "fetch_files")]
+    urls += [("--replicate", url) for url in args.replicate or ()]
+    for option, url in urls:  # a command line it cannot read: exit status 2, at once
+        if url:
+            try:
+                split_database_url(url, args.db)
+            except BadURL as error:
+                parser.error(f"{option}: {error}")
+    try:
+        split_credentials(args.pypi)
+    except BadURL as error:
+        parser.error(f"--pypi: {error}")
     if args.fetch_files:
         if not args.files:
             parser.error("--fetch-files needs --files DIR (where the files go)")

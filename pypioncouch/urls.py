@@ -110,6 +110,7 @@ def redact(url: str) -> str:
 
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:
     """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
+    split_credentials(url)  # (what is wrong with the URL as given: never its password)
     parts = urlsplit(url)
     segments = [unquote(s) for s in parts.path.split("/") if s]
     if len(segments) > 1:
