@@ -44,37 +44,43 @@ def _blocking(coroutine_function, *args, **kwargs):
         reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
 
 
-def _importer(couch: str, pypi: str, db: str, concurrency: int, **options) -> XmlRpcImporter:
+def _importer(couch: str, pypi: str, db: str, concurrency: int, timeout: float,
+              **options) -> XmlRpcImporter:
     database = CouchDB(couch).database(db)
-    return XmlRpcImporter(database, PyPI(pypi, concurrency=concurrency),
+    return XmlRpcImporter(database, PyPI(pypi, concurrency=concurrency, timeout=timeout),
                           concurrency=concurrency, **options)
 
 
 def import_all(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
                source: str = "json", changes: str = "xmlrpc", max_removals: int | None = None,
-               confirm_removals: bool = False) -> Summary:
+               confirm_removals: bool = False, timeout: float = 30.0,
+               guard: bool = False) -> Summary:
     """Import all of PyPI into ``couch`` (a CouchDB URL, may carry user:password@).
+    The keywords are the command's options (``--timeout``, ``--guard``, ...).
 
     A pass removes at most ``max_removals`` projects (default: 1 % of those stored or
     100, whichever is larger); past that it removes none (``summary.held``, and
     ``summary.held_reason`` says why) unless ``confirm_removals``."""
     async def run():
-        return await run_pass(_importer(couch, pypi, db, concurrency, source=source,
+        return await run_pass(_importer(couch, pypi, db, concurrency, timeout, source=source,
                                         changes=changes, max_removals=max_removals,
-                                        confirm_removals=confirm_removals), full=True)
+                                        confirm_removals=confirm_removals, guard=guard),
+                              full=True)
     return _blocking(run)
 
 
 def update(couch: str, *, pypi: str = PYPI_URL, db: str = "pypi", concurrency: int = 10,
            source: str = "json", changes: str = "xmlrpc", max_removals: int | None = None,
-           confirm_removals: bool = False) -> Summary:
+           confirm_removals: bool = False, timeout: float = 30.0,
+           guard: bool = False) -> Summary:
     """Apply everything PyPI changed since the last import or update (one pass; with
-    none yet, a full import); removals as for :func:`import_all`. Then settle the
-    conflicting revisions the database holds (a cluster's branches; the first update
-    after an import reads the whole changes feed once): ``summary.conflicts_settled``
-    counts them, ``summary.conflicts_problem`` says why some were not."""
+    none yet, a full import); removals and keywords as for :func:`import_all`. Then
+    settle the conflicting revisions the database holds (a cluster's branches; the
+    first update after an import reads the whole changes feed once):
+    ``summary.conflicts_settled`` counts them, ``summary.conflicts_problem`` says why
+    some were not."""
     async def run():
-        return await run_pass(_importer(couch, pypi, db, concurrency, source=source,
+        return await run_pass(_importer(couch, pypi, db, concurrency, timeout, source=source,
                                         changes=changes, max_removals=max_removals,
-                                        confirm_removals=confirm_removals))
+                                        confirm_removals=confirm_removals, guard=guard))
     return _blocking(run)

@@ -517,15 +517,24 @@ def test_the_blocking_python_api_from_a_plain_script(couch_server, db_name, tmp_
 from pypioncouch import import_all, update, XmlRpcImporter
 s = import_all({couch_server.url!r}, pypi={sim.url!r}, db={db_name!r}, concurrency=4)
 print("import", s.projects, s.serial, s.errors)
-u = update({couch_server.url!r}, pypi={sim.url!r}, db={db_name!r})
+u = update({couch_server.url!r}, pypi={sim.url!r}, db={db_name!r}, timeout=5.0, guard=True)
 print("update", u.projects, u.serial)
 print(XmlRpcImporter.__name__)
+import base64, urllib.request
+from pypioncouch.urls import split_credentials
+base, credentials = split_credentials({couch_server.url!r})
+request = urllib.request.Request(base + {db_name!r} + "/_design/pypioncouch-guard")
+if credentials:
+    token = base64.b64encode(":".join(credentials).encode()).decode()
+    request.add_header("Authorization", "Basic " + token)
+print("guard", "validate_doc_update" in urllib.request.urlopen(request).read().decode())
 """)
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                              timeout=120, check=True).stdout.split("\n")
         assert out[0].startswith("import 15 ") and out[0].endswith(" []")
         assert out[1].startswith("update 0 ")
         assert out[2] == "XmlRpcImporter"
+        assert out[3] == "guard True"  # (guard=True, as --guard)
 
 
 def _kill_at_random_moments(command, rng, rounds, low, high):
