@@ -67,8 +67,8 @@ class Options(usage.Options):
          "would remove more removes nothing and /health answers 503 until the listing "
          "recovers or --confirm-removals", int],
         ["upstream", None, None, "with --no-sync: the CouchDB database URL this replica "
-         "replicates from (e.g. https://user:pass@primary:5984/pypi); /health and /status "
-         "report the lag behind it"],
+         "replicates from (with credentials: in PYPIONCOUCH_UPSTREAM, off the command "
+         "line); /health and /status report the lag behind it"],
         ["cache-mb", None, DEFAULT_CACHE_MB, "megabytes of memory the web front's cache "
          "of projects and rendered pages may hold (estimated; 0: no cache)", float],
         ["backfill-rate", None, DEFAULT_RATE, "at most this many requests a second to "
@@ -123,6 +123,8 @@ class Options(usage.Options):
         """As usage.Options does; under twistd or twist (``parent`` set), a usage error
         is said in one line: they print their whole help before it, some seventy lines
         over the one that matters in the journal."""
+        # (twistd passes the plugin's own arguments; alone, they are the process's)
+        self.exposed = _credentials_given(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
@@ -302,9 +304,33 @@ class WebListener(MultiService):
         raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
 
 
+def _credentials_given(args: list[str]) -> list[str]:
+    """The URL options given with credentials in ``args``: a command line any user of
+    the machine reads (``ps``), for as long as the daemon runs."""
+    found = []
+    for at, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name not in ("--couch", "--upstream", "--pypi"):
+            continue
+        if not equals:
+            value = args[at + 1] if at + 1 < len(args) else ""
+        try:
+            _, credentials = split_credentials(value)
+        except BadURL:
+            credentials = None  # (postOptions says what is wrong with it)
+        if credentials:
+            found.append(name)
+    return found
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    for option in getattr(options, "exposed", ()):
+        log.warn("the credentials in {option} are on the command line, which any user of "
+                 "this machine can read (ps): give that URL in {variable} instead (the "
+                 "systemd unit's environment file)", option=option,
+                 variable="PYPIONCOUCH_" + option[2:].upper())
     from pypioncouch.web.app import ON_THE_SPOT_WAIT, WebFront
 
     couch = CouchDB(options["couch"], reactor=reactor)

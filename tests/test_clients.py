@@ -537,6 +537,38 @@ def test_requests_carry_basic_auth_and_json_bodies_say_so():
     assert data == b'{"_id":"x","summary":"\xe2\x98\x83"}'  # JSON in UTF-8
 
 
+def test_a_daemon_given_credentials_on_its_command_line_says_where_they_belong():
+    """``ps`` shows them to every user for as long as it runs; the password itself is
+    never in the warning."""
+    from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from pypioncouch.service import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--couch=http://admin:s3cret@127.0.0.1:9/", "--pypi",
+                          "https://T0KEN@private.example/", "--upstream",
+                          "http://127.0.0.1:9/pypi", "--no-sync"])
+    assert options.exposed == ["--couch", "--pypi"]
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        makeService(options, reactor)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    warnings = [formatEvent(e) for e in said if "command line" in formatEvent(e)]
+    assert warnings == [
+        "the credentials in --couch are on the command line, which any user of this "
+        "machine can read (ps): give that URL in PYPIONCOUCH_COUCH instead (the systemd "
+        "unit's environment file)",
+        "the credentials in --pypi are on the command line, which any user of this "
+        "machine can read (ps): give that URL in PYPIONCOUCH_PYPI instead (the systemd "
+        "unit's environment file)"]
+    quiet = Options()
+    quiet.parseOptions(["--couch", "http://127.0.0.1:9/"])
+    assert quiet.exposed == []
+
+
 def test_the_daemon_closes_every_pooled_connection_when_it_stops():
     from twisted.internet import reactor
 
