@@ -224,7 +224,7 @@ def _reason(error: BaseException) -> str:
 
 class Fetcher:
     """Fetches files into a store, one download per file however many ask for it, at
-    most ``concurrency`` at a time. ``timeout``: seconds to wait for an answer, and
+    most ``concurrency`` at a time (and as many metadata files). ``timeout``: seconds to wait for an answer, and
     for each next byte of it. ``upstream``: the index's URL; if it carries
     credentials (a private index), they go with every file request to its origin,
     and to no other."""
@@ -251,6 +251,9 @@ class Fetcher:
             agent = client.RedirectAgent(reusing_agent(reactor, self._pool, timeout))
         self.agent = agent
         self.slots = defer.DeferredSemaphore(concurrency)
+        # PEP 658 metadata files (kilobytes, what installers resolve with) have slots of
+        # their own: never queued behind big wheels that hold every slot for minutes.
+        self.metadata_slots = defer.DeferredSemaphore(concurrency)
         self.in_flight: dict[str, Download] = {}
 
     def close(self):
@@ -270,12 +273,14 @@ class Fetcher:
 
     async def _run(self, download: Download) -> None:
         url = download.wanted.url
+        slots = self.metadata_slots if download.wanted.filename.endswith(".metadata") \
+            else self.slots
         try:
-            await self.slots.acquire()
+            await slots.acquire()
             try:
                 await self._get(download)
             finally:
-                self.slots.release()
+                slots.release()
         except FetchError as error:
             download.gone = error.gone
             self._failed(download, str(error))

@@ -244,7 +244,10 @@ class FileStore:
     # -- the index ----------------------------------------------------------------
 
     def _clean_incoming(self) -> None:
-        now = time.time()
+        """Remove the temp files of downloads a crash (or a kill) cut short: at start,
+        and hourly after (those younger than an hour at a restart would stay until the
+        next one, out of the budget's count)."""
+        now = self._cleaned_at = time.time()
         if not self.incoming.is_dir():
             return
         for entry in os.scandir(self.incoming):
@@ -441,6 +444,8 @@ class FileStore:
         self.stats.fetched += 1
         self.stats.fetched_bytes += size
         self.keep_budget(keep=key)
+        if time.time() - self._cleaned_at > STALE_INCOMING:
+            self._clean_incoming()
         return target
 
     @staticmethod

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -416,6 +417,29 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_metadata_file_is_not_queued_behind_wheels_that_take_every_slot(
+        world, tmp_path):
+    """Installers resolve with the metadata files (kilobytes), then fetch the wheels:
+    wheels still coming (minutes, for big ones) do not keep the next install's
+    metadata waiting until its client times out."""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store, concurrency=1))
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    try:
+        world.resource.control("files", {"hold": [APP_WHEEL]})
+        wheel = await http.get(address, unbuffered=True)  # (the one slot, held)
+        assert wheel.code == 200
+        metadata = await http.get(address + ".metadata")
+        assert metadata.code == 200
+        assert b"Name: Files_App" in await treq.content(metadata)
+        world.resource.control("files", {"hold": False})
+        assert await treq.content(wheel) == upstream_bytes(world, APP_WHEEL)
+    finally:
+        world.resource.control("files", {"hold": False})
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stored_file_answers_head_range_and_conditional_requests(world, tmp_path):
     store = FileStore(tmp_path / "files")
     front, port, url = serve(world.db, store, Fetcher(store))
@@ -672,6 +696,23 @@ def put(store, key, size):
     project, filename = key.split("/")
     store.commit(handle.name, Wanted(project, filename, f"https://files.test/{key}",
                                      hashlib.sha256(b"x" * size).hexdigest(), size))
+
+
+def test_temp_files_a_crash_left_are_removed_while_the_daemon_runs(tmp_path):
+    """A restart during big downloads: their parts, younger than an hour then, are
+    not left until the next restart (out of the budget's count)."""
+    store = FileStore(tmp_path / "files")
+    with store.open_incoming() as left:
+        left.write(b"x" * 1000)
+    with store.open_incoming() as writing:
+        writing.write(b"y" * 1000)
+    two_hours_ago = time.time() - 7200
+    os.utime(left.name, (two_hours_ago, two_hours_ago))
+    put(store, "a/a-1.whl", 10)
+    assert os.path.exists(left.name)  # (cleaned at start, not at every file)
+    store._cleaned_at = two_hours_ago
+    put(store, "a/a-2.whl", 10)
+    assert not os.path.exists(left.name) and os.path.exists(writing.name)
 
 
 def test_a_stored_file_has_the_mode_of_a_file_created_now_not_of_a_temp_file(tmp_path):

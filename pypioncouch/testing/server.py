@@ -170,9 +170,9 @@ class FileFaults:
 
     - ``corrupt``: file names (``"*"``: every file) served with one byte changed, same
       length: bytes that do not match the sha256 the JSON and Simple APIs give;
-    - ``hold``: each file answer sends its headers and the first half of its bytes,
-      then waits until ``hold`` is set to false (a slow upstream, for tests of
-      streaming and of concurrent requests);
+    - ``hold``: each file answer (or those of the file names listed) sends its headers
+      and the first half of its bytes, then waits until ``hold`` is set to false (a
+      slow upstream, for tests of streaming and of concurrent requests);
     - ``padded``: file names served with a megabyte of zeros after their bytes (a
       body longer than the size the JSON API gives, as a broken proxy may send);
     - ``gone``: file names answered 404 though the APIs still list them (a file
@@ -185,7 +185,7 @@ class FileFaults:
         self.corrupt: set[str] = set()
         self.padded: set[str] = set()
         self.gone: set[str] = set()
-        self.hold = False
+        self.hold: bool | set[str] = False
         self.held: list[tuple[object, bytes]] = []  # (request, the rest of its body)
         self.hits: Counter = Counter()
 
@@ -202,7 +202,11 @@ class FileFaults:
                 raise ValueError("corrupt is a list of file names, or true/false")
             self.corrupt = set(corrupt)
         if hold is not None:
-            self.hold = bool(hold)
+            if isinstance(hold, list):
+                if not all(isinstance(n, str) for n in hold):
+                    raise ValueError("hold is a list of file names, or true/false")
+                hold = set(hold)
+            self.hold = hold if isinstance(hold, set) else bool(hold)
             if not self.hold:
                 self.release()
 
@@ -218,7 +222,7 @@ class FileFaults:
             content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
         if filename in self.padded:
             content += bytes(1 << 20)
-        if not self.hold:
+        if not self.hold or (isinstance(self.hold, set) and filename not in self.hold):
             return content
         request.setHeader("Content-Length", str(len(content)))
         half = len(content) // 2
@@ -235,7 +239,8 @@ class FileFaults:
 
     def state(self) -> dict:
         return {"corrupt": sorted(self.corrupt), "padded": sorted(self.padded),
-                "gone": sorted(self.gone), "hold": self.hold, "held": len(self.held),
+                "gone": sorted(self.gone), "held": len(self.held),
+                "hold": sorted(self.hold) if isinstance(self.hold, set) else self.hold,
                 "hits": dict(self.hits)}
 
 
