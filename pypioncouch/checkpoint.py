@@ -48,6 +48,11 @@ class Checkpoint:
         self._token, self._rev = None, None
         if checkpoint is not None:
             self._token, self._rev = checkpoint.get("token"), checkpoint.get("_rev")
+            if self.status.caught_up_at is None:
+                # At a start: behind PyPI since the last save at least (a daemon down
+                # for days is not "just started, not behind for long").
+                self.status.caught_up_at = _time_of(checkpoint.get("updated"),
+                                                    self.status.clock())
             # Known as synced from the start (health, the backfill), not after a pass.
             self.status.note_serials(our_serial=checkpoint.get("serial"))
             if checkpoint.get("pypi") not in (None, self.pypi_url):
@@ -89,6 +94,16 @@ class Checkpoint:
         self.status.note_serials(our_serial=serial)
         self.status.pending = len(pending)
         return serial, pending
+
+
+def _time_of(saved: object, now: float) -> float | None:
+    """The time a checkpoint says it was saved at (ISO 8601), if it says one that is
+    not in the future."""
+    try:
+        seen = datetime.fromisoformat(saved).timestamp()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seen if seen <= now else None
 
 
 def _merged(serial: int, pending: dict, theirs: dict) -> tuple[int, dict]:

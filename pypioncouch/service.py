@@ -232,11 +232,14 @@ class SyncService(CoroutineService):
                 summary = await self.importer.update()
                 if summary.projects or summary.deleted or summary.pending:
                     log.info("{summary}", summary=str(summary))
-                self.status.note_pass(bool(summary.projects or summary.deleted),
-                                      summary.pending, summary.changed)
+                # (removals are written without asking PyPI: they do not show a
+                # sync that can write what PyPI answers)
+                self.status.note_pass(bool(summary.projects), summary.pending,
+                                      summary.changed)
                 self.status.note_checkpoint(summary.stale or summary.incomplete)
                 self.status.consecutive_failures = 0
                 self.status.last_pass_ok = True
+                self.status.last_pass_ok_at = self.status.clock()
                 wait = max(0.0, self.interval - (self.reactor.seconds() - started))
             except defer.CancelledError:
                 raise

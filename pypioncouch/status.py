@@ -65,6 +65,7 @@ class SyncStatus:
     pending: int = 0
     last_pass_at: float | None = None
     last_pass_ok: bool | None = None
+    last_pass_ok_at: float | None = None  # (the daemon's last pass that did not fail)
     consecutive_failures: int = 0
     last_error: str | None = None  # any part's: the sync, the web front, files, OPML
     last_error_at: float | None = None
@@ -116,7 +117,9 @@ class SyncStatus:
         if our_serial is not None:
             self.our_serial, self.our_serial_at = our_serial, now
         if self.lag == 0:
-            self.caught_up_at = now
+            # Caught up with PyPI as it was when its serial was read: not "now" (a
+            # checkpoint loaded while PyPI cannot be asked says nothing new of it).
+            self.caught_up_at = self.pypi_serial_at
 
     def note_pass(self, wrote: bool, pending: int, changed: int) -> None:
         """A pass ended: it wrote something, had nothing left to do, or had only old

@@ -23,6 +23,30 @@ def test_a_change_during_the_read_keeps_the_entry_out():
     assert cache.get("foo").project["_rev"] == "2-b"
 
 
+def test_a_read_from_a_copy_behind_a_change_already_told_is_not_kept():
+    """A cluster answers a read from any copy: one may not have the change the feed
+    already told (a release's own metadata stored by the backfill, which its
+    project's record does not show). Kept, it would be served until the project's
+    next change; read again from a copy that has it, it is kept."""
+    cache = live_cache()
+    cache.on_change({"id": "foo:1.0", "changes": [{"rev": "2-own"}]})
+    cache.on_change({"id": "foo:0.9", "changes": [{"rev": "3-gone"}], "deleted": True})
+    ticket = cache.ticket()  # (after the changes: the ticket alone would keep it)
+    behind = CachedProject({"_id": "foo", "_rev": "1-a"},
+                           [{"_id": "foo:1.0", "_rev": "1-x"}])
+    cache.put("foo", behind, ticket)
+    assert cache.get("foo") is None
+    removed_behind = CachedProject({"_id": "foo", "_rev": "1-a"},
+                                   [{"_id": "foo:0.9", "_rev": "2-old"},
+                                    {"_id": "foo:1.0", "_rev": "2-own"}])
+    cache.put("foo", removed_behind, ticket)
+    assert cache.get("foo") is None
+    current = CachedProject({"_id": "foo", "_rev": "1-a"},
+                            [{"_id": "foo:1.0", "_rev": "2-own"}])
+    cache.put("foo", current, ticket)
+    assert cache.get("foo") is current
+
+
 def test_changes_to_other_projects_do_not_matter():
     cache = live_cache()
     ticket = cache.ticket()

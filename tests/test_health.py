@@ -16,21 +16,31 @@ def test_a_replica_is_unhealthy_only_past_its_lag_budget():
 
 
 def test_a_syncing_daemon_names_each_reason():
-    status = SyncStatus()
-    policy = HealthPolicy(status, syncing=True, max_failed_passes=2)
+    now = [1000.0]
+    status = SyncStatus(clock=lambda: now[0])
+    policy = HealthPolicy(status, syncing=True, max_lag_seconds=600.0)
     assert policy.reasons(True) == ["not synced yet"]
     status.phase, status.import_done, status.import_total = "full import", 5, 9
     assert policy.reasons(False) == ["CouchDB is not answering",
                                      "full import in progress (5/9)"]
     status.phase = "idle"
     status.note_serials(pypi_serial=10, our_serial=10)
+    status.last_pass_ok_at = 1000.0
     status.consecutive_failures = 2
     status.note_sync_error("PyPI refused the connection")
     status.note_error("web simple: CouchDB did not answer within 30s", "couchdb")  # not it
+    assert policy.reasons(True) == []  # (a blip of PyPI's: the data is a minute old)
+    now[0] = 1601.0
     status.removals_held = "PyPI says 300 projects are gone, more than the 100 ..."
     assert policy.reasons(True) == [
-        "the last 2 sync passes failed: PyPI refused the connection",
+        "no sync pass has succeeded for 601s (the last 2 failed): PyPI refused the "
+        "connection",
         "PyPI says 300 projects are gone, more than the 100 ..."]
+    # One pass failing for an hour (PyPI's rate limit said when to come back) too.
+    status.consecutive_failures, status.removals_held = 1, None
+    assert policy.reasons(True) == [
+        "no sync pass has succeeded for 601s (the last 1 failed): PyPI refused the "
+        "connection"]
 
 
 def test_a_replica_that_cannot_read_its_upstream_says_so_past_its_lag_budget():

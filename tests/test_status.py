@@ -44,8 +44,11 @@ def test_lag_counts_from_the_moment_we_were_last_caught_up():
     status.note_serials(our_serial=115)  # closer, not caught up: still counting
     assert (status.lag, status.lag_seconds()) == (5, 690.0)
     now.now = 1701.0
-    status.note_serials(our_serial=120)
-    assert (status.lag, status.lag_seconds(), status.caught_up_at) == (0, 0.0, 1701.0)
+    status.note_serials(our_serial=120)  # caught up with PyPI as it was at 1500
+    assert (status.lag, status.lag_seconds(), status.caught_up_at) == (0, 0.0, 1500.0)
+    now.now = 1800.0
+    status.note_serials(our_serial=120)  # (a checkpoint loaded, PyPI not asked since)
+    assert status.caught_up_at == 1500.0
 
 
 def test_never_caught_up_counts_from_the_start():
@@ -135,9 +138,11 @@ def test_health_says_when_couchdb_or_the_passes_fail():
     assert (code, body["reasons"]) == (503, ["CouchDB has no database 'pypi'"])
     status.consecutive_failures = 3
     status.note_sync_error("PyPI refused the connection (https://pypi.org/pypi)")
+    status.clock.now += 601  # (no pass has succeeded since the start)
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, [
-        "the last 3 sync passes failed: PyPI refused the connection (https://pypi.org/pypi)"])
+        "no sync pass has succeeded for 601s (the last 3 failed): PyPI refused the "
+        "connection (https://pypi.org/pypi)"])
 
 
 def test_uptime_is_read_from_the_status_clock():

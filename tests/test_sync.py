@@ -287,6 +287,37 @@ async def test_a_checkpoint_gone_since_it_was_read_is_not_saved_again(couch, db_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_daemon_started_after_days_down_is_not_healthy_while_days_behind(couch,
+                                                                               db_name):
+    """Behind PyPI since its checkpoint was saved, at least: not "just started, so
+    not behind for long" (a load balancer took it back for --max-lag seconds)."""
+    from datetime import datetime, timedelta, timezone
+
+    from pypioncouch.checkpoint import Checkpoint
+    from pypioncouch.status import SyncStatus
+    from pypioncouch.web.health import HealthPolicy
+
+    db = couch.database(db_name)
+    await db.ensure()
+    saved = datetime.now(timezone.utc) - timedelta(days=2)
+    await db.put_local(CHECKPOINT, {"serial": 500, "pending": {},
+                                    "updated": saved.isoformat(timespec="seconds")})
+    status = SyncStatus()
+    await Checkpoint(db, "https://pypi.org/", status).load()
+    status.note_serials(pypi_serial=900)  # (the first pass asks PyPI)
+    assert 2 * 86400 - 60 < status.lag_seconds() < 2 * 86400 + 60
+    [reason] = HealthPolicy(status, syncing=True).reasons(True)
+    assert reason.startswith("400 serials (") and reason.endswith("s) behind PyPI")
+    # A checkpoint saved by a daemon a moment ago: behind for a moment only.
+    fresh = SyncStatus()
+    await db.put_local(CHECKPOINT, {**await db.get_local(CHECKPOINT), "updated":
+                                    datetime.now(timezone.utc).isoformat()})
+    await Checkpoint(db, "https://pypi.org/", fresh).load()
+    fresh.note_serials(pypi_serial=900)
+    assert fresh.lag_seconds() < 60 and HealthPolicy(fresh).reasons(True) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_writers_that_found_no_checkpoint_merge_theirs(couch, db_name):
     """Both loaded none (two first imports at once): the second to save keeps the
     higher serial and the first's projects to retry, on Apache CouchDB too, whose local

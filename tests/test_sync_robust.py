@@ -447,6 +447,37 @@ async def test_the_daemon_waits_for_the_xmlrpc_rate_limit_to_reset(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_removal_does_not_hide_a_daemon_that_writes_nothing_pypi_answers(world):
+    """A removal row is written without asking PyPI: a pass whose every fetched
+    project failed (here, stale copies from the CDN) but which removed one is still
+    a pass that wrote nothing PyPI answered (/health says so past --max-lag)."""
+    from twisted.internet import reactor
+
+    from pypioncouch.service import SyncService
+
+    w = world(projects=6, seed=3)
+    await run_pass(w.importer(), full=True)
+    changed, removed = (normalize(w.index.dataset.name(n)) for n in (1, 2))
+    w.index.clock = reactor.seconds
+    w.index.stale_seconds = 600  # (the CDN serves the copy before the change)
+    w.index.publish(changed, "77.0")
+    w.index.remove_project(removed)
+    importer = w.importer(stale_retries=0)
+    service = SyncService(importer, interval=3600)
+    service.startService()
+    try:
+        for _ in range(300):
+            if importer.status.last_pass_ok:
+                break
+            await sleep(0.05)
+        assert importer.status.last_pass_ok
+    finally:
+        await service.stopService()
+    assert importer.status.projects_deleted == 1 and importer.status.pending == 1
+    assert importer.status.stuck_since is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_import_that_cannot_read_its_checkpoint_stops_its_listing(world):
     """(PyPI's listing of 700,000 names, asked for while the database is prepared, is
     not left running, nor its failure unheard.)"""

@@ -161,7 +161,7 @@ class WebFront:
     app = Klein()
 
     def __init__(self, db: Database, status: SyncStatus, *, syncing: bool = True,
-                 max_lag_seconds: float = 600.0, max_failed_passes: int = 3,
+                 max_lag_seconds: float = 600.0,
                  upstream: Database | None = None, pypi: PyPI | None = None,
                  files: FileStore | None = None, fetcher: Fetcher | None = None,
                  cache_bytes: int | None = None, pacer: Pacer | None = None,
@@ -173,7 +173,7 @@ class WebFront:
         self.store = Store(db)
         self.status = status
         self.syncing = syncing
-        self.health = HealthPolicy(status, syncing, max_lag_seconds, max_failed_passes)
+        self.health = HealthPolicy(status, syncing, max_lag_seconds)
         self.reactor = reactor
         # A replica measures its lag against the database it replicates from.
         self.probe_timeout = probe_timeout

@@ -93,6 +93,10 @@ class ProjectCache:
         self._entries: OrderedDict[str, CachedProject] = OrderedDict()
         self._clock = 0  # counts changes and reconnections
         self._changed: OrderedDict[str, int] = OrderedDict()  # key -> clock of its last change
+        # key -> {document id: the revision the feed last said}: a cluster's read may
+        # come from a copy still behind a change already seen (a release's own
+        # metadata, which its project's record does not tell apart)
+        self._revisions: dict[str, dict[str, str]] = {}
         self._floor = 0  # tickets older than this are refused
         self.hits = 0
         self.misses = 0
@@ -125,6 +129,10 @@ class ProjectCache:
     def put(self, key: str, entry: CachedProject, ticket: int) -> None:
         if not self.unchanged(key, ticket):
             return  # changed (or perhaps changed) while it was being read
+        said = self._revisions.get(key)
+        if said and any(said.get(doc["_id"], doc.get("_rev")) != doc.get("_rev")
+                        for doc in (entry.project, *entry.releases)):
+            return  # read from a copy behind a change the feed told (served, not kept)
         if entry.size > self.max_bytes:
             return  # it would push out everything else, and still not fit
         self._drop(key)
@@ -154,13 +162,19 @@ class ProjectCache:
 
     def on_change(self, change: dict) -> None:
         """A ``_changes`` row: evict the project the document belongs to."""
-        key = change.get("id", "").split(":", 1)[0]
+        docid = change.get("id", "")
+        key = docid.split(":", 1)[0]
         self._clock += 1
         self._drop(key)
         self._changed[key] = self._clock
         self._changed.move_to_end(key)
+        revisions = change.get("changes") or [{}]
+        rev = revisions[0].get("rev") if isinstance(revisions[0], dict) else None
+        if isinstance(rev, str):  # (a removal's too: a read of a copy behind has the
+            self._revisions.setdefault(key, {})[docid] = rev  # document still, at another)
         while len(self._changed) > self.remembered:
-            _, forgotten = self._changed.popitem(last=False)
+            forgotten_key, forgotten = self._changed.popitem(last=False)
+            self._revisions.pop(forgotten_key, None)
             self._floor = max(self._floor, forgotten)
 
     def _drop(self, key: str) -> None:
@@ -178,6 +192,7 @@ class ProjectCache:
         self._entries.clear()
         self.bytes = 0
         self._changed.clear()
+        self._revisions.clear()
         self._clock += 1
         self._floor = self._clock
 

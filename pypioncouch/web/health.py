@@ -10,8 +10,9 @@ from pypioncouch.status import SyncStatus
 
 @dataclass
 class HealthPolicy:
-    """Unhealthy when CouchDB does not answer, or (syncing) after
-    ``max_failed_passes`` failed passes in a row, while removals are held back, when
+    """Unhealthy when CouchDB does not answer, or (syncing) when passes fail and none
+    has succeeded for more than ``max_lag_seconds`` (then it may be that far behind
+    PyPI: a blip of PyPI's is no reason to drop a node), while removals are held back, when
     PyPI named changes that no pass could write, or no pass could trust PyPI's listing
     to move the checkpoint, for more than ``max_lag_seconds``, until
     the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
@@ -20,7 +21,6 @@ class HealthPolicy:
     status: SyncStatus
     syncing: bool = True
     max_lag_seconds: float = 600.0
-    max_failed_passes: int = 3
 
     def reasons(self, couch_ok: bool, serials: dict | None = None) -> list[str]:
         """Why the service is unhealthy (empty: healthy). ``serials``: a replica's
@@ -35,9 +35,10 @@ class HealthPolicy:
     def sync_reasons(self) -> list[str]:
         s = self.status
         reasons = []
-        if s.consecutive_failures >= self.max_failed_passes:
-            reasons.append(f"the last {s.consecutive_failures} sync passes failed: "
-                           f"{s.last_sync_error}")
+        failing = s.clock() - (s.last_pass_ok_at or s.started)
+        if s.consecutive_failures and failing > self.max_lag_seconds:
+            reasons.append(f"no sync pass has succeeded for {failing:.0f}s (the last "
+                           f"{s.consecutive_failures} failed): {s.last_sync_error}")
         if s.removals_held:
             reasons.append(s.removals_held)
         stuck = None if s.stuck_since is None else s.clock() - s.stuck_since
