@@ -437,11 +437,7 @@ async def test_the_daemon_waits_for_the_xmlrpc_rate_limit_to_reset(world):
         assert sum((w.resource.xmlrpc.calls - calls).values()) == 1
         assert re.search(r"Limit may reset in [1-6] seconds",
                          importer.status.last_sync_error), importer.status.last_sync_error
-        for _ in range(150):
-            if importer.status.last_pass_ok:
-                break
-            await sleep(0.1)
-        assert importer.status.last_pass_ok
+        await a_pass_succeeded(importer.status)
     finally:
         await service.stopService()
 
@@ -466,11 +462,7 @@ async def test_a_removal_does_not_hide_a_daemon_that_writes_nothing_pypi_answers
     service = SyncService(importer, interval=3600)
     service.startService()
     try:
-        for _ in range(300):
-            if importer.status.last_pass_ok:
-                break
-            await sleep(0.05)
-        assert importer.status.last_pass_ok
+        await a_pass_succeeded(importer.status)
     finally:
         await service.stopService()
     assert importer.status.projects_deleted == 1 and importer.status.pending == 1
@@ -539,6 +531,15 @@ async def test_a_database_deleted_under_the_daemon_is_created_and_filled_again(w
         await service.stopService()
     await w.settled()
     await assert_matches_simulator(w.read_db, w.index)
+
+
+async def a_pass_succeeded(status, seconds: float = 15.0) -> None:
+    """Wait until the daemon's last pass did not fail."""
+    for _ in range(int(seconds / 0.05)):
+        if status.last_pass_ok:
+            return
+        await sleep(0.05)
+    raise AssertionError(f"no pass succeeded: {status.last_sync_error}")
 
 
 def test_the_blocking_python_api_from_a_plain_script(couch_server, db_name, tmp_path):
