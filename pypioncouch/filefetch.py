@@ -224,10 +224,10 @@ def _reason(error: BaseException) -> str:
 
 class Fetcher:
     """Fetches files into a store, one download per file however many ask for it, at
-    most ``concurrency`` at a time (and as many metadata files). ``timeout``: seconds to wait for an answer, and
-    for each next byte of it. ``upstream``: the index's URL; if it carries
-    credentials (a private index), they go with every file request to its origin,
-    and to no other."""
+    most ``concurrency`` at a time (and as many metadata files). ``timeout``: seconds
+    to wait for an answer, and for each next byte of it. ``upstream``: the index's
+    URL; if it carries credentials (a private index), they go with every file request
+    to its origin, and to no other."""
 
     # A .metadata file (whose size its release does not say: a wheel's METADATA,
     # description included) is refused past this, not left to fill the disk.
