@@ -406,6 +406,30 @@ async def test_a_name_or_search_too_long_for_couchdb_is_a_404_or_400_not_its_tro
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_json_api_404_of_a_stored_project_says_nothing_more(couch_server,
+                                                                     db_name):
+    """A quarantined project is stored, and PyPI's JSON API answers 404 for it: the
+    bare 404, no ETag to revalidate it with, no serial (as PyPI's)."""
+    world = World(couch_server.url, db_name, projects=3, seed=2,
+                  read_url=couch_server.read_url)
+    key = normalize(world.index.dataset.name(1))
+    world.index.quarantine(key)
+    await run_pass(world.importer(), full=True)
+    await world.settled()
+    assert (await world.read_db.get(key))["status"] == "quarantined"
+    front, port, url = serve(world.read_db, syncing=False)
+    try:
+        for path in (f"/pypi/{key}/json", f"/pypi/{key}/json"):  # (then from the cache)
+            answer = await treq.get(url + path)
+            assert (answer.code, await answer.content()) == (404, b'{"message": "Not Found"}')
+            assert answer.headers.getRawHeaders("etag") is None
+            assert answer.headers.getRawHeaders("x-pypi-last-serial") is None
+    finally:
+        await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

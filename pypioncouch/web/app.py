@@ -563,7 +563,9 @@ class WebFront:
         else:
             body = self.cache.rendered(entry, payload_key,
                                        lambda: _json_api_body(entry, version))
-        if body is None:
+        if body is None:  # (quarantined, no releases: PyPI's bare 404)
+            for header in (b"ETag", b"X-PyPI-Last-Serial"):
+                request.responseHeaders.removeHeader(header)
             request.setResponseCode(404)
             return not_found
         return body
