@@ -135,6 +135,19 @@ class ConflictResolver(CoroutineService):
         self._started = self._caught_up = False
         self._retry_at = 0.0
         self._refusal: str | None = None  # the last refusal said
+        self._recreated = False  # the database created again: its checkpoint is new
+
+    def startService(self):
+        self.db.on_created.append(self._database_created)
+        super().startService()
+
+    def stopService(self):
+        if self._database_created in self.db.on_created:
+            self.db.on_created.remove(self._database_created)
+        return super().stopService()
+
+    def _database_created(self) -> None:
+        self._recreated = True
 
     async def run(self) -> None:
         failures = moved = 0
@@ -143,6 +156,8 @@ class ConflictResolver(CoroutineService):
                 await task.deferLater(self.reactor, self.pause, lambda: None)
                 continue
             try:
+                if self._recreated:  # (the old database's seq means nothing there)
+                    self.since, self._recreated = None, False
                 if self.since is None:
                     await self._load()
                 caught_up = await self._page()
@@ -280,6 +295,8 @@ class ConflictResolver(CoroutineService):
         if len(self.unsettled) > UNSETTLED_KEPT:
             raise CouchError(f"{len(self.unsettled)} conflicted documents could not be "
                              f"settled", url=self.db.display_url)  # (the feed waits)
+        if self._recreated:  # (during this page: its seq is the old database's)
+            return False
         if (answer["last_seq"] != self._saved or self.unsettled != self._saved_unsettled
                 or self.expected != self._saved_expected):
             self._rev = await self.db.put_local(CHECKPOINT, {

@@ -384,6 +384,9 @@ class Database:
         self.server = server
         self.name = name
         self.path = quote(name, safe="") + "/"
+        # Called when :meth:`ensure` has created the database: a feed still open on a
+        # deleted one (pouchdb-server keeps it) must start over on the new one.
+        self.on_created: list[Callable[[], Any]] = []
 
     def __repr__(self) -> str:
         return f"<Database {self.server.display_url}{self.name}>"
@@ -434,6 +437,8 @@ class Database:
             return False
         except Unauthorized:
             raise cannot_create from None
+        for created in list(self.on_created):
+            created()
         return True
 
     async def delete_database(self) -> None:

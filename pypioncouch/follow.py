@@ -38,7 +38,9 @@ class ChangesFollower(CoroutineService):
     A database deleted (and perhaps created again under its name) breaks the feed;
     the follower then starts over from ``after_loss`` (``"now"``, or ``0`` to see
     every document of the new database): seqs of the old one mean nothing there.
-    ``on_lost()`` says so, before ``on_disconnected()``.
+    ``on_lost()`` says so, before ``on_disconnected()``. The database created again
+    through ``db`` (the daemon's sync does) is such a loss at once, not at the next
+    probe: pouchdb-server keeps a feed on the deleted one open.
     """
 
     def __init__(self, db: Database, on_change: Callable[[dict], Any], *, since: Any = "now",
@@ -68,22 +70,39 @@ class ChangesFollower(CoroutineService):
         self._live_since = 0.0
         self._stream = None
 
+    def startService(self):
+        self.db.on_created.append(self._database_created)
+        super().startService()
+
     def stopService(self):
         self.running = False  # (before the stream ends: its end is no break then)
+        if self._database_created in self.db.on_created:
+            self.db.on_created.remove(self._database_created)
         if self._stream is not None:
             self._stream.stop()
         return super().stopService()
+
+    def _database_created(self) -> None:
+        """The database was created again: whatever seq this follower holds is the
+        old one's, and a feed still open is on the old one."""
+        self._gone = True
+        if self._stream is not None:
+            self._stream.stop()
 
     async def run(self) -> None:
         failures = 0
         while self.running:
             try:
+                if self._gone:  # (created again while no feed was open)
+                    raise NotFound("the database is gone", url=self.db.display_url)
                 if self.since == "now":
                     self.since = (await self.db.info())["update_seq"]
                 self._stream = self.db.follow(self._deliver, since=self.since,
                                               include_docs=self.include_docs,
                                               heartbeat_ms=self.heartbeat_ms,
                                               on_started=self._started)
+                if self._gone:  # (created again while "now" was being read)
+                    self._stream.stop()
                 probe = task.LoopingCall(
                     lambda stream=self._stream: defer.ensureDeferred(self._probe(stream)))
                 probe.clock = self.reactor
