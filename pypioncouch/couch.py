@@ -483,17 +483,23 @@ class Database:
         arrives, and each row is handed to ``trim`` as soon as it is made, which may drop
         parts of it and returns the bytes it dropped: a range of many large documents is
         never held whole. Smaller answers are kept as they are."""
+        return await self._read_rows("GET", path, lambda: _RowReader(trim, whole_below),
+                                     params=params)
+
+    async def _read_rows(self, method: str, path: str, reader: Callable[[], "_RowReader"],
+                         **options) -> tuple[list[dict], int]:
+        """A read whose answer goes to a new ``reader()`` as it arrives: its rows."""
         shown = self.display_url + "/" + path
         for attempt in range(2):
-            reader = _RowReader(trim, whole_below)
+            taking = reader()
             try:
-                await self.server._request_once("GET", self.path + path, params=params,
-                                                raw=True, sink=reader.take)
-                return reader.finish(shown)
+                await self.server._request_once(method, self.path + path, raw=True,
+                                                sink=taking.take, **options)
+                return taking.finish(shown)
             except Unreachable as error:
                 # (a pooled connection the server closed, as :meth:`CouchDB.request`
                 # retries: only before any of the answer came)
-                if attempt or not error.connection_lost or reader.size:
+                if attempt or not error.connection_lost or taking.size:
                     raise
         raise AssertionError("unreachable")
 
@@ -542,22 +548,33 @@ class Database:
                 id=doc.get("_id", ""), error="missing", reason="not in the _bulk_docs answer"))
         return results
 
-    async def bulk_get(self, ids: list[str]) -> dict[str, dict]:
+    async def bulk_get(self, ids: list[str], trim: Callable[[dict], Any] | None = None
+                       ) -> dict[str, dict]:
         """``{id: document}`` of the live documents among ``ids``, in one ``_bulk_get``
         (what replication reads with: on both servers half the time of ``_all_docs``
         with ``keys`` and ``include_docs``, bench/RESULTS.md). Missing and deleted
         documents are left out: pouchdb-server answers both with ``{}``, so a
-        tombstone's revision cannot be had here (:meth:`all_docs` gives it)."""
+        tombstone's revision cannot be had here (:meth:`all_docs` gives it).
+
+        With ``trim``, an answer over ``WHOLE_ANSWER_BYTES`` is parsed a document at a
+        time as it arrives, and ``trim(document)`` may drop parts of each at once: what
+        is not needed (a release's descriptions) is never held for all of them."""
         if not ids:
             return {}
         unique = list(dict.fromkeys(ids))  # pouchdb-server answers a repeated id once
-        answer = await self._request("POST", "_bulk_get",
-                                     body={"docs": [{"id": docid} for docid in unique]})
-        if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+        body = {"docs": [{"id": docid} for docid in unique]}
+        if trim is None:
+            answer = await self._request("POST", "_bulk_get", body=body)
+            results = answer.get("results") if isinstance(answer, dict) else None
+        else:
+            results, _ = await self._read_rows(
+                "POST", "_bulk_get", lambda: _RowReader(
+                    _each_document(trim), WHOLE_ANSWER_BYTES, "results"), body=body)
+        if not isinstance(results, list):
             raise BadResponse("_bulk_get did not answer results: is this CouchDB >= 2?",
                               url=self.display_url)
         found = {}
-        for result in answer["results"]:
+        for result in results:
             doc = winning_revision(found_revisions(result.get("docs")))
             if doc is not None and not doc.get("_deleted"):
                 found[doc["_id"]] = doc
@@ -617,13 +634,26 @@ class Database:
         return stream
 
 
+def _each_document(trim: Callable[[dict], Any]) -> Callable[[dict], int]:
+    """``trim`` for every document a ``_bulk_get`` result holds."""
+    def trim_result(result: dict) -> int:
+        for found in result.get("docs") or []:
+            doc = found.get("ok") if isinstance(found, dict) else None
+            if isinstance(doc, dict):
+                trim(doc)
+        return 0
+    return trim_result
+
+
 class _RowReader:
     """An answer's body, chunk by chunk: held as bytes up to ``whole_below``, then
-    parsed row by row (``rows.item``), each row trimmed as it is made."""
+    parsed row by row (the items of ``rows``, or of another list ``key``), each row
+    trimmed as it is made."""
 
-    def __init__(self, trim: Callable[[dict], int], whole_below: int):
+    def __init__(self, trim: Callable[[dict], int], whole_below: int, key: str = "rows"):
         self.trim = trim
         self.whole_below = whole_below
+        self.key = key
         self.size = 0  # bytes received
         self.dropped = 0  # bytes trim dropped
         self.rows: list[dict] = []
@@ -642,7 +672,7 @@ class _RowReader:
         self._chunks.append(chunk)
         if self.size > self.whole_below:
             self._made = ijson.sendable_list()
-            self._parser = ijson.items_coro(self._made, "rows.item", use_float=True)
+            self._parser = ijson.items_coro(self._made, self.key + ".item", use_float=True)
             held, self._chunks = self._chunks, []
             for part in held:
                 self._feed(part)
@@ -666,9 +696,9 @@ class _RowReader:
         try:
             if self._parser is None:
                 answer = jsonio.loads(b"".join(self._chunks))
-                rows = answer.get("rows") if isinstance(answer, dict) else None
+                rows = answer.get(self.key) if isinstance(answer, dict) else None
                 if not isinstance(rows, list):
-                    raise ValueError("no rows")
+                    raise ValueError(f"no {self.key}")
                 return rows, self.size
             if self._error is not None:
                 raise ValueError(self._error)
@@ -679,8 +709,8 @@ class _RowReader:
             self._take_rows()
             return self.rows, self.size - self.dropped
         except ValueError:
-            raise BadResponse("GET answered something that is not JSON rows: is this "
-                              "CouchDB?", url=shown) from None
+            raise BadResponse(f"the answer is not JSON {self.key}: is this CouchDB?",
+                              url=shown) from None
 
 
 def _changes_params(params: dict) -> dict:

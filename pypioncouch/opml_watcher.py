@@ -85,7 +85,8 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     (its change brings the key back); a refusal is CouchDB's no for another reason (a
     validate function, or permissions: every write's), which the caller weighs. The
     keys of projects of ``big_project`` releases or more are added to ``big``."""
-    projects = await Store(db).projects(list(keys))
+    # (an OPML needs no release's own metadata: its descriptions would be most of it)
+    projects = await Store(db).projects(list(keys), own_info=False)
     updates = []
     for project, releases in projects:
         if big is not None and len(releases) >= big_project:

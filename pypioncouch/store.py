@@ -231,14 +231,21 @@ class Store:
                                                rev=found["_rev"])
         return model.whole_form(found, text)
 
-    async def projects(self, keys: list[str]) -> list[tuple[dict, list[dict]]]:
+    async def projects(self, keys: list[str], own_info: bool = True
+                       ) -> list[tuple[dict, list[dict]]]:
         """``[(project, releases)]`` of the stored ones among ``keys``, in two requests
-        (the release ids come from each project's ``versions``)."""
+        (the release ids come from each project's ``versions``). Without ``own_info``,
+        the releases come without their own metadata (``model.drop_own_info``), never
+        all held at once: a project of thousands of releases, each with its README."""
         projects = list((await self.project_documents(keys)).values())
         owners = {release_id(p["_id"], v): p["_id"]
                   for p in projects for v in p.get("versions") or []}
         releases: dict[str, list[dict]] = {}
-        for docid, doc in (await self.db.bulk_get(list(owners))).items():
+        found = await self.db.bulk_get(list(owners),
+                                       trim=None if own_info else model.drop_own_info)
+        for docid, doc in found.items():
+            if not own_info:
+                model.drop_own_info(doc)  # (an answer small enough came whole)
             # (by its id: a document another program wrote without "project" must not
             # fail the whole batch, again at each retry)
             if isinstance(doc, dict) and doc.get("type") == model.RELEASE:

@@ -21,7 +21,8 @@ def sleep(seconds):
 
 @pytest_twisted.ensureDeferred
 async def test_server_info_proves_it_is_couchdb(couch):
-    info = await couch.info()
+    info = await couch.info()  # its welcome, as Apache CouchDB or pouchdb-server says it
+    assert info.get("couchdb") == "Welcome" or info.get("express-pouchdb") == "Welcome!", info
     assert info["version"]
 
 
@@ -127,6 +128,35 @@ async def test_bulk_get_answers_what_a_get_answers(couch, db_name):
         assert found[docid]["_rev"] == (await db.get(docid))["_rev"]
     assert found["split"]["side"] == "b" and found["undead"]["side"] == "live"
     assert await db.bulk_get([]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_bulk_get_trims_each_document_of_a_large_answer_as_it_comes(couch, db_name):
+    """Past 1 MB, each document is handed to ``trim`` as soon as it is parsed (the OPML
+    watcher drops 3,000 releases' READMEs so), and the answer is the same otherwise:
+    the winning leaf, no deleted or missing documents."""
+    db = couch.database(db_name)
+    await db.ensure()
+    readme = "x" * 300_000
+    await db.bulk_docs([{"_id": f"r{n}", "version": f"{n}.0", "info": {"description": readme}}
+                        for n in range(6)])  # (1.8 MB of answer)
+    await db._request("POST", "_bulk_docs", body={"new_edits": False, "docs": [
+        {"_id": "split", "_rev": "1-aaa", "side": "a", "info": {"description": readme}},
+        {"_id": "split", "_rev": "1-bbb", "side": "b", "info": {"description": readme}}]})
+    trimmed = []
+
+    def trim(doc):
+        trimmed.append(doc["_id"])
+        doc.pop("info")
+
+    ids = [f"r{n}" for n in range(6)] + ["missing", "split"]
+    found = await db.bulk_get(ids, trim=trim)
+    assert sorted(found) == ["r0", "r1", "r2", "r3", "r4", "r5", "split"]
+    assert found["r3"]["version"] == "3.0" and "info" not in found["r3"]
+    assert found["split"]["side"] == "b" and "info" not in found["split"]
+    assert {"r0", "r5", "split"} <= set(trimmed)
+    small = await db.bulk_get(["r1"], trim=trim)  # (under 1 MB: read whole, as it is)
+    assert small["r1"]["info"] == {"description": readme}
 
 
 @pytest_twisted.ensureDeferred
@@ -306,6 +336,41 @@ async def test_a_follower_sees_a_database_deleted_and_created_again(couch, db_na
         assert seen == ["old", "new"]
     finally:
         await follower.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_follower_starts_over_at_once_when_its_database_is_created_again(
+        couch, db_name):
+    """The daemon's sync creates a deleted database again at its next pass, seconds
+    later: a follower on the same database starts over on the new one then, not at its
+    next look (a minute; pouchdb-server's feed on the old one would have stayed open,
+    and the OPML watcher and the web cache would have followed nothing for good)."""
+    from pypioncouch.follow import ChangesFollower
+
+    db = couch.database(db_name)
+    await db.ensure()
+    seen, lost = [], []
+    follower = ChangesFollower(db, lambda change: seen.append(change["id"]), since=0,
+                               after_loss=0, on_lost=lambda: lost.append(True),
+                               probe_seconds=3600, max_backoff=1.0)
+    follower.startService()
+    try:
+        await db.put({"_id": "old"})
+        for _ in range(100):
+            if "old" in seen:
+                break
+            await sleep(0.05)
+        await db.delete_database()
+        assert await db.ensure() is True
+        await db.put({"_id": "new"})
+        for _ in range(100):
+            if "new" in seen:
+                break
+            await sleep(0.05)
+        assert seen == ["old", "new"] and lost
+    finally:
+        await follower.stopService()
+    assert db.on_created == []  # (a stopped follower is not called again)
 
 
 @pytest_twisted.ensureDeferred

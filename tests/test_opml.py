@@ -281,6 +281,26 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
         await watcher.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_project_whose_releases_carry_long_readmes_lists_them_all(world):
+    """The watcher reads releases without their own metadata (a README each: 3,000
+    releases of one project would be held at once); what the OPML says is all there."""
+    from pypioncouch.opml_watcher import regenerate
+
+    for n in range(6):  # (1.5 MB of descriptions: read a release at a time)
+        world.index.publish("Long.Readmes", f"{n}.0", description=f"{n}" * 250_000)
+    world.index.yank("long-readmes", "2.0", "bad <b>build</b>")
+    await run_pass(world.importer(), full=True)
+    assert await regenerate(world.db, "long-readmes") is True
+    content = await opml_of(world.db, "long-readmes")
+    root = ET.fromstring(content)
+    releases = [o for o in root.iter("outline") if o.get("type") == "release"]
+    assert [r.get("text") for r in releases] == ["5.0", "4.0", "3.0", "2.0", "1.0", "0.0"]
+    assert releases[3].get("yankedReason") == "bad <b>build</b>"
+    assert all(r.find("outline").get("text").startswith("long_readmes-") for r in releases)
+    assert len(content) < 20_000  # (no README in it)
+
+
 async def _contains(db, key, needle):
     return needle in await opml_of(db, key)
 
@@ -651,9 +671,9 @@ async def test_release_only_changes_of_a_project_just_regenerated_wait_out_a_coo
     read: list[str] = []
     reading = Store.projects
 
-    async def counted(self, keys):
+    async def counted(self, keys, **options):
         read.extend(keys)
-        return await reading(self, keys)
+        return await reading(self, keys, **options)
 
     monkeypatch.setattr(Store, "projects", counted)
     await run_pass(world.importer(), full=True)
