@@ -176,6 +176,20 @@ def _check_payload(payload: Any) -> None:
         raise BadPayload("the JSON API answer's urls are not files")
     if not isinstance(payload.get("last_serial", 0), int):
         raise BadPayload("the JSON API answer's last_serial is not an integer")
+    _check_lists(info, "the JSON API answer")
+
+
+# Fields of ``info`` stored as lists (a text would be stored a character an item: one-
+# letter classifiers on the browse pages).
+_LIST_FIELDS = ("classifiers", "requires_dist")
+
+
+def _check_lists(info: dict, answer: str) -> None:
+    for field in _LIST_FIELDS:
+        value = info.get(field)
+        if value is not None and not (isinstance(value, list) and
+                                      all(isinstance(item, str) for item in value)):
+            raise BadPayload(f"{answer}'s info.{field} is not a list of texts")
 
 
 def release_document(normalized: str, name: str, version: str, files: list[dict],
@@ -288,6 +302,7 @@ def check_release_info(payload: Any, normalized: str, version: str) -> dict:
     if info.get("version") != version:
         raise BadPayload(f"asked for {normalized} {version}, PyPI answered version "
                          f"{info.get('version')!r}")
+    _check_lists(info, "the per-version JSON API answer")
     return info
 
 

@@ -460,7 +460,10 @@ class PyPI:
                     marker.get("status", "active"), str):
                 raise Transient("malformed Simple page (project-status)",
                                 self.display_url + path)
-            files = [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+            if not isinstance(files, list):  # (PEP 691 requires it: not "no files",
+                # which would remove every stored release)
+                raise Transient("malformed Simple page (files)", self.display_url + path)
+            files = [f for f in files if isinstance(f, dict)]
             return serial, marker.get("status", "active"), files
 
         return await self._retrying(attempt)

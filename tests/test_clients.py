@@ -405,6 +405,26 @@ def test_a_simple_page_whose_status_marker_is_not_an_object_is_retried():
     assert outcome(results) == (13, "archived", 0) and len(http.requests) == 2
 
 
+@pytest.mark.parametrize("files", [b"", b', "files": null', b', "files": {}'])
+def test_a_simple_page_without_a_list_of_files_is_retried_not_taken_as_none(files):
+    """(taken as no files, the project's stored releases were all removed)"""
+    page = (200, {}, b'{"meta": {"_last-serial": 13}, "project-status": '
+                     b'{"status": "active"}' + files + b'}')
+    good = (200, {}, b'{"meta": {"_last-serial": 13}, "project-status": '
+                     b'{"status": "active"}, "files": []}')
+    pypi, http, clock = pypi_with((404, {}, b'{"message": "Not Found"}'), page, good)
+    _, results = started(pypi.project("Foo_Bar"))
+    clock.advance(1.0)
+    answer = outcome(results)
+    assert (answer.kind, answer.serial) == ("empty", 13) and len(http.requests) == 3
+    pypi, http, clock = pypi_with((404, {}, b'{"message": "Not Found"}'), *[page] * 9)
+    _, results = started(pypi.project("Foo_Bar"))
+    for _ in range(10):
+        clock.advance(60.0)
+    error = outcome(results)
+    assert isinstance(error, PyPIError) and "malformed Simple page (files)" in str(error)
+
+
 def test_an_answer_pypi_should_not_give_is_an_error_at_once():
     pypi, http, clock = pypi_with((403, {}, b"Forbidden"))
     _, results = started(pypi.project("Foo_Bar"))

@@ -179,6 +179,19 @@ BAD = [
     ("serial not an int", {"info": {"name": "x", "version": "1"}, "releases": {},
                            "last_serial": "7"},
      "the JSON API answer's last_serial is not an integer"),
+    # (a text would be stored a character an item: one-letter classifiers)
+    ("classifiers a text", {"info": {"name": "x", "version": "1",
+                                     "classifiers": "Framework :: Django"}, "releases": {}},
+     "the JSON API answer's info.classifiers is not a list of texts"),
+    ("classifiers a number", {"info": {"name": "x", "version": "1", "classifiers": 7},
+                              "releases": {}},
+     "the JSON API answer's info.classifiers is not a list of texts"),
+    ("requires_dist an object", {"info": {"name": "x", "version": "1",
+                                          "requires_dist": {"a": 1}}, "releases": {}},
+     "the JSON API answer's info.requires_dist is not a list of texts"),
+    ("requires_dist holding a number", {"info": {"name": "x", "version": "1",
+                                                 "requires_dist": ["a", 3]}, "releases": {}},
+     "the JSON API answer's info.requires_dist is not a list of texts"),
 ]
 
 
@@ -190,7 +203,7 @@ def test_a_malformed_answer_is_refused_with_one_line(case, payload, message):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("keywords", 42), ("classifiers", 7), ("description", 5), ("requires_dist", 3)])
+    ("keywords", 42), ("description", 5)])
 def test_a_field_of_the_wrong_type_is_a_malformed_answer(field, value):
     payload = {"info": {"name": "x", "version": "1", field: value}, "releases": {"1": []},
                "urls": [], "last_serial": 7}
@@ -199,6 +212,16 @@ def test_a_field_of_the_wrong_type_is_a_malformed_answer(field, value):
     assert str(error.value).startswith(
         "a field of the JSON API answer has an unexpected type or value (TypeError: ")
     assert "\n" not in str(error.value)
+
+
+def test_a_per_version_answer_whose_requirements_are_a_text_is_refused():
+    payload = {"info": {"name": "x", "version": "1", "requires_dist": "numpy>=1"}}
+    with pytest.raises(model.BadPayload) as error:
+        model.check_release_info(payload, "x", "1")
+    assert str(error.value) == \
+        "the per-version JSON API answer's info.requires_dist is not a list of texts"
+    payload["info"]["requires_dist"] = None  # (PyPI's, for a release that names none)
+    assert model.check_release_info(payload, "x", "1") is payload["info"]
 
 
 def test_a_lone_surrogate_in_metadata_is_kept_and_digested():
