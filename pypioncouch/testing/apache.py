@@ -35,6 +35,11 @@ def apache_available() -> str | None:
     if not (where / "couchdb-node").exists() or not (where / "couchdb-cluster").exists():
         return (f"no Apache CouchDB release in {where} (check out ../shared beside the "
                 "repository, or set PYPIONCOUCH_COUCHDB_DIR or PYPIONCOUCH_TEST_COUCH)")
+    # Its start scripts need these; without them they fail only after their timeout.
+    missing = [command for command in ("curl", "pgrep") if shutil.which(command) is None]
+    if missing:
+        return (f"Apache CouchDB's start scripts need {' and '.join(missing)}: "
+                "sudo apt-get install curl procps")
     return None
 
 
