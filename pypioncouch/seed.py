@@ -156,7 +156,11 @@ class Seeder:
                 start, end = model.release_id_range(key)
                 rows = (await self.db.all_docs(startkey=start, endkey=end,
                                                include_docs=True))["rows"]
-                releases = [row["doc"] for row in rows if row.get("doc")]
+                # Those the project lists: on a replica a removed release's deletion
+                # may come after its project (the Simple pages hide it too).
+                listed = set(project.get("versions") or [])
+                releases = [row["doc"] for row in rows
+                            if row.get("doc") and row["doc"].get("version") in listed]
             else:
                 project = None
             self._projects[key] = (project, releases)

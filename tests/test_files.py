@@ -669,6 +669,13 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     assert code == 1 and "has no project 'no-such-project'" in said, said
     code, said = await run(base[0], *base[1:], "files-lib>5", env=dict(os.environ))
     assert code == 1 and "no release of files-lib with files matches 'files-lib>5'" in said
+    # A release its project no longer lists (a replica given the project before the
+    # release's removal) is not taken.
+    leftover = {**(await world.db.get("files-lib:1.1")), "version": "9.0"}
+    del leftover["_rev"]
+    await world.db.put({**leftover, "_id": "files-lib:9.0"})
+    code, said = await run(base[0], *base[1:], "files-lib>5", env=dict(os.environ))
+    assert code == 1 and "no release of files-lib with files matches 'files-lib>5'" in said
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# pinned\nfiles-lib==1.0  # the old one\n--index-url x\n")
     code, said = await run(base[0], *base[1:], "-r", str(requirements), env=dict(os.environ))
