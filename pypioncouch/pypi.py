@@ -657,12 +657,10 @@ def _is_changelog_row(row: Any, after: int) -> bool:
 
 
 def _serial(headers: dict[str, str], body_serial: Any) -> int | None:
-    value = headers.get("x-pypi-last-serial")
     try:
-        return int(value) if value is not None else (
-            body_serial if isinstance(body_serial, int) else None)
-    except ValueError:
-        return None
+        return int(headers.get("x-pypi-last-serial"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # none, or not a number ("12, 12": a proxy's merge)
+        return body_serial if isinstance(body_serial, int) else None
 
 
 def _rpc_status_error(status: int, headers: dict[str, str], where: str) -> PyPIError:

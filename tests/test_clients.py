@@ -77,6 +77,15 @@ def test_a_5xx_is_retried_with_doubling_backoff():
     assert pypi.retried == 2 and clock.getDelayedCalls() == []
 
 
+@pytest.mark.parametrize("header", ["10, 10", "", "ten"])
+def test_a_serial_header_that_is_no_number_leaves_the_body_to_say_it(header):
+    """(a proxy merging two headers into "10, 10": an answer without a serial passed
+    for fresh, and an older copy could replace what is stored)"""
+    pypi, http, clock = pypi_with(ok(serial=header))
+    _, results = started(pypi.project("Foo_Bar", 10))
+    assert outcome(results).serial == 10
+
+
 def test_a_429_waits_as_long_as_retry_after_says():
     pypi, http, clock = pypi_with((429, {"retry-after": "7"}, b""), ok())
     _, results = started(pypi.project("Foo_Bar"))
