@@ -751,8 +751,7 @@ class XmlRpcImporter:
                     else:
                         with trace.timed("fetch"):
                             answer = await self._ask_pypi(work)
-                            answer.own = await self._own_answers(work, answer,
-                                                                 old is not None)
+                            answer.own = await self._own_answers(work, answer)
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
@@ -843,24 +842,20 @@ class XmlRpcImporter:
                 self.source = "json"
         return await self.pypi.project(work.name, work.serial)
 
-    async def _own_answers(self, work: Work, answer: ProjectAnswer, stored: bool
-                           ) -> dict[str, dict]:
+    async def _own_answers(self, work: Work, answer: ProjectAnswer) -> dict[str, dict]:
         """PyPI's per-version answers for the releases without files a change may have
         yanked or unyanked: only a release's own metadata says that (the project's
         answer lists no files to flag), and the backfill asks for it once. The
         releases the changelog names, but the latest (the project's answer is its);
         for a retried project, whose changelog rows are past, every such release. An
         answer older than the project's, or a 404 for a release the project lists, is
-        a CDN's stale copy: asked again, then the project is retried. Changes read
-        from the Simple index name no version: every such release of a ``stored``
-        project then (those of one not stored yet are the backfill's)."""
+        a CDN's stale copy: asked again, then the project is retried."""
         payload = answer.payload if answer.kind == "project" else None
         if not isinstance(payload, dict) or self.source != "json" or not isinstance(
                 payload.get("releases"), dict) or not isinstance(payload.get("info"), dict):
             return {}  # (a malformed answer is the model's to refuse)
         releases, latest = payload["releases"], payload["info"].get("version")
-        unnamed = work.retry or (stored and self.status.changes_source != "xmlrpc")
-        named = releases.keys() if unnamed else work.versions
+        named = releases.keys() if work.retry else work.versions
         found = {}
         for version in sorted(v for v in named if releases.get(v) == [] and v != latest):
             own = await self.pypi.release(work.name, version, min_serial=answer.serial)

@@ -372,34 +372,6 @@ async def test_releases_published_together_and_later_changes_keep_their_own_meta
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_yank_of_a_release_without_files_is_read_with_changes_from_the_simple_index(
-        small_world):
-    """The Simple index says a project changed, not which release: every release
-    without files is asked about then (it stayed "not yanked" for good: the backfill
-    asks only for releases without their own metadata)."""
-    world = small_world
-    await run_pass(world.importer(), full=True)
-    await backfill_of(world).run_pass()
-    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
-    fileless = "2.0.0.dev1"
-    assert not world.index.get(key).releases[fileless].files
-
-    async def stored_release():
-        _, stored = await stored_project(world.db, key)
-        return {d["version"]: d for d in stored}[fileless]
-
-    assert (await stored_release())["yanked"] is False
-    world.index.yank(key, fileless, "never meant to be")
-    summary = await run_pass(world.importer(changes="simple"))
-    assert summary.projects == 1 and summary.pending == 0, summary.errors
-    release = await stored_release()
-    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
-    world.index.unyank(key, fileless)
-    await run_pass(world.importer(changes="simple"))
-    assert (await stored_release())["yanked"] is False
-
-
-@pytest_twisted.ensureDeferred
 async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_world):
     """Only PyPI's per-version answer tells a release without files is yanked (the
     project's lists no files to flag): the sync asks for it when a change names the
