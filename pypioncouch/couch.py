@@ -438,7 +438,10 @@ class Database:
         except Unauthorized:
             raise cannot_create from None
         for created in list(self.on_created):
-            created()
+            try:
+                created()
+            except Exception:  # (the database is created all the same)
+                log.failure("after creating {db}", db=self.display_url)
         return True
 
     async def delete_database(self) -> None:
@@ -570,6 +573,8 @@ class Database:
             results, _ = await self._read_rows(
                 "POST", "_bulk_get", lambda: _RowReader(
                     _each_document(trim), WHOLE_ANSWER_BYTES, "results"), body=body)
+            if len(results) != len(unique):  # (parsed as it came: a list that was not)
+                results = None
         if not isinstance(results, list):
             raise BadResponse("_bulk_get did not answer results: is this CouchDB >= 2?",
                               url=self.display_url)

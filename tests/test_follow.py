@@ -26,11 +26,14 @@ class Database:
 
     def __init__(self):
         self.streams = []
+        self.since = []  # where each stream was asked to start
+        self.on_created = []
 
     async def info(self, timeout=None):
         return {"update_seq": "7-opaque"}
 
     def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
+        self.since.append(since)
         self.streams.append(Stream(on_started))
         return self.streams[-1]
 
@@ -121,3 +124,34 @@ def test_stopping_a_live_feed_is_no_loss_to_report():
         globalLogPublisher.removeObserver(said.append)
     assert len(db.streams) == 1
     assert not [e for e in said if "feed lost" in str(e.get("log_format", ""))]
+
+
+def test_a_database_created_again_through_its_client_starts_the_feed_over():
+    """Whether a feed is open (pouchdb-server keeps one on the deleted database) or
+    the follower is waiting to reconnect with the old database's seq: it starts over
+    from ``after_loss`` on the new one, and says the loss."""
+    clock, db = Clock(), Database()
+    lost = []
+    follower = ChangesFollower(db, lambda change: None, since="5-old", after_loss=0,
+                               on_lost=lambda: lost.append(True), reactor=clock)
+    follower.startService()
+    try:
+        db.streams[-1].on_started()
+        stopped = []
+        db.streams[-1].stop = lambda: (stopped.append(True),
+                                       db.streams[0].done.callback("5-old"))
+        for created in db.on_created:
+            created()
+        assert stopped and lost == [True] and not follower.live
+        clock.advance(1.0)
+        assert db.since == ["5-old", 0]
+        db.streams[-1].on_started()
+        broken(db.streams[-1], live=True)  # (it breaks: waiting to reconnect at "0")
+        for created in db.on_created:
+            created()  # (created again meanwhile)
+        for _ in range(60):
+            clock.advance(1.0)
+        assert db.since == ["5-old", 0, 0] and lost == [True, True]
+    finally:
+        follower.stopService()
+    assert db.on_created == []

@@ -282,16 +282,32 @@ async def test_a_published_release_reaches_opml_within_seconds(world):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_project_whose_releases_carry_long_readmes_lists_them_all(world):
+async def test_a_project_whose_releases_carry_long_readmes_lists_them_all(world,
+                                                                         monkeypatch):
     """The watcher reads releases without their own metadata (a README each: 3,000
     releases of one project would be held at once); what the OPML says is all there."""
+    from pypioncouch import couch
     from pypioncouch.opml_watcher import regenerate
+
+    from .test_backfill import backfill_of
 
     for n in range(6):  # (1.5 MB of descriptions: read a release at a time)
         world.index.publish("Long.Readmes", f"{n}.0", description=f"{n}" * 250_000)
     world.index.yank("long-readmes", "2.0", "bad <b>build</b>")
     await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()  # (every release's own README stored)
+    trimmed = []
+    each_document = couch._each_document
+
+    def counted(trim):
+        def trim_result(result):
+            trimmed.append(result.get("id"))
+            return each_document(trim)(result)
+        return trim_result
+
+    monkeypatch.setattr(couch, "_each_document", counted)
     assert await regenerate(world.db, "long-readmes") is True
+    assert len(trimmed) == 6  # (dropped as they were parsed, one at a time)
     content = await opml_of(world.db, "long-readmes")
     root = ET.fromstring(content)
     releases = [o for o in root.iter("outline") if o.get("type") == "release"]
