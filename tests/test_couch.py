@@ -308,9 +308,9 @@ async def test_changes_stream_receives_a_change_written_after_it_started(couch, 
 @pytest_twisted.ensureDeferred
 async def test_a_follower_sees_a_database_deleted_and_created_again(couch, db_name):
     """pouchdb-server keeps a feed on a deleted database open; Apache CouchDB ends it.
-    Either way the follower notices (pouchdb-server: at its next look, if the database
-    is still gone then), and follows the new database from its start (its old seqs
-    mean nothing there)."""
+    Either way the follower notices a database another program deletes and creates
+    again (pouchdb-server: at its next look, if the database is still gone then), and
+    follows the new database from its start (its old seqs mean nothing there)."""
     from pypioncouch.follow import ChangesFollower
 
     db = couch.database(db_name)
@@ -321,21 +321,23 @@ async def test_a_follower_sees_a_database_deleted_and_created_again(couch, db_na
     follower.startService()
     try:
         await db.put({"_id": "old"})
-        for _ in range(100):
-            if "old" in seen:
-                break
-            await sleep(0.05)
+        await until_seen(seen, "old")
         await db.delete_database()
         await sleep(1.5)  # (an operator starting over: a full import creates it again)
-        await db.ensure()
-        await db.put({"_id": "new"})
-        for _ in range(200):
-            if "new" in seen:
-                break
-            await sleep(0.05)
+        other = couch.database(db_name)  # (another program: not through this client)
+        await other.ensure()
+        await other.put({"_id": "new"})
+        await until_seen(seen, "new", 10.0)
         assert seen == ["old", "new"]
     finally:
         await follower.stopService()
+
+
+async def until_seen(seen: list, docid: str, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if docid in seen:
+            return
+        await sleep(0.05)
 
 
 @pytest_twisted.ensureDeferred
@@ -356,17 +358,11 @@ async def test_a_follower_starts_over_at_once_when_its_database_is_created_again
     follower.startService()
     try:
         await db.put({"_id": "old"})
-        for _ in range(100):
-            if "old" in seen:
-                break
-            await sleep(0.05)
+        await until_seen(seen, "old")
         await db.delete_database()
         assert await db.ensure() is True
         await db.put({"_id": "new"})
-        for _ in range(100):
-            if "new" in seen:
-                break
-            await sleep(0.05)
+        await until_seen(seen, "new")
         assert seen == ["old", "new"] and lost
     finally:
         await follower.stopService()
