@@ -422,6 +422,36 @@ async def test_a_database_deleted_under_the_resolver_is_left_to_the_sync_to_crea
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_database_the_sync_creates_again_is_read_from_its_own_beginning(
+        couch, db_name):
+    """Deleted and created again between two of the resolver's pages (the daemon's
+    sync does it, through the same client): the resolver reads the new database's
+    feed from its start, not from the old one's seq (on pouchdb-server past every
+    change the new one has: its conflicts would never be found)."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await add_leaves(couch, db_name, [{"_id": f"old-{n}", "_rev": f"1-{LOW}"}
+                                      for n in range(20)] + conflict("kappa"))
+    held = [False]
+    resolver = ConflictResolver(db, SyncStatus(), pause=0.1, ready=lambda: not held[0])
+    resolver.startService()
+    try:
+        async def saved():
+            return await db.get_local(CHECKPOINT) is not None
+
+        assert await eventually(serves_the_new(db, "kappa"), saved)
+        held[0] = True
+        await sleep(0.5)  # (a page in flight is done: the resolver waits to be ready)
+        await db.delete_database()
+        await db.ensure()  # (as the sync's next pass does: the resolver is told)
+        await add_leaves(couch, db_name, conflict("lambda"))
+        held[0] = False
+        assert await eventually(serves_the_new(db, "lambda"))
+    finally:
+        await resolver.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_resolver_waits_while_the_daemon_is_not_ready(couch, db_name):
     """The daemon holds it during a full import (which it would slow by sharing
     CouchDB); it then reads the feed from where it was."""
