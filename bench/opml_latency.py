@@ -29,8 +29,8 @@ async def measure(reactor, couch_url: str, burst: int) -> dict:
     from pypioncouch import opml_watcher
     real_regenerate = opml_watcher.regenerate_many
 
-    async def timed_regenerate(db_, keys, status=None):
-        written, conflicted, refused = await real_regenerate(db_, keys, status)
+    async def timed_regenerate(db_, keys, *args):
+        written, conflicted, refused = await real_regenerate(db_, keys, *args)
         now = time.perf_counter()
         for key in written:
             if key in changed_at and key not in done_at:

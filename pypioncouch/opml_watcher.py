@@ -16,6 +16,10 @@ attachment current (on the principal node; mirrors get it by replication).
   compressed bytes (pouchdb-server digests the plain ones).
 - The sync carries the attachment's stub when it rewrites a project document, so the
   OPML survives; the change it makes brings the watcher back to refresh the content.
+- On a cluster a read may come from copies still behind the change the watcher was
+  woken for (a write answered 202, a node down), and the feed would not name that
+  change again: the revision the feed last named of each document is kept until a
+  read shows it, and a project read without it is read again after a moment.
 - A broken feed reconnects with backoff from the last seq seen; the checkpoint only
   moves past changes whose projects were regenerated. Writes that fail (CouchDB down,
   or refusing them: a validate function, permissions) are retried with backoff up to
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import OrderedDict
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -75,8 +80,21 @@ def opml_digest(content: bytes) -> str:
     return "sha256-" + hashlib.sha256(content).hexdigest()
 
 
+def behind_the_feed(said: dict[str, str], docs: list[dict]) -> str | None:
+    """The first of ``docs`` (read from CouchDB) that is not at the revision the
+    changes feed last ``said`` of it (``{id: rev}``); None when all are (or it said
+    nothing of them)."""
+    for doc in docs:
+        rev = said.get(doc.get("_id"))
+        if rev is not None and rev != doc.get("_rev"):
+            return doc["_id"]
+    return None
+
+
 async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None,
-                          big: set[str] | None = None, big_project: int = 0
+                          big: set[str] | None = None, big_project: int = 0,
+                          said: dict[str, str] | None = None,
+                          behind: set[str] | None = None
                           ) -> tuple[dict[str, str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
@@ -84,13 +102,23 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile
     (its change brings the key back); a refusal is CouchDB's no for another reason (a
     validate function, or permissions: every write's), which the caller weighs. The
-    keys of projects of ``big_project`` releases or more are added to ``big``."""
+    keys of projects of ``big_project`` releases or more are added to ``big``; those
+    read at another revision than the feed ``said`` (:func:`behind_the_feed`) are
+    left as they are and added to ``behind``, and the revisions of those read as
+    said are taken out of ``said``."""
     # (an OPML needs no release's own metadata: its descriptions would be most of it)
     projects = await Store(db).projects(list(keys), own_info=False)
     updates = []
     for project, releases in projects:
         if big is not None and len(releases) >= big_project:
             big.add(project["_id"])
+        if said:
+            if behind_the_feed(said, [project, *releases]) is not None:
+                if behind is not None:
+                    behind.add(project["_id"])
+                continue
+            for doc in (project, *releases):
+                said.pop(doc["_id"], None)
         try:
             content = project_opml(project, releases)
         except Exception as error:  # a bug meeting odd data: not to hold back the others
@@ -302,6 +330,12 @@ LOST = object()  # saved_seq when the database was deleted: the next save writes
 # another's (a regeneration for nothing: half of a burst's work); bounded, as a first
 # start on all of PyPI writes hundreds of thousands before the feed brings them back.
 OWN_WRITES_KEPT = 20_000
+# The revisions the feed named, kept until a read shows them (bounded the same way: the
+# changes of a first start are long settled on every copy, and need no such check).
+SAID_KEPT = 20_000
+# Seconds before a project read from copies behind the feed is read again: a cluster's
+# copies get in step in moments; past the last, again every so often, and said.
+BEHIND_WAITS = (0.2, 1.0, 3.0, 10.0, 30.0, 60.0)
 
 
 class OpmlWatcher(Service):
@@ -344,6 +378,10 @@ class OpmlWatcher(Service):
         # key -> the revision of a change of its project document that came while it
         # was being written, and alone made it due: ours, if the write answers with it.
         self.maybe_own: dict[str, str] = {}
+        # document id -> the revision the feed last named, until a read shows it; and
+        # key -> (reads behind it so far, when to read again)
+        self.said: OrderedDict[str, str] = OrderedDict()
+        self.behind: dict[str, tuple[int, float]] = {}
         self.saved_seq: Any = None
         self.follower: ChangesFollower | None = None
         self.batches: set[defer.Deferred] = set()
@@ -397,7 +435,8 @@ class OpmlWatcher(Service):
         the old backlog meanwhile (an old seq, which pouchdb-server would take at a
         restart, skipping the new database's changes up to it) does not stay."""
         self.backlog = Backlog(0)
-        for held in (self.own_writes, self.maybe_own, self.taken_at, self.refused_since):
+        for held in (self.own_writes, self.maybe_own, self.taken_at, self.refused_since,
+                     self.said, self.behind):
             held.clear()
         self.project_changed.clear()
         self.big.clear()
@@ -443,8 +482,16 @@ class OpmlWatcher(Service):
                 self.maybe_own.pop(key, None)  # another's change: due whatever we wrote
             if key == docid:
                 self.project_changed.add(key)
+            if key is not None and rev is not None:
+                self._remember_said(docid, rev)
         self.backlog.changed(key, change["seq"], self.reactor.seconds())
         self._schedule(self.debounce)
+
+    def _remember_said(self, docid: str, rev: str) -> None:
+        self.said.pop(docid, None)
+        self.said[docid] = rev
+        while len(self.said) > SAID_KEPT:
+            self.said.popitem(last=False)
 
     def _wrote(self, keys: list[str], written: dict[str, str]) -> None:
         """Remember our writes, to know their changes when they come back; one that
@@ -455,6 +502,7 @@ class OpmlWatcher(Service):
                 continue
             if came == written[key]:
                 self.backlog.forget(key)
+                self.said.pop(key, None)  # (ours)
                 self.project_changed.discard(key)  # (that change was ours)
             else:
                 self.own_writes[key] = written[key]
@@ -500,6 +548,10 @@ class OpmlWatcher(Service):
             batch.addBoth(lambda _, b=batch: self.batches.discard(b))
 
     def _ready(self, key: str, now: float) -> bool:
+        _, read_again_at = self.behind.get(key, (0, 0.0))
+        if now < read_again_at:
+            self._schedule(read_again_at - now)
+            return False
         taken = self.taken_at.get(key)
         if (key not in self.big or taken is None or key in self.project_changed
                 or key in self.backlog.again  # (a retry: of any change)
@@ -521,17 +573,38 @@ class OpmlWatcher(Service):
         return doubling(self.failures, 1.0, self.max_backoff)
 
     async def _regenerate(self, keys: list[str], number: int, backlog: Backlog) -> None:
+        behind: set[str] = set()
         try:
             written, conflicted, refused = await regenerate_many(
-                self.db, keys, self.status, self.big, self.big_project)
+                self.db, keys, self.status, self.big, self.big_project, self.said, behind)
         except Exception as error:
             if backlog is self.backlog:  # (else taken from a database deleted since)
                 self._failed(keys, error)
         else:
             if backlog is self.backlog:
-                self._done(keys, number, written, conflicted, refused)
+                self._read_again_later(keys, behind)
+                self._done([key for key in keys if key not in behind], number, written,
+                           conflicted, refused)
         if self.running:
             self._schedule(0)
+
+    def _read_again_later(self, keys: list[str], behind: set[str]) -> None:
+        """Those of ``keys`` read from copies ``behind`` the feed: first in line again,
+        each after its wait (:data:`BEHIND_WAITS`), pausing no other."""
+        now = self.reactor.seconds()
+        for key in keys:
+            if key not in behind:
+                self.behind.pop(key, None)
+        for key in behind:
+            self.maybe_own.pop(key, None)  # (nothing written: a change then was another's)
+            tries = self.behind.get(key, (0, 0.0))[0]
+            self.behind[key] = (tries + 1, now + BEHIND_WAITS[min(tries, len(BEHIND_WAITS) - 1)])
+            if tries + 1 == len(BEHIND_WAITS):
+                message = (f"OPML: CouchDB's copies of {key} are still behind the change "
+                           f"its feed named; read again every {BEHIND_WAITS[-1]:g}s")
+                log.warn("{message}", message=message)
+                self.status.note_error(message, "opml")
+        self.backlog.failed(list(behind))
 
     def _failed(self, keys: list[str], error: Exception) -> None:
         for key in keys:  # (written or not, unknown: what came stays due)
