@@ -333,6 +333,31 @@ def own_flags(info: dict) -> dict:
             "requires_python": info.get("requires_python")}
 
 
+def own_flags_differ(stored: dict, payload: Any) -> bool:
+    """Whether a release without files' per-version answer (``payload``) says other
+    yanked flags or Requires-Python than its ``stored`` document has. (A malformed
+    answer differs: taken, it is refused and said where it is used.)"""
+    info = payload.get("info") if isinstance(payload, dict) else None
+    if not isinstance(info, dict):
+        return True
+    return own_flags(info) != {key: stored.get(key) for key in own_flags({})}
+
+
+def answer_changes_releases(payload: Any, recorded: Any) -> bool:
+    """Whether a JSON API answer's releases differ from a project's record of them
+    (``release_digests``): one added or removed, or its files or metadata changed. A
+    malformed answer, or a record unknown in part, counts as a change."""
+    if not isinstance(recorded, dict):
+        return True
+    try:
+        project, _ = project_documents(payload)
+    except BadPayload:
+        return True
+    digests = project["release_digests"]
+    return digests.keys() != recorded.keys() or any(
+        release_needs_write(new, recorded.get(version)) for version, new in digests.items())
+
+
 def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, list[dict]]:
     """A JSON API answer (``/pypi/<p>/json``) -> ``(project document, release documents)``.
 

@@ -751,7 +751,7 @@ class XmlRpcImporter:
                     else:
                         with trace.timed("fetch"):
                             answer = await self._ask_pypi(work)
-                            answer.own = await self._own_answers(work, answer)
+                            answer.own = await self._own_answers(work, answer, old)
                 except PyPIError as error:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
@@ -842,24 +842,54 @@ class XmlRpcImporter:
                 self.source = "json"
         return await self.pypi.project(work.name, work.serial)
 
-    async def _own_answers(self, work: Work, answer: ProjectAnswer) -> dict[str, dict]:
+    async def _own_answers(self, work: Work, answer: ProjectAnswer, old: dict | None
+                           ) -> dict[str, dict]:
         """PyPI's per-version answers for the releases without files a change may have
         yanked or unyanked: only a release's own metadata says that (the project's
         answer lists no files to flag), and the backfill asks for it once. The
         releases the changelog names, but the latest (the project's answer is its);
         for a retried project, whose changelog rows are past, every such release. An
         answer older than the project's, or a 404 for a release the project lists, is
-        a CDN's stale copy: asked again, then the project is retried."""
+        a CDN's stale copy: asked again, then the project is retried.
+
+        Changes read from the Simple index name no version: for a stored project whose
+        answer shows no change of its releases (so the change may be such a yank),
+        those stored with their own metadata are asked about, and only the answers
+        whose flags differ from the stored ones are taken (a role change asks, and
+        rewrites nothing)."""
         payload = answer.payload if answer.kind == "project" else None
         if not isinstance(payload, dict) or self.source != "json" or not isinstance(
                 payload.get("releases"), dict) or not isinstance(payload.get("info"), dict):
             return {}  # (a malformed answer is the model's to refuse)
         releases, latest = payload["releases"], payload["info"].get("version")
+        fileless = sorted(v for v in releases if releases[v] == [] and v != latest)
+        unnamed = not work.retry and self.status.changes_source != "xmlrpc"
+        if unnamed and fileless and old is not None:
+            return await self._unseen_yanks(work, answer, old, fileless)
         named = releases.keys() if work.retry else work.versions
         found = {}
-        for version in sorted(v for v in named if releases.get(v) == [] and v != latest):
+        for version in (v for v in fileless if v in named):
             own = await self.pypi.release(work.name, version, min_serial=answer.serial)
             if own is not None:
+                found[version] = own
+        return found
+
+    async def _unseen_yanks(self, work: Work, answer: ProjectAnswer, old: dict,
+                            fileless: list[str]) -> dict[str, dict]:
+        """The per-version answers of ``fileless`` releases of a stored project whose
+        yanked flags or Requires-Python differ from the stored ones, when the
+        project's answer shows no change of its releases (see :meth:`_own_answers`)."""
+        if model.answer_changes_releases(answer.payload, old.get("release_digests")):
+            return {}  # (the change shows: not a yank of a release without files)
+        ids = [store.release_id(work.key, version) for version in fileless]
+        stored = await self.store.db.bulk_get(ids)
+        found = {}
+        for version, docid in zip(fileless, ids):
+            doc = stored.get(docid)
+            if doc is None or "info" not in doc:
+                continue  # (not stored with its own metadata: the backfill's to ask)
+            own = await self.pypi.release(work.name, version, min_serial=answer.serial)
+            if own is not None and model.own_flags_differ(doc, own):
                 found[version] = own
         return found
 

@@ -371,6 +371,73 @@ async def test_releases_published_together_and_later_changes_keep_their_own_meta
     assert by_version["50.0"]["info_source"] == "version"
 
 
+def asked_per_version(importer):
+    """The versions the importer's sync asks PyPI's per-version answers of."""
+    asked, ask = [], importer.pypi.release
+
+    async def release(name, version, **options):
+        asked.append(version)
+        return await ask(name, version, **options)
+    importer.pypi.release = release
+    return asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_yank_of_a_release_without_files_is_read_with_changes_from_the_simple_index(
+        small_world):
+    """The Simple index says a project changed, not which release, and the project's
+    answer shows nothing for a release without files: such a release stayed "not
+    yanked" for good (the backfill asks only for releases without their own
+    metadata). When the answer shows no other change, those stored releases are asked
+    about, and only one whose flags changed is written; a change the answer shows
+    asks nothing."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    project = world.index.get(key)
+    fileless = sorted(v for v, r in project.releases.items() if not r.files
+                      and v != world.index.latest(project).version)
+    assert "2.0.0.dev1" in fileless
+
+    async def stored_releases():
+        _, stored = await stored_project(world.db, key)
+        return {d["version"]: d for d in stored}
+
+    before = await stored_releases()
+    assert before["2.0.0.dev1"]["yanked"] is False
+    world.index.yank(key, "2.0.0.dev1", "never meant to be")
+    importer = world.importer(changes="simple")
+    asked = asked_per_version(importer)
+    summary = await run_pass(importer)
+    assert summary.projects == 1 and summary.pending == 0, summary.errors
+    assert sorted(asked) == fileless
+    after = await stored_releases()
+    assert (after["2.0.0.dev1"]["yanked"], after["2.0.0.dev1"]["yanked_reason"]) == \
+        (True, "never meant to be")
+    assert {v: d["_rev"] for v, d in after.items() if v != "2.0.0.dev1"} == \
+        {v: d["_rev"] for v, d in before.items() if v != "2.0.0.dev1"}  # (only it written)
+
+    world.index.add_role(key, "Maintainer", "someone")  # (a change no release shows)
+    importer = world.importer(changes="simple")
+    asked = asked_per_version(importer)
+    summary = await run_pass(importer)
+    assert summary.projects == 1 and sorted(asked) == fileless
+    assert {v: d["_rev"] for v, d in (await stored_releases()).items()} == \
+        {v: d["_rev"] for v, d in after.items()}  # (nothing to write)
+
+    world.index.unyank(key, "2.0.0.dev1")
+    await run_pass(world.importer(changes="simple"))
+    assert (await stored_releases())["2.0.0.dev1"]["yanked"] is False
+
+    world.index.publish(key, "9.0")  # (a change the answer shows: nothing asked)
+    importer = world.importer(changes="simple")
+    asked = asked_per_version(importer)
+    summary = await run_pass(importer)
+    assert summary.projects == 1 and asked == []
+    assert "9.0" in await stored_releases()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_world):
     """Only PyPI's per-version answer tells a release without files is yanked (the

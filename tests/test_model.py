@@ -304,6 +304,33 @@ def test_a_release_is_rewritten_only_when_it_changed():
     assert json.loads(json.dumps(same)) == same  # plain JSON, kept in the project document
 
 
+def test_an_answer_changes_releases_unless_each_is_as_recorded():
+    recorded = {"0.9": ["95c9519c617b573d", None],  # (the literals above)
+                "1.0": ["d74900b2904fce15", "0a719304bd5d528e"],
+                "10.0.dev1": ["58a0ea35654c6db3", None],
+                "2.0rc1": ["324d560943803bf6", None]}
+    assert not model.answer_changes_releases(copy.deepcopy(ANSWER), recorded)
+    assert not model.answer_changes_releases(dict(ANSWER, last_serial=1300), recorded)
+    unyanked = dict(ANSWER, releases=dict(ANSWER["releases"],
+                                          **{"2.0rc1": [dict(FILE_20, yanked=False)]}))
+    assert model.answer_changes_releases(unyanked, recorded)
+    assert model.answer_changes_releases(copy.deepcopy(ANSWER),
+                                         {k: v for k, v in recorded.items() if k != "0.9"})
+    assert model.answer_changes_releases(copy.deepcopy(ANSWER), dict(recorded, **{"0.9": None}))
+    assert model.answer_changes_releases({"info": {}}, recorded)  # (malformed)
+    assert model.answer_changes_releases(copy.deepcopy(ANSWER), None)
+
+
+def test_a_release_without_files_flags_differ_from_its_own_answer():
+    stored = {"yanked": True, "yanked_reason": "oops", "requires_python": ">=3.8"}
+    said = {"info": dict(INFO, yanked=True, yanked_reason="oops")}
+    assert not model.own_flags_differ(stored, said)
+    assert model.own_flags_differ(stored, {"info": dict(INFO, yanked=False)})
+    assert model.own_flags_differ(stored, {"info": dict(INFO, yanked=True, yanked_reason="x")})
+    assert model.own_flags_differ(dict(stored, requires_python=None), said)
+    assert model.own_flags_differ(stored, {"info": "?"})
+
+
 def test_requirements_group_by_project_and_keep_what_does_not_parse():
     requires_dist = ["attrs>=20", "not a requirement!!", 5, "Foo-Bar[x]; extra == 'x'",
                      "ATTRS<30 ; python_version < '3.9'", None, "not a requirement!!"]
