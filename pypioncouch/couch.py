@@ -170,6 +170,23 @@ def found_revisions(entries: list) -> list[dict]:
     return [entry["ok"] for entry in entries or [] if isinstance(entry, dict) and "ok" in entry]
 
 
+# Per-document errors of a _bulk_get answer that say the document is not there (Apache
+# CouchDB: missing or deleted, or an id no document can have); pouchdb-server says {}.
+NOT_THERE = ("not_found", "illegal_docid")
+
+
+def read_error(entries: list) -> str | None:
+    """The first error of a ``_bulk_get`` result's entries that does not say the
+    document is not there (a cluster's shard that did not answer in time): such a
+    document may be stored, and taken for missing it would be written anew, or its
+    project's OPML left as it was. None when there is none."""
+    for entry in entries or []:
+        error = entry.get("error") if isinstance(entry, dict) else None
+        if isinstance(error, dict) and error.get("error") not in NOT_THERE:
+            return f"{error.get('error')}: {error.get('reason')}"
+    return None
+
+
 def refusal(user: str, database: str, status: int | None, *, writes: bool = True) -> str:
     """What a 401 or 403 from ``database`` means, for a person: 401 is who we are (no
     or wrong credentials), 403 what that user may do. One that ``writes`` (syncs:
@@ -580,6 +597,10 @@ class Database:
                               url=self.display_url)
         found = {}
         for result in results:
+            failed = read_error(result.get("docs"))
+            if failed is not None:
+                raise BadResponse(f"_bulk_get could not read {result.get('id')!r}: "
+                                  f"{failed}", url=self.display_url)
             doc = winning_revision(found_revisions(result.get("docs")))
             if doc is not None and not doc.get("_deleted"):
                 found[doc["_id"]] = doc

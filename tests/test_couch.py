@@ -1,5 +1,6 @@
 """The CouchDB client against a real pouchdb-server."""
 
+import json
 import os
 from pathlib import Path
 
@@ -128,6 +129,45 @@ async def test_bulk_get_answers_what_a_get_answers(couch, db_name):
         assert found[docid]["_rev"] == (await db.get(docid))["_rev"]
     assert found["split"]["side"] == "b" and found["undead"]["side"] == "live"
     assert await db.bulk_get([]) == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_document_bulk_get_could_not_read_is_not_taken_for_missing():
+    """A cluster's _bulk_get may answer an error for one document (a shard's copies
+    that did not answer in time): taken for missing, the sync would write the project
+    anew over the stored one, and the OPML watcher would leave it as it was. A
+    CouchDB stand-in answers as Apache CouchDB 3.5 does (its not_found is missing)."""
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    answers = {"results": [
+        {"id": "live", "docs": [{"ok": {"_id": "live", "_rev": "1-a"}}]},
+        {"id": "missing", "docs": [{"error": {"id": "missing", "rev": "undefined",
+                                              "error": "not_found", "reason": "missing"}}]},
+        {"id": "slow", "docs": [{"error": {"id": "slow", "rev": "undefined",
+                                           "error": "timeout", "reason": "shard timeout"}}]}]}
+
+    class BulkGet(Resource):
+        isLeaf = True
+
+        def render_POST(self, request):
+            asked = [d["id"] for d in json.loads(request.content.read())["docs"]]
+            request.setHeader("Content-Type", "application/json")
+            return json.dumps({"results": [r for r in answers["results"]
+                                           if r["id"] in asked]}).encode()
+
+    site = Site(BulkGet())
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    db = CouchDB(f"http://u:pw@127.0.0.1:{port.getHost().port}/").database("pypi")
+    try:
+        assert list(await db.bulk_get(["live", "missing"])) == ["live"]
+        with pytest.raises(BadResponse) as error:
+            await db.bulk_get(["live", "slow", "missing"])
+        assert str(error.value) == ("_bulk_get could not read 'slow': timeout: shard timeout "
+                                    f"(http://u:***@127.0.0.1:{port.getHost().port}/pypi)")
+    finally:
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
