@@ -22,6 +22,14 @@ LIVE_LONG_ENOUGH = 10.0  # seconds a feed must have lasted for its backoff to st
 PROBE_SECONDS = 60.0
 
 
+def seq_went_back(since: Any, update_seq: Any) -> bool:
+    """Whether a database's ``update_seq`` is behind a seq the follower had from it:
+    created again meanwhile (pouchdb-server's seqs are numbers; Apache CouchDB's are
+    opaque, and its feed on a deleted database ends)."""
+    return (isinstance(since, int) and isinstance(update_seq, int)
+            and not isinstance(since, bool) and update_seq < since)
+
+
 class ChangesFollower(CoroutineService):
     """Calls ``on_change(change)`` for every change after ``since``.
 
@@ -144,14 +152,19 @@ class ChangesFollower(CoroutineService):
                 await task.deferLater(self.reactor, delay, lambda: None)
 
     async def _probe(self, stream) -> None:
+        """Whether the database is still the one followed: not gone, and not created
+        again by another program between two looks (its seq went back)."""
         try:
-            await self.db.info(timeout=self.probe_seconds / 2)
+            info = await self.db.info(timeout=self.probe_seconds / 2)
         except NotFound:
-            if stream is self._stream:  # (not a probe that outlived its feed)
-                self._gone = True
-                stream.stop()
+            gone = True
         except CouchError:
-            pass  # (CouchDB away: the feed itself says so)
+            return  # (CouchDB away: the feed itself says so)
+        else:
+            gone = seq_went_back(self.since, info.get("update_seq"))
+        if gone and stream is self._stream:  # (not a probe that outlived its feed)
+            self._gone = True
+            stream.stop()
 
     def _started(self) -> None:
         self.live, self._live_since = True, self.reactor.seconds()

@@ -373,6 +373,40 @@ async def test_a_follower_sees_a_database_deleted_and_created_again(couch, db_na
         await follower.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_follower_sees_a_database_created_again_between_two_looks(couch, db_name):
+    """Deleted and created again by another program between two of the follower's
+    looks: on pouchdb-server the feed on the old database stays open and the new one
+    is there at each look; its seq, behind the follower's, tells."""
+    from pypioncouch.follow import ChangesFollower
+
+    db = couch.database(db_name)
+    await db.ensure()
+    seen = []
+    follower = ChangesFollower(db, lambda change: seen.append(change["id"]), since=0,
+                               after_loss=0, probe_seconds=0.5, max_backoff=1.0)
+    follower.startService()
+    try:
+        await db.bulk_docs([{"_id": f"old-{n}"} for n in range(5)])
+        await until_seen(seen, "old-4")
+        other = couch.database(db_name)  # (another program: not through this client)
+        await other.delete_database()
+        await other.ensure()
+        await other.put({"_id": "new"})
+        await until_seen(seen, "new", 10.0)
+        assert seen[-1] == "new"
+    finally:
+        await follower.stopService()
+
+
+def test_a_seq_that_went_back_is_a_database_created_again():
+    from pypioncouch.follow import seq_went_back
+
+    assert seq_went_back(7, 2) and not seq_went_back(7, 7) and not seq_went_back(7, 9)
+    assert not seq_went_back("7-g1AAAA", "2-g1AAAA")  # (Apache CouchDB: opaque)
+    assert not seq_went_back("now", 3) and not seq_went_back(0, 0)
+
+
 async def until_seen(seen: list, docid: str, seconds: float = 5.0) -> None:
     for _ in range(int(seconds / 0.05)):
         if docid in seen:
