@@ -3,7 +3,7 @@ projects, and with ``with_deps`` of their dependencies, as the mirror's CouchDB
 describes them; fetched from upstream, checked against their sha256, kept for good
 (seeded files are never evicted by the disk budget).
 
-Choosing is pure (:func:`pick_release`, :func:`dependencies`, :func:`applies`); the
+Choosing is pure (:func:`pick_releases`, :func:`dependencies`, :func:`applies`); the
 rest reads CouchDB and fetches. A requirement takes the newest release it allows, as
 pip would (yanked releases only when pinned with ``==``), with every file of that
 release (all platforms) and their PEP 658 metadata files. Dependencies come from the
@@ -77,22 +77,23 @@ def read_requirements(path: Path | str, _seen: frozenset = frozenset()) -> list[
     return found
 
 
-def pick_release(releases: list[dict], requirement: Requirement) -> dict | None:
-    """The release ``requirement`` takes: the newest with files that its specifier
-    allows (pre-releases only if it asks for them or nothing else matches, yanked
-    ones only when pinned with ``==``)."""
+def pick_releases(releases: list[dict], requirement: Requirement) -> list[dict]:
+    """The releases ``requirement`` takes: the newest version with files that its
+    specifier allows (pre-releases only if it asks for them or nothing else matches,
+    yanked ones only when pinned with ``==``). Several when releases spelled apart are
+    one version (``1.0`` and ``1.0.0``: pip takes the files of both)."""
     pinned = any(spec.operator in ("==", "===") and not spec.version.endswith("*")
                  for spec in requirement.specifier)
-    candidates: dict[Version, dict] = {}
+    candidates: dict[Version, list[dict]] = {}
     for release in releases:
         if not release.get("files") or (release.get("yanked") and not pinned):
             continue
         try:
-            candidates[Version(release["version"])] = release
+            candidates.setdefault(Version(release["version"]), []).append(release)
         except InvalidVersion:
             continue
     allowed = list(requirement.specifier.filter(candidates))
-    return candidates[max(allowed)] if allowed else None
+    return candidates[max(allowed)] if allowed else []
 
 
 def dependencies(project: dict, release: dict) -> list[str] | None:
@@ -174,8 +175,8 @@ class Seeder:
             requirement, needed_by = queue.popleft()
             key = model.normalize(requirement.name)
             project, releases = await self._load(key)
-            release = pick_release(releases, requirement) if project else None
-            if release is None:
+            chosen = pick_releases(releases, requirement) if project else []
+            if not chosen:
                 why = (f"the mirror ({self.db.display_url}) has no project {requirement.name!r}"
                        if project is None else
                        f"no release of {key} with files matches {str(requirement)!r}")
@@ -184,18 +185,19 @@ class Seeder:
                 plan.warnings.append(f"{needed_by} needs {requirement}: {why}")
                 continue
             extras = frozenset(requirement.extras)
-            mark = (key, release["version"], extras)
-            if mark in done:
-                continue
-            done.add(mark)
-            name = f"{key} {release['version']}"
-            if name not in plan.releases:
-                plan.releases.append(name)
-            for entry in release.get("files") or ():
-                for wanted in wanted_files(key, entry):
-                    plan.files[wanted.key] = wanted
-            if self.with_deps:
-                self._follow(project, release, extras, queue, plan)
+            for release in chosen:
+                mark = (key, release["version"], extras)
+                if mark in done:
+                    continue
+                done.add(mark)
+                name = f"{key} {release['version']}"
+                if name not in plan.releases:
+                    plan.releases.append(name)
+                for entry in release.get("files") or ():
+                    for wanted in wanted_files(key, entry):
+                        plan.files[wanted.key] = wanted
+                if self.with_deps:
+                    self._follow(project, release, extras, queue, plan)
         return plan
 
     def _follow(self, project: dict, release: dict, extras: frozenset, queue: deque,

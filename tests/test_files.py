@@ -705,6 +705,28 @@ def put(store, key, size):
                                      hashlib.sha256(b"x" * size).hexdigest(), size))
 
 
+def test_a_seed_takes_the_newest_release_it_allows_and_every_spelling_of_it():
+    from packaging.requirements import Requirement
+
+    from pypioncouch.seed import pick_releases
+
+    wheel = [{"filename": "x.whl"}]
+    releases = [{"version": "1.0", "files": wheel}, {"version": "1.0.0", "files": wheel},
+                {"version": "0.9", "files": wheel}, {"version": "1.5", "files": wheel,
+                                                     "yanked": True},
+                {"version": "2.0rc1", "files": wheel}, {"version": "3.0", "files": []},
+                {"version": "not a version", "files": wheel}]
+
+    def picked(text):
+        return [r["version"] for r in pick_releases(releases, Requirement(text))]
+
+    assert picked("x") == ["1.0", "1.0.0"]  # (pip takes the files of both)
+    assert picked("x<1") == ["0.9"]
+    assert picked("x==1.5") == ["1.5"]  # (yanked: only when pinned)
+    assert picked("x>=2.0rc1") == ["2.0rc1"]  # (a pre-release, when nothing else matches)
+    assert picked("x>=3") == []  # (no files)
+
+
 def test_temp_files_a_crash_left_are_removed_while_the_daemon_runs(tmp_path):
     """A restart during big downloads: their parts, younger than an hour then, are
     not left until the next restart (out of the budget's count)."""
