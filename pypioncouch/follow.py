@@ -154,6 +154,9 @@ class ChangesFollower(CoroutineService):
     async def _probe(self, stream) -> None:
         """Whether the database is still the one followed: not gone, and not created
         again by another program between two looks (its seq went back)."""
+        # (the seq had before asking: changes delivered while the answer is on its way
+        # may be past the update_seq it says)
+        since = self.since
         try:
             info = await self.db.info(timeout=self.probe_seconds / 2)
         except NotFound:
@@ -161,7 +164,7 @@ class ChangesFollower(CoroutineService):
         except CouchError:
             return  # (CouchDB away: the feed itself says so)
         else:
-            gone = seq_went_back(self.since, info.get("update_seq"))
+            gone = seq_went_back(since, info.get("update_seq"))
         if gone and stream is self._stream:  # (not a probe that outlived its feed)
             self._gone = True
             stream.stop()

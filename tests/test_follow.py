@@ -155,3 +155,42 @@ def test_a_database_created_again_through_its_client_starts_the_feed_over():
     finally:
         follower.stopService()
     assert db.on_created == []
+
+
+def test_changes_delivered_while_a_look_is_answered_are_no_database_created_again():
+    """pouchdb-server reads update_seq, then measures the database's size before it
+    answers: changes written meanwhile reach the feed first. Taken for a database
+    created again, the OPML watcher would start over from 0 at every busy look; one
+    whose seq is behind what the feed had before asking is."""
+    class Db(Database):
+        def __init__(self):
+            super().__init__()
+            self.looks, self.deliver = [], None
+
+        def info(self, timeout=None):
+            self.looks.append(defer.Deferred())
+            return self.looks[-1]
+
+        def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
+            self.deliver = on_change
+            return super().follow(on_change, since=since, include_docs=include_docs,
+                                  heartbeat_ms=heartbeat_ms, on_started=on_started)
+
+    clock, db = Clock(), Db()
+    follower = ChangesFollower(db, lambda change: None, since=10, reactor=clock,
+                               probe_seconds=60.0)
+    follower.startService()
+    try:
+        db.streams[-1].on_started()
+        stopped = []
+        db.streams[-1].stop = lambda: stopped.append(True)
+        clock.advance(60.0)  # (a look: its answer on its way)
+        db.deliver({"seq": 11, "id": "a"})
+        db.deliver({"seq": 12, "id": "b"})
+        db.looks[-1].callback({"update_seq": 10})  # (read before those two were written)
+        assert not stopped and follower.since == 12
+        clock.advance(60.0)
+        db.looks[-1].callback({"update_seq": 3})  # (behind 12: created again)
+        assert stopped
+    finally:
+        follower.stopService()
