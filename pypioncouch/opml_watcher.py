@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections import OrderedDict
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -40,11 +39,12 @@ from twisted.python.failure import Failure
 
 from pypioncouch import couchapp
 from pypioncouch.backoff import doubling, worth_saying
+from pypioncouch.copies import FeedRevisions
 from pypioncouch.couch import BulkResult, CouchError, Database
 from pypioncouch.follow import ChangesFollower
 from pypioncouch.opml import ATTACHMENT, CONTENT_TYPE, project_opml
 from pypioncouch.status import SyncStatus
-from pypioncouch.store import OPML_DIGEST, Store
+from pypioncouch.store import OPML_DIGEST, Store, release_id
 
 log = Logger()
 
@@ -80,20 +80,9 @@ def opml_digest(content: bytes) -> str:
     return "sha256-" + hashlib.sha256(content).hexdigest()
 
 
-def behind_the_feed(said: dict[str, str], docs: list[dict]) -> str | None:
-    """The first of ``docs`` (read from CouchDB) that is not at the revision the
-    changes feed last ``said`` of it (``{id: rev}``); None when all are (or it said
-    nothing of them)."""
-    for doc in docs:
-        rev = said.get(doc.get("_id"))
-        if rev is not None and rev != doc.get("_rev"):
-            return doc["_id"]
-    return None
-
-
 async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | None = None,
                           big: set[str] | None = None, big_project: int = 0,
-                          said: dict[str, str] | None = None,
+                          named: FeedRevisions | None = None, read_from: int = 0,
                           behind: set[str] | None = None
                           ) -> tuple[dict[str, str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
@@ -102,23 +91,28 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile
     (its change brings the key back); a refusal is CouchDB's no for another reason (a
     validate function, or permissions: every write's), which the caller weighs. The
-    keys of projects of ``big_project`` releases or more are added to ``big``; those
-    read at another revision than the feed ``said`` (:func:`behind_the_feed`) are
-    left as they are and added to ``behind``, and the revisions of those read as
-    said are taken out of ``said``."""
+    keys of projects of ``big_project`` releases or more are added to ``big``. Those
+    whose documents are read behind what the feed ``named`` before ``read_from`` (a
+    cluster's copies not in step: :class:`FeedRevisions`) are left as they are and
+    added to ``behind``."""
+    behind = set() if behind is None else behind
     # (an OPML needs no release's own metadata: its descriptions would be most of it)
     projects = await Store(db).projects(list(keys), own_info=False)
     updates = []
+    found = {project["_id"] for project, _ in projects}
+    for key in keys:
+        if named and key not in found and named.behind({key: None}, read_from):
+            behind.add(key)  # (named, not read: a copy without the project yet)
     for project, releases in projects:
         if big is not None and len(releases) >= big_project:
             big.add(project["_id"])
-        if said:
-            if behind_the_feed(said, [project, *releases]) is not None:
-                if behind is not None:
-                    behind.add(project["_id"])
+        if named:
+            read = {release_id(project["_id"], v): None for v in project.get("versions") or []}
+            read.update({doc["_id"]: doc.get("_rev") for doc in (project, *releases)})
+            if named.behind(read, read_from) is not None:
+                behind.add(project["_id"])
                 continue
-            for doc in (project, *releases):
-                said.pop(doc["_id"], None)
+            named.settled(read, read_from)
         try:
             content = project_opml(project, releases)
         except Exception as error:  # a bug meeting odd data: not to hold back the others
@@ -332,9 +326,9 @@ LOST = object()  # saved_seq when the database was deleted: the next save writes
 OWN_WRITES_KEPT = 20_000
 # The revisions the feed named, kept until a read shows them (bounded the same way: the
 # changes of a first start are long settled on every copy, and need no such check).
-SAID_KEPT = 20_000
+NAMED_KEPT = 20_000
 # Seconds before a project read from copies behind the feed is read again: a cluster's
-# copies get in step in moments; past the last, again every so often, and said.
+# copies get in step in moments; the read after the last wait is taken as it is.
 BEHIND_WAITS = (0.2, 1.0, 3.0, 10.0, 30.0, 60.0)
 
 
@@ -378,9 +372,9 @@ class OpmlWatcher(Service):
         # key -> the revision of a change of its project document that came while it
         # was being written, and alone made it due: ours, if the write answers with it.
         self.maybe_own: dict[str, str] = {}
-        # document id -> the revision the feed last named, until a read shows it; and
-        # key -> (reads behind it so far, when to read again)
-        self.said: OrderedDict[str, str] = OrderedDict()
+        # The revisions the feed named, until a read shows them; and key -> (reads
+        # behind them so far, when to read again).
+        self.named = FeedRevisions(NAMED_KEPT)
         self.behind: dict[str, tuple[int, float]] = {}
         self.saved_seq: Any = None
         self.follower: ChangesFollower | None = None
@@ -436,7 +430,7 @@ class OpmlWatcher(Service):
         restart, skipping the new database's changes up to it) does not stay."""
         self.backlog = Backlog(0)
         for held in (self.own_writes, self.maybe_own, self.taken_at, self.refused_since,
-                     self.said, self.behind):
+                     self.named, self.behind):
             held.clear()
         self.project_changed.clear()
         self.big.clear()
@@ -483,15 +477,9 @@ class OpmlWatcher(Service):
             if key == docid:
                 self.project_changed.add(key)
             if key is not None and rev is not None:
-                self._remember_said(docid, rev)
+                self.named.saw(docid, rev, bool(change.get("deleted")))
         self.backlog.changed(key, change["seq"], self.reactor.seconds())
         self._schedule(self.debounce)
-
-    def _remember_said(self, docid: str, rev: str) -> None:
-        self.said.pop(docid, None)
-        self.said[docid] = rev
-        while len(self.said) > SAID_KEPT:
-            self.said.popitem(last=False)
 
     def _wrote(self, keys: list[str], written: dict[str, str]) -> None:
         """Remember our writes, to know their changes when they come back; one that
@@ -502,7 +490,7 @@ class OpmlWatcher(Service):
                 continue
             if came == written[key]:
                 self.backlog.forget(key)
-                self.said.pop(key, None)  # (ours)
+                self.named.forget(key)  # (ours)
                 self.project_changed.discard(key)  # (that change was ours)
             else:
                 self.own_writes[key] = written[key]
@@ -576,32 +564,39 @@ class OpmlWatcher(Service):
         behind: set[str] = set()
         try:
             written, conflicted, refused = await regenerate_many(
-                self.db, keys, self.status, self.big, self.big_project, self.said, behind)
+                self.db, keys, self.status, self.big, self.big_project, self.named,
+                self.named.count, behind)
         except Exception as error:
             if backlog is self.backlog:  # (else taken from a database deleted since)
                 self._failed(keys, error)
         else:
             if backlog is self.backlog:
                 self._read_again_later(keys, behind)
-                self._done([key for key in keys if key not in behind], number, written,
-                           conflicted, refused)
+                done = [key for key in keys if key not in behind]
+                if done:  # (none: nothing written, nothing to say of the writes)
+                    self._done(done, number, written, conflicted, refused)
         if self.running:
             self._schedule(0)
 
     def _read_again_later(self, keys: list[str], behind: set[str]) -> None:
         """Those of ``keys`` read from copies ``behind`` the feed: first in line again,
-        each after its wait (:data:`BEHIND_WAITS`), pausing no other."""
+        each after its wait (:data:`BEHIND_WAITS`), pausing no other. Past the last
+        wait, the next read is taken as it is (and that said): no copy stays behind
+        that long but a node's that is down, and what is read then is the most there
+        is to read."""
         now = self.reactor.seconds()
         for key in keys:
             if key not in behind:
                 self.behind.pop(key, None)
         for key in behind:
             self.maybe_own.pop(key, None)  # (nothing written: a change then was another's)
-            tries = self.behind.get(key, (0, 0.0))[0]
-            self.behind[key] = (tries + 1, now + BEHIND_WAITS[min(tries, len(BEHIND_WAITS) - 1)])
-            if tries + 1 == len(BEHIND_WAITS):
-                message = (f"OPML: CouchDB's copies of {key} are still behind the change "
-                           f"its feed named; read again every {BEHIND_WAITS[-1]:g}s")
+            tries = self.behind.get(key, (0, 0.0))[0] + 1
+            self.behind[key] = (tries, now + BEHIND_WAITS[min(tries, len(BEHIND_WAITS)) - 1])
+            if tries >= len(BEHIND_WAITS):
+                self.named.forget_project(key)
+                message = (f"OPML: CouchDB's copies of {key} stayed behind the change its "
+                           f"feed named for {sum(BEHIND_WAITS[:-1]):g}s; its opml.xml is "
+                           f"written from what CouchDB reads in {BEHIND_WAITS[-1]:g}s")
                 log.warn("{message}", message=message)
                 self.status.note_error(message, "opml")
         self.backlog.failed(list(behind))

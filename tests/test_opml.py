@@ -8,9 +8,9 @@ import pytest_twisted
 from twisted.internet import defer
 
 from pypioncouch import opml
-from pypioncouch.couch import CouchDB
-from pypioncouch.opml_watcher import (CHECKPOINT, Backlog, OpmlWatcher, behind_the_feed,
-                                      regenerate_all)
+from pypioncouch.couch import CouchDB, NotFound
+from pypioncouch.copies import FeedRevisions
+from pypioncouch.opml_watcher import CHECKPOINT, Backlog, OpmlWatcher, regenerate_all
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import HOSTILE, normalize
@@ -725,54 +725,125 @@ async def test_release_only_changes_of_a_project_just_regenerated_wait_out_a_coo
         await watcher.stopService()
 
 
+@pytest.mark.parametrize("lag", ["an older project", "no project", "no new release"])
 @pytest_twisted.ensureDeferred
-async def test_a_project_read_from_copies_behind_its_change_is_read_again(world, monkeypatch):
+async def test_a_project_read_from_copies_behind_its_change_is_read_again(world, monkeypatch,
+                                                                         lag):
     """On a cluster the watcher's read may come from copies that lack the change it was
-    woken for (a write answered 202, a node down). Rendered from that, the OPML was
-    unchanged, nothing was written, and the feed never named the change again: the
-    opml.xml stayed stale for good. It is read again after a moment."""
+    woken for (a write answered 202, a node down): the project's older revision, no
+    project yet (a new one), or not its new release. Rendered from that (or skipped),
+    the opml.xml stayed stale or missing for good: the feed never named the change
+    again. It is read again after a moment."""
     from pypioncouch.store import Store
 
     await run_pass(world.importer(), full=True)
-    key = normalize(world.index.dataset.name(5))
-    stale = await world.db.get(key)
-    lagging, reads = {"left": 2}, []
+    key = normalize(world.index.dataset.name(5) if lag != "no project" else "brand-new")
+    changed, reads, lagging = [], [], {"left": 2}
     reading = Store.projects
 
     async def from_a_copy_behind(self, keys, **options):
         found = await reading(self, keys, **options)
-        if key in keys and "changed" in stale:
-            reads.append(key)
-            if lagging["left"] > 0:
-                lagging["left"] -= 1
-                return [(stale if project["_id"] == key else project, releases)
-                        for project, releases in found]
-        return found
+        if key not in keys or not changed:
+            return found
+        reads.append(key)
+        if lagging["left"] == 0:
+            return found
+        lagging["left"] -= 1
+        if lag == "no project":
+            return [(p, r) for p, r in found if p["_id"] != key]
+        if lag == "no new release":
+            return [(p, [d for d in r if d["version"] != "77.0"]) for p, r in found]
+        return [(changed[0] if p["_id"] == key else p, r) for p, r in found]
 
     monkeypatch.setattr(Store, "projects", from_a_copy_behind)
     watcher = OpmlWatcher(world.db, debounce=0.05)
     watcher.startService()
     try:
         assert await wait_for(lambda: _all_have_opml(world))
-        stale = await world.db.get(key)  # (as it is now, its OPML written)
-        stale["changed"] = True
-        await world.db.put({**stale, "summary": "after the change"})
-        assert await wait_for(lambda: _contains(world.db, key, b"after the change"))
-        assert len(reads) == 3 and lagging["left"] == 0  # (read twice behind, then in step)
+        if lag == "an older project":
+            changed.append(await world.db.get(key))  # (as it is now, its OPML written)
+            await world.db.put({**changed[0], "summary": "after the change"})
+            expected = b"after the change"
+        else:
+            changed.append(True)
+            world.index.publish(key, "77.0")
+            await run_pass(world.importer())
+            expected = b'text="77.0"'
+        assert await wait_for(lambda: _opml_contains(world.db, key, expected))
+        assert len(reads) >= 3 and lagging["left"] == 0  # (read twice behind, then in step)
         assert watcher.behind == {}
     finally:
         await watcher.stopService()
 
 
-def test_a_read_is_behind_the_feed_when_a_document_is_at_another_revision():
-    said = {"a": "2-x", "a:1.0": "3-y"}
-    assert behind_the_feed(said, [{"_id": "a", "_rev": "2-x"},
-                                  {"_id": "a:1.0", "_rev": "3-y"},
-                                  {"_id": "a:2.0", "_rev": "1-z"}]) is None  # (not said)
-    assert behind_the_feed(said, [{"_id": "a", "_rev": "2-x"},
-                                  {"_id": "a:1.0", "_rev": "2-w"}]) == "a:1.0"
-    assert behind_the_feed(said, [{"_id": "a", "_rev": "1-v"}]) == "a"
-    assert behind_the_feed({}, [{"_id": "a", "_rev": "1-v"}]) is None
+@pytest_twisted.ensureDeferred
+async def test_copies_that_stay_behind_are_read_as_they_are_past_the_last_wait(
+        world, monkeypatch):
+    """No copy stays behind that long but a down node's: past the last wait the read is
+    taken as it is, said on /status, and the project holds back nothing for good."""
+    from pypioncouch import opml_watcher
+    from pypioncouch.store import Store
+
+    monkeypatch.setattr(opml_watcher, "BEHIND_WAITS", (0.05, 0.1))
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(5))
+    stale, reads = [], []
+    reading = Store.projects
+
+    async def always_behind(self, keys, **options):
+        found = await reading(self, keys, **options)
+        if key in keys and stale:
+            reads.append(key)
+            return [(stale[0] if p["_id"] == key else p, r) for p, r in found]
+        return found
+
+    monkeypatch.setattr(Store, "projects", always_behind)
+    watcher = OpmlWatcher(world.db, debounce=0.05)
+    watcher.startService()
+    try:
+        assert await wait_for(lambda: _all_have_opml(world))
+        stale.append(await world.db.get(key))
+        await world.db.put({**stale[0], "summary": "never read"})
+
+        async def idle():
+            backlog = watcher.backlog
+            return (len(reads) >= 3 and not backlog and not backlog.running
+                    and backlog.safe_seq == backlog.last_seq)
+        assert await wait_for(idle)
+        assert len(reads) == 3 and watcher.behind == {}
+        assert f"copies of {key} stayed behind" in watcher.status.last_error
+    finally:
+        await watcher.stopService()
+
+
+async def _opml_contains(db, key, needle):
+    try:
+        return await _contains(db, key, needle)
+    except NotFound:
+        return False
+
+
+def test_a_read_is_behind_the_feed_when_a_document_is_older_or_missing():
+    named = FeedRevisions(kept=3)
+    named.saw("a", "2-x")
+    named.saw("a:1.0", "3-y")
+    named.saw("a:2.0", "1-z", deleted=True)
+    mark = named.count
+    assert named.behind({"a": "2-x", "a:1.0": "3-y", "a:3.0": "1-w"}, mark) is None
+    assert named.behind({"a": "2-x", "a:1.0": "2-v"}, mark) == "a:1.0"  # (older)
+    assert named.behind({"a": "2-q"}, mark) == "a"  # (a sibling of the same generation)
+    assert named.behind({"a": "3-n"}, mark) is None  # (newer: its change is on the way)
+    assert named.behind({"a": None}, mark) == "a"  # (named live, not found)
+    assert named.behind({"a:2.0": None}, mark) is None  # (named removed, not found)
+    assert named.behind({"a:2.0": "1-old"}, mark) == "a:2.0"  # (named removed, found)
+    named.saw("a", "3-m")  # (named after the read began: not this read's to show)
+    assert named.behind({"a": "2-x"}, mark) is None
+    named.saw("b", "1-b")  # (a fourth document: the oldest named is forgotten)
+    assert named.behind({"a:1.0": "1-old"}, named.count) is None
+    named.settled(["a", "b"], named.count)
+    assert len(named) == 1
+    named.forget_project("a")
+    assert len(named) == 0
 
 
 @pytest_twisted.ensureDeferred
