@@ -756,8 +756,8 @@ class XmlRpcImporter:
                     kind = "stale" if isinstance(error, StaleAnswer) else "pypi"
                     self._failed(work, str(error), failures, summary, kind)
                     continue
-                except defer.CancelledError:
-                    raise
+                except (defer.CancelledError, CouchError):
+                    raise  # CouchDB's trouble (reading stored releases) is the pass's
                 except Exception as error:  # a bug must cost one project, not the pass
                     log.failure("{name}: unexpected error", name=work.key)
                     self._failed(work, f"unexpected {type(error).__name__}: {error}",

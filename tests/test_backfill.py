@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from pypioncouch import couchapp, model
 from pypioncouch.backfill import Backfill, Busy, Pacer, backfill_client
+from pypioncouch.couch import BadResponse
 from pypioncouch.pypi import PyPI
 from pypioncouch.status import BackfillProgress, SyncStatus
 from pypioncouch.sync import run_pass
@@ -427,6 +428,20 @@ async def test_a_yank_of_a_release_without_files_is_read_with_changes_from_the_s
         {v: d["_rev"] for v, d in after.items()}  # (nothing to write)
 
     world.index.unyank(key, "2.0.0.dev1")
+    importer = world.importer(changes="simple")
+    read = importer.store.db.bulk_get
+
+    async def unreadable(ids, **options):  # (a cluster's shard that did not answer)
+        if any(":" in docid for docid in ids):
+            raise BadResponse("_bulk_get could not read it: timeout", url="")
+        return await read(ids, **options)
+    importer.store.db.bulk_get = unreadable
+    try:
+        with pytest.raises(BadResponse):  # (the pass's trouble, not a project's bug)
+            await run_pass(importer)
+    finally:
+        importer.store.db.bulk_get = read  # (world.db: every importer's)
+    assert (await stored_releases())["2.0.0.dev1"]["yanked"] is True
     await run_pass(world.importer(changes="simple"))
     assert (await stored_releases())["2.0.0.dev1"]["yanked"] is False
 
