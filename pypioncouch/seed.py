@@ -84,16 +84,17 @@ def pick_releases(releases: list[dict], requirement: Requirement) -> list[dict]:
     one version (``1.0`` and ``1.0.0``: pip takes the files of both)."""
     pinned = any(spec.operator in ("==", "===") and not spec.version.endswith("*")
                  for spec in requirement.specifier)
-    candidates: dict[Version, list[dict]] = {}
+    candidates: dict[str, tuple[Version, dict]] = {}  # by version as spelled (for ===)
     for release in releases:
         if not release.get("files") or (release.get("yanked") and not pinned):
             continue
         try:
-            candidates.setdefault(Version(release["version"]), []).append(release)
+            candidates[release["version"]] = (Version(release["version"]), release)
         except InvalidVersion:
             continue
-    allowed = list(requirement.specifier.filter(candidates))
-    return candidates[max(allowed)] if allowed else []
+    allowed = [candidates[v] for v in requirement.specifier.filter(candidates)]
+    newest = max((version for version, _ in allowed), default=None)
+    return [release for version, release in allowed if version == newest]
 
 
 def dependencies(project: dict, release: dict) -> list[str] | None:

@@ -721,6 +721,8 @@ def test_a_seed_takes_the_newest_release_it_allows_and_every_spelling_of_it():
         return [r["version"] for r in pick_releases(releases, Requirement(text))]
 
     assert picked("x") == ["1.0", "1.0.0"]  # (pip takes the files of both)
+    assert picked("x==1.0") == ["1.0", "1.0.0"]
+    assert picked("x===1.0.0") == ["1.0.0"]  # (arbitrary equality: as spelled)
     assert picked("x<1") == ["0.9"]
     assert picked("x==1.5") == ["1.5"]  # (yanked: only when pinned)
     assert picked("x>=2.0rc1") == ["2.0rc1"]  # (a pre-release, when nothing else matches)
