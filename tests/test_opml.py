@@ -870,9 +870,12 @@ async def test_a_database_deleted_and_created_again_keeps_no_checkpoint_of_the_o
     watcher = OpmlWatcher(world.db, debounce=0.05)
     watcher.startService()
     try:
-        async def in_flight():  # (all taken, or as many batches as may run: the feed
-            return bool(watcher.batches) and (  # may have come in more epochs than that)
-                not watcher.backlog or len(watcher.batches) >= watcher.in_flight)
+        async def in_flight():  # (all taken, but the due ones a held batch holds, or as
+            backlog = watcher.backlog  # many batches as may run)
+            waiting = [key for key in (*backlog.again, *backlog.due)
+                       if key not in backlog.running]
+            return bool(watcher.batches) and (
+                not waiting or len(watcher.batches) >= watcher.in_flight)
         assert await wait_for(in_flight)
         assert watcher.backlog.last_seq not in (0, None)
         await world.db.delete_database()
