@@ -21,6 +21,9 @@ from pypioncouch.status import SyncStatus
 log = Logger()
 
 CHECKPOINT = "pypioncouch-sync"
+# Written as a full import into a database without a checkpoint begins: gone at its
+# end, the database was deleted (and created again) under the import.
+IMPORT_MARK = "pypioncouch-import"
 SAVE_ROUNDS = 3
 
 
@@ -42,10 +45,11 @@ class Checkpoint:
         # The token and revision of the checkpoint loaded, then of our last save.
         self._token: str | None = None
         self._rev: str | None = None
+        self._marked = False  # a full import's mark written (see :meth:`mark_import`)
 
     async def load(self) -> dict | None:
         checkpoint = await self.db.get_local(CHECKPOINT)
-        self._token, self._rev = None, None
+        self._token, self._rev, self._marked = None, None, False
         if checkpoint is not None:
             self._token, self._rev = checkpoint.get("token"), checkpoint.get("_rev")
             if self.status.caught_up_at is None:
@@ -61,6 +65,20 @@ class Checkpoint:
                          new=self.pypi_url)
         return checkpoint
 
+    async def mark_import(self) -> None:
+        """A full import into a database without a checkpoint begins: leave a mark
+        that :meth:`save` looks for, as no checkpoint can tell the database was
+        deleted under the import (pouchdb-server creates it again at the next write:
+        saved, the new one would claim every project the old one held)."""
+        mark = await self.db.get_local(IMPORT_MARK)
+        try:
+            await self.db.put_local(IMPORT_MARK, {
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **({"_rev": mark["_rev"]} if mark else {})})
+        except Conflict:
+            pass  # (another writer's import marked it a moment ago: there it is)
+        self._marked = True
+
     async def save(self, serial: int, pending: dict[str, int | None]
                    ) -> tuple[int, dict[str, int | None]]:
         """Save, merged with another writer's; returns the serial and pending saved."""
@@ -72,6 +90,10 @@ class Checkpoint:
                 # covered may be gone too: the next pass starts over.
                 raise NotFound("the checkpoint is gone since this pass read it (the "
                                "database deleted?): the next pass imports anew")
+            if current is None and self._marked and \
+                    await self.db.get_local(IMPORT_MARK) is None:
+                raise NotFound("the database was deleted during this import (its mark "
+                               "is gone): the next pass imports anew")
             if current is not None and (current.get("token"), current.get("_rev")) != (
                     self._token, self._rev):
                 # Another writer on this database saved since we loaded or saved: never
@@ -108,6 +130,21 @@ def _time_of(saved: object, now: float) -> float | None:
 
 def _merged(serial: int, pending: dict, theirs: dict) -> tuple[int, dict]:
     """Ours and another writer's checkpoint: the higher serial, what either of us has
-    still to do."""
-    return (max(serial, theirs.get("serial") or serial),
-            {**(theirs.get("pending") or {}), **pending})
+    still to do; a project both have still to do, at the higher serial either wants
+    (a retry asks for it, so that an older copy is not taken for it)."""
+    merged = dict(theirs.get("pending") or {})
+    for key, wanted in pending.items():
+        if key not in merged or _wanted_rank(wanted) >= _wanted_rank(merged[key]):
+            merged[key] = wanted
+    return max(serial, theirs.get("serial") or serial), merged
+
+
+def _wanted_rank(entry: object) -> float:
+    """How much a pending entry asks: its serial (a removal's ``{"removed": n}`` too);
+    ``None`` most (asked by name, with no serial: a project the listing no longer
+    names, whose 404 an old serial would make look stale for ever)."""
+    if entry is None:
+        return float("inf")
+    if isinstance(entry, dict):
+        entry = entry.get("removed")
+    return entry if isinstance(entry, int) and not isinstance(entry, bool) else -1

@@ -287,6 +287,44 @@ async def test_a_checkpoint_gone_since_it_was_read_is_not_saved_again(couch, db_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_database_deleted_during_a_first_import_gets_no_checkpoint(couch, db_name):
+    """No checkpoint was read to miss at the end, and pouchdb-server creates a deleted
+    database again at the next write: the import's end would have had the new database
+    claim every project the deleted one held (missing until they change on PyPI). A
+    mark written as the import begins tells."""
+    from pypioncouch.checkpoint import IMPORT_MARK, Checkpoint
+    from pypioncouch.couch import NotFound
+    from pypioncouch.status import SyncStatus
+
+    db = couch.database(db_name)
+    await db.ensure()
+    checkpoint = Checkpoint(db, "https://pypi.org/", SyncStatus())
+    assert await checkpoint.load() is None
+    await checkpoint.mark_import()
+    await db.delete_database()
+    await db.ensure()
+    with pytest.raises(NotFound, match="the database was deleted during this import"):
+        await checkpoint.save(12, {})
+    assert await db.get_local(CHECKPOINT) is None
+    assert await checkpoint.load() is None  # (the next pass: an import again)
+    await checkpoint.mark_import()
+    await checkpoint.mark_import()  # (a second import's: written over)
+    assert await checkpoint.save(12, {}) == (12, {})
+    assert await db.get_local(IMPORT_MARK) is not None
+
+
+def test_two_writers_pending_one_project_keep_the_serial_asked_most():
+    """A retry asks for its serial (an older copy, a CDN's, is not taken for it): the
+    lower of two would let the checkpoint cover a change never fetched."""
+    from pypioncouch.checkpoint import _merged
+
+    theirs = {"serial": 300, "pending": {"p": 250, "q": 10, "r": None, "s": {"removed": 90}}}
+    assert _merged(200, {"p": 150, "q": 20, "r": 5, "s": 80, "t": 7}, theirs) == (
+        300, {"p": 250, "q": 20, "r": None, "s": {"removed": 90}, "t": 7})
+    assert _merged(400, {}, {"serial": None, "pending": {"p": 1}}) == (400, {"p": 1})
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_daemon_started_after_days_down_is_not_healthy_while_days_behind(couch,
                                                                                db_name):
     """Behind PyPI since its checkpoint was saved, at least: not "just started, so
