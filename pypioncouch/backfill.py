@@ -35,7 +35,7 @@ from pypioncouch.couch import Conflict, CouchError, Database
 from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PyPI, PyPIError, StaleAnswer, Transient
 from pypioncouch.status import BackfillProgress
-from pypioncouch.store import Store
+from pypioncouch.store import Store, newer
 
 log = Logger()
 
@@ -131,13 +131,17 @@ class OwnInfo:
             if doc is None or model.has_own_info(doc):
                 return doc, False
         pace = None if self.pacer is None else (lambda: self.pacer.wait(self.max_wait))
-        # PyPI's answer is at least as new as the stored release (its project's serial
-        # then): a CDN's older copy may say a release without files is not yanked.
-        serial = doc.get("last_serial")
+        # PyPI's answer is at least as new as the stored release and its project (their
+        # serials are the project's): a CDN's older copy may say a release without
+        # files is not yanked (with changes from the Simple index, the sync leaves a
+        # yank of one without its own metadata to this, and its document's serial may
+        # be from before the yank).
+        project = await self.db.get_or_none(key)
+        serial = max((s for s in (doc.get("last_serial"), (project or {}).get("last_serial"))
+                      if isinstance(s, int) and not isinstance(s, bool)), default=None)
         try:
             payload = await self.pypi.release(
-                key, version, before_retry=pace,
-                min_serial=serial if isinstance(serial, int) else None, missing_ok=True)
+                key, version, before_retry=pace, min_serial=serial, missing_ok=True)
         except StaleAnswer:
             raise  # (PyPI answered: no hold)
         except Transient as error:  # (5xx, 429, unreachable: not one release's answer)
@@ -149,14 +153,18 @@ class OwnInfo:
         info = model.check_release_info(payload, key, version)
         vulnerabilities = model.release_vulnerabilities(payload)
         own = model.with_own_info(doc, info, vulnerabilities)
+        answered = payload.get("last_serial")
         for _ in range(CONFLICT_ROUNDS):
             try:
                 await self.db.put(model.stored_form(own))
                 return own, True
             except Conflict:
-                doc = await self._release(key, version)
+                asked_for, doc = doc, await self._release(key, version)
                 if doc is None or model.has_own_info(doc):
                     return doc if doc is not None else own, False
+                if model.is_another_upload(doc, asked_for) or newer(
+                        doc.get("last_serial"), answered if isinstance(answered, int) else None):
+                    return doc, False  # (uploaded again, or changed since: asked anew)
                 own = model.with_own_info(doc, info, vulnerabilities)
         return own, False  # kept changing: the next pass tries again
 

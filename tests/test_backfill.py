@@ -454,6 +454,67 @@ async def test_a_yank_of_a_release_without_files_is_read_with_changes_from_the_s
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_backfill_takes_no_answer_older_than_the_stored_project(small_world):
+    """With changes from the Simple index, a yank of a release without files whose own
+    metadata is not stored yet is left to the backfill, and its document keeps the
+    serial from before the yank: a CDN's copy from then passed for fresh, and "not
+    yanked" was stored for good (the backfill asks once)."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    fileless = "2.0.0.dev1"
+    world.index.cdn_hold(key, fileless)
+    world.index.yank(key, fileless, "never meant to be")
+    await run_pass(world.importer(changes="simple"))
+    backfill = backfill_of(world)
+    await backfill.run_pass()
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}[fileless]
+    assert "info" not in release  # (the CDN's copy refused: asked again later)
+    world.index.cdn_release(key, fileless)
+    await backfill_of(world).run_pass()  # (later: the one before waits a while to ask)
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}[fileless]
+    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_is_not_stored_on_a_release_uploaded_again_meanwhile(small_world):
+    """The backfill's write conflicts: the release was removed and uploaded again while
+    its answer was on its way (the sync wrote the new upload without metadata). The old
+    upload's metadata was stored on the new one, for good (it has some: never asked)."""
+    from pypioncouch.backfill import OwnInfo
+
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(2))
+    project = world.index.get(key)
+    version = next(v for v, r in project.releases.items()
+                   if r.files and v != world.index.latest(project).version)
+    docid = f"{key}:{version}"
+    real_put, swapped = world.db.put, []
+
+    async def put(doc, *args, **options):
+        if doc["_id"] == docid and not swapped:
+            swapped.append(True)  # (the sync writes the new upload first)
+            current = await world.db.get(docid)
+            again = dict(current["files"][0], filename="reuploaded-" + version + ".whl")
+            await real_put({**current, "files": [again]})
+        return await real_put(doc, *args, **options)
+
+    world.db.put = put
+    try:
+        doc, stored = await OwnInfo(world.db, PyPI(world.url, backoff=0.05)).fill(key,
+                                                                                   version)
+    finally:
+        world.db.put = real_put
+    assert swapped and stored is False
+    current = await world.db.get(docid)
+    assert current["files"][0]["filename"].startswith("reuploaded-")
+    assert "info" not in current  # (asked anew by the next pass)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_yank_of_a_release_without_files_reaches_its_own_answer(small_world):
     """Only PyPI's per-version answer tells a release without files is yanked (the
     project's lists no files to flag): the sync asks for it when a change names the
