@@ -40,6 +40,7 @@ CONFLICT_ROUNDS = 3
 # of them at most.
 KEPT_INFO_CHARS = 4096
 OPML_DIGEST = "opml_digest"  # what the OPML watcher records of the opml.xml it wrote
+STATUS_SERIAL = "status_serial"  # the project's serial the status sweep read its status at
 release_id = model.release_id
 release_range = model.release_id_range
 
@@ -123,6 +124,14 @@ def keep_status(project: dict, stored: dict, base: dict | None) -> None:
     if base is not None and project.get("status") == base.get("status") and \
             _swept(project.get("status")) and _swept(stored.get("status")):
         project["status"] = stored["status"]
+        carry_status_serial(project, stored)
+
+
+def carry_status_serial(project: dict, stored: dict | None) -> None:
+    """A project keeping its stored status keeps the serial the sweep read it at."""
+    project.pop(STATUS_SERIAL, None)
+    if stored is not None and STATUS_SERIAL in stored:
+        project[STATUS_SERIAL] = stored[STATUS_SERIAL]
 
 
 def _swept(status: str | None) -> bool:
@@ -264,8 +273,8 @@ class Store:
                     doc.get("status") in ("quarantined", status) or \
                     newer(doc.get("last_serial"), serial):
                 return False
-            try:
-                await self.db.put({**doc, "status": status})
+            try:  # (and when PyPI said it: an upload after it only clears an archive)
+                await self.db.put({**doc, "status": status, STATUS_SERIAL: serial})
                 return True
             except Conflict:
                 continue

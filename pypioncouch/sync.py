@@ -379,6 +379,8 @@ class XmlRpcImporter:
         self.status.phase = "full import"
         try:
             checkpoint = await self.load_checkpoint()
+            if checkpoint is None:
+                await self.checkpoint.mark_import()
         except BaseException:
             _drop(listing)
             raise
@@ -882,7 +884,9 @@ class XmlRpcImporter:
         if model.answer_changes_releases(answer.payload, old.get("release_digests")):
             return {}  # (the change shows: not a yank of a release without files)
         ids = [store.release_id(work.key, version) for version in fileless]
-        stored = await self.store.db.bulk_get(ids)
+        # (only their flags and whether they have their own metadata are looked at: a
+        # big answer's READMEs are dropped as it is read)
+        stored = await self.store.db.bulk_get(ids, trim=_info_kept_empty)
         found = {}
         for version, docid in zip(fileless, ids):
             doc = stored.get(docid)
@@ -920,12 +924,19 @@ class XmlRpcImporter:
             releases = []
         else:
             # The JSON API cannot say archived (PEP 792): the status sweep's word stays,
-            # but for archived in a project created or uploaded to since.
+            # but for archived in a project created or uploaded to since (PyPI takes no
+            # upload to an archived project). Since: after the serial the sweep read
+            # it at (an archive right after an upload, the sync behind, stays).
             kept = (old or {}).get("status")
-            if work.uploaded and kept == "archived":
+            swept_at = (old or {}).get(store.STATUS_SERIAL)
+            archived_since = isinstance(swept_at, int) and isinstance(work.serial, int) \
+                and swept_at >= work.serial
+            if work.uploaded and kept == "archived" and not archived_since:
                 kept = None
             project, releases = model.project_documents(
                 answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
+            if kept is not None:
+                store.carry_status_serial(project, old)
             if project["_id"] != work.key:
                 raise model.BadPayload(f"asked for {work.key}, PyPI answered "
                                        f"{project['_id']}")
@@ -1160,6 +1171,12 @@ def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict],
                 refreshed.add(release["version"])
         taken.append(release)
     return taken, refreshed
+
+
+def _info_kept_empty(doc: dict) -> None:
+    """A release document's own metadata emptied, its presence kept."""
+    if "info" in doc:
+        doc["info"] = {}
 
 
 def _ids_to_check(key: str, docs: list[dict], old: dict | None) -> list[str]:

@@ -98,6 +98,32 @@ async def test_an_archived_project_is_served_as_archived_and_the_sync_keeps_it(w
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_archive_right_after_an_upload_survives_a_sync_that_was_behind(world):
+    """The maintainer uploads a last release, then archives; the sweep reads the
+    project archived before the sync gets to the upload (behind, catching up). The
+    upload is not after the archive: the sync kept "active" for ~8 days at PyPI's size,
+    until the sweep came back."""
+    w = world(projects=8, seed=5)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(3))
+    w.index.publish(key, "99.0")
+    w.index.archive(key)
+    assert await written_by_a_walk(w) == 1  # (the sweep first: the sync is behind)
+    await w.settled()
+    assert (await w.db.get(key))["status"] == "archived"
+    assert (await run_pass(w.importer())).projects == 1  # (the upload)
+    await w.settled()
+    stored = await w.db.get(key)
+    assert (stored["status"], stored["versions"][-1]) == ("archived", "99.0")
+    # Unarchived, and an upload after what the sweep read: no longer archived.
+    w.index.unarchive(key)
+    w.index.publish(key, "100.0")
+    await run_pass(w.importer())
+    await w.settled()
+    assert (await w.db.get(key))["status"] == "active"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_walk_goes_on_where_the_last_stopped_and_leaves_quarantine_alone(world):
     w = world(projects=10, seed=4)
     await run_pass(w.importer(), full=True)
