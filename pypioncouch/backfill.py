@@ -110,11 +110,15 @@ class OwnInfo:
     ``pacer`` (at most ``max_wait`` seconds: :class:`Busy` past that)."""
 
     def __init__(self, db: Database, pypi: PyPI, pacer: Pacer | None = None,
-                 max_wait: float | None = None):
+                 max_wait: float | None = None, project_serials: bool = False):
         self.db = db
         self.pypi = pypi
         self.pacer = pacer
         self.max_wait = max_wait
+        # Whether an answer must be as new as the stored project too, read from the
+        # catalog view (the backfill, which reads that view anyway; not the web front's
+        # answers on the spot, which must not wait for a view to be built).
+        self.project_serials = project_serials
         self._hold = 0.0  # the last hold PyPI's failures put on the pacer
 
     async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
@@ -136,8 +140,9 @@ class OwnInfo:
         # files is not yanked (with changes from the Simple index, the sync leaves a
         # yank of one without its own metadata to this, and its document's serial may
         # be from before the yank).
-        project = await self.db.get_or_none(key)
-        serial = max((s for s in (doc.get("last_serial"), (project or {}).get("last_serial"))
+        project = await couchapp.project_serial(self.db, key) \
+            if self.project_serials else None
+        serial = max((s for s in (doc.get("last_serial"), project)
                       if isinstance(s, int) and not isinstance(s, bool)), default=None)
         try:
             payload = await self.pypi.release(
@@ -198,7 +203,7 @@ class Backfill(CoroutineService):
             from twisted.internet import reactor
         self.db = db
         self.pacer = pacer or Pacer(rate, reactor)  # the daemon shares it with the front
-        self.own = OwnInfo(db, pypi, self.pacer)
+        self.own = OwnInfo(db, pypi, self.pacer, project_serials=True)
         self.progress = progress
         self.pause = pause
         self.page = page

@@ -101,6 +101,16 @@ async def max_serial(db: Database, timeout: float | None = None) -> int | None:
     return rows[0]["key"][1] if rows else None
 
 
+async def project_serial(db: Database, key: str, timeout: float | None = None) -> int | None:
+    """The ``last_serial`` the catalog holds of project ``key`` (None: none), read from
+    its ``["name", key]`` row: a project document may be large (its record of every
+    release), this row is not."""
+    rows = await query(db, key=["name", key], reduce=False, limit=1, timeout=timeout)
+    serial = rows[0]["value"][1] if rows and isinstance(rows[0].get("value"), list) \
+        and len(rows[0]["value"]) > 1 else None
+    return serial if isinstance(serial, int) and not isinstance(serial, bool) else None
+
+
 async def releases_without_info(db: Database, after: str | None = None, limit: int = 100,
                                 timeout: float | None = 3600) -> list[str]:
     """Ids of release documents without their own ``info``, by id, after ``after``
