@@ -140,8 +140,10 @@ class OwnInfo:
         # files is not yanked (with changes from the Simple index, the sync leaves a
         # yank of one without its own metadata to this, and its document's serial may
         # be from before the yank).
+        # (a release with files has its flags in its files: the project's answer says
+        # them, and a caching proxy's older per-version copy holds nothing it needs)
         project = await couchapp.project_serial(self.db, key) \
-            if self.project_serials else None
+            if self.project_serials and not doc.get("files") else None
         serial = max((s for s in (doc.get("last_serial"), project)
                       if isinstance(s, int) and not isinstance(s, bool)), default=None)
         try:
@@ -169,7 +171,9 @@ class OwnInfo:
                     return doc if doc is not None else own, False
                 if model.is_another_upload(doc, asked_for) or newer(
                         doc.get("last_serial"), answered if isinstance(answered, int) else None):
-                    return doc, False  # (uploaded again, or changed since: asked anew)
+                    # (uploaded again, or changed since: asked anew, a little later)
+                    raise StaleAnswer(f"stale: {key} {version} changed since it was asked "
+                                      "for")
                 own = model.with_own_info(doc, info, vulnerabilities)
         return own, False  # kept changing: the next pass tries again
 

@@ -63,9 +63,10 @@ class Work(NamedTuple):
     # The versions its rows yanked or unyanked: a release without files shows that in
     # its own metadata only, asked for even when the project is stored as new as this.
     yanks: frozenset = frozenset()
-    # Its rows created it or uploaded to it: not archived then (PyPI takes no upload
-    # to an archived project), so a stored status the status sweep wrote is not kept.
-    uploaded: bool = False
+    # The serial of its last row that created it or uploaded to it (None: none): not
+    # archived then (PyPI takes no upload to an archived project), so an archive the
+    # status sweep read before that serial is not kept.
+    uploaded: int | None = None
 
 
 class Pending(dict):
@@ -223,7 +224,7 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     works: dict[str, Work] = {}
     versions: dict[str, set[str]] = {}
     yanks: dict[str, set[str]] = {}
-    uploaded: set[str] = set()
+    uploaded: dict[str, int] = {}
     for row in rows:
         name, version, action, serial = row[0], row[1], row[3], row[4]
         if not name or name.startswith("user:") or not model.is_valid_project_name(name):
@@ -235,7 +236,7 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
                 yanks.setdefault(key, set()).add(version)
         if action in ("create", "new release") or (
                 isinstance(action, str) and action.startswith("add ") and " file " in action):
-            uploaded.add(key)
+            uploaded[key] = max(serial, uploaded.get(key, serial))
         current = works.get(key)
         if current is None or serial >= (current.serial or 0):
             # Warehouse's "remove project"; before 2018, "remove" without a version.
@@ -244,8 +245,8 @@ def group_changelog(rows: list[list]) -> dict[str, Work]:
     for key, named in versions.items():
         works[key] = works[key]._replace(versions=frozenset(named),
                                          yanks=frozenset(yanks.get(key, ())))
-    for key in uploaded:
-        works[key] = works[key]._replace(uploaded=True)
+    for key, serial in uploaded.items():
+        works[key] = works[key]._replace(uploaded=serial)
     return works
 
 
@@ -929,9 +930,9 @@ class XmlRpcImporter:
             # it at (an archive right after an upload, the sync behind, stays).
             kept = (old or {}).get("status")
             swept_at = (old or {}).get(store.STATUS_SERIAL)
-            archived_since = isinstance(swept_at, int) and isinstance(work.serial, int) \
-                and swept_at >= work.serial
-            if work.uploaded and kept == "archived" and not archived_since:
+            archived_since = isinstance(swept_at, int) and isinstance(work.uploaded, int) \
+                and swept_at >= work.uploaded
+            if work.uploaded is not None and kept == "archived" and not archived_since:
                 kept = None
             project, releases = model.project_documents(
                 answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
@@ -1141,7 +1142,7 @@ def _status_from_stored(plans: list) -> set[str]:
     """The projects of ``plans`` whose status is their stored copy's: PyPI's JSON API
     said none (a Simple page, or an upload since, says one: that one is written)."""
     return {work.key for work, _, answer, *_ in plans
-            if answer.kind == "project" and not work.uploaded}
+            if answer.kind == "project" and work.uploaded is None}
 
 
 def _with_own_answers(key: str, releases: list[dict], own: dict[str, dict],

@@ -12,7 +12,7 @@ from twisted.python import usage
 from pypioncouch import couchapp, model
 from pypioncouch.backfill import Backfill, Busy, Pacer, backfill_client
 from pypioncouch.couch import BadResponse
-from pypioncouch.pypi import PyPI
+from pypioncouch.pypi import PyPI, StaleAnswer
 from pypioncouch.status import BackfillProgress, SyncStatus
 from pypioncouch.sync import run_pass
 from pypioncouch.testing.dataset import normalize
@@ -504,11 +504,11 @@ async def test_an_answer_is_not_stored_on_a_release_uploaded_again_meanwhile(sma
 
     world.db.put = put
     try:
-        doc, stored = await OwnInfo(world.db, PyPI(world.url, backoff=0.05)).fill(key,
-                                                                                   version)
+        with pytest.raises(StaleAnswer, match="changed since it was asked for"):
+            await OwnInfo(world.db, PyPI(world.url, backoff=0.05)).fill(key, version)
     finally:
         world.db.put = real_put
-    assert swapped and stored is False
+    assert swapped
     current = await world.db.get(docid)
     assert current["files"][0]["filename"].startswith("reuploaded-")
     assert "info" not in current  # (asked anew by the next pass)

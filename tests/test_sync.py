@@ -629,8 +629,8 @@ def test_changelog_rows_make_one_work_per_project_naming_every_version():
             ["Third", None, 1700000007, "add Maintainer y", 17]]
     assert group_changelog(rows) == {
         "foo-bar": Work("foo-bar", "foo-bar", 13, False, frozenset({"1.0", "1.1"}),
-                        uploaded=True),
-        "other": Work("other", "Other", 14, uploaded=True),
+                        uploaded=12),  # (its last upload row's serial)
+        "other": Work("other", "Other", 14, uploaded=14),
         "third": Work("third", "Third", 17, versions=frozenset({"0.9"}),
                       yanks=frozenset({"0.9"}))}
 
