@@ -736,6 +736,10 @@ class XmlRpcImporter:
                     summary.skipped += 1
                     self._advance()
                     continue
+                if old is None and stored and await self._removed_since(work):
+                    summary.skipped += 1
+                    self._advance()
+                    continue
                 trace.mark("first fetch")
                 with trace.timed("read", "blocked"):
                     await to_fetch.put((work, old))
@@ -826,6 +830,16 @@ class XmlRpcImporter:
         summary.note_error(f"{work.key}: {cause}")
         self.status.note_sync_error(f"{work.key}: {cause}", kind)
         self._advance()
+
+    async def _removed_since(self, work: Work) -> bool:
+        """Whether a pending project not stored was removed at or after the serial its
+        retry wants (by another writer on this database, whose checkpoint ours merged:
+        the changelog row of the removal is behind us). Asked, PyPI's 404 for a serial
+        wanted is taken for a CDN's stale copy: it would be asked for ever."""
+        if not work.retry or work.removed or work.serial is None:
+            return False
+        removed_at = await self.store.tombstone_serial(work.key)
+        return removed_at is not None and removed_at >= work.serial
 
     def _superseded(self, work: Work, summary: Summary) -> None:
         log.info("{name}: the stored copy is as new or newer; ours is dropped",

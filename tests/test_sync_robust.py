@@ -313,6 +313,33 @@ async def test_a_stale_copy_that_stays_stale_is_kept_pending(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pending_project_another_writer_removed_since_is_not_asked_for_ever(world):
+    """Two writers on one database: one keeps a project pending at a serial (a stale
+    copy), the other removes the project past it and saves its checkpoint, which the
+    first's save merges. The removal's changelog row is then behind both; asked, PyPI's
+    404 for the serial wanted looked like a CDN's stale copy at every pass."""
+    w = world(projects=10, seed=3)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(4))
+    wanted = w.index.publish(key, "8.0")
+    removed_at = w.index.remove_project(key)
+    await run_pass(w.importer())  # (the other writer: removes it)
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    assert checkpoint["serial"] >= removed_at and checkpoint["pending"] == {}
+    await w.db.put_local(CHECKPOINT, {**checkpoint, "pending": {key: wanted}})
+    summary = await run_pass(w.importer(stale_retries=1))
+    assert summary.errors == [] and summary.pending == 0, summary
+    assert (await w.db.get_local(CHECKPOINT))["pending"] == {}
+    # A project created again after the removal is still asked for its serial.
+    recreated = w.index.publish(key, "9.0")
+    checkpoint = await w.db.get_local(CHECKPOINT)
+    await w.db.put_local(CHECKPOINT, {**checkpoint, "serial": recreated,
+                                      "pending": {key: recreated}})
+    summary = await run_pass(w.importer(stale_retries=1))
+    assert summary.pending == 0 and "9.0" in (await w.db.get(key))["versions"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_import_from_a_cached_listing_loses_no_change_made_since(world):
     """PyPI keeps the XML-RPC listing for up to an hour (reference §5): a change made
     after the copy it serves is not in it, though the serial read before listing is
