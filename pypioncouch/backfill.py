@@ -115,16 +115,18 @@ class OwnInfo:
         self.pypi = pypi
         self.pacer = pacer
         self.max_wait = max_wait
-        # Whether an answer must be as new as the stored project too, read from the
-        # catalog view (the backfill, which reads that view anyway; not the web front's
-        # answers on the spot, which must not wait for a view to be built).
+        # Whether the stored project's serial, when :meth:`fill` is not given it, is
+        # read from the catalog view (the backfill, which reads that view anyway; not
+        # the web front, which gives the serial of the project it has read).
         self.project_serials = project_serials
         self._hold = 0.0  # the last hold PyPI's failures put on the pacer
 
-    async def fill(self, key: str, version: str) -> tuple[dict | None, bool]:
+    async def fill(self, key: str, version: str, project_serial: int | None = None
+                   ) -> tuple[dict | None, bool]:
         """``(the release's document with its own info, whether this call stored
         it)``. The document is None when the release is not stored or PyPI does not
-        know it (404). Raises :class:`PyPIError` (:class:`StaleAnswer` for an answer
+        know it (404). ``project_serial``: the stored project's, when the caller read
+        it (the web front has its document). Raises :class:`PyPIError` (:class:`StaleAnswer` for an answer
         older than the stored release), :class:`model.BadPayload`,
         :class:`CouchError` or :class:`Busy`."""
         doc = await self._release(key, version)
@@ -142,8 +144,10 @@ class OwnInfo:
         # be from before the yank).
         # (a release with files has its flags in its files: the project's answer says
         # them, and a caching proxy's older per-version copy holds nothing it needs)
-        project = await couchapp.project_serial(self.db, key) \
-            if self.project_serials and not doc.get("files") else None
+        project = None
+        if not doc.get("files"):
+            project = project_serial if project_serial is not None or \
+                not self.project_serials else await couchapp.project_serial(self.db, key)
         serial = max((s for s in (doc.get("last_serial"), project)
                       if isinstance(s, int) and not isinstance(s, bool)), default=None)
         try:

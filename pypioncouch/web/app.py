@@ -611,7 +611,8 @@ class WebFront:
                 "yet (PyPI's project JSON carries the latest release's only; the syncing "
                 "daemon's backfill fetches the others, and replication brings them here)"))
         try:
-            filled, stored = await self.own_info.fill(key, version)
+            filled, stored = await self.own_info.fill(
+                key, version, project_serial=entry.project.get("last_serial"))
         except Busy as busy:
             wait = max(1, math.ceil(busy.seconds))
             request.setHeader("Retry-After", str(wait))
