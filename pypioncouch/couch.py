@@ -73,6 +73,11 @@ class NotFound(CouchError):
     """404: no such database, document, attachment or view."""
 
 
+class NoDatabase(CouchError):
+    """The database is not there, where a 404 could also mean a document is not
+    (pouchdb-server says "missing" of both): trouble, never "not stored"."""
+
+
 class Conflict(CouchError):
     """409: the document changed since the revision we sent (or it exists)."""
 

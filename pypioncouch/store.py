@@ -30,7 +30,7 @@ from twisted.internet import defer
 
 from pypioncouch import model
 from pypioncouch.couch import (
-    WHOLE_ANSWER_BYTES, Conflict, Database, NotFound, doc_path, revision_order)
+    WHOLE_ANSWER_BYTES, Conflict, Database, NoDatabase, NotFound, doc_path, revision_order)
 
 CONFLICT_ROUNDS = 3
 # From a large read of a project's releases (over couch.WHOLE_ANSWER_BYTES), the texts of
@@ -182,6 +182,10 @@ class Store:
             [project_read, releases_read], consumeErrors=True)
         if not read_project:
             if project.check(NotFound):
+                if not read_releases and releases.check(NotFound):
+                    # (a range of _all_docs is never a 404 in a database there)
+                    raise NoDatabase(f"the database {self.db.name!r} does not exist",
+                                     url=self.db.display_url)
                 return ProjectRead(None, [], 0)
             project.raiseException()
         project, size = project

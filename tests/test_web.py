@@ -435,6 +435,28 @@ async def test_the_json_api_404_of_a_stored_project_says_nothing_more(couch_serv
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_database_not_there_is_trouble_not_projects_pypi_removed(couch, db_name):
+    """CouchDB answers 404 for a document of a database not there (pouchdb-server in
+    the same words as for a missing document): taken for "not stored", every project
+    was a 404, which a mirror of this one takes for a removal (reference §5)."""
+    db = couch.database(db_name)
+    front, port, url = serve(db, syncing=False)
+    paths = ("/simple/foo/", "/pypi/foo/json", "/pypi/foo/1.0/json")
+    try:
+        for path in paths:
+            answer = await treq.get(url + path)
+            assert (answer.code, await answer.content()) == (
+                503, b"503 Service Unavailable: the database is not there\n"), path
+        await db.ensure()
+        for path in paths:
+            answer = await treq.get(url + path)
+            assert answer.code == 404, path
+            await answer.content()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

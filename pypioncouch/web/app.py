@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import (
-    CouchError, Database, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable, refusal)
+    CouchError, Database, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable, refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -105,6 +105,8 @@ def observed(route: str):
                 request.setResponseCode(503)
                 request.setHeader("Content-Type", "text/plain; charset=utf-8")
                 request.setHeader("Retry-After", "5")
+                if isinstance(error, NoDatabase):
+                    return b"503 Service Unavailable: the database is not there\n"
                 return b"503 Service Unavailable: the database is not answering\n"
             finally:
                 self.metrics.observe(route, request.code, time.perf_counter() - started)
