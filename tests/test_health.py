@@ -168,12 +168,25 @@ def test_a_replica_that_cannot_read_its_own_serial_is_not_healthy_for_ever(monke
         "(http://x:***@local/pypi)"]
 
 
-def test_an_empty_replica_is_behind_by_all_of_the_upstream(monkeypatch):
-    lag, clock = replica_lag(monkeypatch, {"local": None, "upstream": 5000})
+def test_an_empty_replica_is_not_healthy_from_the_start(monkeypatch):
+    """Put behind a load balancer at once, it would answer 404 for every project (with
+    an upstream or without: replication not begun, or --db naming another database)."""
+    empty = ["it holds no project yet (replication not begun, or --db names another "
+             "database)"]
+    answers = {"local": None, "upstream": 5000}
+    lag, clock = replica_lag(monkeypatch, answers)
     policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
-    checked(lag)
-    clock.advance(11)
-    assert policy.reasons(True, checked(lag)) == ["5000 serials (11s) behind the upstream upstream"]
+    state = checked(lag)
+    assert (state["serial"], state["lag"]) == (None, 5000)
+    assert policy.reasons(True, state) == empty
+    answers["local"] = 1000  # (copying: within its lag budget for now)
+    clock.advance(6)
+    assert policy.reasons(True, checked(lag)) == []
+    clock.advance(6)
+    assert policy.reasons(True, checked(lag)) == [
+        "4000 serials (12s) behind the upstream upstream"]
+    lag, clock = replica_lag(monkeypatch, {"local": None}, upstream=False)
+    assert policy.reasons(True, checked(lag)) == empty
 
 
 def test_a_replica_without_upstream_that_cannot_read_its_own_serial_says_so(monkeypatch):

@@ -457,6 +457,30 @@ async def test_a_database_not_there_is_trouble_not_projects_pypi_removed(couch, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_replica_holding_no_project_is_not_healthy(imported, couch, db_name):
+    """Put behind a load balancer, it would answer 404 for every project."""
+    import json
+
+    from pypioncouch import couchapp
+
+    _, _, url = imported  # (a replica of 40 projects, no upstream)
+    answer = await treq.get(url + "/health")
+    assert answer.code == 200, await answer.content()
+    await answer.content()
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push(db)
+    front, port, url = serve(db, syncing=False)
+    try:
+        answer = await treq.get(url + "/health")
+        assert (answer.code, json.loads(await answer.content())["reasons"]) == (503, [
+            "it holds no project yet (replication not begun, or --db names another "
+            "database)"])
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

@@ -15,8 +15,9 @@ class HealthPolicy:
     PyPI: a blip of PyPI's is no reason to drop a node), while removals are held back, when
     PyPI named changes that no pass could write, or no pass could trust PyPI's listing
     to move the checkpoint, for more than ``max_lag_seconds``, until
-    the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, when
-    more than ``max_lag_seconds`` behind its upstream (or unable to read it)."""
+    the first sync, or when more than ``max_lag_seconds`` behind PyPI; a replica, while
+    it holds no project, or when more than ``max_lag_seconds`` behind its upstream (or
+    unable to read it)."""
 
     status: SyncStatus
     syncing: bool = True
@@ -60,6 +61,11 @@ class HealthPolicy:
         return reasons
 
     def replica_reasons(self, serials: dict) -> list[str]:
+        if "serial" in serials and serials["serial"] is None \
+                and not serials.get("local_error"):
+            # (at once: a node put behind a load balancer would answer 404 for all)
+            return ["it holds no project yet (replication not begun, or --db names "
+                    "another database)"]
         lag_seconds = serials.get("lag_seconds") or 0.0
         if lag_seconds <= self.max_lag_seconds:
             return []
