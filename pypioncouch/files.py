@@ -161,6 +161,16 @@ def find_wanted(project: str, releases: Iterable[dict], filename: str) -> Wanted
     return None
 
 
+def file_identity(path) -> tuple | None:
+    """Which file ``path`` is now (another process may put another in its place, or
+    write over it: ``cp``, ``rsync --inplace``); None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -230,9 +240,10 @@ class FileStore:
         # Files this process has seen match their sha256 (it wrote them, or read them
         # whole): one found on disk otherwise (copied in, cut short, rotten) is read
         # once before it is first served.
-        # key -> the sha256 its bytes were checked against (another index may let a
-        # file be uploaded again under its name: PyPI never does)
-        self._verified: dict[str, str] = {}
+        # key -> (the sha256 its bytes were checked against (another index may let a
+        # file be uploaded again under its name: PyPI never does), the file checked:
+        # another written in its place since is checked again)
+        self._verified: dict[str, tuple[str, tuple | None]] = {}
         self._damaged: dict[str, int] = {}  # key -> mtime: wrong, and not removable
         self.bytes = 0
         self._seeded = _Seeded()
@@ -337,7 +348,11 @@ class FileStore:
             os.utime(path, ns=(time.time_ns(), info.st_mtime_ns))
         except PermissionError:  # (explicit times need its owner): then the mtime moves
             try:
+                checked = self._verified.get(key)
                 os.utime(path)
+                if checked is not None and checked[1] == (
+                        info.st_ino, info.st_mtime_ns, info.st_size):
+                    self._verified[key] = (checked[0], file_identity(path))  # (ours)
             except OSError:
                 pass
         except OSError:  # a read-only folder: served all the same
@@ -371,20 +386,25 @@ class FileStore:
     def has(self, wanted: Wanted) -> bool:
         """Whether ``wanted`` is stored with the right digest (read and hashed)."""
         path = self.root / wanted.key
+        before = file_identity(path)
         try:
             right = file_sha256(path) == wanted.sha256
         except OSError:
             return False
         if right:
-            self._verified[wanted.key] = wanted.sha256
+            self._verified[wanted.key] = (wanted.sha256, before)
         return right
 
     def is_verified(self, wanted: Wanted) -> bool:
-        """Whether the stored file was checked against ``wanted``'s digest."""
-        return self._verified.get(wanted.key) == wanted.sha256
+        """Whether the file stored now is one checked against ``wanted``'s digest (or
+        one that was, gone since: evicted, it is not served)."""
+        checked = self._verified.get(wanted.key)
+        return checked is not None and checked[0] == wanted.sha256 and \
+            file_identity(self.root / wanted.key) in (checked[1], None)
 
-    def verified(self, wanted: Wanted) -> None:
-        self._verified[wanted.key] = wanted.sha256
+    def verified(self, wanted: Wanted, identity: tuple | None) -> None:
+        """The file ``identity`` names was read whole and matched ``wanted``."""
+        self._verified[wanted.key] = (wanted.sha256, identity)
 
     def remove_damaged(self, key: str, why: str) -> None:
         """Delete a stored file whose bytes are not the release's (never served). In a
@@ -438,7 +458,7 @@ class FileStore:
         self._place(temp_path, target)
         size = target.stat().st_size
         self._forget(key)
-        self._verified[key] = wanted.sha256  # (checked on the way in)
+        self._verified[key] = (wanted.sha256, file_identity(target))  # (checked coming in)
         self._lru[key] = size
         self.bytes += size
         self.stats.fetched += 1

@@ -531,6 +531,33 @@ async def test_a_file_stored_with_other_bytes_under_its_name_is_checked_again(wo
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_checked_file_written_over_on_disk_is_checked_again(world, tmp_path):
+    """``cp`` over a stored file, an ``rsync --inplace`` cut short: the bytes checked
+    before are not these, which must not go out under the release's sha256 with a
+    year's caching."""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    address = f"{url}/files/files-app/{APP_WHEEL}"
+    right = upstream_bytes(world, APP_WHEEL)
+    stored = tmp_path / "files" / "files-app" / APP_WHEEL
+    try:
+        assert await (await treq.get(address)).content() == right  # (fetched, checked)
+        assert await (await treq.get(address)).content() == right  # (a hit)
+        for wrong in (b"x" * len(right), right[:len(right) // 2]):
+            before = os.stat(stored)
+            with open(stored, "r+b") as handle:  # (the same file, written over)
+                handle.write(wrong)
+                handle.truncate()
+            os.utime(stored, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+            answer = await treq.get(address)
+            assert (answer.code, await answer.content()) == (200, right)
+            assert "does not match its sha256" in (await status_of(url))["last_error"]
+            assert stored.read_bytes() == right  # (fetched again)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stored_file_that_cannot_be_read_now_is_kept_and_a_503(world, tmp_path,
                                                                       monkeypatch):
     """Too many open files, a network file system's hiccup: not a file that does not
@@ -958,11 +985,17 @@ def test_a_hit_is_remembered_across_a_restart_and_leaves_last_modified_alone(tmp
 
 
 def test_a_hit_on_a_file_of_another_owner_is_still_remembered(tmp_path, monkeypatch):
+    """(and the file is still known as checked: its mtime moved by our hand, not by
+    another file written over it, which is checked again)"""
     from pypioncouch import files
 
     store = FileStore(tmp_path)
     put(store, "a/a-1.whl", 10)
+    wanted = files.Wanted("a", "a-1.whl", "https://files.test/a/a-1.whl",
+                          hashlib.sha256(b"x" * 10).hexdigest(), 10)
     os.utime(tmp_path / "a" / "a-1.whl", ns=(1_000_000_000, 1_000_000_000))
+    assert not store.is_verified(wanted)  # (touched by another hand)
+    store.verified(wanted, files.file_identity(tmp_path / "a" / "a-1.whl"))
     real = os.utime
 
     def utime(path, times=None, *, ns=None):
@@ -973,6 +1006,7 @@ def test_a_hit_on_a_file_of_another_owner_is_still_remembered(tmp_path, monkeypa
     monkeypatch.setattr(files.os, "utime", utime)
     assert store.lookup("a/a-1.whl") is not None
     assert os.stat(tmp_path / "a" / "a-1.whl").st_atime_ns > 1_000_000_000
+    assert store.is_verified(wanted)
 
 
 def test_the_budget_evicts_the_least_recently_used_files_never_seeded_ones(tmp_path):

@@ -11,7 +11,6 @@ the stored files (``app.py``), and a missing file is a 404 that says so.
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote
 
 from klein import Klein
@@ -22,7 +21,8 @@ from twisted.web.static import File
 
 from pypioncouch import model
 from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
-from pypioncouch.files import FileStore, Wanted, file_sha256, find_wanted, is_safe_filename
+from pypioncouch.files import (
+    FileStore, Wanted, file_identity, file_sha256, find_wanted, is_safe_filename)
 from pypioncouch.web.app import _cors, _not_modified, _plain, _redirect, observed, servable_name
 from pypioncouch.web.metrics import families
 from pypioncouch.web.streaming import PacedWriter, cut_short
@@ -124,10 +124,10 @@ class FilePages:
                     right = read
             elif read[0] == wanted.sha256:
                 right = True
-                self.store.verified(wanted)
+                self.store.verified(wanted, read[1])
             else:
                 right = False
-                if _identity(path) == read[1]:  # (not replaced while it was read)
+                if file_identity(path) == read[1]:  # (not replaced while it was read)
                     self.store.remove_damaged(wanted.key, "does not match its sha256")
         finally:
             for waiter in self._verifying.pop(wanted.key, []):
@@ -218,18 +218,9 @@ def _find(entry, key: str, filename: str) -> Wanted | None:
     return None if release is None else find_wanted(key, [release], filename)
 
 
-def _identity(path) -> tuple | None:
-    """Which file ``path`` is now (another process may put another in its place)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
 def _digest_of(path) -> tuple[str, tuple | None]:
     """``(sha256 of the file at path, its identity before it was read)``."""
-    before = _identity(path)
+    before = file_identity(path)
     return file_sha256(path), before
 
 
