@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from typing import Callable
 
 from twisted.internet import defer
@@ -41,9 +42,10 @@ class FetchError(Exception):
     """A file could not be fetched whole and right; the message says why, in a line.
     ``gone``: upstream answered that it has no such file (404, 410)."""
 
-    def __init__(self, message: str, gone: bool = False):
+    def __init__(self, message: str, gone: bool = False, wrong: bool = False):
         super().__init__(message)
         self.gone = gone
+        self.wrong = wrong  # upstream sent bytes that are not the release's
 
 
 class Download:
@@ -131,7 +133,8 @@ class Download:
         if got != self.wanted.sha256:
             self.store.stats.digest_mismatches += 1
             raise FetchError(f"{self.wanted.filename}: refused, its sha256 is {got}, the "
-                             f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})")
+                             f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})",
+                             wrong=True)
         try:
             self.store.commit(self.temp_path, self.wanted)
         except OSError as error:
@@ -170,6 +173,7 @@ class _ToDownload(Protocol):
         self.reactor = reactor
         self.idle = idle
         self.problem: str | None = None
+        self.wrong = False  # the problem is bytes that are not the release's
         self._timer = None
 
     def connectionMade(self) -> None:
@@ -187,12 +191,14 @@ class _ToDownload(Protocol):
             # More than the release says the file holds: wrong whatever follows (an
             # endless body would fill the disk, streamed to every reader).
             self.problem = f"more than the {expected:,} bytes the release says"
+            self.wrong = True
             self.transport.stopProducing()
             return
         if not isinstance(expected, int) and self.download.wanted.filename.endswith(
                 METADATA_SUFFIX) and self.download.written + len(data) > self.unsized_max:
             # (a metadata file, whose size the release does not say: never that large)
             self.problem = f"more than {self.unsized_max:,} bytes"
+            self.wrong = True
             self.transport.stopProducing()
             return
         try:
@@ -211,7 +217,8 @@ class _ToDownload(Protocol):
         if self.problem is None and reason.check(client.ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
-            self.done.errback(FetchError(self.problem or _reason(reason.value)))
+            self.done.errback(FetchError(self.problem or _reason(reason.value),
+                                         wrong=self.wrong))
 
 
 def _reason(error: BaseException) -> str:
@@ -232,6 +239,11 @@ class Fetcher:
     # A .metadata file (whose size its release does not say: a wheel's METADATA,
     # description included) is refused past this, not left to fill the disk.
     unsized_max = 64 * 1024 * 1024
+    # Seconds a file whose bytes upstream sent wrong is answered with that refusal
+    # (a 502) before upstream is asked again: every pip retry of a large file would
+    # fetch it whole, and be cut before its last byte.
+    refuse_for = 600.0
+    refused_kept = 10_000  # refusals remembered at most
 
     def __init__(self, store: FileStore, reactor=None, *, concurrency: int = 8,
                  timeout: float = 60.0, agent=None, on_error: Callable[[str], None] = None,
@@ -255,6 +267,8 @@ class Fetcher:
         # their own: never queued behind big wheels that hold every slot for minutes.
         self.metadata_slots = defer.DeferredSemaphore(concurrency)
         self.in_flight: dict[str, Download] = {}
+        # key -> (when upstream may be asked again, the failed download), oldest first
+        self.refused: OrderedDict[str, tuple[float, Download]] = OrderedDict()
 
     def close(self):
         """Close the pooled connections (the daemon does on stop)."""
@@ -266,6 +280,12 @@ class Fetcher:
         running = self.in_flight.get(key)
         if running is not None:
             return running
+        refused = self.refused.get(key)
+        if refused is not None:
+            until, failed = refused
+            if self.reactor.seconds() < until and failed.wanted == wanted:
+                return failed
+            del self.refused[key]
         download = Download(wanted, self.store)
         self.in_flight[key] = download
         defer.ensureDeferred(self._run(download))
@@ -284,11 +304,20 @@ class Fetcher:
         except FetchError as error:
             download.gone = error.gone
             self._failed(download, str(error))
+            if error.wrong:
+                self._refused(download)
         except Exception as error:  # a bug must not leave readers waiting for ever
             log.failure("fetching {url}", url=redact(url))
             self._failed(download, f"{download.wanted.filename}: {error}")
         finally:
             self.in_flight.pop(download.wanted.key, None)
+
+    def _refused(self, download: Download) -> None:
+        key = download.wanted.key
+        self.refused.pop(key, None)
+        self.refused[key] = (self.reactor.seconds() + self.refuse_for, download)
+        while len(self.refused) > self.refused_kept:
+            self.refused.popitem(last=False)
 
     def _failed(self, download: Download, message: str) -> None:
         log.warn("release file: {message}", message=message)
@@ -332,7 +361,8 @@ class Fetcher:
         try:
             await done
         except FetchError as error:
-            raise FetchError(f"{download.wanted.filename}: {shown}: {error}") from None
+            raise FetchError(f"{download.wanted.filename}: {shown}: {error}",
+                             wrong=error.wrong) from None
         download._complete()
 
 
