@@ -238,6 +238,26 @@ async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_release_its_project_no_longer_lists_has_no_files_served(world, tmp_path):
+    """A replica given the project before the release's removal (a takedown): its
+    Simple page no longer lists the release, nor may /files/ serve its files to one
+    who kept their URLs (a lock file)."""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store), syncing=False)
+    old_lib = "files_lib-1.0-py3-none-any.whl"
+    try:
+        project = await world.db.get("files-lib")
+        assert "1.0" in project["versions"]
+        await world.db.put({**project, "versions": [v for v in project["versions"]
+                                                    if v != "1.0"]})
+        answer = await http.get(f"{url}/files/files-lib/{old_lib}")
+        assert (answer.code, await treq.content(answer)) == (
+            404, f"404 Not Found: files-lib has no file {old_lib}\n".encode())
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_file_upstream_no_longer_has_is_a_404_not_a_gateway_failure(world, tmp_path):
     """Listed in the release, answered 404 by upstream (removed since): a 404 that says
     so, not kept, not cached; asked again once upstream has it."""

@@ -208,7 +208,11 @@ def _find(entry, key: str, filename: str) -> Wanted | None:
     index = entry.file_index
     if index is None:
         index = {}
+        listed = set(entry.project.get("versions") or [])  # (as the Simple page: a
+        # removal's tombstone may lag on a replica, a takedown's too)
         for release in entry.releases:
+            if release.get("version") not in listed:
+                continue
             for file in release.get("files") or ():
                 if isinstance(file, dict) and isinstance(file.get("filename"), str):
                     index[file["filename"]] = release
