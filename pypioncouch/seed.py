@@ -195,7 +195,13 @@ class Seeder:
                 if name not in plan.releases:
                     plan.releases.append(name)
                 for entry in release.get("files") or ():
-                    for wanted in wanted_files(key, entry):
+                    found = wanted_files(key, entry)
+                    if not found and isinstance(entry, dict):
+                        # (pip would not find it on the mirror: say so, not in silence)
+                        plan.warnings.append(
+                            f"{name}: skipped {entry.get('filename')!r}: without a sha256 "
+                            "or a plain file name, it cannot be checked or stored")
+                    for wanted in found:
                         plan.files[wanted.key] = wanted
                 if self.with_deps:
                     self._follow(project, release, extras, queue, plan)

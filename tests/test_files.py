@@ -752,6 +752,13 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
            "PYPIONCOUCH_FILES": str(tmp_path / "files")}
     code, said = await run(base[0], "--fetch-files", "files-lib==1.0", "--quiet", env=env)
     assert code == 0 and "2 files of 1 releases" in said and "2 already stored" in said, said
+    # A file stored without a sha256 cannot be checked: not fetched, and said so.
+    lib = await world.db.get("files-lib:1.1")
+    await world.db.put({**lib, "files": [{**f, "digests": {}} for f in lib["files"]]})
+    code, said = await run(base[0], *base[1:], "files-lib==1.1", env=dict(os.environ))
+    assert code == 0 and "0 files of 1 releases" in said, said
+    assert "pypioncouch: warning: files-lib 1.1: skipped 'files_lib-1.1-py3-none-any.whl': " \
+        "without a sha256 or a plain file name, it cannot be checked or stored" in said, said
 
 
 def put(store, key, size):
