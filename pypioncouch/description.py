@@ -3,8 +3,8 @@
 PyPI (Warehouse, ``warehouse/utils/readme.py``) renders a description with
 ``readme_renderer`` by its ``description_content_type``: ``text/markdown`` (GFM, or
 ``variant=CommonMark``), ``text/x-rst`` or no type at all as reStructuredText,
-``text/plain`` and anything else as plain text; markup that does not render falls
-back to plain text. ``readme_renderer`` sanitizes what it renders (``nh3``: no
+``text/plain`` (kept preformatted) and anything else as plain text; markup that does
+not render falls back to plain text. ``readme_renderer`` sanitizes what it renders (``nh3``: no
 ``<script>``, no event handlers, links only to http, https and mailto).
 
 The web front renders once per release and caches the result
@@ -46,6 +46,7 @@ def render(text: str | None, content_type: str | None) -> tuple[str | None, str]
         kind, params = content_type_of(content_type)
     except Exception:  # a header email cannot parse: plain text, as for unknown types
         kind, params = PLAIN, {}
+    declared = kind
     if len(text) > MARKUP_LIMIT:
         kind = PLAIN
     html = None
@@ -53,7 +54,10 @@ def render(text: str | None, content_type: str | None) -> tuple[str | None, str]
         html = _markup(text, kind, params)
     if html is not None:
         return html, kind
-    return _plain(text)
+    html, how = _plain(text)
+    if html is not None and declared == PLAIN:
+        html = f"<pre>{html}</pre>"  # (as PyPI keeps a declared text/plain's layout)
+    return html, how
 
 
 def _markup(text: str, kind: str, params: dict[str, str]) -> str | None:

@@ -617,7 +617,8 @@ async def test_descriptions_render_as_pypi_renders_them_once_and_inert(site):
     assert ".. raw:: html" in raw and "&lt;script&gt;alert(7)&lt;/script&gt;" in raw
     assert "<script" not in raw
     plain = await description("readme-plain")
-    assert "&lt;b&gt;not bold&lt;/b&gt;<br>line two" in plain
+    assert "<pre>&lt;b&gt;not bold&lt;/b&gt;<br>line two</pre>" in plain  # (PyPI's <pre>)
+    assert "<pre>" not in raw  # (a fallback to plain text is not preformatted on PyPI)
     data = await get_json(f"{url}/browse/project/readme-markdown")
     assert data["description_rendered_as"] == "text/markdown"
     assert data["description_html"].startswith('<h1 id="user-content-title">Title')
