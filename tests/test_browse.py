@@ -716,6 +716,15 @@ async def test_a_page_after_a_cursor_is_one_query(monkeypatch):
     assert view.queries == 1 and second.next == ["f", "p019"]
 
 
+@pytest.mark.parametrize("requires_python, python, runs", [
+    (">3.8", "3.8", True), ("!=3.8", "3.8", True), ("<3.8", "3.8", False),
+    ("!=3.8.*", "3.8", False), (">=3.8.1,<4", "3.8", True), (">3.8.20", "3.8", True),
+    ("==3.7.*", "3.8", False), (">3.8", "3.8.0", False), (">3.8", "3.9", True)])
+def test_a_series_runs_what_one_of_its_releases_runs(requires_python, python, runs):
+    """?python=3.8: a user on 3.8.1 or later installs what wants >3.8 (pip does)."""
+    assert browse.python_matches(requires_python, python) is runs
+
+
 @pytest.mark.parametrize("requires_python", [3, 3.9, ["3"]])
 def test_a_requires_python_that_is_not_text_hides_nothing(requires_python):
     assert browse.python_matches(requires_python, "3.12") is True

@@ -110,7 +110,8 @@ def python_matches(requires_python: str | None, python: str) -> bool:
 
 def _releases_told_apart(python: str, spec: SpecifierSet) -> list[str]:
     """``python`` itself; for a series (3.8), also each release of it a bound of
-    ``spec`` names and the one after it: between them, ``spec`` says the same."""
+    ``spec`` names and the one after it: between them, ``spec`` says the same (a
+    bound of the series itself names 3.8.0: ``>3.8`` holds of 3.8.1)."""
     series = Version(python).release
     found = [python]
     if len(series) != 2:
@@ -120,8 +121,8 @@ def _releases_told_apart(python: str, spec: SpecifierSet) -> list[str]:
             bound = Version(one.version.removesuffix(".*"))
         except InvalidVersion:  # (=== of any text)
             continue
-        if bound.release[:2] == series and len(bound.release) > 2:
-            micro = bound.release[2]
+        if bound.release[:2] == series:
+            micro = bound.release[2] if len(bound.release) > 2 else 0
             found += [f"{series[0]}.{series[1]}.{m}" for m in (micro, micro + 1)]
     return found
 
