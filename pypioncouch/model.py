@@ -139,6 +139,27 @@ def split_keywords(value: Any) -> list[str]:
     return list(seen)
 
 
+# One address of an RFC 822 list with a display name: ``Jane Doe <jane@x.org>``,
+# ``"Doe, Jane" <jane@x.org>``. (The catalog view's map.js reads names the same way.)
+_NAMED_ADDRESS = re.compile(r'^\s*"?([^"<>]*?)"?\s*<[^<>]*>\s*$')
+
+
+def person_names(name: Any, email: Any) -> list[str]:
+    """Who an author (or maintainer) field names: the name, then the display names of
+    its email field's addresses (PEP 621 metadata leaves the name empty and writes
+    ``Jane Doe <jane@x.org>`` there, which PyPI shows as Jane Doe), each once."""
+    found: list[str] = []
+    candidates = [name] if isinstance(name, str) else []
+    if isinstance(email, str):
+        candidates += [m.group(1) for part in re.findall(r'(?:"[^"]*"|[^,"])+', email)
+                       if (m := _NAMED_ADDRESS.match(part))]
+    for candidate in candidates:
+        candidate = candidate.strip()
+        if candidate and candidate.lower() not in (f.lower() for f in found):
+            found.append(candidate)
+    return found
+
+
 def _digest(value: Any) -> str:
     return hashlib.sha1(jsonio.dumps_sorted(value)).hexdigest()[:16]
 

@@ -236,6 +236,45 @@ async def test_links_to_an_author_maintainer_or_keyword_of_any_text_lead_to_its_
 
 
 @pytest_twisted.ensureDeferred
+async def test_authors_named_in_their_email_field_are_listed_quarantined_projects_not(
+        couch_server, db_name):
+    """PEP 621 metadata (hatch, flit, setuptools' pyproject) leaves the author empty
+    and writes "Jane Doe <jane@x.org>" in author_email: PyPI shows Jane Doe, and her
+    list must hold the project. A quarantined project is in no list (PyPI's index and
+    search leave it out); its own page says its status."""
+    world = World(couch_server.url, db_name, projects=2, seed=2,
+                  read_url=couch_server.read_url)
+    world.index.publish("Modern.Build", "1.0", author=None, keywords="pep621",
+                        author_email='Jane Doe <jane@x.org>, "Roe, Rick" <rick@x.org>')
+    world.index.publish("Held.Back", "1.0", author="Jane Doe", keywords="pep621")
+    world.index.quarantine("Held.Back")
+    # (another index's odd types: a page, not a 500)
+    world.index.publish("Odd.Types", "1.0", author=42, author_email=["a@x.org"],
+                        maintainer=["Ann"], maintainer_email=7)
+    await run_pass(world.importer(), full=True)
+    await world.settled()
+    front, port, url = serve(world.read_db, syncing=False)
+    try:
+        for name in ("jane doe", "Roe, Rick"):
+            found = await every_page(f"{url}/browse/author/?name={quote(name)}")
+            assert [p["key"] for p in found] == ["modern-build"], name
+        page = await (await treq.get(f"{url}/browse/project/modern-build")).text()
+        assert '<a href="/browse/author/?name=Jane%20Doe">Jane Doe</a>, ' \
+            '<a href="/browse/author/?name=Roe%2C%20Rick">Roe, Rick</a>' in page
+        for listed in ("/browse/", "/browse/?q=held", "/browse/keyword/?name=pep621"):
+            keys = [p["key"] for p in await every_page(url + listed)]
+            assert "held-back" not in keys and (listed == "/browse/?q=held" or
+                                                "modern-build" in keys), (listed, keys)
+        page = await (await treq.get(f"{url}/browse/project/held-back")).text()
+        assert "Status: quarantined" in page
+        answer = await treq.get(f"{url}/browse/project/odd-types")
+        assert answer.code == 200 and "/browse/author/" not in await answer.text()
+    finally:
+        await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_classifiers_counts_combinations_and_parents(site):
     world, url = site
     per_classifier = defaultdict(set)

@@ -319,9 +319,12 @@ class BrowsePages:
             else:
                 found = await self._project_values([row["id"] for row in batch])
             values.update(found)
-            return [row for row in batch if row["id"] in found and (
-                not python or python_matches(project_row(row["id"], found[row["id"]])
-                                             ["requires_python"], python))]
+            shown = {key: project_row(key, value) for key, value in found.items()}
+            # (a quarantined project has a name row, and no other: PyPI lists it nowhere)
+            return [row for row in batch if row["id"] in shown
+                    and shown[row["id"]]["status"] != "quarantined" and (
+                        not python or python_matches(shown[row["id"]]["requires_python"],
+                                                     python))]
 
         after, before = _key_arg(request, "after"), _key_arg(request, "before")
         page = await keyset_page(self.db, low=low, high=high, keep=keep_projects,
@@ -656,6 +659,10 @@ def project_page_data(project: dict, releases: list[dict]) -> dict:
         "author": project.get("author"), "author_email": project.get("author_email"),
         "maintainer": project.get("maintainer"),
         "maintainer_email": project.get("maintainer_email"),
+        # (linked to their lists: the names the catalog view lists the project by)
+        "authors": model.person_names(project.get("author"), project.get("author_email")),
+        "maintainers": model.person_names(project.get("maintainer"),
+                                          project.get("maintainer_email")),
         "license": project.get("license"), "home_page": _text_or_none(project.get("home_page")),
         "project_urls": _url_labels(project.get("project_urls")),
         "requires_python": project.get("requires_python"),

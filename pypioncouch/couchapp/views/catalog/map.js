@@ -3,6 +3,22 @@ function (doc) {
   // ["author", folded, project], ... pouchdb-server builds each view of a design
   // document in its own pass over the database, so one view costs one pass.
   var id = doc._id, i;
+  // Who an author or maintainer field names (model.person_names, the same rule): the
+  // name, then the display names of the email field's addresses ("Jane Doe
+  // <jane@x.org>": PEP 621 metadata leaves the name empty), each once.
+  function personNames(name, email) {
+    var candidates = typeof name === 'string' ? [name] : [], found = [], seen = {}, j;
+    var parts = typeof email === 'string' ? email.match(/(?:"[^"]*"|[^,"])+/g) || [] : [];
+    for (j = 0; j < parts.length; j++) {
+      var named = parts[j].match(/^\s*"?([^"<>]*?)"?\s*<[^<>]*>\s*$/);
+      if (named) { candidates.push(named[1]); }
+    }
+    for (j = 0; j < candidates.length; j++) {
+      var one = candidates[j].trim(), folded = '~' + one.toLowerCase();
+      if (one && !seen[folded]) { seen[folded] = true; found.push(one); }
+    }
+    return found;
+  }
   if (doc.type === 'release') {
     if (doc.upload_time) {
       // Newest first with descending=true; the id ends the key so that keyset paging
@@ -18,13 +34,22 @@ function (doc) {
   emit(['name', id], [doc.name, doc.last_serial, doc.status, doc.summary,
                       doc.latest_version, doc.requires_python]);
   if (typeof doc.last_serial === 'number') { emit(['serial', doc.last_serial, id], null); }
+  // Stored by a version before "requires": pypioncouch.upgrade fills it in.
+  if (doc.info && doc.requires === undefined) { emit(['needs-requires', id], null); }
+  for (i = 0; doc.requires_unparsable && i < doc.requires_unparsable.length; i++) {
+    emit(['unparsable-requirement', id, i], doc.requires_unparsable[i]);
+  }
+  // A quarantined project is in no list (PyPI's index and search leave it out).
+  if (doc.status === 'quarantined') { return; }
   // (Fields are PyPI's as sent: from another index, anything may come. A map that
   // throws loses the whole document on Apache CouchDB, its name row included.)
-  if (typeof doc.author === 'string' && doc.author) {
-    emit(['author', doc.author.toLowerCase(), id], doc.author);
+  var people = personNames(doc.author, doc.author_email);
+  for (i = 0; i < people.length; i++) {
+    emit(['author', people[i].toLowerCase(), id], people[i]);
   }
-  if (typeof doc.maintainer === 'string' && doc.maintainer) {
-    emit(['maintainer', doc.maintainer.toLowerCase(), id], doc.maintainer);
+  people = personNames(doc.maintainer, doc.maintainer_email);
+  for (i = 0; i < people.length; i++) {
+    emit(['maintainer', people[i].toLowerCase(), id], people[i]);
   }
   if (doc.latest_version) { emit(['python', doc.requires_python || '', id], null); }
   // Dependents: the names the latest release requires, normalized by the sync
@@ -35,11 +60,6 @@ function (doc) {
         emit(['requires', required, id], doc.requires[required]);
       }
     }
-  }
-  // Stored by a version before "requires": pypioncouch.upgrade fills it in.
-  if (doc.info && doc.requires === undefined) { emit(['needs-requires', id], null); }
-  for (i = 0; doc.requires_unparsable && i < doc.requires_unparsable.length; i++) {
-    emit(['unparsable-requirement', id, i], doc.requires_unparsable[i]);
   }
   // Open advisories (OSV, not withdrawn) of the latest release, as PyPI lists them.
   var vulns = doc.pypi && doc.pypi.vulnerabilities, open = [];
