@@ -107,7 +107,8 @@ class Download:
                 waiter.callback(None)
 
     def _headers_in(self, length: int | None) -> None:
-        self._handle = self.store.open_incoming()
+        self._handle = self.store.open_incoming(
+            length if length is not None else self.wanted.size)
         self.temp_path = self._handle.name
         self.length, self.state = length, RECEIVING
         self._notify()

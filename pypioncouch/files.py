@@ -25,6 +25,7 @@ when it was stored (it is the ``Last-Modified`` a client revalidates against).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -224,6 +225,11 @@ def _created_file_mode() -> int:
 class FileStore:
     """The folder of release files. ``max_bytes`` (None: no limit) is the budget:
     past it, the least recently used files that were not seeded are deleted."""
+
+    # Free space never filled with files (at most a twentieth of the disk, so that a
+    # small one still holds some): CouchDB on the same disk stops at a full one, and
+    # without --files-max-gb nothing else bounds the folder.
+    min_free_bytes = 1_000_000_000
 
     def __init__(self, root: Path | str, max_bytes: int | None = None):
         self.root = Path(root)
@@ -445,9 +451,31 @@ class FileStore:
 
     # -- writing ------------------------------------------------------------------
 
-    def open_incoming(self):
-        """A new temp file (binary, for writing) in the store's file system."""
-        return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="part-", delete=False)
+    def open_incoming(self, size: int | None = None):
+        """A new temp file (binary, for writing) in the store's file system, for a file
+        of ``size`` bytes if known. Raises OSError (ENOSPC) when writing it would leave
+        the disk less than :attr:`min_free` free: a disk it shares with CouchDB is not
+        filled by files anyone may ask for."""
+        try:
+            disk = os.statvfs(self.root)
+        except OSError:  # (unknown: the write itself will tell)
+            pass
+        else:
+            free = disk.f_bavail * disk.f_frsize
+            floor = min(self.min_free_bytes, disk.f_blocks * disk.f_frsize // 20)
+            if free - (size or 0) < floor:
+                raise OSError(errno.ENOSPC, f"No space left on device: {free:,} bytes "
+                                            f"free, and this mirror leaves {floor:,} free")
+        return self._temp_file()
+
+    def _temp_file(self):
+        try:
+            return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="part-",
+                                               delete=False)
+        except FileNotFoundError:  # (removed under us: an rsync --delete of DIR)
+            self.incoming.mkdir(exist_ok=True)
+            return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="part-",
+                                               delete=False)
 
     def commit(self, temp_path: str, wanted: Wanted) -> Path:
         """Move a complete temp file, verified as ``wanted``, to its key; returns its
@@ -507,7 +535,7 @@ class FileStore:
             self.warning = None
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
-        with self.open_incoming() as handle:
+        with self._temp_file() as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -213,16 +213,22 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, tmp_path):
-    """Not upstream's failure (a 502): ours, said as such, with when to try again."""
-    import errno
+async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, tmp_path,
+                                                                         monkeypatch):
+    """Not upstream's failure (a 502): ours, said as such, with when to try again. A
+    disk left with less than the store's floor free counts as full (CouchDB on it
+    stops at a full one, and anyone may ask for files)."""
+    import types
+
+    from pypioncouch import files
 
     store = FileStore(tmp_path / "files")
-
-    def full():
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    store.open_incoming = full  # (a full disk cannot be had on a test machine)
+    real = os.statvfs(tmp_path)
+    size = len(upstream_bytes(world, APP_WHEEL))
+    free = store.min_free_bytes + size - 1  # (a full disk cannot be had here)
+    monkeypatch.setattr(files.os, "statvfs", lambda path: types.SimpleNamespace(
+        f_bavail=free, f_frsize=1, f_blocks=max(real.f_blocks * real.f_frsize,
+                                                20 * store.min_free_bytes)))
     front, port, url = serve(world.db, store, Fetcher(store))
     try:
         for answer in (await http.get(f"{url}/files/files-app/{APP_WHEEL}"),
@@ -232,7 +238,15 @@ async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, 
         body = await treq.content(await http.get(f"{url}/files/files-app/{APP_WHEEL}"))
         assert body.decode().startswith(f"503 Service Unavailable: {APP_WHEEL}: cannot "
                                         f"write to {tmp_path / 'files'}: No space left")
-        assert "No space left on device" in (await status_of(url))["last_error"]
+        assert f"No space left on device: {free:,} bytes free, and this mirror leaves " \
+            f"{store.min_free_bytes:,} free" in (await status_of(url))["last_error"]
+        assert list((tmp_path / "files" / ".incoming").iterdir()) == []
+        # Room again, and the temp folder gone (an rsync --delete of the folder).
+        monkeypatch.undo()
+        (tmp_path / "files" / ".incoming").rmdir()
+        answer = await http.get(f"{url}/files/files-app/{APP_WHEEL}")
+        assert (answer.code, await treq.content(answer)) == (
+            200, upstream_bytes(world, APP_WHEEL))
     finally:
         await port.stopListening()
 
@@ -865,8 +879,8 @@ def test_a_disk_that_fills_mid_download_fails_it_for_every_reader_and_keeps_noth
     store = FileStore(tmp_path / "files")
     opened = store.open_incoming
 
-    def on_a_full_disk():
-        handle = opened()
+    def on_a_full_disk(size=None):
+        handle = opened(size)
         handle.file.close()
         handle.file = handle._closer.file = open("/dev/full", "wb")
         return handle
