@@ -139,22 +139,27 @@ def split_keywords(value: Any) -> list[str]:
     return list(seen)
 
 
-# One address of an RFC 822 list with a display name: ``Jane Doe <jane@x.org>``,
-# ``"Doe, Jane" <jane@x.org>``. (The catalog view's map.js reads names the same way.)
-_NAMED_ADDRESS = re.compile(r'^\s*"?([^"<>]*?)"?\s*<[^<>]*>\s*$')
+# The addresses of an RFC 822 list (commas inside quotes are a name's), and one with a
+# display name, ``Jane Doe <jane@x.org>``. Both match in linear time: a field from
+# another index may be any text. (The catalog view's map.js reads names the same way.)
+_ADDRESSES = re.compile(r'(?:"[^"]*"|[^,"])+')
+_NAMED_ADDRESS = re.compile(r"([^<>]*)<[^<>]*>")
+_BLANKS = " \t\r\n"  # (JavaScript's trim and Python's strip differ past these)
 
 
 def person_names(name: Any, email: Any) -> list[str]:
     """Who an author (or maintainer) field names: the name, then the display names of
     its email field's addresses (PEP 621 metadata leaves the name empty and writes
     ``Jane Doe <jane@x.org>`` there, which PyPI shows as Jane Doe), each once."""
-    found: list[str] = []
     candidates = [name] if isinstance(name, str) else []
     if isinstance(email, str):
-        candidates += [m.group(1) for part in re.findall(r'(?:"[^"]*"|[^,"])+', email)
-                       if (m := _NAMED_ADDRESS.match(part))]
+        for part in _ADDRESSES.findall(email):
+            named = _NAMED_ADDRESS.fullmatch(part.strip(_BLANKS))
+            if named:
+                candidates.append(named.group(1).strip(_BLANKS).strip('"'))
+    found: list[str] = []
     for candidate in candidates:
-        candidate = candidate.strip()
+        candidate = candidate.strip(_BLANKS)
         if candidate and candidate.lower() not in (f.lower() for f in found):
             found.append(candidate)
     return found

@@ -5,16 +5,25 @@ function (doc) {
   var id = doc._id, i;
   // Who an author or maintainer field names (model.person_names, the same rule): the
   // name, then the display names of the email field's addresses ("Jane Doe
-  // <jane@x.org>": PEP 621 metadata leaves the name empty), each once.
+  // <jane@x.org>": PEP 621 metadata leaves the name empty), each once. The patterns
+  // match in linear time (a field from another index may be any text); blanks are
+  // trimmed by hand, as Python strips the same four.
+  function trimmed(text, chars) {
+    var start = 0, end = text.length;
+    while (start < end && chars.indexOf(text.charAt(start)) >= 0) { start++; }
+    while (end > start && chars.indexOf(text.charAt(end - 1)) >= 0) { end--; }
+    return text.substring(start, end);
+  }
+  function blankless(text) { return trimmed(text, ' \t\r\n'); }
   function personNames(name, email) {
     var candidates = typeof name === 'string' ? [name] : [], found = [], seen = {}, j;
     var parts = typeof email === 'string' ? email.match(/(?:"[^"]*"|[^,"])+/g) || [] : [];
     for (j = 0; j < parts.length; j++) {
-      var named = parts[j].match(/^\s*"?([^"<>]*?)"?\s*<[^<>]*>\s*$/);
-      if (named) { candidates.push(named[1]); }
+      var named = /^([^<>]*)<[^<>]*>$/.exec(blankless(parts[j]));
+      if (named) { candidates.push(trimmed(blankless(named[1]), '"')); }
     }
     for (j = 0; j < candidates.length; j++) {
-      var one = candidates[j].trim(), folded = '~' + one.toLowerCase();
+      var one = blankless(candidates[j]), folded = '~' + one.toLowerCase();
       if (one && !seen[folded]) { seen[folded] = true; found.push(one); }
     }
     return found;
