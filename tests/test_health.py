@@ -126,7 +126,8 @@ def test_passes_that_never_trust_the_listing_are_unhealthy_past_the_lag_budget()
 
 def replica_lag(monkeypatch, answers, upstream=True):
     """A ReplicaLag whose reads of the highest serial answer from ``answers`` (by
-    "local" or "upstream": a serial, None for an empty database, or an error)."""
+    "local" or "upstream": a serial, None for an empty database, "named" for one of
+    projects without serials, or an error)."""
     from twisted.internet import task
 
     from pypioncouch.web import replica
@@ -139,9 +140,13 @@ def replica_lag(monkeypatch, answers, upstream=True):
         value = answers[db.display_url]
         if isinstance(value, Exception):
             raise value
-        return value
+        return None if value == "named" else value
+
+    async def holds_projects(db, timeout=None):  # (a project without a serial: "named")
+        return answers[db.display_url] == "named"
 
     monkeypatch.setattr(replica.couchapp, "max_serial", max_serial)
+    monkeypatch.setattr(replica.couchapp, "holds_projects", holds_projects)
     clock = task.Clock()
     return replica.ReplicaLag(Db("local"), Db("upstream") if upstream else None, clock,
                               every=0), clock
@@ -187,6 +192,9 @@ def test_an_empty_replica_is_not_healthy_from_the_start(monkeypatch):
         "4000 serials (12s) behind the upstream upstream"]
     lag, clock = replica_lag(monkeypatch, {"local": None}, upstream=False)
     assert policy.reasons(True, checked(lag)) == empty
+    # Projects, none with a serial (from an index that gives none): not empty.
+    lag, clock = replica_lag(monkeypatch, {"local": "named"}, upstream=False)
+    assert policy.reasons(True, checked(lag)) == []
 
 
 def test_a_replica_without_upstream_that_cannot_read_its_own_serial_says_so(monkeypatch):

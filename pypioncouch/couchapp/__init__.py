@@ -101,6 +101,14 @@ async def max_serial(db: Database, timeout: float | None = None) -> int | None:
     return rows[0]["key"][1] if rows else None
 
 
+async def holds_projects(db: Database, timeout: float | None = None) -> bool:
+    """Whether any project is stored (its name row: one without a serial, from an
+    index that gives none, counts too)."""
+    low, high = facet_range("name")
+    return bool(await query(db, startkey=low, endkey=high, limit=1, reduce=False,
+                            timeout=timeout))
+
+
 async def project_serial(db: Database, key: str, timeout: float | None = None) -> int | None:
     """The ``last_serial`` the catalog holds of project ``key`` (None: none), read from
     its ``["name", key]`` row: a project document may be large (its record of every

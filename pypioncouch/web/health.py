@@ -61,8 +61,7 @@ class HealthPolicy:
         return reasons
 
     def replica_reasons(self, serials: dict) -> list[str]:
-        if "serial" in serials and serials["serial"] is None \
-                and not serials.get("local_error"):
+        if serials.get("empty"):
             # (at once: a node put behind a load balancer would answer 404 for all)
             return ["it holds no project yet (replication not begun, or --db names "
                     "another database)"]

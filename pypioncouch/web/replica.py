@@ -24,6 +24,7 @@ class ReplicaState:
     lag_seconds: float | None = None  # since the replica last held what upstream held
     upstream_error: str | None = None  # why the upstream could not be read
     local_error: str | None = None  # why our own highest serial could not be read
+    empty: bool = False  # it holds no project (yet)
 
 
 class ReplicaLag:
@@ -46,6 +47,8 @@ class ReplicaLag:
         state = ReplicaState(upstream=self.state.upstream)
         try:
             state.serial = await couchapp.max_serial(self.local, self.timeout)
+            if state.serial is None:  # (none, or projects without serials)
+                state.empty = not await couchapp.holds_projects(self.local, self.timeout)
         except CouchError as error:  # e.g. its view still building after an upgrade
             state.local_error = str(error)
         if self.upstream is not None:
