@@ -120,8 +120,10 @@ class Download:
         self.written += len(data)
         self._notify()
 
-    def _complete(self) -> None:
-        """Check the whole body; store it or refuse it."""
+    def _complete(self, maybe_cut: bool = False) -> None:
+        """Check the whole body; store it or refuse it. A body that ended with its
+        connection (``maybe_cut``) and does not match is not known to be wrong: it may
+        be a network's cut, not remembered as a refusal."""
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
@@ -130,12 +132,16 @@ class Download:
             self.cannot_store = True
             raise FetchError(f"{self.wanted.filename}: cannot write to {self.store.root}: "
                              f"{error.strerror}") from None
+        size = self.wanted.size
+        if maybe_cut and isinstance(size, int) and self.written < size:
+            raise FetchError(f"{self.wanted.filename}: cut short, {self.written:,} of the "
+                             f"{size:,} bytes the release says (from {redact(self.wanted.url)})")
         got = self._digest.hexdigest()
         if got != self.wanted.sha256:
             self.store.stats.digest_mismatches += 1
             raise FetchError(f"{self.wanted.filename}: refused, its sha256 is {got}, the "
                              f"release says {self.wanted.sha256} (from {redact(self.wanted.url)})",
-                             wrong=True)
+                             wrong=not maybe_cut)
         try:
             self.store.commit(self.temp_path, self.wanted)
         except OSError as error:
@@ -216,7 +222,8 @@ class _ToDownload(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.problem is None and reason.check(client.ResponseDone, PotentialDataLoss):
-            self.done.callback(None)
+            # (a body of no stated length ends as the connection does: it may be cut)
+            self.done.callback(reason.check(PotentialDataLoss) is not None)
         else:
             self.done.errback(FetchError(self.problem or _reason(reason.value),
                                          wrong=self.wrong))
@@ -268,7 +275,7 @@ class Fetcher:
         # their own: never queued behind big wheels that hold every slot for minutes.
         self.metadata_slots = defer.DeferredSemaphore(concurrency)
         self.in_flight: dict[str, Download] = {}
-        # key -> (when upstream may be asked again, the failed download), oldest first
+        # key -> (when upstream's bytes were refused, the failed download), oldest first
         self.refused: OrderedDict[str, tuple[float, Download]] = OrderedDict()
 
     def close(self):
@@ -283,8 +290,8 @@ class Fetcher:
             return running
         refused = self.refused.get(key)
         if refused is not None:
-            until, failed = refused
-            if self.reactor.seconds() < until and failed.wanted == wanted:
+            since, failed = refused
+            if self.reactor.seconds() - since < self.refuse_for and failed.wanted == wanted:
                 return failed
             del self.refused[key]
         download = Download(wanted, self.store)
@@ -316,7 +323,7 @@ class Fetcher:
     def _refused(self, download: Download) -> None:
         key = download.wanted.key
         self.refused.pop(key, None)
-        self.refused[key] = (self.reactor.seconds() + self.refuse_for, download)
+        self.refused[key] = (self.reactor.seconds(), download)
         while len(self.refused) > self.refused_kept:
             self.refused.popitem(last=False)
 
@@ -360,11 +367,11 @@ class Fetcher:
         response.deliverBody(_ToDownload(download, done, self.reactor, self.timeout,
                                          self.unsized_max))
         try:
-            await done
+            maybe_cut = await done
         except FetchError as error:
             raise FetchError(f"{download.wanted.filename}: {shown}: {error}",
                              wrong=error.wrong) from None
-        download._complete()
+        download._complete(maybe_cut)
 
 
 class _Discard(Protocol):

@@ -17,7 +17,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from pypioncouch.filefetch import Fetcher
+from pypioncouch.filefetch import FAILED, Fetcher
 from pypioncouch.files import FileStore, file_sha256
 from pypioncouch.status import SyncStatus
 from pypioncouch.sync import run_pass
@@ -182,7 +182,6 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
     large file fetched it whole, to be cut again)."""
     store = FileStore(tmp_path / "files")
     fetcher = Fetcher(store)
-    fetcher.refuse_for = 2.0
     front, port, url = serve(world.db, store, fetcher)
     try:
         world.resource.control("files", {"corrupt": [APP_WHEEL]})
@@ -201,9 +200,9 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
         assert (figures["digest_mismatches"], figures["upstream_errors"], figures["files"]) \
             == (1, 1, 0)
         assert figures["last_error"].startswith(f"{APP_WHEEL}: refused, its sha256 is ")
-        # Upstream mended: after the refusal's time, the right bytes are served, kept.
+        # Upstream mended: past the refusal's time, the right bytes are served, kept.
         world.resource.control("files", {"corrupt": []})
-        await sleep(2.0)
+        fetcher.refuse_for = 0.0  # (ten minutes later)
         answer = await treq.get(address)
         assert await answer.content() == upstream_bytes(world, APP_WHEEL)
         assert (tmp_path / "files" / "files-app" / APP_WHEEL).read_bytes() == \
@@ -900,29 +899,63 @@ def test_a_disk_that_fills_mid_download_fails_it_for_every_reader_and_keeps_noth
 
 
 class WholeBody:
-    """A scripted upstream answering ``body`` whole (a response the Agent would give)."""
+    """A scripted upstream answering ``body`` whole (a response the Agent would give);
+    with ``stated=False``, without a Content-Length: it ends as its connection does
+    (PotentialDataLoss), cut short or not."""
 
-    def __init__(self, body: bytes):
+    def __init__(self, body: bytes, stated: bool = True):
         self.body = body
+        self.stated = stated
 
     def request(self, *args, **kwargs):
         from twisted.python.failure import Failure
         from twisted.web.client import ResponseDone
+        from twisted.web.http import PotentialDataLoss
+        from twisted.web.iweb import UNKNOWN_LENGTH
 
-        body = self.body
+        body, stated = self.body, self.stated
 
         class Response:
-            code, length = 200, len(body)
+            code, length = 200, len(body) if stated else UNKNOWN_LENGTH
 
             def deliverBody(self, protocol):
                 protocol.makeConnection(self)
                 protocol.dataReceived(body)
-                protocol.connectionLost(Failure(ResponseDone()))
+                protocol.connectionLost(Failure(ResponseDone() if stated
+                                                else PotentialDataLoss()))
 
             def stopProducing(self):
                 pass
 
         return defer.succeed(Response())
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_a_body_cut_as_its_connection_ends_is_asked_again_not_refused(tmp_path, sized):
+    """Without a Content-Length, a body ends as its connection does: cut short by a
+    network, its bytes do not match, yet they are not known to be wrong, and the next
+    one asking must not get a refusal for ten minutes. Bytes upstream sent whole and
+    wrong are refused for that while."""
+    from twisted.internet import task
+
+    from pypioncouch.files import Wanted
+
+    body = b"wheel bytes" * 100
+    name = "p-1.whl" if sized else "p-1.whl.metadata"  # (a metadata file: no size)
+    wanted = Wanted("p", name, f"http://up.test/{name}", hashlib.sha256(body).hexdigest(),
+                    len(body) if sized else None)
+    fetcher = Fetcher(FileStore(tmp_path / "files"), task.Clock(),
+                      agent=WholeBody(body[:500], stated=False), timeout=60)
+    cut = fetcher.download(wanted)
+    assert cut.state == FAILED
+    assert ("cut short, 500 of the 1,100 bytes the release says" if sized
+            else "refused, its sha256 is") in cut.error, cut.error
+    assert fetcher.download(wanted) is not cut  # (asked again)
+    fetcher = Fetcher(FileStore(tmp_path / "other"), task.Clock(),
+                      agent=WholeBody(b"x" * len(body)), timeout=60)
+    wrong = fetcher.download(wanted)
+    assert wrong.state == FAILED and "refused, its sha256 is" in wrong.error
+    assert fetcher.download(wanted) is wrong  # (the refusal, for a while)
 
 
 @pytest.mark.parametrize("step", ["fsync", "commit"])
