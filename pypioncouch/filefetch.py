@@ -63,6 +63,7 @@ class Download:
         # Opened once upstream answers (a download waiting for its turn holds no file:
         # thousands asked at once would run out of file descriptors).
         self._handle = None
+        self._reserved: int | None = None  # the bytes the store keeps free for it
         self.temp_path: str | None = None
         self._digest = hashlib.sha256()
         self._waiters: list[defer.Deferred] = []
@@ -107,8 +108,9 @@ class Download:
                 waiter.callback(None)
 
     def _headers_in(self, length: int | None) -> None:
-        self._handle = self.store.open_incoming(
-            length if length is not None else self.wanted.size)
+        expected = length if length is not None else self.wanted.size
+        self._handle = self.store.open_incoming(expected)
+        self._reserved = expected
         self.temp_path = self._handle.name
         self.length, self.state = length, RECEIVING
         self._notify()
@@ -149,10 +151,16 @@ class Download:
             raise FetchError(f"{self.wanted.filename}: cannot store it in "
                              f"{self.store.root}: {error.strerror}") from None
         self.state = STORED
+        self._unreserve()
         self._notify()
+
+    def _unreserve(self) -> None:
+        self.store.unreserve(self._reserved)
+        self._reserved = None
 
     def _fail(self, message: str) -> None:
         self.state, self.error = FAILED, message
+        self._unreserve()
         try:
             if self._handle is not None:
                 self._handle.close()

@@ -252,6 +252,7 @@ class FileStore:
         self._verified: dict[str, tuple[str, tuple | None]] = {}
         self._damaged: dict[str, int] = {}  # key -> mtime: wrong, and not removable
         self.bytes = 0
+        self.reserved = 0  # bytes downloads under way still expect (see open_incoming)
         self._seeded = _Seeded()
         self.warning: str | None = None  # why the budget cannot be kept
         self._clean_incoming()
@@ -453,9 +454,10 @@ class FileStore:
 
     def open_incoming(self, size: int | None = None):
         """A new temp file (binary, for writing) in the store's file system, for a file
-        of ``size`` bytes if known. Raises OSError (ENOSPC) when writing it would leave
-        the disk less than :attr:`min_free` free: a disk it shares with CouchDB is not
-        filled by files anyone may ask for."""
+        of ``size`` bytes if known, which stay reserved until :meth:`unreserve`. Raises
+        OSError (ENOSPC) when writing it, and what the downloads under way still
+        expect, would leave the disk less than :attr:`min_free_bytes` free: a disk it
+        shares with CouchDB is not filled by files anyone may ask for."""
         try:
             disk = os.statvfs(self.root)
         except OSError:  # (unknown: the write itself will tell)
@@ -463,10 +465,17 @@ class FileStore:
         else:
             free = disk.f_bavail * disk.f_frsize
             floor = min(self.min_free_bytes, disk.f_blocks * disk.f_frsize // 20)
-            if free - (size or 0) < floor:
+            if free - self.reserved - (size or 0) < floor:
                 raise OSError(errno.ENOSPC, f"No space left on device: {free:,} bytes "
-                                            f"free, and this mirror leaves {floor:,} free")
-        return self._temp_file()
+                                            f"free, {self.reserved:,} expected by downloads "
+                                            f"under way, and this mirror leaves {floor:,} free")
+        handle = self._temp_file()
+        self.reserved += size or 0
+        return handle
+
+    def unreserve(self, size: int | None) -> None:
+        """A download given ``size`` by :meth:`open_incoming` is over."""
+        self.reserved = max(0, self.reserved - (size or 0))
 
     def _temp_file(self):
         try:

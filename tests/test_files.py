@@ -199,6 +199,7 @@ async def test_bytes_that_do_not_match_the_sha256_are_refused_and_not_kept(world
         figures = await status_of(url)
         assert (figures["digest_mismatches"], figures["upstream_errors"], figures["files"]) \
             == (1, 1, 0)
+        assert store.reserved == 0  # (the room it kept free, given back)
         assert figures["last_error"].startswith(f"{APP_WHEEL}: refused, its sha256 is ")
         # Upstream mended: past the refusal's time, the right bytes are served, kept.
         world.resource.control("files", {"corrupt": []})
@@ -237,8 +238,9 @@ async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, 
         body = await treq.content(await http.get(f"{url}/files/files-app/{APP_WHEEL}"))
         assert body.decode().startswith(f"503 Service Unavailable: {APP_WHEEL}: cannot "
                                         f"write to {tmp_path / 'files'}: No space left")
-        assert f"No space left on device: {free:,} bytes free, and this mirror leaves " \
-            f"{store.min_free_bytes:,} free" in (await status_of(url))["last_error"]
+        assert f"No space left on device: {free:,} bytes free, 0 expected by downloads " \
+            f"under way, and this mirror leaves {store.min_free_bytes:,} free" in \
+            (await status_of(url))["last_error"]
         assert list((tmp_path / "files" / ".incoming").iterdir()) == []
         # Room again, and the temp folder gone (an rsync --delete of the folder).
         monkeypatch.undo()
@@ -246,6 +248,7 @@ async def test_a_folder_that_cannot_take_a_file_is_a_503_to_come_back_to(world, 
         answer = await http.get(f"{url}/files/files-app/{APP_WHEEL}")
         assert (answer.code, await treq.content(answer)) == (
             200, upstream_bytes(world, APP_WHEEL))
+        assert store.reserved == 0
     finally:
         await port.stopListening()
 
@@ -991,6 +994,25 @@ def test_a_store_that_fails_as_the_file_completes_is_our_failure_and_tells_every
         lambda failure: failures.append(failure.trap(FetchError)))
     assert failures and download.cannot_store
     assert "Read-only file system" in download.error
+
+
+def test_downloads_under_way_keep_the_room_they_expect(tmp_path, monkeypatch):
+    """Each fits the free space alone; two at once would eat into the floor (fetches
+    run eight at a time, and metadata files beside them)."""
+    import types
+
+    from pypioncouch import files
+
+    store = FileStore(tmp_path)
+    free = store.min_free_bytes + 1000
+    monkeypatch.setattr(files.os, "statvfs", lambda path: types.SimpleNamespace(
+        f_bavail=free, f_frsize=1, f_blocks=20 * store.min_free_bytes))
+    first = store.open_incoming(600)
+    with pytest.raises(OSError, match="600 expected by downloads under way"):
+        store.open_incoming(600)
+    store.unreserve(600)  # (the first is over)
+    store.open_incoming(600).close()
+    first.close()
 
 
 def test_only_a_metadata_file_is_capped_when_its_size_is_not_stated(tmp_path):
