@@ -286,6 +286,8 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+# Tombstones of pending projects not stored read at once (see _stored_copies).
+TOMBSTONE_READS = 8
 # Seconds between two askings about the stored quarantined projects, by name, when
 # following the Simple index (their removal shows nowhere else).
 QUARANTINE_RECHECK = 3600.0
@@ -702,9 +704,8 @@ class XmlRpcImporter:
             if chunk is None:
                 return None
             if not stored:
-                return chunk, defer.succeed({})
-            keys = [w.key for w in chunk]
-            return chunk, defer.ensureDeferred(self.store.project_documents(keys))
+                return chunk, defer.succeed(({}, set()))
+            return chunk, defer.ensureDeferred(self._stored_copies(chunk))
 
         async def read():
             # The next chunk's stored copies are read while this one's are being
@@ -715,9 +716,9 @@ class XmlRpcImporter:
                 while ahead is not None:
                     chunk, reading = ahead
                     with trace.timed("read"):
-                        copies = await reading
+                        copies, removed_since = await reading
                     ahead = read_ahead(chunks)
-                    await feed(chunk, copies)
+                    await feed(chunk, copies, removed_since)
             finally:  # cancelled, or a read failed: the read ahead is not wanted
                 if ahead is not None:
                     ahead[1].addErrback(lambda failure: None)
@@ -725,7 +726,7 @@ class XmlRpcImporter:
             for _ in range(fetchers):
                 await to_fetch.put(None)
 
-        async def feed(chunk, copies):
+        async def feed(chunk, copies, removed_since):
             for work in chunk:
                 trace.begin(work.key)
                 trace.event(work.key, "read")
@@ -736,7 +737,7 @@ class XmlRpcImporter:
                     summary.skipped += 1
                     self._advance()
                     continue
-                if old is None and stored and await self._removed_since(work):
+                if old is None and work.key in removed_since:
                     summary.skipped += 1
                     self._advance()
                     continue
@@ -831,15 +832,25 @@ class XmlRpcImporter:
         self.status.note_sync_error(f"{work.key}: {cause}", kind)
         self._advance()
 
-    async def _removed_since(self, work: Work) -> bool:
-        """Whether a pending project not stored was removed at or after the serial its
-        retry wants (by another writer on this database, whose checkpoint ours merged:
-        the changelog row of the removal is behind us). Asked, PyPI's 404 for a serial
+    async def _stored_copies(self, chunk: list[Work]) -> tuple[dict[str, dict], set[str]]:
+        """The stored documents of ``chunk``'s projects, and the keys of its pending
+        projects not stored that were removed at or after the serial their retry wants
+        (by another writer on this database, whose checkpoint ours merged: the
+        changelog row of the removal is behind us). Asked, PyPI's 404 for a serial
         wanted is taken for a CDN's stale copy: it would be asked for ever."""
-        if not work.retry or work.removed or work.serial is None:
-            return False
-        removed_at = await self.store.tombstone_serial(work.key)
-        return removed_at is not None and removed_at >= work.serial
+        copies = await self.store.project_documents([w.key for w in chunk])
+        retried = [w for w in chunk if w.key not in copies and w.retry and not w.removed
+                   and w.serial is not None]
+        # (a few at a time: after an outage, thousands may be pending)
+        slots = defer.DeferredSemaphore(TOMBSTONE_READS)
+        try:
+            serials = await defer.gatherResults(
+                [slots.run(lambda key=w.key: defer.ensureDeferred(
+                    self.store.tombstone_serial(key))) for w in retried], consumeErrors=True)
+        except defer.FirstError as error:  # (CouchDB's trouble, as itself: the pass's)
+            error.subFailure.raiseException()
+        return copies, {w.key for w, removed_at in zip(retried, serials)
+                        if removed_at is not None and removed_at >= w.serial}
 
     def _superseded(self, work: Work, summary: Summary) -> None:
         log.info("{name}: the stored copy is as new or newer; ours is dropped",
