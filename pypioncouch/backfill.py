@@ -126,9 +126,9 @@ class OwnInfo:
         """``(the release's document with its own info, whether this call stored
         it)``. The document is None when the release is not stored or PyPI does not
         know it (404). ``project_serial``: the stored project's, when the caller read
-        it (the web front has its document). Raises :class:`PyPIError` (:class:`StaleAnswer` for an answer
-        older than the stored release), :class:`model.BadPayload`,
-        :class:`CouchError` or :class:`Busy`."""
+        it (the web front has its document). Raises :class:`PyPIError`
+        (:class:`StaleAnswer` for an answer older than the stored release or
+        project), :class:`model.BadPayload`, :class:`CouchError` or :class:`Busy`."""
         doc = await self._release(key, version)
         if doc is None or model.has_own_info(doc):
             return doc, False

@@ -199,8 +199,8 @@ class Seeder:
                     if not found and isinstance(entry, dict):
                         # (pip would not find it on the mirror: say so, not in silence)
                         plan.warnings.append(
-                            f"{name}: skipped {entry.get('filename')!r}: without a sha256 "
-                            "or a plain file name, it cannot be checked or stored")
+                            f"{name}: skipped {entry.get('filename')!r}: without a sha256, a URL "
+                            "or a plain file name, it cannot be fetched, checked or stored")
                     for wanted in found:
                         plan.files[wanted.key] = wanted
                 if self.with_deps:

@@ -388,7 +388,8 @@ async def test_a_body_longer_than_the_release_says_is_cut_and_not_kept(world, tm
         assert said.startswith(f"{APP_WHEEL}: {world.url}/packages/") and said.endswith(
             f": more than the {size:,} bytes the release says"), said
         answer = await treq.get(f"{url}/files/files-app/{APP_WHEEL}")  # (not asked again)
-        assert (answer.code, await answer.content()) == (502, f"502 Bad Gateway: {said}\n".encode())
+        assert (answer.code, await answer.content()) == (
+            502, f"502 Bad Gateway: {said}\n".encode())
         assert figures["files"] == 0
         assert not (tmp_path / "files" / "files-app").exists()
         assert list((tmp_path / "files" / ".incoming").iterdir()) == []
@@ -774,7 +775,8 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], *base[1:], "files-lib==1.1", env=dict(os.environ))
     assert code == 0 and "0 files of 1 releases" in said, said
     assert "pypioncouch: warning: files-lib 1.1: skipped 'files_lib-1.1-py3-none-any.whl': " \
-        "without a sha256 or a plain file name, it cannot be checked or stored" in said, said
+        "without a sha256, a URL or a plain file name, it cannot be fetched, checked or stored" \
+        in said, said
 
 
 def put(store, key, size):

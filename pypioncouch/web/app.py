@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import (
-    CouchError, Database, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable, refusal)
+    CouchError, Database, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable,
+    refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
