@@ -591,6 +591,12 @@ def empty_project_document(name: str, serial: int | None, status: str) -> dict:
     }
 
 
+def has_json_api(project: dict) -> bool:
+    """Whether PyPI's JSON API answers for the project at all: not quarantined, and
+    with metadata (a project without releases has none)."""
+    return project.get("info") is not None and project.get("status") != "quarantined"
+
+
 def json_api_payload(project: dict, releases: list[dict], version: str | None = None
                      ) -> dict | None:
     """The JSON API answer re-built from stored documents (``/pypi/<p>/json`` when
@@ -599,7 +605,7 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
     Raises :class:`MissingInfo` for a stored release whose own ``info`` is not: an
     answer with another release's metadata would be made up.
     """
-    if project.get("info") is None or project.get("status") == "quarantined":
+    if not has_json_api(project):
         return None
     by_version = {doc["version"]: doc for doc in releases}
     chosen = project["latest_version"] if version is None else version

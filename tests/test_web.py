@@ -429,6 +429,9 @@ async def test_the_json_api_404_of_a_stored_project_says_nothing_more(couch_serv
             assert (answer.code, await answer.content()) == (404, b'{"message": "Not Found"}')
             assert answer.headers.getRawHeaders("etag") is None
             assert answer.headers.getRawHeaders("x-pypi-last-serial") is None
+        # "*" matches an answer there is (RFC 9110 13.1.2): there is none, a 404.
+        answer = await treq.get(f"{url}/pypi/{key}/json", headers={"If-None-Match": "*"})
+        assert (answer.code, await answer.content()) == (404, b'{"message": "Not Found"}')
     finally:
         await port.stopListening()
         world.close()

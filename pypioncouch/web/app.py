@@ -549,7 +549,8 @@ class WebFront:
         if entry is not None and version is not None:
             version = _find_version(entry.project.get("versions") or [], version)
         payload_key = "json-project" if version is None else f"json:{version}"
-        if entry is None or version == "":
+        if entry is None or version == "" or not model.has_json_api(entry.project):
+            # (before any ETag: an If-None-Match of "*" matches no answer here)
             request.setResponseCode(404)
             return not_found
         release = _release(entry, version)
