@@ -484,6 +484,41 @@ async def test_a_replica_holding_no_project_is_not_healthy(imported, couch, db_n
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_release_uploaded_again_as_its_long_description_is_read_is_a_503(
+        couch_server, db_name):
+    """A project read without an older release's long description reads that release
+    whole when asked for it. Uploaded again meanwhile (its old revision compacted
+    away, its own metadata not fetched yet: a race a stand-in for the whole read
+    plays), the release has no answer of its own: "ask again", not a 500."""
+    world = World(couch_server.url, db_name, projects=2, seed=2,
+                  read_url=couch_server.read_url)
+    world.index.publish("Long.Text", "1.0", description="words " * 200_000)
+    await run_pass(world.importer(), full=True)
+    world.index.publish("Long.Text", "2.0")
+    await run_pass(world.importer())
+    await world.settled()
+    front, port, url = serve(world.read_db, syncing=False)
+    read_whole = front.store.release
+    try:
+        answer = await treq.get(f"{url}/pypi/long-text/1.0/json")
+        assert answer.code == 200 and (await answer.json())["info"]["version"] == "1.0"
+
+        async def uploaded_again(key, version, rev=None):
+            doc = await read_whole(key, version, rev)
+            return {**{k: v for k, v in doc.items() if k != "info"}, "_rev": "9-again"}
+
+        front.store.release = uploaded_again
+        answer = await treq.get(f"{url}/pypi/long-text/1.0/json")
+        assert (answer.code, answer.headers.getRawHeaders("retry-after"),
+                answer.headers.getRawHeaders("etag")) == (503, ["1"], None)
+        assert (await answer.json())["message"] == "long-text 1.0 changed as it was read: " \
+            "ask again"
+    finally:
+        await port.stopListening()
+        world.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_strings_come_out_escaped(imported):
     world, front, url = imported
     hostile = '<script>alert("x")</script>'

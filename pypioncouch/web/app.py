@@ -562,11 +562,21 @@ class WebFront:
         if _not_modified(request, f'"{entry.etag_base}-{payload_key}"'):
             return b""
         shown = entry.project.get("latest_version") if version is None else version
-        if shown in entry.elided and payload_key not in entry.rendered:
-            body = await self._json_api_of_elided(entry, shown, version, payload_key)
-        else:
-            body = self.cache.rendered(entry, payload_key,
-                                       lambda: _json_api_body(entry, version))
+        try:
+            if shown in entry.elided and payload_key not in entry.rendered:
+                body = await self._json_api_of_elided(entry, shown, version, payload_key)
+            else:
+                body = self.cache.rendered(entry, payload_key,
+                                           lambda: _json_api_body(entry, version))
+        except model.MissingInfo:
+            # Read whole, the release was another upload than the entry's, its own
+            # metadata not stored yet: the feed is evicting the entry (asked again, it
+            # is read anew, and fetched on the spot).
+            for header in (b"ETag", b"X-PyPI-Last-Serial"):
+                request.responseHeaders.removeHeader(header)
+            request.setHeader("Retry-After", "1")
+            return _json_message(request, 503, f"{key} {shown} changed as it was read: "
+                                               "ask again")
         if body is None:  # (quarantined, no releases: PyPI's bare 404)
             for header in (b"ETag", b"X-PyPI-Last-Serial"):
                 request.responseHeaders.removeHeader(header)
