@@ -166,9 +166,12 @@ def file_identity(path) -> tuple | None:
     """Which file ``path`` is now (another process may put another in its place, or
     write over it: ``cp``, ``rsync --inplace``); None if there is none."""
     try:
-        stat = os.stat(path)
+        return _identity_of(os.stat(path))
     except OSError:
         return None
+
+
+def _identity_of(stat: os.stat_result) -> tuple:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
@@ -252,7 +255,7 @@ class FileStore:
         self._verified: dict[str, tuple[str, tuple | None]] = {}
         self._damaged: dict[str, int] = {}  # key -> mtime: wrong, and not removable
         self.bytes = 0
-        self.reserved = 0  # bytes downloads under way still expect (see open_incoming)
+        self.reserved = 0  # bytes kept free for the downloads under way (open_incoming)
         self._seeded = _Seeded()
         self.warning: str | None = None  # why the budget cannot be kept
         self._clean_incoming()
@@ -357,8 +360,7 @@ class FileStore:
             try:
                 checked = self._verified.get(key)
                 os.utime(path)
-                if checked is not None and checked[1] == (
-                        info.st_ino, info.st_mtime_ns, info.st_size):
+                if checked is not None and checked[1] == _identity_of(info):
                     self._verified[key] = (checked[0], file_identity(path))  # (ours)
             except OSError:
                 pass
