@@ -384,8 +384,14 @@ def answer_changes_releases(payload: Any, recorded: Any) -> bool:
         release_needs_write(new, recorded.get(version)) for version, new in digests.items())
 
 
-def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, list[dict]]:
+def project_documents(payload: dict, *, status: str = "active",
+                      serial: int | None = None) -> tuple[dict, list[dict]]:
     """A JSON API answer (``/pypi/<p>/json``) -> ``(project document, release documents)``.
+
+    The documents' ``last_serial`` is ``serial``, the answer's as its freshness was
+    checked (its ``X-PyPI-Last-Serial``), else the body's: an index that leaves
+    ``last_serial`` out of the body must not store a project without one (any older
+    copy would then pass for newer).
 
     Raises :class:`BadPayload` when the answer is not shaped like the JSON API's,
     down to a field of the wrong type (``"keywords": 42``): one malformed answer costs
@@ -393,13 +399,14 @@ def project_documents(payload: dict, *, status: str = "active") -> tuple[dict, l
     """
     _check_payload(payload)
     try:
-        return _shape(payload, status)
+        return _shape(payload, status,
+                      serial if serial is not None else payload.get("last_serial"))
     except (TypeError, ValueError, AttributeError, KeyError, UnicodeError) as error:
         raise BadPayload(f"a field of the JSON API answer has an unexpected type or value "
                          f"({type(error).__name__}: {str(error)[:120]})") from None
 
 
-def _shape(payload: dict, status: str) -> tuple[dict, list[dict]]:
+def _shape(payload: dict, status: str, serial: int | None) -> tuple[dict, list[dict]]:
     info = payload["info"]
     name = info["name"]
     normalized = normalize(name)
@@ -409,8 +416,7 @@ def _shape(payload: dict, status: str) -> tuple[dict, list[dict]]:
         releases[latest] = list(payload.get("urls") or [])
     latest_vulnerabilities = release_vulnerabilities(payload)
     release_docs = [release_document(normalized, name, version, files,
-                                     info if version == latest else None,
-                                     payload.get("last_serial"),
+                                     info if version == latest else None, serial,
                                      latest_vulnerabilities if version == latest else None)
                     for version, files in releases.items()]
     requires, unparsable = requirements_by_name(info.get("requires_dist"), normalized)
@@ -423,7 +429,7 @@ def _shape(payload: dict, status: str) -> tuple[dict, list[dict]]:
         "schema": SCHEMA_VERSION,
         "name": name,
         "status": status,
-        "last_serial": payload.get("last_serial"),
+        "last_serial": serial,
         "latest_version": latest,
         "versions": versions,
         **{field: info.get(field) for field in _QUERY_FIELDS},

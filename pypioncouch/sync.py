@@ -960,7 +960,8 @@ class XmlRpcImporter:
             if work.uploaded is not None and kept == "archived" and not archived_since:
                 kept = None
             project, releases = model.project_documents(
-                answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active")
+                answer.payload, status=kept if kept in model.SWEPT_STATUSES else "active",
+                serial=answer.serial)
             if kept is not None:
                 store.carry_status_serial(project, old)
             if project["_id"] != work.key:

@@ -803,6 +803,31 @@ async def test_an_older_answer_never_replaces_a_newer_stored_project(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_serial_said_in_the_header_only_is_the_one_stored(world):
+    """Another index's JSON API may leave ``last_serial`` out of the body: the project
+    was stored without a serial, and then any older copy (a CDN's, behind) passed for
+    newer and replaced it."""
+    from pypioncouch.pypi import PyPI
+    from pypioncouch.sync import Summary, Work
+
+    w = world(projects=8, seed=3)
+    w.index.body_serial = False
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(4))
+    older = await PyPI(w.url).project(key)
+    serial = w.index.publish(key, "8.0")
+    await run_pass(w.importer())
+    stored = await w.db.get(key)
+    assert stored["last_serial"] == serial and "8.0" in stored["versions"]
+    assert "last_serial" not in stored["pypi"]  # (the body as it came)
+    assert (await w.db.get(f"{key}:8.0"))["last_serial"] == serial
+    summary = Summary()
+    await fed(w.importer(), key, older).sync([Work(key, key, None)], summary)
+    assert (summary.projects, summary.skipped) == (0, 1)
+    assert "8.0" in (await w.db.get(key))["versions"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_release_written_by_an_older_writer_is_repaired(world):
     """The older writer's release landed before the newer writer stored the project
     (whose record says that release is unchanged): it is fetched and written again."""

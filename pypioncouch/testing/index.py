@@ -54,6 +54,9 @@ class PackageIndex:
         # The CDN caches Simple pages apart from the JSON API: with this set, a project's
         # Simple page is served from the same stale copy too (its serial, its files).
         self.stale_simple = False
+        # Cleared, the JSON API's answers say their serial in X-PyPI-Last-Serial only
+        # (another index may leave ``last_serial`` out of the body).
+        self.body_serial = True
         self.clock = clock
         self._changed: dict[str, SimProject] = {}
         self._removed: set[str] = set()
@@ -370,7 +373,7 @@ class PackageIndex:
                 return not_found
         body = {
             "info": self.info(project, release),
-            "last_serial": project.last_serial,
+            **({"last_serial": project.last_serial} if self.body_serial else {}),
             "urls": [self.file_entry(project, release, f) for f in release.files],
             "vulnerabilities": [dict(v) for v in release.vulnerabilities],
             "ownership": {"roles": [{"role": r, "user": u} for r, u in project.roles],
