@@ -30,9 +30,10 @@ from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import FollowingProgress, Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
 from pypioncouch.status import SyncStatus
-from pypioncouch.sync import XmlRpcImporter, run_pass
+from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
-from pypioncouch.urls import BadURL, check_database_name, split_credentials, split_database_url
+from pypioncouch.urls import (
+    BadURL, check_database_name, redact_text, split_credentials, split_database_url)
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
@@ -43,8 +44,16 @@ ENV_OPTIONS = ("db", "pypi", "concurrency", "source", "changes", "timeout",
                "max_removals", "files", "files_max_gb")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors show no password: they quote what was typed,
+    and a URL may be typed where a number or a name goes."""
+
+    def error(self, message: str):
+        super().error(redact_text(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pypioncouch",
         description="Mirror PyPI's project and release metadata into CouchDB.")
     action = parser.add_mutually_exclusive_group(required=True)
@@ -164,7 +173,8 @@ _count = _number(int, lambda n: n >= 0, "a number of projects")
 _gigabytes = _number(float, lambda gb: math.isfinite(gb) and gb > 0,
                      "a positive number of gigabytes")
 _seconds = _number(float, lambda s: math.isfinite(s) and s > 0, "a positive number of seconds")
-_workers = _number(int, lambda n: 1 <= n <= 100, "a number from 1 to 100")
+_workers = _number(int, lambda n: 1 <= n <= MAX_CONCURRENCY,
+                   f"a number from 1 to {MAX_CONCURRENCY}")
 
 
 def _database(text: str) -> str:
@@ -381,19 +391,21 @@ def url_from_environment(parser: argparse.ArgumentParser, args) -> None:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
-    urls = [(f"--{option.replace('_', '-')}", getattr(args, option))
-            for option in ("fullimport", "update", "opml", "push_design", "fetch_files")]
-    urls += [("--replicate", url) for url in args.replicate or ()]
-    for option, url in urls:  # a command line it cannot read: exit status 2, at once
+    # A server's URL may have a path (a proxy's prefix), as the daemon's --couch may; a
+    # database's names one database. A command line it cannot read: exit status 2.
+    servers = [(f"--{option.replace('_', '-')}", getattr(args, option))
+               for option in ("fullimport", "update", "opml", "push_design", "fetch_files")]
+    for option, url in servers + [("--pypi", args.pypi)]:
         if url:
             try:
-                split_database_url(url, args.db)
+                split_credentials(url)
             except BadURL as error:
                 parser.error(f"{option}: {error}")
-    try:
-        split_credentials(args.pypi)
-    except BadURL as error:
-        parser.error(f"--pypi: {error}")
+    for url in args.replicate or ():
+        try:
+            split_database_url(url, args.db)
+        except BadURL as error:
+            parser.error(f"--replicate: {error}")
     if args.fetch_files:
         if not args.files:
             parser.error("--fetch-files needs --files DIR (where the files go)")

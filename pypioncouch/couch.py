@@ -323,7 +323,13 @@ class CouchDB:
 
     async def info(self) -> dict:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
-        info = await self.request("GET", "")
+        try:
+            info = await self.request("GET", "")
+        except NotFound:  # (a database's URL, of one not there: CouchDB's no_db_file)
+            raise BadResponse("nothing answers at this URL: give the CouchDB "
+                              "server's URL, such as http://localhost:5984/ (the "
+                              "database is named apart, --db)", url=self.display_url,
+                              status=404) from None
         if isinstance(info, dict) and isinstance(info.get("db_name"), str):
             raise BadResponse(f"this URL names the database {info['db_name']!r}, not the "
                               f"server: give the server's URL (and --db "

@@ -35,9 +35,9 @@ from pypioncouch.pipeline import CoroutineService
 from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.status_sweep import DEFAULT_RATE as STATUS_RATE, StatusSweep
-from pypioncouch.sync import XmlRpcImporter
-from pypioncouch.urls import (BadURL, check_database_name, redact, split_credentials,
-                              split_database_url)
+from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter
+from pypioncouch.urls import (BadURL, check_database_name, redact, redact_text,
+                              split_credentials, split_database_url)
 from pypioncouch.web.cache import DEFAULT_MB as DEFAULT_CACHE_MB, MB
 
 log = Logger()
@@ -128,9 +128,10 @@ class Options(usage.Options):
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
+            said = redact_text(str(error))  # (it quotes what was typed: maybe a URL)
             if getattr(self, "parent", None) is None:
-                raise
-            sys.stderr.write(f"pypioncouch: {error} (see --help)\n")
+                raise usage.UsageError(said) from None
+            sys.stderr.write(f"pypioncouch: {said} (see --help)\n")
             raise SystemExit(1) from None
 
     def postOptions(self) -> None:
@@ -178,8 +179,8 @@ class Options(usage.Options):
                                    "0 (never asked) to 100")
         if not 0 <= self["cache-mb"] <= 1024 * 1024:
             raise usage.UsageError("--cache-mb must be a number of megabytes, 0 or more")
-        if not 1 <= self["concurrency"] <= 100:
-            raise usage.UsageError("--concurrency must be between 1 and 100")
+        if not 1 <= self["concurrency"] <= MAX_CONCURRENCY:
+            raise usage.UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
         if self["max-removals"] is not None and self["max-removals"] < 0:
             raise usage.UsageError("--max-removals is a number of projects (0 or more)")
         if self["changes"] not in ("xmlrpc", "simple"):

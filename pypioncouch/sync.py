@@ -40,6 +40,7 @@ from pypioncouch.pypi import (
 from pypioncouch.removals import CONFIRM_HINT, removal_limit, stale_listing
 from pypioncouch.status import SyncStatus
 from pypioncouch.trace import OFF, Trace
+from pypioncouch.urls import check_database_name
 
 log = Logger()
 
@@ -296,6 +297,9 @@ QUARANTINE_RECHECK = 3600.0
 # daemon to the heavier index for the rest of its life).
 XMLRPC_RECHECK = 3600.0
 
+# Parallel requests to PyPI a pass may make (the command's and the daemon's rule too).
+MAX_CONCURRENCY = 100
+
 
 class XmlRpcImporter:
     """Imports PyPI into a CouchDB database and keeps it current (the 2011 name, kept:
@@ -311,10 +315,15 @@ class XmlRpcImporter:
                  progress: Callable[[SyncStatus], None] | None = None):
         if source not in ("json", "xmlrpc"):
             raise ValueError("source is 'json' or 'xmlrpc'")
+        # (0 fetchers: the pass would wait for ever on its first queue)
+        if type(concurrency) is not int or not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency is a number of parallel requests from 1 to "
+                             f"{MAX_CONCURRENCY}, not {concurrency!r}")
         if changes not in ("xmlrpc", "simple"):
             raise ValueError("changes is 'xmlrpc' or 'simple'")
         if max_removals is not None and max_removals < 0:
             raise ValueError("max_removals is a number of projects (0 or more)")
+        check_database_name(db.name)  # (the API's db= too: not _users or _replicator)
         self.db = db
         self.store = store.Store(db)
         self.pypi = pypi

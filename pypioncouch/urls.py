@@ -108,6 +108,15 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}:***@{rest[len(userinfo) + 1:]}"
 
 
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a message quoting what was typed) with every URL in it redacted: a
+    URL given where a number or a name was wanted is still a URL with a password."""
+    return _URL_IN_TEXT.sub(lambda found: redact(found.group()), text)
+
+
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:
     """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
     split_credentials(url)  # (what is wrong with the URL as given: never its password)

@@ -746,6 +746,25 @@ async def test_a_url_naming_the_database_is_said_to_be_one(couch_server, db_name
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_url_naming_a_database_not_there_says_to_give_the_servers(couch_server):
+    """(was "GET failed: not_found: no_db_file", which says nothing of what to fix)"""
+    import sys
+
+    from twisted.internet import utils
+
+    url = couch_server.url + "mydb"
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--update", url, "--pypi", "http://127.0.0.1:9/"], env=dict(os.environ))
+    shown = CouchDB(url).display_url
+    assert (code, err.decode().splitlines()) == (1, [
+        "pypioncouch: error: nothing answers at this URL: give the CouchDB server's "
+        "URL, such as http://localhost:5984/ (the database is named apart, --db) "
+        f"(404 from {shown})"])
+    assert "mydb" not in await CouchDB(couch_server.url).all_dbs()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_answer_nothing_foresaw_is_one_line_and_not_an_interruption():
     """A CouchDB look-alike whose every other answer is a JSON list: one line naming
     the error (the traceback on request), exit 1, and not "interrupted"."""

@@ -149,6 +149,49 @@ def test_command_line_values_that_make_no_sense_are_refused_in_one_line(args, me
     assert "Traceback" not in result.stderr and "ss9" not in result.stderr
 
 
+def test_a_couchdb_behind_a_path_prefix_is_taken_by_the_command_as_by_the_daemon():
+    """(the command checked its server URL as a database's: "not a database URL")"""
+    result = subprocess.run([str(BIN / "pypioncouch"), "--update",
+                             "http://127.0.0.1:9/proxy/couchdb/", "--pypi",
+                             "http://127.0.0.1:9/"], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 1, result.stderr  # (run, not refused: nothing listens)
+    assert "127.0.0.1:9/proxy/couchdb/" in result.stderr and "database" not in result.stderr
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--db", "http://b:PW2@h/db"], {}), (["--concurrency", "http://b:PW2@h/"], {}),
+    (["--source", "http://b:PW2@h/"], {}), ([], {"PYPIONCOUCH_DB": "http://b:PW2@h/db"}),
+    (["--timeout", "https://b:PW2@h/"], {}),
+])
+def test_a_url_typed_where_a_value_goes_is_refused_without_its_password(args, env):
+    result = subprocess.run([str(BIN / "pypioncouch"), "--update", "http://127.0.0.1:9/",
+                             *args], capture_output=True, text=True, cwd="/",
+                            env={**os.environ, **env})
+    assert result.returncode == 2 and "b:***@h/" in result.stderr, result.stderr
+    assert "PW2" not in result.stderr
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--interval", "http://b:PW2@h/"], {}), (["--db", "http://b:PW2@h/db"], {}),
+    ([], {"PYPIONCOUCH_CONCURRENCY": "http://b:PW2@h/"}),
+])
+def test_the_daemon_refuses_a_url_typed_where_a_value_goes_without_its_password(
+        args, env, monkeypatch):
+    from twisted.python import usage
+
+    from pypioncouch.service import Options
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(usage.UsageError) as refused:
+        Options().parseOptions(BASE + args)
+    assert "b:***@h/" in str(refused.value) and "PW2" not in str(refused.value)
+    result = subprocess.run([str(BIN / "twistd"), "-n", "pypioncouch", *BASE, *args],
+                            capture_output=True, text=True, cwd="/", env={**os.environ, **env})
+    said = result.stdout + result.stderr
+    assert result.returncode == 1 and "b:***@h/" in said and "PW2" not in said, said
+
+
 def test_the_shipped_environment_file_sets_what_it_says():
     """Each line is NAME=VALUE or a comment of its own: systemd takes no comment after
     a value (a flag would be dropped)."""

@@ -590,6 +590,11 @@ if credentials:
     token = base64.b64encode(":".join(credentials).encode()).decode()
     request.add_header("Authorization", "Basic " + token)
 print("guard", "validate_doc_update" in urllib.request.urlopen(request).read().decode())
+for options in ({{"concurrency": 0}}, {{"concurrency": 101}}, {{"db": "_users"}}):
+    try:  # (concurrency=0 waited for ever, on a database it had created)
+        update({couch_server.url!r}, pypi={sim.url!r}, **options)
+    except ValueError as error:
+        print("refused", str(error).split(":")[0].split(" from ")[0])
 """)
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                              timeout=120, check=True).stdout.split("\n")
@@ -597,6 +602,8 @@ print("guard", "validate_doc_update" in urllib.request.urlopen(request).read().d
         assert out[1].startswith("update 0 ")
         assert out[2] == "XmlRpcImporter"
         assert out[3] == "guard True"  # (guard=True, as --guard)
+        assert out[4:7] == ["refused concurrency is a number of parallel requests"] * 2 + [
+            "refused '_users' is not a database name"]
 
 
 def _kill_at_random_moments(command, rng, rounds, low, high):
