@@ -31,14 +31,17 @@ class Progress:
     none), and ``force`` (all done) writes one only after others."""
 
     def __init__(self, stream: TextIO = sys.stderr, clock=time.monotonic,
-                 tty: bool | None = None, unit: str = "projects"):
+                 tty: bool | None = None, unit: str = "projects", quiet_start: bool = False):
         self.stream = stream
         self.clock = clock
         self.tty = stream.isatty() if tty is None else tty
         self.interval = 0.2 if self.tty else 10.0
         self.unit = unit
         self.started = clock()
-        self._last = -1e9 if self.tty else self.started
+        # (quiet_start: a terminal's bar too waits an interval, and work done by then
+        # draws none: a rate over a few microseconds says nothing)
+        self.quiet_start = quiet_start
+        self._last = -1e9 if self.tty and not quiet_start else self.started
         self._drawn = False
         self._wrote = False
         self._latest: tuple[int, int] | None = None  # (figures given, not yet shown)
@@ -46,7 +49,8 @@ class Progress:
     def update(self, done: int, total: int, force: bool = False) -> None:
         now = self.clock()
         self._latest = (done, total)
-        if now - self._last < self.interval and not (force and (self.tty or self._wrote)):
+        forced = force and (self._wrote or (self.tty and not self.quiet_start))
+        if now - self._last < self.interval and not forced:
             return
         self._last, self._wrote, self._latest = now, True, None
         line = progress_line(done, total, now - self.started, unit=self.unit)
@@ -70,8 +74,8 @@ class Progress:
 class FollowingProgress:
     """The progress of a step that follows ``before``'s (the changes feed read after
     a pass): it begins at its first figures, closing ``before``'s bar, so that its
-    rate and ETA are its own; its last figures (all done) are always drawn on a
-    terminal (and as a log line after others)."""
+    rate and ETA are its own. It is drawn once it has lasted an interval (a step
+    done at once draws nothing), and then ends at its last figures (all done)."""
 
     def __init__(self, before: Progress, unit: str):
         self.before = before
@@ -82,7 +86,7 @@ class FollowingProgress:
         if self.progress is None:
             self.before.close()
             self.progress = Progress(self.before.stream, self.before.clock,
-                                     tty=self.before.tty, unit=self.unit)
+                                     tty=self.before.tty, unit=self.unit, quiet_start=True)
         self.progress.update(done, total, force=done >= total)
 
     def close(self) -> None:

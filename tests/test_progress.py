@@ -23,7 +23,8 @@ def test_a_terminal_gets_one_bar_redrawn_with_rate_and_eta():
 
 def test_the_step_after_a_pass_has_its_own_rate_and_its_last_figures_drawn():
     """Read after a ten-minute pass, the changes feed's bar starts on a line of its
-    own, at its own pace, and ends at all done even when drawn a moment before."""
+    own once it has lasted a moment, at its own pace, and ends at all done even when
+    drawn a moment before."""
     out, clock = io.StringIO(), ManualClock()
     before = Progress(out, clock, tty=True)
     clock.now += 600
@@ -31,6 +32,10 @@ def test_the_step_after_a_pass_has_its_own_rate_and_its_last_figures_drawn():
     after = FollowingProgress(before, "changes")
     clock.now += 5
     assert out.getvalue().count("\r") == 1  # (nothing drawn until the step begins)
+    after.update(1000, 4000)
+    clock.now += 0.1
+    after.update(1500, 4000)  # (not drawn: the step has not lasted an interval)
+    clock.now += 0.9
     after.update(2000, 4000)
     clock.now += 0.05
     after.update(4000, 4000)
@@ -39,10 +44,27 @@ def test_the_step_after_a_pass_has_its_own_rate_and_its_last_figures_drawn():
     lines = out.getvalue().split("\n")
     assert lines[0].endswith("1,000/1,000 100%  2 projects/s  ETA 0:00:00")
     assert lines[1] == ("\r[###############...............] 2,000/4,000  50%  "
-                        "0 changes/s  ETA 0:00:00"
+                        "2,000 changes/s  ETA 0:00:01"
                         "\r[##############################] 4,000/4,000 100%  "
-                        "80,000 changes/s  ETA 0:00:00")
+                        "3,810 changes/s  ETA 0:00:00")
     assert lines[2:] == [""]
+
+
+def test_a_step_after_a_pass_done_at_once_draws_no_bar():
+    """(a second bar at "74,835,207 changes/s", or "0/0 100%  0 changes/s", ended
+    every --update with little to read)"""
+    out, clock = io.StringIO(), ManualClock()
+    before = Progress(out, clock, tty=True)
+    clock.now += 3
+    before.update(40, 40)
+    for done, total in ((0, 0), (193, 193)):
+        after = FollowingProgress(before, "changes")
+        after.update(done, total)
+        clock.now += 0.001
+        after.close()
+    before.close()
+    assert out.getvalue().split("\n") == [
+        "\r[##############################] 40/40 100%  13 projects/s  ETA 0:00:00", ""]
 
 
 def test_without_a_terminal_it_writes_log_lines():
