@@ -287,6 +287,8 @@ async def replicate_command(reactor, args) -> int:
         print(f"continuous replication {source.display_url} -> {target.display_url} "
               "started; Ctrl-C stops watching (CouchDB goes on replicating until it "
               "restarts: a _replicator document lasts)", flush=True)
+        args.watching = ("stopped watching; CouchDB goes on replicating "
+                         f"{source.display_url} -> {target.display_url}")
         while True:
             await show_progress()
     while not running.called:
@@ -443,7 +445,7 @@ def main(argv=None) -> None:
     finished: list[bool] = []
 
     async def run(reactor):
-        reactor.addSystemEventTrigger("before", "shutdown", say_interrupted, finished)
+        reactor.addSystemEventTrigger("before", "shutdown", say_interrupted, finished, args)
         try:
             if args.replicate:
                 code = await replicate_command(reactor, args)
@@ -480,7 +482,12 @@ def main(argv=None) -> None:
 INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 
-def say_interrupted(finished: list) -> None:
-    if not finished:
-        print("pypioncouch: interrupted; what was written is kept, and the same command "
-              "goes on from there", file=sys.stderr)
+def say_interrupted(finished: list, args) -> None:
+    if finished:
+        return
+    if getattr(args, "watching", None):  # (stopping is what Ctrl-C is for there)
+        print(f"\npypioncouch: {args.watching}", file=sys.stderr)
+        finished.append(True)
+        return
+    print("pypioncouch: interrupted; what was written is kept, and the same command "
+          "goes on from there", file=sys.stderr)

@@ -559,6 +559,72 @@ async def test_a_continuous_replication_started_from_a_script_leaves_it_to_couch
 
 
 @pytest_twisted.ensureDeferred
+async def test_ctrl_c_while_watching_a_continuous_replication_stops_the_watching_only(
+        couch, db_name):
+    """On a terminal the command shows the replication's progress until Ctrl-C, which
+    ends it with status 0 (it said "interrupted" and exited 130, as if the
+    replication had been cut short)."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from twisted.internet import threads
+
+    source = couch.database(db_name)
+    await source.ensure()
+    await source.bulk_docs([{"_id": f"doc{i}"} for i in range(5)])
+    target = couch.database(db_name + "-watched")
+    urls = [source.url_with_credentials, target.url_with_credentials]
+
+    def watch_then_interrupt():
+        leader, follower = pty.openpty()
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "pypioncouch"), "--replicate", *urls,
+             "--continuous"], stdout=subprocess.PIPE, stderr=follower)
+        os.close(follower)
+        said = process.stdout.readline().decode()
+        time.sleep(1.5)  # (a progress line or two)
+        process.send_signal(signal.SIGINT)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # (the command ended)
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(leader)
+        return said, process.wait(30), shown.decode()
+
+    try:
+        said, code, shown = await threads.deferToThread(watch_then_interrupt)
+        assert "started; Ctrl-C stops watching" in said
+        assert code == 0, shown
+        assert shown.rstrip().endswith("pypioncouch: stopped watching; CouchDB goes on "
+                                       f"replicating {source.display_url} -> "
+                                       f"{target.display_url}"), shown
+        assert "interrupted" not in shown and ADMIN[1] not in said + shown
+        await source.put({"_id": "later"})  # (the replication goes on)
+        for _ in range(300):
+            if await target.exists() and await target.get_or_none("later"):
+                break
+            await sleep(0.1)
+        assert await target.get_or_none("later") is not None
+    finally:
+        body = {"source": urls[0], "target": urls[1], "create_target": True,
+                "continuous": True, "cancel": True}
+        try:
+            await couch.request("POST", "_replicate", body=body)
+        except CouchError:  # (the job stops with its source too)
+            pass
+        await source.delete_database()
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_password_is_a_typed_error_without_the_password(couch_server):
     wrong = CouchDB(f"http://{ADMIN[0]}:not-the-Pa55word@127.0.0.1:{couch_server.port}/")
     with pytest.raises(Unauthorized) as error:
