@@ -33,7 +33,8 @@ from pypioncouch.status import SyncStatus
 from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
 from pypioncouch.urls import (
-    BadURL, check_database_name, redact_text, split_credentials, split_database_url)
+    BadURL, check_database_name, check_index_url, redact_text, split_credentials,
+    split_database_url)
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
@@ -401,6 +402,8 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
         if url:
             try:
                 split_credentials(url)
+                if option == "--pypi":
+                    check_index_url(url)
             except BadURL as error:
                 parser.error(f"{option}: {error}")
     for url in args.replicate or ():

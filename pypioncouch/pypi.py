@@ -43,7 +43,7 @@ from pypioncouch.http import (
     TLS_REFUSED, LeanClient, is_cancellation, is_tls_refusal, status_line)
 from pypioncouch.model import normalize
 from pypioncouch.simple import V1_JSON
-from pypioncouch.urls import basic_auth, redact, split_credentials
+from pypioncouch.urls import basic_auth, check_index_url, redact, split_credentials
 
 log = Logger()
 
@@ -221,7 +221,7 @@ class PyPI:
             from twisted.internet import reactor
         # user:password@ in the URL (a private index) is sent as Basic auth, never
         # in the request line.
-        self.url, auth = split_credentials(url)
+        self.url, auth = split_credentials(check_index_url(url))
         self.display_url = redact(url if url.endswith("/") else url + "/")
         self._auth = {} if auth is None else {"Authorization": basic_auth(auth)}
         self.xmlrpc_url = self.url + "pypi"

@@ -36,8 +36,8 @@ from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.status_sweep import DEFAULT_RATE as STATUS_RATE, StatusSweep
 from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter
-from pypioncouch.urls import (BadURL, check_database_name, redact, redact_text,
-                              split_credentials, split_database_url)
+from pypioncouch.urls import (BadURL, check_database_name, check_index_url, redact,
+                              redact_text, split_credentials, split_database_url)
 from pypioncouch.web.cache import DEFAULT_MB as DEFAULT_CACHE_MB, MB
 
 log = Logger()
@@ -140,6 +140,8 @@ class Options(usage.Options):
         for option in ("couch", "pypi"):
             try:
                 split_credentials(self[option])
+                if option == "pypi":
+                    check_index_url(self[option])
             except BadURL as error:
                 raise usage.UsageError(f"--{option}: {error}") from None
         if self.environment_error:

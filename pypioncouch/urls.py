@@ -117,6 +117,18 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda found: redact(found.group()), text)
 
 
+def check_index_url(url: str) -> str:
+    """``url`` if it can be an index's root (``https://pypi.org/``), else
+    :class:`BadURL`: its Simple API's URL, what pip users know (``.../simple/``,
+    devpi's ``.../+simple/``), would be asked for ``.../simple/simple/``."""
+    base, _ = split_credentials(url)
+    if urlsplit(base).path.rstrip("/").rpartition("/")[2] in ("simple", "+simple"):
+        root = redact(url).rstrip("/").rpartition("/")[0] + "/"
+        raise BadURL(f"{redact(url)} is the index's Simple API: give the index's root "
+                     f"URL ({root})")
+    return url
+
+
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:
     """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
     split_credentials(url)  # (what is wrong with the URL as given: never its password)

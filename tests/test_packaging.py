@@ -101,6 +101,9 @@ BASE = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1
     (["--files", "/tmp", "--files-max-gb", "nan"], {}, "--files-max-gb must be a positive"),
     (["--db", "_users"], {}, "--db: '_users' is not a database name"),
     (["--db", "PyPI"], {}, "--db: 'PyPI' is not a database name"),
+    (["--pypi", "https://pypi.org/simple/"], {},
+     "--pypi: https://pypi.org/simple/ is the index's Simple API: give the index's root "
+     "URL (https://pypi.org/)"),
     # systemd's EnvironmentFile keeps a trailing comment in the value
     ([], {"PYPIONCOUCH_NO_SYNC": "1  # serve a replica"},
      "PYPIONCOUCH_NO_SYNC='1  # serve a replica' is neither 1/true/yes nor 0/false/no"),
@@ -141,6 +144,13 @@ def test_daemon_flags_from_the_environment():
     (["--update", "http://admin:pa/ss9@h/db"], "--update: the password in "
                                                "'http://admin:***@h/db' holds a '/'"),
     (["--pypi", "ftp://x/"], "--pypi: not an http(s) URL with a host: 'ftp://x/'"),
+    # (asked for .../simple/simple/ after 18 s of "PyPI no longer serves XML-RPC")
+    (["--pypi", "https://u:ss9@pypi.example/simple/"],
+     "--pypi: https://u:***@pypi.example/simple/ is the index's Simple API: give the "
+     "index's root URL (https://u:***@pypi.example/)"),
+    (["--pypi", "http://devpi.example/root/pypi/+simple"],
+     "--pypi: http://devpi.example/root/pypi/+simple is the index's Simple API: give the "
+     "index's root URL (http://devpi.example/root/pypi/)"),
 ])
 def test_command_line_values_that_make_no_sense_are_refused_in_one_line(args, message):
     result = subprocess.run([str(BIN / "pypioncouch"), "--update", "http://127.0.0.1:9/",
