@@ -602,13 +602,22 @@ class PyPI:
             page = await self.simple_page(key)
             min_serial = page[0] if page is not None else None
         elif self.simple_json:
+            # The page says the yanks: one older than the changelog's serial (a CDN's
+            # copy) would store a yank made since as not yanked, at that serial.
             try:
-                page = await self.simple_page(key)
+                page = await self._until_fresh(
+                    lambda: self.simple_page(key),
+                    lambda page: page is None or page[0] is None or page[0] >= min_serial)
             except NotPep691 as error:  # (then no page is asked for again)
                 self.simple_json = False
                 log.warn("{where} does not serve PEP 691 Simple pages ({error}): yanks "
                          "and PEP 658 metadata, which XML-RPC does not say, are not "
                          "mirrored", where=self.display_url, error=error)
+            if page is not None and page[0] is not None and page[0] < min_serial:
+                raise StaleAnswer(f"stale: the Simple page has serial {page[0]} where the "
+                                  f"changelog has serial {min_serial}, after "
+                                  f"{self.stale_retries} retries",
+                                  f"{self.display_url}simple/{key}/")
         on_page = {f.get("filename"): f for f in (page[2] if page is not None else [])}
         versions = await self.call("package_releases", name, True)
         if not versions:
@@ -616,6 +625,11 @@ class PyPI:
             if answer is None:
                 raise StaleAnswer("package_releases lists none while the Simple page lists "
                                   "files", self.xmlrpc_url)
+            if answer.kind == "gone" and min_serial is not None:
+                # As for the JSON API's 404 (:meth:`project`): a removal comes as its
+                # own changelog row, never asked about; this is a copy from before.
+                raise StaleAnswer(f"stale: 404 where the changelog has serial "
+                                  f"{min_serial}", self.display_url + f"simple/{key}/")
             return answer
         # Without show_hidden: the JSON API's latest (not yanked, final preferred), not
         # simply the newest (the first of ``versions``), which may be a pre-release.

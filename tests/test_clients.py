@@ -713,3 +713,24 @@ def test_an_index_without_pep_691_pages_still_mirrors_over_xmlrpc_and_says_so():
     assert http.urls == ["http://pypi.test/simple/foo/"]  # once, not retried, not again
     assert [e for e in said if "does not serve PEP 691 Simple pages" in str(
         e.get("log_format"))]
+
+
+def test_over_xmlrpc_a_project_the_changelog_names_answering_404_is_stale_not_gone():
+    """As for the JSON API's 404 (a CDN's cached "not found" of a project new since):
+    a removal comes as its own changelog row; "gone" here removed a project PyPI has."""
+    clock = task.Clock()
+    not_found = (404, {"content-type": "text/html"}, b"Not Found")
+    http = ScriptedHTTP(not_found, not_found, clock=clock)
+    rpc = ScriptedHTTP(rpc_answer([]), clock=clock)
+    pypi = PyPI("http://pypi.test/", http=http, rpc_http=rpc, reactor=clock, timeout=5.0,
+                retries=3, backoff=1.0, rng=Midpoint(), stale_retries=0)
+    _, results = started(pypi.legacy_project("Foo", min_serial=12))
+    error = outcome(results)
+    assert isinstance(error, StaleAnswer) and "404 where the changelog has serial 12" in str(
+        error), error
+    http = ScriptedHTTP(not_found, not_found, clock=clock)  # asked by name: its word
+    pypi = PyPI("http://pypi.test/", http=http, rpc_http=ScriptedHTTP(
+        rpc_answer([]), clock=clock), reactor=clock, timeout=5.0, retries=3, backoff=1.0,
+        rng=Midpoint(), stale_retries=0)
+    _, results = started(pypi.legacy_project("Foo"))
+    assert outcome(results).kind == "gone"

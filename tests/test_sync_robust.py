@@ -277,6 +277,30 @@ async def test_legacy_xmlrpc_source_and_its_automatic_retirement(world):
     assert "3.0" in (await w.db.get(key))["versions"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_legacy_xmlrpc_source_takes_no_yank_from_a_stale_simple_page(world):
+    """The Simple page says the yanks XML-RPC does not: one older than the changelog's
+    serial stored a yank made since as not yanked, and at that serial, for good."""
+    from twisted.internet import reactor
+
+    w = world(projects=12, seed=8, legacy_xmlrpc=True, stale_seconds=600)
+    w.index.clock = reactor.seconds
+    await run_pass(w.importer(source="xmlrpc"), full=True)
+    w.index.stale_simple = True
+    key = normalize(w.index.dataset.name(2))
+    yanked = next(v for v, r in w.index.get(key).releases.items() if r.files)
+    w.index.yank(key, yanked, "broken")
+    summary = await run_pass(w.importer(source="xmlrpc", stale_retries=1))
+    assert summary.pending == 1 and "stale: the Simple page has serial" in summary.errors[0]
+    w.index.stale_seconds = 0
+    w.index._stale.clear()
+    summary = await run_pass(w.importer(source="xmlrpc"))
+    assert summary.pending == 0, summary.errors
+    stored = json.loads(await stored_json_api(w.db, key))
+    assert stored["releases"][yanked][0]["yanked_reason"] == "broken"
+    assert (await w.db.get(key))["last_serial"] == w.index.get(key).last_serial
+
+
 async def imported_behind_a_stale_cdn(world, stale_seconds):
     """A world imported in full whose JSON API then serves copies ``stale_seconds``
     old; returns it and the key of a project to change."""
