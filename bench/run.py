@@ -32,6 +32,9 @@ def main(argv=None) -> None:
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--stored", type=int, default=100_000,
                         help="scale: projects already current in CouchDB")
+    parser.add_argument("--changes", choices=("xmlrpc", "simple"), default="xmlrpc",
+                        help="scale: the importer's --changes (simple: it lists from "
+                             "the /simple/ index's JSON)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cache-mb", type=float,
                         help="crawl: the front's --cache-mb (default: the daemon's)")
@@ -78,7 +81,8 @@ def one(args, kind: str) -> dict:
         result = bench_reads.run(args.projects or 200, kind)
     elif args.what == "scale":
         from bench import bench_scale
-        result = bench_scale.run(args.projects or 700_000, args.stored, kind=kind)
+        result = bench_scale.run(args.projects or 700_000, args.stored, kind=kind,
+                                 changes=args.changes)
     else:
         from bench import bench_browse
         result = bench_browse.run(args.projects or 100_000, args.seconds,

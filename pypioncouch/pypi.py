@@ -22,6 +22,7 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -145,10 +146,14 @@ class ProjectAnswer:
 
 
 class Listing(Mapping):
-    """``list_packages_with_serial``'s answer, ``{name as PyPI spells it: serial}``, held
-    as two columns: at PyPI's size (700,000 projects) a dict costs half as much again,
-    and the listing is mostly walked once, in order. Looking a name up builds the dict
-    on first use."""
+    """A listing of every project, ``{name as PyPI spells it: serial}`` (from
+    ``list_packages_with_serial`` or the ``/simple/`` index), held as two columns: at
+    PyPI's size (700,000 projects) a dict costs half as much again, and the listing is
+    mostly walked once, in order. Looking a name up builds the dict on first use. An
+    entry without a serial (the index's) is :data:`NO_SERIAL` in ``serials``, None to
+    a reader."""
+
+    NO_SERIAL = -1
 
     def __init__(self, names: list[str], serials: array):
         self.names, self.serials = names, serials
@@ -161,12 +166,57 @@ class Listing(Mapping):
         return iter(self.names)
 
     def items(self):
-        return zip(self.names, self.serials)
+        no_serial = self.NO_SERIAL
+        return ((name, None if serial == no_serial else serial)
+                for name, serial in zip(self.names, self.serials))
 
-    def __getitem__(self, name: str) -> int:
+    def __getitem__(self, name: str) -> int | None:
         if self._index is None:
             self._index = {n: i for i, n in enumerate(self.names)}
-        return self.serials[self._index[name]]
+        serial = self.serials[self._index[name]]
+        return None if serial == self.NO_SERIAL else serial
+
+    def newest_serial(self) -> int | None:
+        return max((s for s in self.serials if s != self.NO_SERIAL), default=None)
+
+
+_PROJECT = object()  # what a project's entry of the /simple/ index is parsed into
+
+
+def _parse_index(body: str) -> tuple[Any, Listing]:
+    """``(the /simple/ index's JSON, its projects as a Listing)``, its ``projects``
+    parsed straight into the Listing's columns (each entry is :data:`_PROJECT` in the
+    JSON): at PyPI's size (700,000 projects, 43 MB) a dict for each entry cost ~200
+    MB more at every pass that follows the index. Raises ValueError if it is not
+    JSON."""
+    names: list[str] = []
+    serials = array("q")
+
+    def project(pairs: list[tuple[str, Any]]) -> Any:
+        found = dict(pairs)
+        if not isinstance(found.get("name"), str):
+            return found
+        serial = _int_or_none(found.get("_last-serial"))
+        names.append(found["name"])
+        serials.append(Listing.NO_SERIAL if serial is None else serial)
+        return _PROJECT
+
+    # (the standard library's parser: orjson has no hook to shape what it reads)
+    page = json.loads(body, object_pairs_hook=project)
+    entries = page.get("projects") if isinstance(page, dict) else None
+    if isinstance(entries, list) and (
+            len(names) != len(entries) or any(p is not _PROJECT for p in entries)):
+        # An entry without a name, or an object with one inside an entry (taken for a
+        # project): read as plain JSON, the entries as they are, at the usual cost.
+        page = jsonio.loads(body)
+        entries = page["projects"]
+        names = [p.get("name") if isinstance(p, dict) else None for p in entries]
+        serials = array("q")
+        for entry in entries:
+            serial = _int_or_none(entry.get("_last-serial")) if isinstance(entry, dict) \
+                else None
+            serials.append(Listing.NO_SERIAL if serial is None else serial)
+    return page, Listing(names, serials)
 
 
 class _ListingUnmarshaller(xmlrpc_client.Unmarshaller):
@@ -468,22 +518,28 @@ class PyPI:
 
         return await self._retrying(attempt)
 
-    async def simple_index(self) -> tuple[int | None, dict[str, int]]:
-        """``(global serial, {display name: last serial})`` from the PEP 691 index."""
+    async def simple_index(self) -> tuple[int | None, Listing]:
+        """``(global serial, Listing of {display name: last serial})`` from the PEP 691
+        index (PyPI's: 700,000 projects, 43 MB of JSON, read at every pass that
+        follows it)."""
+        where = self.display_url + "simple/"
+
         async def attempt():
             status, headers, body = await self._get("simple/", V1_JSON)
             if status != 200:
-                raise PyPIError(status_line(status), self.display_url + "simple/")
-            page = self._parse_json(body, self.display_url + "simple/")
+                raise PyPIError(status_line(status), where)
+            try:
+                text = body.decode("utf-8-sig")  # (a BOM, which json.loads refuses)
+                del body  # (the bytes, 43 MB at PyPI's size, gone before it is parsed)
+                page, listing = _parse_index(text)
+            except (ValueError, RecursionError):  # (UnicodeDecodeError too)
+                raise Transient("malformed JSON", where) from None
+            del text
             if not isinstance(page, dict) or not isinstance(page.get("projects"), list):
-                raise Transient("malformed Simple index", self.display_url + "simple/")
-            if not all(isinstance(p, dict) and isinstance(p.get("name"), str)
-                       for p in page["projects"]):
-                raise Transient("malformed Simple index: an entry without a name",
-                                self.display_url + "simple/")
-            serial = _serial(headers, _meta_serial(page))
-            return serial, {p["name"]: _int_or_none(p.get("_last-serial"))
-                            for p in page["projects"]}
+                raise Transient("malformed Simple index", where)
+            if not all(isinstance(name, str) for name in listing.names):
+                raise Transient("malformed Simple index: an entry without a name", where)
+            return _serial(headers, _meta_serial(page)), listing
 
         return await self._retrying(attempt)
 

@@ -170,7 +170,7 @@ class WorkList:
     at a time as the pipeline reads them: at PyPI's size (700,000 projects) a list of
     ``Work`` tuples costs ~110 MB more."""
 
-    NO_SERIAL = -1
+    NO_SERIAL = Listing.NO_SERIAL
 
     def __init__(self, listing):
         if isinstance(listing, Listing):  # its columns, not copies of them
@@ -376,7 +376,7 @@ class XmlRpcImporter:
                 self._fall_back_to_simple(gone)
         baseline, listing = await self.pypi.simple_index()
         if baseline is None:  # no serial header: the newest project's serial
-            baseline = max((v for v in listing.values() if isinstance(v, int)), default=None)
+            baseline = listing.newest_serial()
         if baseline is None:  # nothing to follow changes by, nor to checkpoint
             raise PyPIError("the /simple/ index gives no serials (X-PyPI-Last-Serial, "
                             "_last-serial): only an index that does can be followed",
@@ -529,7 +529,10 @@ class XmlRpcImporter:
             if last is not None and last > serial and model.is_valid_project_name(name):
                 key = model.normalize(name)
                 works[key] = Work(key, name, last)
-        listed = {model.normalize(name) for name in index}
+        listed = set()
+        for name in index:
+            key = model.normalize(name)
+            listed.add(name if key == name else key)  # (one string when they agree)
         del index
         # The index has no removal rows: ask about the stored projects it lacks.
         if not await self.sweep(listed, summary, failures, removals):

@@ -654,6 +654,20 @@ def test_the_simple_index_without_meta_and_with_odd_serials():
     assert outcome(results) == (9, {"Foo.Bar": 5, "baz": None, "qux": None})
 
 
+@pytest.mark.parametrize("body", [
+    # An object with a name inside an entry is not a project of its own.
+    b'{"projects": [{"name": "a", "_last-serial": 1, "x": {"name": "not-one"}}, '
+    b'{"name": "b", "_last-serial": 2}], "meta": {"_last-serial": 9}}',
+    "\ufeff{\"meta\": {\"_last-serial\": 9}, \"projects\": [{\"name\": \"a\", "
+    "\"_last-serial\": 1}, {\"name\": \"b\", \"_last-serial\": 2}]}".encode("utf-8"),
+], ids=["nested-name", "byte-order-mark"])
+def test_the_simple_index_is_read_as_its_projects_whatever_else_it_holds(body):
+    pypi, http, clock = pypi_with(ok(body=body, serial="no number"))
+    _, results = started(pypi.simple_index())
+    serial, listing = outcome(results)
+    assert (serial, dict(listing.items())) == (9, {"a": 1, "b": 2})
+
+
 def test_a_simple_index_entry_without_a_name_is_malformed():
     body = b'{"meta": {"_last-serial": 9}, "projects": [{"name": "a"}, {"_last-serial": 5}]}'
     pypi, http, clock = pypi_with(ok(body=body), retries=0)

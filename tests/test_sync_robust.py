@@ -223,14 +223,17 @@ async def test_a_first_import_without_xmlrpc_lists_from_the_simple_index(world):
 async def test_an_index_without_serials_is_refused_in_one_line(world):
     """Nothing to follow changes by: said, instead of a checkpoint without a serial
     that every later pass would trip on."""
-    from pypioncouch.pypi import PyPIError
+    from array import array
+
+    from pypioncouch.pypi import Listing, PyPIError
 
     w = world(projects=3, seed=6)
     w.resource.xmlrpc.gone = {"changelog_last_serial"}
     importer = w.importer()
 
     async def index_without_serials():
-        return None, {name: None for name in w.index.dataset.names()}
+        names = w.index.dataset.names()
+        return None, Listing(names, array("q", [Listing.NO_SERIAL] * len(names)))
 
     importer.pypi.simple_index = index_without_serials
     with pytest.raises(PyPIError) as error:

@@ -83,6 +83,12 @@ class PackageIndex:
         index = self.dataset.index_of(key)
         return None if index is None else self.dataset.project(index)
 
+    def is_quarantined(self, normalized: str) -> bool:
+        """(Only a change quarantines: the data set makes none, so the 700,000 projects
+        of a bench's listing are not each made to ask.)"""
+        changed = self._changed.get(normalized)
+        return changed is not None and changed.status == "quarantined"
+
     def listing(self) -> list[tuple[str, str]]:
         """``(normalized, display)`` of every project, by normalized name."""
         if self._listing is None:

@@ -678,8 +678,7 @@ class SimulatorResource(Resource):
             serial, rows = self.listing.listing(self.index)
             request.setHeader("X-PyPI-Last-Serial", str(serial))
             request.setHeader("Content-Type", simple_pages.header_for(chosen))
-            rows = [row for row in rows if (self.index.get(row[0]) is None
-                                            or self.index.get(row[0]).status != "quarantined")]
+            rows = [row for row in rows if not self.index.is_quarantined(row[0])]
             if chosen == simple_pages.V1_JSON:
                 return simple_pages.index_json(rows, serial)
             return simple_pages.index_html(rows)
