@@ -22,7 +22,6 @@ the JSON API (reference: ../shared/reference/pypi-api.md).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
+import ijson
 from twisted.internet import defer, task
 from twisted.internet import error as ierror
 from twisted.logger import Logger
@@ -180,43 +180,61 @@ class Listing(Mapping):
         return max((s for s in self.serials if s != self.NO_SERIAL), default=None)
 
 
-_PROJECT = object()  # what a project's entry of the /simple/ index is parsed into
+class _IndexReader:
+    """The ``/simple/`` index's JSON (PEP 691) read as it arrives, by a push parser:
+    each project's name and serial go straight into a :class:`Listing`'s columns, and
+    the answer is never held (at PyPI's size, 700,000 projects in 43 MB, read at every
+    pass that follows the index: held whole, then as text, then as a dict an entry, it
+    cost ~370 MB). Feed it the body's chunks, then :meth:`listing`."""
 
+    def __init__(self):
+        self._events = ijson.sendable_list()
+        self._parser = ijson.parse_coro(self._events)
+        self._started = False
+        self.names: list[str | None] = []  # (None: an entry without a name)
+        self.serials = array("q")
+        self.serial: int | None = None  # the index's own (``meta._last-serial``)
+        self.has_projects = False
+        self._name: str | None = None
+        self._entry_serial: int | None = None
 
-def _parse_index(body: str) -> tuple[Any, Listing]:
-    """``(the /simple/ index's JSON, its projects as a Listing)``, its ``projects``
-    parsed straight into the Listing's columns (each entry is :data:`_PROJECT` in the
-    JSON): at PyPI's size (700,000 projects, 43 MB) a dict for each entry cost ~200
-    MB more at every pass that follows the index. Raises ValueError if it is not
-    JSON."""
-    names: list[str] = []
-    serials = array("q")
+    def feed(self, chunk: bytes) -> None:
+        """Raises ValueError (ijson's errors, bad UTF-8) if it is not JSON."""
+        if not self._started:  # (a byte order mark, which the parser refuses)
+            chunk, self._started = chunk.removeprefix(b"\xef\xbb\xbf"), True
+        self._parser.send(chunk)
+        self._take()
 
-    def project(pairs: list[tuple[str, Any]]) -> Any:
-        found = dict(pairs)
-        if not isinstance(found.get("name"), str):
-            return found
-        serial = _int_or_none(found.get("_last-serial"))
-        names.append(found["name"])
-        serials.append(Listing.NO_SERIAL if serial is None else serial)
-        return _PROJECT
+    def listing(self) -> Listing:
+        """The listing, once the whole answer is fed (ValueError if it ended early)."""
+        self._parser.close()
+        self._take()
+        return Listing(self.names, self.serials)
 
-    # (the standard library's parser: orjson has no hook to shape what it reads)
-    page = json.loads(body, object_pairs_hook=project)
-    entries = page.get("projects") if isinstance(page, dict) else None
-    if isinstance(entries, list) and (
-            len(names) != len(entries) or any(p is not _PROJECT for p in entries)):
-        # An entry without a name, or an object with one inside an entry (taken for a
-        # project): read as plain JSON, the entries as they are, at the usual cost.
-        page = jsonio.loads(body)
-        entries = page["projects"]
-        names = [p.get("name") if isinstance(p, dict) else None for p in entries]
-        serials = array("q")
-        for entry in entries:
-            serial = _int_or_none(entry.get("_last-serial")) if isinstance(entry, dict) \
-                else None
-            serials.append(Listing.NO_SERIAL if serial is None else serial)
-    return page, Listing(names, serials)
+    def _take(self) -> None:
+        for prefix, event, value in self._events:
+            if prefix == "projects.item":  # (an entry's own events, not nested ones)
+                if event == "start_map":
+                    self._name = self._entry_serial = None
+                elif event == "end_map":
+                    self._add(self._name, self._entry_serial)
+                elif event not in ("map_key", "end_array"):  # (not a map: no name)
+                    self._add(None, None)
+            elif prefix == "projects.item.name":
+                self._name = value if event == "string" else None
+            elif prefix == "projects.item._last-serial":
+                self._entry_serial = _int_or_none(value)
+            elif prefix == "projects" and event == "start_array":
+                self.has_projects = True
+            elif prefix == "meta._last-serial":
+                self.serial = _int_or_none(value)
+        del self._events[:]
+
+    def _add(self, name: str | None, serial: int | None) -> None:
+        self.names.append(name)
+        in_column = serial is not None and -2**63 <= serial < 2**63 and \
+            serial != Listing.NO_SERIAL
+        self.serials.append(serial if in_column else Listing.NO_SERIAL)
 
 
 class _ListingUnmarshaller(xmlrpc_client.Unmarshaller):
@@ -520,26 +538,40 @@ class PyPI:
 
     async def simple_index(self) -> tuple[int | None, Listing]:
         """``(global serial, Listing of {display name: last serial})`` from the PEP 691
-        index (PyPI's: 700,000 projects, 43 MB of JSON, read at every pass that
-        follows it)."""
+        index, parsed as it arrives (:class:`_IndexReader`)."""
         where = self.display_url + "simple/"
+        headers = {"Accept": V1_JSON, "User-Agent": USER_AGENT, **self._auth}
 
         async def attempt():
-            status, headers, body = await self._get("simple/", V1_JSON)
+            reader = _IndexReader()
+
+            def read(chunk: bytes, alive: Callable[[], None]) -> None:
+                alive()
+                try:
+                    reader.feed(chunk)
+                except (ijson.JSONError, ValueError):  # (bad UTF-8: UnicodeDecodeError)
+                    raise Transient("malformed JSON", where) from None
+
+            async with self._limit:
+                self.requests += 1
+                status, found, _ = await self._within_timeout(
+                    lambda alive: self._http.stream(
+                        "GET", self.url + "simple/", headers, None,
+                        lambda chunk: read(chunk, alive)),
+                    where)
+            if status == 429 or status >= 500:
+                raise _status_error(status, found, where)
             if status != 200:
                 raise PyPIError(status_line(status), where)
             try:
-                text = body.decode("utf-8-sig")  # (a BOM, which json.loads refuses)
-                del body  # (the bytes, 43 MB at PyPI's size, gone before it is parsed)
-                page, listing = _parse_index(text)
-            except (ValueError, RecursionError):  # (UnicodeDecodeError too)
+                listing = reader.listing()
+            except (ijson.JSONError, ValueError):
                 raise Transient("malformed JSON", where) from None
-            del text
-            if not isinstance(page, dict) or not isinstance(page.get("projects"), list):
+            if not reader.has_projects:
                 raise Transient("malformed Simple index", where)
             if not all(isinstance(name, str) for name in listing.names):
                 raise Transient("malformed Simple index: an entry without a name", where)
-            return _serial(headers, _meta_serial(page)), listing
+            return _serial(found, reader.serial), listing
 
         return await self._retrying(attempt)
 

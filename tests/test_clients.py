@@ -668,6 +668,27 @@ def test_the_simple_index_is_read_as_its_projects_whatever_else_it_holds(body):
     assert (serial, dict(listing.items())) == (9, {"a": 1, "b": 2})
 
 
+@pytest.mark.parametrize("body, said", [
+    (b'{"meta": {"_last-serial": 9}, "projects": [{"name": "a"}, {"name": "b", "_la',
+     "malformed JSON"),  # (cut short)
+    (b'{"meta": {"_last-serial": 9}, "projects": {"name": "a"}}', "malformed Simple index"),
+    (b'{"meta": {"_last-serial": 9}, "projects": ["a"]}',
+     "malformed Simple index: an entry without a name"),
+])
+def test_a_simple_index_that_is_not_one_is_said_so(body, said):
+    pypi, http, clock = pypi_with(ok(body=body), retries=0)
+    _, results = started(pypi.simple_index())
+    error = outcome(results)
+    assert isinstance(error, Transient) and str(error) == f"{said} (http://pypi.test/simple/)"
+
+
+def test_a_simple_index_serial_past_64_bits_is_no_serial():
+    body = b'{"projects": [{"name": "a", "_last-serial": 99999999999999999999999}]}'
+    pypi, http, clock = pypi_with(ok(body=body, serial="9"))
+    _, results = started(pypi.simple_index())
+    assert outcome(results) == (9, {"a": None})
+
+
 def test_a_simple_index_entry_without_a_name_is_malformed():
     body = b'{"meta": {"_last-serial": 9}, "projects": [{"name": "a"}, {"_last-serial": 5}]}'
     pypi, http, clock = pypi_with(ok(body=body), retries=0)
