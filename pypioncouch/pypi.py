@@ -190,7 +190,7 @@ class _IndexReader:
     def __init__(self):
         self._events = ijson.sendable_list()
         self._parser = ijson.parse_coro(self._events)
-        self._started = False
+        self._head: bytes | None = b""  # (None once the first three bytes are sent)
         self.names: list[str | None] = []  # (None: an entry without a name)
         self.serials = array("q")
         self.serial: int | None = None  # the index's own (``meta._last-serial``)
@@ -200,13 +200,20 @@ class _IndexReader:
 
     def feed(self, chunk: bytes) -> None:
         """Raises ValueError (ijson's errors, bad UTF-8) if it is not JSON."""
-        if not self._started:  # (a byte order mark, which the parser refuses)
-            chunk, self._started = chunk.removeprefix(b"\xef\xbb\xbf"), True
-        self._parser.send(chunk)
-        self._take()
+        if self._head is not None:  # (a byte order mark, which the parser refuses,
+            # however the first chunks cut it)
+            self._head += chunk
+            if len(self._head) < 3:
+                return
+            chunk, self._head = self._head.removeprefix(b"\xef\xbb\xbf"), None
+        if chunk:  # (an empty chunk would end the parser's input)
+            self._parser.send(chunk)
+            self._take()
 
     def listing(self) -> Listing:
         """The listing, once the whole answer is fed (ValueError if it ended early)."""
+        if self._head:  # (an answer of fewer than three bytes)
+            self._parser.send(self._head.removeprefix(b"\xef\xbb\xbf") or b" ")
         self._parser.close()
         self._take()
         return Listing(self.names, self.serials)

@@ -257,9 +257,8 @@ def replay_from(baseline: int | None, listing: Mapping[str, int | None]) -> int 
     XML-RPC listing cached for up to an hour: a listing older than ``baseline`` says
     nothing of the changes in between, which the next pass then reads from the
     changelog (more replay, never a change skipped)."""
-    serials = listing.serials if isinstance(listing, Listing) else [
-        s for s in listing.values() if isinstance(s, int)]
-    newest = max(serials, default=None)
+    newest = listing.newest_serial() if isinstance(listing, Listing) else max(
+        (s for s in listing.values() if isinstance(s, int)), default=None)
     if baseline is None or newest is None:
         return baseline
     return min(baseline, newest)

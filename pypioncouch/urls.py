@@ -109,12 +109,15 @@ def redact(url: str) -> str:
 
 
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+# user:password@ with blanks in the password, or without a scheme before it
+_CREDENTIALS_IN_TEXT = re.compile(r"(?:(?<=://)|(?<![\w.+-]))([\w.+%-]*):[^@/'\"]*@")
 
 
 def redact_text(text: str) -> str:
     """``text`` (a message quoting what was typed) with every URL in it redacted: a
     URL given where a number or a name was wanted is still a URL with a password."""
-    return _URL_IN_TEXT.sub(lambda found: redact(found.group()), text)
+    text = _URL_IN_TEXT.sub(lambda found: redact(found.group()), text)
+    return _CREDENTIALS_IN_TEXT.sub(lambda found: f"{found.group(1)}:***@", text)
 
 
 def check_index_url(url: str) -> str:
@@ -122,7 +125,9 @@ def check_index_url(url: str) -> str:
     :class:`BadURL`: its Simple API's URL, what pip users know (``.../simple/``,
     devpi's ``.../+simple/``), would be asked for ``.../simple/simple/``."""
     base, _ = split_credentials(url)
-    if urlsplit(base).path.rstrip("/").rpartition("/")[2] in ("simple", "+simple"):
+    path = urlsplit(base).path.rstrip("/")
+    # (devpi's index may be named "simple": its Simple API is then .../simple/+simple/)
+    if path == "/simple" or path.rpartition("/")[2] == "+simple":
         root = redact(url).rstrip("/").rpartition("/")[0] + "/"
         raise BadURL(f"{redact(url)} is the index's Simple API: give the index's root "
                      f"URL ({root})")

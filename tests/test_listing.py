@@ -75,3 +75,33 @@ def test_short_keys_and_shared_prefixes_keep_the_key_order():
                       "Ab-C": 8})
     assert [w.key for w in works] == ["a", "a-a", "a-b", "a0", "aa", "ab", "ab-c", "b"]
     assert [w.serial for w in works] == [2, 7, 3, 4, 6, 1, 8, 5]
+
+
+def read_index(data: bytes, chunk: int):
+    from pypioncouch.pypi import _IndexReader
+
+    reader = _IndexReader()
+    for at in range(0, len(data), chunk):  # as it arrives, in pieces of any size
+        reader.feed(data[at:at + chunk])
+    return reader.serial, dict(reader.listing().items())
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1000])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_the_simple_index_is_read_as_it_arrives_however_it_is_cut(chunk, bom):
+    data = bom + '{"meta": {"_last-serial": 9, "api-version": "1.1"}, "projects": [' \
+        '{"name": "Zope.Interface", "_last-serial": 7, "x": [{"name": "no"}]}, ' \
+        '{"_last-serial": 8, "name": "données"}, {"name": "b"}]}'.encode()
+    assert read_index(data, chunk) == (9, {"Zope.Interface": 7, "données": 8, "b": None})
+
+
+def test_a_full_import_from_an_index_whose_projects_have_no_serials_keeps_its_own():
+    """(the listing's "no serial" is -1 in its column: the checkpoint went to -1, and
+    the XML-RPC changelog, back an hour later, was read from its start)"""
+    from array import array
+
+    from pypioncouch.sync import replay_from
+
+    unserialled = Listing(["a", "b"], array("q", [Listing.NO_SERIAL] * 2))
+    assert replay_from(500, unserialled) == 500
+    assert replay_from(500, Listing(["a", "b"], array("q", [Listing.NO_SERIAL, 420]))) == 420

@@ -69,3 +69,36 @@ def test_credentials_go_to_their_own_origin_only(url, other, same):
 ])
 def test_redact_hides_the_password_whatever_it_holds(url, shown):
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("argument --db: 'http://b:PW2@h/db' is not a database name",
+     "argument --db: 'http://b:***@h/db' is not a database name"),
+    ("argument --concurrency: 'http://u:my secret@h/' is not a number",
+     "argument --concurrency: 'http://u:***@h/' is not a number"),
+    ("argument --concurrency: 'u:s3cret@h:5984' is not a number",
+     "argument --concurrency: 'u:***@h:5984' is not a number"),
+    ("PYPIONCOUCH_DB='https://u:p@ss@h/' is wrong", "PYPIONCOUCH_DB='https://u:***@h/' is wrong"),
+    ("argument --source: invalid choice: 'x' (choose from 'json', 'xmlrpc')",
+     "argument --source: invalid choice: 'x' (choose from 'json', 'xmlrpc')"),
+])
+def test_a_message_quoting_what_was_typed_shows_no_password(text, shown):
+    from pypioncouch.urls import redact_text
+
+    assert redact_text(text) == shown
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("https://pypi.org/simple/", True), ("https://pypi.org/simple", True),
+    ("http://devpi.example/root/pypi/+simple/", True),
+    ("https://pypi.org/", False), ("http://devpi.example/root/pypi/", False),
+    ("http://devpi.example/alice/simple/", False),  # (a devpi index named "simple")
+])
+def test_an_index_url_is_its_root_not_its_simple_api(url, refused):
+    from pypioncouch.urls import check_index_url
+
+    if refused:
+        with pytest.raises(BadURL):
+            check_index_url(url)
+    else:
+        assert check_index_url(url) == url
