@@ -76,6 +76,7 @@ class ChangesFollower(CoroutineService):
         self.live = False
         self._gone = False  # the probe found the database gone
         self._live_since = 0.0
+        self._ever_live = False  # (a database not there before: not yet created)
         self._stream = None
 
     def startService(self):
@@ -140,7 +141,11 @@ class ChangesFollower(CoroutineService):
                 lasted = self.live and self.reactor.seconds() - self._live_since >= \
                     LIVE_LONG_ENOUGH
                 failures = 1 if lasted else failures + 1
-                if failures in (1, 10) or failures % 100 == 0:
+                if isinstance(error, NotFound) and not self._ever_live and failures < 10:
+                    if failures == 1:  # (a first start: the sync creates it in a moment)
+                        log.info("{name}: the database is not there yet; its _changes "
+                                 "feed is asked for until it is", name=self.name)
+                elif failures in (1, 10) or failures % 100 == 0:
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)
             finally:
@@ -170,7 +175,7 @@ class ChangesFollower(CoroutineService):
             stream.stop()
 
     def _started(self) -> None:
-        self.live, self._live_since = True, self.reactor.seconds()
+        self.live, self._live_since, self._ever_live = True, self.reactor.seconds(), True
         self.on_connected()
 
     def _deliver(self, change: dict) -> None:

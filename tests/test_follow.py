@@ -126,6 +126,35 @@ def test_stopping_a_live_feed_is_no_loss_to_report():
     assert not [e for e in said if "feed lost" in str(e.get("log_format", ""))]
 
 
+def test_a_database_not_there_yet_is_waited_for_without_a_warning():
+    """(every first start of the daemon warned "_changes feed lost": the web front's
+    feed asks for the database before the sync creates it) A database deleted while
+    followed is still said."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from pypioncouch.couch import NotFound
+
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        clock, db = Clock(), Database()
+        follower = ChangesFollower(db, lambda change: None, reactor=clock)
+        follower.startService()
+        db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+        clock.advance(1.0)
+        warnings = [e for e in said if e.get("log_level") == LogLevel.warn]
+        assert warnings == [] and len(db.streams) == 2
+        assert any("not there yet" in str(e.get("log_format")) for e in said)
+        db.streams[-1].on_started()
+        clock.advance(60.0)
+        db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+        follower.stopService()
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert [e for e in said if e.get("log_level") == LogLevel.warn
+            and "feed lost" in str(e.get("log_format"))]
+
+
 def test_a_database_created_again_through_its_client_starts_the_feed_over():
     """Whether a feed is open (pouchdb-server keeps one on the deleted database) or
     the follower is waiting to reconnect with the old database's seq: it starts over
