@@ -33,8 +33,8 @@ from pypioncouch.status import SyncStatus
 from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
 from pypioncouch.urls import (
-    BadURL, check_database_name, check_index_url, redact_text, split_credentials,
-    split_database_url)
+    BadURL, check_database_name, check_index_url, option_given, redact_text,
+    split_credentials, split_database_url)
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def defaults_from_environment(parser: argparse.ArgumentParser) -> list[str]:
+def defaults_from_environment(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     """``PYPIONCOUCH_<OPTION>`` as the default of each of :data:`ENV_OPTIONS`, checked as
-    the option would be. Returns what is wrong, said with the variable's name (after
-    the command line is read: ``--help`` still helps)."""
+    the option would be. Returns what is wrong, ``(option, said with the variable's
+    name)`` (after the command line is read: ``--help`` still helps, and the option
+    given there wins)."""
     wrong = []
     actions = {action.dest: action for action in parser._actions}  # (argparse has no
     # public way to look an option up; _actions has been there since Python 2.7)
@@ -147,10 +148,11 @@ def defaults_from_environment(parser: argparse.ArgumentParser) -> list[str]:
         try:
             value = action.type(text) if action.type else text
         except argparse.ArgumentTypeError as error:
-            wrong.append(f"{variable}={text!r}: {error}")
+            wrong.append((action.option_strings[0], f"{variable}={text!r}: {error}"))
             continue
         if action.choices and value not in action.choices:
-            wrong.append(f"{variable}={text!r}: choose from {', '.join(action.choices)}")
+            wrong.append((action.option_strings[0], f"{variable}={text!r}: choose from "
+                          f"{', '.join(action.choices)}"))
             continue
         parser.set_defaults(**{dest: value})
     return wrong
@@ -439,6 +441,8 @@ def main(argv=None) -> None:
     parser = build_parser()
     wrong = defaults_from_environment(parser)
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    wrong = [said for option, said in wrong if not option_given(given, option)]
     if wrong:
         parser.error(wrong[0])
     url_from_environment(parser, args)

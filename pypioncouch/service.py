@@ -36,8 +36,8 @@ from pypioncouch.pypi import PYPI_URL, PyPI
 from pypioncouch.status import SyncStatus
 from pypioncouch.status_sweep import DEFAULT_RATE as STATUS_RATE, StatusSweep
 from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter
-from pypioncouch.urls import (BadURL, check_database_name, check_index_url, redact,
-                              redact_text, split_credentials, split_database_url)
+from pypioncouch.urls import (BadURL, check_database_name, check_index_url, option_given,
+                              redact, redact_text, split_credentials, split_database_url)
 from pypioncouch.web.cache import DEFAULT_MB as DEFAULT_CACHE_MB, MB
 
 log = Logger()
@@ -101,6 +101,7 @@ class Options(usage.Options):
 
     def __init__(self):
         super().__init__()
+        self.environment_errors: dict[str, str] = {}  # by option (given, its value wins)
         for name, _, default, _, *coerce in self.optParameters:
             variable = "PYPIONCOUCH_" + name.upper().replace("-", "_")
             value = os.environ.get(variable)
@@ -108,7 +109,7 @@ class Options(usage.Options):
                 try:
                     self[name] = coerce[0](value) if coerce else value
                 except ValueError:  # said by postOptions, as a usage error
-                    self.environment_error = f"{variable}={value!r} is not a number"
+                    self.environment_errors[name] = f"{variable}={value!r} is not a number"
         for name, *_ in self.optFlags:
             variable = "PYPIONCOUCH_" + name.upper().replace("-", "_")
             value = os.environ.get(variable, "")
@@ -116,15 +117,18 @@ class Options(usage.Options):
                 self[name] = True
             elif value.strip().lower() not in ("", "0", "false", "no"):
                 # (systemd keeps "1  # a comment" whole: a flag must not be dropped)
-                self.environment_error = (f"{variable}={value!r} is neither 1/true/yes "
-                                          "nor 0/false/no")
+                self.environment_errors[name] = (f"{variable}={value!r} is neither "
+                                                 "1/true/yes nor 0/false/no")
 
     def parseOptions(self, options=None) -> None:
         """As usage.Options does; under twistd or twist (``parent`` set), a usage error
         is said in one line: they print their whole help before it, some seventy lines
         over the one that matters in the journal."""
         # (twistd passes the plugin's own arguments; alone, they are the process's)
-        self.exposed = _credentials_given(sys.argv[1:] if options is None else options)
+        given = sys.argv[1:] if options is None else options
+        self.exposed = _credentials_given(given)
+        self.environment_error = next((said for name, said in self.environment_errors.items()
+                                       if not option_given(given, f"--{name}")), None)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:

@@ -144,3 +144,9 @@ def split_database_url(url: str, default_db: str) -> tuple[str, str]:
     server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
     split_credentials(server)  # says what is wrong with a bad URL
     return server, check_database_name(segments[0] if segments else default_db)
+
+
+def option_given(args: list[str], option: str) -> bool:
+    """Whether the command line ``args`` gives ``option`` (``--db x``, ``--db=x``): its
+    value there wins over the environment's, a wrong one of which is then no matter."""
+    return any(arg == option or arg.startswith(option + "=") for arg in args)

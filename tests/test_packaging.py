@@ -121,6 +121,29 @@ def test_daemon_values_that_make_no_sense_are_refused_in_one_line(args, env, mes
     assert str(refused.value).startswith(message), refused.value
 
 
+def test_a_wrong_environment_value_is_no_matter_when_the_command_line_gives_its_own(
+        monkeypatch):
+    """(an environment file's mistake stopped a run by hand that set the option)"""
+    from twisted.python import usage
+
+    from pypioncouch.service import Options
+
+    monkeypatch.setenv("PYPIONCOUCH_INTERVAL", "soon")
+    monkeypatch.setenv("PYPIONCOUCH_NO_SYNC", "1  # a comment")
+    options = Options()
+    options.parseOptions(BASE + ["--interval=30", "--no-sync"])
+    assert options["interval"] == 30.0 and options["no-sync"]
+    result = subprocess.run([str(BIN / "pypioncouch"), "--update", "http://127.0.0.1:9/",
+                             "--concurrency", "3", "--db", "x"], capture_output=True,
+                            text=True, cwd="/", env={**os.environ, "PYPIONCOUCH_CONCURRENCY":
+                                                     "many", "PYPIONCOUCH_DB": "X"})
+    assert result.returncode == 1 and "PYPIONCOUCH" not in result.stderr, result.stderr
+    monkeypatch.delenv("PYPIONCOUCH_NO_SYNC")
+    with pytest.raises(usage.UsageError) as refused:  # (not given: still said)
+        Options().parseOptions(BASE)
+    assert str(refused.value) == "PYPIONCOUCH_INTERVAL='soon' is not a number"
+
+
 def test_daemon_flags_from_the_environment():
     from pypioncouch.service import Options
 
