@@ -522,6 +522,26 @@ async def test_replicate_says_when_the_target_refused_documents(couch, couch_ser
     assert code == 0 and "refused" not in out.decode(), (out.decode(), err.decode())
 
 
+async def assert_replication_goes_on(source, target):
+    """A document written to ``source`` now arrives at ``target``."""
+    await source.put({"_id": "later"})
+    for _ in range(300):
+        if await target.exists() and await target.get_or_none("later"):
+            break
+        await sleep(0.1)
+    assert await target.get_or_none("later") is not None
+
+
+async def cancel_replication(couch, source, urls):
+    body = {"source": urls[0], "target": urls[1], "create_target": True,
+            "continuous": True, "cancel": True}
+    try:
+        await couch.request("POST", "_replicate", body=body)
+    except CouchError:  # (the job stops with its source too)
+        pass
+    await source.delete_database()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_continuous_replication_started_from_a_script_leaves_it_to_couchdb(
         couch, db_name):
@@ -542,20 +562,9 @@ async def test_a_continuous_replication_started_from_a_script_leaves_it_to_couch
         assert code == 0, (out.decode(), err.decode())
         assert "continuous replication" in out.decode() and "started" in out.decode()
         assert ADMIN[1] not in out.decode() + err.decode()
-        await source.put({"_id": "later"})
-        for _ in range(300):
-            if await target.exists() and await target.get_or_none("later"):
-                break
-            await sleep(0.1)
-        assert await target.get_or_none("later") is not None
+        await assert_replication_goes_on(source, target)
     finally:
-        body = {"source": urls[0], "target": urls[1], "create_target": True,
-                "continuous": True, "cancel": True}
-        try:
-            await couch.request("POST", "_replicate", body=body)
-        except CouchError:  # (the job stops with its source too)
-            pass
-        await source.delete_database()
+        await cancel_replication(couch, source, urls)
 
 
 @pytest_twisted.ensureDeferred
@@ -608,20 +617,9 @@ async def test_ctrl_c_while_watching_a_continuous_replication_stops_the_watching
                                        f"replicating {source.display_url} -> "
                                        f"{target.display_url}"), shown
         assert "interrupted" not in shown and ADMIN[1] not in said + shown
-        await source.put({"_id": "later"})  # (the replication goes on)
-        for _ in range(300):
-            if await target.exists() and await target.get_or_none("later"):
-                break
-            await sleep(0.1)
-        assert await target.get_or_none("later") is not None
+        await assert_replication_goes_on(source, target)
     finally:
-        body = {"source": urls[0], "target": urls[1], "create_target": True,
-                "continuous": True, "cancel": True}
-        try:
-            await couch.request("POST", "_replicate", body=body)
-        except CouchError:  # (the job stops with its source too)
-            pass
-        await source.delete_database()
+        await cancel_replication(couch, source, urls)
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,8 @@
 reconnected at once (not after the backoff of earlier outages); one that never comes
 up backs off."""
 
+from contextlib import contextmanager
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -99,9 +101,20 @@ def test_a_feed_that_ends_as_soon_as_accepted_backs_off_as_a_broken_one():
 
 
 
-def test_stopping_a_live_feed_is_no_loss_to_report():
+@contextmanager
+def logged():
+    """The log events emitted within, as a list."""
     from twisted.logger import globalLogPublisher
 
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        yield said
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+
+
+def test_stopping_a_live_feed_is_no_loss_to_report():
     class Stoppable(Stream):
         def stop(self):
             self.done.callback("9-opaque")  # (the stream ends at once, as ours does)
@@ -111,17 +124,13 @@ def test_stopping_a_live_feed_is_no_loss_to_report():
             self.streams.append(Stoppable(on_started))
             return self.streams[-1]
 
-    said = []
-    globalLogPublisher.addObserver(said.append)
-    try:
+    with logged() as said:
         clock, db = Clock(), Db()
         follower = ChangesFollower(db, lambda change: None, reactor=clock)
         follower.startService()
         db.streams[-1].on_started()
         follower.stopService()
         clock.advance(60.0)
-    finally:
-        globalLogPublisher.removeObserver(said.append)
     assert len(db.streams) == 1
     assert not [e for e in said if "feed lost" in str(e.get("log_format", ""))]
 
@@ -130,13 +139,11 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
     """(every first start of the daemon warned "_changes feed lost": the web front's
     feed asks for the database before the sync creates it) A database deleted while
     followed is still said."""
-    from twisted.logger import LogLevel, globalLogPublisher
+    from twisted.logger import LogLevel
 
     from pypioncouch.couch import NotFound
 
-    said = []
-    globalLogPublisher.addObserver(said.append)
-    try:
+    with logged() as said:
         clock, db = Clock(), Database()
         follower = ChangesFollower(db, lambda change: None, reactor=clock)
         follower.startService()
@@ -149,8 +156,6 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
         clock.advance(60.0)
         db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
         follower.stopService()
-    finally:
-        globalLogPublisher.removeObserver(said.append)
     assert [e for e in said if e.get("log_level") == LogLevel.warn
             and "feed lost" in str(e.get("log_format"))]
 
