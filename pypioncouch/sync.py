@@ -163,6 +163,13 @@ class Summary:
             self.more_errors += 1
 
 
+def held_key(name: str) -> str:
+    """``name``'s normalized key, as the name's own string when they agree (most of
+    PyPI's names): one string held, not two, for each of a listing's 700,000."""
+    key = model.normalize(name)
+    return name if key == name else key
+
+
 class WorkList:
     """Every project of a listing (``{name: serial}``, PyPI's spelling) as :class:`Work`,
     in key order, and whether a key is among them. Held as columns — keys, names only
@@ -179,10 +186,8 @@ class WorkList:
             names = list(listing)
             serials = array("q", (s if isinstance(s, int) else self.NO_SERIAL
                                   for s in listing.values()))
-        keys: list[str | None] = []
-        for name in names:
-            key = model.normalize(name) if model.is_valid_project_name(name) else None
-            keys.append(name if key == name else key)  # one string when they agree
+        keys: list[str | None] = [
+            held_key(name) if model.is_valid_project_name(name) else None for name in names]
         order = _key_order(keys)
         self.keys: list[str] = [keys[i] for i in order]
         del keys
@@ -528,10 +533,7 @@ class XmlRpcImporter:
             if last is not None and last > serial and model.is_valid_project_name(name):
                 key = model.normalize(name)
                 works[key] = Work(key, name, last)
-        listed = set()
-        for name in index:
-            key = model.normalize(name)
-            listed.add(name if key == name else key)  # (one string when they agree)
+        listed = {held_key(name) for name in index}
         del index
         # The index has no removal rows: ask about the stored projects it lacks.
         if not await self.sweep(listed, summary, failures, removals):
