@@ -232,11 +232,13 @@ async def test_a_rewrite_that_conflicts_carries_the_description_stored_now(couch
     store_module.keep_info(yank, stored)  # (as the sync's settle does)
     newer = {**base, "_rev": stored["_rev"], "last_serial": 11,
              "info": {**base["info"], "description": "new " * 1_100_000}}
-    assert not (await store.write([newer]))[0]  # (the other writer, first)
-    # On a cluster, read from every copy (which repairs a stale one): a copy still
-    # at the first revision would take the yank as a branch, not a conflict
-    # (tests/test_conflicts.py settles those).
-    await db.get("big:1.0", r=3)
+    # The other writer, first; on a cluster, acknowledged by every copy (w=3): a copy
+    # still at the first revision would take the yank as a branch, not a conflict
+    # (tests/test_conflicts.py settles those). Reading with r=3 first left it to the
+    # read's repair, which now and then came after the yank.
+    [written] = await couch.request("POST", f"{db_name}/_bulk_docs", params={"w": "3"},
+                                    body={"docs": [model.stored_form(newer)]})
+    assert written.get("ok"), written
     assert await store.write([yank]) == ({}, {})
     for _ in range(100):  # (a cluster's copies agree a moment after the write)
         whole = await store.release("big", "1.0")
