@@ -89,7 +89,8 @@ class Options(usage.Options):
     optFlags = [
         ["no-sync", None, "serve a replica: do not talk to PyPI"],
         ["confirm-removals", None, "remove what PyPI says is gone even past "
-         "--max-removals (start with it once, after checking /status)"],
+         "--max-removals, in the first pass (start with it once, after checking "
+         "/status)"],
         ["no-backfill", None, "do not fetch the metadata of older releases in the "
          "background (the web front still fetches one when asked for it)"],
         ["guard", None, "also install the write guard _design/pypioncouch-guard, so "
@@ -247,6 +248,8 @@ class SyncService(CoroutineService):
                 self.status.consecutive_failures = 0
                 self.status.last_pass_ok = True
                 self.status.last_pass_ok_at = self.status.clock()
+                if self.importer.confirm_removals and not summary.stale:
+                    self._disarm_confirmation(summary)
                 wait = max(0.0, self.interval - (self.reactor.seconds() - started))
             except defer.CancelledError:
                 raise
@@ -268,6 +271,17 @@ class SyncService(CoroutineService):
                     log.info("next pass in {wait:.0f}s, when PyPI said to ask again",
                              wait=wait)
             await task.deferLater(self.reactor, wait, lambda: None)
+
+    def _disarm_confirmation(self, summary) -> None:
+        """``--confirm-removals`` confirms what was held when the daemon started: the
+        first pass that judged PyPI's answers. Left on (in the unit, or its environment
+        file), it would let a broken PyPI's answers remove any number of projects for
+        as long as the daemon runs."""
+        self.importer.confirm_removals = False
+        log.warn("--confirm-removals confirmed this pass ({removed} projects removed); "
+                 "later passes hold removals past --max-removals again (take it out of "
+                 "the daemon's options: it confirms the first pass after every start)",
+                 removed=summary.deleted)
 
 
 # The longest a failed pass waits when PyPI says when to ask again (its XML-RPC rate

@@ -1,5 +1,7 @@
 """Helpers shared by the tests (the sync, OPML, web, progress and trace tests)."""
 
+from contextlib import contextmanager
+
 from twisted.internet import defer, reactor, task
 
 from pypioncouch import model
@@ -8,6 +10,19 @@ from pypioncouch.pypi import PyPI
 from pypioncouch.store import Store
 from pypioncouch.sync import XmlRpcImporter
 from pypioncouch.testing.pypi import listen, make_simulator
+
+
+@contextmanager
+def logged():
+    """The log events emitted within, as a list."""
+    from twisted.logger import globalLogPublisher
+
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        yield said
+    finally:
+        globalLogPublisher.removeObserver(said.append)
 
 
 def sleep(seconds):

@@ -2,13 +2,13 @@
 reconnected at once (not after the backoff of earlier outages); one that never comes
 up backs off."""
 
-from contextlib import contextmanager
-
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from pypioncouch.couch import Unreachable
 from pypioncouch.follow import ChangesFollower
+
+from .helpers import logged
 
 
 class Stream:
@@ -99,19 +99,6 @@ def test_a_feed_that_ends_as_soon_as_accepted_backs_off_as_a_broken_one():
     """(Not every 0.5 s for ever, resetting the web cache each time, without a word.)"""
     assert waits_after_breaks(6, live=True, ended=True) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
 
-
-
-@contextmanager
-def logged():
-    """The log events emitted within, as a list."""
-    from twisted.logger import globalLogPublisher
-
-    said = []
-    globalLogPublisher.addObserver(said.append)
-    try:
-        yield said
-    finally:
-        globalLogPublisher.removeObserver(said.append)
 
 
 def test_stopping_a_live_feed_is_no_loss_to_report():

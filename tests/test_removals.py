@@ -274,6 +274,48 @@ async def test_the_daemon_notes_passes_that_keep_the_checkpoint_still(world):
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_daemons_confirmation_confirms_its_first_pass_only(world):
+    """Left in the unit (or PYPIONCOUCH_CONFIRM_REMOVALS in its environment file), the
+    flag would let any number of removals through for as long as the daemon runs."""
+    from twisted.logger import formatEvent
+
+    from pypioncouch.service import SyncService
+
+    from .helpers import logged, sleep
+
+    w = world(projects=30, seed=42)
+    await run_pass(w.importer(), full=True)
+    first = [normalize(w.index.dataset.name(i)) for i in range(3, 6)]
+    for key in first:
+        w.index.remove_project(key)
+    assert (await run_pass(w.importer(max_removals=2))).held == 3
+    importer = w.importer(max_removals=2, confirm_removals=True)
+    service = SyncService(importer, interval=0.2)
+    with logged() as events:
+        service.startService()
+        try:
+            for _ in range(200):
+                if not importer.confirm_removals:
+                    break
+                await sleep(0.05)
+            assert not set(first) & await project_ids(w.db)
+            assert any("--confirm-removals confirmed this pass (3 projects removed); "
+                       "later passes hold removals past --max-removals again" in line
+                       for line in map(formatEvent, events))
+            later = [normalize(w.index.dataset.name(i)) for i in range(10, 13)]
+            for key in later:
+                w.index.remove_project(key)
+            for _ in range(200):
+                if importer.status.removals_held:
+                    break
+                await sleep(0.05)
+            assert "PyPI says 3 projects are gone" in importer.status.removals_held
+            assert set(later) <= await project_ids(w.db)
+        finally:
+            await service.stopService()
+
+
 def test_a_commands_couchdb_url_may_come_from_the_environment(couch_server, db_name):
     """Off the command line, which ps shows to every user (as for the daemon)."""
     import os
