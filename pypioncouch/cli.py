@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--files-max-gb", type=_gigabytes, default=None, metavar="GB",
                         help="with --fetch-files: the store's disk budget; files not seeded "
                              "are evicted, least recently used first, to make room")
-    parser.add_argument("--pypi", default=PYPI_URL, help=f"the index (default {PYPI_URL})")
+    parser.add_argument("--pypi", default=PYPI_URL,
+                        help=f"the index, its root, not its /simple/ (default {PYPI_URL})")
     parser.add_argument("--db", type=_database, default="pypi",
                         help="database name (default pypi)")
     parser.add_argument("--concurrency", type=_workers, default=10,
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confirm-removals", action="store_true",
                         help="remove what PyPI says is gone even past --max-removals")
     parser.add_argument("--guard", action="store_true",
-                        help="also install the write guard _design/pypioncouch-guard "
+                        help="with --fullimport, --update or --push-design: also install "
+                             "the write guard _design/pypioncouch-guard "
                              "(CouchDB then checks every document's shape; slower writes; "
                              "for databases that take writes from elsewhere)")
     parser.add_argument("--timeout", type=_seconds, default=30.0,
@@ -125,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "way of a sample of projects, with timestamps)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--version", action="version", version=f"pypioncouch {__version__}")
-    parser.epilog = ("Options shared with the daemon (--db, --pypi, --concurrency, --source, "
-                     "--changes, --timeout, --max-removals, --files, --files-max-gb) "
-                     "default to its PYPIONCOUCH_<OPTION> environment variables.")
+    parser.epilog = (f"A URL left out (--fullimport, --update, --opml, --push-design) is "
+                     f"${ENV_COUCH}. Options shared with the daemon (--db, --pypi, "
+                     "--concurrency, --source, --changes, --timeout, --max-removals, "
+                     "--files, --files-max-gb) default to its PYPIONCOUCH_<OPTION> "
+                     "environment variables (PYPIONCOUCH_MAX_REMOVALS, ...).")
     return parser
 
 

@@ -48,14 +48,16 @@ class Options(usage.Options):
     longdesc = ("Keep a CouchDB copy of PyPI's metadata current and serve it: health, "
                 "status, metrics, a Simple API and the JSON API; with --files DIR, the "
                 "release files too (pip and uv then install with PyPI away). Options may "
-                "also be given as PYPIONCOUCH_<OPTION> environment variables.")
+                "also be given as PYPIONCOUCH_<OPTION> environment variables, dashes "
+                "as underscores (PYPIONCOUCH_MAX_LAG=600; a flag: PYPIONCOUCH_NO_SYNC=1, "
+                "true or yes).")
     optParameters = [
         ["couch", None, None, "CouchDB server URL; may carry user:password@"],
         ["db", None, "pypi", "database name"],
-        ["pypi", None, PYPI_URL, "the package index to mirror"],
+        ["pypi", None, PYPI_URL, "the package index to mirror: its root, not its /simple/"],
         ["listen", None, "tcp:8080:interface=127.0.0.1",
          "where the web front listens (a Twisted endpoint string)"],
-        ["interval", None, 60.0, "seconds between changelog polls", float],
+        ["interval", None, 60.0, "seconds between polls of the change feed", float],
         ["concurrency", None, 10, "parallel requests to PyPI", int],
         ["changes", None, "xmlrpc", "change feed: xmlrpc (changelog) or simple (index serials)"],
         ["source", None, "json", "project metadata from: json (JSON API) or xmlrpc"],
