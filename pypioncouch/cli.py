@@ -263,13 +263,17 @@ async def replicate_command(reactor, args) -> int:
     source = CouchDB(source_server, reactor=reactor).database(source_db)
     target_couch = CouchDB(target_server, reactor=reactor, timeout=30)
     target = target_couch.database(target_db)
+    # Both servers' welcomes first: a URL one segment too long (a document's, or a
+    # database's as the server behind a proxy's path) is said as such.
+    source_welcome = await source.server.info()
+    await target_couch.info()
     total = (await source.info())["doc_count"]
     progress = None if args.quiet else Progress(unit="docs")
     # Pull replication, run by the target: the usual way to fill a mirror. Except from
     # pouchdb-server: it answers Apache CouchDB's multipart open_revs reads in plain
     # text, which fails the pull, so there the source pushes.
     runner = target_couch
-    if "express-pouchdb" in await source.server.info():
+    if "express-pouchdb" in source_welcome:
         runner = source.server
     running = defer.ensureDeferred(runner.replicate(
         source.url_with_credentials, target.url_with_credentials,

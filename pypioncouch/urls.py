@@ -135,15 +135,17 @@ def check_index_url(url: str) -> str:
 
 
 def split_database_url(url: str, default_db: str) -> tuple[str, str]:
-    """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``."""
+    """``http://u:p@host:5984/pypi`` -> ``("http://u:p@host:5984/", "pypi")``; the last
+    segment is the database, any before it a proxy's path to the server
+    (``https://host/couchdb/pypi``); a URL without a path is the server's, the
+    database ``default_db``."""
     split_credentials(url)  # (what is wrong with the URL as given: never its password)
     parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if len(segments) > 1:
-        raise BadURL(f"not a database URL (one path segment, the database): {redact(url)}")
-    server = urlunsplit((parts.scheme, parts.netloc, "/", "", ""))
+    segments = [s for s in parts.path.split("/") if s]  # (a "/" in a name is %2F)
+    prefix = "".join(f"{s}/" for s in segments[:-1])
+    server = urlunsplit((parts.scheme, parts.netloc, "/" + prefix, "", ""))
     split_credentials(server)  # says what is wrong with a bad URL
-    return server, check_database_name(segments[0] if segments else default_db)
+    return server, check_database_name(unquote(segments[-1]) if segments else default_db)
 
 
 def option_given(args: list[str], option: str) -> bool:

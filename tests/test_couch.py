@@ -522,6 +522,28 @@ async def test_replicate_says_when_the_target_refused_documents(couch, couch_ser
     assert code == 0 and "refused" not in out.decode(), (out.decode(), err.decode())
 
 
+@pytest_twisted.ensureDeferred
+async def test_replicate_given_a_documents_url_says_so(couch, db_name):
+    """The last segment of a database URL is the database, any before it a proxy's path
+    to the server: a document's URL names a database on a "server" that is one."""
+    import sys
+
+    from twisted.internet import utils
+
+    source = couch.database(db_name)
+    await source.ensure()
+    await source.put({"_id": "doc0"})
+    out, err, code = await utils.getProcessOutputAndValue(
+        str(Path(sys.executable).parent / "pypioncouch"),
+        ["--replicate", source.url_with_credentials + "/doc0",
+         couch.database(db_name + "-copy").url_with_credentials, "--quiet"])
+    said = out.decode() + err.decode()
+    assert code == 1, said
+    assert f"this URL names the database {db_name!r}, not the server" in said, said
+    assert ADMIN[1] not in said
+    assert not await couch.database(db_name + "-copy").exists()
+
+
 async def assert_replication_goes_on(source, target):
     """A document written to ``source`` now arrives at ``target``."""
     await source.put({"_id": "later"})

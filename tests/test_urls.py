@@ -102,3 +102,25 @@ def test_an_index_url_is_its_root_not_its_simple_api(url, refused):
             check_index_url(url)
     else:
         assert check_index_url(url) == url
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://u:p@host:5984/pypi", ("http://u:p@host:5984/", "pypi")),
+    ("http://host:5984/", ("http://host:5984/", "default")),
+    ("http://host:5984", ("http://host:5984/", "default")),
+    # behind a proxy's path: the database is the last segment
+    ("https://u:p@host/couchdb/pypi/", ("https://u:p@host/couchdb/", "pypi")),
+    ("https://host/a/b/pypi", ("https://host/a/b/", "pypi")),
+    ("http://host:5984/team%2Fpypi", ("http://host:5984/", "team/pypi")),
+])
+def test_a_database_url_is_its_server_and_its_last_segment(url, expected):
+    from pypioncouch.urls import split_database_url
+
+    assert split_database_url(url, "default") == expected
+
+
+def test_a_database_url_whose_last_segment_is_no_database_name_says_so():
+    from pypioncouch.urls import split_database_url
+
+    with pytest.raises(BadURL, match="'Twisted' is not a database name"):
+        split_database_url("http://u:secret@host:5984/pypi/Twisted", "pypi")
