@@ -84,9 +84,9 @@ async def test_a_mirror_says_why_it_has_no_answer_until_the_backfill_fills_it(wo
             if latest:  # stored when it was PyPI's latest
                 assert (code, body) == (200, await oracle(world, key, version)), (key, version)
             else:
-                assert code == 404, (key, version, body[:300])
+                assert code == 503, (key, version, body[:300])
                 message = json.loads(body)["message"]
-                assert message.startswith(f"Not Found: this mirror has not stored the "
+                assert message.startswith(f"this mirror has not stored the "
                                           f"metadata of {key} {version} yet"), message
 
         async def after(release):

@@ -87,11 +87,12 @@ async def test_json_api_equals_the_simulators(imported):
         theirs = await treq.get(f"{world.url}/{path}")
         assert await ours.content() == await theirs.content(), path
     # A release the mirror never saw as the latest: this front does not sync, so it
-    # says it has not stored that release's own metadata yet (tests/test_backfill.py).
+    # says it has not stored that release's own metadata yet (tests/test_backfill.py):
+    # not a 404, which says there is no such release.
     answer = await treq.get(f"{url}/pypi/{key}/1.2.0/json")
-    assert answer.code == 404
+    assert answer.code == 503 and answer.headers.getRawHeaders("retry-after") == ["60"]
     assert (await answer.json())["message"].startswith(
-        f"Not Found: this mirror has not stored the metadata of {key} 1.2.0 yet")
+        f"this mirror has not stored the metadata of {key} 1.2.0 yet")
     assert (await treq.get(f"{url}/pypi/{key}/1.1.0.post1/json")).code == 200
     assert (await treq.get(f"{url}/pypi/{key}/1.1.0.POST1/json")).code == 200  # canonical
     assert (await treq.get(f"{url}/pypi/{key}/9.9/json")).code == 404
@@ -166,6 +167,29 @@ async def test_the_index_serial_does_not_go_back_when_the_newest_project_goes(wo
         answer = await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})
         assert (await answer.json())["meta"] == {"api-version": "1.4"}
         assert body.endswith(b"</html>\n")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_stored_without_a_serial_is_listed_with_the_indexs(world):
+    """(stored from an index that gave none): a null ``_last-serial`` stops a peer that
+    compares serials, bandersnatch's incremental sync; the index's makes it ask."""
+    from pypioncouch.model import empty_project_document
+
+    w = world(projects=5, seed=12)
+    await run_pass(w.importer(), full=True)
+    await w.db.put(empty_project_document("Serial-Less", None, "active"))
+    front, port, url = serve(w.db, syncing=False)
+    try:
+        for _ in range(40):  # (a cluster's view read may answer from a copy behind)
+            data = await (await treq.get(f"{url}/simple/", headers={"Accept": V1_JSON})).json()
+            listed = {p["name"]: p["_last-serial"] for p in data["projects"]}
+            if "Serial-Less" in listed:
+                break
+            await sleep(0.05)
+        assert listed["Serial-Less"] == data["meta"]["_last-serial"] == w.index.last_serial
+        assert all(isinstance(serial, int) for serial in listed.values()), listed
     finally:
         await port.stopListening()
 
@@ -385,6 +409,35 @@ async def test_a_replica_whose_releases_land_after_their_project_serves_no_stale
         assert again.code == 200
         files = [f for f in (await again.json())["files"] if f"-{kept}" in f["filename"]]
         assert files and all(f["yanked"] == "late" for f in files)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_whose_new_release_has_not_landed_says_to_ask_again(world):
+    """The project's new revision names a latest release whose document the replication
+    has not brought yet: a 404 would say the project is gone (bandersnatch's verify,
+    mirroring this one, deletes what answers 404)."""
+    w = world(projects=12, seed=11)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(6))
+    project = await w.db.get(key)
+    latest = await w.db.get(f"{key}:{project['latest_version']}")
+    await w.db.delete(latest["_id"], latest["_rev"])
+    front, port, url = serve(w.db, syncing=False)
+    try:
+        for path in (f"pypi/{key}/json", f"pypi/{key}/{project['latest_version']}/json"):
+            answer = await treq.get(f"{url}/{path}")
+            message = (await answer.json())["message"]
+            assert (answer.code, answer.headers.getRawHeaders("retry-after")) == \
+                (503, ["5"]), (path, message)
+            assert message == (f"{key} {project['latest_version']} is not in this "
+                               "database yet (a replication under way?): ask again")
+            assert answer.headers.getRawHeaders("etag") is None
+        await w.db.put({k: v for k, v in latest.items() if k != "_rev"})  # (it lands)
+        answer = await treq.get(f"{url}/pypi/{key}/json")
+        assert answer.code == 200
+        assert (await answer.json())["info"]["version"] == project["latest_version"]
     finally:
         await port.stopListening()
 

@@ -47,6 +47,9 @@ log = Logger()
 
 INDEX_PAGE = 5000
 ON_THE_SPOT_WAIT = 5.0  # seconds a client may wait for its turn to ask PyPI (see OwnInfo)
+# A replica asked for an older release's own metadata it has not got: the syncing
+# daemon's backfill fetches it at its pace, and replication brings it.
+REPLICA_RETRY_AFTER = 60
 # Seconds /health, /status and /metrics wait for CouchDB: a hung CouchDB must show as
 # unhealthy before a load balancer or Prometheus (10 s) gives up on the page itself.
 PROBE_TIMEOUT = 5.0
@@ -471,9 +474,9 @@ class WebFront:
                 if value[2] != "quarantined":
                     page.append((key, value))
                 if len(page) >= INDEX_PAGE:
-                    await writer.write(_index_items(page, as_json, first))
+                    await writer.write(_index_items(page, as_json, first, serial))
                     first, page = False, []
-            await writer.write(_index_items(page, as_json, first))
+            await writer.write(_index_items(page, as_json, first, serial))
         finally:
             writer.close()
         return simple.INDEX_JSON_TAIL if as_json else simple.INDEX_HTML_TAIL
@@ -577,11 +580,16 @@ class WebFront:
             request.setHeader("Retry-After", "1")
             return _json_message(request, 503, f"{key} {shown} changed as it was read: "
                                                "ask again")
-        if body is None:  # (quarantined, no releases: PyPI's bare 404)
+        if body is None:
+            # The project names a release whose document is not here: a replication
+            # that brought the project first (it copies in no set order), or a removal
+            # as it was read. A 404 would say the project is gone: a mirror following
+            # this one (bandersnatch's verify) would delete it.
             for header in (b"ETag", b"X-PyPI-Last-Serial"):
                 request.responseHeaders.removeHeader(header)
-            request.setResponseCode(404)
-            return not_found
+            request.setHeader("Retry-After", "5")
+            return _json_message(request, 503, f"{key} {shown} is not in this database "
+                                               "yet (a replication under way?): ask again")
         return body
 
     async def _json_api_of_elided(self, entry: CachedProject, shown: str,
@@ -617,13 +625,15 @@ class WebFront:
                                     ) -> bytes:
         """``/pypi/<p>/<v>/json`` for a release whose own metadata is not stored yet:
         never another release's. Syncing, it is fetched from PyPI's per-version API now
-        (and stored); a replica answers 404 and says why."""
+        (and stored); a replica answers 503 and says why (a 404 would say the release
+        is not PyPI's)."""
         key, version = entry.project["_id"], release["version"]
         if self.own_info is None:
-            return _json_message(request, 404, (
-                f"Not Found: this mirror has not stored the metadata of {key} {version} "
-                "yet (PyPI's project JSON carries the latest release's only; the syncing "
-                "daemon's backfill fetches the others, and replication brings them here)"))
+            request.setHeader("Retry-After", str(REPLICA_RETRY_AFTER))
+            return _json_message(request, 503, (
+                f"this mirror has not stored the metadata of {key} {version} yet (PyPI's "
+                "project JSON carries the latest release's only; the syncing daemon's "
+                "backfill fetches the others, and replication brings them here)"))
         try:
             filled, stored = await self.own_info.fill(
                 key, version, project_serial=entry.project.get("last_serial"))
@@ -703,9 +713,15 @@ def _release(entry: CachedProject, version: str | None) -> dict | None:
     return next((doc for doc in entry.releases if doc["version"] == version), None)
 
 
-def _index_items(page: list[tuple[str, list]], as_json: bool, first: bool) -> bytes:
+def _index_items(page: list[tuple[str, list]], as_json: bool, first: bool,
+                 serial: int | None) -> bytes:
+    """A page of the index's items. In JSON, a project stored without a serial (from an
+    index that gave none) shows the index's own, else 0: a ``null`` stops a follower
+    that compares serials (bandersnatch), and the index's makes it ask about it."""
     if as_json:
-        return simple.index_json_items([(value[0], value[1]) for _, value in page], first)
+        return simple.index_json_items(
+            [(value[0], value[1] if value[1] is not None else serial or 0)
+             for _, value in page], first)
     return simple.index_html_items([(key, value[0]) for key, value in page])
 
 
