@@ -155,7 +155,9 @@ async def test_name_search_and_python_filter(site):
         found = []
         for project in projects(world):
             latest = world.index.latest(project)
-            requires = latest.requires_python if latest else None
+            if latest is None:  # (no release yet: nothing of it runs anywhere)
+                continue
+            requires = latest.requires_python
             if not requires or any(SpecifierSet(requires).contains(one, prereleases=True)
                                    for one in python):
                 found.append(project.normalized)
@@ -767,6 +769,18 @@ def test_a_series_runs_what_one_of_its_releases_runs(requires_python, python, ru
 @pytest.mark.parametrize("requires_python", [3, 3.9, ["3"]])
 def test_a_requires_python_that_is_not_text_hides_nothing(requires_python):
     assert browse.python_matches(requires_python, "3.12") is True
+
+
+@pytest.mark.parametrize("url, link", [
+    ("https://github.com/x", "https://github.com/x"),
+    ("HTTPS://github.com/x", "HTTPS://github.com/x"),  # (as some projects give them)
+    (" Http://example.org/docs ", "Http://example.org/docs"),
+    ("javascript:alert(1)", None), ("JAVASCRIPT:alert(1)", None),
+    (" javascript:alert(1)", None), ("https:javascript:alert(1)", None),
+    ("data:text/html,<script>", None), ("//evil.example/", None), ("https://[x", None),
+    ("ftp://example.org/", None), ("", None), (None, None), (7, None)])
+def test_a_link_from_metadata_is_to_an_http_host_only(url, link):
+    assert browse.safe_link(url) == link
 
 
 def test_a_project_page_takes_odd_links_as_text():

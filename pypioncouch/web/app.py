@@ -205,8 +205,9 @@ class WebFront:
         # Counting projects reduces a whole facet: seconds on pouchdb-server at 100,000.
         self.stored_counts = Refreshed(self._count_stored, reactor, min_age=30.0,
                                        name="stored counts")
-        from pypioncouch.web.browse import MAX_ARG, BrowsePages
+        from pypioncouch.web.browse import MAX_ARG, BrowsePages, safe_link
         self.templates.globals["max_search"] = MAX_ARG
+        self.templates.filters["link"] = lambda url: safe_link(url) or "#"
         self.browse_pages = BrowsePages(db, reactor=reactor, render=self.render,
                                         read_project=self.project)
         # Release files (--files): the Simple API points at /files/, served from the

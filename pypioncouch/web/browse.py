@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from klein import Klein
 from packaging.requirements import InvalidRequirement, Requirement
@@ -321,10 +321,11 @@ class BrowsePages:
             values.update(found)
             shown = {key: project_row(key, value) for key, value in found.items()}
             # (a quarantined project has a name row, and no other: PyPI lists it nowhere)
+            # (with ``python``, a project with no release runs on nothing: left out)
             return [row for row in batch if row["id"] in shown
                     and shown[row["id"]]["status"] != "quarantined" and (
-                        not python or python_matches(shown[row["id"]]["requires_python"],
-                                                     python))]
+                        not python or shown[row["id"]]["version"] is not None
+                        and python_matches(shown[row["id"]]["requires_python"], python))]
 
         after, before = _key_arg(request, "after"), _key_arg(request, "before")
         page = await keyset_page(self.db, low=low, high=high, keep=keep_projects,
@@ -597,9 +598,17 @@ def _release_data(release: dict) -> dict:
                       for f in release.get("files") or []]}
 
 
-def _safe_link(url: Any) -> str | None:
-    """A link from PyPI's data to show as a link: http(s) only."""
-    return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+def safe_link(url: Any) -> str | None:
+    """A URL from PyPI's data to link to: http(s) to a host only (never ``javascript:``;
+    ``HTTPS://x`` and `` https://x``, as some projects give them, are fine)."""
+    if not isinstance(url, str):
+        return None
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (a bad IPv6 literal)
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -623,7 +632,7 @@ def _advisory_row(advisory: dict) -> dict:
     advisory = advisory if isinstance(advisory, dict) else {}
     return {"id": str(advisory.get("id") or ""), "aliases": _strings(advisory.get("aliases")),
             "fixed_in": _strings(advisory.get("fixed_in")),
-            "link": _safe_link(advisory.get("link")), "summary": advisory.get("summary"),
+            "link": safe_link(advisory.get("link")), "summary": advisory.get("summary"),
             "withdrawn": advisory.get("withdrawn")}
 
 
