@@ -20,6 +20,11 @@ LIVE_LONG_ENOUGH = 10.0  # seconds a feed must have lasted for its backoff to st
 # a feed on a deleted database open (heartbeats and all), and one recreated under the
 # same name is never followed.
 PROBE_SECONDS = 60.0
+# How long after a 404 the follower asks again whether its database is gone: a proxy
+# with no backend for a moment, or a cluster node that has not got the database's
+# shard map yet, answers 404 in passing, and the OPML watcher starting over from 0 is
+# hours of reads at PyPI's size.
+CONFIRM_LOSS_SECONDS = 2.0
 
 
 def seq_went_back(since: Any, update_seq: Any) -> bool:
@@ -44,7 +49,8 @@ class ChangesFollower(CoroutineService):
     would keep what that write replaced).
 
     A database deleted (and perhaps created again under its name) breaks the feed;
-    the follower then starts over from ``after_loss`` (``"now"``, or ``0`` to see
+    once a look :data:`CONFIRM_LOSS_SECONDS` later finds it gone too (or its seq gone
+    back), the follower starts over from ``after_loss`` (``"now"``, or ``0`` to see
     every document of the new database): seqs of the old one mean nothing there.
     ``on_lost()`` says so, before ``on_disconnected()``. The database created again
     through ``db`` (the daemon's sync does) is such a loss at once, not at the next
@@ -74,7 +80,8 @@ class ChangesFollower(CoroutineService):
         self.after_loss = after_loss
         self.probe_seconds = PROBE_SECONDS if probe_seconds is None else probe_seconds
         self.live = False
-        self._gone = False  # the probe found the database gone
+        self._gone = False  # the probe found the database gone (or created again)
+        self._recreated = False  # known created again: no need to look twice
         self._live_since = 0.0
         self._ever_live = False  # (a database not there before: not yet created)
         self._stream = None
@@ -94,7 +101,7 @@ class ChangesFollower(CoroutineService):
     def _database_created(self) -> None:
         """The database was created again: whatever seq this follower holds is the
         old one's, and a feed still open is on the old one."""
-        self._gone = True
+        self._gone = self._recreated = True
         if self._stream is not None:
             self._stream.stop()
 
@@ -128,20 +135,24 @@ class ChangesFollower(CoroutineService):
                 # Apache CouchDB): as a break, backed off and said.
                 raise Unreachable("the _changes feed ended", url=self.db.display_url)
             except CouchError as error:
-                if isinstance(error, NotFound):  # (the database deleted)
-                    self.since = self.after_loss
-                    try:
-                        self.on_lost()
-                    except Exception:  # (the feed must go on)
-                        log.failure("{name}: after the database's loss", name=self.name)
-                self._gone = False
                 # A feed live for a while starts its backoff over: a continuous feed
                 # never ends well, and a restart an hour ago must not slow this one.
                 # (One dropped as soon as accepted, a proxy's say, backs off further.)
                 lasted = self.live and self.reactor.seconds() - self._live_since >= \
                     LIVE_LONG_ENOUGH
+                self._disconnected()  # (before any look: the feed is down meanwhile)
+                lost = isinstance(error, NotFound)  # (the database deleted?)
+                if lost and self._ever_live and not self._recreated:
+                    lost = not await self._answers_again(error) or self._recreated
+                if lost:
+                    self.since = self.after_loss
+                    try:
+                        self.on_lost()
+                    except Exception:  # (the feed must go on)
+                        log.failure("{name}: after the database's loss", name=self.name)
+                self._gone = self._recreated = False
                 failures = 1 if lasted else failures + 1
-                if isinstance(error, NotFound) and not self._ever_live and failures < 10:
+                if lost and not self._ever_live and failures < 10:
                     if failures == 1:  # (a first start: the sync creates it in a moment)
                         log.info("{name}: the database is not there yet; its _changes "
                                  "feed is asked for until it is", name=self.name)
@@ -149,12 +160,32 @@ class ChangesFollower(CoroutineService):
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)
             finally:
-                was_live, self.live, self._stream = self.live, False, None
-                if was_live:
-                    self.on_disconnected()
+                self._disconnected()
             if self.running:
                 delay = doubling(failures + 1, 0.5, self.max_backoff)  # (1 s, 2 s...)
                 await task.deferLater(self.reactor, delay, lambda: None)
+
+    def _disconnected(self) -> None:
+        was_live, self.live, self._stream = self.live, False, None
+        if was_live:
+            self.on_disconnected()
+
+    async def _answers_again(self, error: NotFound) -> bool:
+        """Whether the database a 404 said gone answers a moment later, its seq not
+        gone back: a fault in passing, the feed followed on from where it was."""
+        await task.deferLater(self.reactor, CONFIRM_LOSS_SECONDS, lambda: None)
+        try:
+            info = await self.db.info(timeout=10.0)
+        except NotFound:
+            return False
+        except CouchError:  # (CouchDB away now: the next feed's request says more)
+            return True
+        if seq_went_back(self.since, info.get("update_seq")):
+            return False
+        log.warn("{name}: CouchDB answered 404 for the database ({error}), which "
+                 "answers again: taken for a fault in passing, followed on",
+                 name=self.name, error=error)
+        return True
 
     async def _probe(self, stream) -> None:
         """Whether the database is still the one followed: not gone, and not created
@@ -162,6 +193,7 @@ class ChangesFollower(CoroutineService):
         # (the seq had before asking: changes delivered while the answer is on its way
         # may be past the update_seq it says)
         since = self.since
+        info = None
         try:
             info = await self.db.info(timeout=self.probe_seconds / 2)
         except NotFound:
@@ -172,6 +204,7 @@ class ChangesFollower(CoroutineService):
             gone = seq_went_back(since, info.get("update_seq"))
         if gone and stream is self._stream:  # (not a probe that outlived its feed)
             self._gone = True
+            self._recreated = info is not None
             stream.stop()
 
     def _started(self) -> None:

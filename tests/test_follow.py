@@ -5,7 +5,7 @@ up backs off."""
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from pypioncouch.couch import Unreachable
+from pypioncouch.couch import NotFound, Unreachable
 from pypioncouch.follow import ChangesFollower
 
 from .helpers import logged
@@ -30,8 +30,11 @@ class Database:
         self.streams = []
         self.since = []  # where each stream was asked to start
         self.on_created = []
+        self.deleted = False
 
     async def info(self, timeout=None):
+        if self.deleted:
+            raise NotFound("no_db_file", url=self.display_url)
         return {"update_seq": "7-opaque"}
 
     def follow(self, on_change, *, since, include_docs, heartbeat_ms, on_started):
@@ -128,8 +131,6 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
     followed is still said."""
     from twisted.logger import LogLevel
 
-    from pypioncouch.couch import NotFound
-
     with logged() as said:
         clock, db = Clock(), Database()
         follower = ChangesFollower(db, lambda change: None, reactor=clock)
@@ -141,7 +142,9 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
         assert any("not there yet" in str(e.get("log_format")) for e in said)
         db.streams[-1].on_started()
         clock.advance(60.0)
+        db.deleted = True
         db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+        clock.advance(2.0)  # (a look a moment later finds it gone too)
         follower.stopService()
     assert [e for e in said if e.get("log_level") == LogLevel.warn
             and "feed lost" in str(e.get("log_format"))]
@@ -215,3 +218,41 @@ def test_changes_delivered_while_a_look_is_answered_are_no_database_created_agai
         assert stopped
     finally:
         follower.stopService()
+
+
+def test_a_404_in_passing_is_no_loss_of_the_database():
+    """A proxy with no backend a moment, or a cluster node without the database's shard
+    map yet, answers 404: the OPML watcher started over from 0 (hours of reads at
+    PyPI's size). A look a moment later finds the database: followed on from its seq.
+    One that finds it gone (or a probe finding it gone twice) starts over."""
+    from twisted.logger import LogLevel
+
+    clock, db = Clock(), Database()
+    lost = []
+    follower = ChangesFollower(db, lambda change: None, since="5-old", after_loss=0,
+                               on_lost=lambda: lost.append(True), reactor=clock)
+    with logged() as said:
+        follower.startService()
+        try:
+            db.streams[-1].on_started()
+            follower._deliver({"seq": "6-seen", "id": "x"})
+            clock.advance(60.0)
+            db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+            assert not follower.live  # (at once: nothing is missed while it looks)
+            clock.advance(2.0)
+            clock.advance(1.0)
+            assert db.since == ["5-old", "6-seen"] and lost == []
+            assert any("answers again: taken for a fault in passing" in
+                       str(e.get("log_format")) for e in said
+                       if e.get("log_level") == LogLevel.warn)
+            db.streams[-1].on_started()
+            clock.advance(60.0)
+            db.deleted = True
+            db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+            clock.advance(2.0)
+            assert lost == [True]
+            db.deleted = False  # (created again)
+            clock.advance(1.0)
+            assert db.since == ["5-old", "6-seen", 0]
+        finally:
+            follower.stopService()
