@@ -227,10 +227,12 @@ class Backfill(CoroutineService):
         return super().stopService()
 
     async def run(self) -> None:
-        self.progress.state = "waiting"
-        while not self.ready():  # the first sync pass builds the view and the releases
-            await task.deferLater(self.reactor, self.poll, lambda: None)
         while self.running:
+            # (the first sync pass builds the view and the releases; a full import
+            # again, of a database deleted meanwhile, would share CouchDB with us)
+            while not self.ready():
+                self.progress.state = "waiting"
+                await task.deferLater(self.reactor, self.poll, lambda: None)
             try:
                 await self.run_pass()
             except defer.CancelledError:

@@ -286,6 +286,13 @@ class SyncService(CoroutineService):
                  removed=summary.deleted)
 
 
+def imported(status: SyncStatus) -> bool:
+    """Whether the background walks over what is stored (backfill, status sweep) may
+    run: a first import has been done, and none is running again (a database deleted
+    under the daemon), which they would slow, reading views it is filling."""
+    return status.our_serial is not None and status.phase != "full import"
+
+
 # The longest a failed pass waits when PyPI says when to ask again (its XML-RPC rate
 # limit resets within the hour; a Retry-After past that is not believed).
 MOST_ASKED_WAIT = 3600.0
@@ -392,14 +399,14 @@ def makeService(options: Options, reactor=None) -> MultiService:
                                             timeout=options["timeout"])
             clients.append(backfill_pypi)
             Backfill(db, backfill_pypi, status.backfill, rate=options["backfill-rate"],
-                     pacer=per_version, ready=lambda: status.our_serial is not None,
+                     pacer=per_version, ready=lambda: imported(status),
                      reactor=reactor).setServiceParent(top)
         if options["status-rate"] > 0:
             status_pypi = PyPI(options["pypi"], reactor=reactor, concurrency=1,
                                timeout=options["timeout"])
             clients.append(status_pypi)
             StatusSweep(db, status_pypi, status, rate=options["status-rate"],
-                        ready=lambda: status.our_serial is not None,
+                        ready=lambda: imported(status),
                         reactor=reactor).setServiceParent(top)
     upstream = None
     if options["upstream"]:

@@ -74,10 +74,13 @@ class StatusSweep(CoroutineService):
         return super().stopService()
 
     async def run(self) -> None:
-        while not self.ready():  # (the first sync pass stores the projects)
-            await task.deferLater(self.reactor, self.poll, lambda: None)
         failures = 0
         while self.running:
+            # (the first sync pass stores the projects; a full import again, of a
+            # database deleted meanwhile, would share CouchDB with us)
+            while not self.ready():
+                self.figures.state = "waiting"
+                await task.deferLater(self.reactor, self.poll, lambda: None)
             began = self.reactor.seconds()
             try:
                 ended = await self.walk()

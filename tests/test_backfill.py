@@ -659,21 +659,36 @@ async def test_a_release_without_files_keeps_its_flags_once_not_the_latest(small
 async def test_the_service_waits_for_the_sync_then_passes_until_stopped(small_world):
     world = small_world
     await run_pass(world.importer(), full=True)
+    from pypioncouch.service import imported
+
     status = SyncStatus()
     backfill = backfill_of(world, status.backfill, pause=0.05,
-                           ready=lambda: status.our_serial is not None)
+                           ready=lambda: imported(status))  # (as the daemon's)
     backfill.poll = 0.05
+
+    async def passes(at_least):
+        for _ in range(600):
+            if status.backfill.passes >= at_least:
+                break
+            await sleep(0.05)
+        return status.backfill.passes
+
     backfill.startService()
     try:
         await sleep(0.3)
         assert status.backfill.state == "waiting" and backfill.own.pypi.requests == 0
         status.note_serials(our_serial=world.index.last_serial)  # the first sync pass
-        for _ in range(600):
-            if status.backfill.passes >= 2:
-                break
-            await sleep(0.05)
-        assert status.backfill.passes >= 2 and status.backfill.missing == 0
+        assert await passes(2) >= 2 and status.backfill.missing == 0
         assert status.backfill.filled > 0 and status.backfill.errors == 0
+        # A full import again (the database deleted under the daemon): the backfill
+        # waits for its end, its views not read meanwhile.
+        status.phase = "full import"
+        await sleep(0.3)
+        held = status.backfill.passes
+        await sleep(0.3)
+        assert status.backfill.passes == held and status.backfill.state == "waiting"
+        status.phase = "idle"
+        assert await passes(held + 1) > held
     finally:
         await backfill.stopService()
     assert status.backfill.state == "off"
@@ -761,6 +776,19 @@ def test_the_daemon_backfills_unless_told_not_to():
     assert "backfill" not in services("--no-sync")
     with pytest.raises(usage.UsageError, match="--backfill-rate must be"):
         Options().parseOptions(["--couch", "http://127.0.0.1:5984/", "--backfill-rate", "0"])
+    # The backfill and the status sweep wait for the first import, and for a full
+    # import again (a database deleted under the daemon)
+    options = Options()
+    options.parseOptions(["--couch", "http://127.0.0.1:5984/"])
+    top = makeService(options)
+    status = top.getServiceNamed("sync").importer.status
+    walks = [top.getServiceNamed(name) for name in ("backfill", "status-sweep")]
+    assert not any(walk.ready() for walk in walks)
+    status.note_serials(our_serial=5)
+    status.phase = "full import"
+    assert not any(walk.ready() for walk in walks)
+    status.phase = "idle"
+    assert all(walk.ready() for walk in walks)
 
 
 def test_another_releases_answer_is_never_taken_for_this_ones():
