@@ -39,7 +39,8 @@ class ChangesFollower(CoroutineService):
     """Calls ``on_change(change)`` for every change after ``since``.
 
     ``on_connected()`` runs each time the stream is (re)established — CouchDB has
-    accepted it — before changes flow; ``on_disconnected()`` each time it breaks.
+    accepted it — before changes flow; ``on_disconnected()`` each time it breaks;
+    ``on_failed(error, failures)`` after each failure, with how many in a row.
     ``since`` is where to start (``"now"``, or a seq that came from CouchDB);
     afterwards the follower resumes from the last seq it delivered.
 
@@ -62,6 +63,7 @@ class ChangesFollower(CoroutineService):
                  on_connected: Callable[[], Any] = lambda: None,
                  on_disconnected: Callable[[], Any] = lambda: None,
                  on_lost: Callable[[], Any] = lambda: None,
+                 on_failed: Callable[[CouchError, int], Any] = lambda error, failures: None,
                  max_backoff: float = 30.0, reactor=None, name: str = "changes",
                  after_loss: Any = "now", probe_seconds: float | None = None):
         if reactor is None:
@@ -74,6 +76,7 @@ class ChangesFollower(CoroutineService):
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.on_lost = on_lost
+        self.on_failed = on_failed
         self.max_backoff = max_backoff
         self.reactor = reactor
         self.name = name
@@ -159,6 +162,7 @@ class ChangesFollower(CoroutineService):
                 elif failures in (1, 10) or failures % 100 == 0:
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)
+                self.on_failed(error, failures)
             finally:
                 self._disconnected()
             if self.running:

@@ -330,6 +330,7 @@ NAMED_KEPT = 20_000
 # Seconds before a project read from copies behind the feed is read again: a cluster's
 # copies get in step in moments; the read after the last wait is taken as it is.
 BEHIND_WAITS = (0.2, 1.0, 3.0, 10.0, 30.0, 60.0)
+FEED_FAILURES_SAID = 3  # the changes feed's failures in a row /status says
 
 
 class OpmlWatcher(Service):
@@ -360,6 +361,7 @@ class OpmlWatcher(Service):
         self.in_flight = in_flight
         self.max_backoff = max_backoff
         self.failures = 0  # batches failed in a row
+        self.feed_failing = False  # /status says the changes feed fails
         self.taken = 0  # batches taken since the start (each numbered: 1, 2, ...)
         self.last_writing = 0  # the number of the latest batch taken that wrote
         # Projects CouchDB refused with nothing written -> ``taken`` then: see _weigh.
@@ -418,7 +420,8 @@ class OpmlWatcher(Service):
         self.follower = ChangesFollower(self.db, self.on_change, since=checkpoint["seq"],
                                         reactor=self.reactor, name="OPML watcher",
                                         after_loss=0, on_lost=self._lost,
-                                        on_connected=self._connected)
+                                        on_connected=self._connected,
+                                        on_failed=self._feed_failed)
         self.follower.startService()
 
     def _lost(self) -> None:
@@ -442,6 +445,16 @@ class OpmlWatcher(Service):
     def _connected(self) -> None:
         if self.saved_seq is LOST:
             self._save_soon()
+        if self.feed_failing:
+            self.feed_failing, self.status.opml_error = False, None
+
+    def _feed_failed(self, error: CouchError, failures: int) -> None:
+        """Said on /status once the feed has failed a few times in a row (a CouchDB
+        restart is a try or two): without its feed no opml.xml is kept current."""
+        if failures >= FEED_FAILURES_SAID:
+            self.feed_failing = True
+            self.status.opml_error = (f"its _changes feed fails ({error}; try {failures}): "
+                                      "no opml.xml is written meanwhile")
 
     def stopService(self):
         super().stopService()

@@ -256,3 +256,28 @@ def test_a_404_in_passing_is_no_loss_of_the_database():
             assert db.since == ["5-old", "6-seen", 0]
         finally:
             follower.stopService()
+
+
+def test_a_feed_that_keeps_failing_is_said_on_status_by_the_opml_watcher():
+    """(it was logged, on the 1st, 10th and every 100th failure, and /status showed no
+    error while every opml.xml went stale)"""
+    from pypioncouch.opml_watcher import OpmlWatcher
+
+    clock, db = Clock(), Database()
+    watcher = OpmlWatcher(db, reactor=clock)
+    follower = ChangesFollower(db, lambda change: None, reactor=clock,
+                               on_failed=watcher._feed_failed,
+                               on_connected=watcher._connected)
+    follower.startService()
+    try:
+        for number in range(1, 4):
+            broken(db.streams[-1], live=False)
+            assert watcher.status.opml_error is None if number < 3 else \
+                watcher.status.opml_error == (
+                    "its _changes feed fails (CouchDB went away; try 3): no opml.xml is "
+                    "written meanwhile"), number
+            clock.advance(30.0)
+        db.streams[-1].on_started()
+        assert watcher.status.opml_error is None
+    finally:
+        follower.stopService()
