@@ -129,7 +129,8 @@ class ChangesFollower(CoroutineService):
                 try:
                     await self._stream.done
                 finally:
-                    probe.stop()
+                    if probe.running:  # (a probe that failed stopped its loop)
+                        probe.stop()
                 if not self.running:
                     break  # (stopped: the feed ended as asked)
                 if self._gone:
@@ -163,6 +164,11 @@ class ChangesFollower(CoroutineService):
                     log.warn("{name}: _changes feed lost ({error}); reconnecting",
                              name=self.name, error=error)
                 self.on_failed(error, failures)
+            except defer.CancelledError:
+                raise
+            except Exception:  # (a bug of ours: the feed must go on, said)
+                log.failure("{name}: _changes feed failed; reconnecting", name=self.name)
+                failures += 1
             finally:
                 self._disconnected()
             if self.running:

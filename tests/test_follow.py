@@ -281,3 +281,21 @@ def test_a_feed_that_keeps_failing_is_said_on_status_by_the_opml_watcher():
         assert watcher.status.opml_error is None
     finally:
         follower.stopService()
+
+
+def test_a_fault_of_ours_in_the_feed_is_said_and_the_feed_goes_on():
+    """(anything but a CouchError ended the follower without a word: the web cache and
+    the OPML watcher dead until a restart)"""
+    clock, db = Clock(), Database()
+    follower = ChangesFollower(db, lambda change: None, reactor=clock)
+    with logged() as said:
+        follower.startService()
+        try:
+            db.streams[-1].on_started()
+            db.streams[-1].done.errback(KeyError("seq"))
+            clock.advance(1.0)
+            assert len(db.streams) == 2 and follower.running
+        finally:
+            follower.stopService()
+    assert any("_changes feed failed; reconnecting" in str(e.get("log_format"))
+               and e.get("log_failure") is not None for e in said)
