@@ -67,11 +67,14 @@ def tombstone(docid: str, serial: int | None) -> dict:
 
 def kept_leaf(leaves: list[dict]) -> dict:
     """Which of a document's conflicting leaf revisions it keeps: the newest serial;
-    on a tie, the one CouchDB serves (a removal without a serial, PyPI's 404, cannot
-    tell it is newer: it loses to a live one)."""
+    on a tie, the status the status sweep read last (its write changes no serial: the
+    OPML watcher's, at the same serial, took it away, for a walk of days), then the one
+    CouchDB serves (a removal without a serial, PyPI's 404, cannot tell it is newer:
+    it loses to a live one)."""
     def rank(leaf: dict) -> tuple:
-        serial = leaf.get("last_serial")
-        return (serial if isinstance(serial, int) else -1, *revision_order(leaf))
+        serial, swept = leaf.get("last_serial"), leaf.get(STATUS_SERIAL)
+        return (serial if isinstance(serial, int) else -1,
+                swept if isinstance(swept, int) else -1, *revision_order(leaf))
     return max(leaves, key=rank)
 
 

@@ -60,6 +60,22 @@ def test_a_tie_keeps_what_couchdb_serves_and_an_older_removal_needs_nothing():
     assert conflict_resolution([{"_id": "a", "_rev": f"1-{LOW}", "last_serial": 1}]) == []
 
 
+def test_a_tie_keeps_the_status_the_sweep_read_last():
+    """The sweep's write changes no serial: a branch of the OPML watcher's at the same
+    serial, served by CouchDB, took its "archived" away until its next walk (days)."""
+    leaves = [{"_id": "a", "_rev": f"3-{HIGH}", "last_serial": 7, "status": "active",
+               "_attachments": {"opml.xml": {"stub": True}}},
+              {"_id": "a", "_rev": f"3-{LOW}", "last_serial": 7, "status": "archived",
+               "status_serial": 7}]
+    assert conflict_resolution(leaves) == [
+        {"_id": "a", "_rev": f"3-{HIGH}", "_deleted": True, "last_serial": None}]
+    older = [{**leaves[0], "status": "deprecated", "status_serial": 5}, leaves[1]]
+    assert conflict_resolution(older) == conflict_resolution(leaves)
+    newer = [{**leaves[0], "last_serial": 8}, leaves[1]]  # (the serial first)
+    assert conflict_resolution(newer) == [
+        {"_id": "a", "_rev": f"3-{LOW}", "_deleted": True, "last_serial": None}]
+
+
 def test_a_leaf_the_feed_named_is_accounted_for_by_itself_or_a_descendant():
     leaves = [
         {"_id": "a", "_rev": "3-c", "_revisions": {"start": 3, "ids": ["c", "b", "a"]}},
