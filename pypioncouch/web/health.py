@@ -54,6 +54,13 @@ class HealthPolicy:
             reasons.append(f"full import in progress ({s.import_done}/{s.import_total})")
         elif s.our_serial is None:
             reasons.append("not synced yet")
+        elif s.lag is None:
+            # No serial from PyPI yet since the start (a first pass may prepare a view
+            # for an hour first): behind since the checkpoint was saved, at least.
+            behind = s.clock() - (s.caught_up_at or s.started)
+            if behind > self.max_lag_seconds:
+                reasons.append(f"no serial read from PyPI since the start, and the "
+                               f"checkpoint was saved {behind:.0f}s ago")
         else:
             lag_seconds = s.lag_seconds() or 0.0
             if lag_seconds > self.max_lag_seconds:
