@@ -379,6 +379,9 @@ async def fetch_files_command(reactor, args) -> int:
         print(f"pypioncouch: warning: {warning}", file=sys.stderr)
     try:
         summary = await seeder.fetch(plan)
+    except OSError as error:  # (the folder's manifest: DIR read-only, say)
+        raise ValueError(f"--files {args.files}: cannot write there: "
+                         f"{error.strerror or error}") from None
     finally:
         if progress is not None:
             progress.close()

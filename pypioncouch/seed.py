@@ -21,7 +21,7 @@ from typing import Callable
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from pypioncouch import model
 from pypioncouch.couch import Database
@@ -236,7 +236,9 @@ class Seeder:
 
         async def worker():
             for item in pending:
-                if self.store.has(item):
+                # Hashed in a thread: gigabytes already stored, hashed in the reactor,
+                # held back the other downloads until their stall timers fired.
+                if await threads.deferToThread(self.store.has, item):
                     self.store.lookup(item.key)
                     summary.present += 1
                 else:

@@ -442,26 +442,46 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
         others = [http.get(address) for _ in range(4)]
         head = http.head(address)
         ranged = http.get(address, headers={"Range": "bytes=10-19"})
-        await until(lambda: store.stats.misses == 7)  # all seven asked, none answered
+        await until(lambda: store.stats.misses == 7)  # all seven asked
         assert world.resource.files.hits[APP_WHEEL] == 1
         assert not (tmp_path / "files" / "files-app" / APP_WHEEL).exists()
+        # HEAD is answered from the release at once (waiting for the whole download,
+        # a large file's HEAD outlasted the client's read timeout).
+        head = await head
+        assert (head.code, await treq.content(head)) == (200, b"")
+        assert header(head, "content-length") == [str(len(expected))]
+        ranged = await ranged  # (a range of a file not stored: all of it, as it comes)
+        assert ranged.code == 200 and header(ranged, "content-range") is None
         world.resource.control("files", {"hold": False})
         await done
         assert b"".join(chunks) == expected
         for answer in others:
             assert await treq.content(await answer) == expected
-        head = await head
-        assert (head.code, await treq.content(head)) == (200, b"")
-        assert header(head, "content-length") == [str(len(expected))]
-        ranged = await ranged
-        assert ranged.code == 206 and await treq.content(ranged) == expected[10:20]
-        assert header(ranged, "content-range") == \
-            [f"bytes 10-19/{len(expected)}"]
+        assert await treq.content(ranged) == expected
         assert world.resource.files.hits[APP_WHEEL] == 1
         figures = await status_of(url)
         assert (figures["fetched"], figures["misses"], figures["hits"]) == (1, 7, 0)
     finally:
         world.resource.control("files", {"hold": False})
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_upstream_sends_without_a_length_is_streamed_with_the_releases(
+        world, tmp_path):
+    """(a body without Content-Length ends as its connection does: over an HTTP/1.0
+    hop, a proxy's, a cut looked like the end of the file)"""
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store))
+    expected = upstream_bytes(world, APP_WHEEL)
+    try:
+        world.resource.control("files", {"hold": True, "unsized": [APP_WHEEL]})
+        first = await http.get(f"{url}/files/files-app/{APP_WHEEL}", unbuffered=True)
+        assert first.code == 200 and first.length == len(expected)
+        world.resource.control("files", {"hold": False})
+        assert await treq.content(first) == expected
+    finally:
+        world.resource.control("files", {"hold": False, "unsized": []})
         await port.stopListening()
 
 
@@ -759,6 +779,16 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
                            env=dict(os.environ))
     assert code == 2 and "--fetch-files needs --files DIR" in said
+    # A folder it cannot write its manifest in (read-only; here the lock file's name
+    # taken by a folder, which root cannot write either): one line, not "a bug".
+    lock = tmp_path / "files" / ".seeded.lock"
+    lock.unlink()
+    lock.mkdir()
+    code, said = await run(base[0], *base[1:], "files-lib==1.0", env=dict(os.environ))
+    assert code == 1 and said.strip().splitlines()[-1] == (
+        f"pypioncouch: error: --files {tmp_path / 'files'}: cannot write there: "
+        "Is a directory"), said
+    lock.rmdir()
     code, said = await run(base[0], *base[1:], "files-lib>=bad", env=dict(os.environ))
     assert code == 1 and "^" not in said  # (packaging's caret diagram: lines more)
     assert said.strip().splitlines()[-1].startswith(
@@ -1165,6 +1195,32 @@ def test_a_manifest_edited_with_a_typo_keeps_its_seeds_and_is_not_written_over(t
     manifest.write_text('{"seeded": ["a/a-1.whl"]}')  # mended
     put(store, "c/c-1.whl", 10)
     assert stored(tmp_path) == ["a/a-1.whl", "c/c-1.whl"]  # b, unseeded and older, goes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_seed_hashes_what_is_stored_outside_the_reactor(tmp_path, monkeypatch):
+    """Gigabytes already stored, hashed in the reactor, held the other downloads back
+    until their stall timers fired ("no data for 30 s", exit 3)."""
+    import threading
+
+    from pypioncouch.files import Wanted
+    from pypioncouch.seed import Plan, Seeder
+
+    store = FileStore(tmp_path)
+    keys = [f"a/a-{number}.whl" for number in range(3)]
+    for key in keys:
+        put(store, key, 10)
+    hashed_in = []
+    has = store.has
+    monkeypatch.setattr(store, "has", lambda wanted: (
+        hashed_in.append(threading.current_thread() is threading.main_thread()),
+        has(wanted))[1])
+    plan = Plan(files={key: Wanted(*key.split("/"), f"https://files.test/{key}",
+                                   hashlib.sha256(b"x" * 10).hexdigest(), 10)
+                       for key in keys}, releases=["a 1"])
+    summary = await Seeder(None, store, None, concurrency=2).fetch(plan)
+    assert (summary.present, summary.fetched, summary.failed) == (3, 0, [])
+    assert hashed_in == [False] * 3
 
 
 def test_two_seeders_at_once_lose_none_of_each_others_seeds(tmp_path):

@@ -17,7 +17,8 @@ Routes (as on pypi.org, reference §1, §3, §4):
   or the next ``endpoint_calls`` only),
   ``/_control/listing`` (``keep``, ``start``, ``frozen``: listings cut short or stale,
   see :class:`ListingFault`), ``/_control/files`` (``corrupt``, ``hold``, ``padded``,
-  ``gone``: files served with wrong bytes, held half-way, too long, or not at all, see
+  ``gone``, ``unsized``: files served with wrong bytes, held half-way, too long, not at
+  all, or without a length, see
   :class:`FileFaults`), ``/_control/auth``
   (``user``, ``password``: a private index that answers 401 without them; ``{}``
   opens it again).
@@ -176,7 +177,9 @@ class FileFaults:
     - ``padded``: file names served with a megabyte of zeros after their bytes (a
       body longer than the size the JSON API gives, as a broken proxy may send);
     - ``gone``: file names answered 404 though the APIs still list them (a file
-      removed, the listings not yet refreshed).
+      removed, the listings not yet refreshed);
+    - ``unsized``: file names answered without a Content-Length (chunked, as some
+      servers and proxies send).
 
     ``hits`` counts the requests for each file name (``.metadata`` files included).
     """
@@ -185,12 +188,14 @@ class FileFaults:
         self.corrupt: set[str] = set()
         self.padded: set[str] = set()
         self.gone: set[str] = set()
+        self.unsized: set[str] = set()
         self.hold: bool | set[str] = False
         self.held: list[tuple[object, bytes]] = []  # (request, the rest of its body)
         self.hits: Counter = Counter()
 
-    def configure(self, corrupt=None, hold=None, padded=None, gone=None) -> None:
-        for name, names in (("padded", padded), ("gone", gone)):
+    def configure(self, corrupt=None, hold=None, padded=None, gone=None,
+                  unsized=None) -> None:
+        for name, names in (("padded", padded), ("gone", gone), ("unsized", unsized)):
             if names is not None:
                 if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                     raise ValueError(f"{name} is a list of file names")
@@ -222,9 +227,15 @@ class FileFaults:
             content = content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
         if filename in self.padded:
             content += bytes(1 << 20)
-        if not self.hold or (isinstance(self.hold, set) and filename not in self.hold):
+        held = self.hold and not (isinstance(self.hold, set) and filename not in self.hold)
+        if not held and filename not in self.unsized:
             return content
-        request.setHeader("Content-Length", str(len(content)))
+        if filename not in self.unsized:
+            request.setHeader("Content-Length", str(len(content)))
+        if not held:
+            request.write(content)  # (written before finishing: chunked)
+            request.finish()
+            return NOT_DONE_YET
         half = len(content) // 2
         request.write(content[:half])
         self.held.append((request, content[half:]))
@@ -239,7 +250,8 @@ class FileFaults:
 
     def state(self) -> dict:
         return {"corrupt": sorted(self.corrupt), "padded": sorted(self.padded),
-                "gone": sorted(self.gone), "held": len(self.held),
+                "gone": sorted(self.gone), "unsized": sorted(self.unsized),
+                "held": len(self.held),
                 "hold": sorted(self.hold) if isinstance(self.hold, set) else self.hold,
                 "hits": dict(self.hits)}
 
@@ -758,7 +770,7 @@ class SimulatorResource(Resource):
             return {"ok": True, **self.listing.state()}
         if operation == "files":
             self.files.configure(args.get("corrupt"), args.get("hold"), args.get("padded"),
-                                 args.get("gone"))
+                                 args.get("gone"), args.get("unsized"))
             return {"ok": True, **self.files.state()}
         if operation == "auth":
             self.credentials = None if not args else base64.b64encode(
