@@ -396,6 +396,9 @@ class XmlRpcImporter:
         try:
             checkpoint = await self.load_checkpoint()
             if checkpoint is None:
+                # (a database deleted under the daemon: the serial it had synced was the
+                # old one's; /health and the background walks wait for this import)
+                self.status.our_serial = None
                 await self.checkpoint.mark_import()
         except BaseException:
             _drop(listing)

@@ -590,6 +590,27 @@ async def test_a_database_deleted_under_the_daemon_is_created_and_filled_again(w
     await assert_matches_simulator(w.read_db, w.index)
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_import_again_that_fails_is_not_synced_yet(world):
+    """The database deleted under the daemon, its import again failing (PyPI away):
+    the serial synced was the old database's, and /health said 200 ("retrying") for a
+    database half empty."""
+    from pypioncouch.pypi import PyPIError
+    from pypioncouch.web.health import HealthPolicy
+
+    w = world(projects=6, seed=3)
+    importer = w.importer()
+    await run_pass(importer, full=True)
+    assert importer.status.our_serial == w.index.last_serial
+    await w.db.delete_database()
+    w.resource.control("xmlrpc", {"endpoint_status": 503})
+    with pytest.raises(PyPIError):
+        await importer.update()
+    importer.status.phase = "retrying"  # (as the daemon's loop says it)
+    assert importer.status.our_serial is None
+    assert "not synced yet" in HealthPolicy(importer.status).reasons(True)
+
+
 async def a_pass_succeeded(status, seconds: float = 15.0) -> None:
     """Wait until the daemon's last pass did not fail."""
     for _ in range(int(seconds / 0.05)):
