@@ -188,22 +188,32 @@ def started_get(stub, url):
 def test_a_hung_couchdb_is_unhealthy_within_the_probe_timeout():
     """Not after the client's 30 s: a load balancer's check or a Prometheus scrape
     (10 s) would give up on the page first. A request meanwhile does not pile another
-    check on the hung one."""
+    check on the hung one: before any result it waits for that one's (it said "not
+    answering" before CouchDB was asked), after one it takes the last."""
     status = SyncStatus(clock=FakeTime(1000.0))
     status.note_serials(pypi_serial=100, our_serial=100)
-    stub, clock, http, _ = front_with(status, [ScriptedHTTP.HANG])
+    stub, clock, http, _ = front_with(status, [ScriptedHTTP.HANG, COUCH_UP,
+                                               ScriptedHTTP.HANG])
     first = started_get(stub, "http://front.test/health")
     stub.flush()
     clock.advance(1.5)
-    metrics = started_get(stub, "http://front.test/metrics")  # takes the last result
+    second = started_get(stub, "http://front.test/health")  # waits for the first check
     stub.flush()
-    assert metrics and metrics[0].code == 200 and len(http.requests) == 1
+    assert second == [] and len(http.requests) == 1
     clock.advance(3.499)
     stub.flush()
-    assert first == []
+    assert first == [] and second == []
     clock.advance(0.001)
     stub.flush()
-    assert first[0].code == 503 and http.cancelled == 1
+    assert first[0].code == 503 and second[0].code == 503 and http.cancelled == 1
+    assert health(stub, clock)[0] == 200  # (CouchDB answers again)
+    clock.advance(2.0)
+    hung = started_get(stub, "http://front.test/health")
+    stub.flush()
+    clock.advance(0.5)
+    metrics = started_get(stub, "http://front.test/metrics")  # takes the last result
+    stub.flush()
+    assert metrics and metrics[0].code == 200 and hung == [] and len(http.requests) == 3
     body = []
     stub.json_content(first[0]).addBoth(body.append)
     assert body[0]["reasons"] == ["CouchDB is not answering"]

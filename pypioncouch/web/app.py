@@ -200,8 +200,8 @@ class WebFront:
         self.templates = Environment(loader=PackageLoader("pypioncouch.web"),
                                      autoescape=select_autoescape(default=True))
         self.templates.filters["urlencode"] = _urlencode
-        self._couch_check: tuple[float, bool] = (0.0, False)
-        self._couch_checking = False
+        self._couch_check: tuple[float, bool] | None = None  # (when, whether it answered)
+        self._couch_checking: list[defer.Deferred] | None = None  # those awaiting a first
         # Counting projects reduces a whole facet: seconds on pouchdb-server at 100,000.
         self.stored_counts = Refreshed(self._count_stored, reactor, min_age=30.0,
                                        name="stored counts")
@@ -232,12 +232,19 @@ class WebFront:
 
     async def couch_ok(self) -> bool:
         """Whether CouchDB answers within ``probe_timeout``: checked at most once a
-        second, one check at a time (the others take the last result)."""
-        checked_at, ok = self._couch_check
+        second, one check at a time (the others take the last result; before the
+        first one's, they wait for it: a request as the daemon starts was a 503)."""
         now = self.reactor.seconds()
-        if now - checked_at < 1.0 or self._couch_checking:
-            return ok
-        self._couch_checking = True
+        if self._couch_check is not None:
+            checked_at, ok = self._couch_check
+            if now - checked_at < 1.0 or self._couch_checking is not None:
+                return ok
+        elif self._couch_checking is not None:
+            first = defer.Deferred()
+            self._couch_checking.append(first)
+            return await first
+        self._couch_checking = []
+        ok = False
         try:
             await self.db.info(timeout=self.probe_timeout)
             ok, self.status.couch_problem = True, None
@@ -255,8 +262,10 @@ class WebFront:
         except CouchError as error:  # it answers, but not as it should
             ok, self.status.couch_problem = False, f"CouchDB answers: {error}"
         finally:
-            self._couch_checking = False
-        self._couch_check = (now, ok)
+            self._couch_check = (now, ok)
+            waiting, self._couch_checking = self._couch_checking, None
+            for first in waiting:
+                first.callback(ok)
         self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
         return ok
 
