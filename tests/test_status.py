@@ -170,6 +170,32 @@ def test_the_sync_lag_and_the_import_figures_are_exported():
     assert not any(line.startswith("pypioncouch_import_total") for line in lines)
 
 
+def test_what_an_alert_needs_is_exported():
+    """The lag figures stand still while PyPI cannot be asked; held removals, a held
+    checkpoint, writes that all fail, a failing OPML watcher or conflict resolver
+    were on /status and /health's one answer only."""
+    now = FakeTime(1000.0)
+    status = SyncStatus(clock=now, phase="incremental")
+    _, _, _, front = front_with(status, [])
+
+    def lines():
+        return front.metrics.exposition().decode().splitlines()
+
+    flags = ("removals_held", "checkpoint_held", "writes_stuck", "opml_failing",
+             "conflicts_failing")
+    assert all(f"pypioncouch_{flag} 0.0" in lines() for flag in flags)
+    assert "pypioncouch_last_pass_success_timestamp_seconds" not in "\n".join(
+        line for line in lines() if not line.startswith("#"))
+    status.last_pass_ok_at = 1500.0
+    status.removals_held = "PyPI says 300 projects are gone, more than the 100 ..."
+    status.note_checkpoint("the listing is incomplete")
+    status.note_pass(False, 3, 5)
+    status.opml_error = "its _changes feed fails"
+    status.conflicts_error = "CouchDB away"
+    assert "pypioncouch_last_pass_success_timestamp_seconds 1500.0" in lines()
+    assert all(f"pypioncouch_{flag} 1.0" in lines() for flag in flags), lines()
+
+
 def test_a_full_import_is_not_healthy_yet():
     status = SyncStatus(clock=FakeTime(0.0), phase="full import", import_done=3,
                         import_total=40)
