@@ -57,8 +57,10 @@ class Checkpoint:
                 # for days is not "just started, not behind for long").
                 self.status.caught_up_at = _time_of(checkpoint.get("updated"),
                                                     self.status.clock())
-            # Known as synced from the start (health, the backfill), not after a pass.
+            # Known as synced from the start (health, the backfill), not after a pass;
+            # what is left to retry too (/status said 0 until the first save).
             self.status.note_serials(our_serial=checkpoint.get("serial"))
+            self.status.pending = len(checkpoint.get("pending") or {})
             if checkpoint.get("pypi") not in (None, self.pypi_url):
                 log.warn("this database was synced from {old}, now from {new}: "
                          "serials differ between indexes", old=checkpoint.get("pypi"),

@@ -340,10 +340,11 @@ async def test_a_daemon_started_after_days_down_is_not_healthy_while_days_behind
     db = couch.database(db_name)
     await db.ensure()
     saved = datetime.now(timezone.utc) - timedelta(days=2)
-    await db.put_local(CHECKPOINT, {"serial": 500, "pending": {},
+    await db.put_local(CHECKPOINT, {"serial": 500, "pending": {"a": 480, "b": None},
                                     "updated": saved.isoformat(timespec="seconds")})
     status = SyncStatus()
     await Checkpoint(db, "https://pypi.org/", status).load()
+    assert status.pending == 2  # (what /status shows from the start)
     # Before its first pass asks PyPI (which may wait an hour for a view an upgrade
     # builds): its data is two days old all the same.
     [reason] = HealthPolicy(status, syncing=True).reasons(True)
