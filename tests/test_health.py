@@ -211,3 +211,29 @@ def test_a_replica_without_upstream_that_cannot_read_its_own_serial_says_so(monk
     assert policy.reasons(True, checked(lag)) == []
     clock.advance(60)
     assert policy.reasons(True, checked(lag)) == []  # (nothing to be behind of)
+
+
+def test_a_replica_trailing_a_busy_upstream_by_a_moment_is_a_moment_behind(monkeypatch):
+    """Never equal to the upstream when looked at (PyPI changes every second), it was
+    counted behind since it started: a 503 after --max-lag, though current."""
+    answers = {"local": 95, "upstream": 100}
+    lag, clock = replica_lag(monkeypatch, answers)
+    policy = HealthPolicy(SyncStatus(), syncing=False, max_lag_seconds=10.0)
+    checked(lag)
+    for step in range(1, 60):  # a minute, 5 serials behind at every look
+        clock.advance(1)
+        answers.update(local=95 + 10 * step, upstream=100 + 10 * step)
+        state = checked(lag)
+        assert (state["lag"], state["lag_seconds"]) == (5, 1.0), step
+    assert policy.reasons(True, state) == []
+    # Its replication stops: behind since the last upstream serial it held.
+    for _ in range(11):
+        clock.advance(1)
+        answers["upstream"] += 10
+        state = checked(lag)
+    assert state["lag_seconds"] == 12.0
+    assert policy.reasons(True, state) == [
+        f"{state['lag']} serials (12s) behind the upstream upstream"]
+    answers["local"] = answers["upstream"]  # (caught up)
+    clock.advance(1)
+    assert checked(lag)["lag_seconds"] == 0.0

@@ -3,16 +3,24 @@
 A replica does not talk to PyPI, and CouchDB's replicator state is not visible on
 every server (pouchdb-server has no ``_scheduler``), so the lag is measured the way
 that works everywhere: the highest ``last_serial`` stored here against the highest
-one upstream (``--upstream``). Lag in seconds counts from the last time the two were
-equal. Checked at most every ``every`` seconds, so ``/health`` stays cheap.
+one upstream (``--upstream``). Lag in seconds counts from the last time upstream held
+no more than the replica holds now: a replica that trails a busy upstream by a moment,
+never equal to it when looked at, is a moment behind, not behind since it started.
+Checked at most every ``every`` seconds, so ``/health`` stays cheap.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from pypioncouch import couchapp
 from pypioncouch.couch import CouchError, Database
+
+# Upstream serials remembered with when they were seen, to tell since when the replica
+# has been behind (a day of checks every 5 s; past it the oldest go, which only makes
+# the lag measured from a later one the replica passes).
+UPSTREAM_SEEN_KEPT = 20_000
 
 
 @dataclass
@@ -37,6 +45,7 @@ class ReplicaLag:
         self.timeout = timeout  # for each read (None: the client's own)
         self._checked_at: float | None = None
         self._caught_up_at: float | None = None
+        self._upstream_seen: deque[tuple[float, int]] = deque(maxlen=UPSTREAM_SEEN_KEPT)
         self.state = ReplicaState(upstream=upstream.display_url if upstream else None)
 
     async def check(self) -> ReplicaState:
@@ -60,8 +69,7 @@ class ReplicaLag:
             self._caught_up_at = now  # behind (or unknown) when first seen: from here
         if state.upstream_serial is not None and state.serial is not None:
             state.lag = max(0, state.upstream_serial - state.serial)
-            if state.lag == 0:
-                self._caught_up_at = now
+            self._note_upstream(now, state.upstream_serial, state.serial)
             state.lag_seconds = round(now - self._caught_up_at, 1)
         elif self.upstream is None and not state.local_error:
             self._caught_up_at = now  # nothing to compare with: current as far as known
@@ -73,3 +81,15 @@ class ReplicaLag:
                 state.lag = state.upstream_serial  # it holds nothing yet
         self.state = state
         return state
+
+    def _note_upstream(self, now: float, upstream: int, held: int) -> None:
+        """The replica holds ``held`` now: current as of the last time upstream was
+        seen holding no more than that."""
+        seen = self._upstream_seen
+        while seen and seen[0][1] <= held:
+            self._caught_up_at = seen.popleft()[0]
+        if upstream <= held:
+            seen.clear()
+            self._caught_up_at = now
+        else:
+            seen.append((now, upstream))
