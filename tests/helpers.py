@@ -196,7 +196,8 @@ class CouchProxy:
 class ScriptedHTTP:
     """An ``http=`` object for the CouchDB and PyPI clients that answers from a script,
     in memory: each request takes the next answer, a ``(status, headers, body)`` tuple,
-    an exception to fail with, or ``HANG`` (no answer until cancelled, which then fails
+    an exception to fail with, a Deferred the test fires (an answer that takes a while),
+    or ``HANG`` (no answer until cancelled, which then fails
     as Twisted's Agent does). Records every request (and when, by ``clock``) and every
     cancellation."""
 
@@ -226,6 +227,8 @@ class ScriptedHTTP:
             return defer.Deferred(self._cancel)
         if isinstance(answer, Exception):
             return defer.fail(answer)
+        if isinstance(answer, defer.Deferred):
+            return answer
         return defer.succeed(answer)
 
     def get(self, url, headers, on_data=None):

@@ -6,7 +6,7 @@ scripted ``http=`` object.
 """
 
 from treq.testing import StubTreq
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from pypioncouch.couch import CouchDB
 from pypioncouch.status import SyncStatus
@@ -240,9 +240,29 @@ def test_a_hung_couchdb_is_unhealthy_within_the_probe_timeout():
     metrics = started_get(stub, "http://front.test/metrics")  # takes the last result
     stub.flush()
     assert metrics and metrics[0].code == 200 and hung == [] and len(http.requests) == 3
+    clock.advance(5.0)
+    stub.flush()
+    assert hung[0].code == 503
     body = []
     stub.json_content(first[0]).addBoth(body.append)
     assert body[0]["reasons"] == ["CouchDB is not answering"]
+
+
+def test_a_client_leaving_during_the_check_does_not_make_couchdb_down_for_the_others():
+    """(the check was the first request's: its client gone, the check was cancelled,
+    and the requests waiting for it, and the next second's, were told "not answering")"""
+    status = SyncStatus(clock=FakeTime(1000.0))
+    answer = defer.Deferred()
+    _, clock, http, front = front_with(status, [answer])
+    first = defer.ensureDeferred(front.couch_ok())
+    second = defer.ensureDeferred(front.couch_ok())
+    first.cancel()
+    left = []
+    first.addErrback(lambda failure: left.append(failure.check(defer.CancelledError)))
+    assert left == [defer.CancelledError] and not second.called
+    answer.callback(COUCH_UP)
+    assert second.result is True and status.couch_ok is True
+    assert len(http.requests) == 1
 
 
 def test_a_replicas_hung_upstream_is_said_within_the_probe_timeout():

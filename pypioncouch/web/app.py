@@ -239,35 +239,42 @@ class WebFront:
             checked_at, ok = self._couch_check
             if now - checked_at < 1.0 or self._couch_checking is not None:
                 return ok
-        elif self._couch_checking is not None:
-            first = defer.Deferred()
-            self._couch_checking.append(first)
-            return await first
-        self._couch_checking = []
+        if self._couch_checking is None:
+            self._couch_checking = []
+            # (no request owns the check: one whose client leaves cancels its own wait,
+            # not the check, whose result the others wait for)
+            defer.ensureDeferred(self._check_couch(now))
+        answer = defer.Deferred()
+        if self._couch_checking is None:  # (checked at once: a scripted CouchDB's)
+            return self._couch_check[1]
+        self._couch_checking.append(answer)
+        return await answer
+
+    async def _check_couch(self, now: float) -> None:
         ok = False
         try:
             await self.db.info(timeout=self.probe_timeout)
             ok, self.status.couch_problem = True, None
         except Unauthorized as error:  # it answers, but not to us
-            ok = False
             self.status.couch_problem = refusal(self.db.server.user, self.db.name,
                                                 error.status, writes=self.syncing)
         except NotFound:
-            ok = False
             self.status.couch_problem = f"CouchDB has no database '{self.db.name}'"
         except TLSRefused as error:  # (the one line that says what to do)
-            ok, self.status.couch_problem = False, str(error)
+            self.status.couch_problem = str(error)
         except (Unreachable, Timeout):
-            ok, self.status.couch_problem = False, None  # "not answering"
+            self.status.couch_problem = None  # "not answering"
         except CouchError as error:  # it answers, but not as it should
-            ok, self.status.couch_problem = False, f"CouchDB answers: {error}"
+            self.status.couch_problem = f"CouchDB answers: {error}"
+        except Exception:  # (a bug: said, and taken as no answer)
+            log.failure("checking CouchDB")
         finally:
             self._couch_check = (now, ok)
+            self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
             waiting, self._couch_checking = self._couch_checking, None
-            for first in waiting:
-                first.callback(ok)
-        self.status.couch_ok, self.status.couch_checked_at = ok, time.time()
-        return ok
+            for answer in waiting:
+                if not answer.called:  # (a request that left cancelled its own)
+                    answer.callback(ok)
 
     def health_reasons(self, couch_ok: bool) -> list[str]:
         """The sync's reasons to be unhealthy (see :class:`HealthPolicy`)."""
