@@ -53,7 +53,7 @@ class ChangesFollower(CoroutineService):
     once a look :data:`CONFIRM_LOSS_SECONDS` later finds it gone too (or its seq gone
     back), the follower starts over from ``after_loss`` (``"now"``, or ``0`` to see
     every document of the new database): seqs of the old one mean nothing there.
-    ``on_lost()`` says so, before ``on_disconnected()``. The database created again
+    ``on_lost()`` says so, after ``on_disconnected()``. The database created again
     through ``db`` (the daemon's sync does) is such a loss at once, not at the next
     probe: pouchdb-server keeps a feed on the deleted one open.
     """
@@ -112,58 +112,15 @@ class ChangesFollower(CoroutineService):
         failures = 0
         while self.running:
             try:
-                if self._gone:  # (created again while no feed was open)
-                    raise NotFound("the database is gone", url=self.db.display_url)
-                if self.since == "now":
-                    self.since = (await self.db.info())["update_seq"]
-                self._stream = self.db.follow(self._deliver, since=self.since,
-                                              include_docs=self.include_docs,
-                                              heartbeat_ms=self.heartbeat_ms,
-                                              on_started=self._started)
-                if self._gone:  # (created again while "now" was being read)
-                    self._stream.stop()
-                probe = task.LoopingCall(
-                    lambda stream=self._stream: defer.ensureDeferred(self._probe(stream)))
-                probe.clock = self.reactor
-                probe.start(self.probe_seconds, now=False)
-                try:
-                    await self._stream.done
-                finally:
-                    if probe.running:  # (a probe that failed stopped its loop)
-                        probe.stop()
-                if not self.running:
-                    break  # (stopped: the feed ended as asked)
-                if self._gone:
-                    raise NotFound("the database is gone", url=self.db.display_url)
-                # A continuous feed never ends well (a deleted database ends it on
-                # Apache CouchDB): as a break, backed off and said.
-                raise Unreachable("the _changes feed ended", url=self.db.display_url)
+                await self._follow()
             except CouchError as error:
-                # A feed live for a while starts its backoff over: a continuous feed
-                # never ends well, and a restart an hour ago must not slow this one.
-                # (One dropped as soon as accepted, a proxy's say, backs off further.)
-                lasted = self.live and self.reactor.seconds() - self._live_since >= \
-                    LIVE_LONG_ENOUGH
-                self._disconnected()  # (before any look: the feed is down meanwhile)
-                lost = isinstance(error, NotFound)  # (the database deleted?)
-                if lost and self._ever_live and not self._recreated:
-                    lost = not await self._answers_again(error) or self._recreated
-                if lost:
-                    self.since = self.after_loss
-                    try:
-                        self.on_lost()
-                    except Exception:  # (the feed must go on)
-                        log.failure("{name}: after the database's loss", name=self.name)
-                self._gone = self._recreated = False
-                failures = 1 if lasted else failures + 1
-                if lost and not self._ever_live and failures < 10:
-                    if failures == 1:  # (a first start: the sync creates it in a moment)
-                        log.info("{name}: the database is not there yet; its _changes "
-                                 "feed is asked for until it is", name=self.name)
-                elif failures in (1, 10) or failures % 100 == 0:
-                    log.warn("{name}: _changes feed lost ({error}); reconnecting",
-                             name=self.name, error=error)
-                self.on_failed(error, failures)
+                try:
+                    failures = await self._broken(error, failures)
+                except defer.CancelledError:
+                    raise
+                except Exception:  # (a bug of ours: the feed must go on, said)
+                    log.failure("{name}: after the _changes feed broke", name=self.name)
+                    failures += 1
             except defer.CancelledError:
                 raise
             except Exception:  # (a bug of ours: the feed must go on, said)
@@ -174,6 +131,70 @@ class ChangesFollower(CoroutineService):
             if self.running:
                 delay = doubling(failures + 1, 0.5, self.max_backoff)  # (1 s, 2 s...)
                 await task.deferLater(self.reactor, delay, lambda: None)
+
+    async def _follow(self) -> None:
+        """One feed, until it breaks (a :class:`CouchError`) or the follower stops."""
+        if self._gone:  # (created again while no feed was open)
+            raise NotFound("the database is gone", url=self.db.display_url)
+        if self.since == "now":
+            self.since = (await self.db.info())["update_seq"]
+        self._stream = self.db.follow(self._deliver, since=self.since,
+                                      include_docs=self.include_docs,
+                                      heartbeat_ms=self.heartbeat_ms,
+                                      on_started=self._started)
+        if self._gone:  # (created again while "now" was being read)
+            self._stream.stop()
+        probe = task.LoopingCall(
+            lambda stream=self._stream: defer.ensureDeferred(self._probe(stream)))
+        probe.clock = self.reactor
+        probe.start(self.probe_seconds, now=False)
+        try:
+            await self._stream.done
+        finally:
+            if probe.running:  # (a probe that failed stopped its loop)
+                probe.stop()
+        if not self.running:
+            return  # (stopped: the feed ended as asked)
+        if self._gone:
+            raise NotFound("the database is gone", url=self.db.display_url)
+        # A continuous feed never ends well (a deleted database ends it on Apache
+        # CouchDB): as a break, backed off and said.
+        raise Unreachable("the _changes feed ended", url=self.db.display_url)
+
+    async def _broken(self, error: CouchError, failures: int) -> int:
+        """After a feed broke: whether its database is gone (then start over from
+        ``after_loss``), said as it should be. Returns the failures in a row now."""
+        # A feed live for a while starts its backoff over: a continuous feed never
+        # ends well, and a restart an hour ago must not slow this one. (One dropped
+        # as soon as accepted, a proxy's say, backs off further.)
+        lasted = self.live and self.reactor.seconds() - self._live_since >= LIVE_LONG_ENOUGH
+        self._disconnected()  # (before any look: the feed is down meanwhile)
+        lost = isinstance(error, NotFound)  # (the database deleted?)
+        # (a seq of this database's, read from it a moment ago (the OPML watcher's
+        # checkpoint), or a feed it gave: a 404 is looked at twice)
+        known = self._ever_live or self.since not in ("now", 0, None)
+        if lost and known and not self._recreated:
+            lost = not await self._answers_again(error) or self._recreated
+        if lost:
+            self.since = self.after_loss
+            try:
+                self.on_lost()
+            except Exception:  # (the feed must go on)
+                log.failure("{name}: after the database's loss", name=self.name)
+        self._gone = self._recreated = False
+        failures = 1 if lasted else failures + 1
+        if lost and not self._ever_live and failures < 10:
+            if failures == 1:  # (a first start: the sync creates it in a moment)
+                log.info("{name}: the database is not there yet; its _changes "
+                         "feed is asked for until it is", name=self.name)
+        elif failures in (1, 10) or failures % 100 == 0:
+            log.warn("{name}: _changes feed lost ({error}); reconnecting",
+                     name=self.name, error=error)
+        try:
+            self.on_failed(error, failures)
+        except Exception:  # (the feed must go on)
+            log.failure("{name}: after the feed's failure", name=self.name)
+        return failures
 
     def _disconnected(self) -> None:
         was_live, self.live, self._stream = self.live, False, None

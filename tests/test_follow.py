@@ -133,13 +133,16 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
 
     with logged() as said:
         clock, db = Clock(), Database()
+        db.deleted = True  # (not there yet: "now" cannot be read)
         follower = ChangesFollower(db, lambda change: None, reactor=clock)
         follower.startService()
-        db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
         clock.advance(1.0)
         warnings = [e for e in said if e.get("log_level") == LogLevel.warn]
-        assert warnings == [] and len(db.streams) == 2
+        assert warnings == [] and db.streams == []
         assert any("not there yet" in str(e.get("log_format")) for e in said)
+        db.deleted = False  # (the sync created it)
+        clock.advance(2.0)
+        assert len(db.streams) == 1
         db.streams[-1].on_started()
         clock.advance(60.0)
         db.deleted = True
@@ -299,3 +302,38 @@ def test_a_fault_of_ours_in_the_feed_is_said_and_the_feed_goes_on():
             follower.stopService()
     assert any("_changes feed failed; reconnecting" in str(e.get("log_format"))
                and e.get("log_failure") is not None for e in said)
+
+
+def test_a_404_in_passing_on_the_first_feed_from_a_checkpoint_is_looked_at_twice_too():
+    """The OPML watcher starts from its checkpoint, read from the database a moment
+    before: a 404 on its first feed was taken for the database's loss at once (0)."""
+    clock, db = Clock(), Database()
+    lost = []
+    follower = ChangesFollower(db, lambda change: None, since="5-saved", after_loss=0,
+                               on_lost=lambda: lost.append(True), reactor=clock)
+    follower.startService()
+    try:
+        db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
+        clock.advance(2.0)
+        clock.advance(1.0)
+        assert db.since == ["5-saved", "5-saved"] and lost == []
+    finally:
+        follower.stopService()
+
+
+def test_a_failing_hook_does_not_end_the_feed():
+    clock, db = Clock(), Database()
+
+    def on_failed(error, failures):
+        raise RuntimeError("a bug in the hook")
+
+    follower = ChangesFollower(db, lambda change: None, reactor=clock, on_failed=on_failed)
+    with logged() as said:
+        follower.startService()
+        try:
+            broken(db.streams[-1], live=False)
+            clock.advance(1.0)
+            assert len(db.streams) == 2 and follower.running
+        finally:
+            follower.stopService()
+    assert any("after the feed's failure" in str(e.get("log_format")) for e in said)
