@@ -25,7 +25,7 @@ from twisted.logger import (
     textFileLogObserver)
 
 from pypioncouch import __version__, couchapp
-from pypioncouch.couch import CouchDB, CouchError
+from pypioncouch.couch import CouchDB, CouchError, NotTheServer
 from pypioncouch.opml_watcher import regenerate_all
 from pypioncouch.progress import FollowingProgress, Progress
 from pypioncouch.pypi import PYPI_URL, PyPI, PyPIError
@@ -33,8 +33,8 @@ from pypioncouch.status import SyncStatus
 from pypioncouch.sync import MAX_CONCURRENCY, XmlRpcImporter, run_pass
 from pypioncouch.trace import Trace
 from pypioncouch.urls import (
-    BadURL, check_database_name, check_index_url, option_given, redact_text,
-    split_credentials, split_database_url)
+    BadURL, check_database_name, check_index_url, one_segment_too_many, option_given,
+    redact_text, split_credentials, split_database_url)
 
 
 ENV_COUCH = "PYPIONCOUCH_COUCH"  # the URL of commands given none (as for the daemon)
@@ -265,8 +265,13 @@ async def replicate_command(reactor, args) -> int:
     target = target_couch.database(target_db)
     # Both servers' welcomes first: a URL one segment too long (a document's, or a
     # database's as the server behind a proxy's path) is said as such.
-    source_welcome = await source.server.info()
-    await target_couch.info()
+    welcomes = []
+    for url, server in zip(args.replicate, (source.server, target_couch)):
+        try:
+            welcomes.append(await server.info())
+        except NotTheServer as error:
+            raise BadURL(one_segment_too_many("--replicate", url, error.db_name)) from None
+    source_welcome = welcomes[0]
     total = (await source.info())["doc_count"]
     progress = None if args.quiet else Progress(unit="docs")
     # Pull replication, run by the target: the usual way to fill a mirror. Except from

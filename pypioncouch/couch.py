@@ -118,6 +118,14 @@ class BadResponse(CouchError):
     """The server answered, but not as CouchDB would (HTML, bad JSON, 5xx...)."""
 
 
+class NotTheServer(BadResponse):
+    """A server's URL that names the database ``db_name`` (one segment too many)."""
+
+    def __init__(self, message: str, *, db_name: str, url: str = ""):
+        self.db_name = db_name
+        super().__init__(message, url=url)
+
+
 @dataclass(frozen=True)
 class BulkResult:
     """The outcome of one document of a ``_bulk_docs`` request."""
@@ -331,9 +339,10 @@ class CouchDB:
                               "database is named apart, --db)", url=self.display_url,
                               status=404) from None
         if isinstance(info, dict) and isinstance(info.get("db_name"), str):
-            raise BadResponse(f"this URL names the database {info['db_name']!r}, not the "
-                              f"server: give the server's URL (and --db "
-                              f"{info['db_name']})", url=self.display_url)
+            raise NotTheServer(f"this URL names the database {info['db_name']!r}, not "
+                               f"the server: give the server's URL (and --db "
+                               f"{info['db_name']})", db_name=info["db_name"],
+                               url=self.display_url)
         if not isinstance(info, dict) or not ({"couchdb", "express-pouchdb"} & set(info)):
             raise BadResponse("the server answered, but it is not CouchDB", url=self.display_url)
         return info

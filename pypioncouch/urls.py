@@ -148,6 +148,13 @@ def split_database_url(url: str, default_db: str) -> tuple[str, str]:
     return server, check_database_name(unquote(segments[-1]) if segments else default_db)
 
 
+def one_segment_too_many(option: str, url: str, db_name: str) -> str:
+    """What to say of a database's URL (``--replicate``, ``--upstream``) whose server
+    part names the database ``db_name``: the URL names something in it."""
+    return (f"{option} {redact(url)} names something inside the database {db_name!r} "
+            f"(a document?): give the database's URL, ending with /{db_name}")
+
+
 def option_given(args: list[str], option: str) -> bool:
     """Whether the command line ``args`` gives ``option`` (``--db x``, ``--db=x``): its
     value there wins over the environment's, a wrong one of which is then no matter."""

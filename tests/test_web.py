@@ -742,6 +742,23 @@ async def test_a_replica_reports_its_lag_behind_the_upstream(couch, db_name):
         assert (code, body["serial"], body["lag"]) == (200, 9, 0)
     finally:
         await port.stopListening()
+    # --upstream given a document's URL (one segment too many): said as such.
+    document = couch.database("a")
+    document.server = CouchDB(source.url_with_credentials + "/", timeout=10)
+    front, port, url = serve(replica, syncing=False, upstream=document,
+                             max_lag_seconds=0.2)
+    front.replica.every = 0.0
+    try:
+        await health(url)  # (the first look: unheard of from now)
+        await sleep(0.3)
+        code, body = await health(url)
+        assert code == 503 and body["reasons"] == [
+            f"no word from the upstream {document.display_url} for "
+            f"{body['lag_seconds']:.0f}s: --upstream {document.display_url} names "
+            f"something inside the database {db_name!r} (a document?): give the "
+            f"database's URL, ending with /{db_name}"], body
+    finally:
+        await port.stopListening()
     # An upstream that does not answer is reported (without its password), not fatal.
     gone = CouchDB("http://admin:s3cret@127.0.0.1:9/").database("pypi")
     front, port, url = serve(replica, syncing=False, upstream=gone, max_lag_seconds=0.2)

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from pypioncouch import couchapp
-from pypioncouch.couch import CouchError, Database
+from pypioncouch.couch import CouchError, Database, NotFound, NotTheServer
+from pypioncouch.urls import one_segment_too_many
 
 # Upstream serials remembered with when they were seen, to tell since when the replica
 # has been behind (a day of checks every 5 s; past it the oldest go, which only makes
@@ -65,6 +66,8 @@ class ReplicaLag:
                 state.upstream_serial = await couchapp.max_serial(self.upstream, self.timeout)
             except CouchError as error:
                 state.upstream_error = str(error)  # one line, URL redacted
+                if isinstance(error, NotFound):
+                    state.upstream_error = await self._not_found_why(error)
         if self._caught_up_at is None:
             self._caught_up_at = now  # behind (or unknown) when first seen: from here
         if state.upstream_serial is not None and state.serial is not None:
@@ -81,6 +84,18 @@ class ReplicaLag:
                 state.lag = state.upstream_serial  # it holds nothing yet
         self.state = state
         return state
+
+    async def _not_found_why(self, error: NotFound) -> str:
+        """What to say of an upstream that answers 404: a document's URL given for the
+        database's is said as such (its server's URL names the database)."""
+        try:
+            await self.upstream.server.info()
+        except NotTheServer as wrong:
+            return one_segment_too_many("--upstream", self.upstream.display_url,
+                                        wrong.db_name)
+        except CouchError:
+            pass
+        return str(error)
 
     def _note_upstream(self, now: float, upstream: int, held: int) -> None:
         """The replica holds ``held`` now: current as of the last time upstream was
