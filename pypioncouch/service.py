@@ -280,10 +280,13 @@ class SyncService(CoroutineService):
         file), it would let a broken PyPI's answers remove any number of projects for
         as long as the daemon runs."""
         self.importer.confirm_removals = False
+        left = (f"; {summary.pending} projects are left to retry: removals among them "
+                "are held again, past --max-removals (start with it once more)"
+                ) if summary.pending else ""
         log.warn("--confirm-removals confirmed this pass ({removed} projects removed); "
                  "later passes hold removals past --max-removals again (take it out of "
-                 "the daemon's options: it confirms the first pass after every start)",
-                 removed=summary.deleted)
+                 "the daemon's options: it confirms the first pass after every start)"
+                 "{left}", removed=summary.deleted, left=left)
 
 
 def imported(status: SyncStatus) -> bool:

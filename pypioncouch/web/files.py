@@ -97,6 +97,7 @@ class FilePages:
                 # end, a large file's HEAD outlasted the client's read timeout.
                 request.setHeader("Content-Type", "application/octet-stream")
                 request.setHeader("Content-Length", str(wanted.size))
+                request.setHeader("Cache-Control", "no-store")  # (upstream may fail it)
                 return b""
             return await self._when_stored(request, download)
         # A range of a file not stored yet: the whole of it as it arrives, a 200 (HTTP

@@ -59,8 +59,9 @@ class HealthPolicy:
             # for an hour first): behind since the checkpoint was saved, at least.
             behind = s.clock() - (s.caught_up_at or s.started)
             if behind > self.max_lag_seconds:
-                reasons.append(f"no serial read from PyPI since the start, and the "
-                               f"checkpoint was saved {behind:.0f}s ago")
+                since = "the checkpoint was saved" if s.caught_up_at else "it started"
+                reasons.append(f"no serial read from PyPI since the start, and {since} "
+                               f"{behind:.0f}s ago")
         else:
             lag_seconds = s.lag_seconds() or 0.0
             if lag_seconds > self.max_lag_seconds:
