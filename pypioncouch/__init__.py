@@ -9,7 +9,7 @@ The public Python API (the 2011 original's names, kept)::
 Both block until done and return a :class:`~pypioncouch.sync.Summary`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["XmlRpcImporter", "import_all", "update", "__version__"]
 

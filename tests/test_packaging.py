@@ -24,6 +24,14 @@ def test_twistd_lists_the_plugin_and_its_options():
         assert option in help_text
 
 
+def test_python_dash_m_is_the_command():
+    from pypioncouch import __version__
+
+    done = subprocess.run([sys.executable, "-m", "pypioncouch", "--version"],
+                          capture_output=True, text=True, cwd="/", timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"pypioncouch {__version__}\n")
+
+
 def test_the_plugin_is_found_after_a_plain_pip_install(tmp_path):
     """``pip install .`` (not editable) into a fresh venv finds the plugin too."""
     import sysconfig

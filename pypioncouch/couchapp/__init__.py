@@ -41,7 +41,7 @@ VIEW = "catalog"
 # One more whenever the views change (tests/test_couchapp.py keeps count): a
 # pypioncouch never replaces the design document of a newer one, whose views an older
 # --update or daemon would otherwise silently take away.
-GENERATION = 3
+GENERATION = 4
 LAST = {}  # collates after every string, number and list: the end of a key range
 
 

@@ -1,0 +1,5 @@
+"""``python -m pypioncouch``: the ``pypioncouch`` command."""
+
+from pypioncouch.cli import main
+
+main()
