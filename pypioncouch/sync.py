@@ -363,6 +363,11 @@ class XmlRpcImporter:
         the write guard) if needed; bring documents an older version stored up to
         date (none in a database created here: its view query is not asked)."""
         created = await self.db.ensure()
+        if not created:
+            # Known as synced from the start, while a new version's views are built (an
+            # hour or more at PyPI's size): /health judges the checkpoint's age meanwhile,
+            # not "not synced yet" at once.
+            await self.load_checkpoint()
         await couchapp.push(self.db)
         if self.guard:
             await couchapp.push_guard(self.db)

@@ -611,6 +611,21 @@ async def test_an_import_again_that_fails_is_not_synced_yet(world):
     assert "not synced yet" in HealthPolicy(importer.status).reasons(True)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_preparing_a_new_versions_views_is_known_as_synced(world):
+    """A new version's views take an hour or more to build at PyPI's size, before the
+    first pass: /health said "not synced yet" at once, a load balancer dropping a
+    primary whose data was a minute old."""
+    from pypioncouch.web.health import HealthPolicy
+
+    w = world(projects=6, seed=3)
+    await run_pass(w.importer(), full=True)
+    restarted = w.importer()  # (a new status: as after a restart)
+    await restarted.prepare()
+    assert restarted.status.our_serial == w.index.last_serial
+    assert HealthPolicy(restarted.status).reasons(True) == []
+
+
 async def a_pass_succeeded(status, seconds: float = 15.0) -> None:
     """Wait until the daemon's last pass did not fail."""
     for _ in range(int(seconds / 0.05)):
