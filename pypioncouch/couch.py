@@ -99,6 +99,11 @@ class Unauthorized(CouchError):
     """401/403: wrong or missing credentials, or not allowed."""
 
 
+class LockedOut(Unauthorized):
+    """403 from Apache CouchDB 3.4+'s ``[chttpd_auth_lockout]``: after a few failed
+    logins, the user is refused for minutes, its right password too."""
+
+
 class Unreachable(CouchError):
     """No connection: refused, no such host, or the connection was lost."""
 
@@ -411,6 +416,11 @@ def _interpret(method, url, status, content_type, content, raw):
     if status == 413 and isinstance(parsed, dict) and parsed.get(
             "error") == "document_too_large" and isinstance(parsed.get("reason"), str):
         raise DocumentTooLarge(message, docid=parsed["reason"], url=url, status=status)
+    if status == 403 and isinstance(parsed, dict) and "temporarily locked" in str(
+            parsed.get("reason")):
+        raise LockedOut("CouchDB refuses this user for a few minutes after failed logins "
+                        "(a wrong password?): check the password in the URL, then wait "
+                        "(Apache CouchDB's [chttpd_auth_lockout])", url=url, status=status)
     raise _error_for_status(status)(message, url=url, status=status)
 
 
@@ -447,6 +457,10 @@ class Database:
             await self._request("HEAD")
         except NotFound:
             return False
+        except Unauthorized as error:
+            if error.status == 403:  # (a HEAD's answer has no body to say why)
+                await self._request("GET")  # a lockout is said as such
+            raise
         return True
 
     async def ensure(self) -> bool:
@@ -458,6 +472,8 @@ class Database:
         try:
             if await self.exists():
                 return False
+        except LockedOut:
+            raise
         except Unauthorized as error:
             raise Unauthorized(refusal(self.server.user, self.name, error.status),
                                url=error.url, status=error.status) from None

@@ -659,6 +659,37 @@ async def test_wrong_password_is_a_typed_error_without_the_password(couch_server
         f"CouchDB does not accept user '{ADMIN[0]}': wrong user name or password")
 
 
+@pytest.mark.apache_only  # (CouchDB 3.4+'s [chttpd_auth_lockout])
+@pytest_twisted.ensureDeferred
+async def test_a_user_locked_out_after_failed_logins_is_told_so_not_to_fix_rights(
+        couch, couch_server, db_name):
+    """Five wrong passwords (a typo, and the web front's probes), and CouchDB refuses
+    the user for minutes, its right password too, with a 403: that was said as a
+    missing right ("make it an admin of that database (its _security)")."""
+    from pypioncouch.couch import LockedOut
+
+    user, password = f"locked-{db_name}", "Pa55-right"
+    await couch.request("PUT", f"_users/org.couchdb.user:{user}", body={
+        "_id": f"org.couchdb.user:{user}", "name": user, "password": password,
+        "roles": [], "type": "user"})
+    await couch.database(db_name).ensure()
+
+    def as_user(secret):
+        return CouchDB(f"http://{user}:{secret}@127.0.0.1:{couch_server.port}/",
+                       timeout=10).database(db_name)
+
+    for _ in range(6):
+        with pytest.raises(Unauthorized):
+            await as_user("Pa55-wrong").info()
+    with pytest.raises(LockedOut) as refused:
+        await as_user(password).ensure()
+    message = str(refused.value)
+    assert message.startswith("CouchDB refuses this user for a few minutes after failed "
+                              "logins (a wrong password?): check the password in the URL, "
+                              "then wait"), message
+    assert "_security" not in message and password not in message
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_user_without_rights_is_told_which_right_is_missing(couch, couch_server,
                                                                    db_name):

@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import (
-    CouchError, Database, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized, Unreachable,
-    refusal)
+    CouchError, Database, LockedOut, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized,
+    Unreachable, refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -255,6 +255,8 @@ class WebFront:
         try:
             await self.db.info(timeout=self.probe_timeout)
             ok, self.status.couch_problem = True, None
+        except LockedOut as error:
+            self.status.couch_problem = str(error)
         except Unauthorized as error:  # it answers, but not to us
             self.status.couch_problem = refusal(self.db.server.user, self.db.name,
                                                 error.status, writes=self.syncing)
