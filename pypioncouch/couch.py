@@ -277,13 +277,16 @@ class CouchDB:
             headers.update(extra)
         return headers
 
-    async def request(self, method: str, path: str, **options) -> Any:
+    async def request(self, method: str, path: str, *, read: bool | None = None,
+                      **options) -> Any:
         """One request (see :meth:`_request_once`). A read that finds its pooled
-        connection closed by the server (keep-alive race) is tried once more."""
+        connection closed by the server (keep-alive race) is tried once more: a GET or
+        HEAD, or a POST that only reads (``read=True``: ``keys`` too many for a URL)."""
         try:
             return await self._request_once(method, path, **options)
         except Unreachable as error:
-            if method not in ("GET", "HEAD") or not error.connection_lost:
+            reads = method in ("GET", "HEAD") if read is None else read
+            if not reads or not error.connection_lost:
                 raise
             return await self._request_once(method, path, **options)
 
@@ -620,7 +623,7 @@ class Database:
         unique = list(dict.fromkeys(ids))  # pouchdb-server answers a repeated id once
         body = {"docs": [{"id": docid} for docid in unique]}
         if trim is None:
-            answer = await self._request("POST", "_bulk_get", body=body)
+            answer = await self._request("POST", "_bulk_get", body=body, read=True)
             results = answer.get("results") if isinstance(answer, dict) else None
         else:
             results, _ = await self._read_rows(
@@ -645,7 +648,8 @@ class Database:
     async def all_docs(self, keys: list[str] | None = None, **params) -> dict:
         """``_all_docs``; with ``keys``, a POST (any number of ids)."""
         if keys is not None:
-            return await self._request("POST", "_all_docs", params=params, body={"keys": keys})
+            return await self._request("POST", "_all_docs", params=params, body={"keys": keys},
+                                       read=True)
         return await self._request("GET", "_all_docs", params=params)
 
     async def view(self, ddoc: str, view: str, keys: list | None = None,
@@ -654,7 +658,7 @@ class Database:
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(view, safe='')}"
         if keys is not None:
             return await self._request("POST", path, params=params, body={"keys": keys},
-                                       timeout=timeout)
+                                       timeout=timeout, read=True)
         return await self._request("GET", path, params=params, timeout=timeout)
 
     async def put_attachment(self, docid: str, rev: str, name: str, content: bytes,

@@ -504,6 +504,19 @@ def test_a_read_on_a_connection_closed_under_it_is_tried_once_more():
     assert outcome(results) == {"_id": "x"} and len(http.requests) == 2
 
 
+def test_a_post_that_only_reads_on_a_connection_closed_under_it_is_tried_once_more():
+    """(``_all_docs`` and a view with ``keys``, ``_bulk_get``: a proxy closing idle
+    connections sooner than the pool failed the whole sync pass)"""
+    rows, found = couch_json(200, b'{"rows": []}'), couch_json(200, b'{"results": []}')
+    for read, answer in ((lambda db: db.all_docs(keys=["a"]), rows),
+                         (lambda db: db.view("d", "v", keys=[1]), rows),
+                         (lambda db: db.bulk_get(["a"]), found)):
+        db, http, clock = couch_with(LOST, answer)
+        _, results = started(read(db))
+        assert not isinstance(outcome(results), Exception), outcome(results)
+        assert [r[0] for r in http.requests] == ["POST", "POST"]
+
+
 def test_a_connection_lost_twice_or_during_a_write_is_an_error():
     db, http, clock = couch_with(LOST, LOST)
     _, results = started(db.get("x"))
