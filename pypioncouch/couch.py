@@ -35,7 +35,7 @@ from pypioncouch import __version__
 from pypioncouch.http import (
     TLS_REFUSED, LeanClient, is_cancellation, is_tls_refusal, quiet_pool)
 from pypioncouch import jsonio
-from pypioncouch.urls import basic_auth, split_credentials
+from pypioncouch.urls import basic_auth, redact_text, split_credentials
 
 log = Logger()
 
@@ -412,7 +412,9 @@ def _interpret(method, url, status, content_type, content, raw):
         return parsed
     reason = ""
     if isinstance(parsed, dict):
-        reason = ": ".join(str(parsed[k]) for k in ("error", "reason") if parsed.get(k))
+        # (redacted: a replication's error may quote the URL it was given, password and all)
+        reason = redact_text(": ".join(str(parsed[k]) for k in ("error", "reason")
+                                       if parsed.get(k)))
     elif "html" in content_type:
         reason = "an HTML page (is this CouchDB?)"
     message = f"{method} failed" + (f": {reason}" if reason else "")
@@ -565,11 +567,18 @@ class Database:
     async def put(self, doc: dict) -> str:
         """Write ``doc`` (its ``_rev`` if an update); returns the new revision."""
         result = await self._request("PUT", doc_path(doc["_id"]), body=doc)
-        return result["rev"]
+        return self._new_rev(result, "PUT")
 
     async def delete(self, docid: str, rev: str) -> str:
         result = await self._request("DELETE", doc_path(docid), params={"rev": rev})
-        return result["rev"]
+        return self._new_rev(result, "DELETE")
+
+    def _new_rev(self, result: Any, method: str) -> str:
+        """The revision a write's answer names (a proxy's ``200 {}`` is no write)."""
+        if isinstance(result, dict) and isinstance(result.get("rev"), str):
+            return result["rev"]
+        raise BadResponse(f"{method} answered without the new revision: is this CouchDB?",
+                          url=self.display_url)
 
     async def bulk_docs(self, docs: list[dict], timeout: float | None = None) -> list[BulkResult]:
         """``_bulk_docs``: one :class:`BulkResult` per document, errors included, in the
@@ -666,7 +675,7 @@ class Database:
         result = await self._request(
             "PUT", f"{doc_path(docid)}/{quote(name, safe='')}", params={"rev": rev},
             data=content, headers={"Content-Type": content_type})
-        return result["rev"]
+        return self._new_rev(result, "PUT")
 
     async def get_attachment(self, docid: str, name: str, rev: str | None = None
                              ) -> tuple[bytes, str]:

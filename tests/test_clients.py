@@ -517,6 +517,26 @@ def test_a_post_that_only_reads_on_a_connection_closed_under_it_is_tried_once_mo
         assert [r[0] for r in http.requests] == ["POST", "POST"]
 
 
+def test_a_write_answered_without_a_revision_is_no_write():
+    """(a proxy's ``200 {}``: a KeyError, reported as a bug)"""
+    for answer in (couch_json(200, b"{}"), couch_json(201, b'{"ok": true, "rev": 7}')):
+        db, http, clock = couch_with(answer)
+        _, results = started(db.put({"_id": "x"}))
+        error = outcome(results)
+        assert type(error) is BadResponse and str(error) == (
+            "PUT answered without the new revision: is this CouchDB? "
+            "(http://admin:***@127.0.0.1:5984/db)")
+
+
+def test_an_error_that_quotes_a_url_with_its_password_is_said_without_it():
+    body = (b'{"error":"db_not_found","reason":"could not open '
+            b'http://mirror:Secret-9@primary:5984/pypi/"}')
+    db, http, clock = couch_with(couch_json(404, body))
+    _, results = started(db.get("x"))
+    assert "Secret-9" not in str(outcome(results))
+    assert "could not open http://mirror:***@primary:5984/pypi/" in str(outcome(results))
+
+
 def test_a_connection_lost_twice_or_during_a_write_is_an_error():
     db, http, clock = couch_with(LOST, LOST)
     _, results = started(db.get("x"))
