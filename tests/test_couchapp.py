@@ -64,6 +64,25 @@ async def test_a_changed_design_is_built_under_a_scratch_id_before_the_switch(co
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_scratch_design_an_upgrade_left_is_deleted_not_a_newer_ones(couch, db_name):
+    """An upgrade stopped before its switch (or gone back from) left its views under
+    the scratch id: CouchDB kept that index current at every write, and mirrors got
+    it. A newer version's, maybe building there now, is left alone."""
+    db = couch.database(db_name)
+    await db.ensure()
+    await couchapp.push(db)
+    views = {"views": {"other": {"map": "function (doc) { emit(doc._id, null); }"}}}
+    older = {**couchapp.design_document(), **views, "_id": couchapp.SCRATCH_ID}
+    await db.put(older)
+    assert await couchapp.push(db) is False  # (the design document is as wanted)
+    assert await db.get_or_none(couchapp.SCRATCH_ID) is None
+    newer = {**older, "pypioncouch": {"generation": couchapp.GENERATION + 1}}
+    await db.put(newer)
+    assert await couchapp.push(db) is False
+    assert await db.get_or_none(couchapp.SCRATCH_ID) is not None
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_design_document_leaves_writes_unchecked_and_the_guard_checks_them(
         couch, db_name):
     """Without the guard CouchDB runs no JavaScript per write (the hot path); with it,

@@ -186,6 +186,7 @@ async def push(db: Database, *, build_timeout: float = 3600.0, scratch_above: in
     wanted = dict(wanted or design_document())
     current = await db.get_or_none(DESIGN_ID)
     if current is not None and _same(current, wanted):
+        await _drop_stale_scratch(db, current)
         return False
     if generation(current) > generation(wanted):
         raise NewerDesign(f"{db.name!r} holds the design document of a newer pypioncouch "
@@ -231,6 +232,21 @@ async def _put_design(db: Database, doc: dict) -> None:
             f"CouchDB {db.server.user} may not write the design document {doc['_id']} of "
             f"{db.name!r}: make it an admin of that database (its _security), or use a "
             "server admin", url=error.url, status=error.status) from None
+
+
+async def _drop_stale_scratch(db: Database, current: dict) -> None:
+    """Delete the scratch design document an upgrade left (stopped before it switched,
+    or gone back from): Apache CouchDB keeps every design document's index current as
+    documents are written, and mirrors receive it. Not a newer version's, which may be
+    building its views there now."""
+    scratch = await db.get_or_none(SCRATCH_ID)
+    if scratch is None or generation(scratch) > generation(current):
+        return
+    try:
+        await db.delete(SCRATCH_ID, scratch["_rev"])
+        log.info("{id}, left by an upgrade that did not switch, deleted", id=SCRATCH_ID)
+    except (NotFound, Conflict):  # (another daemon did, or is using it)
+        pass
 
 
 async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> None:
