@@ -93,8 +93,12 @@ class FilePages:
         download = self.fetcher.download(wanted)
         if request.method == b"HEAD":
             if isinstance(wanted.size, int):
-                # Said from the release, as the download goes on: waiting for it to
-                # end, a large file's HEAD outlasted the client's read timeout.
+                # Said from the release once upstream answered, as the download goes
+                # on: waiting for it to end, a large file's HEAD outlasted the client's
+                # read timeout. (Upstream's 404, a refusal: said as for a GET.)
+                await download.started()
+                if download.state == FAILED:
+                    return _failed(request, download)
                 request.setHeader("Content-Type", "application/octet-stream")
                 request.setHeader("Content-Length", str(wanted.size))
                 request.setHeader("Cache-Control", "no-store")  # (upstream may fail it)
