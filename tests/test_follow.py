@@ -153,14 +153,20 @@ def test_a_database_not_there_yet_is_waited_for_without_a_warning():
             and "feed lost" in str(e.get("log_format"))]
 
 
+def following_from(since):
+    """A follower from ``since`` that starts over from 0 after a loss, and the list of
+    the losses it said: ``(clock, db, follower, lost)``."""
+    clock, db, lost = Clock(), Database(), []
+    follower = ChangesFollower(db, lambda change: None, since=since, after_loss=0,
+                               on_lost=lambda: lost.append(True), reactor=clock)
+    return clock, db, follower, lost
+
+
 def test_a_database_created_again_through_its_client_starts_the_feed_over():
     """Whether a feed is open (pouchdb-server keeps one on the deleted database) or
     the follower is waiting to reconnect with the old database's seq: it starts over
     from ``after_loss`` on the new one, and says the loss."""
-    clock, db = Clock(), Database()
-    lost = []
-    follower = ChangesFollower(db, lambda change: None, since="5-old", after_loss=0,
-                               on_lost=lambda: lost.append(True), reactor=clock)
+    clock, db, follower, lost = following_from("5-old")
     follower.startService()
     try:
         db.streams[-1].on_started()
@@ -230,10 +236,7 @@ def test_a_404_in_passing_is_no_loss_of_the_database():
     One that finds it gone (or a probe finding it gone twice) starts over."""
     from twisted.logger import LogLevel
 
-    clock, db = Clock(), Database()
-    lost = []
-    follower = ChangesFollower(db, lambda change: None, since="5-old", after_loss=0,
-                               on_lost=lambda: lost.append(True), reactor=clock)
+    clock, db, follower, lost = following_from("5-old")
     with logged() as said:
         follower.startService()
         try:
@@ -307,10 +310,7 @@ def test_a_fault_of_ours_in_the_feed_is_said_and_the_feed_goes_on():
 def test_a_404_in_passing_on_the_first_feed_from_a_checkpoint_is_looked_at_twice_too():
     """The OPML watcher starts from its checkpoint, read from the database a moment
     before: a 404 on its first feed was taken for the database's loss at once (0)."""
-    clock, db = Clock(), Database()
-    lost = []
-    follower = ChangesFollower(db, lambda change: None, since="5-saved", after_loss=0,
-                               on_lost=lambda: lost.append(True), reactor=clock)
+    clock, db, follower, lost = following_from("5-saved")
     follower.startService()
     try:
         db.streams[-1].done.errback(NotFound("no_db_file", url=db.display_url))
