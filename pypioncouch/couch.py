@@ -337,10 +337,10 @@ class CouchDB:
             status, found, content = await self._http.stream(method, url, headers, data, sink)
         return status, found.get("content-type", ""), content
 
-    async def info(self) -> dict:
+    async def info(self, timeout: float | None = None) -> dict:
         """``GET /``: the server's welcome (version, vendor). Proves it is CouchDB."""
         try:
-            info = await self.request("GET", "")
+            info = await self.request("GET", "", timeout=timeout)
         except NotFound:  # (a database's URL, of one not there: CouchDB's no_db_file)
             raise BadResponse("nothing answers at this URL: give the CouchDB "
                               "server's URL, such as http://localhost:5984/ (the "
@@ -464,7 +464,10 @@ class Database:
             return False
         except Unauthorized as error:
             if error.status == 403:  # (a HEAD's answer has no body to say why)
-                await self._request("GET")  # a lockout is said as such
+                try:
+                    await self._request("GET")  # a lockout is said as such
+                except NotFound:
+                    return False
             raise
         return True
 

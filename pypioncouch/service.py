@@ -292,8 +292,10 @@ class SyncService(CoroutineService):
 def imported(status: SyncStatus) -> bool:
     """Whether the background walks over what is stored (backfill, status sweep) may
     run: a first import has been done, and none is running again (a database deleted
-    under the daemon), which they would slow, reading views it is filling."""
-    return status.our_serial is not None and status.phase != "full import"
+    under the daemon), nor a new version's views being built (before the first pass),
+    which they would slow, reading views that are being filled."""
+    return status.our_serial is not None and status.phase not in ("full import",
+                                                                  "preparing")
 
 
 # The longest a failed pass waits when PyPI says when to ask again (its XML-RPC rate

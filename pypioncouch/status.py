@@ -48,7 +48,8 @@ class SyncStatus:
     database: str = ""
     syncing: bool = True
     started: float | None = None  # (None: now, by ``clock``)
-    phase: str = "starting"  # starting | full import | incremental | mirror | stopped
+    # starting | preparing | full import | incremental | idle | retrying | mirror | stopped
+    phase: str = "starting"
     changes_source: str = "xmlrpc"
     pypi_serial: int | None = None
     pypi_serial_at: float | None = None

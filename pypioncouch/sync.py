@@ -362,6 +362,7 @@ class XmlRpcImporter:
         """Create the database and install the design document (and, with ``guard``,
         the write guard) if needed; bring documents an older version stored up to
         date (none in a database created here: its view query is not asked)."""
+        self.status.phase = "preparing"  # (views may be built: an hour at PyPI's size)
         created = await self.db.ensure()
         if not created:
             # Known as synced from the start, while a new version's views are built (an

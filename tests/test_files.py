@@ -468,6 +468,32 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_head_queued_behind_other_downloads_is_answered_from_the_release(
+        world, tmp_path, monkeypatch):
+    """Every download slot taken by large wheels: a HEAD of another file waited for a
+    slot, past the client's read timeout; after a moment it is said from the release."""
+    from pypioncouch.web import files as file_pages
+
+    monkeypatch.setattr(file_pages, "HEAD_WAIT", 0.5)
+    store = FileStore(tmp_path / "files")
+    front, port, url = serve(world.db, store, Fetcher(store, concurrency=1))
+    lib = "files_lib-1.1-py3-none-any.whl"
+    try:
+        world.resource.control("files", {"hold": [APP_WHEEL]})
+        wheel = await http.get(f"{url}/files/files-app/{APP_WHEEL}", unbuffered=True)
+        assert wheel.code == 200  # (the one slot, held)
+        head = await http.head(f"{url}/files/files-lib/{lib}")
+        assert (head.code, await treq.content(head)) == (200, b"")
+        assert header(head, "content-length") == [str(len(upstream_bytes(world, lib)))]
+        assert header(head, "cache-control") == ["no-store"]
+        world.resource.control("files", {"hold": False})
+        assert await treq.content(wheel) == upstream_bytes(world, APP_WHEEL)
+    finally:
+        world.resource.control("files", {"hold": False})
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_file_upstream_sends_without_a_length_is_streamed_with_the_releases(
         world, tmp_path):
     """(a body without Content-Length ends as its connection does: over an HTTP/1.0

@@ -620,10 +620,14 @@ async def test_a_daemon_preparing_a_new_versions_views_is_known_as_synced(world)
 
     w = world(projects=6, seed=3)
     await run_pass(w.importer(), full=True)
+    from pypioncouch.service import imported
+
     restarted = w.importer()  # (a new status: as after a restart)
     await restarted.prepare()
     assert restarted.status.our_serial == w.index.last_serial
     assert HealthPolicy(restarted.status).reasons(True) == []
+    # (the backfill and the status sweep wait for the first pass all the same)
+    assert restarted.status.phase == "preparing" and not imported(restarted.status)
 
 
 async def a_pass_succeeded(status, seconds: float = 15.0) -> None:

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator
 
 from twisted.logger import Logger
 
-from pypioncouch.couch import Conflict, Database, NotFound, Unauthorized
+from pypioncouch.couch import Conflict, Database, LockedOut, NotFound, Unauthorized
 
 log = Logger()
 
@@ -227,6 +227,8 @@ async def _install(db: Database, wanted: dict, current: dict | None) -> bool:
 async def _put_design(db: Database, doc: dict) -> None:
     try:
         await db.put(doc)
+    except LockedOut:
+        raise
     except Unauthorized as error:
         raise Unauthorized(
             f"CouchDB {db.server.user} may not write the design document {doc['_id']} of "
@@ -244,9 +246,13 @@ async def _drop_stale_scratch(db: Database, current: dict) -> None:
         return
     try:
         await db.delete(SCRATCH_ID, scratch["_rev"])
-        log.info("{id}, left by an upgrade that did not switch, deleted", id=SCRATCH_ID)
-    except (NotFound, Conflict):  # (another daemon did, or is using it)
+        log.info("{id} deleted: the design document it was to become is installed, or "
+                 "an older one's", id=SCRATCH_ID)
+    except (NotFound, Conflict):  # (another daemon did, or wrote it again)
         pass
+    except Unauthorized:  # (a user who may not write design documents: left as it is)
+        log.info("{id} is left from an upgrade; a database admin may delete it",
+                 id=SCRATCH_ID)
 
 
 async def _build_under_scratch(db: Database, wanted: dict, timeout: float) -> None:

@@ -251,6 +251,8 @@ class WebFront:
         return await answer
 
     async def _check_couch(self, now: float) -> None:
+        """Ask CouchDB once; what it answered goes to every request waiting for it,
+        and to /status (``couch_problem``: what a person should know of a refusal)."""
         ok = False
         try:
             await self.db.info(timeout=self.probe_timeout)

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.static import File
 
 from pypioncouch import model
-from pypioncouch.filefetch import FAILED, STORED, Download, Fetcher, FetchError
+from pypioncouch.filefetch import CONNECTING, FAILED, STORED, Download, Fetcher, FetchError
 from pypioncouch.files import (
     FileStore, Wanted, file_identity, file_sha256, find_wanted, is_safe_filename)
 from pypioncouch.web.app import _cors, _not_modified, _plain, _redirect, observed, servable_name
@@ -31,6 +31,7 @@ log = Logger()
 
 CHUNK = 64 * 1024
 CACHE_CONTROL = "max-age=31536000, immutable"  # a file's bytes never change on PyPI
+HEAD_WAIT = 5.0  # seconds a HEAD of a file not stored waits for upstream's answer
 
 
 class FilePages:
@@ -93,10 +94,11 @@ class FilePages:
         download = self.fetcher.download(wanted)
         if request.method == b"HEAD":
             if isinstance(wanted.size, int):
-                # Said from the release once upstream answered, as the download goes
-                # on: waiting for it to end, a large file's HEAD outlasted the client's
-                # read timeout. (Upstream's 404, a refusal: said as for a GET.)
-                await download.started()
+                # Said from the release once upstream answered (or after HEAD_WAIT, the
+                # download queued behind others), as the download goes on: waiting for
+                # it to end, a large file's HEAD outlasted the client's read timeout.
+                # (Upstream's 404, a refusal: said as for a GET.)
+                await _answered(download, HEAD_WAIT, self.fetcher.reactor)
                 if download.state == FAILED:
                     return _failed(request, download)
                 request.setHeader("Content-Type", "application/octet-stream")
@@ -182,6 +184,18 @@ class FilePages:
             handle.close()
             writer.close()
         return b"" if whole else await cut_short(request)
+
+
+async def _answered(download: Download, seconds: float, reactor) -> None:
+    """Returns once upstream answered (or the download is over), or after ``seconds``."""
+    deadline = reactor.seconds() + seconds
+    while download.state == CONNECTING and reactor.seconds() < deadline:
+        waiter = download.changed()
+        timer = reactor.callLater(deadline - reactor.seconds(),
+                                  lambda: waiter.called or waiter.callback(None))
+        await waiter
+        if timer.active():
+            timer.cancel()
 
 
 async def _follow(download: Download, handle, writer: PacedWriter) -> bool:

@@ -89,7 +89,7 @@ class ReplicaLag:
         """What to say of an upstream that answers 404: a document's URL given for the
         database's is said as such (its server's URL names the database)."""
         try:
-            await self.upstream.server.info()
+            await self.upstream.server.info(timeout=self.timeout)
         except NotTheServer as wrong:
             return one_segment_too_many("--upstream", self.upstream.display_url,
                                         wrong.db_name)
