@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -467,6 +468,21 @@ async def test_concurrent_requests_fetch_once_while_the_first_streams(world, tmp
         await port.stopListening()
 
 
+@asynccontextmanager
+async def the_one_slot_held(world, url):
+    """The wheel of files-app asked for, on a front whose fetcher has one download
+    slot, held half-way by upstream while the block runs; then all of it arrives."""
+    world.resource.control("files", {"hold": [APP_WHEEL]})
+    try:
+        wheel = await http.get(f"{url}/files/files-app/{APP_WHEEL}", unbuffered=True)
+        assert wheel.code == 200
+        yield
+        world.resource.control("files", {"hold": False})
+        assert await treq.content(wheel) == upstream_bytes(world, APP_WHEEL)
+    finally:
+        world.resource.control("files", {"hold": False})
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_head_queued_behind_other_downloads_is_answered_from_the_release(
         world, tmp_path, monkeypatch):
@@ -479,17 +495,12 @@ async def test_a_head_queued_behind_other_downloads_is_answered_from_the_release
     front, port, url = serve(world.db, store, Fetcher(store, concurrency=1))
     lib = "files_lib-1.1-py3-none-any.whl"
     try:
-        world.resource.control("files", {"hold": [APP_WHEEL]})
-        wheel = await http.get(f"{url}/files/files-app/{APP_WHEEL}", unbuffered=True)
-        assert wheel.code == 200  # (the one slot, held)
-        head = await http.head(f"{url}/files/files-lib/{lib}")
-        assert (head.code, await treq.content(head)) == (200, b"")
-        assert header(head, "content-length") == [str(len(upstream_bytes(world, lib)))]
-        assert header(head, "cache-control") == ["no-store"]
-        world.resource.control("files", {"hold": False})
-        assert await treq.content(wheel) == upstream_bytes(world, APP_WHEEL)
+        async with the_one_slot_held(world, url):
+            head = await http.head(f"{url}/files/files-lib/{lib}")
+            assert (head.code, await treq.content(head)) == (200, b"")
+            assert header(head, "content-length") == [str(len(upstream_bytes(world, lib)))]
+            assert header(head, "cache-control") == ["no-store"]
     finally:
-        world.resource.control("files", {"hold": False})
         await port.stopListening()
 
 
@@ -522,16 +533,11 @@ async def test_a_metadata_file_is_not_queued_behind_wheels_that_take_every_slot(
     front, port, url = serve(world.db, store, Fetcher(store, concurrency=1))
     address = f"{url}/files/files-app/{APP_WHEEL}"
     try:
-        world.resource.control("files", {"hold": [APP_WHEEL]})
-        wheel = await http.get(address, unbuffered=True)  # (the one slot, held)
-        assert wheel.code == 200
-        metadata = await http.get(address + ".metadata")
-        assert metadata.code == 200
-        assert b"Name: Files_App" in await treq.content(metadata)
-        world.resource.control("files", {"hold": False})
-        assert await treq.content(wheel) == upstream_bytes(world, APP_WHEEL)
+        async with the_one_slot_held(world, url):
+            metadata = await http.get(address + ".metadata")
+            assert metadata.code == 200
+            assert b"Name: Files_App" in await treq.content(metadata)
     finally:
-        world.resource.control("files", {"hold": False})
         await port.stopListening()
 
 
