@@ -244,9 +244,9 @@ class WebFront:
             # (no request owns the check: one whose client leaves cancels its own wait,
             # not the check, whose result the others wait for)
             defer.ensureDeferred(self._check_couch(now))
-        answer = defer.Deferred()
         if self._couch_checking is None:  # (checked at once: a scripted CouchDB's)
             return self._couch_check[1]
+        answer = defer.Deferred()
         self._couch_checking.append(answer)
         return await answer
 
