@@ -506,6 +506,15 @@ def files_digest(doc: dict) -> str:
                     if k not in ("_id", "_rev", "last_serial") + _OWN_INFO_KEYS})
 
 
+def missing_releases(project: dict, releases: list[dict]) -> list[str]:
+    """The versions ``project`` names whose documents are not among ``releases``: a
+    replica whose replication brought the project first (it copies in no set order),
+    or a cluster's copy behind. An answer without them would pass for the whole
+    project at its serial (a mirror following this one would delete them)."""
+    read = {release.get("version") for release in releases}
+    return [version for version in project.get("versions") or [] if version not in read]
+
+
 def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
     """Whether ``releases`` are the copies ``project`` records (by their files part;
     a release recorded as unknown passes, as does one without files, whose yanked
@@ -515,8 +524,7 @@ def releases_as_recorded(project: dict, releases: list[dict]) -> bool:
     recorded = project.get("release_digests")
     if not isinstance(recorded, dict):
         return not releases
-    read = {release.get("version") for release in releases}
-    if any(version not in read for version in project.get("versions") or []):
+    if missing_releases(project, releases):
         return False  # (one it names, not read)
     for release in releases:
         version = release.get("version")
@@ -606,7 +614,8 @@ def has_json_api(project: dict) -> bool:
 def json_api_payload(project: dict, releases: list[dict], version: str | None = None
                      ) -> dict | None:
     """The JSON API answer re-built from stored documents (``/pypi/<p>/json`` when
-    ``version`` is None, else ``/pypi/<p>/<version>/json``); None means 404.
+    ``version`` is None, else ``/pypi/<p>/<version>/json``); None: the release shown,
+    or for the project's answer one it names, is not among ``releases``.
 
     Raises :class:`MissingInfo` for a stored release whose own ``info`` is not: an
     answer with another release's metadata would be made up.
@@ -615,7 +624,7 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
         return None
     by_version = {doc["version"]: doc for doc in releases}
     chosen = project["latest_version"] if version is None else version
-    if chosen not in by_version:
+    if chosen not in by_version or (version is None and missing_releases(project, releases)):
         return None
     release = by_version[chosen]
     if lacks_own_info(project, release, version):
@@ -632,8 +641,7 @@ def json_api_payload(project: dict, releases: list[dict], version: str | None = 
     payload["info"] = info
     payload["urls"] = release["files"]
     if version is None:
-        payload["releases"] = {v: by_version[v]["files"] for v in project["versions"]
-                               if v in by_version}
+        payload["releases"] = {v: by_version[v]["files"] for v in project["versions"]}
     return payload
 
 

@@ -1,5 +1,6 @@
 """The web front: Simple API, JSON API, health, status, metrics, mirrors."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -438,6 +439,54 @@ async def test_a_replica_whose_new_release_has_not_landed_says_to_ask_again(worl
         answer = await treq.get(f"{url}/pypi/{key}/json")
         assert answer.code == 200
         assert (await answer.json())["info"]["version"] == project["latest_version"]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_lacking_an_older_release_says_to_ask_again_on_both_apis(world):
+    """An older release the replication has not brought yet: a page without it would
+    pass for the whole project at its serial (bandersnatch, or a pypioncouch following
+    this one, would delete it downstream); the latest release's own answer is whole."""
+    w = world(projects=12, seed=11)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(6))
+    project = await w.db.get(key)
+    older = next(v for v in project["versions"] if v != project["latest_version"])
+    release = await w.db.get(f"{key}:{older}")
+    assert release["files"], older  # (its files would be missing from the Simple page)
+    await w.db.delete(release["_id"], release["_rev"])
+    front, port, url = serve(w.db, syncing=False)
+    said = f"{key} {older} is not in this database yet (a replication under way?): ask again"
+
+    async def get(path, accept="text/html", until=None):
+        """(a cluster: the front reads through another node, a moment behind)"""
+        for _ in range(50):
+            answer = await treq.get(f"{url}/{path}", headers={"Accept": accept})
+            body = (await answer.content()).decode()
+            if answer.code == until:
+                break
+            await sleep(0.1)
+        return answer, body
+
+    try:
+        for path, accept in ((f"pypi/{key}/json", "application/json"),
+                             (f"simple/{key}/", "text/html"),
+                             (f"simple/{key}/", "application/vnd.pypi.simple.v1+json")):
+            answer, body = await get(path, accept, until=503)
+            assert (answer.code, answer.headers.getRawHeaders("retry-after")) == \
+                (503, ["5"]), (path, accept, body)
+            assert said in body
+            for header in ("etag", "x-pypi-last-serial"):
+                assert answer.headers.getRawHeaders(header) is None, (path, header)
+        latest = await treq.get(f"{url}/pypi/{key}/{project['latest_version']}/json")
+        assert latest.code == 200
+        await latest.content()
+        await w.db.put({k: v for k, v in release.items() if k != "_rev"})  # (it lands)
+        answer, body = await get(f"pypi/{key}/json", until=200)
+        assert answer.code == 200 and older in json.loads(body)["releases"]
+        answer, page = await get(f"simple/{key}/", until=200)
+        assert answer.code == 200 and release["files"][0]["filename"] in page
     finally:
         await port.stopListening()
 

@@ -539,9 +539,13 @@ class WebFront:
         tag = variant + ("-v1" if chosen == simple.V1_HTML else "")
         if _not_modified(request, f'"{entry.etag_base}-{tag}"'):
             return b""
-        return self.cache.rendered(entry, variant, lambda: render_simple(
+        body = self.cache.rendered(entry, variant, lambda: render_simple(
             entry, variant.startswith("json"), local_files=self.file_pages is not None,
             held=held))
+        if body is None:  # (as the JSON API's: a page without it would pass for whole)
+            return _not_here_yet(request, key, model.missing_releases(
+                entry.project, entry.releases)[0], as_json=False)
+        return body
 
     # -- JSON API ----------------------------------------------------------------------
 
@@ -606,11 +610,10 @@ class WebFront:
             # that brought the project first (it copies in no set order), or a removal
             # as it was read. A 404 would say the project is gone: a mirror following
             # this one (bandersnatch's verify) would delete it.
-            for header in (b"ETag", b"X-PyPI-Last-Serial"):
-                request.responseHeaders.removeHeader(header)
-            request.setHeader("Retry-After", "5")
-            return _json_message(request, 503, f"{key} {shown} is not in this database "
-                                               "yet (a replication under way?): ask again")
+            missing = version is None and model.missing_releases(entry.project,
+                                                                 entry.releases)
+            return _not_here_yet(request, key, missing[0] if missing else shown,
+                                 as_json=True)
         return body
 
     async def _json_api_of_elided(self, entry: CachedProject, shown: str,
@@ -758,12 +761,28 @@ def _find_version(versions: list[str], wanted: str) -> str:
     return matches[0] if len(matches) == 1 else ""
 
 
+def _not_here_yet(request, key: str, version: str, as_json: bool) -> bytes:
+    """A 503 for a project page that would lack release ``version`` (not in this
+    database yet): without the serial and ETag the whole page carries."""
+    for header in (b"ETag", b"X-PyPI-Last-Serial"):
+        request.responseHeaders.removeHeader(header)
+    request.setHeader("Retry-After", "5")
+    message = (f"{key} {version} is not in this database yet (a replication under "
+               "way?): ask again")
+    if as_json:
+        return _json_message(request, 503, message)
+    return _plain(request, 503, message)
+
+
 def render_simple(entry: CachedProject, as_json: bool, local_files: bool = False,
-                  held: dict[str, int] | None = None) -> bytes:
+                  held: dict[str, int] | None = None) -> bytes | None:
     """A project's Simple page from its stored documents; ``local_files``: with file
-    URLs pointing at this daemon's ``/files/``; ``held``: listing only these files."""
+    URLs pointing at this daemon's ``/files/``; ``held``: listing only these files.
+    None: a release the project names is not among them (see ``missing_releases``)."""
     project = entry.project
     status = project.get("status") or "active"
+    if status != "quarantined" and model.missing_releases(project, entry.releases):
+        return None
     listed = set(project.get("versions") or [])  # (a removal's tombstone may lag on a
     # replica: a release the project no longer names is not listed)
     releases = {} if status == "quarantined" else {
