@@ -194,13 +194,15 @@ class WorkList:
         self.names = [None if names[i] is key else names[i]
                       for i, key in zip(order, self.keys)]
         self.serials = array("q", (serials[i] for i in order))
+        self.retries: set[str] = set()  # keys pending from an earlier pass
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __iter__(self) -> Iterator[Work]:
         for key, name, serial in zip(self.keys, self.names, self.serials):
-            yield Work(key, name or key, None if serial == self.NO_SERIAL else serial)
+            yield Work(key, name or key, None if serial == self.NO_SERIAL else serial,
+                       retry=key in self.retries)
 
     def __contains__(self, key: str) -> bool:
         at = bisect_left(self.keys, key)
@@ -417,6 +419,7 @@ class XmlRpcImporter:
         self.status.note_serials(pypi_serial=baseline)
         cursor = replay_from(baseline, listing)
         works = WorkList(listing)
+        works.retries = set(pending)  # (the versions their rows named: not known)
         del listing
         self.trace.mark("works ready")
         self.status.import_total, self.status.import_done = len(works), 0
@@ -619,6 +622,10 @@ class XmlRpcImporter:
             self.quarantine_asked_at = now
         gone = {work.key for work, _ in removals[already:]}
         alive = [w.key for w in strays if w.key not in gone and w.key not in quarantined]
+        if alive:  # (one quarantined since it was stored: left out of the index too)
+            stored = await self.store.project_documents(alive)
+            alive = [key for key in alive
+                     if (stored.get(key) or {}).get("status") != "quarantined"]
         if alive:
             reason = (f"the listing from {self.pypi.display_url} lacks {len(alive)} "
                       f"projects PyPI still has (or did not answer for), {alive[0]} first: "
@@ -753,9 +760,12 @@ class XmlRpcImporter:
                 trace.begin(work.key)
                 trace.event(work.key, "read")
                 old = copies.get(work.key)
+                # (a yank of a release without files shows in no project answer: work
+                # naming one, or a retry, which cannot say whether it did, is done)
                 if (old is not None and work.serial is not None
                         and (old.get("last_serial") or -1) >= work.serial
-                        and not store.needs_repair(old) and not work.yanks):
+                        and not store.needs_repair(old) and not work.yanks
+                        and not work.retry):
                     summary.skipped += 1
                     self._advance()
                     continue

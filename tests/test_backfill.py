@@ -634,6 +634,34 @@ async def test_a_yank_row_reaches_a_release_without_files_stored_as_new_already(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_yank_row_retried_asks_again_though_the_project_is_stored_at_its_serial(
+        small_world):
+    """As above, but the release's own answer is stale when the yank's row is read (a
+    CDN): the project is kept to retry at the yank's serial, at which it is stored
+    already. The retry still asks (taken as current, the yank was lost for good)."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    await backfill_of(world).run_pass()
+    key = normalize(world.index.dataset.name(2))  # (the "versions" showcase)
+    fileless = "2.0.0.dev1"
+    world.index.cdn_hold(key, fileless)
+    world.index.publish(key, "3.0")
+    yanked_at = world.index.yank(key, fileless, "never meant to be")
+    world.resource.xmlrpc.changelog_limit = 1  # (a page a row)
+    summary = await run_pass(world.importer(stale_retries=1))
+    assert summary.pending == 1 and "stale: serial" in summary.errors[0], summary.errors
+    project, stored = await stored_project(world.db, key)
+    assert project["last_serial"] == yanked_at
+    assert {d["version"]: d for d in stored}[fileless]["yanked"] is False
+    world.index.cdn_release(key, fileless)
+    summary = await run_pass(world.importer())
+    assert summary.pending == 0, summary.errors
+    _, stored = await stored_project(world.db, key)
+    release = {d["version"]: d for d in stored}[fileless]
+    assert (release["yanked"], release["yanked_reason"]) == (True, "never meant to be")
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_release_without_files_keeps_its_flags_once_not_the_latest(small_world):
     """Its Requires-Python came from its info while it was the latest; when a newer
     release comes, the project's answer says nothing of it any more."""

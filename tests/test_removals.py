@@ -221,6 +221,22 @@ async def test_quarantined_projects_missing_from_the_index_are_kept_as_they_are(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_project_quarantined_since_it_was_stored_leaves_the_index_whole(world):
+    """Followed from the /simple/ index, a project quarantined since it was stored
+    leaves the index: asked by name, it is stored as quarantined, and the listing is
+    not taken for an incomplete one (which held the checkpoint back)."""
+    w = world(projects=20, seed=37)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(9))
+    w.index.quarantine(key)
+    summary = await run_pass(w.importer(changes="simple"))
+    assert summary.incomplete is None and summary.deleted == 0, summary
+    assert (await w.db.get(key))["status"] == "quarantined"
+    assert (await w.db.get_local(CHECKPOINT))["serial"] == w.index.last_serial
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_listing_that_hides_live_projects_does_not_move_the_checkpoint(world):
     """A cut /simple/ index hides stored projects (asked about: alive) and, unseen, a
     project new since the checkpoint: passing it would lose that project for good."""
