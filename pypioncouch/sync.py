@@ -912,11 +912,8 @@ class XmlRpcImporter:
         answer older than the project's, or a 404 for a release the project lists, is
         a CDN's stale copy: asked again, then the project is retried.
 
-        Changes read from the Simple index name no version: for a stored project whose
-        answer shows no change of its releases (so the change may be such a yank),
-        those stored with their own metadata are asked about, and only the answers
-        whose flags differ from the stored ones are taken (a role change asks, and
-        rewrites nothing)."""
+        Changes read from the Simple index name no version: see :meth:`_unseen_yanks`
+        (a role change asks, and rewrites nothing)."""
         payload = answer.payload if answer.kind == "project" else None
         if not isinstance(payload, dict) or self.source != "json" or not isinstance(
                 payload.get("releases"), dict) or not isinstance(payload.get("info"), dict):
@@ -937,21 +934,29 @@ class XmlRpcImporter:
     async def _unseen_yanks(self, work: Work, answer: ProjectAnswer, old: dict,
                             fileless: list[str]) -> dict[str, dict]:
         """The per-version answers of ``fileless`` releases of a stored project whose
-        yanked flags or Requires-Python differ from the stored ones, when the
-        project's answer shows no change of its releases (see :meth:`_own_answers`)."""
-        if model.answer_changes_releases(answer.payload, old.get("release_digests")):
-            return {}  # (the change shows: not a yank of a release without files)
+        yanked flags or Requires-Python may have changed unseen (see
+        :meth:`_own_answers`): those stored with their own metadata whose flags differ,
+        when the project's answer shows no change of its releases; and, whatever it
+        shows, those whose stored flags came from files they no longer have, or from
+        their time as the latest (a yank of the latest shows only as another release
+        becoming the latest)."""
+        unchanged = not model.answer_changes_releases(answer.payload,
+                                                      old.get("release_digests"))
         ids = [store.release_id(work.key, version) for version in fileless]
-        # (only their flags and whether they have their own metadata are looked at: a
-        # big answer's READMEs are dropped as it is read)
+        # (only their flags, files and whether they have their own metadata are looked
+        # at: a big answer's READMEs are dropped as it is read)
         stored = await self.store.db.bulk_get(ids, trim=_info_kept_empty)
         found = {}
         for version, docid in zip(fileless, ids):
             doc = stored.get(docid)
-            if doc is None or "info" not in doc:
-                continue  # (not stored with its own metadata: the backfill's to ask)
+            if doc is None:
+                continue  # (new: the backfill's to ask)
+            borrowed = bool(doc.get("files")) or \
+                doc.get("info_source") == model.INFO_FROM_LATEST
+            if not borrowed and not (unchanged and "info" in doc):
+                continue  # (nothing says it changed, or the backfill's to ask)
             own = await self.pypi.release(work.name, version, min_serial=answer.serial)
-            if own is not None and model.own_flags_differ(doc, own):
+            if own is not None and (borrowed or model.own_flags_differ(doc, own)):
                 found[version] = own
         return found
 

@@ -454,6 +454,54 @@ async def test_a_yank_of_a_release_without_files_is_read_with_changes_from_the_s
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_yank_that_shows_in_the_answer_still_reaches_a_release_without_files(
+        small_world):
+    """With changes from the Simple index, a change the project's answer shows asks
+    no release's own answer: but a yank can show there. The latest release, without
+    files, yanked: PyPI's latest is another one now, and the yanked one's flags came
+    from its time as the latest (the new latest's info shows as a change). A
+    release that lost its last file: its flags came
+    from its files. Both are asked about, and stored as PyPI says them."""
+    world = small_world
+    await run_pass(world.importer(), full=True)
+    key = normalize(world.index.dataset.name(4))
+    world.index.publish(key, "39.0", files=1)  # (never the latest as stored)
+    world.index.publish(key, "40.0", files=0)
+    await run_pass(world.importer(changes="simple"))
+    world.index.yank(key, "40.0", "not this one")
+    summary = await run_pass(world.importer(changes="simple"))
+    assert summary.projects == 1 and summary.pending == 0, summary.errors
+
+    async def stored_releases():
+        _, stored = await stored_project(world.db, key)
+        return {d["version"]: d for d in stored}
+
+    release = (await stored_releases())["40.0"]
+    assert (release["yanked"], release["yanked_reason"]) == (True, "not this one")
+    assert release["info"]["yanked"] is True
+
+    world.index.publish(key, "41.0", files=1)
+    await run_pass(world.importer(changes="simple"))
+    await backfill_of(world).run_pass()  # (its own metadata stored: not yanked)
+    world.index.publish(key, "42.0", files=1)
+    world.index.yank(key, "41.0", "broken wheel")
+    await run_pass(world.importer(changes="simple"))
+    (only,) = world.index.get(key).releases["41.0"].files
+    world.index.remove_file(key, "41.0", only.filename)
+    summary = await run_pass(world.importer(changes="simple"))
+    assert summary.projects == 1 and summary.pending == 0, summary.errors
+    release = (await stored_releases())["41.0"]
+    assert (release["files"], release["yanked"], release["yanked_reason"]) == \
+        ([], True, "broken wheel")
+    _, port, url = serve(world.db, syncing=False)
+    try:
+        for version in ("40.0", "41.0"):
+            assert await ours(url, key, version) == (200, await oracle(world, key, version))
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_backfill_takes_no_answer_older_than_the_stored_project(small_world):
     """With changes from the Simple index, a yank of a release without files whose own
     metadata is not stored yet is left to the backfill, and its document keeps the
