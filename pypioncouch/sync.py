@@ -282,6 +282,15 @@ def pending_work(key: str, wanted, unlisted: bool = False) -> Work:
     return Work(key, key, None if unlisted else wanted, retry=True)
 
 
+def stray_work(row: dict, pending: dict | None) -> Work:
+    """The work of a stored project a listing lacks (a row of the ``all_projects``
+    view), to ask about by name: as its pending entry says, if it has one."""
+    key, name = row["id"], row["value"][0] or row["id"]
+    if pending and key in pending:
+        return pending_work(key, pending[key], unlisted=True)._replace(name=name)
+    return Work(key, name, None)
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     chunk = []
     for item in items:
@@ -444,7 +453,7 @@ class XmlRpcImporter:
         # Into an empty database there is nothing to ask about (and no view to build).
         trusted = True
         if had_documents:
-            trusted = await self.sweep(listed, summary, failures, removals)
+            trusted = await self.sweep(listed, summary, failures, removals, pending)
         await self.settle_removals(removals, summary, failures)
         # Pending before this import and not listed: asked by name next pass (their old
         # serial could make PyPI's 404 for a removed one look stale for ever).
@@ -491,7 +500,7 @@ class XmlRpcImporter:
                 works, listed = group_changelog(rows), None
             else:
                 works, new_serial, listed = await self._simple_changes(
-                    serial, summary, failures, removals)
+                    serial, summary, failures, removals, pending)
                 more = False
             summary.changed += len(works)  # (before the pending ones join them)
             for key, wanted in pending.items():
@@ -533,9 +542,11 @@ class XmlRpcImporter:
         return rows, rows[-1][4], rows[-1][4] < last
 
     async def _simple_changes(self, serial: int, summary: Summary, failures: dict,
-                              removals: list) -> tuple[dict[str, Work], int, set | None]:
+                              removals: list, pending: dict
+                              ) -> tuple[dict[str, Work], int, set | None]:
         """``(work, the serial to go on from, the keys the index lists)``; nothing, the
-        same serial and None from a stale index."""
+        same serial and None from a stale index. The pending projects the index lacks
+        are asked about by the sweep (see :meth:`sweep`)."""
         current, index = await self.pypi.simple_index()
         if self._is_stale(current, {"serial": serial}, summary):
             return {}, serial, None
@@ -548,7 +559,7 @@ class XmlRpcImporter:
         listed = {held_key(name) for name in index}
         del index
         # The index has no removal rows: ask about the stored projects it lacks.
-        if not await self.sweep(listed, summary, failures, removals):
+        if not await self.sweep(listed, summary, failures, removals, pending):
             return works, serial, listed  # what it hid may have changed: stay before it
         return works, max(serial, current or serial), listed
 
@@ -565,9 +576,12 @@ class XmlRpcImporter:
         return True
 
     async def sweep(self, listed: Container[str], summary: Summary, failures: dict,
-                    removals: list) -> bool:
+                    removals: list, pending: dict | None = None) -> bool:
         """Ask PyPI by name about every stored project missing from ``listed`` (PyPI's
         listing): those it says are gone join ``removals``, the others are refreshed.
+        One of them pending from an earlier pass is asked about as its entry there
+        says (a removal the changelog announced stays one), and taken out of
+        ``pending``: asked once in a pass, counted once.
 
         A listing that lacks more stored projects than a pass may remove is not
         believed (cut short by a proxy, a broken CDN node, a bug upstream): nobody is
@@ -594,11 +608,11 @@ class XmlRpcImporter:
             if row["value"][2] == "quarantined":
                 if ask_quarantined:
                     quarantined.add(row["id"])
-                    strays.append(Work(row["id"], row["value"][0] or row["id"], None))
+                    strays.append(stray_work(row, pending))
                 continue
             missing += 1
             if missing <= limit or self.confirm_removals:  # bounded: at most the limit
-                strays.append(Work(row["id"], row["value"][0] or row["id"], None))
+                strays.append(stray_work(row, pending))
         if missing > limit and not self.confirm_removals:
             self.hold_removals(summary, missing, (
                 f"the listing from {self.pypi.display_url} lacks {missing} of the "
@@ -608,6 +622,8 @@ class XmlRpcImporter:
             return False
         if not strays:
             return True
+        for work in strays:
+            (pending or {}).pop(work.key, None)
         if len(strays) > len(quarantined):
             log.info("{count} stored projects are not in PyPI's listing: asking about "
                      "each by name", count=len(strays) - len(quarantined))

@@ -237,6 +237,40 @@ async def test_a_project_quarantined_since_it_was_stored_leaves_the_index_whole(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_pending_project_the_index_lacks_is_asked_about_once(world):
+    """Followed from the /simple/ index, a project pending from an earlier pass (a
+    CDN's stale copy) and removed since is missing from the index: asked about by
+    name once, and counted as one removal (it was asked again as pending, and
+    counted twice, against --max-removals too)."""
+    from twisted.internet import reactor
+
+    w = world(projects=20, seed=37)
+    await run_pass(w.importer(), full=True)
+    key = normalize(w.index.dataset.name(9))
+    w.index.clock = reactor.seconds
+    w.index.stale_seconds = 600
+    w.index.publish(key, "9.9")  # (and the CDN keeps the copy before it)
+    summary = await run_pass(w.importer(stale_retries=0))
+    assert summary.pending == 1, summary
+    w.index.stale_seconds = 0
+    w.index._stale.clear()  # (the CDN catches up)
+    w.index.remove_project(key)
+    importer = w.importer(changes="simple", max_removals=1)
+    asked, ask = [], importer.pypi.project
+
+    async def project(name, *args, **options):
+        asked.append(normalize(name))
+        return await ask(name, *args, **options)
+    importer.pypi.project = project
+    summary = await run_pass(importer)
+    assert (summary.deleted, summary.held, summary.pending) == (1, 0, 0), summary
+    assert asked == [key]
+    assert await w.db.get_or_none(key) is None
+    assert (await w.db.get_local(CHECKPOINT))["serial"] == w.index.last_serial
+    await assert_matches_simulator(w.db, w.index)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_listing_that_hides_live_projects_does_not_move_the_checkpoint(world):
     """A cut /simple/ index hides stored projects (asked about: alive) and, unseen, a
     project new since the checkpoint: passing it would lose that project for good."""
