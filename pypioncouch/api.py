@@ -38,8 +38,13 @@ def _reactor():
 
 def _blocking(coroutine_function, *args, **kwargs):
     from twisted.internet.threads import blockingCallFromThread
+    from twisted.python.threadable import isInIOThread
 
     reactor = _reactor()
+    if reactor.running and isInIOThread():  # (it would wait for itself: for ever)
+        raise RuntimeError("import_all() and update() block, and cannot be called from "
+                           "the reactor's thread: inside a Twisted program, use "
+                           "XmlRpcImporter (see README)")
     return blockingCallFromThread(
         reactor, lambda: defer.ensureDeferred(coroutine_function(*args, **kwargs)))
 

@@ -481,10 +481,12 @@ def main(argv=None) -> None:
             else:
                 code = await sync_command(reactor, args)
         except (CouchError, PyPIError, BadURL, ValueError) as error:
-            print(f"pypioncouch: error: {error}", file=sys.stderr)
+            # (redacted: it may quote what was typed, a requirement by URL say)
+            print(f"pypioncouch: error: {redact_text(str(error))}", file=sys.stderr)
             code = 1
         except Exception as error:  # a bug, or an answer nothing above foresaw
-            print(f"pypioncouch: unexpected error: {type(error).__name__}: {error} "
+            print(f"pypioncouch: unexpected error: {type(error).__name__}: "
+                  f"{redact_text(str(error))} "
                   "(what was written is kept; with PYPIONCOUCH_TRACEBACK=1 in the "
                   "environment the traceback is shown, for a bug report)", file=sys.stderr)
             if os.environ.get("PYPIONCOUCH_TRACEBACK"):

@@ -294,6 +294,10 @@ class PyPI:
                  max_retry_after: float = 300.0, rng: random.Random | None = None):
         if reactor is None:
             from twisted.internet import reactor
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                not math.isfinite(timeout) or timeout <= 0:
+            # (0 failed every request, after the retries: ~20 s to say nothing useful)
+            raise ValueError(f"timeout is a positive number of seconds, not {timeout!r}")
         # user:password@ in the URL (a private index) is sent as Basic auth, never
         # in the request line.
         self.url, auth = split_credentials(check_index_url(url))

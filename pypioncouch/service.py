@@ -203,7 +203,10 @@ class Options(usage.Options):
         try:
             from twisted.internet import reactor
             endpoints.serverFromString(reactor, self["listen"])
-        except (ValueError, KeyError, TypeError) as error:
+        except OSError as error:  # (a TLS key or certificate file it cannot read)
+            raise usage.UsageError(f"--listen {self['listen']!r}: {_os_cause(error)}") \
+                from None
+        except Exception as error:  # (each endpoint's parser fails its own way)
             raise usage.UsageError(f"--listen {self['listen']!r} is not an endpoint "
                                    f"string such as tcp:8080:interface=127.0.0.1 ({error})")
 
@@ -328,18 +331,33 @@ class WebListener(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()  # strports' service listens here, or raises
-        except CannotListenError as error:
+        except _CANNOT_LISTEN as error:
             self._cannot_listen(error)
 
     def startService(self) -> None:
         try:
             super().startService()  # (``twist`` listens here: no privileged start)
-        except CannotListenError as error:
+        except _CANNOT_LISTEN as error:
             self._cannot_listen(error)
 
-    def _cannot_listen(self, error: CannotListenError) -> None:
-        cause = getattr(error.socketError, "strerror", None) or error.socketError
+    def _cannot_listen(self, error: Exception) -> None:
+        if isinstance(error, CannotListenError):
+            cause = getattr(error.socketError, "strerror", None) or error.socketError
+        elif isinstance(error, OSError):  # (a unix socket's folder missing, say)
+            cause = _os_cause(error)
+        else:  # (a port out of range; a systemd socket not passed)
+            cause = f"{type(error).__name__}: {error}"
         raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
+
+
+# What listening on an endpoint string that parsed may still raise.
+_CANNOT_LISTEN = (CannotListenError, OSError, OverflowError, IndexError, ValueError)
+
+
+def _os_cause(error: OSError) -> str:
+    """An OSError in a few words: what, and on which file."""
+    cause = error.strerror or str(error)
+    return f"{cause}: {error.filename}" if error.filename else cause
 
 
 def _credentials_given(args: list[str]) -> list[str]:

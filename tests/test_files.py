@@ -815,6 +815,14 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
                            env=dict(os.environ))
     assert code == 2 and "--fetch-files needs --files DIR" in said
+    # A requirement by URL, its password in it (a deploy token): refused, unprinted.
+    requirements.write_text("files-lib==1.0\n"
+                            "foo @ https://deploy:s3cr3tTOKEN@127.0.0.1:9/foo-1.0.whl\n")
+    code, said = await run(base[0], *base[1:], "-r", str(requirements), env=dict(os.environ))
+    assert code == 1 and "s3cr3tTOKEN" not in said, said
+    assert said.strip().splitlines()[-1] == (
+        f"pypioncouch: error: {requirements}, line 2: 'foo @ https://deploy:***@127.0.0.1:9/"
+        "foo-1.0.whl': only names and version specifiers can be seeded"), said
     # A folder it cannot write its manifest in (read-only; here the lock file's name
     # taken by a folder, which root cannot write either): one line, not "a bug".
     lock = tmp_path / "files" / ".seeded.lock"

@@ -112,6 +112,10 @@ BASE = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1
     (["--pypi", "https://pypi.org/simple/"], {},
      "--pypi: https://pypi.org/simple/ is the index's Simple API: give the index's root "
      "URL (https://pypi.org/)"),
+    (["--listen", "ssl:18775:privateKey=/nonexistent.pem"], {},
+     "--listen 'ssl:18775:privateKey=/nonexistent.pem': No such file or directory: "
+     "/nonexistent.pem"),
+    (["--listen", "tcp:eighty"], {}, "--listen 'tcp:eighty' is not an endpoint string"),
     # systemd's EnvironmentFile keeps a trailing comment in the value
     ([], {"PYPIONCOUCH_NO_SYNC": "1  # serve a replica"},
      "PYPIONCOUCH_NO_SYNC='1  # serve a replica' is neither 1/true/yes nor 0/false/no"),
@@ -259,6 +263,20 @@ def test_a_listen_address_in_use_stops_the_daemon_in_one_line(runner):
     assert result.returncode != 0 and "Traceback" not in said
     assert f"pypioncouch: --listen tcp:{port}:interface=127.0.0.1: Address already in use" \
         in said
+
+
+@pytest.mark.parametrize("listen, cause", [
+    ("tcp:99999:interface=127.0.0.1", "OverflowError: bind(): port must be 0-65535."),
+    ("unix:/nonexistent/dir/sock", "No such file or directory"),
+])
+def test_a_listen_address_that_cannot_be_had_stops_the_daemon_in_one_line(listen, cause):
+    result = subprocess.run(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "pypioncouch", "--couch",
+         "http://127.0.0.1:9/", "--listen", listen],
+        capture_output=True, text=True, cwd="/", timeout=60)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in said, said
+    assert f"pypioncouch: --listen {listen}: {cause}" in said, said
 
 
 def test_make_run_says_when_the_embedded_couchdb_port_is_taken(tmp_path):

@@ -657,11 +657,20 @@ if credentials:
     token = base64.b64encode(":".join(credentials).encode()).decode()
     request.add_header("Authorization", "Basic " + token)
 print("guard", "validate_doc_update" in urllib.request.urlopen(request).read().decode())
-for options in ({{"concurrency": 0}}, {{"concurrency": 101}}, {{"db": "_users"}}):
+for options in ({{"concurrency": 0}}, {{"concurrency": 101}}, {{"db": "_users"}},
+                {{"timeout": 0}}, {{"timeout": float("nan")}}):
     try:  # (concurrency=0 waited for ever, on a database it had created)
         update({couch_server.url!r}, pypi={sim.url!r}, **options)
     except ValueError as error:
         print("refused", str(error).split(":")[0].split(" from ")[0])
+from twisted.internet import reactor
+from twisted.internet.threads import blockingCallFromThread
+def from_the_reactor():  # (it waited for itself, for ever)
+    try:
+        update({couch_server.url!r}, pypi={sim.url!r})
+    except RuntimeError as error:
+        return str(error)
+print(blockingCallFromThread(reactor, from_the_reactor))
 """)
         out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                              timeout=120, check=True).stdout.split("\n")
@@ -669,8 +678,13 @@ for options in ({{"concurrency": 0}}, {{"concurrency": 101}}, {{"db": "_users"}}
         assert out[1].startswith("update 0 ")
         assert out[2] == "XmlRpcImporter"
         assert out[3] == "guard True"  # (guard=True, as --guard)
-        assert out[4:7] == ["refused concurrency is a number of parallel requests"] * 2 + [
-            "refused '_users' is not a database name"]
+        assert out[4:9] == ["refused concurrency is a number of parallel requests"] * 2 + [
+            "refused '_users' is not a database name"] + [
+            "refused timeout is a positive number of seconds, not 0",
+            "refused timeout is a positive number of seconds, not nan"]
+        assert out[9] == ("import_all() and update() block, and cannot be called from "
+                          "the reactor's thread: inside a Twisted program, use "
+                          "XmlRpcImporter (see README)")
 
 
 def _kill_at_random_moments(command, rng, rounds, low, high):
