@@ -298,6 +298,20 @@ def test_make_run_says_when_the_embedded_couchdb_port_is_taken(tmp_path):
                              "another port, or COUCH to that server's URL to use it\n")
 
 
+@pytest.mark.parametrize("variable, value, said", [
+    ("COUCH_PORT", "abc", "COUCH_PORT='abc' is not a whole number from 1 to 65535"),
+    ("COUCH_PORT", "70000", "COUCH_PORT='70000' is not a whole number from 1 to 65535"),
+    ("PROJECTS", "2k", "PROJECTS='2k' is not a whole number from 1"),
+])
+def test_make_run_and_demo_refuse_a_wrong_number_in_one_line(variable, value, said,
+                                                             tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "COUCH"}, variable: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "pypioncouch.testing.devrun", "demo", "--var", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", said + "\n")
+
+
 def test_make_demo_against_a_couchdb_of_ones_own_leaves_its_pypi_database_alone(
         couch_server, tmp_path):
     """``COUCH=... make demo``: the simulated PyPI's projects and serials go into a

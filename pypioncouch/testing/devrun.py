@@ -22,14 +22,31 @@ from pypioncouch.urls import redact
 DEMO_DB = "pypi-demo"  # the demo's database in a CouchDB of your own (COUCH)
 
 
+def _whole_number(variable: str, default: int, most: int | None = None) -> int:
+    """The environment's ``variable`` (make's: ``make demo PROJECTS=500``) as a whole
+    number from 1 (to ``most``), else ``default``; a wrong one stops in one line."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1 or most is not None and number > most:
+        bound = f" to {most}" if most is not None else ""
+        raise SystemExit(f"{variable}={value!r} is not a whole number from 1{bound}")
+    return number
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("run", "demo"))
     parser.add_argument("--var", default=os.environ.get("VAR", "var"),
                         help="folder for the embedded CouchDB's data")
     parser.add_argument("--listen", default=os.environ.get("LISTEN", "tcp:8080:interface=127.0.0.1"))
-    parser.add_argument("--couch-port", type=int, default=int(os.environ.get("COUCH_PORT", 5984)))
-    parser.add_argument("--projects", type=int, default=int(os.environ.get("PROJECTS", 2000)))
+    parser.add_argument("--couch-port", type=int,
+                        default=_whole_number("COUCH_PORT", 5984, most=65535))
+    parser.add_argument("--projects", type=int, default=_whole_number("PROJECTS", 2000))
     args, extra = parser.parse_known_args(argv)
     # Stopped by a signal (make killed, terminal closed): clean up as on Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
