@@ -104,6 +104,10 @@ class Options(usage.Options):
 
     def __init__(self):
         super().__init__()
+        for name, _, _, _, *coerce in self.optParameters:
+            handler = self._dispatch.get(name)
+            if coerce and isinstance(handler, usage.CoerceParameter):
+                handler.coerce = _naming(name, coerce[0])
         self.environment_errors: dict[str, str] = {}  # by option (given, its value wins)
         for name, _, default, _, *coerce in self.optParameters:
             variable = "PYPIONCOUCH_" + name.upper().replace("-", "_")
@@ -348,6 +352,19 @@ class WebListener(MultiService):
         else:  # (a port out of range; a systemd socket not passed)
             cause = f"{type(error).__name__}: {error}"
         raise SystemExit(f"pypioncouch: --listen {self.listen}: {cause}") from None
+
+
+def _naming(option: str, coerce):
+    """``coerce`` (int, float) refusing a value in a line that names the option
+    (Twisted's says "Parameter type enforcement failed: invalid literal for int()")."""
+    def parse(value: str):
+        try:
+            return coerce(value)
+        except ValueError:
+            kind = "a whole number" if coerce is int else "a number"
+            raise usage.UsageError(redact_text(f"--{option} {value!r} is not {kind}")) \
+                from None
+    return parse
 
 
 # What listening on an endpoint string that parsed may still raise.

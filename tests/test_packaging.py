@@ -116,6 +116,8 @@ BASE = ["--couch", "http://127.0.0.1:9/", "--listen", "tcp:0:interface=127.0.0.1
      "--listen 'ssl:18775:privateKey=/nonexistent.pem': No such file or directory: "
      "/nonexistent.pem"),
     (["--listen", "tcp:eighty"], {}, "--listen 'tcp:eighty' is not an endpoint string"),
+    (["--max-removals", "abc"], {}, "--max-removals 'abc' is not a whole number"),
+    (["--interval", "soon"], {}, "--interval 'soon' is not a number"),
     # systemd's EnvironmentFile keeps a trailing comment in the value
     ([], {"PYPIONCOUCH_NO_SYNC": "1  # serve a replica"},
      "PYPIONCOUCH_NO_SYNC='1  # serve a replica' is neither 1/true/yes nor 0/false/no"),
