@@ -241,6 +241,8 @@ class Backlog:
             return self.opened_at + debounce - now
         self.ends[self.epoch] = self.last_seq
         self.epoch, self.opened_at = self.epoch + 1, None
+        if len(self.ends) > 2 * len(self.held) + 8:
+            self._compact()
         self._advance()
         return None
 
@@ -296,9 +298,17 @@ class Backlog:
         if not self.held[epoch]:
             del self.held[epoch]
 
+    def _compact(self) -> None:
+        """Drop the ends the checkpoint will never stop at: an epoch's, when the next
+        is closed and holds nothing (it never will again: a closed epoch's count only
+        falls), is passed with it. While an old project is held (retried for hours),
+        one end an epoch (four a second) kept growing."""
+        self.ends = {epoch: seq for epoch, seq in self.ends.items()
+                     if epoch + 1 in self.held or epoch + 1 >= self.epoch}
+
     def _advance(self) -> None:
         while self.oldest < self.epoch and self.oldest not in self.held:
-            self.safe_seq = self.ends.pop(self.oldest)
+            self.safe_seq = self.ends.pop(self.oldest, self.safe_seq)
             self.oldest += 1
 
 

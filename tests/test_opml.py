@@ -105,6 +105,67 @@ def test_the_checkpoint_never_passes_a_change_whose_project_is_not_done():
     assert backlog.safe_seq == "s8"
 
 
+def test_the_backlog_stays_small_while_an_old_project_is_held():
+    """A project retried for hours holds the checkpoint: every epoch closed meanwhile
+    (four a second) kept its end, ~100 MB a day."""
+    backlog = Backlog("s0")
+    backlog.changed("stuck", "s1", now=0.0)
+    backlog.close(now=1.0, debounce=0.25)
+    assert backlog.take(1) == ["stuck"]
+    for n in range(2, 10_002):
+        key = None if n % 10 else f"p{n}"  # (a design document's change, or a project)
+        backlog.changed(key, f"s{n}", now=float(n))
+        backlog.close(now=n + 1.0, debounce=0.25)
+        if key:
+            assert backlog.take(5) == [key]
+            backlog.finished([key])
+    assert backlog.safe_seq == "s0" and len(backlog.ends) <= 10, len(backlog.ends)
+    backlog.failed(["stuck"])
+    backlog.changed("p-last", "s10002", now=20_000.0)  # (not closed: not passed)
+    assert backlog.take(5) == ["stuck"]
+    backlog.finished(["stuck"])
+    assert backlog.safe_seq == "s10001"
+
+
+def test_the_backlogs_checkpoint_is_the_same_with_its_ends_dropped():
+    """Random changes, batches, conflicts and failures: the checkpoint moves exactly as
+    it did when every epoch kept its end."""
+    import random
+
+    class Keeping(Backlog):
+        def _compact(self):
+            pass
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        ours, keeping = Backlog("s0"), Keeping("s0")
+        now, running = 0.0, []
+        for step in range(300):
+            now += rng.random()
+            action = rng.random()
+            key = rng.choice([None, "a", "b", "c", "d", "e", "f"])
+            for backlog in (ours, keeping):
+                if action < 0.5:
+                    backlog.changed(key, f"s{step + 1}", now)
+                elif action < 0.7:
+                    backlog.close(now, debounce=0.25)
+            if 0.7 <= action < 0.85:
+                taken = ours.take(rng.randint(1, 3))
+                assert keeping.take(len(taken)) == taken
+                running.extend(taken)
+            elif action >= 0.85 and running:
+                batch = running[:rng.randint(1, len(running))]
+                del running[:len(batch)]
+                verdict = rng.random()
+                for backlog in (ours, keeping):
+                    if verdict < 0.2:
+                        backlog.failed(batch)
+                    else:
+                        backlog.finished(batch, again=batch[:1] if verdict < 0.4 else ())
+            assert ours.safe_seq == keeping.safe_seq, (seed, step)
+        assert len(ours.ends) <= 2 * len(ours.held) + 9
+
+
 def test_an_opml_watcher_stopped_before_it_read_its_checkpoint_writes_none():
     """Stopped while CouchDB has not answered yet, the watcher must not write a
     checkpoint of its own (it would send the next start back to the beginning)."""
