@@ -647,13 +647,16 @@ class OpmlWatcher(Service):
 
     def _weigh(self, keys: list[str], number: int, written: dict[str, str],
                refused: list[BulkResult]) -> dict[str, BulkResult]:
-        """The refused projects of batch ``number`` to try again. A project forbidden
+        """The refused projects of batch ``number`` to try again. A project refused
         while other writes succeed (in its request, or in a batch taken after its
         refusal: batches in flight then may have been written before a change of
-        rights) is refused for itself (a validate function refusing its content):
-        said, and left until it changes, so that it holds back no other and no
-        checkpoint. Other refusals may be every write's (permissions; ``unauthorized``
-        asks for other credentials): tried again, with backoff, holding the checkpoint."""
+        rights) is refused for itself (a validate function refusing its content, or
+        this user that document: ``forbidden``, ``unauthorized`` or any other): said,
+        and left until it changes, so that it holds back no other and no checkpoint
+        (tried again first in line, each batch had a refusal: the pause grew to its
+        longest, for every project). Refusals with no write succeeding may be every
+        write's (permissions; credentials): tried again, with backoff, holding the
+        checkpoint."""
         if written:
             self.last_writing = max(self.last_writing, number)
         refused_ids = {result.id for result in refused}
@@ -663,8 +666,7 @@ class OpmlWatcher(Service):
         again = {}
         for result in refused:
             since = self.refused_since.get(result.id)
-            if result.error == "forbidden" and (
-                    written or (since is not None and self.last_writing > since)):
+            if written or (since is not None and self.last_writing > since):
                 say_refused_alone(result, self.status)
                 self.refused_since.pop(result.id, None)
             else:
