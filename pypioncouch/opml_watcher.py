@@ -414,6 +414,12 @@ class OpmlWatcher(Service):
                     self.batch, self.in_flight = self.batch or batch, \
                         self.in_flight or in_flight
                 checkpoint = await self.db.get_local(CHECKPOINT) or {"seq": 0}
+                if not isinstance(checkpoint.get("seq"), (str, int)):
+                    # (anyone may write a _local document: one without a seq stopped
+                    # the watcher for good)
+                    log.warn("OPML watcher: its checkpoint {doc} names no seq: starting "
+                             "from the beginning", doc=f"_local/{CHECKPOINT}")
+                    checkpoint = {"seq": 0}
             except CouchError as error:
                 tries += 1
                 delay = doubling(tries, 5.0, self.max_backoff)

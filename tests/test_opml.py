@@ -413,6 +413,20 @@ async def test_a_restart_resumes_from_the_checkpoint(world):
         await second.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_checkpoint_without_a_seq_starts_the_watcher_from_the_beginning(world):
+    """Anyone may write a ``_local`` document: one naming no seq stopped the watcher
+    for good (a KeyError, said once)."""
+    await run_pass(world.importer(), full=True)
+    await world.db.put_local(CHECKPOINT, {"note": "written by hand"})
+    watcher = OpmlWatcher(world.db, debounce=0.05)
+    watcher.startService()
+    try:
+        assert await wait_for(lambda: _all_have_opml(world))
+    finally:
+        await watcher.stopService()
+
+
 async def _all_have_opml(world):
     rows = (await world.db.all_docs(include_docs=True))["rows"]
     projects = [r["doc"] for r in rows if r["doc"].get("type") == "project"]
