@@ -367,6 +367,7 @@ async def fetch_files_command(reactor, args) -> int:
     for path in args.requirement:
         requirements += read_requirements(path)
     db = CouchDB(args.fetch_files, reactor=reactor).database(args.db)
+    await db.server.info()  # (a database's URL given: said as such, not as a 404)
     await db.info()
     try:
         store = FileStore(Path(args.files), max_bytes=None if args.files_max_gb is None

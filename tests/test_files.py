@@ -815,6 +815,12 @@ async def test_the_seed_command_says_what_it_cannot_do(world, couch_server, db_n
     code, said = await run(base[0], "--fetch-files", couch_server.url, "files-lib",
                            env=dict(os.environ))
     assert code == 2 and "--fetch-files needs --files DIR" in said
+    # The database's URL given for the server's (as --upstream takes it).
+    code, said = await run(base[0], "--fetch-files", couch_server.url + db_name,
+                           *base[5:], "files-lib==1.0", env=dict(os.environ))
+    assert code == 1 and said.strip().splitlines()[-1].startswith(
+        f"pypioncouch: error: this URL names the database '{db_name}', not the server: "
+        f"give the server's URL (and --db {db_name})"), said
     # A requirement by URL, its password in it (a deploy token): refused, unprinted.
     requirements.write_text("files-lib==1.0\n"
                             "foo @ https://deploy:s3cr3tTOKEN@127.0.0.1:9/foo-1.0.whl\n")
