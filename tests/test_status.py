@@ -98,6 +98,8 @@ COUCH_UP = (200, {"content-type": "application/json"}, b'{"db_name":"pypi","doc_
 COUCH_DOWN = (500, {"content-type": "application/json"}, b'{"error":"unknown_error"}')
 COUCH_MISSING = (404, {"content-type": "application/json"},
                  b'{"error":"not_found","reason":"Database does not exist."}')
+COUCH_WELCOME = (200, {"content-type": "application/json"},
+                 b'{"couchdb":"Welcome","version":"3.5.0"}')
 
 
 def test_health_follows_the_lag_to_the_second():
@@ -130,12 +132,22 @@ def test_health_follows_the_lag_to_the_second():
 def test_health_says_when_couchdb_or_the_passes_fail():
     status = SyncStatus(clock=FakeTime(1000.0), phase="incremental")
     status.note_serials(pypi_serial=100, our_serial=100)
-    stub, clock, http, _ = front_with(status, [COUCH_DOWN, COUCH_MISSING, COUCH_UP])
+    stub, clock, http, _ = front_with(status, [
+        COUCH_DOWN, COUCH_MISSING, COUCH_WELCOME, COUCH_MISSING, COUCH_UP, COUCH_UP])
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, [
         "CouchDB answers: GET failed: unknown_error (500 from http://127.0.0.1:5984/pypi/)"])
+    clock.advance(1.0)
     code, body = health(stub, clock)
     assert (code, body["reasons"]) == (503, ["CouchDB has no database 'pypi'"])
+    # The database's URL given for the server's (as PYPIONCOUCH_UPSTREAM takes it):
+    # its database is not found in itself, and the server's URL answers as a database.
+    clock.advance(1.0)
+    code, body = health(stub, clock)
+    assert code == 503 and body["reasons"][0].startswith(
+        "this URL names the database 'pypi', not the server: give the server's URL "
+        "(and --db pypi)"), body
+    clock.advance(1.0)
     status.consecutive_failures = 3
     status.note_sync_error("PyPI refused the connection (https://pypi.org/pypi)")
     status.clock.now += 601  # (no pass has succeeded since the start)

@@ -28,8 +28,8 @@ from twisted.python.failure import Failure
 from pypioncouch import __version__, couchapp, model, simple
 from pypioncouch.backfill import Busy, OwnInfo, Pacer
 from pypioncouch.couch import (
-    CouchError, Database, LockedOut, NoDatabase, NotFound, Timeout, TLSRefused, Unauthorized,
-    Unreachable, refusal)
+    CouchError, Database, LockedOut, NoDatabase, NotFound, NotTheServer, Timeout, TLSRefused,
+    Unauthorized, Unreachable, refusal)
 from pypioncouch.filefetch import Fetcher
 from pypioncouch.files import FileStore, held_releases, holdings_tag, local_simple_files
 from pypioncouch.follow import ChangesFollower
@@ -263,7 +263,7 @@ class WebFront:
             self.status.couch_problem = refusal(self.db.server.user, self.db.name,
                                                 error.status, writes=self.syncing)
         except NotFound:
-            self.status.couch_problem = f"CouchDB has no database '{self.db.name}'"
+            self.status.couch_problem = await self._no_database()
         except TLSRefused as error:  # (the one line that says what to do)
             self.status.couch_problem = str(error)
         except (Unreachable, Timeout):
@@ -279,6 +279,17 @@ class WebFront:
             for answer in waiting:
                 if not answer.called:  # (a request that left cancelled its own)
                     answer.callback(ok)
+
+    async def _no_database(self) -> str:
+        """Why the database is not found: not there, or a database's URL given for the
+        server's (PYPIONCOUCH_COUCH set as PYPIONCOUCH_UPSTREAM is, say)."""
+        try:
+            await self.db.server.info(timeout=self.probe_timeout)
+        except NotTheServer as error:
+            return str(error)
+        except Exception:  # (not answering now: the first answer stands)
+            pass
+        return f"CouchDB has no database '{self.db.name}'"
 
     def health_reasons(self, couch_ok: bool) -> list[str]:
         """The sync's reasons to be unhealthy (see :class:`HealthPolicy`)."""
