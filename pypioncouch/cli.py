@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--files-max-gb", type=_gigabytes, default=None, metavar="GB",
                         help="with --fetch-files: the store's disk budget; files not seeded "
                              "are evicted, least recently used first, to make room")
-    parser.add_argument("--pypi", default=PYPI_URL,
+    parser.add_argument("--pypi", type=_index, default=PYPI_URL,
                         help=f"the index, its root, not its /simple/ (default {PYPI_URL})")
     parser.add_argument("--db", type=_database, default="pypi",
                         help="database name (default pypi)")
@@ -187,6 +187,15 @@ _workers = _number(int, lambda n: 1 <= n <= MAX_CONCURRENCY,
 def _database(text: str) -> str:
     try:
         return check_database_name(text)
+    except BadURL as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _index(text: str) -> str:
+    """--pypi's type (PYPIONCOUCH_PYPI's too: a mistake there is said by its name)."""
+    try:
+        split_credentials(text)
+        return check_index_url(text)
     except BadURL as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -417,12 +426,10 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     # database's names one database. A command line it cannot read: exit status 2.
     servers = [(f"--{option.replace('_', '-')}", getattr(args, option))
                for option in ("fullimport", "update", "opml", "push_design", "fetch_files")]
-    for option, url in servers + [("--pypi", args.pypi)]:
+    for option, url in servers:
         if url:
             try:
                 split_credentials(url)
-                if option == "--pypi":
-                    check_index_url(url)
             except BadURL as error:
                 parser.error(f"{option}: {error}")
     for url in args.replicate or ():

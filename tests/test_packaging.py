@@ -196,6 +196,17 @@ def test_command_line_values_that_make_no_sense_are_refused_in_one_line(args, me
     assert "Traceback" not in result.stderr and "ss9" not in result.stderr
 
 
+def test_a_wrong_index_in_the_environment_is_said_by_its_name():
+    """(it was said as --pypi's, which the user did not give)"""
+    result = subprocess.run([str(BIN / "pypioncouch"), "--update", "http://127.0.0.1:9/"],
+                            capture_output=True, text=True, cwd="/",
+                            env={**os.environ, "PYPIONCOUCH_PYPI": "http://u:ss9@h/simple/"})
+    assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+        "pypioncouch: error: PYPIONCOUCH_PYPI='http://u:***@h/simple/': "
+        "http://u:***@h/simple/ is the index's Simple API: give the index's root URL "
+        "(http://u:***@h/)"), result.stderr
+
+
 def test_a_couchdb_behind_a_path_prefix_is_taken_by_the_command_as_by_the_daemon():
     """(the command checked its server URL as a database's: "not a database URL")"""
     result = subprocess.run([str(BIN / "pypioncouch"), "--update",
