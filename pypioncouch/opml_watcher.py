@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -87,7 +88,9 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
                           ) -> tuple[dict[str, str], list[str], list[BulkResult]]:
     """Bring the ``opml.xml`` of ``keys`` up to date in three requests: the project
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
-    carrying the changed attachments inline. Returns ``(written: key -> the revision
+    carrying the changed attachments inline (the last two once for each
+    :data:`RELEASES_AT_ONCE` releases: a batch of big neighbours, a family of projects
+    of hundreds of releases each, held them all at once). Returns ``(written: key -> the revision
     written, conflicted keys, refused)``: a conflict means the sync wrote meanwhile
     (its change brings the key back); a refusal is CouchDB's no for another reason (a
     validate function, or permissions: every write's), which the caller weighs. The
@@ -96,13 +99,55 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     cluster's copies not in step: :class:`FeedRevisions`) are left as they are and
     added to ``behind``."""
     behind = set() if behind is None else behind
-    # (an OPML needs no release's own metadata: its descriptions would be most of it)
-    projects = await Store(db).projects(list(keys), own_info=False)
-    updates = []
-    found = {project["_id"] for project, _ in projects}
+    store = Store(db)
+    found = await store.project_documents(list(keys))
     for key in keys:
         if named and key not in found and named.behind({key: None}, read_from):
             behind.add(key)  # (named, not read: a copy without the project yet)
+    written: dict[str, str] = {}
+    conflicted: list[str] = []
+    refused: list[BulkResult] = []
+    for part in _by_releases(list(found.values()), RELEASES_AT_ONCE):
+        # (an OPML needs no release's own metadata: its descriptions would be most of it)
+        projects = await store.releases_of(part, own_info=False)
+        updates = _updates(projects, status, big, big_project, named, read_from, behind)
+        results = await db.bulk_docs(updates)
+        written.update((r.id, r.rev) for r in results if r.ok)
+        conflicted += [r.id for r in results if r.error == "conflict"]
+        refused += [r for r in results if not r.ok and r.error != "conflict"]
+        del projects, updates  # (the next part's are read with these gone)
+    if status is not None:
+        status.opml_written += len(written)
+    return written, conflicted, refused
+
+
+# Releases read (and OPML made) at once by :func:`regenerate_many`: ~2 KB each parsed,
+# with their files.
+RELEASES_AT_ONCE = 5000
+
+
+def _by_releases(projects: list[dict], most: int) -> Iterator[list[dict]]:
+    """``projects`` in parts of at most ``most`` releases (by ``versions``), but for a
+    project of more, alone."""
+    part: list[dict] = []
+    count = 0
+    for project in projects:
+        size = len(project.get("versions") or ())
+        if part and count + size > most:
+            yield part
+            part, count = [], 0
+        part.append(project)
+        count += size
+    if part:
+        yield part
+
+
+def _updates(projects: list[tuple[dict, list[dict]]], status: SyncStatus | None,
+             big: set[str] | None, big_project: int, named: FeedRevisions | None,
+             read_from: int, behind: set[str]) -> list[dict]:
+    """The project documents of ``projects`` whose ``opml.xml`` is not current, with
+    it inline (see :func:`regenerate_many`)."""
+    updates = []
     for project, releases in projects:
         if big is not None and len(releases) >= big_project:
             big.add(project["_id"])
@@ -129,12 +174,7 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
         attachments[ATTACHMENT] = {"content_type": CONTENT_TYPE,
                                    "data": base64.b64encode(content).decode("ascii")}
         updates.append({**project, "_attachments": attachments, OPML_DIGEST: digest})
-    results = await db.bulk_docs(updates)
-    written = {r.id: r.rev for r in results if r.ok}
-    if status is not None:
-        status.opml_written += len(written)
-    return (written, [r.id for r in results if r.error == "conflict"],
-            [r for r in results if not r.ok and r.error != "conflict"])
+    return updates
 
 
 async def regenerate(db: Database, key: str, status: SyncStatus | None = None) -> bool:

@@ -254,6 +254,12 @@ class Store:
         the releases come without their own metadata (``model.drop_own_info``), never
         all held at once: a project of thousands of releases, each with its README."""
         projects = list((await self.project_documents(keys)).values())
+        return await self.releases_of(projects, own_info)
+
+    async def releases_of(self, projects: list[dict], own_info: bool = True
+                          ) -> list[tuple[dict, list[dict]]]:
+        """``[(project, releases)]`` of project documents read, in one request (see
+        :meth:`projects`)."""
         owners = {release_id(p["_id"], v): p["_id"]
                   for p in projects for v in p.get("versions") or []}
         releases: dict[str, list[dict]] = {}

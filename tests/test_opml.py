@@ -1,5 +1,6 @@
 """OPML: pure rendering, and the watcher that keeps opml.xml current."""
 
+import re
 import xml.etree.ElementTree as ET
 
 import listparser
@@ -434,6 +435,34 @@ async def _all_have_opml(world):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_batch_of_big_projects_is_read_a_part_at_a_time(world, monkeypatch):
+    """A family of big neighbours in one batch held every release of all of them at
+    once: the releases are read (and the OPML made) a few thousand at a time, a
+    project bigger than that alone."""
+    from pypioncouch import opml_watcher
+
+    await run_pass(world.importer(), full=True)
+    monkeypatch.setattr(opml_watcher, "RELEASES_AT_ONCE", 4)
+    read, bulk_get = [], world.db.bulk_get
+
+    async def counting(ids, **options):
+        if any(":" in docid for docid in ids):
+            read.append(len(ids))
+        return await bulk_get(ids, **options)
+    world.db.bulk_get = counting
+    projects = [row["doc"] for row in (await world.db.all_docs(include_docs=True))["rows"]
+                if row["doc"].get("type") == "project"]
+    biggest = max(len(p["versions"]) for p in projects)
+    assert await regenerate_all(world.db) == 25 and await _all_have_opml(world)
+    assert len(read) > 1 and max(read) <= max(4, biggest) and sum(read) == sum(
+        len(p["versions"]) for p in projects), read
+    for project in projects:  # (each with its own releases, all of them)
+        content = (await opml_of(world.db, project["_id"])).decode()
+        releases = re.findall(r'<outline text="([^"]*)" type="release"', content)
+        assert sorted(releases) == sorted(project["versions"]), project["_id"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_removed_project_leaves_no_opml(world):
     await run_pass(world.importer(), full=True)
     written = await regenerate_all(world.db)
@@ -817,28 +846,38 @@ async def test_a_project_read_from_copies_behind_its_change_is_read_again(world,
     project yet (a new one), or not its new release. Rendered from that (or skipped),
     the opml.xml stayed stale or missing for good: the feed never named the change
     again. It is read again after a moment."""
+    from pypioncouch import opml_watcher
     from pypioncouch.store import Store
 
     await run_pass(world.importer(), full=True)
     key = normalize(world.index.dataset.name(5) if lag != "no project" else "brand-new")
     changed, reads, lagging = [], [], {"left": 2}
-    reading = Store.projects
 
-    async def from_a_copy_behind(self, keys, **options):
-        found = await reading(self, keys, **options)
-        if key not in keys or not changed:
-            return found
-        reads.append(key)
-        if lagging["left"] == 0:
-            return found
-        lagging["left"] -= 1
-        if lag == "no project":
-            return [(p, r) for p, r in found if p["_id"] != key]
-        if lag == "no new release":
+    class FromACopyBehind(Store):  # (the watcher's reads only: not the sync's)
+        behind = False
+
+        async def project_documents(self, keys):
+            found = await super().project_documents(keys)
+            if key not in keys or not changed:
+                return found
+            reads.append(key)
+            if lagging["left"] == 0:
+                return found
+            lagging["left"] -= 1
+            if lag == "no project":
+                return {k: doc for k, doc in found.items() if k != key}
+            if lag == "no new release":
+                self.behind = True
+                return found
+            return {k: changed[0] if k == key else doc for k, doc in found.items()}
+
+        async def releases_of(self, projects, **options):
+            found = await super().releases_of(projects, **options)
+            if not self.behind:
+                return found
             return [(p, [d for d in r if d["version"] != "77.0"]) for p, r in found]
-        return [(changed[0] if p["_id"] == key else p, r) for p, r in found]
 
-    monkeypatch.setattr(Store, "projects", from_a_copy_behind)
+    monkeypatch.setattr(opml_watcher, "Store", FromACopyBehind)
     watcher = OpmlWatcher(world.db, debounce=0.05)
     watcher.startService()
     try:
@@ -871,16 +910,16 @@ async def test_copies_that_stay_behind_are_read_as_they_are_past_the_last_wait(
     await run_pass(world.importer(), full=True)
     key = normalize(world.index.dataset.name(5))
     stale, reads = [], []
-    reading = Store.projects
 
-    async def always_behind(self, keys, **options):
-        found = await reading(self, keys, **options)
-        if key in keys and stale:
-            reads.append(key)
-            return [(stale[0] if p["_id"] == key else p, r) for p, r in found]
-        return found
+    class AlwaysBehind(Store):  # (the watcher's reads only: not the sync's)
+        async def project_documents(self, keys):
+            found = await super().project_documents(keys)
+            if key in keys and stale:
+                reads.append(key)
+                return {k: stale[0] if k == key else doc for k, doc in found.items()}
+            return found
 
-    monkeypatch.setattr(Store, "projects", always_behind)
+    monkeypatch.setattr(opml_watcher, "Store", AlwaysBehind)
     watcher = OpmlWatcher(world.db, debounce=0.05)
     watcher.startService()
     try:
