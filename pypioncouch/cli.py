@@ -461,6 +461,12 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
             os.remove(args.trace)
 
 
+def _one_line(error: Exception) -> str:
+    """An error's message on one line, without a password: it may quote what was
+    typed (a requirement by URL) or a server's reason (CouchDB's may span lines)."""
+    return re.sub(r"\s*\n\s*", " ", redact_text(str(error))).strip()
+
+
 def main(argv=None) -> None:
     parser = build_parser()
     wrong = defaults_from_environment(parser)
@@ -489,12 +495,11 @@ def main(argv=None) -> None:
             else:
                 code = await sync_command(reactor, args)
         except (CouchError, PyPIError, BadURL, ValueError) as error:
-            # (redacted: it may quote what was typed, a requirement by URL say)
-            print(f"pypioncouch: error: {redact_text(str(error))}", file=sys.stderr)
+            print(f"pypioncouch: error: {_one_line(error)}", file=sys.stderr)
             code = 1
         except Exception as error:  # a bug, or an answer nothing above foresaw
             print(f"pypioncouch: unexpected error: {type(error).__name__}: "
-                  f"{redact_text(str(error))} "
+                  f"{_one_line(error)} "
                   "(what was written is kept; with PYPIONCOUCH_TRACEBACK=1 in the "
                   "environment the traceback is shown, for a bug report)", file=sys.stderr)
             if os.environ.get("PYPIONCOUCH_TRACEBACK"):

@@ -55,6 +55,9 @@ def read_requirements(path: Path | str, _seen: frozenset = frozenset()) -> list[
         text = path.read_text("utf-8")
     except OSError as error:
         raise SeedError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:  # (a wheel given for a requirements file, say)
+        raise SeedError(f"{path} is not a requirements file: not UTF-8 text "
+                        f"(byte {error.start})") from None
     found: list[Requirement] = []
     lines = text.replace("\\\n", "").splitlines()
     for number, line in enumerate(lines, 1):

@@ -1349,3 +1349,13 @@ def test_only_a_plain_path_segment_names_a_stored_file(filename, safe):
         assert relative_path("pkg", filename) == f"pkg/{filename}"
     with pytest.raises(BadFileName):
         relative_path("pkg\n", "pkg-1.0.tar.gz")
+
+
+def test_a_requirements_file_that_is_not_text_is_said_by_its_name(tmp_path):
+    from pypioncouch.seed import SeedError, read_requirements
+
+    wheel = tmp_path / "files_lib-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xb7\xac")
+    with pytest.raises(SeedError) as refused:
+        read_requirements(wheel)
+    assert str(refused.value) == f"{wheel} is not a requirements file: not UTF-8 text (byte 10)"

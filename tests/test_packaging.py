@@ -373,3 +373,14 @@ def test_make_demo_against_a_couchdb_of_ones_own_leaves_its_pypi_database_alone(
         status_of("pypi-demo", method="DELETE")
     assert "Database:  pypi-demo (a demo's own)" in said, said[-2000:]
     assert not credentials or credentials[1] not in said  # (never printed)
+
+
+def test_a_commands_error_is_one_line_without_a_password():
+    """A server's reason may span lines (CouchDB's replicator's does), and a message
+    may quote a URL that was typed."""
+    from pypioncouch.cli import _one_line
+
+    reason = ValueError("replication failed: {error,\n    {http_request_failed,\n"
+                        "    \"https://admin:s3cret@target.example/pypi/\"}}\n")
+    assert _one_line(reason) == ("replication failed: {error, {http_request_failed, "
+                                 "\"https://admin:***@target.example/pypi/\"}}")
