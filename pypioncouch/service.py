@@ -105,6 +105,8 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         for name, _, _, _, *coerce in self.optParameters:
+            # (usage.Options has no public way to reach an option's parser; _dispatch
+            # has been there since Twisted 1.x)
             handler = self._dispatch.get(name)
             if coerce and isinstance(handler, usage.CoerceParameter):
                 handler.coerce = _naming(name, coerce[0])
