@@ -90,14 +90,14 @@ async def regenerate_many(db: Database, keys: list[str], status: SyncStatus | No
     documents, all their releases (ids come from ``versions``), and one ``_bulk_docs``
     carrying the changed attachments inline (the last two once for each
     :data:`RELEASES_AT_ONCE` releases: a batch of big neighbours, a family of projects
-    of hundreds of releases each, held them all at once). Returns ``(written: key ->
-    the revision written, conflicted keys, refused)``: a conflict means the sync wrote
-    meanwhile (its change brings the key back); a refusal is CouchDB's no for another reason (a
-    validate function, or permissions: every write's), which the caller weighs. The
-    keys of projects of ``big_project`` releases or more are added to ``big``. Those
-    whose documents are read behind what the feed ``named`` before ``read_from`` (a
-    cluster's copies not in step: :class:`FeedRevisions`) are left as they are and
-    added to ``behind``."""
+    of hundreds of releases each, held them all at once). Returns ``(written: key -> the
+    revision written, conflicted keys, refused)``: a conflict means the sync wrote
+    meanwhile (its change brings the key back); a refusal is CouchDB's no for another
+    reason (a validate function, or permissions: every write's), which the caller
+    weighs. The keys of projects of ``big_project`` releases or more are added to
+    ``big``. Those whose documents are read behind what the feed ``named`` before
+    ``read_from`` (a cluster's copies not in step: :class:`FeedRevisions`) are left as
+    they are and added to ``behind``."""
     behind = set() if behind is None else behind
     store = Store(db)
     found = await store.project_documents(list(keys))
