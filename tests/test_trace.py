@@ -103,7 +103,9 @@ def _interrupted_then_resumed(couch_url, db_name, trace_file):
     import signal
     import time
 
-    with SimulatorProcess("--projects", "400", "--seed", "5", "--latency-ms", "20") as sim:
+    # (50 ms a request, 4 at a time: at least 5 s of import, so that the interrupt,
+    # sent once 50 documents are written, lands in it on a busy machine too)
+    with SimulatorProcess("--projects", "400", "--seed", "5", "--latency-ms", "50") as sim:
         command = [str(BIN / "pypioncouch"), "--fullimport", couch_url, "--pypi", sim.url,
                    "--db", db_name, "--concurrency", "4", "--quiet"]
         process = subprocess.Popen([*command, "--trace", str(trace_file)],
@@ -114,6 +116,7 @@ def _interrupted_then_resumed(couch_url, db_name, trace_file):
             time.sleep(0.1)
             if _written(couch_url, db_name) > 50:
                 break
+        assert process.poll() is None, "the import ended before it was interrupted"
         process.send_signal(signal.SIGINT)
         out, errors = process.communicate(timeout=60)
         again = subprocess.run(command, capture_output=True, text=True, timeout=300)
